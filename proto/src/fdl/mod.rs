@@ -1,0 +1,25 @@
+//! The Functions Definition Language of OSCAR and SCAR, read as written, plus Spillway's fields.
+//!
+//! [`parse_file`]/[`parse_str`] read a document into an [`Fdl`] and report every problem as a
+//! [`Diagnostic`] (`FILE:LINE:COL: field.path: severity: message`). Fields OSCAR or SCAR define
+//! that Spillway does not act on yet are kept in `extra` and reported as warnings.
+
+mod diag;
+mod model;
+mod parse;
+mod reader;
+mod service;
+
+pub use diag::{Diagnostic, Location, Severity};
+pub use model::*;
+pub use parse::{FdlError, Parsed, parse_file, parse_str};
+
+/// Environment variables of the staging contract; the agent sets them, an FDL may not.
+pub const STAGING_VARIABLES: &[&str] = &[
+    "INPUT_FILE_PATH",
+    "TMP_INPUT_DIR",
+    "TMP_OUTPUT_DIR",
+    "FILE_NAME",
+    "EVENT",
+    "JOB_ID",
+];

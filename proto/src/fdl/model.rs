@@ -1,0 +1,302 @@
+//! The typed FDL model: what a parsed file means, independent of how it was written.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::diag::Location;
+use crate::key::ObjectKey;
+use crate::quantity::{Bytes, Millicores};
+
+/// Unknown or not-yet-supported fields, kept as written so nothing is silently dropped.
+pub type Extra = BTreeMap<String, serde_json::Value>;
+
+/// One FDL document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Fdl {
+    pub functions: Vec<FunctionDef>,
+    pub clusters: BTreeMap<String, ClusterDef>,
+    pub storage_providers: Vec<StorageProvider>,
+    pub extra: Extra,
+}
+
+/// Where OSCAR/SCAR meant the function to live: which list it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Platform {
+    /// `functions.oscar[]`; `cluster_id` is the key wrapping the service (`- fog: {…}`), absent
+    /// for the newer unwrapped form (`- name: …`).
+    Oscar { cluster_id: Option<String> },
+    /// `functions.aws[].lambda` (SCAR).
+    Aws,
+}
+
+/// How a function is executed on an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Runtime {
+    /// An OCI image run in a container (the default when `image` is set).
+    Oci,
+    /// A WASI module run by wasmtime.
+    Wasm,
+    /// A plain command on the host (trusted setups and tests).
+    Process,
+}
+
+impl Runtime {
+    pub const NAMES: &'static str = "oci, wasm, process";
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "oci" => Some(Self::Oci),
+            "wasm" => Some(Self::Wasm),
+            "process" => Some(Self::Process),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Oci => "oci",
+            Self::Wasm => "wasm",
+            Self::Process => "process",
+        })
+    }
+}
+
+/// One function (an OSCAR service or a SCAR Lambda function).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionDef {
+    pub platform: Platform,
+    pub name: String,
+    pub runtime: Runtime,
+    pub image: Option<String>,
+    /// The shell script, resolved against the FDL file's folder.
+    pub script: Option<PathBuf>,
+    /// The WASI module, resolved against the FDL file's folder.
+    pub module: Option<PathBuf>,
+    /// The command of a `process` function: argv, no shell.
+    pub command: Option<Vec<String>>,
+    pub cpu: Option<Millicores>,
+    pub memory: Option<Bytes>,
+    pub input: Vec<StorageRef>,
+    pub output: Vec<StorageRef>,
+    /// `replicas[]` and `federation.members[]`, in the order written.
+    pub replicas: Vec<Replica>,
+    pub federation: Option<Federation>,
+    /// Seconds a queued job may wait before it is offered elsewhere.
+    pub rescheduler_threshold: Option<u64>,
+    /// `environment.Variables`, values as written.
+    pub environment: BTreeMap<String, String>,
+    pub log_level: Option<String>,
+    pub timeout: Option<Duration>,
+    pub max_concurrency: Option<u32>,
+    pub extra: Extra,
+    /// Where the function was defined, for messages about it later on.
+    pub location: Location,
+    /// Its field path in the file (`functions.oscar[0].fog`).
+    pub fdl_path: String,
+}
+
+impl FunctionDef {
+    /// The OSCAR cluster id this entry was written under, if any.
+    pub fn cluster_id(&self) -> Option<&str> {
+        match &self.platform {
+            Platform::Oscar { cluster_id } => cluster_id.as_deref(),
+            Platform::Aws => None,
+        }
+    }
+}
+
+/// `storage_provider` of an input/output: `minio.default` is kind `minio`, id `default`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProviderRef {
+    pub kind: String,
+    pub id: String,
+}
+
+impl ProviderRef {
+    pub fn parse(text: &str) -> Self {
+        match text.split_once('.') {
+            Some((kind, id)) => Self {
+                kind: kind.to_owned(),
+                id: id.to_owned(),
+            },
+            None => Self {
+                kind: text.to_owned(),
+                id: "default".to_owned(),
+            },
+        }
+    }
+
+    /// Providers whose buckets are folders under an agent's data root.
+    pub fn is_local(&self) -> bool {
+        matches!(self.kind.as_str(), "minio" | "local")
+    }
+}
+
+impl fmt::Display for ProviderRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.kind, self.id)
+    }
+}
+
+/// `bucket[/folder…]`: where inputs come from or outputs go.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BucketPath {
+    pub bucket: String,
+    pub folder: Option<ObjectKey>,
+}
+
+impl BucketPath {
+    /// The folder this path names under a data root.
+    pub fn dir_under(&self, data_root: &Path) -> PathBuf {
+        let bucket = data_root.join(&self.bucket);
+        match &self.folder {
+            Some(folder) => folder.under(&bucket),
+            None => bucket,
+        }
+    }
+}
+
+impl fmt::Display for BucketPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.folder {
+            Some(folder) => write!(f, "{}/{folder}", self.bucket),
+            None => f.write_str(&self.bucket),
+        }
+    }
+}
+
+/// An `input` or `output` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageRef {
+    pub provider: ProviderRef,
+    pub path: BucketPath,
+    pub suffix: Vec<String>,
+    pub prefix: Vec<String>,
+}
+
+impl StorageRef {
+    /// Whether a file with this name passes the `suffix`/`prefix` filters (empty = any).
+    pub fn accepts(&self, file_name: &str) -> bool {
+        let suffix_ok =
+            self.suffix.is_empty() || self.suffix.iter().any(|s| file_name.ends_with(s.as_str()));
+        let prefix_ok = self.prefix.is_empty()
+            || self
+                .prefix
+                .iter()
+                .any(|p| file_name.starts_with(p.as_str()));
+        suffix_ok && prefix_ok
+    }
+}
+
+/// Where a job may be delegated when this node cannot take it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub target: ReplicaTarget,
+    /// 0 is the highest priority.
+    pub priority: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaTarget {
+    /// A service on another OSCAR cluster (or Spillway coordinator) named in `clusters`.
+    Oscar {
+        cluster_id: String,
+        service_name: String,
+    },
+    /// Any HTTP endpoint that takes a POST of the event.
+    Endpoint {
+        url: String,
+        headers: BTreeMap<String, Secret>,
+    },
+}
+
+/// `federation:` of newer OSCAR releases (its `members` become [`Replica`]s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Federation {
+    pub group_id: Option<String>,
+    pub topology: Option<String>,
+    pub delegation: Option<String>,
+}
+
+/// A cluster of `clusters:`, the credentials used to delegate to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterDef {
+    pub endpoint: String,
+    pub auth_user: Option<String>,
+    pub auth_password: Option<Secret>,
+    pub extra: Extra,
+}
+
+/// A provider of `storage_providers:` (credentials and endpoint of an S3/MinIO/… store).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StorageProvider {
+    pub reference: ProviderRef,
+    pub settings: BTreeMap<String, Secret>,
+}
+
+/// A value that may be a credential: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(suffix: &[&str], prefix: &[&str]) -> StorageRef {
+        StorageRef {
+            provider: ProviderRef::parse("minio"),
+            path: BucketPath {
+                bucket: "b".into(),
+                folder: None,
+            },
+            suffix: suffix.iter().map(|s| s.to_string()).collect(),
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn outputs_filter_by_suffix_and_prefix() {
+        assert!(output(&[], &[]).accepts("x.avi"));
+        assert!(output(&["avi"], &[]).accepts("x.avi"));
+        assert!(!output(&["avi"], &[]).accepts("x.wav"));
+        assert!(output(&["avi", "wav"], &["x"]).accepts("x.wav"));
+        assert!(!output(&["wav"], &["y"]).accepts("x.wav"));
+    }
+
+    #[test]
+    fn provider_without_id_is_the_default_one() {
+        assert_eq!(ProviderRef::parse("minio").to_string(), "minio.default");
+        assert_eq!(
+            ProviderRef::parse("s3.my_s3"),
+            ProviderRef {
+                kind: "s3".into(),
+                id: "my_s3".into()
+            }
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let s = Secret("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

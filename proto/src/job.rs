@@ -1,0 +1,196 @@
+//! Events that trigger work, and the job identity derived from them.
+//!
+//! The job id is a hash of (origin node, function, object key, content hash). The same event
+//! seen twice (a rescan after a restart, a redelivered notification) therefore names the same
+//! job, and everything downstream can be idempotent on it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::key::ObjectKey;
+
+/// A job's identity: 128 bits of a SHA-256, shown as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JobId([u8; 16]);
+
+/// Why a job id could not be read from text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, displaydoc::Display)]
+/// `{0}` is not a job id: expected 32 hexadecimal digits
+pub struct JobIdError(String);
+
+impl JobId {
+    /// The one place a job id is computed.
+    pub fn derive(origin: &str, function: &str, key: &str, content_sha256: &[u8; 32]) -> Self {
+        let mut h = Sha256::new();
+        // Length-prefix every part so ("ab","c") and ("a","bc") never collide.
+        for part in [
+            b"spillway/job/v1".as_slice(),
+            origin.as_bytes(),
+            function.as_bytes(),
+            key.as_bytes(),
+        ] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.update(content_sha256);
+        let digest = h.finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        Self(id)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// The first 12 hex digits, enough to name a job on one node (as git and docker do).
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..6])
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = JobIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(s, &mut id).map_err(|_| JobIdError(s.to_owned()))?;
+        Ok(Self(id))
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JobId({})", self.short())
+    }
+}
+
+/// What triggered a job. Later triggers (MQTT, HTTP, bucket notifications) add variants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    File(FileEvent),
+}
+
+/// A file that was closed after writing, or moved, into a watched bucket folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEvent {
+    /// The bucket (first segment of the function's input path, e.g. `fire-detect`).
+    pub bucket: String,
+    /// The key inside the bucket (`input/cam1.jpg`), as MinIO would report it.
+    pub key: ObjectKey,
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i128,
+    pub sha256: [u8; 32],
+}
+
+impl Event {
+    /// The object key used for the job id and for `FILE_NAME`.
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            Event::File(f) => &f.key,
+        }
+    }
+
+    pub fn job_id(&self, origin: &str, function: &str) -> JobId {
+        match self {
+            Event::File(f) => JobId::derive(
+                origin,
+                function,
+                &format!("{}/{}", f.bucket, f.key),
+                &f.sha256,
+            ),
+        }
+    }
+
+    /// The event as the JSON a function receives in `EVENT`.
+    ///
+    /// File events are shaped like the MinIO bucket notification OSCAR's supervisor passes on,
+    /// so scripts written for OSCAR that read `EVENT` keep working.
+    pub fn to_json(&self, origin: &str, event_time_rfc3339: &str) -> serde_json::Value {
+        match self {
+            Event::File(f) => {
+                let full_key = format!("{}/{}", f.bucket, f.key);
+                serde_json::json!({
+                    "EventName": "s3:ObjectCreated:Put",
+                    "Key": full_key,
+                    "Records": [{
+                        "eventVersion": "2.0",
+                        "eventSource": "spillway:folder",
+                        "eventTime": event_time_rfc3339,
+                        "eventName": "s3:ObjectCreated:Put",
+                        "s3": {
+                            "bucket": { "name": f.bucket },
+                            "object": {
+                                "key": f.key.as_str(),
+                                "size": f.size,
+                                "sha256": hex::encode(f.sha256),
+                            }
+                        },
+                        "source": { "host": origin }
+                    }]
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(key: &str, content: u8) -> Event {
+        Event::File(FileEvent {
+            bucket: "fire-detect".into(),
+            key: ObjectKey::parse(key).expect("valid key"),
+            size: 3,
+            mtime_ns: 1,
+            sha256: [content; 32],
+        })
+    }
+
+    #[test]
+    fn the_same_event_seen_twice_is_the_same_job() {
+        let a = event("input/a.jpg", 1).job_id("pi-1", "fire");
+        let b = event("input/a.jpg", 1).job_id("pi-1", "fire");
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn origin_function_key_and_content_each_change_the_job() {
+        let base = event("input/a.jpg", 1).job_id("pi-1", "fire");
+        assert_ne!(base, event("input/a.jpg", 2).job_id("pi-1", "fire"));
+        assert_ne!(base, event("input/b.jpg", 1).job_id("pi-1", "fire"));
+        assert_ne!(base, event("input/a.jpg", 1).job_id("pi-2", "fire"));
+        assert_ne!(base, event("input/a.jpg", 1).job_id("pi-1", "smoke"));
+    }
+
+    #[test]
+    fn job_ids_round_trip_through_text() {
+        let id = event("input/a.jpg", 1).job_id("pi-1", "fire");
+        let text = id.to_string();
+        assert_eq!(text.len(), 32);
+        assert_eq!(text.parse::<JobId>(), Ok(id));
+        assert!(id.short().len() == 12 && text.starts_with(&id.short()));
+        assert!("zz".parse::<JobId>().is_err());
+    }
+
+    #[test]
+    fn event_json_looks_like_a_minio_notification() {
+        let json = event("input/a.jpg", 1).to_json("pi-1", "2026-01-01T00:00:00Z");
+        assert_eq!(json["Key"], "fire-detect/input/a.jpg");
+        assert_eq!(json["Records"][0]["s3"]["bucket"]["name"], "fire-detect");
+        assert_eq!(json["Records"][0]["s3"]["object"]["key"], "input/a.jpg");
+    }
+}

@@ -1,0 +1,16 @@
+//! Spillway's shared vocabulary, owned in one place so every crate agrees on it.
+//!
+//! - [`fdl`] parses OSCAR/SCAR Functions Definition Language files (plus Spillway's own fields)
+//!   into a typed model, with `FILE:LINE:COL: field.path: message` diagnostics.
+//! - [`key`] validates object keys (file names relative to a bucket folder) so nothing is ever
+//!   written outside a data root.
+//! - [`job`] defines events and the deterministic job identity derived from them.
+
+pub mod fdl;
+pub mod job;
+pub mod key;
+pub mod quantity;
+
+pub use fdl::{Fdl, FunctionDef, Runtime};
+pub use job::{Event, FileEvent, JobId};
+pub use key::ObjectKey;

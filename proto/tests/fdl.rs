@@ -1,0 +1,277 @@
+//! The FDL parser against the thesis figures and against the mistakes users make.
+
+use std::path::{Path, PathBuf};
+
+use spillway_proto::fdl::{self, Platform, ReplicaTarget, Runtime, Severity};
+use spillway_proto::quantity::{Bytes, Millicores};
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs/examples")
+        .join(name)
+}
+
+fn parse(text: &str) -> fdl::Parsed {
+    fdl::parse_str("test.yaml", text, Path::new("/nonexistent"))
+}
+
+fn messages(parsed: &fdl::Parsed, severity: Severity) -> Vec<String> {
+    parsed
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == severity)
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn figure_2_2_scar_av_workflow_is_accepted() {
+    let parsed = fdl::parse_file(&example("thesis/fig2.2-av-workflow.yaml"));
+    let (fdl, warnings) = parsed.into_result().expect("Fig. 2.2 is valid");
+    assert_eq!(fdl.functions.len(), 3);
+    let ffmpeg = &fdl.functions[0];
+    assert_eq!(ffmpeg.platform, Platform::Aws);
+    assert_eq!(ffmpeg.name, "scar-av-workflow-ffmpeg");
+    assert_eq!(
+        ffmpeg.image.as_deref(),
+        Some("jrottenberg/ffmpeg:4.1-ubuntu")
+    );
+    assert_eq!(ffmpeg.runtime, Runtime::Oci);
+    assert_eq!(
+        ffmpeg.memory,
+        Some(Bytes::from_mib(1024)),
+        "SCAR memory is MiB"
+    );
+    assert_eq!(ffmpeg.timeout.map(|t| t.as_secs()), Some(900));
+    assert_eq!(ffmpeg.output.len(), 2);
+    assert_eq!(ffmpeg.output[0].suffix, vec!["avi"]);
+    assert!(ffmpeg.output[0].accepts("clip.avi") && !ffmpeg.output[0].accepts("clip.wav"));
+    assert_eq!(
+        ffmpeg
+            .script
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str()),
+        Some("ffmpeg-script.sh")
+    );
+    // `execution_mode` and the `batch` section are SCAR features we keep but do not run.
+    assert!(ffmpeg.extra.contains_key("execution_mode"));
+    assert!(fdl.extra.contains_key("batch"));
+    assert!(
+        warnings.iter().any(|w| w.path == "functions.batch"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn figure_3_2_hybrid_workflow_is_accepted_with_nested_storage_providers() {
+    let parsed = fdl::parse_file(&example("thesis/fig3.2-mask-detector.yaml"));
+    let (fdl, _) = parsed.into_result().expect("Fig. 3.2 is valid");
+    assert_eq!(fdl.functions.len(), 2);
+    let oscar = fdl
+        .functions
+        .iter()
+        .find(|f| f.name == "oscar-anon-and-split")
+        .expect("oscar function");
+    assert_eq!(oscar.cluster_id(), Some("my_oscar"));
+    assert_eq!(
+        oscar.cpu,
+        Some(Millicores(1000)),
+        "quoted '1.0' is one core"
+    );
+    assert_eq!(oscar.memory, Some(Bytes(2 << 30)));
+    assert_eq!(oscar.output[0].provider.to_string(), "s3.my_s3");
+    assert_eq!(
+        oscar.output[0].path.to_string(),
+        "scar-mask-detector/intermediate"
+    );
+    let s3 = &fdl.storage_providers[0];
+    assert_eq!(s3.reference.to_string(), "s3.my_s3");
+    assert_eq!(s3.settings["region"].expose(), "us-east-1");
+}
+
+#[test]
+fn figure_5_4_replicas_are_read_in_priority_order() {
+    let parsed = fdl::parse_file(&example("thesis/fig5.4-fire-detection.yaml"));
+    let (fdl, _) = parsed.into_result().expect("Fig. 5.4 is valid");
+    let fog = &fdl.functions[0];
+    assert_eq!(fog.cluster_id(), Some("fog"));
+    assert_eq!(fog.rescheduler_threshold, Some(15));
+    assert_eq!(fog.cpu, Some(Millicores(1000)));
+    assert_eq!(fog.memory, Some(Bytes(1 << 30)));
+    assert_eq!(fog.input[0].path.bucket, "fire-detect");
+    assert_eq!(
+        fog.input[0].path.folder.as_ref().map(|k| k.as_str()),
+        Some("input")
+    );
+    assert_eq!(
+        fog.replicas[0].target,
+        ReplicaTarget::Oscar {
+            cluster_id: "on-premises".into(),
+            service_name: "fire-detection-replica".into()
+        }
+    );
+    assert_eq!(fog.environment["TOPIC_ARN"], "xxxxxxx");
+    let onprem = &fdl.functions[1];
+    match &onprem.replicas[0].target {
+        ReplicaTarget::Endpoint { url, headers } => {
+            assert_eq!(url, "https://lambda-function.example");
+            assert_eq!(headers["Authorization"].expose(), "Bearer xxxxxxx");
+        }
+        other => panic!("expected an endpoint replica, got {other:?}"),
+    }
+}
+
+#[test]
+fn spillway_extensions_live_on_the_same_entry() {
+    let parsed = parse(
+        "functions:\n  oscar:\n  - edge:\n      name: gray\n      runtime: wasm\n      module: gray.wasm\n      timeout: 30s\n      max_concurrency: 2\n      memory: 64Mi\n      environment:\n        Variables:\n          THRESHOLD: 0.5\n          ENABLED: true\n",
+    );
+    let (fdl, _) = parsed.into_result().expect("valid");
+    let f = &fdl.functions[0];
+    assert_eq!(f.runtime, Runtime::Wasm);
+    assert_eq!(f.timeout.map(|t| t.as_secs()), Some(30));
+    assert_eq!(f.max_concurrency, Some(2));
+    assert_eq!(
+        f.module.as_deref(),
+        Some(Path::new("/nonexistent/gray.wasm"))
+    );
+    assert_eq!(f.environment["THRESHOLD"], "0.5");
+    assert_eq!(f.environment["ENABLED"], "true");
+}
+
+#[test]
+fn newer_unwrapped_oscar_services_and_federation_members_are_understood() {
+    let parsed = parse(
+        "functions:\n  oscar:\n    - name: grayify\n      image: ghcr.io/grycap/imagemagick\n      cpu: \"0.5\"\n      memory: 0.5Gi\n      federation:\n        topology: mesh\n        delegation: random\n        members:\n          - type: oscar\n            cluster_id: a\n            service_name: grayify1\n            priority: 1\n",
+    );
+    let (fdl, _) = parsed.into_result().expect("valid");
+    let f = &fdl.functions[0];
+    assert_eq!(f.cluster_id(), None);
+    assert_eq!(f.cpu, Some(Millicores(500)));
+    assert_eq!(f.memory, Some(Bytes(512 << 20)));
+    assert_eq!(f.replicas.len(), 1);
+    assert_eq!(f.replicas[0].priority, 1);
+    assert_eq!(
+        f.federation.as_ref().and_then(|x| x.topology.as_deref()),
+        Some("mesh")
+    );
+}
+
+#[test]
+fn errors_name_file_line_column_and_field_path() {
+    let parsed = parse(
+        "functions:\n  oscar:\n  - fog:\n      name: fire\n      image: x\n      memory: 1GB\n",
+    );
+    let errors = messages(&parsed, Severity::Error);
+    assert_eq!(
+        errors,
+        vec![
+            "test.yaml:6:15: functions.oscar[0].fog.memory: error: cannot read memory: `1GB` has an unknown unit `GB`: use one of Ki, Mi, Gi, Ti, k, M, G, T (memory) or m (CPU)"
+        ]
+    );
+    assert!(parsed.fdl.is_none());
+}
+
+#[test]
+fn unknown_fields_are_kept_and_warned_with_a_suggestion() {
+    let parsed = parse(
+        "functions:\n  oscar:\n  - fog:\n      name: fire\n      image: x\n      scirpt: run.sh\n      expose: {min_scale: 1}\n",
+    );
+    let warnings = messages(&parsed, Severity::Warning);
+    assert!(warnings.iter().any(|w| w.starts_with("test.yaml:6:7: functions.oscar[0].fog.scirpt: warning: unknown field `scirpt`; did you mean `script`?")), "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("`expose` is not supported by Spillway yet")),
+        "{warnings:?}"
+    );
+    let (fdl, _) = parsed.into_result().expect("warnings are not errors");
+    assert_eq!(fdl.functions[0].extra["scirpt"], "run.sh");
+    assert_eq!(fdl.functions[0].extra["expose"]["min_scale"], 1);
+}
+
+#[test]
+fn every_bad_field_is_reported_in_one_pass() {
+    let parsed = parse(
+        "functions:\n  oscar:\n  - fog:\n      name: Fire_Detect\n      runtime: docker\n      cpu: lots\n      input:\n        - path: ../escape\n      replicas:\n        - type: carrier-pigeon\n",
+    );
+    let errors = messages(&parsed, Severity::Error);
+    let expect = [
+        "functions.oscar[0].fog.name: error: invalid name `Fire_Detect`",
+        "functions.oscar[0].fog.runtime: error: unknown runtime `docker`: expected one of oci, wasm, process",
+        "functions.oscar[0].fog.cpu: error: cannot read cpu: `lots` is not a number",
+        "functions.oscar[0].fog.input[0]: error: missing `storage_provider`",
+        "functions.oscar[0].fog.input[0].path: error: invalid path `../escape`",
+        "functions.oscar[0].fog.replicas[0].type: error: unknown replica type `carrier-pigeon`",
+    ];
+    for e in expect {
+        assert!(
+            errors.iter().any(|m| m.contains(e)),
+            "missing {e:?} in {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_function_with_nothing_to_run_is_an_error() {
+    let parsed = parse("functions:\n  oscar:\n  - fog:\n      name: fire\n");
+    let errors = messages(&parsed, Severity::Error);
+    assert!(errors[0].contains("nothing to run"), "{errors:?}");
+    let parsed = parse("functions:\n  oscar:\n  - fog:\n      name: fire\n      runtime: wasm\n");
+    assert!(messages(&parsed, Severity::Error)[0].contains("runtime `wasm` needs `module`"));
+}
+
+#[test]
+fn yaml_syntax_errors_and_duplicates_point_at_the_spot() {
+    let parsed = parse("functions:\n  oscar: [\n");
+    let errors = messages(&parsed, Severity::Error);
+    assert!(errors[0].starts_with("test.yaml:"), "{errors:?}");
+    assert!(errors[0].contains("not valid YAML"), "{errors:?}");
+    let parsed =
+        parse("functions:\n  oscar:\n  - fog:\n      name: a\n      name: b\n      image: x\n");
+    let errors = messages(&parsed, Severity::Error);
+    assert!(
+        errors[0].contains("`name` is defined twice (first on line 4)"),
+        "{errors:?}"
+    );
+    assert!(errors[0].starts_with("test.yaml:5:"), "{errors:?}");
+}
+
+#[test]
+fn duplicate_function_names_on_one_cluster_are_refused() {
+    let parsed = parse(
+        "functions:\n  oscar:\n  - fog: {name: a, image: x}\n  - fog: {name: a, image: y}\n  - cloud: {name: a, image: z}\n",
+    );
+    let errors = messages(&parsed, Severity::Error);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("function `a` is defined twice (first at test.yaml:3:"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn staging_variables_cannot_be_overridden() {
+    let parsed = parse(
+        "functions:\n  oscar:\n  - fog:\n      name: a\n      image: x\n      environment:\n        Variables:\n          JOB_ID: mine\n          1BAD: x\n",
+    );
+    assert!(
+        messages(&parsed, Severity::Warning)
+            .iter()
+            .any(|w| w.contains("`JOB_ID` is set by the agent"))
+    );
+    assert!(
+        messages(&parsed, Severity::Error)
+            .iter()
+            .any(|w| w.contains("`1BAD` is not a valid environment variable name"))
+    );
+}
+
+#[test]
+fn an_empty_or_functionless_document_says_what_is_missing() {
+    let parsed = parse("clusters: {}\n");
+    assert!(messages(&parsed, Severity::Error)[0].contains("missing `functions`"));
+    let parsed = parse("");
+    assert!(!messages(&parsed, Severity::Error).is_empty());
+}
