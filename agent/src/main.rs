@@ -1,1 +1,142 @@
-fn main() {}
+//! `spillway-agent`: parse arguments, load the config, run the agent until a signal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use spillway_agent::{Agent, AgentConfig, joblog};
+
+/// Exit code for an unusable configuration (EX_USAGE), as service managers expect.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spillway-agent",
+    version,
+    about = "Spillway edge agent: runs functions where data appears"
+)]
+struct Cli {
+    /// Agent configuration file (TOML).
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "SPILLWAY_AGENT_CONFIG",
+        default_value = "/etc/spillway/agent.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent: watch the input folders and run the configured functions.
+    Run,
+    /// Print the log of a finished job (stdout, stderr, outcome). A unique prefix of the id is enough.
+    Logs {
+        /// Job id, or its first digits.
+        job: String,
+    },
+    /// List finished jobs (newest last).
+    Jobs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match AgentConfig::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("spillway-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match cli.command {
+        Command::Run => run(config, &cli.config),
+        Command::Logs { job } => joblog::read(&config.logs_dir(), &job)
+            .map(|text| print!("{text}"))
+            .map_err(Into::into),
+        Command::Jobs => joblog::list(&config.logs_dir())
+            .map(|rows| rows.iter().for_each(|r| println!("{r}")))
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spillway-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // Two workers are plenty for moving bytes; functions run in their own processes/threads.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let agent = Agent::start(config).context("the agent could not start")?;
+        print_banner(&agent, config_path);
+        agent
+            .run(shutdown_signal())
+            .await
+            .context("the agent stopped")
+    })
+}
+
+fn print_banner(agent: &Agent, config_path: &std::path::Path) {
+    let cap = agent.capacity();
+    let functions = agent.functions();
+    println!(
+        "spillway-agent {} on node `{}`: {} function{} deployed, capacity {} CPU / {} memory",
+        env!("CARGO_PKG_VERSION"),
+        agent.node_name(),
+        functions.len(),
+        if functions.len() == 1 { "" } else { "s" },
+        cap.cpu,
+        cap.memory
+    );
+    for f in &functions {
+        let list = |dirs: &[PathBuf]| {
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("  {} ({}, {} at a time)", f.name, f.runtime, f.slots);
+        if !f.inputs.is_empty() {
+            println!("    drop files into  {}", list(&f.inputs));
+        }
+        if !f.outputs.is_empty() {
+            println!("    results appear in {}", list(&f.outputs));
+        }
+    }
+    for r in agent.refused() {
+        println!("  NOT DEPLOYED {}: {}", r.name, r.reason);
+    }
+    println!(
+        "Job logs: spillway-agent --config {} jobs | logs JOB",
+        config_path.display()
+    );
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -7,11 +7,15 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// A CPU amount in thousandths of a core (`0.5`, `"1.0"`, `"500m"` are 500, 1000, 500).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Millicores(pub u64);
 
 /// A memory amount in bytes (`512Mi`, `1Gi`, `0.5Gi`, `128M`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Bytes(pub u64);
 
 /// Why a quantity could not be read.

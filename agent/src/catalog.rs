@@ -1,0 +1,206 @@
+//! The functions this node runs: read from the configured FDL files, filtered to this node,
+//! checked against its capacity, and prepared by their runtime.
+//!
+//! A function that cannot be deployed is reported and skipped; the others keep working.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use spillway_proto::fdl::{self, BucketPath, Platform};
+use spillway_proto::{FunctionDef, Runtime as RuntimeKind};
+
+use crate::config::AgentConfig;
+use crate::runtime::process::ProcessRuntime;
+use crate::runtime::wasm::WasmRuntime;
+use crate::runtime::{Executor, PrepareError, Runtime};
+use crate::scheduler::{Demand, FunctionLimits, Scheduler};
+
+/// A function ready to run here.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub def: FunctionDef,
+    pub executor: Arc<dyn Executor>,
+    pub limits: FunctionLimits,
+    /// Absolute folders under the data root whose new files trigger this function, with the
+    /// bucket path each one stands for.
+    pub inputs: Vec<(PathBuf, BucketPath)>,
+}
+
+/// A function that was not deployed, and why.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub functions: BTreeMap<String, Arc<Deployed>>,
+    pub refused: Vec<Refused>,
+}
+
+/// The runtimes of this agent, built once and shared by every function.
+#[derive(Debug)]
+pub struct Runtimes {
+    pub process: ProcessRuntime,
+    pub wasm: WasmRuntime,
+}
+
+impl Runtimes {
+    pub fn new(config: &AgentConfig) -> Result<Self, PrepareError> {
+        Ok(Self {
+            process: ProcessRuntime,
+            wasm: WasmRuntime::new(&config.wasm, config.wasm_cache_dir())?,
+        })
+    }
+
+    fn prepare(&self, def: &FunctionDef) -> Result<Arc<dyn Executor>, PrepareError> {
+        match def.runtime {
+            RuntimeKind::Process => self.process.prepare(def),
+            RuntimeKind::Wasm => self.wasm.prepare(def),
+            RuntimeKind::Oci => Err(PrepareError::Unsupported {
+                function: def.name.clone(),
+                runtime: def.runtime,
+            }),
+        }
+    }
+}
+
+impl Catalog {
+    /// Reads every FDL file and deploys the functions meant for this node into `scheduler`.
+    pub fn load(config: &AgentConfig, runtimes: &Runtimes, scheduler: &mut Scheduler) -> Self {
+        let mut catalog = Catalog::default();
+        for file in &config.functions {
+            catalog.load_file(file, config, runtimes, scheduler);
+        }
+        catalog
+    }
+
+    fn load_file(
+        &mut self,
+        file: &Path,
+        config: &AgentConfig,
+        runtimes: &Runtimes,
+        scheduler: &mut Scheduler,
+    ) {
+        let parsed = fdl::parse_file(file);
+        for warning in parsed.warnings() {
+            tracing::warn!("{warning}");
+        }
+        let doc = match parsed.into_result() {
+            Ok((doc, _)) => doc,
+            Err(e) => {
+                for d in &e.diagnostics {
+                    tracing::error!("{d}");
+                }
+                self.refused.push(Refused {
+                    name: file.display().to_string(),
+                    reason: format!(
+                        "{} has errors; none of its functions were deployed",
+                        file.display()
+                    ),
+                });
+                return;
+            }
+        };
+        for def in doc.functions {
+            if !meant_for_this_node(&def, config) {
+                continue;
+            }
+            let name = def.name.clone();
+            match self.deploy(def, config, runtimes, scheduler) {
+                Ok(deployed) => {
+                    self.functions.insert(name, Arc::new(deployed));
+                }
+                Err(reason) => {
+                    tracing::error!(function = %name, "not deployed: {reason}");
+                    self.refused.push(Refused { name, reason });
+                }
+            }
+        }
+    }
+
+    fn deploy(
+        &self,
+        def: FunctionDef,
+        config: &AgentConfig,
+        runtimes: &Runtimes,
+        scheduler: &mut Scheduler,
+    ) -> Result<Deployed, String> {
+        if let Some(existing) = self.functions.get(&def.name) {
+            return Err(format!(
+                "a function named `{}` is already deployed from {}",
+                def.name, existing.def.location
+            ));
+        }
+        let limits = FunctionLimits {
+            demand: Demand {
+                cpu: def.cpu.unwrap_or(config.defaults.cpu),
+                memory: def.memory.unwrap_or(config.defaults.memory),
+            },
+            max_concurrency: def.max_concurrency,
+        };
+        scheduler
+            .add_function(&def.name, limits)
+            .map_err(|e| e.to_string())?;
+        let executor = runtimes.prepare(&def).map_err(|e| e.to_string())?;
+        let mut inputs = Vec::new();
+        for input in &def.input {
+            if input.provider.is_local() {
+                inputs.push((input.path.dir_under(&config.data_root), input.path.clone()));
+            } else {
+                tracing::warn!(function = %def.name, "input from `{}` is not watched by a standalone agent; only minio/local folders are", input.provider);
+            }
+        }
+        for output in def.output.iter().filter(|o| !o.provider.is_local()) {
+            tracing::warn!(function = %def.name, "output to `{}` is not delivered by a standalone agent; only minio/local folders are", output.provider);
+        }
+        Ok(Deployed {
+            def,
+            executor,
+            limits,
+            inputs,
+        })
+    }
+
+    /// Functions triggered by a file at `path`: each with the bucket path of the input folder
+    /// and the file's path relative to that folder.
+    pub fn triggered_by<'a>(
+        &'a self,
+        path: &'a Path,
+    ) -> impl Iterator<Item = (&'a Arc<Deployed>, &'a BucketPath, &'a Path)> + 'a {
+        self.functions.values().flat_map(move |f| {
+            f.inputs.iter().filter_map(move |(dir, bucket)| {
+                path.strip_prefix(dir).ok().map(|rel| (f, bucket, rel))
+            })
+        })
+    }
+
+    /// Every watched input folder.
+    pub fn input_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .functions
+            .values()
+            .flat_map(|f| f.inputs.iter().map(|(d, _)| d.clone()))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+}
+
+/// `functions.oscar[]` entries for this node's cluster (all of them without a `cluster_id`).
+/// SCAR `functions.aws[]` entries are meant for AWS Lambda and are not run by an agent.
+fn meant_for_this_node(def: &FunctionDef, config: &AgentConfig) -> bool {
+    match (&def.platform, &config.cluster_id) {
+        (Platform::Aws, _) => {
+            tracing::info!(function = %def.name, "skipping SCAR Lambda function: it is meant for AWS Lambda");
+            false
+        }
+        (Platform::Oscar { .. }, None) => true,
+        (Platform::Oscar { cluster_id }, Some(mine)) => {
+            cluster_id.as_deref().is_none_or(|c| c == mine)
+        }
+    }
+}

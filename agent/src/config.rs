@@ -1,0 +1,348 @@
+//! The agent's TOML configuration file. Relative paths resolve against the file's folder, so a
+//! config and its FDL files can be moved around together.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use spillway_proto::quantity::{Bytes, Millicores};
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum ConfigError {
+    /// cannot read config file {path}: {source}
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// invalid config file {path}: {message}
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node_name: Option<String>,
+    data_root: PathBuf,
+    state_dir: PathBuf,
+    #[serde(default)]
+    functions: Vec<PathBuf>,
+    cluster_id: Option<String>,
+    #[serde(default)]
+    resources: RawResources,
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    logs: RawLogs,
+    #[serde(default)]
+    wasm: RawWasm,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResources {
+    cpu: Option<toml::Value>,
+    memory: Option<String>,
+    reserved_memory: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    cpu: Option<toml::Value>,
+    memory: Option<String>,
+    timeout_secs: Option<u64>,
+    max_attempts: Option<u32>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogs {
+    max_bytes_per_stream: Option<usize>,
+    keep_jobs: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWasm {
+    memory_reservation: Option<String>,
+    memory_guard_size: Option<String>,
+    pooling: Option<bool>,
+    pool_instances: Option<u32>,
+}
+
+/// The agent's settings, with every default applied and every path absolute.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub data_root: PathBuf,
+    pub state_dir: PathBuf,
+    pub functions: Vec<PathBuf>,
+    /// Which `functions.oscar[]` entries this node runs; all of them when unset.
+    pub cluster_id: Option<String>,
+    pub resources: Resources,
+    pub defaults: Defaults,
+    pub logs: LogLimits,
+    pub wasm: WasmSettings,
+}
+
+/// What this node offers to functions; `None` means "measure the machine".
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    pub cpu: Option<Millicores>,
+    pub memory: Option<Bytes>,
+    pub reserved_memory: Bytes,
+}
+
+/// What a function gets when its FDL entry does not say.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub cpu: Millicores,
+    pub memory: Bytes,
+    pub timeout: Duration,
+    /// Runs interrupted by agent restarts before a job is failed (guards against crash loops).
+    pub max_attempts: u32,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogLimits {
+    pub max_bytes_per_stream: usize,
+    pub keep_jobs: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WasmSettings {
+    pub memory_reservation: Bytes,
+    pub memory_guard_size: Bytes,
+    pub pooling: bool,
+    pub pool_instances: u32,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            cpu: Millicores(500),
+            memory: Bytes(256 << 20),
+            timeout: Duration::from_secs(300),
+            max_attempts: 3,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes_per_stream: 64 << 10,
+            keep_jobs: 10_000,
+        }
+    }
+}
+
+impl Default for WasmSettings {
+    fn default() -> Self {
+        // Small reservations keep the address space modest on 32-bit boards and under qemu;
+        // memories still grow past them (by moving), within each function's `memory` cap.
+        Self {
+            memory_reservation: Bytes(64 << 20),
+            memory_guard_size: Bytes(64 << 10),
+            pooling: false,
+            pool_instances: 16,
+        }
+    }
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_toml(&text, &base).map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses config text; relative paths resolve against `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let base = std::path::absolute(base).map_err(|e| e.to_string())?;
+        let abs = |p: &Path| base.join(p);
+        let cpu = |v: &toml::Value, field: &str| -> Result<Millicores, String> {
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => {
+                    return Err(format!(
+                        "{field}: expected a number of cores, found {other:?}"
+                    ));
+                }
+            };
+            Millicores::parse(&text).map_err(|e| format!("{field}: {e}"))
+        };
+        let mem = |v: &str, field: &str| Bytes::parse(v).map_err(|e| format!("{field}: {e}"));
+        let d = Defaults::default();
+        let defaults = Defaults {
+            cpu: raw
+                .defaults
+                .cpu
+                .as_ref()
+                .map(|v| cpu(v, "defaults.cpu"))
+                .transpose()?
+                .unwrap_or(d.cpu),
+            memory: raw
+                .defaults
+                .memory
+                .as_deref()
+                .map(|v| mem(v, "defaults.memory"))
+                .transpose()?
+                .unwrap_or(d.memory),
+            timeout: raw
+                .defaults
+                .timeout_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.timeout),
+            max_attempts: raw.defaults.max_attempts.unwrap_or(d.max_attempts).max(1),
+            shutdown_grace: raw
+                .defaults
+                .shutdown_grace_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.shutdown_grace),
+        };
+        let l = LogLimits::default();
+        let w = WasmSettings::default();
+        let node_name = match raw.node_name {
+            Some(n) if !n.trim().is_empty() => n,
+            _ => hostname(),
+        };
+        Ok(Self {
+            node_name,
+            data_root: abs(&raw.data_root),
+            state_dir: abs(&raw.state_dir),
+            functions: raw.functions.iter().map(|p| abs(p)).collect(),
+            cluster_id: raw.cluster_id,
+            resources: Resources {
+                cpu: raw
+                    .resources
+                    .cpu
+                    .as_ref()
+                    .map(|v| cpu(v, "resources.cpu"))
+                    .transpose()?,
+                memory: raw
+                    .resources
+                    .memory
+                    .as_deref()
+                    .map(|v| mem(v, "resources.memory"))
+                    .transpose()?,
+                reserved_memory: raw
+                    .resources
+                    .reserved_memory
+                    .as_deref()
+                    .map(|v| mem(v, "resources.reserved_memory"))
+                    .transpose()?
+                    .unwrap_or(Bytes(128 << 20)),
+            },
+            defaults,
+            logs: LogLimits {
+                max_bytes_per_stream: raw
+                    .logs
+                    .max_bytes_per_stream
+                    .unwrap_or(l.max_bytes_per_stream),
+                keep_jobs: raw.logs.keep_jobs.unwrap_or(l.keep_jobs),
+            },
+            wasm: WasmSettings {
+                memory_reservation: raw
+                    .wasm
+                    .memory_reservation
+                    .as_deref()
+                    .map(|v| mem(v, "wasm.memory_reservation"))
+                    .transpose()?
+                    .unwrap_or(w.memory_reservation),
+                memory_guard_size: raw
+                    .wasm
+                    .memory_guard_size
+                    .as_deref()
+                    .map(|v| mem(v, "wasm.memory_guard_size"))
+                    .transpose()?
+                    .unwrap_or(w.memory_guard_size),
+                pooling: raw.wasm.pooling.unwrap_or(w.pooling),
+                pool_instances: raw.wasm.pool_instances.unwrap_or(w.pool_instances).max(1),
+            },
+        })
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.state_dir.join("journal.redb")
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+
+    pub fn staging_dir(&self) -> PathBuf {
+        self.state_dir.join("staging")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.state_dir.join("run")
+    }
+
+    pub fn wasm_cache_dir(&self) -> PathBuf {
+        self.state_dir.join("wasm-cache")
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "spillway-node".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let c = AgentConfig::from_toml(
+            "data_root = \"data\"\nstate_dir = \"/var/lib/s\"\nfunctions = [\"f.yaml\"]\n",
+            Path::new("/etc/spillway"),
+        )
+        .expect("valid");
+        assert_eq!(c.data_root, Path::new("/etc/spillway/data"));
+        assert_eq!(c.state_dir, Path::new("/var/lib/s"));
+        assert_eq!(c.functions, vec![PathBuf::from("/etc/spillway/f.yaml")]);
+        assert_eq!(c.defaults.timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn typos_and_bad_quantities_are_refused_with_the_field_name() {
+        let err = AgentConfig::from_toml(
+            "data_root = \"d\"\nstate_dir = \"s\"\ndata_rot = 1\n",
+            Path::new("/"),
+        )
+        .expect_err("unknown field");
+        assert!(err.contains("data_rot"), "{err}");
+        let err = AgentConfig::from_toml(
+            "data_root = \"d\"\nstate_dir = \"s\"\n[resources]\nmemory = \"lots\"\n",
+            Path::new("/"),
+        )
+        .expect_err("bad memory");
+        assert!(err.contains("resources.memory"), "{err}");
+    }
+
+    #[test]
+    fn cpu_may_be_written_as_number_or_string() {
+        let c = AgentConfig::from_toml("data_root = \"d\"\nstate_dir = \"s\"\n[resources]\ncpu = 2\n[defaults]\ncpu = \"250m\"\n", Path::new("/"))
+            .expect("valid");
+        assert_eq!(c.resources.cpu, Some(Millicores(2000)));
+        assert_eq!(c.defaults.cpu, Millicores(250));
+    }
+}

@@ -1,0 +1,351 @@
+//! The agent's durable job journal (redb). Every state change of a job is committed here, with
+//! an fsync, before the agent acts on it; after a crash the journal is the whole truth.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use spillway_proto::{Event, JobId};
+
+/// Job id → encoded [`JobRecord`].
+const JOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jobs");
+/// `function \0 bucket/key` → (size, mtime, job id): lets a rescan skip hashing unchanged files.
+const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
+
+/// Leading byte of every encoded record, so a future layout can be told apart.
+const RECORD_VERSION: u8 = 1;
+
+/// Why the journal failed; the agent cannot promise anything without it, so these are fatal.
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum JournalError {
+    /// cannot open the journal {path}: {source} (is another agent using this state_dir?)
+    Open { path: PathBuf, source: redb::Error },
+    /// journal storage error: {0}
+    Storage(#[from] redb::Error),
+    /// journal record for job {0} is unreadable: {1}
+    Corrupt(String, postcard::Error),
+    /// job {0} cannot go from {1} to {2}
+    IllegalTransition(JobId, &'static str, &'static str),
+}
+
+/// Where a job is in its life. Only the transitions in [`JobState::can_become`] happen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Running,
+    /// The function finished; its outputs wait in `staging` to be delivered.
+    Ran {
+        staging: PathBuf,
+        outputs: Vec<String>,
+    },
+    Succeeded {
+        outputs: Vec<String>,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+impl JobState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Queued => "Queued",
+            Self::Running => "Running",
+            Self::Ran { .. } => "Delivering",
+            Self::Succeeded { .. } => "Succeeded",
+            Self::Failed { .. } => "Failed",
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Succeeded { .. } | Self::Failed { .. })
+    }
+
+    /// The job state machine. `Running → Queued` is the recovery of an interrupted run.
+    pub fn can_become(&self, next: &JobState) -> bool {
+        use JobState::*;
+        matches!(
+            (self, next),
+            (Queued, Running)
+                | (Queued, Failed { .. })
+                | (Running, Ran { .. })
+                | (Running, Failed { .. })
+                | (Running, Queued)
+                | (Ran { .. }, Succeeded { .. })
+                | (Ran { .. }, Failed { .. })
+        )
+    }
+}
+
+/// Everything the agent knows about one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub function: String,
+    pub event: Event,
+    pub state: JobState,
+    /// Runs started so far (1 while the first run is going).
+    pub attempt: u32,
+    pub queued_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+}
+
+impl JobRecord {
+    pub fn new(id: JobId, function: String, event: Event) -> Self {
+        Self {
+            id,
+            function,
+            event,
+            state: JobState::Queued,
+            attempt: 0,
+            queued_at_ms: now_ms(),
+            started_at_ms: None,
+            finished_at_ms: None,
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A file already seen, by size and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenFile {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub sha256: [u8; 32],
+}
+
+#[derive(Debug)]
+pub struct Journal {
+    db: Database,
+}
+
+impl Journal {
+    pub fn open(path: &Path) -> Result<Self, JournalError> {
+        let open = || -> Result<Database, redb::Error> {
+            let db = Database::create(path)?;
+            let txn = db.begin_write()?;
+            txn.open_table(JOBS)?;
+            txn.open_table(FILES)?;
+            txn.commit()?;
+            Ok(db)
+        };
+        open()
+            .map(|db| Self { db })
+            .map_err(|source| JournalError::Open {
+                path: path.to_owned(),
+                source,
+            })
+    }
+
+    /// Inserts a new job; `false` (and no change) when a job with this id already exists.
+    pub fn insert_if_new(
+        &self,
+        record: &JobRecord,
+        seen: Option<(&str, &SeenFile)>,
+    ) -> Result<bool, JournalError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let inserted = {
+            let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
+            let exists = jobs
+                .get(record.id.as_bytes().as_slice())
+                .map_err(redb::Error::from)?
+                .is_some();
+            if !exists {
+                jobs.insert(record.id.as_bytes().as_slice(), encode(record).as_slice())
+                    .map_err(redb::Error::from)?;
+            }
+            if let Some((file_key, seen)) = seen {
+                let mut files = txn.open_table(FILES).map_err(redb::Error::from)?;
+                files
+                    .insert(file_key.as_bytes(), encode(seen).as_slice())
+                    .map_err(redb::Error::from)?;
+            }
+            !exists
+        };
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(inserted)
+    }
+
+    /// Applies `change` to a job and commits it. Returns the new record.
+    pub fn update(
+        &self,
+        id: JobId,
+        change: impl FnOnce(&mut JobRecord),
+    ) -> Result<JobRecord, JournalError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let record = {
+            let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
+            let mut record = match jobs
+                .get(id.as_bytes().as_slice())
+                .map_err(redb::Error::from)?
+            {
+                Some(bytes) => decode::<JobRecord>(&id.to_string(), bytes.value())?,
+                None => {
+                    return Err(JournalError::Storage(redb::Error::Corrupted(format!(
+                        "job {id} is missing"
+                    ))));
+                }
+            };
+            let before = record.state.clone();
+            change(&mut record);
+            if record.state != before && !before.can_become(&record.state) {
+                return Err(JournalError::IllegalTransition(
+                    id,
+                    before.name(),
+                    record.state.name(),
+                ));
+            }
+            jobs.insert(id.as_bytes().as_slice(), encode(&record).as_slice())
+                .map_err(redb::Error::from)?;
+            record
+        };
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(record)
+    }
+
+    pub fn get(&self, id: JobId) -> Result<Option<JobRecord>, JournalError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
+        let value = jobs
+            .get(id.as_bytes().as_slice())
+            .map_err(redb::Error::from)?;
+        value
+            .map(|v| decode(&id.to_string(), v.value()))
+            .transpose()
+    }
+
+    pub fn seen_file(&self, file_key: &str) -> Result<Option<SeenFile>, JournalError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let files = txn.open_table(FILES).map_err(redb::Error::from)?;
+        let value = files.get(file_key.as_bytes()).map_err(redb::Error::from)?;
+        value.map(|v| decode(file_key, v.value())).transpose()
+    }
+
+    /// Every job not yet `Succeeded` or `Failed`, oldest first.
+    pub fn unfinished(&self) -> Result<Vec<JobRecord>, JournalError> {
+        let mut jobs = self.all()?;
+        jobs.retain(|j| !j.state.is_final());
+        jobs.sort_by_key(|j| (j.queued_at_ms, j.id));
+        Ok(jobs)
+    }
+
+    pub fn all(&self) -> Result<Vec<JobRecord>, JournalError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(JOBS).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(redb::Error::from)? {
+            let (key, value) = item.map_err(redb::Error::from)?;
+            out.push(decode(&hex::encode(key.value()), value.value())?);
+        }
+        Ok(out)
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = vec![RECORD_VERSION];
+    // Serialising plain structs into a Vec cannot fail.
+    bytes.extend(postcard::to_allocvec(value).unwrap_or_default());
+    bytes
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, JournalError> {
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| JournalError::Corrupt(what.to_owned(), e))
+        }
+        _ => Err(JournalError::Corrupt(
+            what.to_owned(),
+            postcard::Error::DeserializeBadEncoding,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spillway_proto::{FileEvent, ObjectKey};
+
+    fn record(n: u8) -> JobRecord {
+        let event = Event::File(FileEvent {
+            bucket: "b".into(),
+            key: ObjectKey::parse("k").expect("key"),
+            size: 1,
+            mtime_ns: 0,
+            sha256: [n; 32],
+        });
+        JobRecord::new(event.job_id("node", "f"), "f".into(), event)
+    }
+
+    #[test]
+    fn a_job_is_inserted_once_and_survives_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.redb");
+        let r = record(1);
+        {
+            let j = Journal::open(&path).expect("open");
+            assert!(j.insert_if_new(&r, None).expect("insert"));
+            assert!(
+                !j.insert_if_new(&r, None).expect("insert again"),
+                "the same job twice is one job"
+            );
+            j.update(r.id, |x| x.state = JobState::Running)
+                .expect("update");
+        }
+        let j = Journal::open(&path).expect("reopen");
+        let back = j.get(r.id).expect("get").expect("present");
+        assert_eq!(back.state, JobState::Running);
+        assert_eq!(j.unfinished().expect("list").len(), 1);
+    }
+
+    #[test]
+    fn a_second_agent_on_the_same_state_dir_is_told_why_it_cannot_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.redb");
+        let _first = Journal::open(&path).expect("open");
+        let err = Journal::open(&path).expect_err("locked").to_string();
+        assert!(err.contains("another agent"), "{err}");
+    }
+
+    #[test]
+    fn only_legal_transitions_are_allowed() {
+        use JobState::*;
+        assert!(Queued.can_become(&Running));
+        assert!(!Queued.can_become(&Succeeded { outputs: vec![] }));
+        assert!(!Succeeded { outputs: vec![] }.can_become(&Running));
+        assert!(
+            !Failed {
+                reason: String::new()
+            }
+            .can_become(&Queued)
+        );
+        assert!(Running.can_become(&Queued), "recovery after a crash");
+    }
+
+    #[test]
+    fn the_journal_refuses_an_illegal_transition() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(&dir.path().join("j.redb")).expect("open");
+        let r = record(2);
+        j.insert_if_new(&r, None).expect("insert");
+        let err = j
+            .update(r.id, |x| x.state = JobState::Succeeded { outputs: vec![] })
+            .expect_err("illegal");
+        assert!(matches!(
+            err,
+            JournalError::IllegalTransition(_, "Queued", "Succeeded")
+        ));
+        assert_eq!(
+            j.get(r.id).expect("get").map(|x| x.state),
+            Some(JobState::Queued),
+            "nothing was written"
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! The `process` runtime: the FDL `script` run by `/bin/sh` (as OSCAR runs it in a container),
+//! or a `command`, directly on the host. For trusted setups and tests; OCI isolates, this does
+//! not.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use spillway_proto::FunctionDef;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+use super::{Executor, Exit, Outcome, PrepareError, RunFuture, Runtime, StagedJob};
+use crate::capture::Captured;
+
+/// How long a timed-out job gets between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default)]
+pub struct ProcessRuntime;
+
+#[derive(Debug)]
+struct ProcessExecutor {
+    argv: Vec<String>,
+}
+
+impl Runtime for ProcessRuntime {
+    fn prepare(&self, function: &FunctionDef) -> Result<Arc<dyn Executor>, PrepareError> {
+        let argv = match (&function.command, &function.script) {
+            (Some(command), _) => command.clone(),
+            (None, Some(script)) => {
+                if !script.is_file() {
+                    return Err(PrepareError::MissingFile {
+                        function: function.name.clone(),
+                        what: "script",
+                        path: script.clone(),
+                    });
+                }
+                vec!["/bin/sh".to_owned(), script.display().to_string()]
+            }
+            (None, None) => {
+                return Err(PrepareError::MissingFile {
+                    function: function.name.clone(),
+                    what: "script",
+                    path: PathBuf::from("(none)"),
+                });
+            }
+        };
+        Ok(Arc::new(ProcessExecutor { argv }))
+    }
+}
+
+impl Executor for ProcessExecutor {
+    fn execute(&self, job: StagedJob) -> RunFuture {
+        let argv = self.argv.clone();
+        Box::pin(run(argv, job))
+    }
+}
+
+async fn run(argv: Vec<String>, job: StagedJob) -> Outcome {
+    let mut stdout = Captured::new(job.log_limit);
+    let mut stderr = Captured::new(job.log_limit);
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(passthrough_env())
+        .envs(job.contract_env(
+            &job.input_dir.display().to_string(),
+            &job.output_dir.display().to_string(),
+        ))
+        .current_dir(&job.work_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout or shutdown reaches the script's children too.
+        .process_group(0)
+        .kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            // If the agent dies (even by SIGKILL), its direct child dies with it. This is spawned
+            // from a runtime worker thread, which lives as long as the agent.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let reason = format!("cannot start `{}`: {e}", argv[0]);
+            return Outcome {
+                exit: Exit::Failure(reason),
+                stdout,
+                stderr,
+            };
+        }
+    };
+    let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+    if let Some(pgid) = pgid {
+        // Best effort: only used to reap a run orphaned by an agent crash.
+        let _ = std::fs::write(&job.pid_file, format!("{pgid} {}", job.job_id));
+    }
+    let (mut out_pipe, mut err_pipe) = (child.stdout.take(), child.stderr.take());
+    let reading = async {
+        tokio::join!(
+            drain(out_pipe.as_mut(), &mut stdout),
+            drain(err_pipe.as_mut(), &mut stderr)
+        );
+    };
+    let waited = tokio::time::timeout(job.timeout, async {
+        let (status, ()) = tokio::join!(child.wait(), reading);
+        status
+    })
+    .await;
+    let exit = match waited {
+        Ok(Ok(status)) if status.success() => Exit::Success,
+        Ok(Ok(status)) => Exit::Failure(describe_status(&argv, status)),
+        Ok(Err(e)) => Exit::Failure(format!("lost track of the process: {e}")),
+        Err(_) => {
+            if let Some(pgid) = pgid {
+                let _ = killpg(pgid, Signal::SIGTERM);
+                if tokio::time::timeout(KILL_GRACE, child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                    let _ = child.wait().await;
+                }
+            }
+            Exit::Failure(format!(
+                "timed out after {}s (raise `timeout` in the FDL if the job needs longer)",
+                job.timeout.as_secs()
+            ))
+        }
+    };
+    // Background processes a script left behind belong to the job; the job is over.
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let _ = std::fs::remove_file(&job.pid_file);
+    let exit = match exit {
+        Exit::Failure(reason) => match stderr.last_line() {
+            Some(line) => Exit::Failure(format!("{reason}; last stderr line: {line}")),
+            None => Exit::Failure(reason),
+        },
+        ok => ok,
+    };
+    Outcome {
+        exit,
+        stdout,
+        stderr,
+    }
+}
+
+async fn drain<R: AsyncRead + Unpin>(pipe: Option<&mut R>, sink: &mut Captured) {
+    let Some(pipe) = pipe else { return };
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        sink.push(&buf[..n]);
+    }
+}
+
+fn describe_status(argv: &[String], status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let what = argv.last().map(String::as_str).unwrap_or("command");
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("`{what}` exited with status {code}"),
+        (None, Some(sig)) => {
+            let name = Signal::try_from(sig)
+                .map(|s| s.as_str())
+                .unwrap_or("unknown signal");
+            format!("`{what}` was killed by {name}")
+        }
+        _ => format!("`{what}` ended abnormally"),
+    }
+}
+
+/// Variables of the agent's environment a script reasonably expects.
+fn passthrough_env() -> Vec<(String, String)> {
+    ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .chain(
+            std::env::var("PATH")
+                .is_err()
+                .then(|| ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned())),
+        )
+        .collect()
+}
+
+/// Kills what is left of a run recorded in `pid_file` by an agent that died.
+///
+/// The script itself died with the agent (parent-death signal), but its children may live on in
+/// its process group. A process is only killed if it is in that group *and* carries the job's
+/// `JOB_ID` in its environment, so a reused process-group id never hits a stranger.
+pub fn reap_orphan(pid_file: &std::path::Path) {
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return;
+    };
+    let mut parts = text.split_whitespace();
+    if let (Some(Ok(pgid)), Some(job_id)) = (parts.next().map(str::parse::<i32>), parts.next()) {
+        let marker = format!("JOB_ID={job_id}");
+        for pid in processes_in_group(pgid) {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if environ
+                .split(|b| *b == 0)
+                .any(|var| var == marker.as_bytes())
+            {
+                tracing::warn!(
+                    pid,
+                    job = job_id,
+                    "killing a process left running by a previous agent"
+                );
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
+fn processes_in_group(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command name: state, ppid, pgrp, …
+            let pgrp = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 2..].split_whitespace().nth(2)?.parse::<i32>().ok());
+            pgrp == Some(pgid)
+        })
+        .collect()
+}

@@ -1,0 +1,219 @@
+//! The staging contract (OSCAR faas-supervisor compatible): a fresh input folder holding a copy
+//! of the input file, an empty output folder, and afterwards the delivery of every output file
+//! to each of the function's outputs.
+//!
+//! Each run attempt has its own folders (`staging/<job>-<attempt>`), so a run orphaned by a
+//! crash can never mix its files into the next attempt.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use spillway_proto::fdl::StorageRef;
+use spillway_proto::{JobId, ObjectKey};
+
+/// The folders of one run attempt.
+#[derive(Debug, Clone)]
+pub struct Staging {
+    pub root: PathBuf,
+    pub input_dir: PathBuf,
+    pub output_dir: PathBuf,
+    pub work_dir: PathBuf,
+}
+
+/// A delivery that could not be completed.
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum StagingError {
+    /// cannot prepare the staging folder {path}: {source}
+    Prepare { path: PathBuf, source: io::Error },
+    /// the input file {path} is gone or unreadable: {source}
+    Input { path: PathBuf, source: io::Error },
+    /// output file {key} is refused: {reason}
+    BadOutput { key: String, reason: String },
+    /// cannot deliver {key} to {dest}: {source}
+    Deliver {
+        key: String,
+        dest: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl Staging {
+    pub fn for_attempt(staging_root: &Path, job: JobId, attempt: u32) -> Self {
+        let root = staging_root.join(format!("{job}-{attempt}"));
+        Self {
+            input_dir: root.join("input"),
+            output_dir: root.join("output"),
+            work_dir: root.join("work"),
+            root,
+        }
+    }
+
+    /// Creates the folders afresh and copies the input file in. The copy keeps the original
+    /// untouched whatever the function does to its input.
+    pub fn prepare(&self, input: &Path, file_name: &str) -> Result<(), StagingError> {
+        if self.root.exists() {
+            fs::remove_dir_all(&self.root).map_err(|source| StagingError::Prepare {
+                path: self.root.clone(),
+                source,
+            })?;
+        }
+        for dir in [&self.input_dir, &self.output_dir, &self.work_dir] {
+            fs::create_dir_all(dir).map_err(|source| StagingError::Prepare {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        fs::copy(input, self.input_dir.join(file_name)).map_err(|source| StagingError::Input {
+            path: input.to_owned(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Every regular file the function left in the output folder, as keys relative to it.
+    /// Symbolic links are skipped: following one could copy data from outside the job.
+    pub fn collect_outputs(&self) -> Result<Vec<ObjectKey>, StagingError> {
+        let mut keys = Vec::new();
+        let mut stack = vec![self.output_dir.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = fs::read_dir(&dir).map_err(|source| StagingError::Prepare {
+                path: dir.clone(),
+                source,
+            })?;
+            for entry in entries {
+                let entry = entry.map_err(|source| StagingError::Prepare {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let kind = entry.file_type().map_err(|source| StagingError::Prepare {
+                    path: entry.path(),
+                    source,
+                })?;
+                let path = entry.path();
+                if kind.is_dir() {
+                    stack.push(path);
+                } else if kind.is_file() {
+                    let rel = path.strip_prefix(&self.output_dir).unwrap_or(&path);
+                    let key = ObjectKey::from_relative_path(rel).map_err(|e| {
+                        StagingError::BadOutput {
+                            key: rel.display().to_string(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    keys.push(key);
+                } else {
+                    tracing::warn!(path = %path.display(), "skipping output that is not a regular file");
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    pub fn remove(&self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Copies each output key to every output whose filters accept it, under `data_root`.
+///
+/// Files are written to a hidden temporary name and renamed into place, so a reader (or a chained
+/// function watching that folder) only ever sees complete files, and a repeated delivery after a
+/// crash replaces the same names instead of adding new ones. Returns the delivered paths.
+pub fn deliver(
+    output_dir: &Path,
+    keys: &[ObjectKey],
+    outputs: &[StorageRef],
+    data_root: &Path,
+    job: JobId,
+) -> Result<Vec<String>, StagingError> {
+    let mut delivered = Vec::new();
+    for output in outputs.iter().filter(|o| o.provider.is_local()) {
+        let dest_dir = output.path.dir_under(data_root);
+        for key in keys.iter().filter(|k| output.accepts(k.file_name())) {
+            let dest = key.under(&dest_dir);
+            let parent = dest.parent().unwrap_or(&dest_dir);
+            let fail = |source| StagingError::Deliver {
+                key: key.to_string(),
+                dest: dest.clone(),
+                source,
+            };
+            fs::create_dir_all(parent).map_err(fail)?;
+            let tmp = parent.join(format!(
+                ".spillway-{}-{}.part",
+                job.short(),
+                key.file_name()
+            ));
+            fs::copy(key.under(output_dir), &tmp).map_err(fail)?;
+            fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(fail)?;
+            fs::rename(&tmp, &dest).map_err(fail)?;
+            delivered.push(format!("{}/{}", output.path, key));
+        }
+    }
+    Ok(delivered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spillway_proto::fdl::{BucketPath, ProviderRef};
+
+    fn out(path: &str, suffix: &[&str]) -> StorageRef {
+        let (bucket, folder) = path.split_once('/').expect("bucket/folder");
+        StorageRef {
+            provider: ProviderRef::parse("minio.default"),
+            path: BucketPath {
+                bucket: bucket.into(),
+                folder: Some(ObjectKey::parse(folder).expect("key")),
+            },
+            suffix: suffix.iter().map(|s| s.to_string()).collect(),
+            prefix: vec![],
+        }
+    }
+
+    #[test]
+    fn outputs_are_filtered_per_output_and_delivered_twice_without_duplicates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let staging =
+            Staging::for_attempt(&dir.path().join("staging"), JobId::from_bytes([7; 16]), 1);
+        let input = dir.path().join("in.jpg");
+        fs::write(&input, b"img").expect("write");
+        staging.prepare(&input, "in.jpg").expect("prepare");
+        fs::write(staging.output_dir.join("a.avi"), b"video").expect("write");
+        fs::create_dir_all(staging.output_dir.join("sub")).expect("mkdir");
+        fs::write(staging.output_dir.join("sub/b.wav"), b"audio").expect("write");
+        std::os::unix::fs::symlink("/etc/passwd", staging.output_dir.join("leak"))
+            .expect("symlink");
+        let keys = staging.collect_outputs().expect("collect");
+        assert_eq!(
+            keys.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["a.avi", "sub/b.wav"]
+        );
+        let data = dir.path().join("data");
+        let outputs = [out("av/video", &["avi"]), out("av/audio", &["wav"])];
+        for _ in 0..2 {
+            let delivered = deliver(
+                &staging.output_dir,
+                &keys,
+                &outputs,
+                &data,
+                JobId::from_bytes([7; 16]),
+            )
+            .expect("deliver");
+            assert_eq!(delivered, vec!["av/video/a.avi", "av/audio/sub/b.wav"]);
+        }
+        assert_eq!(
+            fs::read(data.join("av/video/a.avi")).expect("read"),
+            b"video"
+        );
+        assert_eq!(
+            fs::read_dir(data.join("av/video")).expect("ls").count(),
+            1,
+            "no temp files, no copies"
+        );
+        assert!(!data.join("av/video/leak").exists());
+    }
+}
