@@ -18,6 +18,7 @@ use spillway_proto::{Event, FileEvent, JobId, ObjectKey};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 
+use crate::capture::Captured;
 use crate::catalog::{Catalog, Deployed, Runtimes};
 use crate::config::AgentConfig;
 use crate::journal::{JobRecord, JobState, Journal, JournalError, SeenFile, now_ms};
@@ -228,15 +229,17 @@ impl Agent {
         }
         let mut keep_staging = Vec::new();
         for record in s.journal.unfinished()? {
-            match &record.state {
+            match record.state.clone() {
                 JobState::Queued => self.scheduler.enqueue(record.id, &record.function),
                 JobState::Running if record.attempt >= s.config.defaults.max_attempts => {
                     let reason = format!(
                         "interrupted {} times by agent restarts during its run; not retried again",
                         record.attempt
                     );
-                    let r = s.journal.update(record.id, |r| fail(r, reason))?;
-                    joblog::write(&s.config.logs_dir(), &r, None, None);
+                    let staging =
+                        Staging::for_attempt(&s.config.staging_dir(), record.id, record.attempt)
+                            .root;
+                    conclude(&s, record, JobState::Failed { reason }, &staging, None)?;
                 }
                 JobState::Running => {
                     tracing::info!(job = %record.id.short(), function = %record.function, "re-running a job interrupted by a restart");
@@ -246,10 +249,9 @@ impl Agent {
                 }
                 JobState::Ran { staging, outputs } => {
                     keep_staging.push(staging.clone());
-                    let (shared, id, staging, outputs) =
-                        (s.clone(), record.id, staging.clone(), outputs.clone());
+                    let (shared, staging, outputs) = (s.clone(), staging.clone(), outputs.clone());
                     self.tasks.spawn(async move {
-                        finish_delivery(&shared, id, &staging, &outputs).await
+                        finish_delivery(&shared, record, &staging, &outputs).await
                     });
                 }
                 JobState::Succeeded { .. } | JobState::Failed { .. } => {}
@@ -496,8 +498,7 @@ async fn run_job(s: &Arc<Shared>, f: &Deployed, record: JobRecord) -> Result<(),
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()))
     {
-        let r = s.journal.update(record.id, |r| fail(r, reason))?;
-        return Ok(finished(s, &r, &staging, None));
+        return conclude(s, record, JobState::Failed { reason }, &staging.root, None);
     }
     let job = StagedJob {
         job_id: record.id.to_string(),
@@ -528,116 +529,142 @@ async fn run_job(s: &Arc<Shared>, f: &Deployed, record: JobRecord) -> Result<(),
     });
     let outcome = f.executor.execute(job).await;
     let streams = Some((&outcome.stdout, &outcome.stderr));
-    match outcome.exit {
+    let keys = match outcome.exit {
         Exit::Failure(reason) => {
-            let r = s.journal.update(record.id, |r| fail(r, reason))?;
-            finished(s, &r, &staging, streams);
+            return conclude(
+                s,
+                record,
+                JobState::Failed { reason },
+                &staging.root,
+                streams,
+            );
         }
         Exit::Success => match staging.collect_outputs() {
-            Ok(keys) => {
-                let outputs: Vec<String> = keys.iter().map(ToString::to_string).collect();
-                let root = staging.root.clone();
-                s.journal.update(record.id, |r| {
-                    r.state = JobState::Ran {
-                        staging: root,
-                        outputs,
-                    }
-                })?;
-                let r = deliver_and_record(s, record.id, &staging.output_dir, &keys).await?;
-                finished(s, &r, &staging, streams);
-            }
+            Ok(keys) => keys,
             Err(e) => {
-                let r = s.journal.update(record.id, |r| fail(r, e.to_string()))?;
-                finished(s, &r, &staging, streams);
+                return conclude(
+                    s,
+                    record,
+                    JobState::Failed {
+                        reason: e.to_string(),
+                    },
+                    &staging.root,
+                    streams,
+                );
             }
         },
-    }
-    Ok(())
+    };
+    let outputs: Vec<String> = keys.iter().map(ToString::to_string).collect();
+    let ran = s.journal.update(record.id, |r| {
+        r.state = JobState::Ran {
+            staging: staging.root.clone(),
+            outputs,
+        }
+    })?;
+    // The streams are only in memory: keep them with the job before delivery can be interrupted.
+    joblog::write(
+        &config.logs_dir(),
+        &ran,
+        streams.map(|(o, _)| o),
+        streams.map(|(_, e)| e),
+    );
+    let state = deliver_outputs(s, &f.def.output, record.id, &staging.output_dir, &keys).await;
+    conclude(s, ran, state, &staging.root, None)
 }
 
-/// Delivers the outputs of a job in `Ran` and records the result.
-async fn deliver_and_record(
+/// Copies a job's outputs to the function's outputs; the state the job ends in.
+async fn deliver_outputs(
     s: &Arc<Shared>,
+    outputs: &[spillway_proto::fdl::StorageRef],
     id: JobId,
     output_dir: &Path,
     keys: &[ObjectKey],
-) -> Result<JobRecord, JournalError> {
-    let function = s.journal.get(id)?.map(|r| r.function).unwrap_or_default();
-    let outputs = s
-        .catalog
-        .functions
-        .get(&function)
-        .map(|f| f.def.output.clone())
-        .unwrap_or_default();
-    let (dir, keys, root) = (
+) -> JobState {
+    let (dir, keys, root, outputs) = (
         output_dir.to_owned(),
         keys.to_vec(),
         s.config.data_root.clone(),
+        outputs.to_vec(),
     );
-    let delivered =
-        tokio::task::spawn_blocking(move || deliver(&dir, &keys, &outputs, &root, id)).await;
-    match delivered {
-        Ok(Ok(paths)) => s.journal.update(id, |r| {
-            r.state = JobState::Succeeded { outputs: paths };
-            r.finished_at_ms = Some(now_ms());
-        }),
-        Ok(Err(e)) => s.journal.update(id, |r| fail(r, e.to_string())),
-        Err(e) => s
-            .journal
-            .update(id, |r| fail(r, format!("delivery panicked: {e}"))),
+    match tokio::task::spawn_blocking(move || deliver(&dir, &keys, &outputs, &root, id)).await {
+        Ok(Ok(paths)) => JobState::Succeeded { outputs: paths },
+        Ok(Err(e)) => JobState::Failed {
+            reason: e.to_string(),
+        },
+        Err(e) => JobState::Failed {
+            reason: format!("delivery panicked: {e}"),
+        },
     }
 }
 
 /// Completes the delivery of a job found in `Ran` at start-up.
-async fn finish_delivery(s: &Arc<Shared>, id: JobId, staging_root: &Path, outputs: &[String]) {
+async fn finish_delivery(
+    s: &Arc<Shared>,
+    record: JobRecord,
+    staging_root: &Path,
+    outputs: &[String],
+) {
     let keys: Vec<ObjectKey> = outputs
         .iter()
         .filter_map(|k| ObjectKey::parse(k).ok())
         .collect();
-    match deliver_and_record(s, id, &staging_root.join("output"), &keys).await {
-        Ok(r) => {
-            tracing::info!(job = %id.short(), "delivered the outputs of a job finished before the restart");
-            joblog::write(&s.config.logs_dir(), &r, None, None);
-            let _ = s.events.send(JobEvent::Finished {
-                id,
-                function: r.function.clone(),
-                state: r.state,
-            });
-            let _ = std::fs::remove_dir_all(staging_root);
-        }
-        Err(e) => {
-            let _ = s.msgs.send(Msg::Fatal(e));
-        }
+    let function_outputs = s
+        .catalog
+        .functions
+        .get(&record.function)
+        .map(|f| f.def.output.clone())
+        .unwrap_or_default();
+    tracing::info!(job = %record.id.short(), "delivering the outputs of a job that finished before the restart");
+    let state = deliver_outputs(
+        s,
+        &function_outputs,
+        record.id,
+        &staging_root.join("output"),
+        &keys,
+    )
+    .await;
+    if let Err(e) = conclude(s, record, state, staging_root, None) {
+        let _ = s.msgs.send(Msg::Fatal(e));
     }
 }
 
-fn finished(
+/// Records a job's final state. The log is written first: if the agent dies in between, the
+/// journal still says the job is unfinished, so it runs (or delivers) again and rewrites it.
+fn conclude(
     s: &Shared,
-    r: &JobRecord,
-    staging: &Staging,
-    streams: Option<(&crate::capture::Captured, &crate::capture::Captured)>,
-) {
-    match &r.state {
-        JobState::Failed { reason } => {
-            tracing::warn!(job = %r.id.short(), function = %r.function, "failed: {reason}")
-        }
-        JobState::Succeeded { outputs } => {
-            tracing::info!(job = %r.id.short(), function = %r.function, outputs = outputs.len(), "succeeded")
-        }
-        _ => {}
-    }
+    mut record: JobRecord,
+    state: JobState,
+    staging_root: &Path,
+    streams: Option<(&Captured, &Captured)>,
+) -> Result<(), JournalError> {
+    record.state = state;
+    record.finished_at_ms = Some(now_ms());
     joblog::write(
         &s.config.logs_dir(),
-        r,
+        &record,
         streams.map(|(o, _)| o),
         streams.map(|(_, e)| e),
     );
-    staging.remove();
+    s.journal.update(record.id, |r| {
+        r.state = record.state.clone();
+        r.finished_at_ms = record.finished_at_ms;
+    })?;
+    match &record.state {
+        JobState::Failed { reason } => {
+            tracing::warn!(job = %record.id.short(), function = %record.function, "failed: {reason}")
+        }
+        JobState::Succeeded { outputs } => {
+            tracing::info!(job = %record.id.short(), function = %record.function, outputs = outputs.len(), "succeeded")
+        }
+        _ => {}
+    }
+    let _ = std::fs::remove_dir_all(staging_root);
     let _ = s.events.send(JobEvent::Finished {
-        id: r.id,
-        function: r.function.clone(),
-        state: r.state.clone(),
+        id: record.id,
+        function: record.function.clone(),
+        state: record.state,
     });
+    Ok(())
 }
 
 fn rfc3339_now() -> String {

@@ -56,6 +56,16 @@ pub fn write(
         }
         _ => {}
     }
+    let path = path_for(logs_dir, record.id);
+    if stdout.is_none() && stderr.is_none() {
+        // A later state of the same run: keep the streams an earlier write recorded.
+        if let Some(streams) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|old| old.find("--- stdout").map(|i| old[i..].to_owned()))
+        {
+            text.push_str(&streams);
+        }
+    }
     for (name, stream) in [("stdout", stdout), ("stderr", stderr)] {
         if let Some(c) = stream {
             let _ = writeln!(text, "--- {name} ({} bytes) ---", c.total());
@@ -65,7 +75,6 @@ pub fn write(
             }
         }
     }
-    let path = path_for(logs_dir, record.id);
     let tmp = path.with_extension("tmp");
     if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
         tracing::warn!(job = %record.id, "cannot write the job log {}: {e}", path.display());

@@ -92,8 +92,8 @@ impl FolderWatch {
             }
             let target = match event.kind {
                 EventKind::Access(AccessKind::Close(AccessMode::Write)) => event.paths.first(),
+                // Renames also arrive as a paired `Both` event; the `To` half is enough.
                 EventKind::Modify(ModifyKind::Name(RenameMode::To)) => event.paths.first(),
-                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event.paths.get(1),
                 _ => None,
             };
             if let Some(path) = target {

@@ -1,0 +1,197 @@
+//! Test harness: real `spillway-agent` processes on temporary nodes.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// A workspace binary, built on demand when this crate's tests run on their own.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let target = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = target.join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "spillway-agent",
+                "-p",
+                "spillway-coordinator",
+            ])
+            .current_dir(repo(""))
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building the binaries failed");
+    }
+    path
+}
+
+/// A temporary node: its config, data root and state dir.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub banner: Vec<String>,
+}
+
+impl Node {
+    /// A node whose `agent.toml` is `config` plus the standard paths.
+    pub fn new(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!("data_root = \"data\"\nstate_dir = \"state\"\n{config}");
+        std::fs::write(dir.path().join("agent.toml"), text).expect("write config");
+        Self {
+            dir,
+            child: None,
+            banner: Vec::new(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, content).expect("write");
+    }
+
+    /// Starts the agent and waits for its start-up banner to end.
+    pub fn start(&mut self) {
+        let mut child = Command::new(bin("spillway-agent"))
+            .arg("--config")
+            .arg(self.path("agent.toml"))
+            .arg("run")
+            .env("SPILLWAY_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = self.path("agent.log");
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("log");
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                use std::io::Write;
+                let _ = writeln!(f, "{line}");
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        self.banner.clear();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "agent did not start; its log:\n{}",
+                        std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+                    )
+                });
+            let done = line.starts_with("Job logs:");
+            self.banner.push(line);
+            if done {
+                break;
+            }
+        }
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running agent");
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        c.wait().expect("wait")
+    }
+
+    pub fn agent_cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin("spillway-agent"))
+            .arg("--config")
+            .arg(self.path("agent.toml"))
+            .args(args)
+            .output()
+            .expect("run cli");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `spillway-agent jobs`, one row per finished job.
+    pub fn jobs(&self) -> Vec<String> {
+        let (ok, out, err) = self.agent_cli(&["jobs"]);
+        assert!(ok, "jobs failed: {err}");
+        out.lines().map(str::to_owned).collect()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `check` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check()
+}
+
+/// Every file under `dir`, relative, sorted.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap_or(&p).display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
