@@ -141,10 +141,25 @@ impl Catalog {
             },
             max_concurrency: def.max_concurrency,
         };
+        for output in def.output.iter().filter(|o| o.provider.is_local()) {
+            let out_dir = output.path.dir_under(&config.data_root);
+            let loops = def.input.iter().any(|i| {
+                i.provider.is_local() && out_dir.starts_with(i.path.dir_under(&config.data_root))
+            });
+            if loops {
+                return Err(format!(
+                    "output `{}` is inside its own input folder, so every result would trigger `{}` again, forever; write outputs to another folder",
+                    output.path, def.name
+                ));
+            }
+        }
         scheduler
             .add_function(&def.name, limits)
             .map_err(|e| e.to_string())?;
-        let executor = runtimes.prepare(&def).map_err(|e| e.to_string())?;
+        let executor = runtimes.prepare(&def).map_err(|e| {
+            scheduler.remove_function(&def.name);
+            e.to_string()
+        })?;
         let mut inputs = Vec::new();
         for input in &def.input {
             if input.provider.is_local() {

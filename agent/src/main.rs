@@ -85,14 +85,17 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let agent = Agent::start(config).context("the agent could not start")?;
         print_banner(&agent, config_path);
         agent
             .run(shutdown_signal())
             .await
             .context("the agent stopped")
-    })
+    });
+    // A wasm run past the grace period must not hold the exit: its job runs again at next start.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn print_banner(agent: &Agent, config_path: &std::path::Path) {

@@ -110,22 +110,20 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Forgets a function that will not be deployed after all.
+    pub fn remove_function(&mut self, name: &str) {
+        self.functions.remove(name);
+    }
+
     /// How many jobs of this function can run at once on an idle node.
     pub fn slots(&self, name: &str) -> u32 {
         let Some((limits, _)) = self.functions.get(name) else {
             return 0;
         };
         let d = limits.demand;
-        let by_cpu = if d.cpu.0 == 0 {
-            u64::MAX
-        } else {
-            self.capacity.cpu.0 / d.cpu.0
-        };
-        let by_mem = if d.memory.0 == 0 {
-            u64::MAX
-        } else {
-            self.capacity.memory.0 / d.memory.0
-        };
+        // A zero demand never limits.
+        let by_cpu = self.capacity.cpu.0.checked_div(d.cpu.0).unwrap_or(u64::MAX);
+        let by_mem = self.capacity.memory.0.checked_div(d.memory.0).unwrap_or(u64::MAX);
         let by_resources = u32::try_from(by_cpu.min(by_mem)).unwrap_or(u32::MAX);
         limits
             .max_concurrency

@@ -179,7 +179,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let watched = dir.path().join("bucket/input");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let _watch = FolderWatch::start(&[watched.clone()], tx).expect("watch");
+        let _watch = FolderWatch::start(std::slice::from_ref(&watched), tx).expect("watch");
         std::fs::write(watched.join("a.jpg"), b"x").expect("write");
         std::fs::write(watched.join("b.jpg.part"), b"x").expect("write");
         std::fs::rename(watched.join("b.jpg.part"), watched.join("b.jpg")).expect("rename");

@@ -109,7 +109,7 @@ fn positive(original: &str, value: f64) -> Result<f64, QuantityError> {
 
 impl fmt::Display for Millicores {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             write!(f, "{}", self.0 / 1000)
         } else {
             write!(f, "{}m", self.0)
@@ -128,7 +128,7 @@ impl fmt::Display for Bytes {
         for (unit, size) in UNITS {
             if self.0 >= size {
                 let value = self.0 as f64 / size as f64;
-                return if self.0 % size == 0 {
+                return if self.0.is_multiple_of(size) {
                     write!(f, "{}{unit}", self.0 / size)
                 } else {
                     write!(f, "{value:.1}{unit}")

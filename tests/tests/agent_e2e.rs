@@ -252,6 +252,11 @@ const BAD_FDL: &str = r#"functions:
       name: noscript
       runtime: process
       script: missing.sh
+  - edge:
+      name: selfloop
+      command: "true"
+      input: [{storage_provider: minio, path: loop/in}]
+      output: [{storage_provider: minio, path: loop/in/again}]
 "#;
 
 #[test]
@@ -271,6 +276,7 @@ fn bad_inputs_fail_visibly_and_the_agent_keeps_working() {
         "NOT DEPLOYED container: function `container`: runtime `oci` is not available on this agent yet",
         "NOT DEPLOYED noscript: function `noscript`: script",
         "broken.yaml has errors",
+        "NOT DEPLOYED selfloop: output `loop/in/again` is inside its own input folder",
     ] {
         assert!(
             banner.contains(expected),

@@ -51,7 +51,8 @@ pub struct WasiState {
     limits: StoreLimits,
 }
 
-struct WasmExecutor {
+/// A prepared wasm function: its instantiation template and the shared engine.
+pub struct WasmExecutor {
     name: String,
     pre: InstancePre<WasiState>,
     engine: Engine,
@@ -148,6 +149,13 @@ impl WasmRuntime {
 
 impl Runtime for WasmRuntime {
     fn prepare(&self, function: &FunctionDef) -> Result<Arc<dyn Executor>, PrepareError> {
+        Ok(Arc::new(self.prepare_wasm(function)?))
+    }
+}
+
+impl WasmRuntime {
+    /// Compiles (or loads) and links a function's module.
+    pub fn prepare_wasm(&self, function: &FunctionDef) -> Result<WasmExecutor, PrepareError> {
         let path = function.module.clone().unwrap_or_default();
         let bytes = std::fs::read(&path).map_err(|_| PrepareError::MissingFile {
             function: function.name.clone(),
@@ -173,12 +181,19 @@ impl Runtime for WasmRuntime {
                     .into(),
             });
         }
-        Ok(Arc::new(WasmExecutor {
+        Ok(WasmExecutor {
             name: function.name.clone(),
             pre,
             engine: self.engine.clone(),
             ticker: self.ticker.clone(),
-        }))
+        })
+    }
+}
+
+impl WasmExecutor {
+    /// Runs one job on the calling thread (which may block).
+    pub fn run_blocking(&self, job: &StagedJob) -> Outcome {
+        run_instance(&self.pre, &self.engine, &self.ticker, &self.name, job)
     }
 }
 
@@ -210,7 +225,7 @@ impl Executor for WasmExecutor {
 }
 
 /// One job: instantiate, run `_start`, and classify how it ended.
-pub fn run_instance(
+fn run_instance(
     pre: &InstancePre<WasiState>,
     engine: &Engine,
     ticker: &Ticker,

@@ -285,10 +285,10 @@ fn read_clusters(diags: &mut Diagnostics, node: &Node, path: &str) -> BTreeMap<S
             .take("auth_password")
             .and_then(|n| string(diags, n, &format!("{cpath}.auth_password")))
             .map(Secret);
-        if let Some(n) = f.take("ssl_verify") {
-            if super::reader::boolean(diags, n, &format!("{cpath}.ssl_verify")) == Some(false) {
-                diags.warn(n.span(), &format!("{cpath}.ssl_verify"), "Spillway always verifies TLS certificates; `ssl_verify: false` is ignored (install the cluster's CA instead)");
-            }
+        if let Some(n) = f.take("ssl_verify")
+            && super::reader::boolean(diags, n, &format!("{cpath}.ssl_verify")) == Some(false)
+        {
+            diags.warn(n.span(), &format!("{cpath}.ssl_verify"), "Spillway always verifies TLS certificates; `ssl_verify: false` is ignored (install the cluster's CA instead)");
         }
         let mut extra = Extra::new();
         f.finish(
@@ -394,10 +394,10 @@ fn cross_check(diags: &mut Diagnostics, fdl: &Fdl) {
             }
         }
         for r in &f.replicas {
-            if let ReplicaTarget::Oscar { cluster_id, .. } = &r.target {
-                if !cluster_ids.contains(cluster_id.as_str()) {
-                    diags.warn(&span, &format!("{}.replicas", f.fdl_path), format!("replica cluster `{cluster_id}` is not defined under `clusters` in this file; its credentials must come from the coordinator's configuration"));
-                }
+            if let ReplicaTarget::Oscar { cluster_id, .. } = &r.target
+                && !cluster_ids.contains(cluster_id.as_str())
+            {
+                diags.warn(&span, &format!("{}.replicas", f.fdl_path), format!("replica cluster `{cluster_id}` is not defined under `clusters` in this file; its credentials must come from the coordinator's configuration"));
             }
         }
     }

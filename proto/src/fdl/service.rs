@@ -79,17 +79,15 @@ pub(crate) fn parse_service(
         .take("image")
         .and_then(|n| string(diags, n, &f.child_path("image")));
     let mut environment = BTreeMap::new();
-    if aws {
-        if let Some(node) = f.take("container") {
-            read_container(
-                diags,
-                node,
-                &f.child_path("container"),
-                &mut image,
-                &mut environment,
-                &mut extra,
-            );
-        }
+    if aws && let Some(node) = f.take("container") {
+        read_container(
+            diags,
+            node,
+            &f.child_path("container"),
+            &mut image,
+            &mut environment,
+            &mut extra,
+        );
     }
     let script_key = if aws && map.get_node("init_script").is_some() {
         "init_script"

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Spillway's whole test suite, on a fresh Debian 12 machine (run as root):
+#   1. installs what the tests need (Debian packages; nothing else is downloaded but crates),
+#   2. checks formatting and lints,
+#   3. rebuilds the wasm example from C and checks it matches the committed module,
+#   4. runs every x86_64 test (unit, property, runtime and end-to-end with real processes),
+#   5. cross-builds a static aarch64 agent and runs the proto and agent tests under qemu.
+# Builds are cached in $CARGO_TARGET_DIR (default /var/cache/spillway/target) between runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/spillway/target}"
+export CARGO_TERM_COLOR=never
+mkdir -p "$CARGO_TARGET_DIR"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+packages=(
+  clang lld wasi-libc libclang-rt-14-dev-wasm32 libstb-dev      # C -> wasm32-wasi examples
+  rustc-web cargo-web libstd-rust-web-dev:arm64                 # Debian's rustc 1.96 for cross builds
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static  # static aarch64 link + emulation
+  file                                                          # checks that ARM binaries are static
+)
+step "checking build and test dependencies"
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  dpkg --add-architecture arm64
+fi
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust 1.95+ (rustup)" >&2; exit 1; }
+
+step "format"
+cargo fmt --all --check
+
+step "lints"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "wasm example is reproducible from its C source"
+rebuilt="$CARGO_TARGET_DIR/grayscale.wasm"
+configs/examples/grayscale/build.sh "$rebuilt"
+cmp "$rebuilt" configs/examples/grayscale/grayscale.wasm \
+  || { echo "configs/examples/grayscale/grayscale.wasm is stale: run configs/examples/grayscale/build.sh" >&2; exit 1; }
+
+step "x86_64 tests"
+cargo test --workspace
+
+step "aarch64: static agent, proto and agent tests under qemu-aarch64-static"
+RUSTC=/usr/bin/rustc /usr/bin/cargo build --profile ci --target aarch64-unknown-linux-gnu -p spillway-agent
+arm_agent="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/ci/spillway-agent"
+file "$arm_agent" | grep -q "statically linked" || { echo "$arm_agent is not static" >&2; exit 1; }
+qemu-aarch64-static "$arm_agent" --version
+RUSTC=/usr/bin/rustc /usr/bin/cargo test --profile ci --target aarch64-unknown-linux-gnu -p spillway-proto -p spillway-agent --tests
+
+step "all tests passed"
