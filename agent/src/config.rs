@@ -41,16 +41,16 @@ struct RawConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawResources {
-    cpu: Option<toml::Value>,
-    memory: Option<String>,
-    reserved_memory: Option<String>,
+    cpu: Option<Cpu>,
+    memory: Option<Memory>,
+    reserved_memory: Option<Memory>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
-    cpu: Option<toml::Value>,
-    memory: Option<String>,
+    cpu: Option<Cpu>,
+    memory: Option<Memory>,
     timeout_secs: Option<u64>,
     max_attempts: Option<u32>,
     shutdown_grace_secs: Option<u64>,
@@ -66,10 +66,53 @@ struct RawLogs {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWasm {
-    memory_reservation: Option<String>,
-    memory_guard_size: Option<String>,
+    memory_reservation: Option<Memory>,
+    memory_guard_size: Option<Memory>,
     pooling: Option<bool>,
     pool_instances: Option<u32>,
+}
+
+/// A quantity as people write it in TOML: `2`, `0.5` or `"500m"`; `"512Mi"` or `1073741824`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum QuantityText {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+}
+
+impl QuantityText {
+    fn text(self) -> String {
+        match self {
+            Self::Text(s) => s,
+            Self::Integer(i) => i.to_string(),
+            Self::Float(f) => f.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "QuantityText")]
+struct Cpu(Millicores);
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "QuantityText")]
+struct Memory(Bytes);
+
+impl TryFrom<QuantityText> for Cpu {
+    type Error = String;
+    fn try_from(q: QuantityText) -> Result<Self, String> {
+        Millicores::parse(&q.text())
+            .map(Self)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl TryFrom<QuantityText> for Memory {
+    type Error = String;
+    fn try_from(q: QuantityText) -> Result<Self, String> {
+        Bytes::parse(&q.text()).map(Self).map_err(|e| e.to_string())
+    }
 }
 
 /// The agent's settings, with every default applied and every path absolute.
@@ -172,50 +215,11 @@ impl AgentConfig {
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         let base = std::path::absolute(base).map_err(|e| e.to_string())?;
         let abs = |p: &Path| base.join(p);
-        let cpu = |v: &toml::Value, field: &str| -> Result<Millicores, String> {
-            let text = match v {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                other => {
-                    return Err(format!(
-                        "{field}: expected a number of cores, found {other:?}"
-                    ));
-                }
-            };
-            Millicores::parse(&text).map_err(|e| format!("{field}: {e}"))
-        };
-        let mem = |v: &str, field: &str| Bytes::parse(v).map_err(|e| format!("{field}: {e}"));
-        let d = Defaults::default();
-        let defaults = Defaults {
-            cpu: raw
-                .defaults
-                .cpu
-                .as_ref()
-                .map(|v| cpu(v, "defaults.cpu"))
-                .transpose()?
-                .unwrap_or(d.cpu),
-            memory: raw
-                .defaults
-                .memory
-                .as_deref()
-                .map(|v| mem(v, "defaults.memory"))
-                .transpose()?
-                .unwrap_or(d.memory),
-            timeout: raw
-                .defaults
-                .timeout_secs
-                .map(Duration::from_secs)
-                .unwrap_or(d.timeout),
-            max_attempts: raw.defaults.max_attempts.unwrap_or(d.max_attempts).max(1),
-            shutdown_grace: raw
-                .defaults
-                .shutdown_grace_secs
-                .map(Duration::from_secs)
-                .unwrap_or(d.shutdown_grace),
-        };
-        let l = LogLimits::default();
-        let w = WasmSettings::default();
+        let (d, l, w) = (
+            Defaults::default(),
+            LogLimits::default(),
+            WasmSettings::default(),
+        );
         let node_name = match raw.node_name {
             Some(n) if !n.trim().is_empty() => n,
             _ => hostname(),
@@ -227,27 +231,26 @@ impl AgentConfig {
             functions: raw.functions.iter().map(|p| abs(p)).collect(),
             cluster_id: raw.cluster_id,
             resources: Resources {
-                cpu: raw
-                    .resources
-                    .cpu
-                    .as_ref()
-                    .map(|v| cpu(v, "resources.cpu"))
-                    .transpose()?,
-                memory: raw
-                    .resources
-                    .memory
-                    .as_deref()
-                    .map(|v| mem(v, "resources.memory"))
-                    .transpose()?,
+                cpu: raw.resources.cpu.map(|c| c.0),
+                memory: raw.resources.memory.map(|m| m.0),
                 reserved_memory: raw
                     .resources
                     .reserved_memory
-                    .as_deref()
-                    .map(|v| mem(v, "resources.reserved_memory"))
-                    .transpose()?
-                    .unwrap_or(Bytes(128 << 20)),
+                    .map_or(Bytes(128 << 20), |m| m.0),
             },
-            defaults,
+            defaults: Defaults {
+                cpu: raw.defaults.cpu.map_or(d.cpu, |c| c.0),
+                memory: raw.defaults.memory.map_or(d.memory, |m| m.0),
+                timeout: raw
+                    .defaults
+                    .timeout_secs
+                    .map_or(d.timeout, Duration::from_secs),
+                max_attempts: raw.defaults.max_attempts.unwrap_or(d.max_attempts).max(1),
+                shutdown_grace: raw
+                    .defaults
+                    .shutdown_grace_secs
+                    .map_or(d.shutdown_grace, Duration::from_secs),
+            },
             logs: LogLimits {
                 max_bytes_per_stream: raw
                     .logs
@@ -259,17 +262,11 @@ impl AgentConfig {
                 memory_reservation: raw
                     .wasm
                     .memory_reservation
-                    .as_deref()
-                    .map(|v| mem(v, "wasm.memory_reservation"))
-                    .transpose()?
-                    .unwrap_or(w.memory_reservation),
+                    .map_or(w.memory_reservation, |m| m.0),
                 memory_guard_size: raw
                     .wasm
                     .memory_guard_size
-                    .as_deref()
-                    .map(|v| mem(v, "wasm.memory_guard_size"))
-                    .transpose()?
-                    .unwrap_or(w.memory_guard_size),
+                    .map_or(w.memory_guard_size, |m| m.0),
                 pooling: raw.wasm.pooling.unwrap_or(w.pooling),
                 pool_instances: raw.wasm.pool_instances.unwrap_or(w.pool_instances).max(1),
             },
@@ -335,7 +332,10 @@ mod tests {
             Path::new("/"),
         )
         .expect_err("bad memory");
-        assert!(err.contains("resources.memory"), "{err}");
+        assert!(
+            err.contains("line 4") && err.contains("`lots` is not a number"),
+            "{err}"
+        );
     }
 
     #[test]

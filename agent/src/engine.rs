@@ -314,29 +314,7 @@ impl Agent {
                     }
                 });
             }
-            Msg::Identified(record, seen) => {
-                let s = &self.shared;
-                let seen_ref = seen.as_ref().map(|(k, v)| (k.as_str(), v));
-                if s.journal.insert_if_new(&record, seen_ref)? {
-                    if let JobState::Failed { reason } = &record.state {
-                        tracing::warn!(job = %record.id.short(), function = %record.function, "refused: {reason}");
-                        joblog::write(&s.config.logs_dir(), &record, None, None);
-                        let _ = s.events.send(JobEvent::Finished {
-                            id: record.id,
-                            function: record.function.clone(),
-                            state: record.state.clone(),
-                        });
-                    } else {
-                        tracing::debug!(job = %record.id.short(), function = %record.function, "queued");
-                        let _ = s.events.send(JobEvent::Queued {
-                            id: record.id,
-                            function: record.function.clone(),
-                        });
-                        self.scheduler.enqueue(record.id, &record.function);
-                        self.admit()?;
-                    }
-                }
-            }
+            Msg::Identified(record, seen) => self.accept(*record, seen)?,
             Msg::Done(id) => {
                 self.scheduler.finish(id);
                 self.admit()?;
@@ -367,17 +345,69 @@ impl Agent {
 
     /// Starts every job the scheduler admits, journaling `Running` before each one starts.
     fn admit(&mut self) -> Result<(), AgentError> {
-        for (id, function) in self.scheduler.admit() {
+        let admitted = self.scheduler.admit();
+        self.launch(admitted, None)
+    }
+
+    /// Journals a newly identified job. When a slot is free it is journaled straight as
+    /// `Running`: one commit (one fsync) between the file event and the function starting.
+    fn accept(
+        &mut self,
+        mut record: JobRecord,
+        seen: Option<(String, SeenFile)>,
+    ) -> Result<(), AgentError> {
+        let s = self.shared.clone();
+        if s.journal.get(record.id)?.is_some() {
+            return Ok(()); // the same event seen again: the same job
+        }
+        let seen_ref = seen.as_ref().map(|(k, v)| (k.as_str(), v));
+        if let JobState::Failed { reason } = &record.state {
+            tracing::warn!(job = %record.id.short(), function = %record.function, "refused: {reason}");
+            joblog::write(&s.config.logs_dir(), &record, None, None);
+            s.journal.insert_if_new(&record, seen_ref)?;
+            let _ = s.events.send(JobEvent::Finished {
+                id: record.id,
+                function: record.function.clone(),
+                state: record.state,
+            });
+            return Ok(());
+        }
+        self.scheduler.enqueue(record.id, &record.function);
+        let admitted = self.scheduler.admit();
+        if admitted.iter().any(|(id, _)| *id == record.id) {
+            record.state = JobState::Running;
+            record.attempt = 1;
+            record.started_at_ms = Some(now_ms());
+        }
+        s.journal.insert_if_new(&record, seen_ref)?;
+        let _ = s.events.send(JobEvent::Queued {
+            id: record.id,
+            function: record.function.clone(),
+        });
+        let started = (record.state == JobState::Running).then_some(record);
+        self.launch(admitted, started)
+    }
+
+    /// Starts admitted jobs, journaling `Running` before each one starts (`journaled` already is).
+    fn launch(
+        &mut self,
+        admitted: Vec<(JobId, String)>,
+        mut journaled: Option<JobRecord>,
+    ) -> Result<(), AgentError> {
+        for (id, function) in admitted {
             let s = self.shared.clone();
             let Some(deployed) = s.catalog.functions.get(&function).cloned() else {
                 self.scheduler.finish(id);
                 continue;
             };
-            let record = s.journal.update(id, |r| {
-                r.state = JobState::Running;
-                r.attempt += 1;
-                r.started_at_ms = Some(now_ms());
-            })?;
+            let record = match journaled.take_if(|r| r.id == id) {
+                Some(record) => record,
+                None => s.journal.update(id, |r| {
+                    r.state = JobState::Running;
+                    r.attempt += 1;
+                    r.started_at_ms = Some(now_ms());
+                })?,
+            };
             self.tasks.spawn(async move {
                 if let Err(e) = run_job(&s, &deployed, record).await {
                     let _ = s.msgs.send(Msg::Fatal(e));
@@ -416,15 +446,32 @@ fn identify_file(
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as i128);
+    // A symbolic link may point anywhere; only files inside the data root are inputs.
+    let escapes = std::fs::canonicalize(path)
+        .ok()
+        .zip(std::fs::canonicalize(&s.config.data_root).ok())
+        .is_none_or(|(real, root)| !real.starts_with(root));
+    let key = match key {
+        Ok(_) if escapes => Err(format!(
+            "input file refused: {} resolves outside the data root (a symbolic link?); copy the file in instead",
+            rel.display()
+        )),
+        Ok(key) => Ok(key),
+        Err(e) => Err(format!("input file name refused: {e}")),
+    };
     let key = match key {
         Ok(key) => key,
-        Err(e) => {
+        Err(reason) => {
             // Record the refusal as a failed job so the user can find it in `jobs`/`logs`.
             let shown: String = rel
                 .to_string_lossy()
                 .chars()
                 .map(|c| if c.is_control() { '?' } else { c })
                 .collect();
+            let shown = match &bucket.folder {
+                Some(folder) => format!("{folder}/{shown}"),
+                None => shown,
+            };
             let placeholder = ObjectKey::parse(&shown.replace("..", "_"))
                 .or_else(|_| ObjectKey::parse("invalid-name"))
                 .ok()?;
@@ -438,7 +485,7 @@ fn identify_file(
             });
             let mut record =
                 JobRecord::new(event.job_id(&s.config.node_name, name), name.clone(), event);
-            fail(&mut record, format!("input file name refused: {e}"));
+            fail(&mut record, reason);
             return Some((record, None));
         }
     };

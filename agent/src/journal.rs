@@ -30,6 +30,7 @@ pub enum JournalError {
 }
 
 /// Where a job is in its life. Only the transitions in [`JobState::can_become`] happen.
+/// A job is born `Queued`, or `Running` when a slot is free (both in the same commit).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobState {
     Queued,

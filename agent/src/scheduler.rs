@@ -123,7 +123,12 @@ impl Scheduler {
         let d = limits.demand;
         // A zero demand never limits.
         let by_cpu = self.capacity.cpu.0.checked_div(d.cpu.0).unwrap_or(u64::MAX);
-        let by_mem = self.capacity.memory.0.checked_div(d.memory.0).unwrap_or(u64::MAX);
+        let by_mem = self
+            .capacity
+            .memory
+            .0
+            .checked_div(d.memory.0)
+            .unwrap_or(u64::MAX);
         let by_resources = u32::try_from(by_cpu.min(by_mem)).unwrap_or(u32::MAX);
         limits
             .max_concurrency

@@ -57,6 +57,9 @@ impl Bytes {
             .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
             .unwrap_or(t.len());
         let (number, unit) = t.split_at(split);
+        if number.trim().is_empty() {
+            return Err(QuantityError::NotANumber(text.to_owned()));
+        }
         let multiplier: f64 = match unit {
             "" => 1.0,
             "Ki" => 1024.0,

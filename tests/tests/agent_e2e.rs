@@ -293,6 +293,9 @@ fn bad_inputs_fail_visibly_and_the_agent_keeps_working() {
 
     node.write("data/inbox/good/bad\nname.txt", "x");
     node.write("data/inbox/fails/a.txt", "x");
+    let link = node.path("link.txt");
+    std::os::unix::fs::symlink("/etc/hostname", &link).expect("symlink");
+    std::fs::rename(&link, node.path("data/inbox/good/link.txt")).expect("move the link in");
     node.write("data/inbox/good/fine.txt", "fine");
     let outbox = node.path("data/outbox/good");
     assert!(
@@ -303,7 +306,7 @@ fn bad_inputs_fail_visibly_and_the_agent_keeps_working() {
         node.log()
     );
     assert!(
-        wait_until(Duration::from_secs(10), || node.jobs().len() == 3),
+        wait_until(Duration::from_secs(10), || node.jobs().len() == 4),
         "{:?}",
         node.jobs()
     );
@@ -320,6 +323,12 @@ fn bad_inputs_fail_visibly_and_the_agent_keeps_working() {
     assert!(log.contains("reason:   `echo 'cannot find model weights' >&2; exit 3` exited with status 3; last stderr line: cannot find model weights"), "{log}");
     let (_, log, _) = node.agent_cli(&["logs", &id_of("bad?name")]);
     assert!(log.contains("input file name refused: the name \"bad\\nname.txt\" contains the control character U+000A"), "{log}");
+
+    let (_, log, _) = node.agent_cli(&["logs", &id_of("link.txt")]);
+    assert!(
+        log.contains("link.txt resolves outside the data root"),
+        "{log}"
+    );
 
     let (ok, _, err) = node.agent_cli(&["logs", "ffffffffffff"]);
     assert!(
