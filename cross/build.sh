@@ -13,8 +13,9 @@ targets=("$@")
 for target in "${targets[@]}"; do
   case "$target" in
     x86_64-unknown-linux-gnu)
-      cargo build --release -p spillway-agent -p spillway-coordinator
-      dir="$CARGO_TARGET_DIR/release" ;;
+      # Static like the ARM builds: one file to copy anywhere, and only the libc it uses in memory.
+      RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target" -p spillway-agent -p spillway-coordinator
+      dir="$CARGO_TARGET_DIR/$target/release" ;;
     aarch64-unknown-linux-gnu)
       RUSTC=/usr/bin/rustc /usr/bin/cargo build --release --target "$target" -p spillway-agent -p spillway-coordinator
       dir="$CARGO_TARGET_DIR/$target/release" ;;

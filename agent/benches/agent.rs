@@ -150,7 +150,7 @@ fn bench_instantiate() {
 
 fn bench_event_to_running() {
     println!(
-        "\nfile event -> wasm function running, whole agent (inotify, sha256, 2 fsynced journal commits, staging copy):"
+        "\nfile event -> wasm function running, whole agent (inotify, sha256, one fsynced journal commit, staging copy),\n  interleaved with a bare 64-byte write+fsync on the same file system:"
     );
     let dir =
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
@@ -176,7 +176,8 @@ fn bench_event_to_running() {
         let running = tokio::spawn(agent.run(async {
             let _ = stop_rx.await;
         }));
-        let (mut to_start, mut to_finish) = (Vec::new(), Vec::new());
+        let (mut to_start, mut to_finish, mut fsyncs) = (Vec::new(), Vec::new(), Vec::new());
+        let probe = dir.path().join("fsync-probe");
         for i in 0..600u32 {
             let t0 = Instant::now();
             std::fs::write(input.join(format!("f{i}.bin")), i.to_le_bytes()).expect("write");
@@ -192,10 +193,20 @@ fn bench_event_to_running() {
             if i >= 100 {
                 to_start.push(started.expect("started") - t0);
                 to_finish.push(t0.elapsed());
+                let t = Instant::now();
+                let mut f = std::fs::File::create(&probe).expect("probe");
+                std::io::Write::write_all(&mut f, &[0u8; 64]).expect("write");
+                f.sync_all().expect("fsync");
+                fsyncs.push(t.elapsed());
             }
         }
-        report("file closed -> function running", to_start);
+        let start_p50 = report("file closed -> function running", to_start);
         report("file closed -> job Succeeded (journaled)", to_finish);
+        let fsync_p50 = report("bare write+fsync (the disk's floor)", fsyncs);
+        println!(
+            "  ratio event->running / bare fsync (p50): {:.2}",
+            start_p50.as_secs_f64() / fsync_p50.as_secs_f64()
+        );
         let _ = stop_tx.send(());
         let _ = running.await;
     });
@@ -227,7 +238,10 @@ fn bench_footprint() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     for (arch, path) in [
-        ("x86_64", target.join("release/spillway-agent")),
+        (
+            "x86_64",
+            target.join("x86_64-unknown-linux-gnu/release/spillway-agent"),
+        ),
         (
             "aarch64",
             target.join("aarch64-unknown-linux-gnu/release/spillway-agent"),
@@ -246,9 +260,9 @@ fn bench_footprint() {
             Err(_) => println!("  binary size {arch:<8}   (not built: {})", path.display()),
         }
     }
-    let bin = target.join("release/spillway-agent");
+    let bin = target.join("x86_64-unknown-linux-gnu/release/spillway-agent");
     if !bin.exists() {
-        println!("  idle RSS: build it first with `cargo build --release -p spillway-agent`");
+        println!("  idle RSS: build it first with `cross/build.sh x86_64-unknown-linux-gnu`");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -286,8 +300,9 @@ fn bench_footprint() {
                 .unwrap_or_default()
         };
         println!(
-            "  idle RSS, quickstart (2 functions), {label:<38} VmRSS {:>10}  VmHWM {:>10}",
+            "  idle RSS x86_64 static, quickstart, {label:<38} VmRSS {:>9}  anonymous {:>9}  peak {:>9}",
             field("VmRSS:"),
+            field("RssAnon:"),
             field("VmHWM:")
         );
         let _ = child.kill();

@@ -203,8 +203,12 @@ impl AgentConfig {
             path: path.to_owned(),
             source,
         })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::from_toml(&text, &base).map_err(|message| ConfigError::Invalid {
+        // `agent.toml` alone has an empty parent: that is the current folder.
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::from_toml(&text, base).map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,
         })

@@ -93,7 +93,10 @@ pub fn read(logs_dir: &Path, prefix: &str) -> Result<String, LogError> {
     if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(LogError::BadId(prefix));
     }
-    let entries = std::fs::read_dir(logs_dir).map_err(|e| LogError::Io(logs_dir.to_owned(), e))?;
+    let entries = std::fs::read_dir(logs_dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => LogError::NotFound(prefix.clone(), logs_dir.to_owned()),
+        _ => LogError::Io(logs_dir.to_owned(), e),
+    })?;
     let mut matches: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
@@ -121,7 +124,12 @@ pub fn read(logs_dir: &Path, prefix: &str) -> Result<String, LogError> {
 
 /// One line per finished job, newest last: `id  state  function  input`.
 pub fn list(logs_dir: &Path) -> Result<Vec<String>, LogError> {
-    let entries = std::fs::read_dir(logs_dir).map_err(|e| LogError::Io(logs_dir.to_owned(), e))?;
+    let entries = match std::fs::read_dir(logs_dir) {
+        Ok(entries) => entries,
+        // The agent has not run yet: no jobs.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(LogError::Io(logs_dir.to_owned(), e)),
+    };
     let mut rows: Vec<(std::time::SystemTime, String)> = Vec::new();
     for path in entries
         .flatten()

@@ -44,6 +44,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -87,6 +88,7 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
         let agent = Agent::start(config).context("the agent could not start")?;
+        release_startup_memory();
         print_banner(&agent, config_path);
         agent
             .run(shutdown_signal())
@@ -142,5 +144,24 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// glibc gives each thread that allocates its own malloc arena; on a 1 GB board the agent's few
+/// threads share two instead, which keeps idle memory down at no measurable cost here.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tuning; called before any other thread exists.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Compiling wasm modules at start-up leaves freed heap behind; hand it back to the system.
+fn release_startup_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused heap pages to the kernel.
+    unsafe {
+        nix::libc::malloc_trim(0);
     }
 }

@@ -365,6 +365,21 @@ fn bad_inputs_fail_visibly_and_the_agent_keeps_working() {
 }
 
 #[test]
+fn a_config_named_without_a_folder_resolves_against_the_current_one() {
+    let node = Node::new("");
+    let out = std::process::Command::new(support::bin("spillway-agent"))
+        .args(["--config", "agent.toml", "jobs"])
+        .current_dir(node.dir.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_bad_config_exits_64_with_the_reason() {
     let node = Node::new("datarot = 1\n");
     let out = std::process::Command::new(support::bin("spillway-agent"))
