@@ -49,10 +49,12 @@ impl Captured {
         let keep = self.limit - self.limit / 2;
         let tail = &self.tail[self.tail.len().saturating_sub(keep)..];
         let dropped = self.total - (self.head.len() + tail.len()) as u64;
-        let mut out = String::from_utf8_lossy(&self.head).into_owned();
-        if dropped > 0 {
-            let _ = write!(out, "\n[… {dropped} bytes not kept …]\n");
+        if dropped == 0 {
+            // Decode as one piece: a character split between head and tail stays whole.
+            return String::from_utf8_lossy(&[self.head.as_slice(), tail].concat()).into_owned();
         }
+        let mut out = String::from_utf8_lossy(&self.head).into_owned();
+        let _ = write!(out, "\n[… {dropped} bytes not kept …]\n");
         out.push_str(&String::from_utf8_lossy(tail));
         out
     }
