@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/spillway/target}"
+# rustup's toolchain, also when CI starts us with a minimal PATH.
+[ -d "${HOME:-/root}/.cargo/bin" ] && export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 export CARGO_TERM_COLOR=never
 mkdir -p "$CARGO_TARGET_DIR"
 

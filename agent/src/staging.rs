@@ -75,37 +75,28 @@ impl Staging {
     /// Symbolic links are skipped: following one could copy data from outside the job.
     pub fn collect_outputs(&self) -> Result<Vec<ObjectKey>, StagingError> {
         let mut keys = Vec::new();
-        let mut stack = vec![self.output_dir.clone()];
-        while let Some(dir) = stack.pop() {
-            let entries = fs::read_dir(&dir).map_err(|source| StagingError::Prepare {
-                path: dir.clone(),
-                source,
+        for entry in walkdir::WalkDir::new(&self.output_dir).min_depth(1) {
+            let entry = entry.map_err(|e| StagingError::Prepare {
+                path: e.path().unwrap_or(&self.output_dir).to_owned(),
+                source: e.into(),
             })?;
-            for entry in entries {
-                let entry = entry.map_err(|source| StagingError::Prepare {
-                    path: dir.clone(),
-                    source,
-                })?;
-                let kind = entry.file_type().map_err(|source| StagingError::Prepare {
-                    path: entry.path(),
-                    source,
-                })?;
-                let path = entry.path();
-                if kind.is_dir() {
-                    stack.push(path);
-                } else if kind.is_file() {
-                    let rel = path.strip_prefix(&self.output_dir).unwrap_or(&path);
-                    let key = ObjectKey::from_relative_path(rel).map_err(|e| {
-                        StagingError::BadOutput {
-                            key: rel.display().to_string(),
-                            reason: e.to_string(),
-                        }
-                    })?;
-                    keys.push(key);
-                } else {
-                    tracing::warn!(path = %path.display(), "skipping output that is not a regular file");
-                }
+            let kind = entry.file_type();
+            if kind.is_dir() {
+                continue;
             }
+            if !kind.is_file() {
+                tracing::warn!(path = %entry.path().display(), "skipping output that is not a regular file");
+                continue;
+            }
+            let rel = entry
+                .path()
+                .strip_prefix(&self.output_dir)
+                .unwrap_or(entry.path());
+            let key = ObjectKey::from_relative_path(rel).map_err(|e| StagingError::BadOutput {
+                key: rel.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            keys.push(key);
         }
         keys.sort();
         Ok(keys)

@@ -127,27 +127,20 @@ impl FolderWatch {
 
 /// Every finished file under `dir`, oldest modification first (so a backlog runs in arrival order).
 pub fn scan(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            let path = entry.path();
-            if kind.is_dir() {
-                if !is_temporary(&entry.file_name().to_string_lossy()) {
-                    stack.push(path);
-                }
-            } else if kind.is_file() && ready(&path).is_some() {
-                let mtime = entry.metadata().and_then(|m| m.modified()).ok();
-                found.push((mtime, path));
-            }
-        }
-    }
+    let mut found: Vec<_> = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        // Temporary names are skipped, and so is everything inside a temporary-named folder.
+        .filter_entry(|e| e.depth() == 0 || !is_temporary(&e.file_name().to_string_lossy()))
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            (
+                e.metadata().ok().and_then(|m| m.modified().ok()),
+                e.into_path(),
+            )
+        })
+        .collect();
     found.sort();
     found.into_iter().map(|(_, p)| p).collect()
 }
