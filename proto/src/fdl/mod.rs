@@ -8,7 +8,9 @@ mod diag;
 mod model;
 mod parse;
 mod reader;
+mod replica;
 mod service;
+mod storage;
 
 pub use diag::{Diagnostic, Location, Severity};
 pub use model::*;

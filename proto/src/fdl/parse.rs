@@ -10,7 +10,8 @@ use marked_yaml::{LoadError, LoaderOptions, Marker, Node, Span};
 use super::diag::{Diagnostic, Diagnostics};
 use super::model::*;
 use super::reader::{Fields, mapping, scalar_map, sequence, string};
-use super::service::{is_http_url, parse_service};
+use super::replica::is_http_url;
+use super::service::parse_service;
 
 /// The outcome of reading one FDL file: the model if it had no errors, and every diagnostic.
 #[derive(Debug)]

@@ -1,0 +1,238 @@
+//! One job's life after admission: staging, the run, the journal entry for its result,
+//! delivery of its outputs, its log.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use spillway_proto::{Event, JobId, ObjectKey};
+
+use super::{JobEvent, Msg, Shared};
+use crate::capture::Captured;
+use crate::catalog::Deployed;
+use crate::joblog;
+use crate::journal::{JobRecord, JobState, JournalError, now_ms};
+use crate::runtime::{Exit, StagedJob};
+use crate::staging::{Staging, deliver};
+
+/// One run attempt: stage, execute, journal the result, deliver, log.
+pub(super) async fn run_job(
+    s: &Arc<Shared>,
+    f: &Deployed,
+    record: JobRecord,
+) -> Result<(), JournalError> {
+    let Event::File(event) = &record.event;
+    let config = &s.config;
+    let staging = Staging::for_attempt(&config.staging_dir(), record.id, record.attempt);
+    let input = event.key.under(&config.data_root.join(&event.bucket));
+    let file_name = event.key.file_name().to_owned();
+    let prepared = {
+        let (staging, input, name) = (staging.clone(), input.clone(), file_name.clone());
+        tokio::task::spawn_blocking(move || staging.prepare(&input, &name)).await
+    };
+    if let Err(reason) = prepared
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        return conclude(s, record, JobState::Failed { reason }, &staging.root, None);
+    }
+    let job = StagedJob {
+        job_id: record.id.to_string(),
+        function: f.def.name.clone(),
+        input_dir: staging.input_dir.clone(),
+        output_dir: staging.output_dir.clone(),
+        work_dir: staging.work_dir.clone(),
+        file_name,
+        event_json: record
+            .event
+            .to_json(&config.node_name, &rfc3339_now())
+            .to_string(),
+        variables: f
+            .def
+            .environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        timeout: f.def.timeout.unwrap_or(config.defaults.timeout),
+        memory_limit: f.limits.demand.memory.0,
+        log_limit: config.logs.max_bytes_per_stream,
+        pid_file: config.run_dir().join(format!("{}.pid", record.id)),
+    };
+    let _ = s.events.send(JobEvent::Started {
+        id: record.id,
+        function: f.def.name.clone(),
+        at: Instant::now(),
+    });
+    let outcome = f.executor.execute(job).await;
+    let streams = Some((&outcome.stdout, &outcome.stderr));
+    let keys = match outcome.exit {
+        Exit::Failure(reason) => {
+            return conclude(
+                s,
+                record,
+                JobState::Failed { reason },
+                &staging.root,
+                streams,
+            );
+        }
+        Exit::Success => match staging.collect_outputs() {
+            Ok(keys) => keys,
+            Err(e) => {
+                return conclude(
+                    s,
+                    record,
+                    JobState::Failed {
+                        reason: e.to_string(),
+                    },
+                    &staging.root,
+                    streams,
+                );
+            }
+        },
+    };
+    let outputs: Vec<String> = keys.iter().map(ToString::to_string).collect();
+    let ran = s.journal.update(record.id, |r| {
+        r.state = JobState::Ran {
+            staging: staging.root.clone(),
+            outputs,
+        }
+    })?;
+    // The streams are only in memory: keep them with the job before delivery can be interrupted.
+    joblog::write(
+        &config.logs_dir(),
+        &ran,
+        streams.map(|(o, _)| o),
+        streams.map(|(_, e)| e),
+    );
+    let state = deliver_outputs(s, &f.def.output, record.id, &staging.output_dir, &keys).await;
+    conclude(s, ran, state, &staging.root, None)
+}
+
+/// Copies a job's outputs to the function's outputs; the state the job ends in.
+async fn deliver_outputs(
+    s: &Arc<Shared>,
+    outputs: &[spillway_proto::fdl::StorageRef],
+    id: JobId,
+    output_dir: &Path,
+    keys: &[ObjectKey],
+) -> JobState {
+    let (dir, keys, root, outputs) = (
+        output_dir.to_owned(),
+        keys.to_vec(),
+        s.config.data_root.clone(),
+        outputs.to_vec(),
+    );
+    match tokio::task::spawn_blocking(move || deliver(&dir, &keys, &outputs, &root, id)).await {
+        Ok(Ok(paths)) => JobState::Succeeded { outputs: paths },
+        Ok(Err(e)) => JobState::Failed {
+            reason: e.to_string(),
+        },
+        Err(e) => JobState::Failed {
+            reason: format!("delivery panicked: {e}"),
+        },
+    }
+}
+
+/// Completes the delivery of a job found in `Ran` at start-up.
+pub(super) async fn finish_delivery(
+    s: &Arc<Shared>,
+    record: JobRecord,
+    staging_root: &Path,
+    outputs: &[String],
+) {
+    let keys: Vec<ObjectKey> = outputs
+        .iter()
+        .filter_map(|k| ObjectKey::parse(k).ok())
+        .collect();
+    let function_outputs = s
+        .catalog
+        .functions
+        .get(&record.function)
+        .map(|f| f.def.output.clone())
+        .unwrap_or_default();
+    tracing::info!(job = %record.id.short(), "delivering the outputs of a job that finished before the restart");
+    let state = deliver_outputs(
+        s,
+        &function_outputs,
+        record.id,
+        &staging_root.join("output"),
+        &keys,
+    )
+    .await;
+    if let Err(e) = conclude(s, record, state, staging_root, None) {
+        let _ = s.msgs.send(Msg::Fatal(e));
+    }
+}
+
+/// Records a job's final state. The log is written first: if the agent dies in between, the
+/// journal still says the job is unfinished, so it runs (or delivers) again and rewrites it.
+pub(super) fn conclude(
+    s: &Shared,
+    mut record: JobRecord,
+    state: JobState,
+    staging_root: &Path,
+    streams: Option<(&Captured, &Captured)>,
+) -> Result<(), JournalError> {
+    record.state = state;
+    record.finished_at_ms = Some(now_ms());
+    joblog::write(
+        &s.config.logs_dir(),
+        &record,
+        streams.map(|(o, _)| o),
+        streams.map(|(_, e)| e),
+    );
+    s.journal.update(record.id, |r| {
+        r.state = record.state.clone();
+        r.finished_at_ms = record.finished_at_ms;
+    })?;
+    match &record.state {
+        JobState::Failed { reason } => {
+            tracing::warn!(job = %record.id.short(), function = %record.function, "failed: {reason}")
+        }
+        JobState::Succeeded { outputs } => {
+            tracing::info!(job = %record.id.short(), function = %record.function, outputs = outputs.len(), "succeeded")
+        }
+        _ => {}
+    }
+    let _ = std::fs::remove_dir_all(staging_root);
+    let _ = s.events.send(JobEvent::Finished {
+        id: record.id,
+        function: record.function.clone(),
+        state: record.state,
+    });
+    Ok(())
+}
+
+fn rfc3339_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn event_times_are_rfc3339() {
+        let t = super::rfc3339_now();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
+    }
+}

@@ -1,0 +1,155 @@
+//! Where a function's jobs may be delegated: `replicas[]` and `federation.members[]`.
+
+use marked_yaml::Node;
+use marked_yaml::types::MarkedMappingNode;
+
+use super::diag::Diagnostics;
+use super::model::*;
+use super::reader::{Fields, boolean, mapping, scalar_map, sequence, string, unsigned};
+
+pub(crate) fn read_replicas(diags: &mut Diagnostics, node: &Node, path: &str) -> Vec<Replica> {
+    let Some(items) = sequence(diags, node, path) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let ipath = format!("{path}[{i}]");
+            let map = mapping(diags, item, &ipath)?;
+            read_replica(diags, map, &ipath)
+        })
+        .collect()
+}
+
+fn read_replica(diags: &mut Diagnostics, map: &MarkedMappingNode, path: &str) -> Option<Replica> {
+    let mut f = Fields::new(map, path);
+    let kind = match f.take("type") {
+        Some(n) => string(diags, n, &f.child_path("type")),
+        None => {
+            diags.error(map.span(), path, "missing `type`: `oscar` or `endpoint`");
+            None
+        }
+    };
+    let priority = f
+        .take("priority")
+        .and_then(|n| unsigned(diags, n, &f.child_path("priority")))
+        .map(|p| u32::try_from(p).unwrap_or(u32::MAX))
+        .unwrap_or(0);
+    let mut required = |f: &mut Fields<'_>, key: &'static str, what: &str| match f.take(key) {
+        Some(n) => string(diags, n, &f.child_path(key)),
+        None => {
+            diags.error(map.span(), path, format!("missing `{key}` ({what})"));
+            None
+        }
+    };
+    let target = match kind.as_deref() {
+        Some("oscar") => {
+            let cluster_id = required(&mut f, "cluster_id", "the cluster that runs the replica");
+            let service_name =
+                required(&mut f, "service_name", "the service's name on that cluster");
+            Some(ReplicaTarget::Oscar {
+                cluster_id: cluster_id?,
+                service_name: service_name?,
+            })
+        }
+        Some("endpoint") => {
+            let url = required(&mut f, "url", "where to POST the event");
+            let headers = f
+                .take("headers")
+                .map(|n| scalar_map(diags, n, &f.child_path("headers")))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, Secret(v)))
+                .collect();
+            let url = url?;
+            if !is_http_url(&url) {
+                diags.error(
+                    map.span(),
+                    &f.child_path("url"),
+                    format!("`{url}` is not an http:// or https:// URL"),
+                );
+                return None;
+            }
+            Some(ReplicaTarget::Endpoint { url, headers })
+        }
+        Some(other) => {
+            diags.error(
+                map.span(),
+                &f.child_path("type"),
+                format!("unknown replica type `{other}`: expected `oscar` or `endpoint`"),
+            );
+            None
+        }
+        None => None,
+    };
+    if let Some(n) = f.take("ssl_verify") {
+        boolean(diags, n, &f.child_path("ssl_verify"));
+    }
+    let mut extra = Extra::new();
+    f.finish(
+        diags,
+        &[
+            "type",
+            "priority",
+            "cluster_id",
+            "service_name",
+            "url",
+            "headers",
+            "ssl_verify",
+        ],
+        &mut extra,
+    );
+    Some(Replica {
+        target: target?,
+        priority,
+    })
+}
+
+pub(crate) fn read_federation(
+    diags: &mut Diagnostics,
+    map: &MarkedMappingNode,
+    path: &str,
+    replicas: &mut Vec<Replica>,
+    extra: &mut Extra,
+) -> Federation {
+    let mut f = Fields::new(map, path);
+    let mut text = |f: &mut Fields<'_>, key: &'static str| {
+        f.take(key)
+            .and_then(|n| string(diags, n, &f.child_path(key)))
+    };
+    let group_id = text(&mut f, "group_id");
+    let topology = text(&mut f, "topology");
+    let delegation = text(&mut f, "delegation");
+    if let Some(members) = f.take("members") {
+        replicas.extend(read_replicas(diags, members, &f.child_path("members")));
+    }
+    let mut kept = Extra::new();
+    f.finish(
+        diags,
+        &["group_id", "topology", "delegation", "members"],
+        &mut kept,
+    );
+    if !kept.is_empty() {
+        extra.insert(
+            "federation".into(),
+            serde_json::Value::Object(kept.into_iter().collect()),
+        );
+    }
+    Federation {
+        group_id,
+        topology,
+        delegation,
+    }
+}
+
+pub(crate) fn is_http_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        !r.is_empty()
+            && !r.starts_with('/')
+            && !r.chars().any(|c| c.is_whitespace() || c.is_control())
+    })
+}
