@@ -63,7 +63,8 @@ impl JobState {
         matches!(self, Self::Succeeded { .. } | Self::Failed { .. })
     }
 
-    /// The job state machine. `Running → Queued` is the recovery of an interrupted run.
+    /// The job state machine. `Running → Queued` is the recovery of an interrupted run;
+    /// `Failed → Queued` a retry, asked for by delivering the same input again.
     pub fn can_become(&self, next: &JobState) -> bool {
         use JobState::*;
         matches!(
@@ -75,6 +76,7 @@ impl JobState {
                 | (Running, Queued)
                 | (Ran { .. }, Succeeded { .. })
                 | (Ran { .. }, Failed { .. })
+                | (Failed { .. }, Queued)
         )
     }
 }
@@ -322,11 +324,14 @@ mod tests {
         assert!(!Queued.can_become(&Succeeded { outputs: vec![] }));
         assert!(!Succeeded { outputs: vec![] }.can_become(&Running));
         assert!(
-            !Failed {
-                reason: String::new()
-            }
-            .can_become(&Queued)
+            !Succeeded { outputs: vec![] }.can_become(&Queued),
+            "a success is final"
         );
+        let failed = Failed {
+            reason: String::new(),
+        };
+        assert!(failed.can_become(&Queued), "a retry");
+        assert!(!failed.can_become(&Running), "a retry queues first");
         assert!(Running.can_become(&Queued), "recovery after a crash");
     }
 

@@ -14,8 +14,10 @@ use tokio::sync::mpsc::UnboundedSender;
 /// What the watcher reports to the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FolderEvent {
-    /// A complete file is ready at this path.
+    /// A complete file was just written or moved in here.
     Ready(PathBuf),
+    /// A rescan found this file (it may have been there for a while).
+    Found(PathBuf),
     /// Events may have been lost (queue overflow, a folder moved in): scan this folder.
     Rescan(PathBuf),
 }
@@ -187,7 +189,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 FolderEvent::Ready(p) => Some(p.file_name()?.to_string_lossy().into_owned()),
-                FolderEvent::Rescan(_) => None,
+                FolderEvent::Rescan(_) | FolderEvent::Found(_) => None,
             })
             .collect();
         assert_eq!(names, vec!["a.jpg", "b.jpg", "c.jpg"]);

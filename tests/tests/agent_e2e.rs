@@ -364,6 +364,70 @@ fn bad_inputs_fail_visibly_and_the_agent_keeps_working() {
     );
 }
 
+const FLAKY_FDL: &str = r#"functions:
+  oscar:
+  - edge:
+      name: needs-model
+      script: run.sh
+      input: [{storage_provider: minio, path: in/frames}]
+      output: [{storage_provider: minio, path: out/frames}]
+      environment: {Variables: {MODEL: MODEL_PATH}}
+"#;
+
+#[test]
+fn a_failed_job_runs_again_when_its_input_is_delivered_again_but_not_on_restart() {
+    let mut node = Node::new("functions = [\"f.yaml\"]\n");
+    let model = node.path("model.bin");
+    node.write(
+        "f.yaml",
+        FLAKY_FDL.replace("MODEL_PATH", &model.display().to_string()),
+    );
+    node.write("run.sh", "[ -e \"$MODEL\" ] || { echo 'model missing' >&2; exit 3; }\ncp \"$INPUT_FILE_PATH\" \"$TMP_OUTPUT_DIR/\"\n");
+    node.start();
+    node.write("data/in/frames/a.txt", "frame");
+    let failed = |n: &Node| n.jobs().iter().any(|j| j.contains("Failed"));
+    assert!(
+        wait_until(Duration::from_secs(10), || failed(&node)),
+        "{:?}\n{}",
+        node.jobs(),
+        node.log()
+    );
+
+    // A restart rescans the folder and finds the same file: the failure stands.
+    node.stop();
+    node.write("model.bin", "weights");
+    node.start();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        failed(&node) && !node.path("data/out/frames/a.txt").exists(),
+        "a restart must not retry: {:?}",
+        node.jobs()
+    );
+
+    // Delivering the same input again is how a user asks for another try.
+    node.write("data/in/frames/a.txt", "frame");
+    let out = node.path("data/out/frames/a.txt");
+    assert!(
+        wait_until(Duration::from_secs(10), || out.exists()),
+        "{:?}\n{}",
+        node.jobs(),
+        node.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || node
+            .jobs()
+            .iter()
+            .all(|j| j.contains("Succeeded"))),
+        "{:?}",
+        node.jobs()
+    );
+    assert_eq!(
+        node.jobs().len(),
+        1,
+        "the retry is the same job, not a new one"
+    );
+}
+
 #[test]
 fn a_config_named_without_a_folder_resolves_against_the_current_one() {
     let node = Node::new("");

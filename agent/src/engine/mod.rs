@@ -76,7 +76,12 @@ pub struct FunctionSummary {
 
 enum Msg {
     Folder(FolderEvent),
-    Identified(Box<JobRecord>, Option<(String, SeenFile)>),
+    /// A job for a file; `live` when inotify just saw the file arrive (not a rescan).
+    Identified {
+        record: Box<JobRecord>,
+        seen: Option<(String, SeenFile)>,
+        live: bool,
+    },
     Done(JobId),
     Fatal(JournalError),
 }
@@ -306,16 +311,17 @@ impl Agent {
 
     fn handle(&mut self, msg: Msg) -> Result<(), AgentError> {
         match msg {
-            Msg::Folder(FolderEvent::Ready(path)) => self.identify(path),
+            Msg::Folder(FolderEvent::Ready(path)) => self.identify(path, true),
+            Msg::Folder(FolderEvent::Found(path)) => self.identify(path, false),
             Msg::Folder(FolderEvent::Rescan(dir)) => {
                 let tx = self.shared.msgs.clone();
                 tokio::task::spawn_blocking(move || {
                     for path in scan(&dir) {
-                        let _ = tx.send(Msg::Folder(FolderEvent::Ready(path)));
+                        let _ = tx.send(Msg::Folder(FolderEvent::Found(path)));
                     }
                 });
             }
-            Msg::Identified(record, seen) => self.accept(*record, seen)?,
+            Msg::Identified { record, seen, live } => self.accept(*record, seen, live)?,
             Msg::Done(id) => {
                 self.scheduler.finish(id);
                 self.admit()?;
@@ -326,7 +332,7 @@ impl Agent {
     }
 
     /// Hashes a new file off the async workers and reports the job it makes, per function.
-    fn identify(&self, path: PathBuf) {
+    fn identify(&self, path: PathBuf, live: bool) {
         for (function, bucket, rel) in self.shared.catalog.triggered_by(&path) {
             let (shared, function, bucket, rel, path) = (
                 self.shared.clone(),
@@ -338,7 +344,8 @@ impl Agent {
             tokio::task::spawn_blocking(move || {
                 let identified = identify_file(&shared, &function, &bucket, &rel, &path);
                 if let Some((record, seen)) = identified {
-                    let _ = shared.msgs.send(Msg::Identified(Box::new(record), seen));
+                    let record = Box::new(record);
+                    let _ = shared.msgs.send(Msg::Identified { record, seen, live });
                 }
             });
         }
@@ -356,10 +363,31 @@ impl Agent {
         &mut self,
         mut record: JobRecord,
         seen: Option<(String, SeenFile)>,
+        live: bool,
     ) -> Result<(), AgentError> {
         let s = self.shared.clone();
-        if s.journal.get(record.id)?.is_some() {
-            return Ok(()); // the same event seen again: the same job
+        if let Some(existing) = s.journal.get(record.id)? {
+            // The same event seen again is the same job. But a failed job whose input is
+            // delivered anew (copied or moved in again) is a request to run it again.
+            let retry = live
+                && matches!(existing.state, JobState::Failed { .. })
+                && !matches!(record.state, JobState::Failed { .. });
+            if retry {
+                tracing::info!(job = %record.id.short(), function = %record.function, "input delivered again: retrying the failed job");
+                s.journal.update(record.id, |r| {
+                    r.state = JobState::Queued;
+                    r.attempt = 0;
+                    r.started_at_ms = None;
+                    r.finished_at_ms = None;
+                })?;
+                let _ = s.events.send(JobEvent::Queued {
+                    id: record.id,
+                    function: record.function.clone(),
+                });
+                self.scheduler.enqueue(record.id, &record.function);
+                self.admit()?;
+            }
+            return Ok(());
         }
         let seen_ref = seen.as_ref().map(|(k, v)| (k.as_str(), v));
         if let JobState::Failed { reason } = &record.state {
