@@ -329,3 +329,36 @@ async fn modules_that_are_not_wasi_commands_are_refused_at_deploy_time() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_chatty_module_succeeds_and_keeps_the_start_and_end_of_its_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Writes the 8 bytes at offset 0 ("chatter\n") 2000 times to stdout: 16000 bytes.
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 0) "chatter\n")
+      (func (export "_start") (local $i i32)
+        (i32.store (i32.const 16) (i32.const 0))
+        (i32.store (i32.const 20) (i32.const 8))
+        (loop $l
+          (drop (call $w (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 32)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 2000))))))"#;
+    wat_module(dir.path(), "chatty.wasm", wat);
+    let f = function("      name: f\n      module: chatty.wasm\n", dir.path());
+    let exec = wasm_runtime(dir.path()).prepare(&f).expect("prepare");
+    let outcome = run(&exec, &staged("a", b"", Duration::from_secs(5))).await;
+    assert_eq!(outcome.exit, Exit::Success, "{}", outcome.stderr.render());
+    assert_eq!(outcome.stdout.total(), 16_000);
+    let text = outcome.stdout.render();
+    assert!(
+        text.starts_with("chatter\n") && text.ends_with("chatter\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bytes not kept"),
+        "the 4096-byte limit applies: {} bytes kept",
+        text.len()
+    );
+}

@@ -17,8 +17,9 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
     PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap,
 };
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::{Executor, Exit, Outcome, PrepareError, RunFuture, Runtime, StagedJob};
@@ -232,18 +233,12 @@ fn run_instance(
     name: &str,
     job: &StagedJob,
 ) -> Outcome {
-    let stdout_pipe = MemoryOutputPipe::new(job.log_limit);
-    let stderr_pipe = MemoryOutputPipe::new(job.log_limit);
-    let outcome = |exit: Exit| {
-        let mut stdout = Captured::new(job.log_limit);
-        stdout.push(&stdout_pipe.contents());
-        let mut stderr = Captured::new(job.log_limit);
-        stderr.push(&stderr_pipe.contents());
-        Outcome {
-            exit,
-            stdout,
-            stderr,
-        }
+    let stdout_pipe = CaptureStream::new(job.log_limit);
+    let stderr_pipe = CaptureStream::new(job.log_limit);
+    let outcome = |exit: Exit| Outcome {
+        exit,
+        stdout: stdout_pipe.take(),
+        stderr: stderr_pipe.take(),
     };
     let mut builder = WasiCtxBuilder::new();
     builder
@@ -369,5 +364,92 @@ impl Ticker {
 impl Drop for RunGuard<'_> {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A guest's stdout or stderr, kept like a process's: bounded, first and last bytes. Unlike
+/// wasmtime's `MemoryOutputPipe` it never refuses a write, so a chatty module does not fail
+/// because of its own logging.
+#[derive(Debug, Clone)]
+struct CaptureStream(Arc<std::sync::Mutex<Captured>>);
+
+impl CaptureStream {
+    fn new(limit: usize) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Captured::new(limit))))
+    }
+
+    fn push(&self, data: &[u8]) {
+        if let Ok(mut c) = self.0.lock() {
+            c.push(data);
+        }
+    }
+
+    fn take(&self) -> Captured {
+        match self.0.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl IsTerminal for CaptureStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CaptureStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CaptureStream {
+    async fn ready(&mut self) {}
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for CaptureStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+impl tokio::io::AsyncWrite for CaptureStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.push(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
