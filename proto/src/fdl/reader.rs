@@ -78,6 +78,12 @@ impl<'n> Fields<'n> {
         }
     }
 
+    /// Takes a field together with its path (`functions.oscar[0].fog.cpu`), for diagnostics.
+    pub fn field(&mut self, key: &'n str) -> Option<(&'n Node, String)> {
+        let node = self.take(key)?;
+        Some((node, self.child_path(key)))
+    }
+
     pub fn child_path(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_owned()

@@ -32,8 +32,8 @@ fn read_replica(diags: &mut Diagnostics, map: &MarkedMappingNode, path: &str) ->
         }
     };
     let priority = f
-        .take("priority")
-        .and_then(|n| unsigned(diags, n, &f.child_path("priority")))
+        .field("priority")
+        .and_then(|(n, p)| unsigned(diags, n, &p))
         .map(|p| u32::try_from(p).unwrap_or(u32::MAX))
         .unwrap_or(0);
     let mut required = |f: &mut Fields<'_>, key: &'static str, what: &str| match f.take(key) {
@@ -56,8 +56,8 @@ fn read_replica(diags: &mut Diagnostics, map: &MarkedMappingNode, path: &str) ->
         Some("endpoint") => {
             let url = required(&mut f, "url", "where to POST the event");
             let headers = f
-                .take("headers")
-                .map(|n| scalar_map(diags, n, &f.child_path("headers")))
+                .field("headers")
+                .map(|(n, p)| scalar_map(diags, n, &p))
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(k, v)| (k, Secret(v)))

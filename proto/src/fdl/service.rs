@@ -74,9 +74,7 @@ pub(crate) fn parse_service(
             None
         }
     };
-    let mut image = f
-        .take("image")
-        .and_then(|n| string(diags, n, &f.child_path("image")));
+    let mut image = f.field("image").and_then(|(n, p)| string(diags, n, &p));
     let mut environment = BTreeMap::new();
     if aws && let Some(node) = f.take("container") {
         read_container(
@@ -97,13 +95,12 @@ pub(crate) fn parse_service(
         let p = f.child_path(script_key);
         string(diags, n, &p).map(|s| resolve_file(diags, n, &p, "script", &s, base_dir))
     });
-    let module = f.take("module").and_then(|n| {
-        let p = f.child_path("module");
+    let module = f.field("module").and_then(|(n, p)| {
         string(diags, n, &p).map(|s| resolve_file(diags, n, &p, "module", &s, base_dir))
     });
     let command = f
-        .take("command")
-        .and_then(|n| read_command(diags, n, &f.child_path("command")));
+        .field("command")
+        .and_then(|(n, p)| read_command(diags, n, &p));
     let runtime_node = f.take("runtime");
     let explicit_runtime = runtime_node.and_then(|n| {
         let p = f.child_path("runtime");
@@ -133,36 +130,34 @@ pub(crate) fn parse_service(
             }
         }
     });
-    let cpu = f.take("cpu").and_then(|n| {
-        let p = f.child_path("cpu");
+    let cpu = f.field("cpu").and_then(|(n, p)| {
         let s = scalar(diags, n, &p)?;
         Millicores::parse(s.as_str())
             .map_err(|e| diags.error(n.span(), &p, format!("cannot read cpu: {e}")))
             .ok()
     });
     let memory = f
-        .take("memory")
-        .and_then(|n| read_memory(diags, n, &f.child_path("memory"), aws));
+        .field("memory")
+        .and_then(|(n, p)| read_memory(diags, n, &p, aws));
     let input = f
-        .take("input")
-        .map(|n| read_storage_refs(diags, n, &f.child_path("input")))
+        .field("input")
+        .map(|(n, p)| read_storage_refs(diags, n, &p))
         .unwrap_or_default();
     let output = f
-        .take("output")
-        .map(|n| read_storage_refs(diags, n, &f.child_path("output")))
+        .field("output")
+        .map(|(n, p)| read_storage_refs(diags, n, &p))
         .unwrap_or_default();
     let mut replicas = f
-        .take("replicas")
-        .map(|n| read_replicas(diags, n, &f.child_path("replicas")))
+        .field("replicas")
+        .map(|(n, p)| read_replicas(diags, n, &p))
         .unwrap_or_default();
-    let federation = f.take("federation").and_then(|n| {
-        let p = f.child_path("federation");
+    let federation = f.field("federation").and_then(|(n, p)| {
         let m = mapping(diags, n, &p)?;
         Some(read_federation(diags, m, &p, &mut replicas, &mut extra))
     });
     let rescheduler_threshold = f
-        .take("rescheduler_threshold")
-        .and_then(|n| unsigned(diags, n, &f.child_path("rescheduler_threshold")));
+        .field("rescheduler_threshold")
+        .and_then(|(n, p)| unsigned(diags, n, &p));
     if let Some(node) = f.take("environment") {
         read_environment(
             diags,
@@ -172,8 +167,7 @@ pub(crate) fn parse_service(
             &mut extra,
         );
     }
-    let log_level = f.take("log_level").and_then(|n| {
-        let p = f.child_path("log_level");
+    let log_level = f.field("log_level").and_then(|(n, p)| {
         let level = string(diags, n, &p)?;
         const LEVELS: &[&str] = &[
             "CRITICAL", "ERROR", "WARNING", "WARN", "INFO", "DEBUG", "TRACE", "NOTSET",
@@ -191,22 +185,21 @@ pub(crate) fn parse_service(
         Some(level)
     });
     let timeout = f
-        .take("timeout")
-        .and_then(|n| read_duration(diags, n, &f.child_path("timeout")));
-    let max_concurrency = f.take("max_concurrency").and_then(|n| {
-        let p = f.child_path("max_concurrency");
-        match unsigned(diags, n, &p)? {
-            0 => {
-                diags.error(
-                    n.span(),
-                    &p,
-                    "must be at least 1 (leave it out for no limit)",
-                );
-                None
-            }
-            v => Some(u32::try_from(v).unwrap_or(u32::MAX)),
-        }
-    });
+        .field("timeout")
+        .and_then(|(n, p)| read_duration(diags, n, &p));
+    let max_concurrency =
+        f.field("max_concurrency")
+            .and_then(|(n, p)| match unsigned(diags, n, &p)? {
+                0 => {
+                    diags.error(
+                        n.span(),
+                        &p,
+                        "must be at least 1 (leave it out for no limit)",
+                    );
+                    None
+                }
+                v => Some(u32::try_from(v).unwrap_or(u32::MAX)),
+            });
     f.finish(
         diags,
         if aws { LAMBDA_FIELDS } else { SERVICE_FIELDS },

@@ -47,12 +47,12 @@ pub(crate) fn read_storage_refs(
             }
         };
         let suffix = f
-            .take("suffix")
-            .map(|n| strings(diags, n, &f.child_path("suffix")))
+            .field("suffix")
+            .map(|(n, p)| strings(diags, n, &p))
             .unwrap_or_default();
         let prefix = f
-            .take("prefix")
-            .map(|n| strings(diags, n, &f.child_path("prefix")))
+            .field("prefix")
+            .map(|(n, p)| strings(diags, n, &p))
             .unwrap_or_default();
         let mut extra = Extra::new();
         f.finish(
