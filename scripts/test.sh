@@ -42,6 +42,13 @@ cargo fmt --all --check
 
 step "lints"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# Dependencies stay ARM-clean: aws-lc-rs and OpenSSL do not cross-build statically here (use ring).
+for crate in aws-lc-rs openssl-sys; do
+  if cargo tree --workspace -i "$crate" >/dev/null 2>&1; then
+    echo "$crate is in the dependency tree (cargo tree -i $crate); pick ring-based features instead" >&2
+    exit 1
+  fi
+done
 
 step "wasm example is reproducible from its C source"
 rebuilt="$CARGO_TARGET_DIR/grayscale.wasm"
