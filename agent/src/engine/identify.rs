@@ -40,10 +40,8 @@ pub(super) fn identify_file(
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as i128);
     // A symbolic link may point anywhere; only files inside the data root are inputs.
-    let escapes = std::fs::canonicalize(path)
-        .ok()
-        .zip(std::fs::canonicalize(&s.config.data_root).ok())
-        .is_none_or(|(real, root)| !real.starts_with(root));
+    let escapes =
+        std::fs::canonicalize(path).map_or(true, |real| !real.starts_with(&s.real_data_root));
     let key = match key {
         Ok(_) if escapes => Err(format!(
             "input file refused: {} resolves outside the data root (a symbolic link?); copy the file in instead",
