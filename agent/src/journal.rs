@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use spillway_proto::{Event, JobId};
+use spillway_proto::{Event, JobId, ObjectKey};
 
 /// Job id → encoded [`JobRecord`].
 const JOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jobs");
@@ -38,7 +38,7 @@ pub enum JobState {
     /// The function finished; its outputs wait in `staging` to be delivered.
     Ran {
         staging: PathBuf,
-        outputs: Vec<String>,
+        outputs: Vec<ObjectKey>,
     },
     Succeeded {
         outputs: Vec<String>,

@@ -90,11 +90,10 @@ pub(super) async fn run_job(
             }
         },
     };
-    let outputs: Vec<String> = keys.iter().map(ToString::to_string).collect();
     let ran = s.journal.update(record.id, |r| {
         r.state = JobState::Ran {
             staging: staging.root.clone(),
-            outputs,
+            outputs: keys.clone(),
         }
     })?;
     // The streams are only in memory: keep them with the job before delivery can be interrupted.
@@ -138,12 +137,8 @@ pub(super) async fn finish_delivery(
     s: &Arc<Shared>,
     record: JobRecord,
     staging_root: &Path,
-    outputs: &[String],
+    keys: &[ObjectKey],
 ) {
-    let keys: Vec<ObjectKey> = outputs
-        .iter()
-        .filter_map(|k| ObjectKey::parse(k).ok())
-        .collect();
     let function_outputs = s
         .catalog
         .functions
@@ -156,7 +151,7 @@ pub(super) async fn finish_delivery(
         &function_outputs,
         record.id,
         &staging_root.join("output"),
-        &keys,
+        keys,
     )
     .await;
     if let Err(e) = conclude(s, record, state, staging_root, None) {
@@ -204,27 +199,7 @@ pub(super) fn conclude(
 }
 
 fn rfc3339_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 #[cfg(test)]
