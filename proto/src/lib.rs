@@ -5,11 +5,16 @@
 //! - [`key`] validates object keys (file names relative to a bucket folder) so nothing is ever
 //!   written outside a data root.
 //! - [`job`] defines events and the deterministic job identity derived from them.
+//! - [`wire`] is the agent ↔ coordinator protocol (versions, frames, messages), [`load`] the load
+//!   reports and node health, [`link`] the agent's connection state machine. All sans-IO.
 
 pub mod fdl;
 pub mod job;
 pub mod key;
+pub mod link;
+pub mod load;
 pub mod quantity;
+pub mod wire;
 
 pub use fdl::{Fdl, FunctionDef, Runtime};
 pub use job::{Event, FileEvent, JobId};

@@ -1,0 +1,173 @@
+//! Every message of the protocol. Adding a field is a minor version; changing one is a major.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::Version;
+use crate::job::JobId;
+
+/// The largest frame on an unauthenticated (joining) connection.
+pub const MAX_JOIN_FRAME: usize = 64 << 10;
+/// The largest frame on a control or request stream (deployments carry wasm modules and
+/// scripts; requests carry files).
+pub const MAX_STREAM_FRAME: usize = 64 << 20;
+
+/// The one request a connection without a client certificate may make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub version: Version,
+    pub token: String,
+    pub node: String,
+    /// A PKCS#10 certificate signing request for the agent's own key (the key never leaves it).
+    pub csr_der: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinReply {
+    Granted { cert_der: Vec<u8>, ca_der: Vec<u8> },
+    Refused { reason: String },
+}
+
+/// Agent → coordinator on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentFrame {
+    Hello(Hello),
+    /// The outcome of applying a [`Deployment`].
+    Deployed(DeployAck),
+    Job(JobUpdate),
+}
+
+/// Coordinator → agent on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorFrame {
+    Welcome(Welcome),
+    Refused { reason: String },
+    Deploy(Deployment),
+}
+
+/// The first frame of every authenticated connection. The node name comes from the
+/// certificate, never from here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: Version,
+    pub agent_version: String,
+    pub cluster_id: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Capacity,
+    /// Hash of the deployment the agent runs now, so an unchanged one is not resent.
+    pub deployment: [u8; 32],
+    pub arch: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub version: Version,
+    pub coordinator_version: String,
+    /// How often the agent should report its load when nothing changes.
+    pub report_interval_ms: u32,
+}
+
+/// The whole function set meant for one agent (desired state, so applying it twice is harmless).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub functions: Vec<FunctionBundle>,
+}
+
+/// One function as deployed: its FDL definition and the files it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionBundle {
+    pub name: String,
+    /// The `FunctionDef` as JSON (postcard cannot carry its free-form `extra` fields), with
+    /// `script`/`module` relative to the bundle's own folder.
+    pub def_json: String,
+    pub files: Vec<Artifact>,
+}
+
+/// A file shipped with a function (its script, its wasm module).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// Relative path, as written in the FDL.
+    pub path: String,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployAck {
+    pub deployment: [u8; 32],
+    pub running: Vec<String>,
+    /// Functions the agent could not deploy, with the reason.
+    pub refused: Vec<(String, String)>,
+}
+
+/// Where a job is, as the mesh sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobPhase {
+    Queued,
+    Running,
+    Delivering,
+    Succeeded,
+    Failed,
+}
+
+impl JobPhase {
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+impl std::fmt::Display for JobPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A job changed state on an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobUpdate {
+    pub id: JobId,
+    pub function: String,
+    pub phase: JobPhase,
+    /// `bucket/key` of the input, when it came from a folder.
+    pub input: Option<String>,
+    /// `bucket/key` of every delivered output.
+    pub outputs: Vec<String>,
+    pub reason: Option<String>,
+    pub attempt: u32,
+    pub queued_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+}
+
+/// Coordinator → agent, one per request stream; the agent answers with one [`Response`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// The log of a job (a unique id prefix is enough).
+    Logs { job: String },
+    /// Store a file at `bucket/key` under the data root (atomically: it appears whole).
+    PutFile { path: String, bytes: Vec<u8> },
+    GetFile { path: String },
+    ListFiles { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Logs(String),
+    Stored { path: String, sha256: [u8; 32] },
+    File(Vec<u8>),
+    Listing(Vec<FileEntry>),
+    Error(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub size: u64,
+    pub modified_ms: u64,
+}
