@@ -68,11 +68,36 @@ impl Runtimes {
 }
 
 impl Catalog {
-    /// Reads every FDL file and deploys the functions meant for this node into `scheduler`.
-    pub fn load(config: &AgentConfig, runtimes: &Runtimes, scheduler: &mut Scheduler) -> Self {
+    /// Reads every FDL file and deploys the functions meant for this node into `scheduler`,
+    /// then the functions the coordinator deployed here (`mesh`). Local files win a name clash.
+    pub fn load(
+        config: &AgentConfig,
+        runtimes: &Runtimes,
+        scheduler: &mut Scheduler,
+        mesh: Vec<Result<FunctionDef, (String, String)>>,
+    ) -> Self {
         let mut catalog = Catalog::default();
         for file in &config.functions {
             catalog.load_file(file, config, runtimes, scheduler);
+        }
+        for def in mesh {
+            let def = match def {
+                Ok(def) => def,
+                Err((name, reason)) => {
+                    catalog.refused.push(Refused { name, reason });
+                    continue;
+                }
+            };
+            let name = def.name.clone();
+            match catalog.deploy(def, config, runtimes, scheduler) {
+                Ok(deployed) => {
+                    catalog.functions.insert(name, Arc::new(deployed));
+                }
+                Err(reason) => {
+                    tracing::error!(function = %name, "not deployed: {reason}");
+                    catalog.refused.push(Refused { name, reason });
+                }
+            }
         }
         catalog
     }

@@ -29,6 +29,8 @@ struct RawConfig {
     functions: Vec<PathBuf>,
     cluster_id: Option<String>,
     #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
     resources: RawResources,
     #[serde(default)]
     defaults: RawDefaults,
@@ -124,6 +126,8 @@ pub struct AgentConfig {
     pub functions: Vec<PathBuf>,
     /// Which `functions.oscar[]` entries this node runs; all of them when unset.
     pub cluster_id: Option<String>,
+    /// Matched by functions' `node_selector` when the coordinator deploys them.
+    pub labels: std::collections::BTreeMap<String, String>,
     pub resources: Resources,
     pub defaults: Defaults,
     pub logs: LogLimits,
@@ -234,6 +238,7 @@ impl AgentConfig {
             state_dir: abs(&raw.state_dir),
             functions: raw.functions.iter().map(|p| abs(p)).collect(),
             cluster_id: raw.cluster_id,
+            labels: raw.labels,
             resources: Resources {
                 cpu: raw.resources.cpu.map(|c| c.0),
                 memory: raw.resources.memory.map(|m| m.0),

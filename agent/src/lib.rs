@@ -4,7 +4,8 @@
 //! events, [`journal`] records every job durably, [`scheduler`] decides (sans-IO) what may run,
 //! [`staging`] prepares each run and delivers its outputs, [`runtime`] executes functions
 //! (`process`, `wasm`), [`joblog`] keeps per-job logs. [`catalog`] reads the FDL files and
-//! deploys the functions meant for this node; [`config`] is the agent's TOML file.
+//! deploys the functions meant for this node; [`config`] is the agent's TOML file. [`mesh`]
+//! joins a coordinator's mesh and keeps the link to it (optional: an agent works alone too).
 
 pub mod capture;
 pub mod catalog;
@@ -12,10 +13,11 @@ pub mod config;
 pub mod engine;
 pub mod joblog;
 pub mod journal;
+pub mod mesh;
 pub mod runtime;
 pub mod scheduler;
 pub mod staging;
 pub mod watch;
 
 pub use config::AgentConfig;
-pub use engine::{Agent, JobEvent};
+pub use engine::{Agent, AgentHandle, JobEvent};

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use spillway_agent::mesh::{self, Membership};
 use spillway_agent::{Agent, AgentConfig, joblog};
 
 /// Exit code for an unusable configuration (EX_USAGE), as service managers expect.
@@ -41,6 +42,18 @@ enum Command {
     },
     /// List finished jobs (newest last).
     Jobs,
+    /// Join a coordinator's mesh with a one-time token (from `spillway token create`).
+    ///
+    /// Makes this node's key (it never leaves the node), gets it certified by the coordinator's
+    /// CA, and saves the identity in the state folder. `run` then keeps the link up.
+    Join {
+        /// The coordinator's QUIC address, HOST:PORT (port 7443 by default).
+        #[arg(long)]
+        coordinator: String,
+        /// The join token.
+        #[arg(long, env = "SPILLWAY_JOIN_TOKEN")]
+        token: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +76,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run => run(config, &cli.config),
+        Command::Join { coordinator, token } => join(&config, &coordinator, &token),
         Command::Logs { job } => joblog::read(&config.logs_dir(), &job)
             .map(|text| print!("{text}"))
             .map_err(Into::into),
@@ -87,17 +101,55 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
+        let state_dir = config.state_dir.clone();
         let agent = Agent::start(config).context("the agent could not start")?;
         release_startup_memory();
         print_banner(&agent, config_path);
-        agent
+        let (stop_link, link_stopped) = tokio::sync::oneshot::channel::<()>();
+        let link = match Membership::load(&state_dir) {
+            Some(membership) => {
+                println!("Mesh: linking to the coordinator at {}", membership.coordinator);
+                let (handle, capacity) = (agent.mesh_handle(), agent.capacity());
+                Some(tokio::spawn(mesh::link::run(membership, handle, capacity, async {
+                    let _ = link_stopped.await;
+                })))
+            }
+            None => {
+                println!("Mesh: not joined; running standalone (join with `spillway-agent join --coordinator HOST:PORT --token T`)");
+                None
+            }
+        };
+        let result = agent
             .run(shutdown_signal())
             .await
-            .context("the agent stopped")
+            .context("the agent stopped");
+        let _ = stop_link.send(());
+        if let Some(link) = link {
+            let _ = link.await;
+        }
+        result
     });
     // A wasm run past the grace period must not hold the exit: its job runs again at next start.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
+}
+
+fn join(config: &AgentConfig, coordinator: &str, token: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(mesh::join(
+        &config.state_dir,
+        &config.node_name,
+        coordinator,
+        token,
+    ))?;
+    println!(
+        "node `{}` joined the mesh of {coordinator}; start (or restart) the agent to link: spillway-agent run",
+        config.node_name
+    );
+    Ok(())
 }
 
 fn print_banner(agent: &Agent, config_path: &std::path::Path) {

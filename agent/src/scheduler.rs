@@ -67,7 +67,9 @@ pub struct Scheduler {
     used: Demand,
     functions: HashMap<String, (FunctionLimits, u32)>,
     queue: VecDeque<(JobId, String)>,
-    running: HashMap<JobId, String>,
+    /// Each running job with what it holds, so finishing frees exactly that even if its
+    /// function was redeployed with other limits (or removed) meanwhile.
+    running: HashMap<JobId, (String, Demand)>,
 }
 
 impl Scheduler {
@@ -167,7 +169,7 @@ impl Scheduler {
                 *running += 1;
             }
             self.used = self.used.plus(demand);
-            self.running.insert(id, function.clone());
+            self.running.insert(id, (function.clone(), demand));
             started.push((id, function));
         }
         started
@@ -175,13 +177,40 @@ impl Scheduler {
 
     /// A running job ended (any outcome); its resources are free again.
     pub fn finish(&mut self, id: JobId) {
-        let Some(function) = self.running.remove(&id) else {
+        let Some((function, demand)) = self.running.remove(&id) else {
             return;
         };
-        if let Some((limits, running)) = self.functions.get_mut(&function) {
+        self.used = self.used.minus(demand);
+        if let Some((_, running)) = self.functions.get_mut(&function) {
             *running = running.saturating_sub(1);
-            self.used = self.used.minus(limits.demand);
         }
+    }
+
+    /// The job waiting longest, if any.
+    pub fn oldest_queued(&self) -> Option<JobId> {
+        self.queue.front().map(|(id, _)| *id)
+    }
+
+    /// Per function: (name, jobs that could start now, queued, running), in name order.
+    pub fn function_loads(&self) -> Vec<(String, u32, u32, u32)> {
+        let free = self.capacity.minus(self.used);
+        let mut out: Vec<(String, u32, u32, u32)> = self
+            .functions
+            .iter()
+            .map(|(name, (limits, running))| {
+                let d = limits.demand;
+                let by_cpu = free.cpu.0.checked_div(d.cpu.0).unwrap_or(u64::MAX);
+                let by_mem = free.memory.0.checked_div(d.memory.0).unwrap_or(u64::MAX);
+                let mut fit = u32::try_from(by_cpu.min(by_mem)).unwrap_or(u32::MAX);
+                if let Some(m) = limits.max_concurrency {
+                    fit = fit.min(m.saturating_sub(*running));
+                }
+                let queued = self.queue.iter().filter(|(_, f)| f == name).count() as u32;
+                (name.clone(), fit.min(1 << 16), queued, *running)
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     pub fn queued(&self) -> usize {

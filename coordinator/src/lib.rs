@@ -1,6 +1,12 @@
 //! The Spillway coordinator and the `spillway` command-line interface.
 //!
-//! Today it offers [`validate`]: checking FDL files the way the agent and coordinator will read
-//! them. The coordinator server (state, CA, QUIC endpoint) builds on this crate.
+//! [`server`] is the coordinator (state, CA, QUIC endpoint for agents, HTTP API); [`config`]
+//! reads its settings. [`api`] holds the HTTP bodies both sides share, [`client`] is the CLI's
+//! side of that API, [`cli`] the commands built on it, and [`validate`] checks FDL files the way the coordinator reads them.
 
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod server;
 pub mod validate;

@@ -1,47 +1,392 @@
-//! `spillway`: the command-line interface of a Spillway mesh.
+//! `spillway`: the command-line interface of a Spillway mesh, and its coordinator server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
+use spillway_coordinator::cli::output::Format;
+use spillway_coordinator::cli::{self, up};
+use spillway_coordinator::client::{Client, install_client_config};
+use spillway_coordinator::config::CoordinatorConfig;
+use spillway_coordinator::server::Coordinator;
+
+/// Exit code for an unusable configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "spillway",
     version,
-    about = "Drive a Spillway edge-to-cloud serverless mesh"
+    about = "Drive a Spillway edge-to-cloud serverless mesh",
+    after_help = "Start here: `spillway up` runs a coordinator and a local agent; `spillway get nodes` shows the mesh."
 )]
 struct Cli {
+    /// Coordinator API URL (default: from the client config, else http://127.0.0.1:7480).
+    #[arg(long, global = true, env = "SPILLWAY_COORDINATOR")]
+    coordinator: Option<String>,
+    /// API token (default: from the client config).
+    #[arg(long, global = true, env = "SPILLWAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Client config file (default: $SPILLWAY_CONFIG, else ~/.config/spillway/config.toml).
+    #[arg(long = "client-config", global = true)]
+    client_config: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value = "table")]
+    output: Format,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a coordinator and a local agent in one process, on embedded defaults.
+    Up {
+        /// Where both keep their state and the agent its data folders.
+        #[arg(long, default_value = "./spillway-data")]
+        dir: PathBuf,
+        /// QUIC address for agents.
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        quic: std::net::SocketAddr,
+        /// HTTP address for the CLI.
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        http: std::net::SocketAddr,
+        /// The local agent's node name (default: the host name).
+        #[arg(long)]
+        node: Option<String>,
+        /// FDL files to apply at start.
+        #[arg(long = "apply", short = 'f')]
+        apply: Vec<PathBuf>,
+    },
+    /// Run the coordinator server.
+    Serve {
+        /// Coordinator configuration file (TOML).
+        #[arg(long, short, default_value = "/etc/spillway/coordinator.toml")]
+        config: PathBuf,
+    },
+    /// Store the functions of FDL files and deploy them to their nodes.
+    Apply {
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Delete functions (by FDL file or name) or nodes.
+    Delete {
+        /// FDL files whose functions to delete.
+        #[arg(short = 'f', long = "file")]
+        files: Vec<PathBuf>,
+        /// `function NAME...` or `node NAME...`.
+        args: Vec<String>,
+    },
+    /// List nodes, functions, jobs or a node's files; or download NODE:PATH.
+    ///
+    /// spillway get nodes | functions | jobs [--node N] [--function F] | files NODE [PREFIX]
+    /// spillway get NODE:bucket/key [DEST]
+    Get {
+        what: String,
+        args: Vec<String>,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        function: Option<String>,
+        /// Most recent jobs to list.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Upload a file into a node's data folders: spillway put FILE NODE:bucket/key
+    Put { file: PathBuf, dest: String },
+    /// Show everything about one node, function or job.
+    Describe { kind: String, name: String },
+    /// Print a job's log (stdout, stderr, outcome).
+    Logs { job: String },
+    /// Live per-node load.
+    Top {
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Print one frame and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Run a function on the mesh with a file as its input; prints the job id.
+    Invoke {
+        function: String,
+        #[arg(long)]
+        file: PathBuf,
+        /// Run it on this node (default: the least busy node that runs it).
+        #[arg(long)]
+        node: Option<String>,
+        /// Wait for the job and print its outputs.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Join tokens for new nodes.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Check FDL files (OSCAR/SCAR Functions Definition Language, plus Spillway's fields).
     ///
     /// Prints every problem as FILE:LINE:COL: field.path: severity: message on stderr.
     /// Exits 0 when every file is valid (warnings allowed), 1 when any has an error.
     Validate {
-        /// FDL files to check.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a one-time join token.
+    Create {
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (secrets are never shown again).
+    List,
 }
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
         Command::Validate { files } => {
             let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-            match spillway_coordinator::validate::validate_files(&files, &mut out, &mut err) {
+            return match spillway_coordinator::validate::validate_files(&files, &mut out, &mut err)
+            {
                 Ok(summary) if summary.invalid == 0 => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::from(1),
                 Err(e) => {
                     eprintln!("spillway: cannot write the report: {e}");
                     ExitCode::from(2)
                 }
+            };
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "spillway",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    if let Command::Serve { config } = &cli.command {
+        match CoordinatorConfig::load(config) {
+            Ok(c) => return finish(runtime().and_then(|rt| rt.block_on(serve(c)))),
+            Err(e) => {
+                eprintln!("spillway: {e}");
+                return ExitCode::from(EXIT_CONFIG);
             }
         }
+    }
+    finish(runtime().and_then(|rt| rt.block_on(client_command(cli))))
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spillway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
+    let coordinator = Coordinator::start(config).await?;
+    let text = coordinator.client_config();
+    let file = coordinator.state.config.state_dir.join("client.toml");
+    std::fs::write(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
+    let installed = install_client_config(&text);
+    println!(
+        "spillway coordinator: agents on quic://{}, CLI on http://{}; client config in {}{}",
+        coordinator.quic_addr(),
+        coordinator.http_addr(),
+        file.display(),
+        installed.map_or(String::new(), |p| format!(" and {}", p.display()))
+    );
+    coordinator.run(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn client_command(cli: Cli) -> anyhow::Result<()> {
+    let format = cli.output;
+    let client = || {
+        Client::resolve(
+            cli.coordinator.clone(),
+            cli.token.clone(),
+            cli.client_config.clone(),
+        )
+    };
+    match cli.command {
+        Command::Up {
+            dir,
+            quic,
+            http,
+            node,
+            apply,
+        } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let dir = std::fs::canonicalize(&dir)?;
+            up::up(
+                up::UpOptions {
+                    dir,
+                    quic,
+                    http,
+                    node,
+                    apply,
+                },
+                shutdown_signal(),
+            )
+            .await
+        }
+        Command::Apply { files } => cli::apply(&client()?, &files).await,
+        Command::Delete { files, args } => {
+            let c = client()?;
+            let mut names = Vec::new();
+            for f in &files {
+                names.extend(cli::function_names(f)?);
+            }
+            match args.split_first() {
+                Some((kind, rest)) if kind.starts_with("function") => {
+                    names.extend(rest.iter().cloned())
+                }
+                Some((kind, rest)) if kind.starts_with("node") => {
+                    for n in rest {
+                        cli::delete_node(&c, n).await?;
+                    }
+                }
+                Some((other, _)) => anyhow::bail!(
+                    "cannot delete `{other}`: use `delete -f FILE`, `delete function NAME` or `delete node NAME`"
+                ),
+                None if files.is_empty() => anyhow::bail!(
+                    "nothing to delete: use `delete -f FILE`, `delete function NAME` or `delete node NAME`"
+                ),
+                None => {}
+            }
+            cli::delete_functions(&c, &names).await
+        }
+        Command::Get {
+            what,
+            args,
+            node,
+            function,
+            limit,
+        } => {
+            let c = client()?;
+            match what.as_str() {
+                "nodes" | "node" | "no" => cli::get_nodes(&c, format).await,
+                "functions" | "function" | "fn" => cli::get_functions(&c, format).await,
+                "jobs" | "job" => {
+                    cli::get_jobs(&c, format, node.as_deref(), function.as_deref(), limit).await
+                }
+                "files" => {
+                    let n = args
+                        .first()
+                        .context("which node? spillway get files NODE [PREFIX]")?;
+                    cli::get_files(&c, format, n, args.get(1).map_or("", String::as_str)).await
+                }
+                spec if spec.contains(':') => {
+                    cli::download(&c, spec, args.first().map(std::path::Path::new)).await
+                }
+                other => anyhow::bail!(
+                    "cannot get `{other}`: use nodes, functions, jobs, files NODE, or NODE:PATH to download"
+                ),
+            }
+        }
+        Command::Put { file, dest } => cli::upload(&client()?, &file, &dest).await,
+        Command::Describe { kind, name } => cli::describe(&client()?, &kind, &name).await,
+        Command::Logs { job } => cli::logs(&client()?, &job).await,
+        Command::Top { interval, once } => cli::top(&client()?, interval, once).await,
+        Command::Invoke {
+            function,
+            file,
+            node,
+            wait,
+            timeout,
+        } => {
+            cli::invoke(
+                &client()?,
+                &function,
+                &file,
+                node.as_deref(),
+                wait.then_some(timeout),
+                format,
+            )
+            .await
+        }
+        Command::Token { command } => match command {
+            TokenCommand::Create { ttl, description } => {
+                cli::create_token(&client()?, ttl, description, format).await
+            }
+            TokenCommand::List => {
+                let tokens: Vec<spillway_coordinator::server::store::TokenRecord> =
+                    client()?.get("/v1/tokens").await?;
+                spillway_coordinator::cli::output::print(
+                    format,
+                    &tokens,
+                    &["DESCRIPTION", "EXPIRES", "USED BY"],
+                    || {
+                        tokens
+                            .iter()
+                            .map(|t| {
+                                vec![
+                                    t.description.clone(),
+                                    humantime::format_rfc3339_seconds(
+                                        std::time::UNIX_EPOCH
+                                            + Duration::from_millis(t.expires_at_ms),
+                                    )
+                                    .to_string(),
+                                    t.used_by.clone().unwrap_or_else(|| "-".into()),
+                                ]
+                            })
+                            .collect()
+                    },
+                )
+            }
+        },
+        Command::Serve { .. } | Command::Validate { .. } | Command::Completions { .. } => Ok(()),
+    }
+}
+
+/// `spillway get nodes | head` should end quietly, as other Unix tools do, not panic.
+fn restore_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always valid.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

@@ -37,11 +37,19 @@ impl Default for LinkConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
     /// Waiting before the next attempt.
-    Backoff { until: Instant },
-    Connecting { since: Instant },
+    Backoff {
+        until: Instant,
+    },
+    Connecting {
+        since: Instant,
+    },
     /// Connected, `Hello` sent, waiting for `Welcome`.
-    Handshaking { since: Instant },
-    Steady { since: Instant },
+    Handshaking {
+        since: Instant,
+    },
+    Steady {
+        since: Instant,
+    },
 }
 
 /// What happened, as the shell saw it.

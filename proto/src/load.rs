@@ -168,7 +168,10 @@ mod tests {
     #[test]
     fn silence_turns_a_node_suspect_then_down() {
         let l = Liveness::default();
-        assert_eq!(l.health(Some(Duration::from_millis(900))), NodeHealth::Ready);
+        assert_eq!(
+            l.health(Some(Duration::from_millis(900))),
+            NodeHealth::Ready
+        );
         assert_eq!(l.health(Some(Duration::from_secs(5))), NodeHealth::Suspect);
         assert_eq!(l.health(Some(Duration::from_secs(11))), NodeHealth::Down);
         assert_eq!(l.health(None), NodeHealth::Down);

@@ -6,13 +6,16 @@
 //! queued jobs stay queued, interrupted runs run again in fresh folders, and finished runs whose
 //! outputs were not all delivered are delivered again (to the same names).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use spillway_proto::JobId;
+use spillway_proto::load::{FunctionLoad, LoadReport};
 use spillway_proto::quantity::{Bytes, Millicores};
-use tokio::sync::{broadcast, mpsc};
+use spillway_proto::wire::{DeployAck, Deployment};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::catalog::{Catalog, Runtimes};
@@ -21,7 +24,7 @@ use crate::journal::{JobRecord, JobState, Journal, JournalError, SeenFile, now_m
 use crate::scheduler::{Demand, Scheduler};
 use crate::staging::Staging;
 use crate::watch::{FolderEvent, FolderWatch, WatchError, scan};
-use crate::{joblog, runtime};
+use crate::{joblog, mesh, runtime};
 
 mod identify;
 mod run;
@@ -84,6 +87,8 @@ enum Msg {
     },
     Done(JobId),
     Fatal(JournalError),
+    /// A new function set from the coordinator; answered once it is in force.
+    Deploy(Box<Deployment>, oneshot::Sender<DeployAck>),
 }
 
 /// Shared by the engine loop and its run tasks.
@@ -92,7 +97,6 @@ struct Shared {
     /// The data root with symbolic links resolved, to tell whether an input stays inside it.
     real_data_root: PathBuf,
     journal: Journal,
-    catalog: Catalog,
     events: broadcast::Sender<JobEvent>,
     msgs: mpsc::UnboundedSender<Msg>,
 }
@@ -100,11 +104,56 @@ struct Shared {
 pub struct Agent {
     shared: Arc<Shared>,
     scheduler: Scheduler,
+    catalog: Catalog,
     rx: mpsc::UnboundedReceiver<Msg>,
     folder_rx: mpsc::UnboundedReceiver<FolderEvent>,
-    _watch: FolderWatch,
-    _runtimes: Runtimes,
+    folder_tx: mpsc::UnboundedSender<FolderEvent>,
+    watch: FolderWatch,
+    runtimes: Runtimes,
     tasks: JoinSet<()>,
+    load: watch::Sender<LoadReport>,
+    /// Start time of each running job, and a moving mean of run times per function.
+    started: HashMap<JobId, (String, Instant)>,
+    run_means: HashMap<String, f64>,
+    /// The oldest queued job and when it was queued, so load reports need no journal read.
+    oldest: Option<(JobId, u64)>,
+}
+
+/// What the mesh link needs from a running agent: its load, its jobs, and a way to deploy.
+#[derive(Debug, Clone)]
+pub struct AgentHandle {
+    shared: Arc<Shared>,
+    pub load: watch::Receiver<LoadReport>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl AgentHandle {
+    pub fn config(&self) -> &AgentConfig {
+        &self.shared.config
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.shared.journal
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Puts a deployment in force; resolves when the agent runs it.
+    pub async fn deploy(&self, deployment: Deployment) -> Option<DeployAck> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .msgs
+            .send(Msg::Deploy(Box::new(deployment), tx))
+            .ok()?;
+        rx.await.ok()
+    }
 }
 
 impl std::fmt::Debug for Agent {
@@ -160,7 +209,10 @@ impl Agent {
         let journal = Journal::open(&config.journal_path())?;
         let mut scheduler = Scheduler::new(node_capacity(&config));
         let runtimes = Runtimes::new(&config)?;
-        let catalog = Catalog::load(&config, &runtimes, &mut scheduler);
+        let mesh_functions = mesh::deployment::load(&config.state_dir)
+            .map(|d| mesh::deployment::functions(&config.state_dir, &d))
+            .unwrap_or_default();
+        let catalog = Catalog::load(&config, &runtimes, &mut scheduler, mesh_functions);
         let (msgs, rx) = mpsc::unbounded_channel();
         let (folder_tx, folder_rx) = mpsc::unbounded_channel();
         let watch = FolderWatch::start(&catalog.input_dirs(), folder_tx.clone())?;
@@ -174,25 +226,139 @@ impl Agent {
             real_data_root,
             config,
             journal,
-            catalog,
             events,
             msgs,
         });
         let mut agent = Self {
             shared,
             scheduler,
+            catalog,
             rx,
             folder_rx,
-            _watch: watch,
-            _runtimes: runtimes,
+            folder_tx: folder_tx.clone(),
+            watch,
+            runtimes,
             tasks: JoinSet::new(),
+            load: watch::channel(LoadReport::default()).0,
+            started: HashMap::new(),
+            run_means: HashMap::new(),
+            oldest: None,
         };
         agent.recover()?;
         // Files that arrived while the agent was down.
-        for dir in agent.shared.catalog.input_dirs() {
+        for dir in agent.catalog.input_dirs() {
             let _ = folder_tx.send(FolderEvent::Rescan(dir));
         }
+        agent.publish_load();
         Ok(agent)
+    }
+
+    /// A handle for the mesh link (load, jobs, deployments).
+    pub fn mesh_handle(&self) -> AgentHandle {
+        AgentHandle {
+            shared: self.shared.clone(),
+            load: self.load.subscribe(),
+        }
+    }
+
+    /// Publishes this node's load for the mesh link (only when it changed).
+    fn publish_load(&mut self) {
+        let oldest = self.scheduler.oldest_queued();
+        if oldest != self.oldest.map(|(id, _)| id) {
+            self.oldest = oldest.map(|id| {
+                let at = self
+                    .shared
+                    .journal
+                    .get(id)
+                    .ok()
+                    .flatten()
+                    .map_or_else(now_ms, |r| r.queued_at_ms);
+                (id, at)
+            });
+        }
+        let functions = self
+            .scheduler
+            .function_loads()
+            .into_iter()
+            .map(|(name, free_slots, queued, running)| FunctionLoad {
+                mean_run_ms: self.run_means.get(&name).map_or(0, |m| *m as u32),
+                name,
+                free_slots,
+                queued,
+                running,
+            })
+            .collect();
+        let report = LoadReport {
+            queued: self.scheduler.queued() as u32,
+            running: self.scheduler.running() as u32,
+            oldest_queued_ms: self.oldest.map_or(0, |(_, at)| now_ms().saturating_sub(at)),
+            functions,
+            ..LoadReport::default()
+        };
+        self.load.send_if_modified(|current| {
+            let changed = current.queued != report.queued
+                || current.running != report.running
+                || current.functions != report.functions;
+            // The age of the oldest job changes every millisecond; it rides along with real changes.
+            if changed {
+                *current = report;
+            }
+            changed
+        });
+    }
+
+    /// Puts a new function set from the coordinator in force: saved first (so a reboot comes
+    /// back with it), then deployed, watched and rescanned.
+    fn apply_deployment(&mut self, deployment: Deployment) -> DeployAck {
+        let s = self.shared.clone();
+        let digest = deployment.digest();
+        if let Err(e) = mesh::deployment::save(&s.config.state_dir, &deployment) {
+            tracing::error!("deployment not applied: {e}");
+            return DeployAck {
+                deployment: [0; 32],
+                running: self.catalog.functions.keys().cloned().collect(),
+                refused: vec![("*".into(), e.to_string())],
+            };
+        }
+        let defs = mesh::deployment::functions(&s.config.state_dir, &deployment);
+        let catalog = Catalog::load(&s.config, &self.runtimes, &mut self.scheduler, defs);
+        for gone in self
+            .catalog
+            .functions
+            .keys()
+            .filter(|n| !catalog.functions.contains_key(*n))
+        {
+            tracing::info!(function = %gone, "function removed by the coordinator");
+            self.scheduler.remove_function(gone);
+        }
+        let old_dirs = self.catalog.input_dirs();
+        match FolderWatch::start(&catalog.input_dirs(), self.folder_tx.clone()) {
+            Ok(w) => self.watch = w,
+            Err(e) => tracing::error!("cannot watch the new input folders: {e}"),
+        }
+        for dir in catalog
+            .input_dirs()
+            .into_iter()
+            .filter(|d| !old_dirs.contains(d))
+        {
+            let _ = self.folder_tx.send(FolderEvent::Rescan(dir));
+        }
+        self.catalog = catalog;
+        tracing::info!(
+            functions = self.catalog.functions.len(),
+            refused = self.catalog.refused.len(),
+            "deployment from the coordinator in force"
+        );
+        DeployAck {
+            deployment: digest,
+            running: self.catalog.functions.keys().cloned().collect(),
+            refused: self
+                .catalog
+                .refused
+                .iter()
+                .map(|r| (r.name.clone(), r.reason.clone()))
+                .collect(),
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
@@ -205,8 +371,7 @@ impl Agent {
 
     pub fn functions(&self) -> Vec<FunctionSummary> {
         let data_root = &self.shared.config.data_root;
-        self.shared
-            .catalog
+        self.catalog
             .functions
             .values()
             .map(|f| FunctionSummary {
@@ -226,7 +391,7 @@ impl Agent {
     }
 
     pub fn refused(&self) -> &[crate::catalog::Refused] {
-        &self.shared.catalog.refused
+        &self.catalog.refused
     }
 
     pub fn capacity(&self) -> Demand {
@@ -264,8 +429,14 @@ impl Agent {
                 JobState::Ran { staging, outputs } => {
                     keep_staging.push(staging.clone());
                     let (shared, staging, outputs) = (s.clone(), staging.clone(), outputs.clone());
+                    let targets = self
+                        .catalog
+                        .functions
+                        .get(&record.function)
+                        .map(|f| f.def.output.clone())
+                        .unwrap_or_default();
                     self.tasks.spawn(async move {
-                        finish_delivery(&shared, record, &staging, &outputs).await
+                        finish_delivery(&shared, record, &staging, &outputs, &targets).await
                     });
                 }
                 JobState::Succeeded { .. } | JobState::Failed { .. } => {}
@@ -332,16 +503,28 @@ impl Agent {
             Msg::Identified { record, seen, live } => self.accept(*record, seen, live)?,
             Msg::Done(id) => {
                 self.scheduler.finish(id);
+                if let Some((function, at)) = self.started.remove(&id) {
+                    let ms = at.elapsed().as_secs_f64() * 1000.0;
+                    let mean = self.run_means.entry(function).or_insert(ms);
+                    // Exponential moving mean: recent runs count most, one outlier does not rule.
+                    *mean = *mean * 0.8 + ms * 0.2;
+                }
                 self.admit()?;
             }
             Msg::Fatal(e) => return Err(e.into()),
+            Msg::Deploy(deployment, reply) => {
+                let ack = self.apply_deployment(*deployment);
+                let _ = reply.send(ack);
+                self.admit()?;
+            }
         }
+        self.publish_load();
         Ok(())
     }
 
     /// Hashes a new file off the async workers and reports the job it makes, per function.
     fn identify(&self, path: PathBuf, live: bool) {
-        for (function, bucket, rel) in self.shared.catalog.triggered_by(&path) {
+        for (function, bucket, rel) in self.catalog.triggered_by(&path) {
             let (shared, function, bucket, rel, path) = (
                 self.shared.clone(),
                 function.clone(),
@@ -433,7 +616,7 @@ impl Agent {
     ) -> Result<(), AgentError> {
         for (id, function) in admitted {
             let s = self.shared.clone();
-            let Some(deployed) = s.catalog.functions.get(&function).cloned() else {
+            let Some(deployed) = self.catalog.functions.get(&function).cloned() else {
                 self.scheduler.finish(id);
                 continue;
             };
@@ -445,6 +628,7 @@ impl Agent {
                     r.started_at_ms = Some(now_ms());
                 })?,
             };
+            self.started.insert(id, (function.clone(), Instant::now()));
             self.tasks.spawn(async move {
                 if let Err(e) = run_job(&s, &deployed, record).await {
                     let _ = s.msgs.send(Msg::Fatal(e));

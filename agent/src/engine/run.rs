@@ -138,17 +138,12 @@ pub(super) async fn finish_delivery(
     record: JobRecord,
     staging_root: &Path,
     keys: &[ObjectKey],
+    function_outputs: &[spillway_proto::fdl::StorageRef],
 ) {
-    let function_outputs = s
-        .catalog
-        .functions
-        .get(&record.function)
-        .map(|f| f.def.output.clone())
-        .unwrap_or_default();
     tracing::info!(job = %record.id.short(), "delivering the outputs of a job that finished before the restart");
     let state = deliver_outputs(
         s,
-        &function_outputs,
+        function_outputs,
         record.id,
         &staging_root.join("output"),
         keys,

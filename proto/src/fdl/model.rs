@@ -94,6 +94,10 @@ pub struct FunctionDef {
     pub log_level: Option<String>,
     pub timeout: Option<Duration>,
     pub max_concurrency: Option<u32>,
+    /// Agent labels a node must carry to run this function (Spillway's field; all nodes when
+    /// empty).
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
     pub extra: Extra,
     /// Where the function was defined, for messages about it later on.
     pub location: Location,

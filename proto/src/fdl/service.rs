@@ -34,6 +34,7 @@ const SERVICE_FIELDS: &[&str] = &[
     "command",
     "timeout",
     "max_concurrency",
+    "node_selector",
 ];
 const LAMBDA_FIELDS: &[&str] = &[
     "name",
@@ -167,6 +168,10 @@ pub(crate) fn parse_service(
             &mut extra,
         );
     }
+    let node_selector = f
+        .field("node_selector")
+        .map(|(n, p)| read_node_selector(diags, n, &p))
+        .unwrap_or_default();
     let log_level = f.field("log_level").and_then(|(n, p)| {
         let level = string(diags, n, &p)?;
         const LEVELS: &[&str] = &[
@@ -239,6 +244,7 @@ pub(crate) fn parse_service(
         log_level,
         timeout,
         max_concurrency,
+        node_selector,
         extra,
         location: diags.location(map.span()),
         fdl_path: path.to_owned(),
@@ -452,6 +458,25 @@ fn read_environment(
             serde_json::Value::Object(kept.into_iter().collect()),
         );
     }
+}
+
+/// `node_selector: {key: value}`: the agent labels a node must have to run the function.
+fn read_node_selector(
+    diags: &mut Diagnostics,
+    node: &Node,
+    path: &str,
+) -> BTreeMap<String, String> {
+    let mut selector = BTreeMap::new();
+    let Some(map) = mapping(diags, node, path) else {
+        return selector;
+    };
+    for (key, value) in map.iter() {
+        let kpath = format!("{path}.{}", key.as_str());
+        if let Some(v) = scalar(diags, value, &kpath) {
+            selector.insert(key.as_str().to_owned(), v.as_str().to_owned());
+        }
+    }
+    selector
 }
 
 fn read_container(

@@ -51,7 +51,7 @@ impl FrameDecoder {
     }
 
     /// The next whole message, if one has arrived.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn decode<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         let Some(size) = self.pending_len()? else {
             return Ok(None);
         };
@@ -85,7 +85,8 @@ impl FrameDecoder {
         if self.buf.len() < 4 {
             return Ok(None);
         }
-        let size = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        let size =
+            u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
         if size > self.limit {
             return Err(FrameError::TooLarge {
                 size,
@@ -106,7 +107,7 @@ mod tests {
         let mut d = FrameDecoder::new(16);
         d.push(&1000u32.to_be_bytes());
         assert_eq!(
-            d.next::<String>(),
+            d.decode::<String>(),
             Err(FrameError::TooLarge {
                 size: 1000,
                 limit: 16
@@ -118,7 +119,7 @@ mod tests {
     fn garbage_body_is_a_malformed_frame_not_a_panic() {
         let mut d = FrameDecoder::new(64);
         d.push(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
-        assert!(matches!(d.next::<String>(), Err(FrameError::Malformed(_))));
+        assert!(matches!(d.decode::<String>(), Err(FrameError::Malformed(_))));
     }
 
     #[test]
@@ -126,7 +127,7 @@ mod tests {
         let mut d = FrameDecoder::new(64);
         let frame = encode(&"hello".to_string());
         d.push(&frame[..5]);
-        assert_eq!(d.next::<String>(), Ok(None));
+        assert_eq!(d.decode::<String>(), Ok(None));
         assert_eq!(d.finish(), Err(FrameError::Truncated(5)));
     }
 
@@ -136,7 +137,7 @@ mod tests {
             msgs in proptest::collection::vec(".{0,40}", 1..8),
             cuts in proptest::collection::vec(1usize..7, 1..40),
         ) {
-            let bytes: Vec<u8> = msgs.iter().flat_map(|m| encode(m)).collect();
+            let bytes: Vec<u8> = msgs.iter().flat_map(encode).collect();
             let mut d = FrameDecoder::new(1024);
             let mut got = Vec::new();
             let (mut at, mut i) = (0, 0);
@@ -145,7 +146,7 @@ mod tests {
                 d.push(&bytes[at..at + n]);
                 at += n;
                 i += 1;
-                while let Some(m) = d.next::<String>().unwrap() {
+                while let Some(m) = d.decode::<String>().unwrap() {
                     got.push(m);
                 }
             }

@@ -149,11 +149,20 @@ pub struct JobUpdate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// The log of a job (a unique id prefix is enough).
-    Logs { job: String },
+    Logs {
+        job: String,
+    },
     /// Store a file at `bucket/key` under the data root (atomically: it appears whole).
-    PutFile { path: String, bytes: Vec<u8> },
-    GetFile { path: String },
-    ListFiles { path: String },
+    PutFile {
+        path: String,
+        bytes: Vec<u8>,
+    },
+    GetFile {
+        path: String,
+    },
+    ListFiles {
+        path: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,4 +179,12 @@ pub struct FileEntry {
     pub path: String,
     pub size: u64,
     pub modified_ms: u64,
+}
+
+impl Deployment {
+    /// Identifies a deployment's content, so an agent that already runs it is not sent it again.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(postcard::to_stdvec(self).unwrap_or_default()).into()
+    }
 }

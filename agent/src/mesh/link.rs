@@ -1,0 +1,386 @@
+//! The async shell around `spillway_proto::link::Link`: it connects with mutual TLS, says
+//! Hello, sends load reports as datagrams, job updates and deployment acks on the control
+//! stream, applies deployments and answers requests. Decisions (when to connect, when to
+//! report) are the state machine's; this file only carries them out.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use spillway_link::stream::{FrameReader, send};
+use spillway_proto::Event;
+use spillway_proto::link::{Action, Input, Link, LinkConfig};
+use spillway_proto::load::{DATAGRAM_BUDGET, LoadReport};
+use spillway_proto::wire::{
+    AgentFrame, COORDINATOR_SERVER_NAME, Capacity, CoordinatorFrame, DeployAck, Hello, JobPhase,
+    JobUpdate, MAX_STREAM_FRAME, PROTOCOL, Request,
+};
+use tokio::sync::{broadcast, mpsc};
+
+use super::membership::{Membership, client_endpoint, resolve};
+use super::requests;
+use crate::engine::{AgentHandle, JobEvent};
+use crate::journal::{JobRecord, JobState};
+use crate::scheduler::Demand;
+
+/// Jobs sent to the coordinator after every (re)connection, newest first.
+const RESYNC_JOBS: usize = 500;
+
+enum Event2 {
+    Connected {
+        generation: u64,
+        conn: quinn::Connection,
+        tx: quinn::SendStream,
+    },
+    Frame {
+        generation: u64,
+        frame: CoordinatorFrame,
+    },
+    Lost {
+        generation: u64,
+        reason: String,
+    },
+    Deployed {
+        generation: u64,
+        ack: DeployAck,
+    },
+}
+
+/// The journal record of a job as the mesh sees it.
+pub fn job_update(record: &JobRecord, data_root: &std::path::Path) -> JobUpdate {
+    let (phase, outputs, reason) = match &record.state {
+        JobState::Queued => (JobPhase::Queued, vec![], None),
+        JobState::Running => (JobPhase::Running, vec![], None),
+        JobState::Ran { .. } => (JobPhase::Delivering, vec![], None),
+        JobState::Succeeded { outputs } => (
+            JobPhase::Succeeded,
+            outputs
+                .iter()
+                .map(|o| {
+                    std::path::Path::new(o)
+                        .strip_prefix(data_root)
+                        .map_or_else(|_| o.clone(), |p| p.display().to_string())
+                })
+                .collect(),
+            None,
+        ),
+        JobState::Failed { reason } => (JobPhase::Failed, vec![], Some(reason.clone())),
+    };
+    let input = match &record.event {
+        Event::File(f) => Some(format!("{}/{}", f.bucket, f.key)),
+    };
+    JobUpdate {
+        id: record.id,
+        function: record.function.clone(),
+        phase,
+        input,
+        outputs,
+        reason,
+        attempt: record.attempt,
+        queued_at_ms: record.queued_at_ms,
+        started_at_ms: record.started_at_ms,
+        finished_at_ms: record.finished_at_ms,
+    }
+}
+
+/// Keeps this agent linked to its coordinator until `shutdown` resolves. Never fails: a
+/// coordinator that is away is retried with backoff while the agent works on.
+pub async fn run(
+    membership: Membership,
+    agent: AgentHandle,
+    capacity: Demand,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let config = agent.config().clone();
+    let node = config.node_name.clone();
+    let member_tls = match spillway_link::tls::member(
+        &membership.ca_der,
+        membership.cert_der.clone(),
+        membership.key_der.clone(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(
+                "the saved mesh identity is unusable ({e}); running standalone. Join again with `spillway-agent join`"
+            );
+            return shutdown.await;
+        }
+    };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    node.hash(&mut hasher);
+    let mut link = Link::new(LinkConfig::default(), Instant::now(), hasher.finish());
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Event2>();
+    let mut jobs = agent.subscribe();
+    let mut load = agent.load.clone();
+    let mut generation = 0u64;
+    let mut conn: Option<quinn::Connection> = None;
+    let mut tx: Option<quinn::SendStream> = None;
+    let mut deployed = super::deployment::load(&config.state_dir).map_or([0; 32], |d| d.digest());
+    let mut last_sent = LoadReport::default();
+    let mut seq = 0u64;
+    let mut sys = sysinfo::System::new().ok();
+    let mut was_steady = false;
+    tokio::pin!(shutdown);
+
+    loop {
+        let now = Instant::now();
+        let mut actions = link.poll(now);
+        while let Some(action) = actions.pop() {
+            match action {
+                Action::Connect => {
+                    generation += 1;
+                    let (events, coordinator, tls, generation) = (
+                        events_tx.clone(),
+                        membership.coordinator.clone(),
+                        member_tls.clone(),
+                        generation,
+                    );
+                    tokio::spawn(async move {
+                        let event = match connect(&coordinator, tls).await {
+                            Ok((conn, tx, rx)) => {
+                                spawn_reader(events.clone(), generation, rx);
+                                Event2::Connected {
+                                    generation,
+                                    conn,
+                                    tx,
+                                }
+                            }
+                            Err(reason) => Event2::Lost { generation, reason },
+                        };
+                        let _ = events.send(event);
+                    });
+                }
+                Action::SendHello => {
+                    send_hello(&mut tx, &config, capacity, deployed, &mut link).await;
+                }
+                Action::SendReport => {
+                    let mut report = load.borrow().clone();
+                    seq += 1;
+                    report.seq = seq;
+                    report.sent_at_ms = crate::journal::now_ms();
+                    if let Some(sys) = sys.as_mut() {
+                        sys.refresh_cpu_usage();
+                        sys.refresh_memory();
+                        report.cpu_permille = (sys.global_cpu_usage() * 10.0) as u16;
+                        report.memory_used = sys.used_memory();
+                        report.memory_total = sys.total_memory();
+                    }
+                    if let Some(c) = &conn {
+                        let budget = c
+                            .max_datagram_size()
+                            .unwrap_or(DATAGRAM_BUDGET)
+                            .min(DATAGRAM_BUDGET);
+                        let _ = c.send_datagram(report.to_datagram(budget).into());
+                    }
+                    last_sent = report;
+                }
+                Action::Close(reason) => {
+                    if let Some(c) = conn.take() {
+                        c.close(0u32.into(), reason.as_bytes());
+                    }
+                    tx = None;
+                }
+            }
+        }
+        if link.is_steady() != was_steady {
+            was_steady = link.is_steady();
+            if was_steady {
+                tracing::info!(coordinator = %membership.coordinator, "linked to the coordinator");
+                resync_jobs(&agent, tx.as_mut()).await;
+            } else {
+                tracing::warn!(coordinator = %membership.coordinator, "link to the coordinator lost ({}); working on alone and retrying", link.last_error().unwrap_or("?"));
+            }
+        }
+        let wake = tokio::time::Instant::from_std(link.next_wakeup());
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep_until(wake) => {}
+            Some(event) = events_rx.recv() => match event {
+                Event2::Connected { generation: g, conn: c, tx: t } if g == generation => {
+                    spawn_requests(c.clone(), agent.clone());
+                    conn = Some(c);
+                    tx = Some(t);
+                    for a in link.handle(Instant::now(), Input::Connected) {
+                        if a == Action::SendHello {
+                            send_hello(&mut tx, &config, capacity, deployed, &mut link).await;
+                        }
+                    }
+                }
+                Event2::Frame { generation: g, frame } if g == generation => match frame {
+                    CoordinatorFrame::Welcome(w) => {
+                        let interval = std::time::Duration::from_millis(w.report_interval_ms.into());
+                        // The first report goes out with the next poll round (its timer is due).
+                        let _ = link.handle(Instant::now(), Input::Welcomed { report_interval: interval });
+                        last_sent = LoadReport::default();
+                    }
+                    CoordinatorFrame::Refused { reason } => {
+                        tracing::error!("the coordinator refused this agent: {reason}");
+                        let _ = link.handle(Instant::now(), Input::Refused(reason));
+                        if let Some(c) = conn.take() {
+                            c.close(0u32.into(), b"refused");
+                        }
+                        tx = None;
+                    }
+                    CoordinatorFrame::Deploy(d) => {
+                        let (agent, events, g) = (agent.clone(), events_tx.clone(), generation);
+                        tokio::spawn(async move {
+                            if let Some(ack) = agent.deploy(d).await {
+                                let _ = events.send(Event2::Deployed { generation: g, ack });
+                            }
+                        });
+                    }
+                },
+                Event2::Deployed { generation: g, ack } => {
+                    deployed = ack.deployment;
+                    if g == generation && let Some(t) = tx.as_mut() {
+                        let _ = send(t, &AgentFrame::Deployed(ack)).await;
+                    }
+                }
+                Event2::Lost { generation: g, reason } if g == generation => {
+                    let _ = link.handle(Instant::now(), Input::Lost(reason));
+                    if let Some(c) = conn.take() {
+                        c.close(0u32.into(), b"lost");
+                    }
+                    tx = None;
+                }
+                _ => {}
+            },
+            job = jobs.recv() => match job {
+                Ok(event) => {
+                    if link.is_steady() {
+                        send_job(&agent, tx.as_mut(), &event).await;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            changed = load.changed() => {
+                if changed.is_err() { break; }
+                if load.borrow().differs_significantly(&last_sent) {
+                    let _ = link.handle(Instant::now(), Input::LoadChanged);
+                }
+            }
+        }
+    }
+    if let Some(c) = conn {
+        c.close(0u32.into(), b"agent shutting down");
+    }
+}
+
+async fn send_hello(
+    tx: &mut Option<quinn::SendStream>,
+    config: &crate::AgentConfig,
+    capacity: Demand,
+    deployed: [u8; 32],
+    link: &mut Link,
+) {
+    let hello = AgentFrame::Hello(Hello {
+        version: PROTOCOL,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        cluster_id: config.cluster_id.clone(),
+        labels: config.labels.clone(),
+        capacity: Capacity {
+            cpu_millis: capacity.cpu.0,
+            memory_bytes: capacity.memory.0,
+        },
+        deployment: deployed,
+        arch: std::env::consts::ARCH.into(),
+    });
+    if let Some(t) = tx.as_mut()
+        && let Err(e) = send(t, &hello).await
+    {
+        let _ = link.handle(Instant::now(), Input::Lost(e.to_string()));
+    }
+}
+
+async fn connect(
+    coordinator: &str,
+    tls: quinn::ClientConfig,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), String> {
+    let addr = resolve(coordinator).await.map_err(|e| e.to_string())?;
+    let endpoint = client_endpoint(&addr).map_err(|e| e.to_string())?;
+    let conn = endpoint
+        .connect_with(tls, addr, COORDINATOR_SERVER_NAME)
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| format!("cannot connect to {coordinator}: {e}"))?;
+    let (tx, rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    Ok((conn, tx, rx))
+}
+
+fn spawn_reader(events: mpsc::UnboundedSender<Event2>, generation: u64, rx: quinn::RecvStream) {
+    tokio::spawn(async move {
+        let mut reader = FrameReader::new(rx, MAX_STREAM_FRAME);
+        loop {
+            let event = match reader.next::<CoordinatorFrame>().await {
+                Ok(Some(frame)) => Event2::Frame { generation, frame },
+                Ok(None) => Event2::Lost {
+                    generation,
+                    reason: "the coordinator closed the link".into(),
+                },
+                Err(e) => Event2::Lost {
+                    generation,
+                    reason: e.to_string(),
+                },
+            };
+            let last = matches!(event, Event2::Lost { .. });
+            if events.send(event).is_err() || last {
+                return;
+            }
+        }
+    });
+}
+
+/// Answers the coordinator's requests, each on its own stream.
+fn spawn_requests(conn: quinn::Connection, agent: AgentHandle) {
+    let config = Arc::new(agent.config().clone());
+    tokio::spawn(async move {
+        while let Ok((mut tx, rx)) = conn.accept_bi().await {
+            let config = config.clone();
+            tokio::spawn(async move {
+                let mut reader = FrameReader::new(rx, MAX_STREAM_FRAME);
+                let Ok(Some(req)) = reader.next::<Request>().await else {
+                    return;
+                };
+                let answer = tokio::task::spawn_blocking(move || requests::answer(&config, req))
+                    .await
+                    .unwrap_or_else(|e| spillway_proto::wire::Response::Error(e.to_string()));
+                if send(&mut tx, &answer).await.is_ok() {
+                    let _ = tx.finish();
+                }
+            });
+        }
+    });
+}
+
+async fn send_job(agent: &AgentHandle, tx: Option<&mut quinn::SendStream>, event: &JobEvent) {
+    let id = match event {
+        JobEvent::Queued { id, .. }
+        | JobEvent::Started { id, .. }
+        | JobEvent::Finished { id, .. } => *id,
+    };
+    let (Some(tx), Ok(Some(record))) = (tx, agent.journal().get(id)) else {
+        return;
+    };
+    let update = job_update(&record, &agent.config().data_root);
+    let _ = send(tx, &AgentFrame::Job(update)).await;
+}
+
+/// After a (re)connection the coordinator may have missed updates: send the recent jobs.
+async fn resync_jobs(agent: &AgentHandle, tx: Option<&mut quinn::SendStream>) {
+    let Some(tx) = tx else { return };
+    let Ok(mut records) = agent.journal().all() else {
+        return;
+    };
+    records.sort_by_key(|r| std::cmp::Reverse(r.queued_at_ms));
+    records.truncate(RESYNC_JOBS);
+    let root = agent.config().data_root.clone();
+    for r in records.iter().rev() {
+        if send(tx, &AgentFrame::Job(job_update(r, &root)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The HTTP API's request and response bodies, shared by the server and the CLI.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use spillway_proto::load::{LoadReport, NodeHealth};
+use spillway_proto::wire::{Capacity, FileEntry, JobUpdate};
+
+/// `POST /v1/apply`: one FDL file as written, plus the files it names (base64), keyed by the
+/// path written in the FDL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub file: String,
+    pub text: String,
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyOutcome {
+    /// (function, "created" | "configured" | "unchanged")
+    pub functions: Vec<(String, String)>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub ttl_secs: u64,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token: String,
+    pub expires_at_ms: u64,
+    /// The QUIC address agents should join (as the coordinator knows it).
+    pub coordinator: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    pub health: NodeHealth,
+    pub connected: bool,
+    pub silent_for_ms: Option<u64>,
+    pub address: String,
+    pub cluster_id: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub arch: String,
+    pub agent_version: String,
+    pub capacity: Capacity,
+    pub load: Option<LoadReport>,
+    pub running: Vec<String>,
+    pub refused: Vec<(String, String)>,
+    pub joined_at_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionView {
+    pub name: String,
+    pub runtime: String,
+    pub cluster_id: Option<String>,
+    pub node_selector: BTreeMap<String, String>,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    /// Nodes whose last deployment ack says they run it.
+    pub nodes: Vec<String>,
+    pub source: String,
+    pub applied_at_ms: u64,
+    /// The whole definition, for `describe`.
+    pub definition: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    pub node: String,
+    #[serde(flatten)]
+    pub job: JobUpdate,
+    pub updated_at_ms: u64,
+}
+
+/// `POST /v1/functions/{name}/invoke`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Invoked {
+    pub job: String,
+    pub node: String,
+    pub input: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stored {
+    pub node: String,
+    pub path: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listing {
+    pub node: String,
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,117 @@
+//! `spillway up`: a coordinator and a local agent in one process, on embedded defaults, for a
+//! first try and for single-box deployments. The agent joins over real QUIC on loopback, exactly
+//! as a remote one would.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use spillway_agent::mesh::{self, Membership};
+use spillway_agent::{Agent, AgentConfig};
+
+use crate::client::install_client_config;
+use crate::config::CoordinatorConfig;
+use crate::server::Coordinator;
+
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub dir: PathBuf,
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+    pub node: Option<String>,
+    pub apply: Vec<PathBuf>,
+}
+
+fn agent_config(dir: &Path, node: Option<&str>) -> anyhow::Result<AgentConfig> {
+    let mut text = format!(
+        "data_root = \"{}\"\nstate_dir = \"{}\"\n",
+        dir.join("data").display(),
+        dir.join("agent").display()
+    );
+    if let Some(n) = node {
+        text.push_str(&format!("node_name = \"{n}\"\n"));
+    }
+    AgentConfig::from_toml(&text, dir).map_err(|e| anyhow::anyhow!("agent settings: {e}"))
+}
+
+pub async fn up(
+    opts: UpOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let config = CoordinatorConfig {
+        state_dir: opts.dir.join("coordinator"),
+        quic_listen: opts.quic,
+        http_listen: opts.http,
+        ..CoordinatorConfig::default()
+    };
+    let coordinator = Coordinator::start(config)
+        .await
+        .context("the coordinator could not start")?;
+    let client_text = coordinator.client_config();
+    let client_file = opts.dir.join("client.toml");
+    std::fs::write(&client_file, &client_text)
+        .with_context(|| format!("cannot write {}", client_file.display()))?;
+    let installed = install_client_config(&client_text);
+    let quic = coordinator.quic_addr();
+    let loopback = SocketAddr::from(([127, 0, 0, 1], quic.port()));
+    let agent_config = agent_config(&opts.dir, opts.node.as_deref())?;
+    let state = coordinator.state.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let coordinator_task = tokio::spawn({
+        let mut rx = stop_rx.clone();
+        coordinator.run(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+    });
+    if Membership::load(&agent_config.state_dir).is_none() {
+        let (token, _) = state
+            .create_token(60, "spillway up: local agent")
+            .map_err(|e| anyhow::anyhow!(e))?;
+        mesh::join(
+            &agent_config.state_dir,
+            &agent_config.node_name,
+            &loopback.to_string(),
+            &token,
+        )
+        .await
+        .context("the local agent could not join")?;
+    }
+    for file in &opts.apply {
+        super::apply_local(&state, file)?;
+    }
+    let membership = Membership::load(&agent_config.state_dir)
+        .context("the local agent has no identity after joining")?;
+    let agent = Agent::start(agent_config.clone()).context("the local agent could not start")?;
+    let (handle, capacity) = (agent.mesh_handle(), agent.capacity());
+    let link = tokio::spawn({
+        let mut rx = stop_rx.clone();
+        mesh::link::run(membership, handle, capacity, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+    });
+    println!(
+        "spillway up: coordinator on quic://{quic} (agents) and http://{} (CLI); local agent `{}` with data in {}",
+        state.config.http_listen,
+        agent_config.node_name,
+        agent_config.data_root.display()
+    );
+    match installed {
+        Some(p) => println!(
+            "CLI configured in {}: try `spillway get nodes`",
+            p.display()
+        ),
+        None => println!(
+            "CLI: export SPILLWAY_CONFIG={} (your own config file was left as it is)",
+            client_file.display()
+        ),
+    }
+    println!(
+        "Add a node: spillway token create, then on it: spillway-agent join --coordinator HOST:{} --token T",
+        quic.port()
+    );
+    let result = agent.run(shutdown).await.context("the local agent stopped");
+    let _ = stop_tx.send(true);
+    let _ = link.await;
+    let _ = coordinator_task.await;
+    result
+}

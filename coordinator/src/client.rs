@@ -1,0 +1,213 @@
+//! The CLI's connection to a coordinator: where it is and the API token (flags, environment, or
+//! a client config file the coordinator writes), and typed calls to its HTTP API.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::ErrorBody;
+
+/// First line of client configs the coordinator writes; a file without it is the user's own and
+/// is never overwritten.
+pub const WRITTEN_BY_MARKER: &str =
+    "# written by `spillway serve`/`spillway up`; remove this line to keep your own edits";
+
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum ClientError {
+    /// cannot reach the coordinator at {url}: {message}. Is it running (`spillway up` or `spillway serve`)? Point at it with --coordinator URL or in {config}
+    Unreachable {
+        url: String,
+        message: String,
+        config: String,
+    },
+    /// {0}
+    Api(String),
+    /// the coordinator answered {status}: {message}
+    Status { status: u16, message: String },
+    /// unexpected answer from the coordinator: {0}
+    Decode(String),
+    /// client config {path}: {message}
+    Config { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    coordinator: Option<String>,
+    token: Option<String>,
+}
+
+/// `$SPILLWAY_CONFIG`, else `$XDG_CONFIG_HOME/spillway/config.toml`, else `~/.config/…`.
+pub fn default_config_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SPILLWAY_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("spillway").join("config.toml"))
+}
+
+/// Writes the coordinator's client config to the default path, unless the user keeps their own
+/// file there. Returns where it went.
+pub fn install_client_config(text: &str) -> Option<PathBuf> {
+    let path = default_config_path()?;
+    if let Ok(existing) = std::fs::read_to_string(&path)
+        && !existing.starts_with(WRITTEN_BY_MARKER)
+    {
+        return None;
+    }
+    std::fs::create_dir_all(path.parent()?).ok()?;
+    let tmp = path.with_extension("toml.tmp");
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .ok()?;
+    std::io::Write::write_all(&mut f, text.as_bytes()).ok()?;
+    std::fs::rename(&tmp, &path).ok()?;
+    Some(path)
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    config_path: String,
+}
+
+impl Client {
+    /// Flags win over the environment, which wins over the config file.
+    pub fn resolve(
+        url: Option<String>,
+        token: Option<String>,
+        config: Option<PathBuf>,
+    ) -> Result<Self, ClientError> {
+        let path = config.or_else(default_config_path);
+        let file = match &path {
+            Some(p) if p.exists() => read_config(p)?,
+            _ => File::default(),
+        };
+        let base = url
+            .or(file.coordinator)
+            .unwrap_or_else(|| "http://127.0.0.1:7480".into())
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base,
+            token: token.or(file.token),
+            config_path: path.map_or("~/.config/spillway/config.toml".into(), |p| {
+                p.display().to_string()
+            }),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            message: e.to_string(),
+            config: self.config_path.clone(),
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => Err(ClientError::Api(body.error)),
+            Err(_) => Err(ClientError::Status {
+                status,
+                message: text,
+            }),
+        }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
+        resp.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn post<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let req = self
+            .request(reqwest::Method::POST, path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let resp = self.send(req).await?;
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn send_bytes<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<T, ClientError> {
+        let resp = self.send(self.request(method, path).body(bytes)).await?;
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, path))
+            .await?;
+        Ok(())
+    }
+}
+
+fn read_config(path: &Path) -> Result<File, ClientError> {
+    let err = |message: String| ClientError::Config {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    toml::from_str(&text).map_err(|e| err(e.to_string()))
+}
+
+/// Percent-encodes one URL path segment (node names are DNS names; file paths keep `/`).
+pub fn encode_path(path: &str) -> String {
+    let mut out = String::new();
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

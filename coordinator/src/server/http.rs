@@ -1,0 +1,508 @@
+//! The HTTP API the `spillway` CLI speaks (axum). Every route but `/health` and `/metrics`
+//! needs the admin bearer token.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State as AxState};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use spillway_link::stream::request;
+use spillway_proto::fdl::StorageRef;
+use spillway_proto::key::ObjectKey;
+use spillway_proto::load::NodeHealth;
+use spillway_proto::wire::{self, MAX_STREAM_FRAME, Response as AgentResponse};
+use spillway_proto::{Event, FileEvent};
+
+use super::apply::{ApplyError, apply};
+use super::metrics::inc;
+use super::store::{FunctionRecord, JobRow, NodeRecord, StoreError, TokenRecord};
+use super::{State, now_ms};
+use crate::api::*;
+
+/// An API failure: a status and a message that says what to do.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+fn not_found(what: String) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, what)
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+pub fn router(state: Arc<State>) -> Router {
+    let api = Router::new()
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{name}", get(get_node).delete(delete_node))
+        .route("/v1/nodes/{name}/files", get(list_files))
+        .route(
+            "/v1/nodes/{name}/files/{*path}",
+            get(get_file).put(put_file),
+        )
+        .route("/v1/functions", get(list_functions))
+        .route(
+            "/v1/functions/{name}",
+            get(get_function).delete(delete_function),
+        )
+        .route("/v1/functions/{name}/invoke", post(invoke))
+        .route("/v1/apply", post(apply_fdl))
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/log", get(job_log))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            MAX_STREAM_FRAME - 4096,
+        ))
+        .with_state(state)
+}
+
+async fn authorize(AxState(state): AxState<Arc<State>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| Sha256::digest(t.trim().as_bytes()));
+    match presented {
+        Some(h) if h[..] == state.admin_hash[..] => next.run(req).await,
+        _ => {
+            inc(&state.metrics.api_unauthorized);
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong API token: use the token in the coordinator's client.toml (spillway --config FILE, or SPILLWAY_TOKEN)".into(),
+            )
+            .into_response()
+        }
+    }
+}
+
+async fn metrics(AxState(state): AxState<Arc<State>>) -> String {
+    state.metrics.render(&state.view)
+}
+
+fn node_view(state: &State, r: NodeRecord) -> NodeView {
+    let live = state.view.node(&r.name);
+    NodeView {
+        health: live.as_ref().map_or(NodeHealth::Down, |l| l.health),
+        connected: live.as_ref().is_some_and(|l| l.connected),
+        silent_for_ms: live
+            .as_ref()
+            .and_then(|l| l.silent_for)
+            .map(|d| d.as_millis() as u64),
+        load: live.and_then(|l| l.report),
+        name: r.name,
+        address: r.last_address,
+        cluster_id: r.cluster_id,
+        labels: r.labels,
+        arch: r.arch,
+        agent_version: r.agent_version,
+        capacity: r.capacity,
+        running: r.running,
+        refused: r.refused,
+        joined_at_ms: r.joined_at_ms,
+        last_seen_ms: r.last_seen_ms,
+    }
+}
+
+async fn list_nodes(AxState(state): AxState<Arc<State>>) -> ApiResult<Vec<NodeView>> {
+    let nodes = state.store.nodes()?;
+    Ok(Json(
+        nodes.into_iter().map(|r| node_view(&state, r)).collect(),
+    ))
+}
+
+fn node_record(state: &State, name: &str) -> Result<NodeRecord, ApiError> {
+    state.store.node(name)?.ok_or_else(|| {
+        not_found(format!(
+            "no node named `{name}`; list them with `spillway get nodes`"
+        ))
+    })
+}
+
+async fn get_node(
+    AxState(state): AxState<Arc<State>>,
+    Path(name): Path<String>,
+) -> ApiResult<NodeView> {
+    let r = node_record(&state, &name)?;
+    Ok(Json(node_view(&state, r)))
+}
+
+async fn delete_node(
+    AxState(state): AxState<Arc<State>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state.store.remove_node(&name)? {
+        return Err(not_found(format!("no node named `{name}`")));
+    }
+    if let Some(conn) = state.view.connection(&name) {
+        conn.close(3u32.into(), b"removed from the mesh");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn function_view(state: &State, f: FunctionRecord) -> FunctionView {
+    let nodes = state
+        .store
+        .nodes()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.running.contains(&f.def.name))
+        .map(|n| n.name)
+        .collect();
+    let show = |s: &StorageRef| format!("{}:{}", s.provider, s.path);
+    FunctionView {
+        name: f.def.name.clone(),
+        runtime: f.def.runtime.to_string(),
+        cluster_id: f.def.cluster_id().map(str::to_owned),
+        node_selector: f.def.node_selector.clone(),
+        inputs: f.def.input.iter().map(show).collect(),
+        outputs: f.def.output.iter().map(show).collect(),
+        nodes,
+        source: f.source.clone(),
+        applied_at_ms: f.applied_at_ms,
+        definition: serde_json::to_value(&f.def).unwrap_or_default(),
+    }
+}
+
+async fn list_functions(AxState(state): AxState<Arc<State>>) -> ApiResult<Vec<FunctionView>> {
+    let functions = state.store.functions()?;
+    Ok(Json(
+        functions
+            .into_iter()
+            .map(|f| function_view(&state, f))
+            .collect(),
+    ))
+}
+
+fn function_record(state: &State, name: &str) -> Result<FunctionRecord, ApiError> {
+    state.store.function(name)?.ok_or_else(|| {
+        not_found(format!(
+            "no function named `{name}`; list them with `spillway get functions`"
+        ))
+    })
+}
+
+async fn get_function(
+    AxState(state): AxState<Arc<State>>,
+    Path(name): Path<String>,
+) -> ApiResult<FunctionView> {
+    let f = function_record(&state, &name)?;
+    Ok(Json(function_view(&state, f)))
+}
+
+async fn delete_function(
+    AxState(state): AxState<Arc<State>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    function_record(&state, &name)?;
+    state.store.change_functions(&[], &[name])?;
+    state.deployments.send_modify(|g| *g += 1);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn apply_fdl(
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<ApplyRequest>,
+) -> ApiResult<ApplyOutcome> {
+    let outcome = apply(&state.store, &req, now_ms()).map_err(|e| match e {
+        ApplyError::Invalid(m) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, m),
+        ApplyError::Store(e) => e.into(),
+    })?;
+    if outcome.functions.iter().any(|(_, v)| v != "unchanged") {
+        state.deployments.send_modify(|g| *g += 1);
+    }
+    Ok(Json(outcome))
+}
+
+#[derive(Debug, Deserialize)]
+struct JobFilter {
+    node: Option<String>,
+    function: Option<String>,
+    limit: Option<usize>,
+}
+
+fn job_view(r: JobRow) -> JobView {
+    JobView {
+        node: r.node,
+        job: r.update,
+        updated_at_ms: r.updated_at_ms,
+    }
+}
+
+async fn list_jobs(
+    AxState(state): AxState<Arc<State>>,
+    Query(filter): Query<JobFilter>,
+) -> ApiResult<Vec<JobView>> {
+    let mut rows: Vec<JobRow> = state
+        .store
+        .jobs()?
+        .into_iter()
+        .filter(|r| filter.node.as_ref().is_none_or(|n| *n == r.node))
+        .filter(|r| {
+            filter
+                .function
+                .as_ref()
+                .is_none_or(|f| *f == r.update.function)
+        })
+        .collect();
+    rows.sort_by_key(|r| r.update.queued_at_ms);
+    let limit = filter.limit.unwrap_or(100);
+    let skip = rows.len().saturating_sub(limit);
+    Ok(Json(rows.into_iter().skip(skip).map(job_view).collect()))
+}
+
+fn job_row(state: &State, id: &str) -> Result<JobRow, ApiError> {
+    state.store.job(id)?.map_err(not_found)
+}
+
+async fn get_job(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> ApiResult<JobView> {
+    Ok(Json(job_view(job_row(&state, &id)?)))
+}
+
+/// Sends `req` to `node` over its QUIC connection and waits for the answer.
+async fn ask(state: &State, node: &str, req: wire::Request) -> Result<AgentResponse, ApiError> {
+    let conn = state.view.connection(node).ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "node `{node}` is not connected; check it with `spillway describe node {node}`"
+            ),
+        )
+    })?;
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        request::<_, AgentResponse>(&conn, &req, MAX_STREAM_FRAME),
+    )
+    .await
+    .map_err(|_| {
+        ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("node `{node}` did not answer within 60 s"),
+        )
+    })?
+    .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("node `{node}`: {e}")))?;
+    match answer {
+        AgentResponse::Error(message) => Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("node `{node}`: {message}"),
+        )),
+        other => Ok(other),
+    }
+}
+
+async fn job_log(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> Result<String, ApiError> {
+    let row = job_row(&state, &id)?;
+    match ask(
+        &state,
+        &row.node,
+        wire::Request::Logs {
+            job: row.update.id.to_string(),
+        },
+    )
+    .await?
+    {
+        AgentResponse::Logs(text) => Ok(text),
+        _ => Err(ApiError(
+            StatusCode::BAD_GATEWAY,
+            "unexpected answer".into(),
+        )),
+    }
+}
+
+async fn get_file(
+    AxState(state): AxState<Arc<State>>,
+    Path((node, path)): Path<(String, String)>,
+) -> Result<Vec<u8>, ApiError> {
+    node_record(&state, &node)?;
+    match ask(&state, &node, wire::Request::GetFile { path }).await? {
+        AgentResponse::File(bytes) => Ok(bytes),
+        _ => Err(ApiError(
+            StatusCode::BAD_GATEWAY,
+            "unexpected answer".into(),
+        )),
+    }
+}
+
+async fn put_file(
+    AxState(state): AxState<Arc<State>>,
+    Path((node, path)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Stored> {
+    node_record(&state, &node)?;
+    store_on(&state, &node, path, body.to_vec()).await.map(Json)
+}
+
+async fn store_on(
+    state: &State,
+    node: &str,
+    path: String,
+    bytes: Vec<u8>,
+) -> Result<Stored, ApiError> {
+    match ask(state, node, wire::Request::PutFile { path, bytes }).await? {
+        AgentResponse::Stored { path, sha256 } => Ok(Stored {
+            node: node.to_owned(),
+            path,
+            sha256: hex::encode(sha256),
+        }),
+        _ => Err(ApiError(
+            StatusCode::BAD_GATEWAY,
+            "unexpected answer".into(),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+}
+
+async fn list_files(
+    AxState(state): AxState<Arc<State>>,
+    Path(node): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Listing> {
+    node_record(&state, &node)?;
+    match ask(&state, &node, wire::Request::ListFiles { path: q.prefix }).await? {
+        AgentResponse::Listing(files) => Ok(Json(Listing { node, files })),
+        _ => Err(ApiError(
+            StatusCode::BAD_GATEWAY,
+            "unexpected answer".into(),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct InvokeQuery {
+    node: Option<String>,
+    file: String,
+}
+
+/// Drops the body into the function's input folder on a node that runs it (the least busy one
+/// unless `node` is given) and returns the job id that file makes there.
+async fn invoke(
+    AxState(state): AxState<Arc<State>>,
+    Path(name): Path<String>,
+    Query(q): Query<InvokeQuery>,
+    body: Bytes,
+) -> ApiResult<Invoked> {
+    let f = function_record(&state, &name)?;
+    let input = f
+        .def
+        .input
+        .iter()
+        .find(|i| i.provider.is_local())
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("function `{name}` has no folder input to invoke it through"),
+            )
+        })?;
+    let file = ObjectKey::parse(&q.file).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("file name `{}`: {e}", q.file),
+        )
+    })?;
+    let node = match q.node {
+        Some(n) => n,
+        None => pick_node(&state, &name)?,
+    };
+    let key = match &input.path.folder {
+        Some(folder) => ObjectKey::parse(&format!("{folder}/{file}")),
+        None => Ok(file),
+    }
+    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let size = body.len() as u64;
+    let stored = store_on(
+        &state,
+        &node,
+        format!("{}/{key}", input.path.bucket),
+        body.to_vec(),
+    )
+    .await?;
+    let mut sha256 = [0u8; 32];
+    hex::decode_to_slice(&stored.sha256, &mut sha256)
+        .map_err(|_| ApiError(StatusCode::BAD_GATEWAY, "bad digest".into()))?;
+    let event = Event::File(FileEvent {
+        bucket: input.path.bucket.clone(),
+        key,
+        size,
+        mtime_ns: 0,
+        sha256,
+    });
+    Ok(Json(Invoked {
+        job: event.job_id(&node, &name).to_string(),
+        node,
+        input: stored.path,
+    }))
+}
+
+/// The Ready node running `function` with the most free slots (then the shortest queue).
+fn pick_node(state: &State, function: &str) -> Result<String, ApiError> {
+    let running: Vec<String> = state
+        .store
+        .nodes()?
+        .into_iter()
+        .filter(|n| n.running.iter().any(|r| r == function))
+        .map(|n| n.name)
+        .collect();
+    state
+        .view
+        .snapshot()
+        .into_iter()
+        .filter(|n| n.health == NodeHealth::Ready && running.contains(&n.name))
+        .max_by_key(|n| {
+            let r = n.report.clone().unwrap_or_default();
+            let free = r.functions.iter().find(|f| f.name == function).map_or(0, |f| f.free_slots);
+            (free, std::cmp::Reverse(r.queued), std::cmp::Reverse(n.name.clone()))
+        })
+        .map(|n| n.name)
+        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("no Ready node runs `{function}`; see `spillway get nodes` and `spillway describe function {function}`")))
+}
+
+async fn create_token(
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<TokenRequest>,
+) -> ApiResult<TokenCreated> {
+    let (token, expires_at_ms) = state
+        .create_token(req.ttl_secs, &req.description)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(Json(TokenCreated {
+        token,
+        expires_at_ms,
+        coordinator: state.advertised_quic(),
+    }))
+}
+
+async fn list_tokens(AxState(state): AxState<Arc<State>>) -> ApiResult<Vec<TokenRecord>> {
+    Ok(Json(state.store.tokens()?))
+}

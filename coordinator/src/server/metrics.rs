@@ -1,0 +1,107 @@
+//! Counters the coordinator exports on `GET /metrics` (Prometheus text format). Every counter
+//! here is incremented somewhere; refusals are counted by reason so an operator can tell a
+//! misconfigured agent from an attack.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::view::View;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub reports: AtomicU64,
+    pub reports_out_of_order: AtomicU64,
+    pub datagrams_malformed: AtomicU64,
+    pub frames_malformed: AtomicU64,
+    pub joins: AtomicU64,
+    pub joins_refused: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub job_updates: AtomicU64,
+    pub api_unauthorized: AtomicU64,
+}
+
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub fn render(&self, view: &View) -> String {
+        let mut out = String::new();
+        let counters = [
+            (
+                "spillway_load_reports_total",
+                "Load reports applied to the view",
+                &self.reports,
+            ),
+            (
+                "spillway_load_reports_out_of_order_total",
+                "Load reports older than one already applied",
+                &self.reports_out_of_order,
+            ),
+            (
+                "spillway_datagrams_malformed_total",
+                "Datagrams that were not load reports",
+                &self.datagrams_malformed,
+            ),
+            (
+                "spillway_frames_malformed_total",
+                "Stream frames refused (malformed, oversized, unexpected)",
+                &self.frames_malformed,
+            ),
+            (
+                "spillway_joins_total",
+                "Agents that joined with a token",
+                &self.joins,
+            ),
+            (
+                "spillway_joins_refused_total",
+                "Join attempts refused (bad, expired or reused token, version)",
+                &self.joins_refused,
+            ),
+            (
+                "spillway_connections_refused_total",
+                "Connections refused (unknown certificate, version)",
+                &self.connections_refused,
+            ),
+            (
+                "spillway_job_updates_total",
+                "Job state changes reported by agents",
+                &self.job_updates,
+            ),
+            (
+                "spillway_api_unauthorized_total",
+                "API requests without a valid token",
+                &self.api_unauthorized,
+            ),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP spillway_nodes Nodes by health\n# TYPE spillway_nodes gauge"
+        );
+        for (health, n) in view.health_counts() {
+            let _ = writeln!(out, "spillway_nodes{{health=\"{health}\"}} {n}");
+        }
+        let (p50, p99) = view.staleness();
+        let _ = writeln!(
+            out,
+            "# HELP spillway_view_staleness_seconds Delay from an agent sending a load report to the view holding it (last 10-20 s)\n# TYPE spillway_view_staleness_seconds summary"
+        );
+        for (q, v) in [("0.5", p50), ("0.99", p99)] {
+            if let Some(v) = v {
+                let _ = writeln!(
+                    out,
+                    "spillway_view_staleness_seconds{{quantile=\"{q}\"}} {:.3}",
+                    v.as_secs_f64()
+                );
+            }
+        }
+        out
+    }
+}

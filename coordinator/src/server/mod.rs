@@ -1,0 +1,220 @@
+//! The coordinator server: durable state ([`store`]), its CA ([`ca`]), the QUIC endpoint for
+//! agents ([`quic`]), the live load view ([`view`]), deployments ([`deploy`], [`apply`]) and
+//! the HTTP API for the CLI ([`http`]).
+
+pub mod apply;
+pub mod ca;
+pub mod deploy;
+pub mod http;
+pub mod metrics;
+pub mod quic;
+pub mod store;
+pub mod view;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use spillway_link::token::JoinToken;
+use tokio::sync::watch;
+
+use crate::config::CoordinatorConfig;
+use ca::{Ca, CaError};
+use metrics::Metrics;
+use store::{Store, StoreError, TokenRecord};
+use view::View;
+
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum ServerError {
+    /// cannot create the state folder {path}: {source}
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// {0}
+    Store(#[from] StoreError),
+    /// {0}
+    Ca(#[from] CaError),
+    /// QUIC endpoint: {0}
+    Tls(#[from] spillway_link::tls::TlsError),
+    /// cannot listen on {addr} ({what}): {source}; is another coordinator running? change it in the config
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// cannot write {path}: {source}
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Everything the endpoint tasks and API handlers share.
+#[derive(Debug)]
+pub struct State {
+    pub config: CoordinatorConfig,
+    pub store: Store,
+    pub ca: Ca,
+    pub view: View,
+    pub metrics: Metrics,
+    /// Bumped whenever the function set changes; every session recomputes its node's share.
+    pub deployments: watch::Sender<u64>,
+    admin_hash: [u8; 32],
+    quic_addr: SocketAddr,
+}
+
+impl State {
+    /// A one-time join token valid for `ttl_secs`, stored hashed.
+    pub fn create_token(&self, ttl_secs: u64, description: &str) -> Result<(String, u64), String> {
+        let token = JoinToken::generate(&self.ca.fingerprint())?;
+        let now = now_ms();
+        let expires_at_ms = now + ttl_secs.saturating_mul(1000);
+        self.store
+            .put_token(
+                &token.secret_hash(),
+                &TokenRecord {
+                    created_at_ms: now,
+                    expires_at_ms,
+                    description: description.to_owned(),
+                    used_by: None,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        Ok((token.to_string(), expires_at_ms))
+    }
+
+    /// The QUIC address to give agents (the bound one; `0.0.0.0` means "this host").
+    pub fn advertised_quic(&self) -> String {
+        self.quic_addr.to_string()
+    }
+}
+
+/// A started coordinator: both listeners bound, nothing served until [`Coordinator::run`].
+#[derive(Debug)]
+pub struct Coordinator {
+    pub state: Arc<State>,
+    endpoint: quinn::Endpoint,
+    http: tokio::net::TcpListener,
+    /// The API token, for the client config written next to the state.
+    pub admin_token: String,
+}
+
+impl Coordinator {
+    pub async fn start(config: CoordinatorConfig) -> Result<Self, ServerError> {
+        let dir = config.state_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| ServerError::StateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let store = Store::open(&config.store_path())?;
+        let ca = Ca::load_or_create(&dir.join("ca"), &config.name)?;
+        let admin_token = load_or_create_admin_token(&dir)?;
+        let (chain, key) = ca.server_identity();
+        let server = spillway_link::tls::server(ca.cert_der(), chain, key)?;
+        let endpoint = quinn::Endpoint::server(server, config.quic_listen).map_err(|source| {
+            ServerError::Bind {
+                what: "QUIC for agents",
+                addr: config.quic_listen,
+                source,
+            }
+        })?;
+        let http = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "HTTP API",
+                addr: config.http_listen,
+                source,
+            })?;
+        let quic_addr = endpoint.local_addr().unwrap_or(config.quic_listen);
+        let state = Arc::new(State {
+            admin_hash: Sha256::digest(admin_token.as_bytes()).into(),
+            view: View::new(config.liveness),
+            metrics: Metrics::default(),
+            deployments: watch::channel(0).0,
+            store,
+            ca,
+            config,
+            quic_addr,
+        });
+        Ok(Self {
+            state,
+            endpoint,
+            http,
+            admin_token,
+        })
+    }
+
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.state.quic_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .unwrap_or(self.state.config.http_listen)
+    }
+
+    /// The client configuration the CLI needs to reach this coordinator.
+    pub fn client_config(&self) -> String {
+        let addr = self.http_addr();
+        let host = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        format!(
+            "{}\ncoordinator = \"http://{host}\"\ntoken = \"{}\"\n",
+            crate::client::WRITTEN_BY_MARKER,
+            self.admin_token
+        )
+    }
+
+    /// Serves agents and the API until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let quic = tokio::spawn(quic::serve(self.state.clone(), self.endpoint.clone()));
+        let app = http::router(self.state.clone());
+        let http = axum::serve(self.http, app);
+        tokio::select! {
+            r = http => if let Err(e) = r { tracing::error!("HTTP API stopped: {e}") },
+            () = shutdown => {}
+        }
+        self.endpoint
+            .close(0u32.into(), b"coordinator shutting down");
+        quic.abort();
+        self.endpoint.wait_idle().await;
+    }
+}
+
+fn load_or_create_admin_token(dir: &std::path::Path) -> Result<String, ServerError> {
+    let path = dir.join("admin.token");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(text.trim().to_owned());
+    }
+    let token = JoinToken::generate(&[0; 32])
+        .map(|t| hex::encode(t.secret))
+        .unwrap_or_default();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()
+    };
+    write().map_err(|source| ServerError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(token)
+}

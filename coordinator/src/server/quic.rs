@@ -1,0 +1,282 @@
+//! The QUIC endpoint: joins on certificate-less connections, member sessions on mutual-TLS ones.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spillway_link::identity::{fingerprint, valid_node_name};
+use spillway_link::stream::{FrameReader, send};
+use spillway_link::tls::peer_fingerprint;
+use spillway_link::token::JoinToken;
+use spillway_proto::load::LoadReport;
+use spillway_proto::wire::{
+    AgentFrame, CoordinatorFrame, JoinReply, JoinRequest, MAX_JOIN_FRAME, MAX_STREAM_FRAME,
+    PROTOCOL, Welcome,
+};
+
+use super::metrics::inc;
+use super::store::{JobRow, NodeRecord, TokenCheck};
+use super::{State, deploy, now_ms};
+
+/// A peer gets this long to open its stream and say who it is.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until the endpoint closes.
+pub async fn serve(state: Arc<State>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(%remote, "handshake failed: {e}");
+                    inc(&state.metrics.connections_refused);
+                    return;
+                }
+            };
+            match peer_fingerprint(&conn) {
+                None => join(&state, conn).await,
+                Some(fp) => member(state, conn, fp).await,
+            }
+        });
+    }
+}
+
+async fn join(state: &State, conn: quinn::Connection) {
+    let remote = conn.remote_address();
+    let request = async {
+        let (send_half, recv) = conn.accept_bi().await.ok()?;
+        let req = FrameReader::new(recv, MAX_JOIN_FRAME)
+            .next::<JoinRequest>()
+            .await;
+        Some((send_half, req))
+    };
+    let Ok(Some((mut send_half, req))) = tokio::time::timeout(HELLO_TIMEOUT, request).await else {
+        inc(&state.metrics.joins_refused);
+        return;
+    };
+    let reply = match req {
+        Ok(Some(req)) => decide_join(state, req, &remote.to_string()),
+        Ok(None) => return,
+        Err(e) => {
+            inc(&state.metrics.frames_malformed);
+            JoinReply::Refused {
+                reason: format!("unreadable join request: {e}"),
+            }
+        }
+    };
+    match &reply {
+        JoinReply::Granted { .. } => inc(&state.metrics.joins),
+        JoinReply::Refused { reason } => {
+            inc(&state.metrics.joins_refused);
+            tracing::warn!(%remote, "join refused: {reason}");
+        }
+    }
+    if send(&mut send_half, &reply).await.is_ok() {
+        let _ = send_half.finish();
+        // Let the agent read the reply and hang up first.
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    }
+}
+
+fn decide_join(state: &State, req: JoinRequest, remote: &str) -> JoinReply {
+    let refuse = |reason: String| JoinReply::Refused { reason };
+    if let Err(e) = PROTOCOL.check_peer(req.version, "coordinator", "agent") {
+        return refuse(e);
+    }
+    let token = match JoinToken::parse(&req.token) {
+        Ok(t) => t,
+        Err(e) => return refuse(e),
+    };
+    if token.ca_pin[..] != state.ca.fingerprint()[..16] {
+        return refuse(
+            "this token was created by another coordinator (its CA does not match)".into(),
+        );
+    }
+    if !valid_node_name(&req.node) {
+        return refuse(format!(
+            "`{}` cannot be a node name: use letters, digits, `-` and `.` (set node_name in the agent config)",
+            req.node
+        ));
+    }
+    let cert_der = match state.ca.sign_node(&req.node, &req.csr_der) {
+        Ok(c) => c,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let now = now_ms();
+    let node = NodeRecord {
+        name: req.node.clone(),
+        fingerprint: hex::encode(fingerprint(&cert_der)),
+        joined_at_ms: now,
+        cert_expires_at_ms: now + 365 * 86_400_000,
+        cluster_id: None,
+        labels: Default::default(),
+        capacity: Default::default(),
+        agent_version: String::new(),
+        arch: String::new(),
+        last_seen_ms: now,
+        last_address: remote.to_owned(),
+        running: vec![],
+        refused: vec![],
+    };
+    match state.store.join(&token.secret_hash(), now, node) {
+        Ok(TokenCheck::Valid) => {
+            tracing::info!(node = %req.node, %remote, "node joined the mesh");
+            JoinReply::Granted {
+                cert_der,
+                ca_der: state.ca.cert_der().to_vec(),
+            }
+        }
+        Ok(TokenCheck::Unknown) => refuse(
+            "unknown join token: create one on the coordinator with `spillway token create`".into(),
+        ),
+        Ok(TokenCheck::Expired) => refuse(
+            "this join token has expired: create a new one with `spillway token create --ttl 1h`"
+                .into(),
+        ),
+        Ok(TokenCheck::Used(by)) => refuse(format!(
+            "this join token was already used (by node `{by}`); tokens are single-use: create a new one with `spillway token create`"
+        )),
+        Err(e) => refuse(format!("the coordinator could not record the join: {e}")),
+    }
+}
+
+async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
+    let remote = conn.remote_address();
+    let opened = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await;
+    let Ok(Ok((mut tx, rx))) = opened else {
+        return;
+    };
+    let mut reader = FrameReader::new(rx, MAX_STREAM_FRAME);
+    let refuse = |reason: String| CoordinatorFrame::Refused { reason };
+    let record = match state.store.node_by_cert(&hex::encode(fp)) {
+        Ok(Some(r)) => r,
+        _ => {
+            inc(&state.metrics.connections_refused);
+            let _ = send(&mut tx, &refuse("this agent's certificate is not a member of the mesh (the node was removed, or it joined another coordinator): join again with `spillway-agent join --token …`".into())).await;
+            let _ = tx.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            return;
+        }
+    };
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, reader.next::<AgentFrame>()).await {
+        Ok(Ok(Some(AgentFrame::Hello(h)))) => h,
+        _ => {
+            inc(&state.metrics.frames_malformed);
+            conn.close(1u32.into(), b"expected Hello");
+            return;
+        }
+    };
+    if let Err(reason) = PROTOCOL.check_peer(hello.version, "coordinator", "agent") {
+        inc(&state.metrics.connections_refused);
+        tracing::warn!(node = %record.name, "{reason}");
+        let _ = send(&mut tx, &refuse(reason)).await;
+        let _ = tx.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        return;
+    }
+    let name = record.name.clone();
+    let mut record = record;
+    record.cluster_id = hello.cluster_id.clone();
+    record.labels = hello.labels.clone();
+    record.capacity = hello.capacity;
+    record.agent_version = hello.agent_version.clone();
+    record.arch = hello.arch.clone();
+    record.last_seen_ms = now_ms();
+    record.last_address = remote.to_string();
+    if let Err(e) = state.store.put_node(&record) {
+        tracing::error!(node = %name, "cannot record the node: {e}");
+    }
+    state.view.connected(&name, conn.clone());
+    tracing::info!(node = %name, %remote, "node connected");
+    let welcome = CoordinatorFrame::Welcome(Welcome {
+        version: PROTOCOL,
+        coordinator_version: env!("CARGO_PKG_VERSION").into(),
+        report_interval_ms: state.config.report_interval.as_millis() as u32,
+    });
+    let mut deployed = hello.deployment;
+    let datagrams = tokio::spawn(read_reports(state.clone(), conn.clone(), name.clone()));
+    let mut deploy_rx = state.deployments.subscribe();
+    deploy_rx.mark_changed();
+    if send(&mut tx, &welcome).await.is_ok() {
+        loop {
+            tokio::select! {
+                frame = reader.next::<AgentFrame>() => match frame {
+                    Ok(Some(frame)) => handle_frame(&state, &name, frame),
+                    Ok(None) => break,
+                    Err(e) => {
+                        inc(&state.metrics.frames_malformed);
+                        tracing::warn!(node = %name, "closing the connection: {e}");
+                        conn.close(2u32.into(), b"malformed frame");
+                        break;
+                    }
+                },
+                changed = deploy_rx.changed() => {
+                    if changed.is_err() { break; }
+                    let node = state.store.node(&name).ok().flatten().unwrap_or_else(|| record.clone());
+                    let functions = state.store.functions().unwrap_or_default();
+                    let deployment = deploy::for_node(&node, &functions);
+                    let digest = deployment.digest();
+                    if digest != deployed {
+                        tracing::info!(node = %name, functions = deployment.functions.len(), "deploying");
+                        if send(&mut tx, &CoordinatorFrame::Deploy(deployment)).await.is_err() { break; }
+                        deployed = digest;
+                    }
+                }
+            }
+        }
+    }
+    datagrams.abort();
+    state.view.disconnected(&name, conn.stable_id());
+    if let Ok(Some(mut r)) = state.store.node(&name) {
+        r.last_seen_ms = now_ms();
+        let _ = state.store.put_node(&r);
+    }
+    tracing::info!(node = %name, "node disconnected: {}", conn.close_reason().map(|r| r.to_string()).unwrap_or_default());
+}
+
+fn handle_frame(state: &State, node: &str, frame: AgentFrame) {
+    match frame {
+        AgentFrame::Hello(_) => {
+            inc(&state.metrics.frames_malformed);
+        }
+        AgentFrame::Deployed(ack) => {
+            if let Ok(Some(mut r)) = state.store.node(node) {
+                r.running = ack.running;
+                r.refused = ack.refused;
+                if let Err(e) = state.store.put_node(&r) {
+                    tracing::error!(node, "cannot record the deployment: {e}");
+                }
+            }
+        }
+        AgentFrame::Job(update) => {
+            inc(&state.metrics.job_updates);
+            let row = JobRow {
+                node: node.to_owned(),
+                update,
+                updated_at_ms: now_ms(),
+            };
+            if let Err(e) = state.store.put_jobs(&[row]) {
+                tracing::error!(node, "cannot record a job update: {e}");
+            }
+        }
+    }
+}
+
+async fn read_reports(state: Arc<State>, conn: quinn::Connection, node: String) {
+    while let Ok(bytes) = conn.read_datagram().await {
+        match LoadReport::from_datagram(&bytes) {
+            Ok(report) => {
+                if state.view.report(&node, report) {
+                    inc(&state.metrics.reports);
+                } else {
+                    inc(&state.metrics.reports_out_of_order);
+                }
+            }
+            Err(e) => {
+                inc(&state.metrics.datagrams_malformed);
+                tracing::debug!(%node, "{e}");
+            }
+        }
+    }
+}

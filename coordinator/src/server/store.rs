@@ -1,0 +1,402 @@
+//! The coordinator's durable state in redb: nodes, their certificates, join tokens, functions
+//! and the jobs agents report. Values are JSON (function definitions carry free-form fields).
+//!
+//! Membership, tokens and functions are committed durably before they are acted on. Job rows
+//! mirror the agents' own journals (the source of truth), so they are committed without an
+//! fsync of their own and become durable with the next durable commit.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use spillway_proto::FunctionDef;
+use spillway_proto::wire::{Artifact, Capacity, JobUpdate};
+
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// Certificate fingerprint (hex) → node name.
+const CERTS: TableDefinition<&str, &str> = TableDefinition::new("certs");
+/// SHA-256 of a token's secret (hex) → token record.
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum StoreError {
+    /// cannot open the coordinator state {path}: {message} (is another coordinator using it?)
+    Open { path: PathBuf, message: String },
+    /// coordinator state: {0}
+    Db(String),
+    /// coordinator state has an unreadable record in `{table}`: {message}
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(impl From<$t> for StoreError {
+        fn from(e: $t) -> Self { StoreError::Db(e.to_string()) }
+    })*};
+}
+db_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// A member of the mesh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub fingerprint: String,
+    pub joined_at_ms: u64,
+    pub cert_expires_at_ms: u64,
+    pub cluster_id: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Capacity,
+    pub agent_version: String,
+    pub arch: String,
+    pub last_seen_ms: u64,
+    pub last_address: String,
+    /// Functions the agent runs and refuses, from its last deployment ack.
+    pub running: Vec<String>,
+    pub refused: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub description: String,
+    pub used_by: Option<String>,
+}
+
+/// A function as applied: its definition (script/module paths relative, as written) and files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    pub def: FunctionDef,
+    pub files: Vec<Artifact>,
+    pub source: String,
+    pub applied_at_ms: u64,
+}
+
+/// A job as last reported by the node that owns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRow {
+    pub node: String,
+    pub update: JobUpdate,
+    pub updated_at_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// What a token lookup concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenCheck {
+    Unknown,
+    Expired,
+    Used(String),
+    Valid,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let tx = db.begin_write()?;
+        for t in [NODES, TOKENS, FUNCTIONS, JOBS] {
+            tx.open_table(t)?;
+        }
+        tx.open_table(CERTS)?;
+        tx.commit()?;
+        Ok(Self { db })
+    }
+
+    pub fn put_token(&self, hash: &str, record: &TokenRecord) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(TOKENS)?
+            .insert(hash, encode(record).as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.list(TOKENS, "tokens")
+    }
+
+    /// Admits `node` with the certificate `fingerprint` if the token is valid, consuming the
+    /// token and recording the node in the same transaction: a token can never admit two nodes.
+    pub fn join(
+        &self,
+        token_hash: &str,
+        now_ms: u64,
+        node: NodeRecord,
+    ) -> Result<TokenCheck, StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut tokens = tx.open_table(TOKENS)?;
+            let Some(raw) = tokens.get(token_hash)?.map(|v| v.value().to_vec()) else {
+                return Ok(TokenCheck::Unknown);
+            };
+            let mut token: TokenRecord = decode("tokens", &raw)?;
+            if let Some(by) = token.used_by {
+                return Ok(TokenCheck::Used(by));
+            }
+            if token.expires_at_ms <= now_ms {
+                return Ok(TokenCheck::Expired);
+            }
+            token.used_by = Some(node.name.clone());
+            tokens.insert(token_hash, encode(&token).as_slice())?;
+            let mut nodes = tx.open_table(NODES)?;
+            let mut certs = tx.open_table(CERTS)?;
+            // A node joining again (new SD card, lost key) replaces its old certificate.
+            if let Some(old) = nodes.get(node.name.as_str())?.map(|v| v.value().to_vec()) {
+                let old: NodeRecord = decode("nodes", &old)?;
+                certs.remove(old.fingerprint.as_str())?;
+            }
+            certs.insert(node.fingerprint.as_str(), node.name.as_str())?;
+            nodes.insert(node.name.as_str(), encode(&node).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(TokenCheck::Valid)
+    }
+
+    /// The node holding the certificate with this fingerprint.
+    pub fn node_by_cert(&self, fingerprint: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let Some(name) = tx
+            .open_table(CERTS)?
+            .get(fingerprint)?
+            .map(|v| v.value().to_owned())
+        else {
+            return Ok(None);
+        };
+        self.node(&name)
+    }
+
+    pub fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        self.get(NODES, "nodes", name)
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.list(NODES, "nodes")
+    }
+
+    pub fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        self.put(NODES, &node.name, node, Durability::Immediate)
+    }
+
+    /// Removes a node and revokes its certificate: it can no longer connect.
+    pub fn remove_node(&self, name: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        let existed = {
+            let mut nodes = tx.open_table(NODES)?;
+            let old = nodes.remove(name)?.map(|v| v.value().to_vec());
+            if let Some(old) = &old {
+                let old: NodeRecord = decode("nodes", old)?;
+                tx.open_table(CERTS)?.remove(old.fingerprint.as_str())?;
+            }
+            old.is_some()
+        };
+        tx.commit()?;
+        Ok(existed)
+    }
+
+    pub fn functions(&self) -> Result<Vec<FunctionRecord>, StoreError> {
+        self.list(FUNCTIONS, "functions")
+    }
+
+    pub fn function(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
+        self.get(FUNCTIONS, "functions", name)
+    }
+
+    /// Puts and removes functions in one transaction: an apply is all or nothing.
+    pub fn change_functions(
+        &self,
+        put: &[FunctionRecord],
+        remove: &[String],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(FUNCTIONS)?;
+            for f in put {
+                t.insert(f.def.name.as_str(), encode(f).as_slice())?;
+            }
+            for name in remove {
+                t.remove(name.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn put_jobs(&self, rows: &[JobRow]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::None)?;
+        {
+            let mut t = tx.open_table(JOBS)?;
+            for row in rows {
+                t.insert(row.update.id.to_string().as_str(), encode(row).as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        self.list(JOBS, "jobs")
+    }
+
+    /// The job whose id starts with `prefix`; an error names the ambiguity.
+    pub fn job(&self, prefix: &str) -> Result<Result<JobRow, String>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(JOBS)?;
+        let mut found = Vec::new();
+        for entry in t.range(prefix..)? {
+            let (k, v) = entry?;
+            if !k.value().starts_with(prefix) || found.len() > 1 {
+                break;
+            }
+            found.push(decode::<JobRow>("jobs", v.value())?);
+        }
+        Ok(match found.len() {
+            0 => Err(format!(
+                "no job with id {prefix}; list them with `spillway get jobs`"
+            )),
+            1 => Ok(found.remove(0)),
+            _ => Err(format!("{prefix} matches several jobs; give more digits")),
+        })
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        name: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let value = tx.open_table(def)?.get(key)?;
+        value.map(|v| decode(name, v.value())).transpose()
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(durability)?;
+        tx.open_table(def)?.insert(key, encode(value).as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn list<T: DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        name: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(def)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (_, v) = entry?;
+            out.push(decode(name, v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, fp: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            fingerprint: fp.into(),
+            joined_at_ms: 0,
+            cert_expires_at_ms: 0,
+            cluster_id: None,
+            labels: BTreeMap::new(),
+            capacity: Capacity::default(),
+            agent_version: String::new(),
+            arch: String::new(),
+            last_seen_ms: 0,
+            last_address: String::new(),
+            running: vec![],
+            refused: vec![],
+        }
+    }
+
+    fn token(expires_at_ms: u64) -> TokenRecord {
+        TokenRecord {
+            created_at_ms: 0,
+            expires_at_ms,
+            description: String::new(),
+            used_by: None,
+        }
+    }
+
+    #[test]
+    fn a_token_admits_one_node_once_and_only_before_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.put_token("h1", &token(100)).unwrap();
+        assert_eq!(
+            store.join("nope", 10, node("a", "f1")).unwrap(),
+            TokenCheck::Unknown
+        );
+        assert_eq!(
+            store.join("h1", 10, node("a", "f1")).unwrap(),
+            TokenCheck::Valid
+        );
+        assert_eq!(
+            store.join("h1", 10, node("b", "f2")).unwrap(),
+            TokenCheck::Used("a".into())
+        );
+        store.put_token("h2", &token(100)).unwrap();
+        assert_eq!(
+            store.join("h2", 100, node("c", "f3")).unwrap(),
+            TokenCheck::Expired
+        );
+        assert_eq!(store.node_by_cert("f1").unwrap().unwrap().name, "a");
+        assert!(store.node_by_cert("f2").unwrap().is_none());
+    }
+
+    #[test]
+    fn rejoining_revokes_the_old_certificate_and_removing_revokes_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.put_token("h1", &token(100)).unwrap();
+        store.put_token("h2", &token(100)).unwrap();
+        store.join("h1", 1, node("a", "old")).unwrap();
+        store.join("h2", 1, node("a", "new")).unwrap();
+        assert!(store.node_by_cert("old").unwrap().is_none());
+        assert!(store.node_by_cert("new").unwrap().is_some());
+        assert!(store.remove_node("a").unwrap());
+        assert!(store.node_by_cert("new").unwrap().is_none());
+    }
+}

@@ -1,0 +1,231 @@
+//! The live view of the mesh: who is connected, each node's latest load report, and how stale
+//! that knowledge is. Updated by every datagram, read by the API and (later) by placement.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use spillway_proto::load::{Liveness, LoadReport, NodeHealth};
+
+/// How old reports are when they reach the view, over a sliding window.
+#[derive(Debug)]
+struct Staleness {
+    /// Millisecond buckets; the last one collects everything slower.
+    current: Vec<u64>,
+    previous: Vec<u64>,
+    rotated_at: Instant,
+}
+
+const STALENESS_BUCKETS: usize = 10_001;
+/// Quantiles cover the last 10–20 s.
+const STALENESS_WINDOW: Duration = Duration::from_secs(10);
+
+impl Staleness {
+    fn new(now: Instant) -> Self {
+        Self {
+            current: vec![0; STALENESS_BUCKETS],
+            previous: vec![0; STALENESS_BUCKETS],
+            rotated_at: now,
+        }
+    }
+
+    fn record(&mut self, now: Instant, ms: u64) {
+        if now.duration_since(self.rotated_at) >= STALENESS_WINDOW {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.iter_mut().for_each(|b| *b = 0);
+            self.rotated_at = now;
+        }
+        self.current[(ms as usize).min(STALENESS_BUCKETS - 1)] += 1;
+    }
+
+    fn quantile(&self, q: f64) -> Option<Duration> {
+        let total: u64 = self.current.iter().chain(&self.previous).sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for ms in 0..STALENESS_BUCKETS {
+            seen += self.current[ms] + self.previous[ms];
+            if seen >= rank {
+                return Some(Duration::from_millis(ms as u64));
+            }
+        }
+        None
+    }
+}
+
+#[derive(Debug)]
+struct Live {
+    report: Option<LoadReport>,
+    /// When the last report (or the connection) was heard.
+    heard_at: Instant,
+    connection: Option<quinn::Connection>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    nodes: HashMap<String, Live>,
+    staleness: Staleness,
+}
+
+/// One node as the view sees it now.
+#[derive(Debug, Clone)]
+pub struct NodeLive {
+    pub name: String,
+    pub health: NodeHealth,
+    pub connected: bool,
+    pub silent_for: Option<Duration>,
+    pub report: Option<LoadReport>,
+}
+
+#[derive(Debug)]
+pub struct View {
+    inner: Mutex<Inner>,
+    liveness: Liveness,
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl View {
+    pub fn new(liveness: Liveness) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                nodes: HashMap::new(),
+                staleness: Staleness::new(Instant::now()),
+            }),
+            liveness,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the map half-updated in a harmful way.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A node's connection came up (replacing any older one).
+    pub fn connected(&self, node: &str, connection: quinn::Connection) {
+        let mut inner = self.lock();
+        let live = inner.nodes.entry(node.to_owned()).or_insert(Live {
+            report: None,
+            heard_at: Instant::now(),
+            connection: None,
+        });
+        if let Some(old) = live.connection.replace(connection) {
+            old.close(
+                0u32.into(),
+                b"replaced by a newer connection from the same node",
+            );
+        }
+        live.heard_at = Instant::now();
+    }
+
+    /// A node's connection ended; its last report stays (aging) until it returns.
+    pub fn disconnected(&self, node: &str, stable_id: usize) {
+        let mut inner = self.lock();
+        if let Some(live) = inner.nodes.get_mut(node)
+            && live
+                .connection
+                .as_ref()
+                .is_some_and(|c| c.stable_id() == stable_id)
+        {
+            live.connection = None;
+        }
+    }
+
+    /// Applies a report unless a newer one already arrived. Returns whether it was applied.
+    pub fn report(&self, node: &str, report: LoadReport) -> bool {
+        let now = Instant::now();
+        let delay = wall_ms().saturating_sub(report.sent_at_ms);
+        let mut inner = self.lock();
+        let Some(live) = inner.nodes.get_mut(node) else {
+            return false;
+        };
+        if live.report.as_ref().is_some_and(|r| r.seq >= report.seq) {
+            return false;
+        }
+        live.report = Some(report);
+        live.heard_at = now;
+        inner.staleness.record(now, delay);
+        true
+    }
+
+    pub fn connection(&self, node: &str) -> Option<quinn::Connection> {
+        self.lock()
+            .nodes
+            .get(node)
+            .and_then(|l| l.connection.clone())
+    }
+
+    pub fn node(&self, name: &str) -> Option<NodeLive> {
+        let inner = self.lock();
+        inner.nodes.get(name).map(|l| self.describe(name, l))
+    }
+
+    pub fn snapshot(&self) -> Vec<NodeLive> {
+        let inner = self.lock();
+        let mut nodes: Vec<NodeLive> = inner
+            .nodes
+            .iter()
+            .map(|(name, l)| self.describe(name, l))
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes
+    }
+
+    fn describe(&self, name: &str, l: &Live) -> NodeLive {
+        let silent_for = l.heard_at.elapsed();
+        let health = match self.liveness.health(Some(silent_for)) {
+            // A node that hung up is not Ready, however recently it spoke.
+            NodeHealth::Ready if l.connection.is_none() => NodeHealth::Suspect,
+            h => h,
+        };
+        NodeLive {
+            name: name.to_owned(),
+            health,
+            connected: l.connection.is_some(),
+            silent_for: Some(silent_for),
+            report: l.report.clone(),
+        }
+    }
+
+    /// Delay from an agent sending a report to the view holding it (p50, p99), last 10–20 s.
+    pub fn staleness(&self) -> (Option<Duration>, Option<Duration>) {
+        let inner = self.lock();
+        (
+            inner.staleness.quantile(0.5),
+            inner.staleness.quantile(0.99),
+        )
+    }
+
+    /// Counts of nodes per health.
+    pub fn health_counts(&self) -> [(NodeHealth, usize); 3] {
+        let snap = self.snapshot();
+        [NodeHealth::Ready, NodeHealth::Suspect, NodeHealth::Down]
+            .map(|h| (h, snap.iter().filter(|n| n.health == h).count()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staleness_quantiles_come_from_recorded_delays() {
+        let t0 = Instant::now();
+        let mut s = Staleness::new(t0);
+        for ms in 1..=100 {
+            s.record(t0, ms);
+        }
+        assert_eq!(s.quantile(0.5), Some(Duration::from_millis(50)));
+        assert_eq!(s.quantile(0.99), Some(Duration::from_millis(99)));
+        // Two windows later the old samples are gone.
+        s.record(t0 + STALENESS_WINDOW, 5);
+        s.record(t0 + STALENESS_WINDOW * 2, 5);
+        assert_eq!(s.quantile(0.99), Some(Duration::from_millis(5)));
+    }
+}

@@ -1,0 +1,14 @@
+//! Spillway's QUIC transport, shared by the agent and the coordinator.
+//!
+//! [`tls`] builds the rustls/quinn configurations: the coordinator's server (client certificates
+//! optional, so a new agent can join), the joining agent (no certificate yet; trusts the
+//! coordinator only through the CA pin in its token) and the member agent (mutual TLS).
+//! [`identity`] makes keys, certificate requests and fingerprints; [`stream`] moves
+//! `spillway_proto::wire` frames over QUIC streams; [`token`] is the one-time join token.
+
+pub mod identity;
+pub mod stream;
+pub mod tls;
+pub mod token;
+
+pub use quinn;

@@ -1,0 +1,178 @@
+//! rustls and quinn configurations for the three kinds of endpoint, TLS 1.3 on `ring` only.
+//!
+//! Trust is always the coordinator's own CA, never the system's roots: members are given the CA
+//! certificate when they join, and a joining agent recognises the CA by the fingerprint carried in
+//! its one-time token (as `kubeadm join --discovery-token-ca-cert-hash` does).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use spillway_proto::wire::ALPN;
+
+use crate::identity::fingerprint;
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum TlsError {
+    /// TLS configuration rejected: {0}
+    Rustls(#[from] rustls::Error),
+    /// the CA certificate is not usable as a trust anchor: {0}
+    Anchor(String),
+    /// QUIC cannot use this TLS configuration: {0}
+    Quic(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Keep-alives every second and a 6 s idle timeout: a cut link is noticed within seconds, while
+/// a report every second keeps a healthy one busy anyway.
+pub fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.max_idle_timeout(Some(
+        Duration::from_secs(6)
+            .try_into()
+            .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(6000))),
+    ));
+    t.datagram_receive_buffer_size(Some(64 << 10));
+    Arc::new(t)
+}
+
+fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca_der.to_vec()))
+        .map_err(|e| TlsError::Anchor(e.to_string()))?;
+    Ok(Arc::new(roots))
+}
+
+/// The coordinator's endpoint: presents `chain` (its certificate, then the CA's), verifies
+/// client certificates against the CA but also lets certificate-less clients in — they may only
+/// join (the coordinator checks which kind each connection is).
+pub fn server(
+    ca_der: &[u8],
+    chain: Vec<Vec<u8>>,
+    key_der: Vec<u8>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Anchor(e.to_string()))?;
+    let key = PrivateKeyDer::try_from(key_der).map_err(|e| TlsError::Anchor(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.into_iter().map(CertificateDer::from).collect(), key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// A member agent: trusts only the coordinator's CA and proves itself with its own certificate.
+pub fn member(
+    ca_der: &[u8],
+    cert_der: Vec<u8>,
+    key_der: Vec<u8>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let key = PrivateKeyDer::try_from(key_der).map_err(|e| TlsError::Anchor(e.to_string()))?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_der)?)
+        .with_client_auth_cert(vec![CertificateDer::from(cert_der)], key)?;
+    client(tls)
+}
+
+/// A joining agent: no certificate yet; accepts the coordinator only if the chain it presents
+/// contains the CA whose fingerprint is `ca_pin`, and the server certificate verifies under it.
+pub fn joining(ca_pin: [u8; 16]) -> Result<quinn::ClientConfig, TlsError> {
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCa {
+            pin: ca_pin,
+            algorithms: provider().signature_verification_algorithms,
+        }))
+        .with_no_client_auth();
+    client(tls)
+}
+
+fn client(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsError> {
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// The fingerprint of the certificate a peer proved it holds, if it presented one.
+pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<[u8; 32]> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.first().map(|c| fingerprint(c))
+}
+
+/// Verifies the coordinator against the CA named by a pin instead of a trust store.
+#[derive(Debug)]
+struct PinnedCa {
+    /// The first 128 bits of the CA certificate's SHA-256.
+    pin: [u8; 16],
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c)[..16] == self.pin)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the coordinator's CA does not match the token: the token belongs to another coordinator, or this is not a Spillway coordinator".into(),
+                )
+            })?;
+        let roots = roots(ca).map_err(|e| rustls::Error::General(e.to_string()))?;
+        WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
