@@ -12,8 +12,30 @@ use sha2::{Digest, Sha256};
 use crate::key::ObjectKey;
 
 /// A job's identity: 128 bits of a SHA-256, shown as 32 hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct JobId([u8; 16]);
+
+/// Hex in JSON and other text formats (what people and scripts read), raw bytes on the wire.
+impl Serialize for JobId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_string())
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            text.parse().map_err(serde::de::Error::custom)
+        } else {
+            <[u8; 16]>::deserialize(d).map(Self)
+        }
+    }
+}
 
 /// Why a job id could not be read from text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, displaydoc::Display)]
@@ -192,5 +214,21 @@ mod tests {
         assert_eq!(json["Key"], "fire-detect/input/a.jpg");
         assert_eq!(json["Records"][0]["s3"]["bucket"]["name"], "fire-detect");
         assert_eq!(json["Records"][0]["s3"]["object"]["key"], "input/a.jpg");
+    }
+}
+
+#[cfg(test)]
+mod serde_tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_hex_in_json_and_bytes_in_postcard() {
+        let id = JobId::from_bytes([0xab; 16]);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{}\"", "ab".repeat(16)));
+        assert_eq!(serde_json::from_str::<JobId>(&json).unwrap(), id);
+        let bin = postcard::to_stdvec(&id).unwrap();
+        assert_eq!(bin.len(), 16);
+        assert_eq!(postcard::from_bytes::<JobId>(&bin).unwrap(), id);
     }
 }

@@ -51,7 +51,14 @@ impl LoadReport {
     }
 
     pub fn from_datagram(bytes: &[u8]) -> Result<Self, String> {
-        postcard::from_bytes(bytes).map_err(|e| format!("malformed load report: {e}"))
+        match postcard::take_from_bytes(bytes) {
+            Ok((report, [])) => Ok(report),
+            Ok((_, rest)) => Err(format!(
+                "malformed load report: {} bytes after its end",
+                rest.len()
+            )),
+            Err(e) => Err(format!("malformed load report: {e}")),
+        }
     }
 
     /// Whether `self` differs from `previous` enough to be worth sending before the next tick:

@@ -122,9 +122,11 @@ pub async fn run(
     let mut was_steady = false;
     tokio::pin!(shutdown);
 
+    // Actions the state machine asked for, from `poll` and from every `handle`.
+    let mut actions: Vec<Action> = Vec::new();
     loop {
-        let now = Instant::now();
-        let mut actions = link.poll(now);
+        actions.extend(link.poll(Instant::now()));
+        actions.reverse();
         while let Some(action) = actions.pop() {
             match action {
                 Action::Connect => {
@@ -200,22 +202,17 @@ pub async fn run(
                     spawn_requests(c.clone(), agent.clone());
                     conn = Some(c);
                     tx = Some(t);
-                    for a in link.handle(Instant::now(), Input::Connected) {
-                        if a == Action::SendHello {
-                            send_hello(&mut tx, &config, capacity, deployed, &mut link).await;
-                        }
-                    }
+                    actions.extend(link.handle(Instant::now(), Input::Connected));
                 }
                 Event2::Frame { generation: g, frame } if g == generation => match frame {
                     CoordinatorFrame::Welcome(w) => {
                         let interval = std::time::Duration::from_millis(w.report_interval_ms.into());
-                        // The first report goes out with the next poll round (its timer is due).
-                        let _ = link.handle(Instant::now(), Input::Welcomed { report_interval: interval });
+                        actions.extend(link.handle(Instant::now(), Input::Welcomed { report_interval: interval }));
                         last_sent = LoadReport::default();
                     }
                     CoordinatorFrame::Refused { reason } => {
                         tracing::error!("the coordinator refused this agent: {reason}");
-                        let _ = link.handle(Instant::now(), Input::Refused(reason));
+                        actions.extend(link.handle(Instant::now(), Input::Refused(reason)));
                         if let Some(c) = conn.take() {
                             c.close(0u32.into(), b"refused");
                         }
@@ -237,7 +234,7 @@ pub async fn run(
                     }
                 }
                 Event2::Lost { generation: g, reason } if g == generation => {
-                    let _ = link.handle(Instant::now(), Input::Lost(reason));
+                    actions.extend(link.handle(Instant::now(), Input::Lost(reason)));
                     if let Some(c) = conn.take() {
                         c.close(0u32.into(), b"lost");
                     }
@@ -257,7 +254,7 @@ pub async fn run(
             changed = load.changed() => {
                 if changed.is_err() { break; }
                 if load.borrow().differs_significantly(&last_sent) {
-                    let _ = link.handle(Instant::now(), Input::LoadChanged);
+                    actions.extend(link.handle(Instant::now(), Input::LoadChanged));
                 }
             }
         }

@@ -269,9 +269,16 @@ pub async fn get_files(
 
 /// `NODE:bucket/key`.
 pub fn split_remote(spec: &str) -> anyhow::Result<(&str, &str)> {
-    spec.split_once(':')
+    let (node, path) = spec
+        .split_once(':')
         .filter(|(n, p)| !n.is_empty() && !p.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("`{spec}` is not NODE:PATH (e.g. pi-1:images/in/photo.jpg)"))
+        .ok_or_else(|| {
+            anyhow::anyhow!("`{spec}` is not NODE:PATH (e.g. pi-1:images/in/photo.jpg)")
+        })?;
+    // Checked here too (the node checks again): a URL would silently resolve `..` away.
+    spillway_proto::ObjectKey::parse(path.trim_end_matches('/'))
+        .map_err(|e| anyhow::anyhow!("`{path}` is not a path inside a node's data folders: {e}"))?;
+    Ok((node, path))
 }
 
 pub async fn download(client: &Client, spec: &str, dest: Option<&Path>) -> anyhow::Result<()> {

@@ -119,7 +119,10 @@ mod tests {
     fn garbage_body_is_a_malformed_frame_not_a_panic() {
         let mut d = FrameDecoder::new(64);
         d.push(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
-        assert!(matches!(d.decode::<String>(), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            d.decode::<String>(),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -195,3 +195,126 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A free loopback port for both TCP and UDP (bound, then released: good enough for tests).
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A real `spillway serve` process with its own state folder and ports.
+pub struct Coordinator {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub quic_port: u16,
+    pub http_port: u16,
+}
+
+impl Coordinator {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (quic_port, http_port) = (free_port(), free_port());
+        let text = format!(
+            "state_dir = \"state\"\n[quic]\nlisten = \"127.0.0.1:{quic_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
+        );
+        std::fs::write(dir.path().join("coordinator.toml"), text).expect("write config");
+        let mut c = Self {
+            dir,
+            child: None,
+            quic_port,
+            http_port,
+        };
+        c.start();
+        c
+    }
+
+    pub fn quic(&self) -> String {
+        format!("127.0.0.1:{}", self.quic_port)
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("coordinator.log"))
+            .expect("log");
+        let child = Command::new(bin("spillway"))
+            .args(["serve", "--config"])
+            .arg(self.dir.path().join("coordinator.toml"))
+            .env("HOME", self.dir.path())
+            .env("SPILLWAY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn coordinator");
+        self.child = Some(child);
+        let ready = wait_until(Duration::from_secs(30), || {
+            self.dir.path().join("state/client.toml").exists()
+                && std::net::TcpStream::connect(("127.0.0.1", self.http_port)).is_ok()
+        });
+        assert!(ready, "coordinator did not start:\n{}", self.log());
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("coordinator.log")).unwrap_or_default()
+    }
+
+    /// `spillway ARGS` against this coordinator: (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin("spillway"))
+            .arg("--client-config")
+            .arg(self.dir.path().join("state/client.toml"))
+            .args(args)
+            .env("HOME", self.dir.path())
+            .output()
+            .expect("run spillway");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `spillway -o json ARGS`, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = self.cli(&all);
+        assert!(ok, "spillway {args:?} failed: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    pub fn token(&self) -> String {
+        let (ok, out, err) = self.cli(&["token", "create", "--ttl", "10m"]);
+        assert!(ok, "token create failed: {err}");
+        out.trim().to_owned()
+    }
+
+    /// The health of `node` as `get nodes` shows it.
+    pub fn health(&self, node: &str) -> Option<String> {
+        let nodes = self.json(&["get", "nodes"]);
+        nodes
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == node)
+            .map(|n| n["health"].as_str().unwrap_or("").to_owned())
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,288 @@
+//! The coordinator's QUIC endpoint against misbehaving peers, over real sockets on loopback:
+//! tokens that must not work, certificates that must not connect, versions that must be
+//! refused, and garbage that must not crash anything.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use spillway_agent::mesh::{self, JoinError, Membership};
+use spillway_coordinator::config::CoordinatorConfig;
+use spillway_coordinator::server::{Coordinator, State};
+use spillway_link::stream::{FrameReader, send};
+use spillway_proto::wire::{
+    AgentFrame, COORDINATOR_SERVER_NAME, Capacity, CoordinatorFrame, Hello, MAX_STREAM_FRAME,
+    PROTOCOL, Version,
+};
+
+struct Running {
+    _dir: tempfile::TempDir,
+    state: Arc<State>,
+    quic: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn coordinator() -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CoordinatorConfig {
+        state_dir: dir.path().join("coordinator"),
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        ..CoordinatorConfig::default()
+    };
+    let c = Coordinator::start(config).await.unwrap();
+    let (state, quic) = (c.state.clone(), c.quic_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(c.run(async {
+        let _ = stopped.await;
+    }));
+    Running {
+        _dir: dir,
+        state,
+        quic,
+        _stop: stop,
+    }
+}
+
+async fn join(c: &Running, node: &str, token: &str) -> Result<Membership, JoinError> {
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.keep();
+    mesh::join(&state_dir, node, &c.quic.to_string(), token).await
+}
+
+fn refused(r: Result<Membership, JoinError>) -> String {
+    match r {
+        Err(JoinError::Refused(reason)) => reason,
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("expected a refusal, the join succeeded"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_joins_one_node_once() {
+    let c = coordinator().await;
+    let (token, _) = c.state.create_token(60, "test").unwrap();
+    join(&c, "pi-1", &token).await.unwrap();
+    let reason = refused(join(&c, "pi-2", &token).await);
+    assert!(reason.contains("already used (by node `pi-1`)"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_unknown_tokens_are_refused_with_the_way_out() {
+    let c = coordinator().await;
+    let (token, _) = c.state.create_token(0, "already expired").unwrap();
+    let reason = refused(join(&c, "pi-1", &token).await);
+    assert!(
+        reason.contains("expired") && reason.contains("spillway token create"),
+        "{reason}"
+    );
+    // Right CA pin, secret never issued.
+    let (real, _) = c.state.create_token(60, "").unwrap();
+    let forged = format!(
+        "spw1.{}.{}",
+        "ab".repeat(16),
+        real.rsplit('.').next().unwrap()
+    );
+    let reason = refused(join(&c, "pi-1", &forged).await);
+    assert!(reason.contains("unknown join token"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_another_coordinator_does_not_even_get_past_tls() {
+    let (a, b) = (coordinator().await, coordinator().await);
+    let (token_of_b, _) = b.state.create_token(60, "").unwrap();
+    // The token pins B's CA; A presents its own, so the agent refuses to talk to A at all.
+    match join(&a, "pi-1", &token_of_b).await {
+        Err(JoinError::Connect { message, .. }) => {
+            assert!(message.contains("does not match the token"), "{message}")
+        }
+        other => panic!("expected a TLS refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_node_names_and_malformed_tokens_are_refused() {
+    let c = coordinator().await;
+    let err = join(&c, "pi-1", "not-a-token").await.unwrap_err();
+    assert!(err.to_string().contains("spw1."), "{err}");
+    let (token, _) = c.state.create_token(60, "").unwrap();
+    let err = join(&c, "bad name", &token).await.unwrap_err();
+    assert!(err.to_string().contains("cannot be a node name"), "{err}");
+}
+
+async fn member_connection(c: &Running, m: &Membership) -> quinn::Connection {
+    let tls = spillway_link::tls::member(&m.ca_der, m.cert_der.clone(), m.key_der.clone()).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint
+        .connect_with(tls, c.quic, COORDINATOR_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap()
+}
+
+fn hello(version: Version) -> AgentFrame {
+    AgentFrame::Hello(Hello {
+        version,
+        agent_version: "test".into(),
+        cluster_id: None,
+        labels: Default::default(),
+        capacity: Capacity::default(),
+        deployment: [0; 32],
+        arch: "x86_64".into(),
+    })
+}
+
+async fn say_hello(
+    conn: &quinn::Connection,
+    version: Version,
+) -> (quinn::SendStream, CoordinatorFrame) {
+    let (mut tx, rx) = conn.open_bi().await.unwrap();
+    send(&mut tx, &hello(version)).await.unwrap();
+    let mut reader = FrameReader::new(rx, MAX_STREAM_FRAME);
+    let frame = tokio::time::timeout(Duration::from_secs(5), reader.next::<CoordinatorFrame>())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    (tx, frame)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_major_version_is_refused_naming_both() {
+    let c = coordinator().await;
+    let (token, _) = c.state.create_token(60, "").unwrap();
+    let m = join(&c, "pi-1", &token).await.unwrap();
+    let conn = member_connection(&c, &m).await;
+    let (_, frame) = say_hello(
+        &conn,
+        Version {
+            major: PROTOCOL.major + 1,
+            minor: 0,
+        },
+    )
+    .await;
+    let CoordinatorFrame::Refused { reason } = frame else {
+        panic!("expected a refusal, got {frame:?}");
+    };
+    assert!(reason.contains("1.0") && reason.contains("2.0"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_cannot_connect_again() {
+    let c = coordinator().await;
+    let (token, _) = c.state.create_token(60, "").unwrap();
+    let m = join(&c, "pi-1", &token).await.unwrap();
+    assert!(c.state.store.remove_node("pi-1").unwrap());
+    let conn = member_connection(&c, &m).await;
+    let (_, frame) = say_hello(&conn, PROTOCOL).await;
+    let CoordinatorFrame::Refused { reason } = frame else {
+        panic!("expected a refusal, got {frame:?}");
+    };
+    assert!(reason.contains("join again"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_another_ca_fails_the_handshake() {
+    let (a, b) = (coordinator().await, coordinator().await);
+    let (token, _) = b.state.create_token(60, "").unwrap();
+    let of_b = join(&b, "pi-1", &token).await.unwrap();
+    // Trust A's CA (so the client side is happy) but present B's certificate.
+    let tls =
+        spillway_link::tls::member(a.state.ca.cert_der(), of_b.cert_der, of_b.key_der).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let result = async {
+        let conn = endpoint
+            .connect_with(tls, a.quic, COORDINATOR_SERVER_NAME)?
+            .await?;
+        // TLS 1.3 client auth completes after the client's Finished: the refusal closes the
+        // connection as soon as we use it.
+        let (mut tx, rx) = conn.open_bi().await?;
+        send(&mut tx, &hello(PROTOCOL)).await?;
+        let frame = FrameReader::new(rx, MAX_STREAM_FRAME)
+            .next::<CoordinatorFrame>()
+            .await?;
+        Ok::<_, Box<dyn std::error::Error>>(frame)
+    }
+    .await;
+    assert!(
+        result.is_err(),
+        "the coordinator accepted a foreign certificate: {result:?}"
+    );
+    assert_eq!(a.state.view.snapshot().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_datagrams_and_frames_are_counted_and_survived() {
+    let c = coordinator().await;
+    let (token, _) = c.state.create_token(60, "").unwrap();
+    let m = join(&c, "pi-1", &token).await.unwrap();
+    let conn = member_connection(&c, &m).await;
+    let (mut tx, frame) = say_hello(&conn, PROTOCOL).await;
+    assert!(matches!(frame, CoordinatorFrame::Welcome(_)), "{frame:?}");
+    for junk in [&b"\xff\xff\xff"[..], b"", &[7u8; 900]] {
+        conn.send_datagram(junk.to_vec().into()).unwrap();
+    }
+    let counted = async {
+        while !c
+            .state
+            .metrics
+            .render(&c.state.view)
+            .contains("spillway_datagrams_malformed_total 3")
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), counted)
+        .await
+        .expect("three malformed datagrams counted");
+    // A frame announcing 4 GiB: refused before anything is buffered.
+    tx.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    assert!(
+        closed.is_ok(),
+        "an oversized frame should close the connection"
+    );
+    let metrics = c.state.metrics.render(&c.state.view);
+    assert!(
+        metrics.contains("spillway_frames_malformed_total 1"),
+        "{metrics}"
+    );
+    // Still serving: a well-behaved connection gets its Welcome.
+    let conn = member_connection(&c, &m).await;
+    let (_, frame) = say_hello(&conn, PROTOCOL).await;
+    assert!(matches!(frame, CoordinatorFrame::Welcome(_)), "{frame:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_less_client_can_only_join() {
+    let c = coordinator().await;
+    let (token, _) = c.state.create_token(60, "").unwrap();
+    let tls = spillway_link::tls::joining(token_pin(&token)).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(tls, c.quic, COORDINATOR_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    // A Hello instead of a JoinRequest: read as a join request, refused, nothing joined.
+    let (mut tx, rx) = conn.open_bi().await.unwrap();
+    send(&mut tx, &hello(PROTOCOL)).await.unwrap();
+    let _ = tx.finish();
+    let reply = FrameReader::new(rx, MAX_STREAM_FRAME)
+        .next::<spillway_proto::wire::JoinReply>()
+        .await;
+    assert!(
+        !matches!(
+            reply,
+            Ok(Some(spillway_proto::wire::JoinReply::Granted { .. }))
+        ),
+        "{reply:?}"
+    );
+    assert!(c.state.store.nodes().unwrap().is_empty());
+}
+
+fn token_pin(token: &str) -> [u8; 16] {
+    spillway_link::token::JoinToken::parse(token)
+        .unwrap()
+        .ca_pin
+}
