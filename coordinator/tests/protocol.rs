@@ -2,6 +2,9 @@
 //! tokens that must not work, certificates that must not connect, versions that must be
 //! refused, and garbage that must not crash anything.
 
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

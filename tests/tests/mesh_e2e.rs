@@ -1,6 +1,9 @@
 //! The mesh as a user runs it: a `spillway serve` process, agents as separate processes that
 //! join with tokens over real QUIC on loopback, and the `spillway` CLI in between.
 
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;
