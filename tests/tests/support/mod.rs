@@ -40,6 +40,20 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub banner: Vec<String>,
+    /// The network namespace the agent runs in (a separate host), if any.
+    pub netns: Option<String>,
+}
+
+/// `program`, run inside `netns` when one is given.
+pub fn command_in(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 impl Node {
@@ -52,6 +66,7 @@ impl Node {
             dir,
             child: None,
             banner: Vec::new(),
+            netns: None,
         }
     }
 
@@ -67,7 +82,7 @@ impl Node {
 
     /// Starts the agent and waits for its start-up banner to end.
     pub fn start(&mut self) {
-        let mut child = Command::new(bin("spillway-agent"))
+        let mut child = command_in(self.netns.as_deref(), &bin("spillway-agent"))
             .arg("--config")
             .arg(self.path("agent.toml"))
             .arg("run")
@@ -132,7 +147,7 @@ impl Node {
     }
 
     pub fn agent_cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(bin("spillway-agent"))
+        let out = command_in(self.netns.as_deref(), &bin("spillway-agent"))
             .arg("--config")
             .arg(self.path("agent.toml"))
             .args(args)
@@ -211,30 +226,39 @@ pub fn free_port() -> u16 {
 pub struct Coordinator {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
+    pub quic_ip: String,
     pub quic_port: u16,
     pub http_port: u16,
+    pub netns: Option<String>,
 }
 
 impl Coordinator {
     pub fn new() -> Self {
+        Self::on(None, "127.0.0.1")
+    }
+
+    /// A coordinator inside `netns` (if given), taking agents on `quic_ip`.
+    pub fn on(netns: Option<&str>, quic_ip: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (quic_port, http_port) = (free_port(), free_port());
         let text = format!(
-            "state_dir = \"state\"\n[quic]\nlisten = \"127.0.0.1:{quic_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
+            "state_dir = \"state\"\n[quic]\nlisten = \"{quic_ip}:{quic_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
         );
         std::fs::write(dir.path().join("coordinator.toml"), text).expect("write config");
         let mut c = Self {
             dir,
             child: None,
+            quic_ip: quic_ip.to_owned(),
             quic_port,
             http_port,
+            netns: netns.map(str::to_owned),
         };
         c.start();
         c
     }
 
     pub fn quic(&self) -> String {
-        format!("127.0.0.1:{}", self.quic_port)
+        format!("{}:{}", self.quic_ip, self.quic_port)
     }
 
     pub fn start(&mut self) {
@@ -243,7 +267,7 @@ impl Coordinator {
             .append(true)
             .open(self.dir.path().join("coordinator.log"))
             .expect("log");
-        let child = Command::new(bin("spillway"))
+        let child = command_in(self.netns.as_deref(), &bin("spillway"))
             .args(["serve", "--config"])
             .arg(self.dir.path().join("coordinator.toml"))
             .env("HOME", self.dir.path())
@@ -254,8 +278,7 @@ impl Coordinator {
             .expect("spawn coordinator");
         self.child = Some(child);
         let ready = wait_until(Duration::from_secs(30), || {
-            self.dir.path().join("state/client.toml").exists()
-                && std::net::TcpStream::connect(("127.0.0.1", self.http_port)).is_ok()
+            self.dir.path().join("state/client.toml").exists() && self.cli(&["get", "nodes"]).0
         });
         assert!(ready, "coordinator did not start:\n{}", self.log());
     }
@@ -273,7 +296,7 @@ impl Coordinator {
 
     /// `spillway ARGS` against this coordinator: (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(bin("spillway"))
+        let out = command_in(self.netns.as_deref(), &bin("spillway"))
             .arg("--client-config")
             .arg(self.dir.path().join("state/client.toml"))
             .args(args)

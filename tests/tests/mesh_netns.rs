@@ -1,0 +1,116 @@
+//! Two hosts as network namespaces joined by a veth pair: the coordinator on one, an agent on
+//! the other. The link between them is cut and restored while the agent works.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{Coordinator, Node, repo, wait_until};
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("the `ip` command (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces, `c` (10.77.K.1) and `a` (10.77.K.2), on one veth link. Removed on drop.
+struct Hosts {
+    c: String,
+    a: String,
+    c_ip: String,
+    a_if: String,
+}
+
+impl Hosts {
+    fn new() -> Self {
+        let id = std::process::id();
+        let k = id % 250 + 1;
+        let (c, a) = (format!("spw{id}c"), format!("spw{id}a"));
+        let (c_if, a_if) = (format!("spw{id}c0"), format!("spw{id}a0"));
+        let hosts = Self {
+            c: c.clone(),
+            a: a.clone(),
+            c_ip: format!("10.77.{k}.1"),
+            a_if: a_if.clone(),
+        };
+        for ns in [&c, &a] {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&["link", "add", &c_if, "netns", &c, "type", "veth", "peer", "name", &a_if, "netns", &a]);
+        ip(&["-n", &c, "addr", "add", &format!("10.77.{k}.1/30"), "dev", &c_if]);
+        ip(&["-n", &a, "addr", "add", &format!("10.77.{k}.2/30"), "dev", &a_if]);
+        ip(&["-n", &c, "link", "set", &c_if, "up"]);
+        ip(&["-n", &a, "link", "set", &a_if, "up"]);
+        hosts
+    }
+
+    fn cut(&self, down: bool) {
+        ip(&["-n", &self.a, "link", "set", &self.a_if, if down { "down" } else { "up" }]);
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for ns in [&self.c, &self.a] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn an_agent_cut_off_from_its_coordinator_keeps_working_and_the_view_recovers() {
+    let hosts = Hosts::new();
+    let c = Coordinator::on(Some(&hosts.c), &hosts.c_ip);
+    let mut node = Node::new("node_name = \"edge-1\"\n");
+    node.netns = Some(hosts.a.clone());
+    let (ok, out, err) = node.agent_cli(&["join", "--coordinator", &c.quic(), "--token", &c.token()]);
+    assert!(ok, "join across the veth link failed: {out}{err}");
+    node.start();
+    let (ok, _, err) = c.cli(&["apply", "-f", repo("tests/fixtures/mesh/functions.yaml").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let ready = wait_until(Duration::from_secs(30), || {
+        let nodes = c.json(&["get", "nodes"]);
+        nodes[0]["health"] == "Ready" && nodes[0]["running"][0] == "upper"
+    });
+    assert!(ready, "{}\n{}", c.log(), node.log());
+
+    hosts.cut(true);
+    // Work arrives while the link is down: processed locally, as if nothing happened.
+    node.write("data/texts/in/during-cut.txt", "cut off");
+    let out = node.path("data/texts/out/during-cut.txt");
+    assert!(wait_until(Duration::from_secs(20), || out.exists()), "{}", node.log());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "CUT OFF");
+    // The coordinator notices the silence.
+    assert!(
+        wait_until(Duration::from_secs(20), || c.health("edge-1").as_deref() == Some("Down")),
+        "{}",
+        c.json(&["get", "nodes"])
+    );
+
+    hosts.cut(false);
+    assert!(
+        wait_until(Duration::from_secs(40), || c.health("edge-1").as_deref() == Some("Ready")),
+        "{}\n{}",
+        c.log(),
+        node.log()
+    );
+    // What happened while cut reaches the coordinator once the link is back.
+    let synced = wait_until(Duration::from_secs(10), || {
+        let jobs = c.json(&["get", "jobs"]);
+        jobs.as_array().is_some_and(|j| {
+            j.iter().any(|j| j["input"] == "texts/in/during-cut.txt" && j["phase"] == "Succeeded")
+        })
+    });
+    assert!(synced, "{}", c.json(&["get", "jobs"]));
+    let nodes = c.json(&["get", "nodes"]);
+    assert!(nodes[0]["load"]["seq"].as_u64().unwrap() > 0, "{nodes}");
+}
