@@ -3,8 +3,9 @@
 #   1. installs what the tests need (Debian packages; nothing else is downloaded but crates),
 #   2. checks formatting and lints,
 #   3. rebuilds the wasm example from C and checks it matches the committed module,
-#   4. runs every x86_64 test (unit, property, runtime and end-to-end with real processes),
-#   5. cross-builds a static aarch64 agent and runs the proto and agent tests under qemu.
+#   4. runs every x86_64 test (unit, property, runtime, end-to-end with real processes, mesh tests
+#      across network namespaces),
+#   5. cross-builds a static aarch64 agent and runs the proto, link and agent tests under qemu.
 # Builds are cached in $CARGO_TARGET_DIR (default /var/cache/spillway/target) between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,7 @@ packages=(
   rustc-web cargo-web libstd-rust-web-dev:arm64                 # Debian's rustc 1.96 for cross builds
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static  # static aarch64 link + emulation
   file                                                          # checks that ARM binaries are static
+  iproute2                                                      # hosts as network namespaces (mesh tests)
 )
 step "checking build and test dependencies"
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -59,11 +61,11 @@ cmp "$rebuilt" configs/examples/grayscale/grayscale.wasm \
 step "x86_64 tests"
 cargo test --workspace
 
-step "aarch64: static agent, proto and agent tests under qemu-aarch64-static"
+step "aarch64: static agent, proto, link and agent tests under qemu-aarch64-static"
 RUSTC=/usr/bin/rustc /usr/bin/cargo build --profile ci --target aarch64-unknown-linux-gnu -p spillway-agent
 arm_agent="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/ci/spillway-agent"
 file "$arm_agent" | grep -q "statically linked" || { echo "$arm_agent is not static" >&2; exit 1; }
 qemu-aarch64-static "$arm_agent" --version
-RUSTC=/usr/bin/rustc /usr/bin/cargo test --profile ci --target aarch64-unknown-linux-gnu -p spillway-proto -p spillway-agent --tests
+RUSTC=/usr/bin/rustc /usr/bin/cargo test --profile ci --target aarch64-unknown-linux-gnu -p spillway-proto -p spillway-link -p spillway-agent --tests
 
 step "all tests passed"

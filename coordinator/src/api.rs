@@ -28,11 +28,17 @@ pub struct TokenRequest {
     pub ttl_secs: u64,
     #[serde(default)]
     pub description: String,
+    /// How many tokens (one node each); 1 when absent.
+    #[serde(default)]
+    pub count: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenCreated {
     pub token: String,
+    /// The other tokens when `count` asked for several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<String>,
     pub expires_at_ms: u64,
     /// The QUIC address agents should join (as the coordinator knows it).
     pub coordinator: String,

@@ -271,3 +271,53 @@ fn bad_input_is_refused_with_a_message_and_changes_nothing() {
         "{metrics}"
     );
 }
+
+#[test]
+fn spillway_up_runs_a_coordinator_and_a_local_agent_that_process_the_quickstart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (quic, http) = (support::free_port(), support::free_port());
+    let mut up = std::process::Command::new(support::bin("spillway"))
+        .args(["up", "--dir"])
+        .arg(dir.path().join("mesh"))
+        .args(["--node", "local", "--quic", &format!("127.0.0.1:{quic}")])
+        .args(["--http", &format!("127.0.0.1:{http}"), "-f"])
+        .arg(repo("configs/quickstart/functions.yaml"))
+        .env("HOME", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The CLI finds the coordinator through the client config `up` installed under $HOME.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(support::bin("spillway"))
+            .args(args)
+            .env("HOME", dir.path())
+            .env_remove("SPILLWAY_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let ready = wait_until(Duration::from_secs(30), || {
+        let (ok, out) = cli(&["get", "nodes"]);
+        ok && out.contains("local") && out.contains("Ready") && out.contains(" 2 ")
+    });
+    assert!(ready, "{:?}", cli(&["get", "nodes"]));
+    std::fs::copy(
+        repo("tests/fixtures/gradient.png"),
+        dir.path().join("mesh/data/images/input/gradient.png"),
+    )
+    .unwrap();
+    let archived = dir
+        .path()
+        .join("mesh/data/images/archive/gradient-gray.png.gz");
+    assert!(wait_until(Duration::from_secs(30), || archived.exists()));
+    let (ok, yaml) = cli(&["-o", "yaml", "get", "functions"]);
+    assert!(ok && yaml.contains("name: grayscale"), "{yaml}");
+    let (ok, completions) = cli(&["completions", "bash"]);
+    assert!(ok && completions.contains("spillway"), "no completions");
+    let _ = up.kill();
+    let _ = up.wait();
+}

@@ -12,7 +12,10 @@ use std::time::Duration;
 use support::{Coordinator, Node, repo, wait_until};
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("the `ip` command (iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("the `ip` command (iproute2)");
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -45,16 +48,41 @@ impl Hosts {
             ip(&["netns", "add", ns]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
-        ip(&["link", "add", &c_if, "netns", &c, "type", "veth", "peer", "name", &a_if, "netns", &a]);
-        ip(&["-n", &c, "addr", "add", &format!("10.77.{k}.1/30"), "dev", &c_if]);
-        ip(&["-n", &a, "addr", "add", &format!("10.77.{k}.2/30"), "dev", &a_if]);
+        ip(&[
+            "link", "add", &c_if, "netns", &c, "type", "veth", "peer", "name", &a_if, "netns", &a,
+        ]);
+        ip(&[
+            "-n",
+            &c,
+            "addr",
+            "add",
+            &format!("10.77.{k}.1/30"),
+            "dev",
+            &c_if,
+        ]);
+        ip(&[
+            "-n",
+            &a,
+            "addr",
+            "add",
+            &format!("10.77.{k}.2/30"),
+            "dev",
+            &a_if,
+        ]);
         ip(&["-n", &c, "link", "set", &c_if, "up"]);
         ip(&["-n", &a, "link", "set", &a_if, "up"]);
         hosts
     }
 
     fn cut(&self, down: bool) {
-        ip(&["-n", &self.a, "link", "set", &self.a_if, if down { "down" } else { "up" }]);
+        ip(&[
+            "-n",
+            &self.a,
+            "link",
+            "set",
+            &self.a_if,
+            if down { "down" } else { "up" },
+        ]);
     }
 }
 
@@ -72,10 +100,15 @@ fn an_agent_cut_off_from_its_coordinator_keeps_working_and_the_view_recovers() {
     let c = Coordinator::on(Some(&hosts.c), &hosts.c_ip);
     let mut node = Node::new("node_name = \"edge-1\"\n");
     node.netns = Some(hosts.a.clone());
-    let (ok, out, err) = node.agent_cli(&["join", "--coordinator", &c.quic(), "--token", &c.token()]);
+    let (ok, out, err) =
+        node.agent_cli(&["join", "--coordinator", &c.quic(), "--token", &c.token()]);
     assert!(ok, "join across the veth link failed: {out}{err}");
     node.start();
-    let (ok, _, err) = c.cli(&["apply", "-f", repo("tests/fixtures/mesh/functions.yaml").to_str().unwrap()]);
+    let (ok, _, err) = c.cli(&[
+        "apply",
+        "-f",
+        repo("tests/fixtures/mesh/functions.yaml").to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let ready = wait_until(Duration::from_secs(30), || {
         let nodes = c.json(&["get", "nodes"]);
@@ -87,18 +120,24 @@ fn an_agent_cut_off_from_its_coordinator_keeps_working_and_the_view_recovers() {
     // Work arrives while the link is down: processed locally, as if nothing happened.
     node.write("data/texts/in/during-cut.txt", "cut off");
     let out = node.path("data/texts/out/during-cut.txt");
-    assert!(wait_until(Duration::from_secs(20), || out.exists()), "{}", node.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || out.exists()),
+        "{}",
+        node.log()
+    );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "CUT OFF");
     // The coordinator notices the silence.
     assert!(
-        wait_until(Duration::from_secs(20), || c.health("edge-1").as_deref() == Some("Down")),
+        wait_until(Duration::from_secs(20), || c.health("edge-1").as_deref()
+            == Some("Down")),
         "{}",
         c.json(&["get", "nodes"])
     );
 
     hosts.cut(false);
     assert!(
-        wait_until(Duration::from_secs(40), || c.health("edge-1").as_deref() == Some("Ready")),
+        wait_until(Duration::from_secs(40), || c.health("edge-1").as_deref()
+            == Some("Ready")),
         "{}\n{}",
         c.log(),
         node.log()
@@ -107,7 +146,8 @@ fn an_agent_cut_off_from_its_coordinator_keeps_working_and_the_view_recovers() {
     let synced = wait_until(Duration::from_secs(10), || {
         let jobs = c.json(&["get", "jobs"]);
         jobs.as_array().is_some_and(|j| {
-            j.iter().any(|j| j["input"] == "texts/in/during-cut.txt" && j["phase"] == "Succeeded")
+            j.iter()
+                .any(|j| j["input"] == "texts/in/during-cut.txt" && j["phase"] == "Succeeded")
         })
     });
     assert!(synced, "{}", c.json(&["get", "jobs"]));

@@ -112,6 +112,22 @@ pub async fn join(
     coordinator: &str,
     token: &str,
 ) -> Result<Membership, JoinError> {
+    let membership = request_membership(node, coordinator, token).await?;
+    membership
+        .save(state_dir)
+        .map_err(|source| JoinError::Save {
+            path: dir(state_dir),
+            source,
+        })?;
+    Ok(membership)
+}
+
+/// The join exchange itself, without saving anything (load generators join thousands).
+pub async fn request_membership(
+    node: &str,
+    coordinator: &str,
+    token: &str,
+) -> Result<Membership, JoinError> {
     let token = JoinToken::parse(token).map_err(JoinError::Token)?;
     let (key, csr_der) = spillway_link::identity::new_request(node)?;
     let addr = resolve(coordinator).await?;
@@ -155,20 +171,11 @@ pub async fn join(
     endpoint.wait_idle().await;
     match reply {
         JoinReply::Refused { reason } => Err(JoinError::Refused(reason)),
-        JoinReply::Granted { cert_der, ca_der } => {
-            let membership = Membership {
-                coordinator: coordinator.to_owned(),
-                ca_der,
-                cert_der,
-                key_der: key.serialize_der(),
-            };
-            membership
-                .save(state_dir)
-                .map_err(|source| JoinError::Save {
-                    path: dir(state_dir),
-                    source,
-                })?;
-            Ok(membership)
-        }
+        JoinReply::Granted { cert_der, ca_der } => Ok(Membership {
+            coordinator: coordinator.to_owned(),
+            ca_der,
+            cert_der,
+            key_der: key.serialize_der(),
+        }),
     }
 }

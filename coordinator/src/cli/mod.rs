@@ -378,6 +378,7 @@ pub async fn create_token(
             &TokenRequest {
                 ttl_secs: ttl.as_secs().max(1),
                 description,
+                count: None,
             },
         )
         .await?;

@@ -493,11 +493,20 @@ async fn create_token(
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<TokenRequest>,
 ) -> ApiResult<TokenCreated> {
-    let (token, expires_at_ms) = state
-        .create_token(req.ttl_secs, &req.description)
+    let count = req.count.unwrap_or(1);
+    if count == 0 || count > 100_000 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("count must be between 1 and 100000, not {count}"),
+        ));
+    }
+    let (mut tokens, expires_at_ms) = state
+        .create_tokens(count, req.ttl_secs, &req.description)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let token = tokens.remove(0);
     Ok(Json(TokenCreated {
         token,
+        more: tokens,
         expires_at_ms,
         coordinator: state.advertised_quic(),
     }))

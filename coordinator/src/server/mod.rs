@@ -74,21 +74,34 @@ pub struct State {
 impl State {
     /// A one-time join token valid for `ttl_secs`, stored hashed.
     pub fn create_token(&self, ttl_secs: u64, description: &str) -> Result<(String, u64), String> {
-        let token = JoinToken::generate(&self.ca.fingerprint())?;
+        let (mut tokens, expires) = self.create_tokens(1, ttl_secs, description)?;
+        Ok((tokens.pop().unwrap_or_default(), expires))
+    }
+
+    /// `count` one-time join tokens valid for `ttl_secs`, stored hashed in one commit.
+    pub fn create_tokens(
+        &self,
+        count: u32,
+        ttl_secs: u64,
+        description: &str,
+    ) -> Result<(Vec<String>, u64), String> {
         let now = now_ms();
         let expires_at_ms = now + ttl_secs.saturating_mul(1000);
-        self.store
-            .put_token(
-                &token.secret_hash(),
-                &TokenRecord {
-                    created_at_ms: now,
-                    expires_at_ms,
-                    description: description.to_owned(),
-                    used_by: None,
-                },
-            )
-            .map_err(|e| e.to_string())?;
-        Ok((token.to_string(), expires_at_ms))
+        let record = TokenRecord {
+            created_at_ms: now,
+            expires_at_ms,
+            description: description.to_owned(),
+            used_by: None,
+        };
+        let mut texts = Vec::new();
+        let mut rows = Vec::new();
+        for _ in 0..count.max(1) {
+            let token = JoinToken::generate(&self.ca.fingerprint())?;
+            rows.push((token.secret_hash(), record.clone()));
+            texts.push(token.to_string());
+        }
+        self.store.put_tokens(&rows).map_err(|e| e.to_string())?;
+        Ok((texts, expires_at_ms))
     }
 
     /// The QUIC address to give agents (the bound one; `0.0.0.0` means "this host").

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spillway_link::identity::{fingerprint, valid_node_name};
-use spillway_link::stream::{FrameReader, send};
+use spillway_link::stream::{FrameReader, StreamError, send};
 use spillway_link::tls::peer_fingerprint;
 use spillway_link::token::JoinToken;
 use spillway_proto::load::LoadReport;
@@ -204,12 +204,14 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
                 frame = reader.next::<AgentFrame>() => match frame {
                     Ok(Some(frame)) => handle_frame(&state, &name, frame),
                     Ok(None) => break,
-                    Err(e) => {
+                    Err(StreamError::Frame(e)) => {
                         inc(&state.metrics.frames_malformed);
                         tracing::warn!(node = %name, "closing the connection: {e}");
                         conn.close(2u32.into(), b"malformed frame");
                         break;
                     }
+                    // The peer hung up or the link died: not the peer's fault, nothing to count.
+                    Err(_) => break,
                 },
                 changed = deploy_rx.changed() => {
                     if changed.is_err() { break; }

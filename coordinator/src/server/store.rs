@@ -2,8 +2,9 @@
 //! and the jobs agents report. Values are JSON (function definitions carry free-form fields).
 //!
 //! Membership, tokens and functions are committed durably before they are acted on. Job rows
-//! mirror the agents' own journals (the source of truth), so they are committed without an
-//! fsync of their own and become durable with the next durable commit.
+//! mirror the agents' own journals (the source of truth) and node attributes are re-sent at every
+//! connection, so both are committed without an fsync of their own and become durable with the
+//! next durable commit.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -133,9 +134,18 @@ impl Store {
     }
 
     pub fn put_token(&self, hash: &str, record: &TokenRecord) -> Result<(), StoreError> {
+        self.put_tokens(&[(hash.to_owned(), record.clone())])
+    }
+
+    /// Stores several tokens in one durable commit.
+    pub fn put_tokens(&self, tokens: &[(String, TokenRecord)]) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
-        tx.open_table(TOKENS)?
-            .insert(hash, encode(record).as_slice())?;
+        {
+            let mut t = tx.open_table(TOKENS)?;
+            for (hash, record) in tokens {
+                t.insert(hash.as_str(), encode(record).as_slice())?;
+            }
+        }
         tx.commit()?;
         Ok(())
     }
@@ -202,8 +212,12 @@ impl Store {
         self.list(NODES, "nodes")
     }
 
+    /// Refreshes a node's attributes (address, labels, load-bearing facts from its Hello and
+    /// deployment acks). Not fsynced: they are re-sent at every connection, and membership itself
+    /// (the certificate) is only changed by [`Store::join`] and [`Store::remove_node`], which are.
+    /// Thousands of agents reconnecting at once must not queue behind thousands of fsyncs.
     pub fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        self.put(NODES, &node.name, node, Durability::Immediate)
+        self.put(NODES, &node.name, node, Durability::None)
     }
 
     /// Removes a node and revokes its certificate: it can no longer connect.

@@ -1,0 +1,318 @@
+//! Mesh benchmark: a real `spillway serve` process (release build) under N simulated agents
+//! from the in-tree load generator, each on its own mutual-TLS QUIC connection sending a load
+//! report every second. Prints coordinator CPU, reports applied per second and the staleness of
+//! the view (p50/p99, from the coordinator's own /metrics), for each N; then a real agent's RSS
+//! while linked next to the same agent standalone.
+//!
+//! `cargo bench -p spillway-coordinator --bench mesh` (SPILLWAY_BENCH_AGENTS=1000,5000 to choose).
+//! The load generator shares the machine with the coordinator; its CPU is printed too.
+
+// A benchmark harness: a failure is a panic with the reason.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use spillway_coordinator::loadgen::{FleetStats, enroll, run_fleet};
+
+const WARMUP: Duration = Duration::from_secs(5);
+const MEASURE: Duration = Duration::from_secs(10);
+
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_owned()
+}
+
+/// The release binaries, built if missing.
+fn release_bin(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "spillway-coordinator",
+                "-p",
+                "spillway-agent",
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "release build failed");
+    }
+    path
+}
+
+fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn http(port: u16, method: &str, path: &str, token: &str, body: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map_or(out.clone(), |(_, b)| b.to_owned())
+}
+
+struct Server {
+    child: Child,
+    _dir: tempfile::TempDir,
+    quic: u16,
+    http: u16,
+    token: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_coordinator() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let (quic, http_port) = (free_port(), free_port());
+    std::fs::write(
+        dir.path().join("c.toml"),
+        format!(
+            "state_dir = \"state\"\n[quic]\nlisten = \"127.0.0.1:{quic}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(release_bin("spillway"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("c.toml"))
+        .env("HOME", dir.path())
+        .env("SPILLWAY_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let token_file = dir.path().join("state/admin.token");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(token_file.exists() && std::net::TcpStream::connect(("127.0.0.1", http_port)).is_ok()) {
+        assert!(Instant::now() < deadline, "coordinator did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = std::fs::read_to_string(token_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    Server {
+        child,
+        _dir: dir,
+        quic,
+        http: http_port,
+        token,
+    }
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn tokens(server: &Server, count: usize) -> Vec<String> {
+    let body = format!("{{\"ttl_secs\":3600,\"description\":\"bench\",\"count\":{count}}}");
+    let created: serde_json::Value = serde_json::from_str(&http(
+        server.http,
+        "POST",
+        "/v1/tokens",
+        &server.token,
+        &body,
+    ))
+    .unwrap();
+    let mut out = vec![created["token"].as_str().unwrap().to_owned()];
+    out.extend(
+        created["more"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| t.as_str().unwrap().to_owned()),
+    );
+    out
+}
+
+fn fleet_round(rt: &tokio::runtime::Runtime, agents: usize) {
+    let server = start_coordinator();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], server.quic));
+    let t0 = Instant::now();
+    let members = rt
+        .block_on(enroll(addr, tokens(&server, agents), 32))
+        .unwrap();
+    let enroll_secs = t0.elapsed().as_secs_f64();
+
+    let stats = Arc::new(FleetStats::default());
+    let ramp = 1000;
+    let connect_time = Duration::from_secs_f64(agents as f64 / f64::from(ramp));
+    let until = Instant::now() + connect_time + WARMUP + MEASURE + Duration::from_secs(2);
+    let fleet = {
+        let stats = stats.clone();
+        rt.spawn(run_fleet(
+            addr,
+            members,
+            16,
+            Duration::from_secs(1),
+            ramp,
+            until,
+            stats,
+        ))
+    };
+    std::thread::sleep(connect_time + WARMUP);
+    let connected = stats.connected.load(Ordering::Relaxed);
+    let m0 = http(server.http, "GET", "/metrics", "", "");
+    let me = std::process::id();
+    let (c0, g0, t) = (
+        cpu_seconds(server.child.id()),
+        cpu_seconds(me),
+        Instant::now(),
+    );
+    std::thread::sleep(MEASURE);
+    let (c1, g1, secs) = (
+        cpu_seconds(server.child.id()),
+        cpu_seconds(me),
+        t.elapsed().as_secs_f64(),
+    );
+    let m1 = http(server.http, "GET", "/metrics", "", "");
+    let applied = metric(&m1, "spillway_load_reports_total").unwrap_or(0.0)
+        - metric(&m0, "spillway_load_reports_total").unwrap_or(0.0);
+    let p50 = metric(&m1, "spillway_view_staleness_seconds{quantile=\"0.5\"}").unwrap_or(f64::NAN);
+    let p99 = metric(&m1, "spillway_view_staleness_seconds{quantile=\"0.99\"}").unwrap_or(f64::NAN);
+    let ready = metric(&m1, "spillway_nodes{health=\"Ready\"}").unwrap_or(0.0);
+    let rss = rss_kib(server.child.id()) as f64 / 1024.0;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "{agents:>6} agents | enroll {enroll_secs:>5.1} s | connected {connected:>6} | Ready {ready:>6} | reports applied/s {:>7.0} | coordinator CPU {:>5.1}% of one core = {:>4.1}% of the machine, RSS {rss:.0} MiB | staleness p50 {:>4.0} ms, p99 {:>4.0} ms | loadgen CPU {:>5.1}% of one core | failed {}",
+        applied / secs,
+        (c1 - c0) / secs * 100.0,
+        (c1 - c0) / secs * 100.0 / cores,
+        p50 * 1000.0,
+        p99 * 1000.0,
+        (g1 - g0) / secs * 100.0,
+        stats.failed.load(Ordering::Relaxed),
+    );
+    if let Ok(Some(e)) = stats.first_error.lock().map(|e| e.clone()) {
+        println!("        first failure: {e}");
+    }
+    let _ = rt.block_on(fleet);
+}
+
+/// RSS of a real release agent after 10 s idle, standalone and then linked to a coordinator.
+fn agent_rss() {
+    let server = start_coordinator();
+    let measure = |join: bool| -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("a.toml");
+        std::fs::write(
+            &cfg,
+            "node_name = \"rss\"\ndata_root = \"d\"\nstate_dir = \"s\"\n",
+        )
+        .unwrap();
+        if join {
+            let token = tokens(&server, 1).remove(0);
+            let ok = Command::new(release_bin("spillway-agent"))
+                .arg("--config")
+                .arg(&cfg)
+                .args([
+                    "join",
+                    "--coordinator",
+                    &format!("127.0.0.1:{}", server.quic),
+                ])
+                .args(["--token", &token])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "join failed");
+        }
+        let mut child = Command::new(release_bin("spillway-agent"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("run")
+            .env("SPILLWAY_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(10));
+        let rss = rss_kib(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        rss
+    };
+    let (alone, linked) = (measure(false), measure(true));
+    println!(
+        "agent RSS after 10 s idle (release, x86_64): standalone {:.1} MiB, linked to a coordinator {:.1} MiB ({:.2}x)",
+        alone as f64 / 1024.0,
+        linked as f64 / 1024.0,
+        linked as f64 / alone.max(1) as f64
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let counts: Vec<usize> = std::env::var("SPILLWAY_BENCH_AGENTS")
+        .unwrap_or_else(|_| "1000,5000,10000".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "mesh benchmark: {} cores, one report per agent per second, measured over {} s after {} s of warm-up",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        MEASURE.as_secs(),
+        WARMUP.as_secs()
+    );
+    for n in counts {
+        fleet_round(&rt, n);
+    }
+    agent_rss();
+}
