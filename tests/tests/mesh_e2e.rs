@@ -273,7 +273,7 @@ fn bad_input_is_refused_with_a_message_and_changes_nothing() {
 }
 
 #[test]
-fn spillway_up_runs_a_coordinator_and_a_local_agent_that_process_the_quickstart() {
+fn spillway_up_then_a_second_node_joined_with_a_token_both_process_the_quickstart() {
     let dir = tempfile::tempdir().unwrap();
     let (quic, http) = (support::free_port(), support::free_port());
     let mut up = std::process::Command::new(support::bin("spillway"))
@@ -314,6 +314,45 @@ fn spillway_up_runs_a_coordinator_and_a_local_agent_that_process_the_quickstart(
         .path()
         .join("mesh/data/images/archive/gradient-gray.png.gz");
     assert!(wait_until(Duration::from_secs(30), || archived.exists()));
+    // A second node joins the all-in-one mesh with a token, gets the functions, works on its own
+    // files, and both show Ready with live load.
+    let (ok, token) = cli(&["token", "create", "--ttl", "5m"]);
+    assert!(ok, "token create failed");
+    let mut second = Node::new("node_name = \"second\"\n");
+    let (ok, out, err) = second.agent_cli(&[
+        "join",
+        "--coordinator",
+        &format!("127.0.0.1:{quic}"),
+        "--token",
+        token.trim(),
+    ]);
+    assert!(ok, "{out}{err}");
+    second.start();
+    let both = wait_until(Duration::from_secs(30), || {
+        let (ok, out) = cli(&["-o", "json", "get", "nodes"]);
+        let nodes: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        ok && nodes.as_array().is_some_and(|n| {
+            n.len() == 2
+                && n.iter().all(|n| {
+                    n["health"] == "Ready"
+                        && n["load"]["functions"]
+                            .as_array()
+                            .is_some_and(|f| f.len() == 2)
+                })
+        })
+    });
+    assert!(both, "{:?}\n{}", cli(&["get", "nodes"]), second.log());
+    std::fs::copy(
+        repo("tests/fixtures/gradient.png"),
+        second.path("data/images/input/gradient.png"),
+    )
+    .unwrap();
+    let there = second.path("data/images/archive/gradient-thumb.png.gz");
+    assert!(
+        wait_until(Duration::from_secs(30), || there.exists()),
+        "{}",
+        second.log()
+    );
     let (ok, yaml) = cli(&["-o", "yaml", "get", "functions"]);
     assert!(ok && yaml.contains("name: grayscale"), "{yaml}");
     let (ok, completions) = cli(&["completions", "bash"]);

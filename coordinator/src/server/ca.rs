@@ -26,7 +26,7 @@ pub enum CaError {
 }
 
 /// How long node certificates are valid. Agents re-join with a new token after that.
-const NODE_CERT_DAYS: i64 = 365;
+pub const NODE_CERT_DAYS: i64 = 365;
 
 #[derive(Debug)]
 pub struct Ca {

@@ -104,21 +104,13 @@ fn decide_join(state: &State, req: JoinRequest, remote: &str) -> JoinReply {
         Err(e) => return refuse(e.to_string()),
     };
     let now = now_ms();
-    let node = NodeRecord {
-        name: req.node.clone(),
-        fingerprint: hex::encode(fingerprint(&cert_der)),
-        joined_at_ms: now,
-        cert_expires_at_ms: now + 365 * 86_400_000,
-        cluster_id: None,
-        labels: Default::default(),
-        capacity: Default::default(),
-        agent_version: String::new(),
-        arch: String::new(),
-        last_seen_ms: now,
-        last_address: remote.to_owned(),
-        running: vec![],
-        refused: vec![],
-    };
+    let mut node = NodeRecord::joined(
+        &req.node,
+        hex::encode(fingerprint(&cert_der)),
+        now,
+        now + super::ca::NODE_CERT_DAYS as u64 * 86_400_000,
+    );
+    node.last_address = remote.to_owned();
     match state.store.join(&token.secret_hash(), now, node) {
         Ok(TokenCheck::Valid) => {
             tracing::info!(node = %req.node, %remote, "node joined the mesh");
@@ -246,7 +238,7 @@ fn handle_frame(state: &State, node: &str, frame: AgentFrame) {
             if let Ok(Some(mut r)) = state.store.node(node) {
                 r.running = ack.running;
                 r.refused = ack.refused;
-                if let Err(e) = state.store.put_node(&r) {
+                if let Err(e) = state.store.put_node_deployment(&r) {
                     tracing::error!(node, "cannot record the deployment: {e}");
                 }
             }

@@ -68,6 +68,28 @@ pub struct NodeRecord {
     pub refused: Vec<(String, String)>,
 }
 
+impl NodeRecord {
+    /// A node that just joined with the certificate whose fingerprint (hex) is given; the rest
+    /// arrives with its first Hello.
+    pub fn joined(name: &str, fingerprint: String, now_ms: u64, cert_expires_at_ms: u64) -> Self {
+        Self {
+            name: name.to_owned(),
+            fingerprint,
+            joined_at_ms: now_ms,
+            cert_expires_at_ms,
+            cluster_id: None,
+            labels: BTreeMap::new(),
+            capacity: Capacity::default(),
+            agent_version: String::new(),
+            arch: String::new(),
+            last_seen_ms: now_ms,
+            last_address: String::new(),
+            running: vec![],
+            refused: vec![],
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
     pub created_at_ms: u64,
@@ -220,6 +242,12 @@ impl Store {
         self.put(NODES, &node.name, node, Durability::None)
     }
 
+    /// Records what a node runs after a deployment, durably: an agent whose deployment is
+    /// unchanged does not ack again after a coordinator restart, so this must survive one.
+    pub fn put_node_deployment(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        self.put(NODES, &node.name, node, Durability::Immediate)
+    }
+
     /// Removes a node and revokes its certificate: it can no longer connect.
     pub fn remove_node(&self, name: &str) -> Result<bool, StoreError> {
         let tx = self.db.begin_write()?;
@@ -348,21 +376,7 @@ mod tests {
     use super::*;
 
     fn node(name: &str, fp: &str) -> NodeRecord {
-        NodeRecord {
-            name: name.into(),
-            fingerprint: fp.into(),
-            joined_at_ms: 0,
-            cert_expires_at_ms: 0,
-            cluster_id: None,
-            labels: BTreeMap::new(),
-            capacity: Capacity::default(),
-            agent_version: String::new(),
-            arch: String::new(),
-            last_seen_ms: 0,
-            last_address: String::new(),
-            running: vec![],
-            refused: vec![],
-        }
+        NodeRecord::joined(name, fp.into(), 0, 0)
     }
 
     fn token(expires_at_ms: u64) -> TokenRecord {
