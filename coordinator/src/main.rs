@@ -136,6 +136,28 @@ enum Command {
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+    /// Replay a workload in the placement simulator (simulated time, seconds of real time).
+    ///
+    /// Workloads: fire (the OSCAR thesis' fire detection, ch. 5: fog, on-prem, Lambda),
+    /// burst (1000 files at once on one node of five), video (1 video → --frames frames).
+    Sim {
+        #[arg(value_parser = ["fire", "burst", "video"])]
+        workload: String,
+        #[arg(long, default_value = "spillway", value_parser = ["spillway", "oscar"])]
+        policy: String,
+        /// fire: leave Lambda out (the thesis' scenario 1).
+        #[arg(long)]
+        no_lambda: bool,
+        /// video: frames per video.
+        #[arg(long, default_value_t = 100)]
+        frames: u32,
+        /// burst: files at once.
+        #[arg(long, default_value_t = 1000)]
+        files: u32,
+        /// Write queued/running jobs per tier over time to this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +204,19 @@ fn main() -> ExitCode {
                 &mut std::io::stdout(),
             );
             return ExitCode::SUCCESS;
+        }
+        Command::Sim {
+            workload,
+            policy,
+            no_lambda,
+            frames,
+            files,
+            plot,
+        } => {
+            let plot = plot.as_deref();
+            return finish(simulate(
+                &workload, &policy, !no_lambda, frames, files, plot, cli.output,
+            ));
         }
         _ => {}
     }
@@ -369,8 +404,55 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                 )
             }
         },
-        Command::Serve { .. } | Command::Validate { .. } | Command::Completions { .. } => Ok(()),
+        Command::Serve { .. }
+        | Command::Validate { .. }
+        | Command::Completions { .. }
+        | Command::Sim { .. } => Ok(()),
     }
+}
+
+fn simulate(
+    workload: &str,
+    policy: &str,
+    lambda: bool,
+    frames: u32,
+    files: u32,
+    plot: Option<&std::path::Path>,
+    format: Format,
+) -> anyhow::Result<()> {
+    use spillway_placement::policy::{OscarPolicy, SpillwayPolicy};
+    use spillway_sim::Workload;
+    let w = match workload {
+        "fire" => Workload::Fire { lambda },
+        "burst" => Workload::Burst { files },
+        _ => Workload::Video { frames },
+    };
+    let scenario = w.build(policy);
+    let report = if policy == "oscar" {
+        spillway_sim::run(&scenario, &mut OscarPolicy::default())
+    } else {
+        spillway_sim::run(&scenario, &mut SpillwayPolicy)
+    };
+    match format {
+        Format::Table => {
+            println!("{}", report.table());
+            if workload == "fire" {
+                println!(
+                    "\nassumptions: {}",
+                    spillway_sim::scenario::FIRE_ASSUMPTIONS
+                );
+            }
+        }
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Yaml => print!("{}", serde_saphyr::to_string(&report)?),
+    }
+    if let Some(path) = plot {
+        report
+            .plot(path)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        eprintln!("plot written to {}", path.display());
+    }
+    Ok(())
 }
 
 /// `spillway get nodes | head` should end quietly, as other Unix tools do, not panic.

@@ -7,7 +7,8 @@ use crate::Millis;
 
 #[derive(Debug, Clone, Default)]
 pub struct RunTimes {
-    means: HashMap<(String, String), f64>,
+    /// function → target → mean milliseconds (nested so lookups borrow, never allocate).
+    means: HashMap<String, HashMap<String, f64>>,
     priors: HashMap<String, Millis>,
 }
 
@@ -21,8 +22,12 @@ impl RunTimes {
     }
 
     pub fn observe(&mut self, function: &str, target: &str, ms: Millis) {
-        let key = (function.to_owned(), target.to_owned());
-        let mean = self.means.entry(key).or_insert(ms as f64);
+        let mean = self
+            .means
+            .entry(function.to_owned())
+            .or_default()
+            .entry(target.to_owned())
+            .or_insert(ms as f64);
         *mean = *mean * (1.0 - ALPHA) + ms as f64 * ALPHA;
     }
 
@@ -30,7 +35,8 @@ impl RunTimes {
     /// prior, else one second.
     pub fn expect(&self, function: &str, target: &str) -> Millis {
         self.means
-            .get(&(function.to_owned(), target.to_owned()))
+            .get(function)
+            .and_then(|by_target| by_target.get(target))
             .map(|m| *m as Millis)
             .or_else(|| self.priors.get(function).copied())
             .unwrap_or(1000)

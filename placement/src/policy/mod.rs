@@ -34,6 +34,10 @@ pub trait Policy {
     /// Whether the policy sees its own node's load exactly (an agent knows its queue), or
     /// through the same refreshed view as the others.
     fn knows_own_load(&self) -> bool;
+    /// Whether the deciding party counts its own hand-overs into its view at once (Spillway's
+    /// coordinator knows what it placed), or waits for the next refresh to see them (OSCAR's
+    /// Resource Manager: a spike is scheduled before the resources are updated).
+    fn counts_own_placements(&self) -> bool;
     /// How often [`Policy::on_tick`] runs.
     fn tick_ms(&self) -> Millis;
     /// Whether the origin's copy of a handed-over job is removed in the same step as the hand-over

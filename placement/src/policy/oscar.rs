@@ -55,6 +55,10 @@ impl Policy for OscarPolicy {
         false
     }
 
+    fn counts_own_placements(&self) -> bool {
+        false
+    }
+
     fn tick_ms(&self) -> Millis {
         self.rescheduler_interval_ms
     }

@@ -91,6 +91,10 @@ impl Policy for SpillwayPolicy {
         true
     }
 
+    fn counts_own_placements(&self) -> bool {
+        true
+    }
+
     fn tick_ms(&self) -> Millis {
         1000
     }

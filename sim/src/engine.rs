@@ -1,0 +1,503 @@
+//! The event loop: arrivals, placement decisions, starts, finishes, rescheduler ticks and view
+//! refreshes, in simulated milliseconds. Deterministic: ties are broken by insertion order.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+
+use spillway_placement::estimate::RunTimes;
+use spillway_placement::{Decision, Job, Mechanism, Millis, Policy, Target, TargetKind};
+
+use crate::report::{Report, Sample};
+use crate::scenario::{NodeSpec, Scenario};
+
+/// OSCAR's delegation is a synchronous HTTP call per job; the local copy goes only after it.
+const ACCEPT_DELAY_MS: Millis = 500;
+/// Nothing in these workloads should take longer; a job not done by then is lost.
+const HORIZON_AFTER_LAST_ARRIVAL_MS: Millis = 6 * 3_600_000;
+
+#[derive(Debug, Clone)]
+enum Ev {
+    Arrive {
+        job: u64,
+        node: usize,
+    },
+    Finish {
+        job: u64,
+        node: usize,
+        run_ms: Millis,
+        billed_ms: Millis,
+    },
+    Tick {
+        node: usize,
+    },
+    Refresh,
+    Delete {
+        job: u64,
+        node: usize,
+    },
+    Sample,
+}
+
+#[derive(Debug, Clone)]
+struct JobRt {
+    job: Job,
+    origin: usize,
+    arrived_at: Millis,
+    first_start: Option<Millis>,
+    first_finish: Option<(Millis, usize)>,
+    runs: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+struct NodeRt {
+    running: u32,
+    queue: VecDeque<u64>,
+    /// When each warm elastic instance became idle.
+    warm: Vec<Millis>,
+}
+
+/// What the refreshed view last saw of a node.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    free: u32,
+    queued: u32,
+    warm: bool,
+}
+
+struct Sim<'a> {
+    sc: &'a Scenario,
+    policy: &'a mut dyn Policy,
+    now: Millis,
+    seq: u64,
+    heap: BinaryHeap<Reverse<(Millis, u64)>>,
+    events: HashMap<u64, Ev>,
+    jobs: BTreeMap<u64, JobRt>,
+    nodes: Vec<NodeRt>,
+    seen: Vec<Seen>,
+    index: HashMap<String, usize>,
+    times: RunTimes,
+    report: Report,
+    /// Jobs not finished yet (chained jobs are created before their parent counts as done).
+    outstanding: usize,
+    next_job: u64,
+}
+
+/// Runs `scenario` under `policy` to completion.
+pub fn run(scenario: &Scenario, policy: &mut dyn Policy) -> Report {
+    let mut times = RunTimes::default();
+    for (name, f) in &scenario.functions {
+        times.set_prior(name, f.prior_ms);
+    }
+    let index = scenario
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.clone(), i))
+        .collect();
+    let mut sim = Sim {
+        sc: scenario,
+        report: Report::new(&scenario.name, policy.name(), &scenario.tiers),
+        policy,
+        now: 0,
+        seq: 0,
+        heap: BinaryHeap::new(),
+        events: HashMap::new(),
+        jobs: BTreeMap::new(),
+        nodes: vec![NodeRt::default(); scenario.nodes.len()],
+        seen: vec![Seen::default(); scenario.nodes.len()],
+        index,
+        times,
+        outstanding: 0,
+        next_job: 0,
+    };
+    sim.refresh();
+    for a in &scenario.arrivals {
+        let node = sim.index[&a.node];
+        let id = sim.new_job(&a.function, node, a.at);
+        sim.push(a.at, Ev::Arrive { job: id, node });
+    }
+    for (i, n) in scenario.nodes.iter().enumerate() {
+        if n.decides {
+            let tick = sim.policy.tick_ms();
+            sim.push(tick, Ev::Tick { node: i });
+        }
+    }
+    let refresh = sim.policy.view_refresh_ms();
+    sim.push(refresh, Ev::Refresh);
+    sim.push(0, Ev::Sample);
+    let horizon =
+        scenario.arrivals.iter().map(|a| a.at).max().unwrap_or(0) + HORIZON_AFTER_LAST_ARRIVAL_MS;
+    while let Some(Reverse((at, seq))) = sim.heap.pop() {
+        if at > horizon {
+            break;
+        }
+        sim.now = at;
+        let Some(ev) = sim.events.remove(&seq) else {
+            continue;
+        };
+        sim.handle(ev);
+        // Done when every job finished and no duplicate run is still going (it is billed too).
+        let busy = |s: &u64| {
+            matches!(
+                sim.events.get(s),
+                Some(Ev::Arrive { .. } | Ev::Finish { .. })
+            )
+        };
+        if sim.done() && !sim.heap.iter().any(|Reverse((_, s))| busy(s)) {
+            break;
+        }
+    }
+    sim.finish()
+}
+
+impl Sim<'_> {
+    fn push(&mut self, at: Millis, ev: Ev) {
+        self.seq += 1;
+        self.events.insert(self.seq, ev);
+        self.heap.push(Reverse((at, self.seq)));
+    }
+
+    fn done(&self) -> bool {
+        self.outstanding == 0
+    }
+
+    fn spec(&self, node: usize) -> &NodeSpec {
+        &self.sc.nodes[node]
+    }
+
+    fn new_job(&mut self, function: &str, origin: usize, at: Millis) -> u64 {
+        let id = self.next_job;
+        self.next_job += 1;
+        let f = &self.sc.functions[function];
+        self.jobs.insert(
+            id,
+            JobRt {
+                job: Job {
+                    id,
+                    function: function.into(),
+                    input_bytes: f.input_bytes,
+                    origin: self.sc.nodes[origin].id.clone(),
+                    hops: 0,
+                    visited: vec![self.sc.nodes[origin].id.clone()],
+                    queued_at: at,
+                },
+                origin,
+                arrived_at: at,
+                first_start: None,
+                first_finish: None,
+                runs: 0,
+            },
+        );
+        self.outstanding += 1;
+        id
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Arrive { job, node } => self.arrive(job, node),
+            Ev::Finish {
+                job,
+                node,
+                run_ms,
+                billed_ms,
+            } => self.finish_run(job, node, run_ms, billed_ms),
+            Ev::Tick { node } => {
+                // A rescheduler pass with slow hand-overs ends when its last one does; the next
+                // pass starts an interval after that (OSCAR's loop sleeps between passes).
+                let busy = self.tick(node);
+                if !self.done() {
+                    let next = self.now + busy + self.policy.tick_ms();
+                    self.push(next, Ev::Tick { node });
+                }
+            }
+            Ev::Refresh => {
+                self.refresh();
+                if !self.done() {
+                    let next = self.now + self.policy.view_refresh_ms();
+                    self.push(next, Ev::Refresh);
+                }
+            }
+            Ev::Delete { job, node } => {
+                // Gone from the queue if it had not started; if it had, it simply runs (twice).
+                self.nodes[node].queue.retain(|j| *j != job);
+            }
+            Ev::Sample => {
+                self.sample();
+                if !self.done() {
+                    self.push(self.now + 1000, Ev::Sample);
+                }
+            }
+        }
+    }
+
+    fn refresh(&mut self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            let spec = &self.sc.nodes[i];
+            self.seen[i] = Seen {
+                free: spec.slots.map_or(0, |s| s.saturating_sub(n.running)),
+                queued: n.queue.len() as u32,
+                warm: n
+                    .warm
+                    .iter()
+                    .any(|t| self.now.saturating_sub(*t) < spec.keep_warm_ms),
+            };
+        }
+    }
+
+    fn target(&self, of: usize, kind: TargetKind, tier: u32, live: bool) -> Target {
+        let spec = self.spec(of);
+        let (free, queued, warm) = if live {
+            let n = &self.nodes[of];
+            (
+                spec.slots.map_or(0, |s| s.saturating_sub(n.running)),
+                n.queue.len() as u32,
+                n.warm
+                    .iter()
+                    .any(|t| self.now.saturating_sub(*t) < spec.keep_warm_ms),
+            )
+        } else {
+            let s = self.seen[of];
+            (s.free, s.queued, s.warm)
+        };
+        Target {
+            id: spec.id.clone(),
+            kind,
+            tier,
+            slots: spec.slots,
+            free_slots: free,
+            queued,
+            latency_ms: spec.latency_ms,
+            bytes_per_ms: spec.bytes_per_ms,
+            start_ms: spec.start_ms
+                + if spec.slots.is_none() && !warm {
+                    spec.cold_start_ms
+                } else {
+                    0
+                },
+            cost: spec.cost,
+        }
+    }
+
+    /// The targets as `node`'s policy sees them.
+    fn view(&self, node: usize) -> Vec<Target> {
+        let mut view = vec![self.target(node, TargetKind::Origin, 0, self.policy.knows_own_load())];
+        for (id, kind, tier) in &self.spec(node).sees {
+            view.push(self.target(self.index[id], *kind, *tier, false));
+        }
+        view
+    }
+
+    fn transfer_ms(&self, job: u64, to: usize) -> Millis {
+        let spec = self.spec(to);
+        spec.latency_ms
+            + (self.jobs[&job].job.input_bytes as f64 / spec.bytes_per_ms.max(1e-9)) as Millis
+    }
+
+    fn send(&mut self, job: u64, from: usize, to_id: &str, mechanism: Mechanism) {
+        let to = self.index[to_id];
+        let at = self.now + self.transfer_ms(job, to);
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.job.hops += 1;
+            j.job.visited.push(to_id.to_owned());
+        }
+        self.report.delegated(
+            mechanism,
+            &self.sc.nodes[from].tier,
+            &self.sc.nodes[to].tier,
+        );
+        if self.policy.counts_own_placements() {
+            let seen = &mut self.seen[to];
+            if seen.free > 0 {
+                seen.free -= 1;
+            } else {
+                seen.queued += 1;
+            }
+        }
+        self.push(at, Ev::Arrive { job, node: to });
+    }
+
+    fn arrive(&mut self, job: u64, node: usize) {
+        if self.spec(node).decides {
+            let rt = &self.jobs[&job];
+            let f = &self.sc.functions[&rt.job.function].spec;
+            let view = self.view(node);
+            let mut asked = rt.job.clone();
+            asked.origin = self.sc.nodes[node].id.clone();
+            let decision = self
+                .policy
+                .on_arrival(&asked, f, &view, &self.times, self.now);
+            if let Decision::Delegate { target, mechanism } = decision {
+                self.send(job, node, &target, mechanism);
+                return;
+            }
+        }
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.job.queued_at = self.now;
+        }
+        self.nodes[node].queue.push_back(job);
+        self.try_start(node);
+    }
+
+    fn try_start(&mut self, node: usize) {
+        let spec = self.sc.nodes[node].clone();
+        loop {
+            if spec.slots.is_some_and(|s| self.nodes[node].running >= s) {
+                return;
+            }
+            let Some(job) = self.nodes[node].queue.pop_front() else {
+                return;
+            };
+            let function = self.jobs[&job].job.function.clone();
+            let run_ms = spec.run_ms.get(&function).copied().unwrap_or(1000);
+            let mut start = spec.start_ms;
+            if spec.slots.is_none() {
+                let now = self.now;
+                let warm = self.nodes[node]
+                    .warm
+                    .iter()
+                    .position(|t| now.saturating_sub(*t) < spec.keep_warm_ms);
+                match warm {
+                    Some(i) => {
+                        self.nodes[node].warm.swap_remove(i);
+                    }
+                    None => start += spec.cold_start_ms,
+                }
+            }
+            self.nodes[node].running += 1;
+            let now = self.now;
+            if let Some(j) = self.jobs.get_mut(&job) {
+                j.runs += 1;
+                // Queue time ends when the function runs: pod scheduling and container start
+                // count as waiting (Kubernetes reports them as Pending).
+                j.first_start.get_or_insert(now + start);
+                if j.runs > 1 {
+                    self.report.duplicate();
+                }
+            }
+            let billed = run_ms + start.saturating_sub(spec.start_ms);
+            self.push(
+                now + start + run_ms,
+                Ev::Finish {
+                    job,
+                    node,
+                    run_ms,
+                    billed_ms: billed,
+                },
+            );
+        }
+    }
+
+    fn finish_run(&mut self, job: u64, node: usize, run_ms: Millis, billed_ms: Millis) {
+        let spec = self.sc.nodes[node].clone();
+        self.nodes[node].running -= 1;
+        if spec.slots.is_none() {
+            self.nodes[node].warm.push(self.now);
+        }
+        if let Some(c) = spec.cost {
+            self.report
+                .bill(billed_ms as f64 / 1000.0 * c.memory_gb, c.usd_per_gb_s);
+        }
+        let function = self.jobs[&job].job.function.clone();
+        self.times.observe(&function, &spec.id, run_ms);
+        let first = self.jobs[&job].first_finish.is_none();
+        if first {
+            let now = self.now;
+            let (origin, arrived, started) = {
+                let j = self.jobs.get_mut(&job).expect("known job");
+                j.first_finish = Some((now, node));
+                (j.origin, j.arrived_at, j.first_start.unwrap_or(now))
+            };
+            self.outstanding -= 1;
+            let lower = self.lower_bound(&function, origin);
+            self.report
+                .completed(&spec.tier, started - arrived, now - arrived, lower);
+            if let Some((next, fan)) = self.sc.functions[&function].then.clone() {
+                let back = if node == origin { 0 } else { spec.latency_ms };
+                for _ in 0..fan {
+                    let id = self.new_job(&next, origin, now + back);
+                    self.push(
+                        now + back,
+                        Ev::Arrive {
+                            job: id,
+                            node: origin,
+                        },
+                    );
+                }
+            }
+        }
+        self.try_start(node);
+    }
+
+    /// One rescheduler pass; returns how long its hand-overs keep it busy.
+    fn tick(&mut self, node: usize) -> Millis {
+        let queued: Vec<Job> = self.nodes[node]
+            .queue
+            .iter()
+            .map(|id| self.jobs[id].job.clone())
+            .collect();
+        let Some(first) = queued.first() else {
+            return 0;
+        };
+        let f = self.sc.functions[&first.function].spec.clone();
+        let view = self.view(node);
+        let moves = self
+            .policy
+            .on_tick(&queued, &f, &view, &self.times, self.now);
+        let atomic = self.policy.atomic_handover();
+        let count = moves.len() as Millis;
+        for (k, (job, decision)) in moves.into_iter().enumerate() {
+            let Decision::Delegate { target, mechanism } = decision else {
+                continue;
+            };
+            if atomic {
+                self.nodes[node].queue.retain(|j| *j != job);
+            } else {
+                let at = self.now + ACCEPT_DELAY_MS * (k as Millis + 1);
+                self.push(at, Ev::Delete { job, node });
+            }
+            self.send(job, node, &target, mechanism);
+        }
+        if atomic { 0 } else { count * ACCEPT_DELAY_MS }
+    }
+
+    /// No queueing anywhere: the fastest target's transfer + start + run.
+    fn lower_bound(&self, function: &str, origin: usize) -> Millis {
+        self.sc
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let run = *n.run_ms.get(function)?;
+                let transfer = if i == origin {
+                    0
+                } else {
+                    n.latency_ms
+                        + (self.sc.functions[function].input_bytes as f64 / n.bytes_per_ms)
+                            as Millis
+                };
+                Some(transfer + n.start_ms + run)
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn sample(&mut self) {
+        let mut by_tier: BTreeMap<String, Sample> = BTreeMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let s = by_tier.entry(self.sc.nodes[i].tier.clone()).or_default();
+            s.queued += n.queue.len() as u32;
+            s.running += n.running;
+        }
+        self.report.sample(self.now, by_tier);
+    }
+
+    fn finish(mut self) -> Report {
+        let lost = self
+            .jobs
+            .values()
+            .filter(|j| j.first_finish.is_none())
+            .count();
+        self.report.close(self.jobs.len(), lost, self.now);
+        self.report
+    }
+}
