@@ -26,7 +26,9 @@ use crate::scheduler::Demand;
 /// Jobs sent to the coordinator after every (re)connection, newest first.
 const RESYNC_JOBS: usize = 500;
 
-enum Event2 {
+/// What the connection tasks report to the link loop, tagged with the attempt they belong to so
+/// reports from an abandoned connection are ignored.
+enum LinkEvent {
     Connected {
         generation: u64,
         conn: quinn::Connection,
@@ -109,7 +111,7 @@ pub async fn run(
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     node.hash(&mut hasher);
     let mut link = Link::new(LinkConfig::default(), Instant::now(), hasher.finish());
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Event2>();
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<LinkEvent>();
     let mut jobs = agent.subscribe();
     let mut load = agent.load.clone();
     let mut generation = 0u64;
@@ -141,13 +143,13 @@ pub async fn run(
                         let event = match connect(&coordinator, tls).await {
                             Ok((conn, tx, rx)) => {
                                 spawn_reader(events.clone(), generation, rx);
-                                Event2::Connected {
+                                LinkEvent::Connected {
                                     generation,
                                     conn,
                                     tx,
                                 }
                             }
-                            Err(reason) => Event2::Lost { generation, reason },
+                            Err(reason) => LinkEvent::Lost { generation, reason },
                         };
                         let _ = events.send(event);
                     });
@@ -198,13 +200,13 @@ pub async fn run(
             () = &mut shutdown => break,
             () = tokio::time::sleep_until(wake) => {}
             Some(event) = events_rx.recv() => match event {
-                Event2::Connected { generation: g, conn: c, tx: t } if g == generation => {
+                LinkEvent::Connected { generation: g, conn: c, tx: t } if g == generation => {
                     spawn_requests(c.clone(), agent.clone());
                     conn = Some(c);
                     tx = Some(t);
                     actions.extend(link.handle(Instant::now(), Input::Connected));
                 }
-                Event2::Frame { generation: g, frame } if g == generation => match frame {
+                LinkEvent::Frame { generation: g, frame } if g == generation => match frame {
                     CoordinatorFrame::Welcome(w) => {
                         let interval = std::time::Duration::from_millis(w.report_interval_ms.into());
                         actions.extend(link.handle(Instant::now(), Input::Welcomed { report_interval: interval }));
@@ -222,18 +224,18 @@ pub async fn run(
                         let (agent, events, g) = (agent.clone(), events_tx.clone(), generation);
                         tokio::spawn(async move {
                             if let Some(ack) = agent.deploy(d).await {
-                                let _ = events.send(Event2::Deployed { generation: g, ack });
+                                let _ = events.send(LinkEvent::Deployed { generation: g, ack });
                             }
                         });
                     }
                 },
-                Event2::Deployed { generation: g, ack } => {
+                LinkEvent::Deployed { generation: g, ack } => {
                     deployed = ack.deployment;
                     if g == generation && let Some(t) = tx.as_mut() {
                         let _ = send(t, &AgentFrame::Deployed(ack)).await;
                     }
                 }
-                Event2::Lost { generation: g, reason } if g == generation => {
+                LinkEvent::Lost { generation: g, reason } if g == generation => {
                     actions.extend(link.handle(Instant::now(), Input::Lost(reason)));
                     if let Some(c) = conn.take() {
                         c.close(0u32.into(), b"lost");
@@ -305,22 +307,22 @@ async fn connect(
     Ok((conn, tx, rx))
 }
 
-fn spawn_reader(events: mpsc::UnboundedSender<Event2>, generation: u64, rx: quinn::RecvStream) {
+fn spawn_reader(events: mpsc::UnboundedSender<LinkEvent>, generation: u64, rx: quinn::RecvStream) {
     tokio::spawn(async move {
         let mut reader = FrameReader::new(rx, MAX_STREAM_FRAME);
         loop {
             let event = match reader.next::<CoordinatorFrame>().await {
-                Ok(Some(frame)) => Event2::Frame { generation, frame },
-                Ok(None) => Event2::Lost {
+                Ok(Some(frame)) => LinkEvent::Frame { generation, frame },
+                Ok(None) => LinkEvent::Lost {
                     generation,
                     reason: "the coordinator closed the link".into(),
                 },
-                Err(e) => Event2::Lost {
+                Err(e) => LinkEvent::Lost {
                     generation,
                     reason: e.to_string(),
                 },
             };
-            let last = matches!(event, Event2::Lost { .. });
+            let last = matches!(event, LinkEvent::Lost { .. });
             if events.send(event).is_err() || last {
                 return;
             }

@@ -140,15 +140,11 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
         return;
     };
     let mut reader = FrameReader::new(rx, MAX_STREAM_FRAME);
-    let refuse = |reason: String| CoordinatorFrame::Refused { reason };
     let record = match state.store.node_by_cert(&hex::encode(fp)) {
         Ok(Some(r)) => r,
         _ => {
-            inc(&state.metrics.connections_refused);
-            let _ = send(&mut tx, &refuse("this agent's certificate is not a member of the mesh (the node was removed, or it joined another coordinator): join again with `spillway-agent join --token …`".into())).await;
-            let _ = tx.finish();
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-            return;
+            let reason = "this agent's certificate is not a member of the mesh (the node was removed, or it joined another coordinator): join again with `spillway-agent join --token …`";
+            return refuse_member(&state, &conn, tx, reason.into()).await;
         }
     };
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, reader.next::<AgentFrame>()).await {
@@ -160,12 +156,8 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
         }
     };
     if let Err(reason) = PROTOCOL.check_peer(hello.version, "coordinator", "agent") {
-        inc(&state.metrics.connections_refused);
         tracing::warn!(node = %record.name, "{reason}");
-        let _ = send(&mut tx, &refuse(reason)).await;
-        let _ = tx.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-        return;
+        return refuse_member(&state, &conn, tx, reason).await;
     }
     let name = record.name.clone();
     let mut record = record;
@@ -227,6 +219,19 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
         let _ = state.store.put_node(&r);
     }
     tracing::info!(node = %name, "node disconnected: {}", conn.close_reason().map(|r| r.to_string()).unwrap_or_default());
+}
+
+/// Tells a connected agent why it is refused (counted), and lets it hang up first.
+async fn refuse_member(
+    state: &State,
+    conn: &quinn::Connection,
+    mut tx: quinn::SendStream,
+    reason: String,
+) {
+    inc(&state.metrics.connections_refused);
+    let _ = send(&mut tx, &CoordinatorFrame::Refused { reason }).await;
+    let _ = tx.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
 }
 
 fn handle_frame(state: &State, node: &str, frame: AgentFrame) {
