@@ -88,18 +88,29 @@ impl Catalog {
                     continue;
                 }
             };
-            let name = def.name.clone();
-            match catalog.deploy(def, config, runtimes, scheduler) {
-                Ok(deployed) => {
-                    catalog.functions.insert(name, Arc::new(deployed));
-                }
-                Err(reason) => {
-                    tracing::error!(function = %name, "not deployed: {reason}");
-                    catalog.refused.push(Refused { name, reason });
-                }
-            }
+            catalog.add(def, config, runtimes, scheduler);
         }
         catalog
+    }
+
+    /// Deploys `def` and records the outcome: deployed, or refused with the reason.
+    fn add(
+        &mut self,
+        def: FunctionDef,
+        config: &AgentConfig,
+        runtimes: &Runtimes,
+        scheduler: &mut Scheduler,
+    ) {
+        let name = def.name.clone();
+        match self.deploy(def, config, runtimes, scheduler) {
+            Ok(deployed) => {
+                self.functions.insert(name, Arc::new(deployed));
+            }
+            Err(reason) => {
+                tracing::error!(function = %name, "not deployed: {reason}");
+                self.refused.push(Refused { name, reason });
+            }
+        }
     }
 
     fn load_file(
@@ -130,18 +141,8 @@ impl Catalog {
             }
         };
         for def in doc.functions {
-            if !meant_for_this_node(&def, config) {
-                continue;
-            }
-            let name = def.name.clone();
-            match self.deploy(def, config, runtimes, scheduler) {
-                Ok(deployed) => {
-                    self.functions.insert(name, Arc::new(deployed));
-                }
-                Err(reason) => {
-                    tracing::error!(function = %name, "not deployed: {reason}");
-                    self.refused.push(Refused { name, reason });
-                }
+            if meant_for_this_node(&def, config) {
+                self.add(def, config, runtimes, scheduler);
             }
         }
     }

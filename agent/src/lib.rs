@@ -16,8 +16,10 @@ pub mod journal;
 pub mod mesh;
 pub mod runtime;
 pub mod scheduler;
+pub mod signal;
 pub mod staging;
 pub mod watch;
 
 pub use config::AgentConfig;
 pub use engine::{Agent, AgentHandle, JobEvent};
+pub use signal::shutdown_signal;

@@ -120,7 +120,7 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
             }
         };
         let result = agent
-            .run(shutdown_signal())
+            .run(spillway_agent::shutdown_signal())
             .await
             .context("the agent stopped");
         let _ = stop_link.send(());
@@ -186,17 +186,6 @@ fn print_banner(agent: &Agent, config_path: &std::path::Path) {
         "Job logs: spillway-agent --config {} jobs | logs JOB",
         config_path.display()
     );
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 /// glibc gives each thread that allocates its own malloc arena; on a 1 GB board the agent's few

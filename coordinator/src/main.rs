@@ -263,7 +263,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         file.display(),
         installed.map_or(String::new(), |p| format!(" and {}", p.display()))
     );
-    coordinator.run(shutdown_signal()).await;
+    coordinator.run(spillway_agent::shutdown_signal()).await;
     Ok(())
 }
 
@@ -295,7 +295,7 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                     node,
                     apply,
                 },
-                shutdown_signal(),
+                spillway_agent::shutdown_signal(),
             )
             .await
         }
@@ -460,15 +460,4 @@ fn restore_sigpipe() {
     use nix::sys::signal::{SigHandler, Signal, signal};
     // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always valid.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -171,11 +171,7 @@ fn an_agent_rebooted_while_the_coordinator_is_away_keeps_its_functions_and_works
         node.log()
     );
     let synced = wait_until(Duration::from_secs(10), || {
-        let jobs = c.json(&["get", "jobs"]);
-        jobs.as_array().is_some_and(|j| {
-            j.iter()
-                .any(|j| j["input"] == "texts/in/offline.txt" && j["phase"] == "Succeeded")
-        })
+        c.has_succeeded("texts/in/offline.txt")
     });
     assert!(synced, "{}", c.json(&["get", "jobs"]));
 }

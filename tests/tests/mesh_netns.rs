@@ -144,11 +144,7 @@ fn an_agent_cut_off_from_its_coordinator_keeps_working_and_the_view_recovers() {
     );
     // What happened while cut reaches the coordinator once the link is back.
     let synced = wait_until(Duration::from_secs(10), || {
-        let jobs = c.json(&["get", "jobs"]);
-        jobs.as_array().is_some_and(|j| {
-            j.iter()
-                .any(|j| j["input"] == "texts/in/during-cut.txt" && j["phase"] == "Succeeded")
-        })
+        c.has_succeeded("texts/in/during-cut.txt")
     });
     assert!(synced, "{}", c.json(&["get", "jobs"]));
     let nodes = c.json(&["get", "nodes"]);

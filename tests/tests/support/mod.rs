@@ -325,6 +325,15 @@ impl Coordinator {
         out.trim().to_owned()
     }
 
+    /// Whether `get jobs` lists the job for `input` (bucket/key) as Succeeded.
+    pub fn has_succeeded(&self, input: &str) -> bool {
+        let jobs = self.json(&["get", "jobs"]);
+        jobs.as_array().is_some_and(|j| {
+            j.iter()
+                .any(|j| j["input"] == input && j["phase"] == "Succeeded")
+        })
+    }
+
     /// The health of `node` as `get nodes` shows it.
     pub fn health(&self, node: &str) -> Option<String> {
         let nodes = self.json(&["get", "nodes"]);
