@@ -25,6 +25,9 @@ pub struct Deployed {
     /// Absolute folders under the data root whose new files trigger this function, with the
     /// bucket path each one stands for.
     pub inputs: Vec<(PathBuf, BucketPath)>,
+    /// Deployed by the coordinator (so every node that has it runs the same definition, and
+    /// its jobs may be handed over).
+    pub from_mesh: bool,
 }
 
 /// A function that was not deployed, and why.
@@ -88,7 +91,7 @@ impl Catalog {
                     continue;
                 }
             };
-            catalog.add(def, config, runtimes, scheduler);
+            catalog.add(def, config, runtimes, scheduler, true);
         }
         catalog
     }
@@ -100,10 +103,12 @@ impl Catalog {
         config: &AgentConfig,
         runtimes: &Runtimes,
         scheduler: &mut Scheduler,
+        from_mesh: bool,
     ) {
         let name = def.name.clone();
         match self.deploy(def, config, runtimes, scheduler) {
-            Ok(deployed) => {
+            Ok(mut deployed) => {
+                deployed.from_mesh = from_mesh;
                 self.functions.insert(name, Arc::new(deployed));
             }
             Err(reason) => {
@@ -142,7 +147,7 @@ impl Catalog {
         };
         for def in doc.functions {
             if meant_for_this_node(&def, config) {
-                self.add(def, config, runtimes, scheduler);
+                self.add(def, config, runtimes, scheduler, false);
             }
         }
     }
@@ -202,6 +207,7 @@ impl Catalog {
             executor,
             limits,
             inputs,
+            from_mesh: false,
         })
     }
 

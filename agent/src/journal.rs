@@ -12,6 +12,10 @@ use spillway_proto::{Event, JobId, ObjectKey};
 const JOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jobs");
 /// `function \0 bucket/key` → (size, mtime, job id): lets a rescan skip hashing unchanged files.
 const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
+/// Job id → [`Guest`]: jobs another node handed over, placed here by the coordinator.
+const GUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("guests");
+/// Job id → why it came back: jobs the coordinator returned, never offered again.
+const RETURNED: TableDefinition<&[u8], &str> = TableDefinition::new("returned");
 
 /// Leading byte of every encoded record, so a future layout can be told apart.
 const RECORD_VERSION: u8 = 1;
@@ -46,6 +50,10 @@ pub enum JobState {
     Failed {
         reason: String,
     },
+    /// Offered to the coordinator; nobody runs it until the coordinator answers.
+    Offered,
+    /// The coordinator owns it; its result will be delivered here.
+    Handed,
 }
 
 impl JobState {
@@ -56,6 +64,8 @@ impl JobState {
             Self::Ran { .. } => "Delivering",
             Self::Succeeded { .. } => "Succeeded",
             Self::Failed { .. } => "Failed",
+            Self::Offered => "Offered",
+            Self::Handed => "Handed",
         }
     }
 
@@ -64,7 +74,9 @@ impl JobState {
     }
 
     /// The job state machine. `Running → Queued` is the recovery of an interrupted run;
-    /// `Failed → Queued` a retry, asked for by delivering the same input again.
+    /// `Failed → Queued` a retry, asked for by delivering the same input again. A queued job may
+    /// be offered to the coordinator; it leaves `Offered` only on the coordinator's answer:
+    /// declined or returned (`Queued`), accepted (`Handed`), or its result (`Ran`, `Failed`).
     pub fn can_become(&self, next: &JobState) -> bool {
         use JobState::*;
         matches!(
@@ -77,6 +89,12 @@ impl JobState {
                 | (Ran { .. }, Succeeded { .. })
                 | (Ran { .. }, Failed { .. })
                 | (Failed { .. }, Queued)
+                | (Queued, Offered)
+                | (Offered, Queued)
+                | (Offered, Handed)
+                | (Offered | Handed, Ran { .. })
+                | (Offered | Handed, Failed { .. })
+                | (Handed, Queued)
         )
     }
 }
@@ -117,6 +135,15 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A job placed here by the coordinator on behalf of another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guest {
+    pub origin: String,
+    pub attempt: u32,
+    /// Where its input was fetched to (outside every watched folder).
+    pub dir: PathBuf,
+}
+
 /// A file already seen, by size and modification time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeenFile {
@@ -137,6 +164,8 @@ impl Journal {
             let txn = db.begin_write()?;
             txn.open_table(JOBS)?;
             txn.open_table(FILES)?;
+            txn.open_table(GUESTS)?;
+            txn.open_table(RETURNED)?;
             txn.commit()?;
             Ok(db)
         };
@@ -223,6 +252,114 @@ impl Journal {
         value
             .map(|v| decode(&id.to_string(), v.value()))
             .transpose()
+    }
+
+    /// Records a guest job (queued) and where its input is, in one commit; `false` when the
+    /// job is already known here.
+    pub fn insert_guest(&self, record: &JobRecord, guest: &Guest) -> Result<bool, JournalError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let inserted = {
+            let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
+            let key = record.id.as_bytes().as_slice();
+            let exists = jobs.get(key).map_err(redb::Error::from)?.is_some();
+            if !exists {
+                jobs.insert(key, encode(record).as_slice())
+                    .map_err(redb::Error::from)?;
+                let mut guests = txn.open_table(GUESTS).map_err(redb::Error::from)?;
+                guests
+                    .insert(key, encode(guest).as_slice())
+                    .map_err(redb::Error::from)?;
+            }
+            !exists
+        };
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(inserted)
+    }
+
+    pub fn guest(&self, id: JobId) -> Result<Option<Guest>, JournalError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let guests = txn.open_table(GUESTS).map_err(redb::Error::from)?;
+        let value = guests
+            .get(id.as_bytes().as_slice())
+            .map_err(redb::Error::from)?;
+        value
+            .map(|v| decode(&id.to_string(), v.value()))
+            .transpose()
+    }
+
+    /// Guest jobs whose result the coordinator has not acknowledged yet.
+    pub fn guests(&self) -> Result<Vec<(JobId, Guest)>, JournalError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(GUESTS).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(redb::Error::from)? {
+            let (key, value) = item.map_err(redb::Error::from)?;
+            let mut id = [0u8; 16];
+            if key.value().len() == 16 {
+                id.copy_from_slice(key.value());
+            }
+            out.push((
+                JobId::from_bytes(id),
+                decode(&hex::encode(id), value.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The coordinator has the guest job's result: forget where its files were.
+    pub fn guest_acknowledged(&self, id: JobId) -> Result<(), JournalError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        txn.open_table(GUESTS)
+            .map_err(redb::Error::from)?
+            .remove(id.as_bytes().as_slice())
+            .map_err(redb::Error::from)?;
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// A job the coordinator returned goes back to `Queued` and is remembered as never to be
+    /// offered again, in one commit.
+    pub fn returned(&self, id: JobId, reason: &str) -> Result<JobRecord, JournalError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let record = {
+            let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
+            let bytes = jobs
+                .get(id.as_bytes().as_slice())
+                .map_err(redb::Error::from)?
+                .map(|v| v.value().to_vec());
+            let Some(bytes) = bytes else {
+                return Err(JournalError::Storage(redb::Error::Corrupted(format!(
+                    "job {id} is missing"
+                ))));
+            };
+            let mut record: JobRecord = decode(&id.to_string(), &bytes)?;
+            if !record.state.can_become(&JobState::Queued) {
+                return Err(JournalError::IllegalTransition(
+                    id,
+                    record.state.name(),
+                    "Queued",
+                ));
+            }
+            record.state = JobState::Queued;
+            jobs.insert(id.as_bytes().as_slice(), encode(&record).as_slice())
+                .map_err(redb::Error::from)?;
+            txn.open_table(RETURNED)
+                .map_err(redb::Error::from)?
+                .insert(id.as_bytes().as_slice(), reason)
+                .map_err(redb::Error::from)?;
+            record
+        };
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(record)
+    }
+
+    pub fn was_returned(&self, id: JobId) -> Result<bool, JournalError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(RETURNED).map_err(redb::Error::from)?;
+        Ok(table
+            .get(id.as_bytes().as_slice())
+            .map_err(redb::Error::from)?
+            .is_some())
     }
 
     pub fn seen_file(&self, file_key: &str) -> Result<Option<SeenFile>, JournalError> {

@@ -144,6 +144,33 @@ impl Scheduler {
         }
     }
 
+    /// Queues a job ahead of every other (one that comes back keeps its turn).
+    pub fn enqueue_front(&mut self, id: JobId, function: &str) {
+        if !self.running.contains_key(&id) && !self.queue.iter().any(|(q, _)| *q == id) {
+            self.queue.push_front((id, function.to_owned()));
+        }
+    }
+
+    /// Takes a queued (not started) job out of the queue; `false` if it is not queued.
+    pub fn withdraw(&mut self, id: JobId) -> bool {
+        match self.queue.iter().position(|(q, _)| *q == id) {
+            Some(i) => {
+                self.queue.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Queued jobs of `function`, oldest first, with how many jobs are ahead of each.
+    pub fn queued_of<'a>(&'a self, function: &'a str) -> impl Iterator<Item = (usize, JobId)> + 'a {
+        self.queue
+            .iter()
+            .filter(move |(_, f)| f == function)
+            .enumerate()
+            .map(|(ahead, (id, _))| (ahead, *id))
+    }
+
     /// Starts as many queued jobs as fit, oldest first; returns them in start order.
     pub fn admit(&mut self) -> Vec<(JobId, String)> {
         let mut started = Vec::new();

@@ -29,6 +29,10 @@ pub struct CoordinatorConfig {
     pub http_listen: SocketAddr,
     pub liveness: Liveness,
     pub report_interval: Duration,
+    /// Placements a handed-over job may make before it goes back to its origin.
+    pub max_hops: u8,
+    /// How long a peer may be away before the jobs it runs are placed elsewhere.
+    pub lease_grace: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -40,6 +44,8 @@ impl Default for CoordinatorConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
             liveness: Liveness::default(),
             report_interval: Duration::from_secs(1),
+            max_hops: spillway_placement::handover::DEFAULT_MAX_HOPS,
+            lease_grace: Duration::from_secs(3),
         }
     }
 }
@@ -57,6 +63,9 @@ struct File {
     suspect_after: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     down_after: Option<Duration>,
+    max_hops: Option<u8>,
+    #[serde(default, with = "humantime_serde_opt")]
+    lease_grace: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +129,15 @@ impl CoordinatorConfig {
         }
         if let Some(d) = file.down_after {
             c.liveness.down_after = d;
+        }
+        if let Some(h) = file.max_hops {
+            if h == 0 {
+                return Err("max_hops must be at least 1 (it counts placements on peers)".into());
+            }
+            c.max_hops = h;
+        }
+        if let Some(d) = file.lease_grace {
+            c.lease_grace = d;
         }
         if c.liveness.down_after <= c.liveness.suspect_after {
             return Err("down_after must be longer than suspect_after".into());

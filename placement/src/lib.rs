@@ -5,9 +5,11 @@
 //! [`model`] names the parts (targets, jobs, decisions); [`estimate`] learns run times per
 //! function and target; [`policy`] holds the [`policy::Policy`] trait with Spillway's policy
 //! (lowest predicted completion, priority tiers, cost bound) and OSCAR's (Resource Manager and
-//! Rescheduler on a stale view), the baseline we measure against.
+//! Rescheduler on a stale view), the baseline we measure against; [`handover`] is the one-owner
+//! hand-over protocol between an origin agent and the coordinator.
 
 pub mod estimate;
+pub mod handover;
 pub mod model;
 pub mod policy;
 

@@ -6,93 +6,10 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
+use support::netns::Hosts;
 use support::{Coordinator, Node, repo, wait_until};
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("the `ip` command (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Two namespaces, `c` (10.77.K.1) and `a` (10.77.K.2), on one veth link. Removed on drop.
-struct Hosts {
-    c: String,
-    a: String,
-    c_ip: String,
-    a_if: String,
-}
-
-impl Hosts {
-    fn new() -> Self {
-        let id = std::process::id();
-        let k = id % 250 + 1;
-        let (c, a) = (format!("spw{id}c"), format!("spw{id}a"));
-        let (c_if, a_if) = (format!("spw{id}c0"), format!("spw{id}a0"));
-        let hosts = Self {
-            c: c.clone(),
-            a: a.clone(),
-            c_ip: format!("10.77.{k}.1"),
-            a_if: a_if.clone(),
-        };
-        for ns in [&c, &a] {
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        ip(&[
-            "link", "add", &c_if, "netns", &c, "type", "veth", "peer", "name", &a_if, "netns", &a,
-        ]);
-        ip(&[
-            "-n",
-            &c,
-            "addr",
-            "add",
-            &format!("10.77.{k}.1/30"),
-            "dev",
-            &c_if,
-        ]);
-        ip(&[
-            "-n",
-            &a,
-            "addr",
-            "add",
-            &format!("10.77.{k}.2/30"),
-            "dev",
-            &a_if,
-        ]);
-        ip(&["-n", &c, "link", "set", &c_if, "up"]);
-        ip(&["-n", &a, "link", "set", &a_if, "up"]);
-        hosts
-    }
-
-    fn cut(&self, down: bool) {
-        ip(&[
-            "-n",
-            &self.a,
-            "link",
-            "set",
-            &self.a_if,
-            if down { "down" } else { "up" },
-        ]);
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for ns in [&self.c, &self.a] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
 
 #[test]
 fn an_agent_cut_off_from_its_coordinator_keeps_working_and_the_view_recovers() {

@@ -20,14 +20,17 @@ use tokio::task::JoinSet;
 
 use crate::catalog::{Catalog, Runtimes};
 use crate::config::AgentConfig;
-use crate::journal::{JobRecord, JobState, Journal, JournalError, SeenFile, now_ms};
+use crate::journal::{Guest, JobRecord, JobState, Journal, JournalError, SeenFile, now_ms};
 use crate::scheduler::{Demand, Scheduler};
 use crate::staging::Staging;
 use crate::watch::{FolderEvent, FolderWatch, WatchError, scan};
 use crate::{joblog, mesh, runtime};
 
+mod handover;
 mod identify;
 mod run;
+
+pub use handover::{Answer, DEFAULT_RESCHEDULER_THRESHOLD, MeshOut, predicted_local_wait_ms};
 
 use identify::identify_file;
 use run::{conclude, finish_delivery, run_job};
@@ -89,6 +92,10 @@ enum Msg {
     Fatal(JournalError),
     /// A new function set from the coordinator; answered once it is in force.
     Deploy(Box<Deployment>, oneshot::Sender<DeployAck>),
+    /// The coordinator's answer about an offered job; answered with whether to acknowledge it.
+    Answer(JobId, Answer, oneshot::Sender<bool>),
+    /// A job placed here for another node; answered with whether it is new.
+    Host(Box<JobRecord>, Guest, oneshot::Sender<bool>),
 }
 
 /// Shared by the engine loop and its run tasks.
@@ -99,6 +106,14 @@ struct Shared {
     journal: Journal,
     events: broadcast::Sender<JobEvent>,
     msgs: mpsc::UnboundedSender<Msg>,
+    /// The way to the coordinator while the link is up (offers go nowhere otherwise).
+    mesh: std::sync::Mutex<Option<mpsc::UnboundedSender<MeshOut>>>,
+}
+
+impl Shared {
+    fn mesh_out(&self) -> Option<mpsc::UnboundedSender<MeshOut>> {
+        self.mesh.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 pub struct Agent {
@@ -117,6 +132,8 @@ pub struct Agent {
     run_means: HashMap<String, f64>,
     /// The oldest queued job and when it was queued, so load reports need no journal read.
     oldest: Option<(JobId, u64)>,
+    /// When the coordinator last declined a job of each function.
+    declined: HashMap<String, Instant>,
 }
 
 /// What the mesh link needs from a running agent: its load, its jobs, and a way to deploy.
@@ -143,6 +160,35 @@ impl AgentHandle {
 
     pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// Lets the engine offer jobs through `out` while the link is up (`None`: it is down).
+    pub fn set_mesh(&self, out: Option<mpsc::UnboundedSender<MeshOut>>) {
+        *self.shared.mesh.lock().unwrap_or_else(|e| e.into_inner()) = out;
+    }
+
+    /// Applies the coordinator's answer about an offered job; `true` when the answer is
+    /// journaled and should be acknowledged.
+    pub async fn answer(&self, id: JobId, answer: Answer) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.shared.msgs.send(Msg::Answer(id, answer, tx)).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Queues a job the coordinator placed here; `false` when it was already known here.
+    pub async fn host(&self, record: JobRecord, guest: Guest) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .shared
+            .msgs
+            .send(Msg::Host(Box::new(record), guest, tx))
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 
     /// Puts a deployment in force; resolves when the agent runs it.
@@ -228,6 +274,7 @@ impl Agent {
             journal,
             events,
             msgs,
+            mesh: std::sync::Mutex::new(None),
         });
         let mut agent = Self {
             shared,
@@ -243,6 +290,7 @@ impl Agent {
             started: HashMap::new(),
             run_means: HashMap::new(),
             oldest: None,
+            declined: HashMap::new(),
         };
         agent.recover()?;
         // Files that arrived while the agent was down.
@@ -426,6 +474,17 @@ impl Agent {
                         .update(record.id, |r| r.state = JobState::Queued)?;
                     self.scheduler.enqueue(record.id, &record.function);
                 }
+                JobState::Ran { staging, outputs } if s.journal.guest(record.id)?.is_some() => {
+                    // A guest's outputs wait in its own folder for the link to send them.
+                    let outputs = outputs.iter().map(|k| k.to_string()).collect();
+                    conclude(
+                        &s,
+                        record,
+                        JobState::Succeeded { outputs },
+                        &staging.join("staging"),
+                        None,
+                    )?;
+                }
                 JobState::Ran { staging, outputs } => {
                     keep_staging.push(staging.clone());
                     let (shared, staging, outputs) = (s.clone(), staging.clone(), outputs.clone());
@@ -439,6 +498,8 @@ impl Agent {
                         finish_delivery(&shared, record, &staging, &outputs, &targets).await
                     });
                 }
+                // Only the coordinator's answer moves these (the link asks again when it is up).
+                JobState::Offered | JobState::Handed => {}
                 JobState::Succeeded { .. } | JobState::Failed { .. } => {}
             }
         }
@@ -462,11 +523,17 @@ impl Agent {
     ) -> Result<(), AgentError> {
         self.admit()?;
         tokio::pin!(shutdown);
+        let mut rescheduler = tokio::time::interval(std::time::Duration::from_millis(500));
+        rescheduler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 Some(msg) = self.rx.recv() => self.handle(msg)?,
+                _ = rescheduler.tick() => {
+                    self.reschedule()?;
+                    self.publish_load();
+                }
                 Some(ev) = self.folder_rx.recv() => self.handle(Msg::Folder(ev))?,
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
@@ -516,6 +583,14 @@ impl Agent {
                 let ack = self.apply_deployment(*deployment);
                 let _ = reply.send(ack);
                 self.admit()?;
+            }
+            Msg::Answer(id, answer, reply) => {
+                let ack = self.answer(id, answer)?;
+                let _ = reply.send(ack);
+            }
+            Msg::Host(record, guest, reply) => {
+                let new = self.host(*record, guest)?;
+                let _ = reply.send(new);
             }
         }
         self.publish_load();
@@ -604,8 +679,14 @@ impl Agent {
             id: record.id,
             function: record.function.clone(),
         });
+        let waiting =
+            (record.state == JobState::Queued).then(|| (record.id, record.function.clone()));
         let started = (record.state == JobState::Running).then_some(record);
-        self.launch(admitted, started)
+        self.launch(admitted, started)?;
+        if let Some((id, function)) = waiting {
+            self.offer_on_arrival(id, &function)?;
+        }
+        Ok(())
     }
 
     /// Starts admitted jobs, journaling `Running` before each one starts (`journaled` already is).

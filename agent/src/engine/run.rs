@@ -24,8 +24,16 @@ pub(super) async fn run_job(
     let Event::File(event) = &record.event;
     let config = &s.config;
     let staging = Staging::for_attempt(&config.staging_dir(), record.id, record.attempt);
-    let input = event.key.under(&config.data_root.join(&event.bucket));
     let file_name = event.key.file_name().to_owned();
+    // A guest's input was fetched from the coordinator; the event still names the origin's file.
+    let guest = s.journal.guest(record.id)?;
+    let input = match &guest {
+        Some(g) => g.dir.join("input").join(&file_name),
+        None => event.key.under(&config.data_root.join(&event.bucket)),
+    };
+    let origin = guest
+        .as_ref()
+        .map_or(config.node_name.as_str(), |g| g.origin.as_str());
     let prepared = {
         let (staging, input, name) = (staging.clone(), input.clone(), file_name.clone());
         tokio::task::spawn_blocking(move || staging.prepare(&input, &name)).await
@@ -43,10 +51,7 @@ pub(super) async fn run_job(
         output_dir: staging.output_dir.clone(),
         work_dir: staging.work_dir.clone(),
         file_name,
-        event_json: record
-            .event
-            .to_json(&config.node_name, &rfc3339_now())
-            .to_string(),
+        event_json: record.event.to_json(origin, &rfc3339_now()).to_string(),
         variables: f
             .def
             .environment
@@ -90,6 +95,9 @@ pub(super) async fn run_job(
             }
         },
     };
+    if let Some(g) = &guest {
+        return keep_for_origin(s, record, g, &staging, keys, streams);
+    }
     let ran = s.journal.update(record.id, |r| {
         r.state = JobState::Ran {
             staging: staging.root.clone(),
@@ -105,6 +113,44 @@ pub(super) async fn run_job(
     );
     let state = deliver_outputs(s, &f.def.output, record.id, &staging.output_dir, &keys).await;
     conclude(s, ran, state, &staging.root, None)
+}
+
+/// A guest job's outputs are not delivered here: they move to the guest's folder, where the
+/// link picks them up for the coordinator (and the origin).
+fn keep_for_origin(
+    s: &Arc<Shared>,
+    record: JobRecord,
+    guest: &crate::journal::Guest,
+    staging: &Staging,
+    keys: Vec<ObjectKey>,
+    streams: Option<(&Captured, &Captured)>,
+) -> Result<(), JournalError> {
+    let kept = guest.dir.join("output");
+    let _ = std::fs::remove_dir_all(&kept);
+    if let Err(e) = std::fs::rename(&staging.output_dir, &kept) {
+        let reason = format!("cannot keep the outputs for the origin: {e}");
+        return conclude(
+            s,
+            record,
+            JobState::Failed { reason },
+            &staging.root,
+            streams,
+        );
+    }
+    let ran = s.journal.update(record.id, |r| {
+        r.state = JobState::Ran {
+            staging: guest.dir.clone(),
+            outputs: keys.clone(),
+        }
+    })?;
+    let outputs = keys.iter().map(|k| k.to_string()).collect();
+    conclude(
+        s,
+        ran,
+        JobState::Succeeded { outputs },
+        &staging.root,
+        streams,
+    )
 }
 
 /// Copies a job's outputs to the function's outputs; the state the job ends in.

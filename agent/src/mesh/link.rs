@@ -8,18 +8,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use spillway_link::stream::{FrameReader, send};
-use spillway_proto::Event;
 use spillway_proto::link::{Action, Input, Link, LinkConfig};
 use spillway_proto::load::{DATAGRAM_BUDGET, LoadReport};
 use spillway_proto::wire::{
-    AgentFrame, COORDINATOR_SERVER_NAME, Capacity, CoordinatorFrame, DeployAck, Hello, JobPhase,
-    JobUpdate, MAX_STREAM_FRAME, PROTOCOL, Request,
+    AgentFrame, COORDINATOR_SERVER_NAME, Capacity, CoordinatorFrame, DeployAck, GuestDone, Hello,
+    JobPhase, JobUpdate, MAX_STREAM_FRAME, OfferReason, Outcome, PROTOCOL, Request,
 };
+use spillway_proto::{Event, JobId};
 use tokio::sync::{broadcast, mpsc};
 
 use super::membership::{Membership, client_endpoint, resolve};
-use super::requests;
-use crate::engine::{AgentHandle, JobEvent};
+use super::{handover, requests};
+use crate::engine::{AgentHandle, Answer, JobEvent, MeshOut};
 use crate::journal::{JobRecord, JobState};
 use crate::scheduler::Demand;
 
@@ -46,6 +46,11 @@ enum LinkEvent {
         generation: u64,
         ack: DeployAck,
     },
+    /// A frame for the control stream, built by a task (hand-overs upload blobs first).
+    Send {
+        generation: u64,
+        frame: AgentFrame,
+    },
 }
 
 /// The journal record of a job as the mesh sees it.
@@ -67,6 +72,7 @@ pub fn job_update(record: &JobRecord, data_root: &std::path::Path) -> JobUpdate 
             None,
         ),
         JobState::Failed { reason } => (JobPhase::Failed, vec![], Some(reason.clone())),
+        JobState::Offered | JobState::Handed => (JobPhase::Handed, vec![], None),
     };
     let input = match &record.event {
         Event::File(f) => Some(format!("{}/{}", f.bucket, f.key)),
@@ -122,6 +128,7 @@ pub async fn run(
     let mut seq = 0u64;
     let mut sys = sysinfo::System::new().ok();
     let mut was_steady = false;
+    let (mesh_tx, mut mesh_rx) = mpsc::unbounded_channel::<MeshOut>();
     tokio::pin!(shutdown);
 
     // Actions the state machine asked for, from `poll` and from every `handle`.
@@ -191,7 +198,12 @@ pub async fn run(
             if was_steady {
                 tracing::info!(coordinator = %membership.coordinator, "linked to the coordinator");
                 resync_jobs(&agent, tx.as_mut()).await;
+                if let Some(c) = &conn {
+                    resume_handovers(c, &agent, &events_tx, generation);
+                }
+                agent.set_mesh(Some(mesh_tx.clone()));
             } else {
+                agent.set_mesh(None);
                 tracing::warn!(coordinator = %membership.coordinator, "link to the coordinator lost ({}); working on alone and retrying", link.last_error().unwrap_or("?"));
             }
         }
@@ -220,6 +232,16 @@ pub async fn run(
                         }
                         tx = None;
                     }
+                    CoordinatorFrame::Accepted(_)
+                    | CoordinatorFrame::Declined { .. }
+                    | CoordinatorFrame::Place(_)
+                    | CoordinatorFrame::Deliver { .. }
+                    | CoordinatorFrame::Return { .. }
+                    | CoordinatorFrame::GuestAck(_) => {
+                        if let Some(c) = &conn {
+                            on_handover_frame(c.clone(), agent.clone(), events_tx.clone(), generation, frame);
+                        }
+                    }
                     CoordinatorFrame::Deploy(d) => {
                         let (agent, events, g) = (agent.clone(), events_tx.clone(), generation);
                         tokio::spawn(async move {
@@ -235,6 +257,11 @@ pub async fn run(
                         let _ = send(t, &AgentFrame::Deployed(ack)).await;
                     }
                 }
+                LinkEvent::Send { generation: g, frame } => {
+                    if g == generation && link.is_steady() && let Some(t) = tx.as_mut() {
+                        let _ = send(t, &frame).await;
+                    }
+                }
                 LinkEvent::Lost { generation: g, reason } if g == generation => {
                     actions.extend(link.handle(Instant::now(), Input::Lost(reason)));
                     if let Some(c) = conn.take() {
@@ -244,10 +271,26 @@ pub async fn run(
                 }
                 _ => {}
             },
+            Some(out) = mesh_rx.recv() => {
+                let MeshOut::Offer { record, reason } = out;
+                // Not linked: the job stays `Offered` and is offered again once the link is up.
+                if link.is_steady() && let Some(c) = conn.clone() {
+                    let (agent, events, g) = (agent.clone(), events_tx.clone(), generation);
+                    tokio::spawn(async move {
+                        match handover::offer(&c, &agent, &record, reason).await {
+                            Ok(frame) => { let _ = events.send(LinkEvent::Send { generation: g, frame }); }
+                            Err(e) => tracing::warn!(job = %record.id.short(), "offer not sent ({e}); it is offered again after the next reconnection"),
+                        }
+                    });
+                }
+            }
             job = jobs.recv() => match job {
                 Ok(event) => {
                     if link.is_steady() {
                         send_job(&agent, tx.as_mut(), &event).await;
+                        if let (JobEvent::Finished { id, .. }, Some(c)) = (&event, &conn) {
+                            send_guest_result(c.clone(), agent.clone(), events_tx.clone(), generation, *id);
+                        }
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -261,9 +304,129 @@ pub async fn run(
             }
         }
     }
+    agent.set_mesh(None);
     if let Some(c) = conn {
         c.close(0u32.into(), b"agent shutting down");
     }
+}
+
+/// After a (re)connection: offers still unanswered are made again (the coordinator answers
+/// from its ledger if it already took them), and guest results not yet acknowledged are sent
+/// again.
+fn resume_handovers(
+    conn: &quinn::Connection,
+    agent: &AgentHandle,
+    events: &mpsc::UnboundedSender<LinkEvent>,
+    generation: u64,
+) {
+    let (conn, agent, events) = (conn.clone(), agent.clone(), events.clone());
+    tokio::spawn(async move {
+        let offered: Vec<JobRecord> = agent
+            .journal()
+            .unfinished()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.state == JobState::Offered)
+            .collect();
+        for record in offered {
+            match handover::offer(&conn, &agent, &record, OfferReason::Rescheduler).await {
+                Ok(frame) => {
+                    let _ = events.send(LinkEvent::Send { generation, frame });
+                }
+                Err(e) => tracing::warn!(job = %record.id.short(), "offer not sent again: {e}"),
+            }
+        }
+        for (id, _) in agent.journal().guests().unwrap_or_default() {
+            send_guest_result(conn.clone(), agent.clone(), events.clone(), generation, id);
+        }
+    });
+}
+
+/// Sends a guest job's result once it is final (outputs uploaded first).
+fn send_guest_result(
+    conn: quinn::Connection,
+    agent: AgentHandle,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    generation: u64,
+    id: JobId,
+) {
+    tokio::spawn(async move {
+        match handover::guest_result(&conn, &agent, id).await {
+            Ok(Some(frame)) => {
+                let _ = events.send(LinkEvent::Send { generation, frame });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(job = %id.short(), "result not sent ({e}); sent again after the next reconnection")
+            }
+        }
+    });
+}
+
+/// The coordinator's hand-over messages: answers to this node's offers, placements of other
+/// nodes' jobs, acknowledgements. Each runs as its own task (they may move files).
+fn on_handover_frame(
+    conn: quinn::Connection,
+    agent: AgentHandle,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    generation: u64,
+    frame: CoordinatorFrame,
+) {
+    tokio::spawn(async move {
+        let ack = |id| {
+            let _ = events.send(LinkEvent::Send {
+                generation,
+                frame: AgentFrame::HandoverAck(id),
+            });
+        };
+        match frame {
+            CoordinatorFrame::Accepted(id) => {
+                agent.answer(id, Answer::Accepted).await;
+            }
+            CoordinatorFrame::Declined { id, reason } => {
+                agent.answer(id, Answer::Declined(reason)).await;
+            }
+            CoordinatorFrame::Return { id, reason }
+                if agent.answer(id, Answer::Returned(reason.clone())).await =>
+            {
+                ack(id);
+            }
+            CoordinatorFrame::Deliver { id, outcome } => {
+                let answer = match outcome {
+                    Outcome::Succeeded { outputs } => {
+                        match handover::fetch_outputs(&conn, &agent, id, outputs).await {
+                            Ok(a) => a,
+                            Err(e) => {
+                                tracing::warn!(job = %id.short(), "cannot fetch the outputs of a job run elsewhere ({e}); asking again after the next reconnection");
+                                return;
+                            }
+                        }
+                    }
+                    Outcome::Failed { reason } => Answer::Failed(reason),
+                };
+                if agent.answer(id, answer).await {
+                    ack(id);
+                }
+            }
+            CoordinatorFrame::Place(placement) => {
+                let id = placement.id;
+                match handover::host(&conn, &agent, placement).await {
+                    Ok(_) => send_guest_result(conn, agent, events, generation, id),
+                    Err(reason) => {
+                        tracing::warn!(job = %id.short(), "cannot take a placed job: {reason}");
+                        let frame = AgentFrame::GuestDone(GuestDone {
+                            id,
+                            attempt: 0,
+                            outcome: Outcome::Failed { reason },
+                        });
+                        let _ = events.send(LinkEvent::Send { generation, frame });
+                    }
+                }
+            }
+            CoordinatorFrame::GuestAck(id) => handover::guest_acknowledged(&agent, id),
+            _ => {}
+        }
+    });
 }
 
 async fn send_hello(

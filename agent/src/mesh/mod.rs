@@ -6,6 +6,7 @@
 //! processing its folders with the functions it last had.
 
 pub mod deployment;
+pub mod handover;
 pub mod link;
 pub mod membership;
 pub mod requests;

@@ -99,7 +99,9 @@ async fn authorize(AxState(state): AxState<Arc<State>>, req: Request, next: Next
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> String {
-    state.metrics.render(&state.view)
+    let mut text = state.metrics.render(&state.view);
+    text.push_str(&state.handover_gauges());
+    text
 }
 
 fn node_view(state: &State, r: NodeRecord) -> NodeView {

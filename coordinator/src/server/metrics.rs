@@ -18,6 +18,9 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     pub job_updates: AtomicU64,
     pub api_unauthorized: AtomicU64,
+    pub handovers_accepted: AtomicU64,
+    pub handovers_declined: AtomicU64,
+    pub leases_expired: AtomicU64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -72,6 +75,21 @@ impl Metrics {
                 "spillway_api_unauthorized_total",
                 "API requests without a valid token",
                 &self.api_unauthorized,
+            ),
+            (
+                "spillway_handovers_accepted_total",
+                "Jobs origins handed over to the coordinator",
+                &self.handovers_accepted,
+            ),
+            (
+                "spillway_handovers_declined_total",
+                "Offers declined (no peer had a free slot)",
+                &self.handovers_declined,
+            ),
+            (
+                "spillway_leases_expired_total",
+                "Peers whose jobs were placed again after they stayed away",
+                &self.leases_expired,
             ),
         ];
         for (name, help, c) in counters {

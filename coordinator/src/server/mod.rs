@@ -3,8 +3,10 @@
 //! the HTTP API for the CLI ([`http`]).
 
 pub mod apply;
+pub mod blobs;
 pub mod ca;
 pub mod deploy;
+pub mod handover;
 pub mod http;
 pub mod metrics;
 pub mod quic;
@@ -67,6 +69,9 @@ pub struct State {
     pub metrics: Metrics,
     /// Bumped whenever the function set changes; every session recomputes its node's share.
     pub deployments: watch::Sender<u64>,
+    /// Jobs handed over by their origins, and the sessions messages about them go to.
+    pub handovers: handover::Handovers,
+    pub blobs: blobs::Blobs,
     admin_hash: [u8; 32],
     quic_addr: SocketAddr,
 }
@@ -147,11 +152,19 @@ impl Coordinator {
                 source,
             })?;
         let quic_addr = endpoint.local_addr().unwrap_or(config.quic_listen);
+        let blobs_dir = dir.join("blobs");
+        let blobs = blobs::Blobs::open(&blobs_dir).map_err(|source| ServerError::StateDir {
+            path: blobs_dir,
+            source,
+        })?;
+        let handovers = handover::Handovers::restore(config.max_hops, store.handovers()?);
         let state = Arc::new(State {
             admin_hash: Sha256::digest(admin_token.as_bytes()).into(),
             view: View::new(config.liveness),
             metrics: Metrics::default(),
             deployments: watch::channel(0).0,
+            handovers,
+            blobs,
             store,
             ca,
             config,
@@ -193,6 +206,7 @@ impl Coordinator {
     /// Serves agents and the API until `shutdown` resolves.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let quic = tokio::spawn(quic::serve(self.state.clone(), self.endpoint.clone()));
+        let leases = tokio::spawn(expire_leases(self.state.clone()));
         let app = http::router(self.state.clone());
         let http = axum::serve(self.http, app);
         tokio::select! {
@@ -202,7 +216,17 @@ impl Coordinator {
         self.endpoint
             .close(0u32.into(), b"coordinator shutting down");
         quic.abort();
+        leases.abort();
         self.endpoint.wait_idle().await;
+    }
+}
+
+/// Places again the jobs of peers that stayed away longer than the lease grace period.
+async fn expire_leases(state: Arc<State>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        state.expire_leases();
     }
 }
 

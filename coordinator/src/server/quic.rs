@@ -9,8 +9,8 @@ use spillway_link::tls::peer_fingerprint;
 use spillway_link::token::JoinToken;
 use spillway_proto::load::LoadReport;
 use spillway_proto::wire::{
-    AgentFrame, CoordinatorFrame, JoinReply, JoinRequest, MAX_JOIN_FRAME, MAX_STREAM_FRAME,
-    PROTOCOL, Welcome,
+    AgentFrame, BlobRequest, BlobResponse, CoordinatorFrame, JoinReply, JoinRequest,
+    MAX_JOIN_FRAME, MAX_STREAM_FRAME, PROTOCOL, Welcome,
 };
 
 use super::metrics::inc;
@@ -182,11 +182,15 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
     let datagrams = tokio::spawn(read_reports(state.clone(), conn.clone(), name.clone()));
     let mut deploy_rx = state.deployments.subscribe();
     deploy_rx.mark_changed();
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel();
+    let blobs = tokio::spawn(serve_blobs(state.clone(), conn.clone()));
+    let mut session = 0;
     if send(&mut tx, &welcome).await.is_ok() {
+        session = state.handover_session(&name, out_tx);
         loop {
             tokio::select! {
                 frame = reader.next::<AgentFrame>() => match frame {
-                    Ok(Some(frame)) => handle_frame(&state, &name, frame),
+                    Ok(Some(frame)) => handle_frame(&state, &name, session, frame),
                     Ok(None) => break,
                     Err(StreamError::Frame(e)) => {
                         inc(&state.metrics.frames_malformed);
@@ -197,6 +201,9 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
                     // The peer hung up or the link died: not the peer's fault, nothing to count.
                     Err(_) => break,
                 },
+                Some(frame) = out_rx.recv() => {
+                    if send(&mut tx, &frame).await.is_err() { break; }
+                }
                 changed = deploy_rx.changed() => {
                     if changed.is_err() { break; }
                     let node = state.store.node(&name).ok().flatten().unwrap_or_else(|| record.clone());
@@ -213,6 +220,8 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
         }
     }
     datagrams.abort();
+    blobs.abort();
+    state.handover_session_ended(&name, session);
     state.view.disconnected(&name, conn.stable_id());
     if let Ok(Some(mut r)) = state.store.node(&name) {
         r.last_seen_ms = now_ms();
@@ -234,8 +243,11 @@ async fn refuse_member(
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
 }
 
-fn handle_frame(state: &State, node: &str, frame: AgentFrame) {
+fn handle_frame(state: &State, node: &str, session: u64, frame: AgentFrame) {
     match frame {
+        AgentFrame::Offer(offer) => state.offer(node, session, offer),
+        AgentFrame::GuestDone(done) => state.guest_done(node, session, done),
+        AgentFrame::HandoverAck(id) => state.handover_ack(node, session, id),
         AgentFrame::Hello(_) => {
             inc(&state.metrics.frames_malformed);
         }
@@ -259,6 +271,44 @@ fn handle_frame(state: &State, node: &str, frame: AgentFrame) {
                 tracing::error!(node, "cannot record a job update: {e}");
             }
         }
+    }
+}
+
+/// Serves the blob streams a member opens after its control stream: inputs it offers, inputs
+/// of jobs placed on it, outputs it produced and outputs it receives.
+async fn serve_blobs(state: Arc<State>, conn: quinn::Connection) {
+    while let Ok((mut tx, rx)) = conn.accept_bi().await {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut reader = FrameReader::new(rx, MAX_STREAM_FRAME);
+            let request = match reader.next::<BlobRequest>().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => {
+                    inc(&state.metrics.frames_malformed);
+                    tracing::debug!("unreadable blob request: {e}");
+                    return;
+                }
+            };
+            let blobs = state.blobs.clone();
+            let answer = tokio::task::spawn_blocking(move || match request {
+                BlobRequest::Put(bytes) => blobs
+                    .put(&bytes)
+                    .map(BlobResponse::Stored)
+                    .unwrap_or_else(|e| {
+                        BlobResponse::Error(format!("the coordinator cannot store the blob: {e}"))
+                    }),
+                BlobRequest::Get(digest) => blobs
+                    .get(&digest)
+                    .map(BlobResponse::Blob)
+                    .unwrap_or_else(BlobResponse::Error),
+            })
+            .await
+            .unwrap_or_else(|e| BlobResponse::Error(e.to_string()));
+            if send(&mut tx, &answer).await.is_ok() {
+                let _ = tx.finish();
+            }
+        });
     }
 }
 

@@ -22,6 +22,8 @@ const CERTS: TableDefinition<&str, &str> = TableDefinition::new("certs");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+/// Job id (hex) → the coordinator's record of a job handed over to it.
+const HANDOVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("handovers");
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum StoreError {
@@ -147,7 +149,7 @@ impl Store {
             message: e.to_string(),
         })?;
         let tx = db.begin_write()?;
-        for t in [NODES, TOKENS, FUNCTIONS, JOBS] {
+        for t in [NODES, TOKENS, FUNCTIONS, JOBS, HANDOVERS] {
             tx.open_table(t)?;
         }
         tx.open_table(CERTS)?;
@@ -303,6 +305,28 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records (or, with `None`, forgets) a handed-over job, durably: the coordinator answers
+    /// for it from the moment this returns.
+    pub fn put_handover(
+        &self,
+        id: &str,
+        row: Option<&super::handover::HandoverRow>,
+    ) -> Result<(), StoreError> {
+        match row {
+            Some(row) => self.put(HANDOVERS, id, row, Durability::Immediate),
+            None => {
+                let tx = self.db.begin_write()?;
+                tx.open_table(HANDOVERS)?.remove(id)?;
+                tx.commit()?;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn handovers(&self) -> Result<Vec<super::handover::HandoverRow>, StoreError> {
+        self.list(HANDOVERS, "handovers")
     }
 
     pub fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {

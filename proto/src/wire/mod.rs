@@ -30,7 +30,7 @@ pub struct Version {
 }
 
 /// The protocol this build speaks.
-pub const PROTOCOL: Version = Version { major: 1, minor: 0 };
+pub const PROTOCOL: Version = Version { major: 1, minor: 1 };
 
 impl std::fmt::Display for Version {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,7 +72,10 @@ mod tests {
         let err = PROTOCOL
             .check_peer(theirs, "coordinator", "agent")
             .unwrap_err();
-        assert!(err.contains("1.0") && err.contains("2.0"), "{err}");
+        assert!(
+            err.contains(&PROTOCOL.to_string()) && err.contains("2.0"),
+            "{err}"
+        );
         assert!(err.contains("upgrade the coordinator"), "{err}");
     }
 }

@@ -36,14 +36,116 @@ pub enum AgentFrame {
     /// The outcome of applying a [`Deployment`].
     Deployed(DeployAck),
     Job(JobUpdate),
+    /// The origin offers a queued job it cannot run soon enough (its input is already in the
+    /// coordinator's blob store).
+    Offer(Offer),
+    /// A peer ran a job placed on it (its outputs are already in the blob store).
+    GuestDone(GuestDone),
+    /// The origin journaled a delivery or a return: the coordinator may forget the job.
+    HandoverAck(JobId),
 }
 
 /// Coordinator → agent on the control stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CoordinatorFrame {
     Welcome(Welcome),
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     Deploy(Deployment),
+    /// To the origin: the coordinator owns the offered job now.
+    Accepted(JobId),
+    /// To the origin: keep the job and run it yourself.
+    Declined {
+        id: JobId,
+        reason: String,
+    },
+    /// To a peer: run this job.
+    Place(Placement),
+    /// To the origin: a peer's result, to deliver into the function's outputs.
+    Deliver {
+        id: JobId,
+        outcome: Outcome,
+    },
+    /// To the origin: the job is yours again (hop limit reached, no peer left); never offer it
+    /// again.
+    Return {
+        id: JobId,
+        reason: String,
+    },
+    /// To a peer: its result was recorded; it may forget the job.
+    GuestAck(JobId),
+}
+
+/// Why a job is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OfferReason {
+    /// On arrival: its predicted local wait was over the function's threshold.
+    Admission,
+    /// It waited in the queue longer than the function's `rescheduler_threshold`.
+    Rescheduler,
+}
+
+/// A job on the move: everything a peer needs to run it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    pub id: JobId,
+    pub function: String,
+    pub event: crate::Event,
+    /// SHA-256 of the input bytes in the coordinator's blob store.
+    pub input: [u8; 32],
+    pub input_bytes: u64,
+    pub reason: OfferReason,
+    pub queued_at_ms: u64,
+}
+
+/// Coordinator → peer: run a job for `origin` under lease `attempt`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub id: JobId,
+    pub origin: String,
+    pub function: String,
+    pub event: crate::Event,
+    pub input: [u8; 32],
+    pub attempt: u32,
+    /// Placements so far, this one included, and the nodes the job has been on (the origin
+    /// first): the coordinator never places it on one of them again, nor past its hop limit.
+    pub hops: u8,
+    pub visited: Vec<String>,
+}
+
+/// What became of a job run elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Output keys (relative to the function's output folder) and the SHA-256 of their bytes
+    /// in the blob store.
+    Succeeded {
+        outputs: Vec<(String, [u8; 32])>,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestDone {
+    pub id: JobId,
+    pub attempt: u32,
+    pub outcome: Outcome,
+}
+
+/// Agent → coordinator, one per blob stream (opened by the agent after its control stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobRequest {
+    Put(Vec<u8>),
+    Get([u8; 32]),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobResponse {
+    Stored([u8; 32]),
+    Blob(Vec<u8>),
+    Error(String),
 }
 
 /// The first frame of every authenticated connection. The node name comes from the
@@ -114,6 +216,8 @@ pub enum JobPhase {
     Delivering,
     Succeeded,
     Failed,
+    /// Offered to the coordinator, or handed over and running elsewhere.
+    Handed,
 }
 
 impl JobPhase {

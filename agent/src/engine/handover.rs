@@ -1,0 +1,305 @@
+//! The agent's side of the one-owner hand-over (see `spillway_placement::handover`): offering
+//! queued jobs it cannot run soon enough, applying the coordinator's answers, and hosting jobs
+//! the coordinator places here on behalf of other nodes.
+//!
+//! Every step is journaled before it is acted on: a job is `Offered` before the offer leaves, and
+//! leaves `Offered` only on an answer from the coordinator, so the origin never runs a job the
+//! coordinator may have given to a peer.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use spillway_placement::handover::{OriginPhase, OriginStep, ToAgent, origin_step};
+use spillway_placement::policy::spillway::predicted_completion;
+use spillway_placement::{Job, Target, TargetKind, estimate::RunTimes};
+use spillway_proto::JobId;
+use spillway_proto::key::ObjectKey;
+use spillway_proto::wire::OfferReason;
+
+use super::run::{conclude, finish_delivery};
+use super::{Agent, AgentError, JobEvent};
+use crate::journal::{Guest, JobRecord, JobState};
+
+/// A queued job waits this long before it is offered when its function sets no
+/// `rescheduler_threshold` (OSCAR's default).
+pub const DEFAULT_RESCHEDULER_THRESHOLD: Duration = Duration::from_secs(30);
+
+/// After the coordinator declines a function's job, its jobs are not offered again for this long.
+const DECLINE_COOLDOWN: Duration = Duration::from_secs(2);
+
+/// What the engine hands to the mesh link.
+#[derive(Debug)]
+pub enum MeshOut {
+    Offer {
+        record: Box<JobRecord>,
+        reason: OfferReason,
+    },
+}
+
+/// The coordinator's answer about a job this node offered.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Accepted,
+    Declined(String),
+    Returned(String),
+    /// A peer ran it; its outputs were fetched into `staging` (`staging/output/<key>`).
+    Delivered {
+        staging: PathBuf,
+        outputs: Vec<ObjectKey>,
+    },
+    /// A peer ran it and it failed.
+    Failed(String),
+}
+
+/// Where a job is on its origin, for the protocol.
+fn origin_phase(state: &JobState) -> OriginPhase {
+    match state {
+        JobState::Queued | JobState::Running => OriginPhase::Local,
+        JobState::Offered => OriginPhase::Offered,
+        JobState::Handed => OriginPhase::Handed,
+        JobState::Ran { .. } | JobState::Succeeded { .. } | JobState::Failed { .. } => {
+            OriginPhase::Done
+        }
+    }
+}
+
+/// Predicted wait before a job that queues behind `ahead` others of its function starts here:
+/// the placement core's completion estimate for this node, minus the run itself.
+pub fn predicted_local_wait_ms(ahead: u32, free_slots: u32, slots: u32, mean_run_ms: u64) -> u64 {
+    let mut times = RunTimes::default();
+    times.observe("f", "here", mean_run_ms);
+    let job = Job {
+        id: 0,
+        function: "f".into(),
+        input_bytes: 0,
+        origin: "here".into(),
+        hops: 0,
+        visited: vec![],
+        queued_at: 0,
+    };
+    let here = Target {
+        id: "here".into(),
+        kind: TargetKind::Origin,
+        tier: 0,
+        slots: Some(slots.max(1)),
+        free_slots,
+        queued: ahead,
+        latency_ms: 0,
+        bytes_per_ms: 1.0,
+        start_ms: 0,
+        cost: None,
+    };
+    predicted_completion(&job, &here, &times).saturating_sub(times.expect("f", "here"))
+}
+
+impl Agent {
+    /// The threshold past which a job of `function` should not wait here, if its jobs may be
+    /// handed over at all (only functions the coordinator deployed: every peer runs the same).
+    fn spill_threshold(&self, function: &str) -> Option<Duration> {
+        let f = self.catalog.functions.get(function)?;
+        if !f.from_mesh {
+            return None;
+        }
+        Some(
+            f.def
+                .rescheduler_threshold
+                .map_or(DEFAULT_RESCHEDULER_THRESHOLD, Duration::from_secs),
+        )
+    }
+
+    fn may_offer(&self, function: &str) -> bool {
+        self.shared.mesh_out().is_some()
+            && self
+                .declined
+                .get(function)
+                .is_none_or(|at| at.elapsed() >= DECLINE_COOLDOWN)
+    }
+
+    /// Admission: a job that did not start at once is offered when its predicted wait here is
+    /// over its function's threshold.
+    pub(super) fn offer_on_arrival(&mut self, id: JobId, function: &str) -> Result<(), AgentError> {
+        let Some(threshold) = self.spill_threshold(function) else {
+            return Ok(());
+        };
+        if !self.may_offer(function) {
+            return Ok(());
+        }
+        let Some(ahead) = self
+            .scheduler
+            .queued_of(function)
+            .find(|(_, q)| *q == id)
+            .map(|(ahead, _)| ahead as u32)
+        else {
+            return Ok(());
+        };
+        let mean = self.run_means.get(function).copied().unwrap_or(0.0) as u64;
+        let slots = self.scheduler.slots(function);
+        let wait = predicted_local_wait_ms(ahead, 0, slots, mean);
+        if wait > threshold.as_millis() as u64 {
+            self.offer(id, OfferReason::Admission)?;
+        }
+        Ok(())
+    }
+
+    /// The rescheduler: queued (never started) jobs that waited longer than their function's
+    /// threshold are offered.
+    pub(super) fn reschedule(&mut self) -> Result<(), AgentError> {
+        if self.shared.mesh_out().is_none() || self.scheduler.queued() == 0 {
+            return Ok(());
+        }
+        let now = crate::journal::now_ms();
+        let functions: Vec<String> = self.catalog.functions.keys().cloned().collect();
+        for function in functions {
+            let Some(threshold) = self.spill_threshold(&function) else {
+                continue;
+            };
+            if !self.may_offer(&function) {
+                continue;
+            }
+            let waiting: Vec<JobId> = self
+                .scheduler
+                .queued_of(&function)
+                .map(|(_, id)| id)
+                .collect();
+            for id in waiting {
+                let Some(record) = self.shared.journal.get(id)? else {
+                    continue;
+                };
+                if now.saturating_sub(record.queued_at_ms) < threshold.as_millis() as u64 {
+                    // Oldest first: the rest waited less.
+                    break;
+                }
+                self.offer(id, OfferReason::Rescheduler)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Journals `Offered`, takes the job out of the queue and passes the offer to the link.
+    fn offer(&mut self, id: JobId, reason: OfferReason) -> Result<(), AgentError> {
+        let Some(out) = self.shared.mesh_out() else {
+            return Ok(());
+        };
+        // A job placed here for another node is the coordinator's already: it stays here.
+        let journal = &self.shared.journal;
+        if journal.was_returned(id)? || journal.guest(id)?.is_some() || !self.scheduler.withdraw(id)
+        {
+            return Ok(());
+        }
+        let record = self
+            .shared
+            .journal
+            .update(id, |r| r.state = JobState::Offered)?;
+        tracing::info!(job = %id.short(), function = %record.function, ?reason, "offering the job to the coordinator");
+        // If the link went away meanwhile the job stays `Offered` and is offered again when it
+        // comes back: only the coordinator can say whether it already took it.
+        let _ = out.send(MeshOut::Offer {
+            record: Box::new(record),
+            reason,
+        });
+        Ok(())
+    }
+
+    /// Applies the coordinator's answer. Returns whether the coordinator should be told the
+    /// answer is journaled (deliveries and returns are acknowledged).
+    pub(super) fn answer(&mut self, id: JobId, answer: Answer) -> Result<bool, AgentError> {
+        let s = self.shared.clone();
+        let Some(record) = s.journal.get(id)? else {
+            return Ok(false);
+        };
+        let msg: ToAgent<JobId, ()> = match &answer {
+            Answer::Accepted => ToAgent::Accepted(id),
+            Answer::Declined(r) => ToAgent::Declined(id, r.clone()),
+            Answer::Returned(r) => ToAgent::Return(id, r.clone()),
+            Answer::Delivered { .. } | Answer::Failed(_) => ToAgent::Deliver(id, ()),
+        };
+        match origin_step(origin_phase(&record.state), &msg) {
+            OriginStep::Ignore => Ok(false),
+            OriginStep::Ack => Ok(true),
+            OriginStep::Become(_) => match answer {
+                Answer::Accepted => {
+                    s.journal.update(id, |r| r.state = JobState::Handed)?;
+                    tracing::info!(job = %id.short(), function = %record.function, "the coordinator took the job");
+                    Ok(false)
+                }
+                Answer::Declined(reason) => {
+                    s.journal.update(id, |r| r.state = JobState::Queued)?;
+                    tracing::info!(job = %id.short(), function = %record.function, "offer declined ({reason}); running it here");
+                    self.declined
+                        .insert(record.function.clone(), Instant::now());
+                    self.scheduler.enqueue_front(id, &record.function);
+                    self.admit()?;
+                    Ok(false)
+                }
+                Answer::Returned(reason) => {
+                    s.journal.returned(id, &reason)?;
+                    tracing::warn!(job = %id.short(), function = %record.function, "the coordinator returned the job ({reason}); running it here");
+                    self.scheduler.enqueue_front(id, &record.function);
+                    self.admit()?;
+                    Ok(true)
+                }
+                Answer::Delivered { staging, outputs } => {
+                    let ran = s.journal.update(id, |r| {
+                        r.state = JobState::Ran {
+                            staging: staging.clone(),
+                            outputs: outputs.clone(),
+                        };
+                    })?;
+                    let targets = self
+                        .catalog
+                        .functions
+                        .get(&record.function)
+                        .map(|f| f.def.output.clone())
+                        .unwrap_or_default();
+                    self.tasks.spawn(async move {
+                        finish_delivery(&s, ran, &staging, &outputs, &targets).await;
+                    });
+                    Ok(true)
+                }
+                Answer::Failed(reason) => {
+                    let staging = s.config.staging_dir().join(format!("handed-{id}"));
+                    conclude(&s, record, JobState::Failed { reason }, &staging, None)?;
+                    Ok(true)
+                }
+            },
+        }
+    }
+
+    /// A job placed here by the coordinator, its input already fetched into `guest.dir`.
+    /// Returns whether it is new here.
+    pub(super) fn host(&mut self, record: JobRecord, guest: Guest) -> Result<bool, AgentError> {
+        let s = self.shared.clone();
+        if !self.catalog.functions.contains_key(&record.function) {
+            return Ok(false);
+        }
+        if !s.journal.insert_guest(&record, &guest)? {
+            return Ok(false);
+        }
+        tracing::info!(job = %record.id.short(), function = %record.function, origin = %guest.origin, "running a job for another node");
+        let _ = s.events.send(JobEvent::Queued {
+            id: record.id,
+            function: record.function.clone(),
+        });
+        self.scheduler.enqueue(record.id, &record.function);
+        self.admit()?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_wait_grows_with_the_queue_and_shrinks_with_slots() {
+        assert_eq!(predicted_local_wait_ms(0, 1, 1, 1000), 0, "a free slot");
+        assert_eq!(predicted_local_wait_ms(0, 0, 1, 1000), 1000);
+        assert_eq!(predicted_local_wait_ms(3, 0, 1, 1000), 4000);
+        assert_eq!(predicted_local_wait_ms(3, 0, 2, 1000), 2000);
+        assert_eq!(
+            predicted_local_wait_ms(5, 0, 1, 0),
+            0,
+            "no run time learned yet"
+        );
+    }
+}

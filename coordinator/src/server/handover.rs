@@ -1,0 +1,479 @@
+//! The coordinator's shell around the sans-IO hand-over [`Ledger`]: it chooses peers from the
+//! live view, persists every record before the messages that depend on it leave, routes
+//! messages to node sessions, expires the leases of peers that stay away, and cleans up blobs.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use spillway_placement::estimate::RunTimes;
+use spillway_placement::handover::{Effect, Handover, HandoverState, Ledger, ToAgent};
+use spillway_placement::policy::spillway::predicted_completion;
+use spillway_placement::{Job, Target, TargetKind};
+use spillway_proto::load::NodeHealth;
+use spillway_proto::wire::{CoordinatorFrame, GuestDone, Offer, Outcome, Placement};
+use spillway_proto::{Event, JobId};
+use tokio::sync::mpsc;
+
+use super::State;
+use super::metrics::inc;
+
+/// The persisted form of one handed-over job: the ledger's record and what a peer needs to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoverRow {
+    pub id: JobId,
+    pub origin: String,
+    pub function: String,
+    pub hops: u8,
+    pub visited: Vec<String>,
+    pub attempt: u32,
+    pub state: RowState,
+    pub event: Event,
+    pub input: [u8; 32],
+    pub accepted_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RowState {
+    Placed { peer: String },
+    Finished(Outcome),
+    Returning(String),
+}
+
+/// What a peer needs besides the ledger's record.
+#[derive(Debug, Clone)]
+struct Payload {
+    event: Event,
+    input: [u8; 32],
+    accepted_at_ms: u64,
+}
+
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    tx: mpsc::UnboundedSender<CoordinatorFrame>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ledger: Ledger<JobId, Outcome>,
+    payloads: HashMap<JobId, Payload>,
+    sessions: HashMap<String, Session>,
+    next_session: u64,
+    /// When each node without a session went away (the coordinator's start for nodes not seen).
+    away_since: HashMap<String, Instant>,
+    /// Placements not yet visible in the peer's load reports: (peer, when).
+    recent: Vec<(String, Instant)>,
+}
+
+/// Every handed-over job and the sessions messages about them go to.
+#[derive(Debug)]
+pub struct Handovers {
+    inner: Mutex<Inner>,
+    started: Instant,
+}
+
+impl Handovers {
+    /// Rebuilds the ledger from the store (after a restart, leases whose peer does not come back
+    /// within the grace period are placed again).
+    pub fn restore(max_hops: u8, rows: Vec<HandoverRow>) -> Self {
+        let mut payloads = HashMap::new();
+        let records = rows.into_iter().map(|row| {
+            payloads.insert(
+                row.id,
+                Payload {
+                    event: row.event,
+                    input: row.input,
+                    accepted_at_ms: row.accepted_at_ms,
+                },
+            );
+            let state = match row.state {
+                RowState::Placed { peer } => HandoverState::Placed { peer },
+                RowState::Finished(o) => HandoverState::Finished(o),
+                RowState::Returning(r) => HandoverState::Returning(r),
+            };
+            (
+                row.id,
+                Handover {
+                    origin: row.origin,
+                    function: row.function,
+                    hops: row.hops,
+                    visited: row.visited,
+                    attempt: row.attempt,
+                    state,
+                },
+            )
+        });
+        let ledger = Ledger::restore(max_hops, records.collect::<Vec<_>>());
+        Self {
+            inner: Mutex::new(Inner {
+                ledger,
+                payloads,
+                sessions: HashMap::new(),
+                next_session: 1,
+                away_since: HashMap::new(),
+                recent: Vec::new(),
+            }),
+            started: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Jobs the coordinator answers for now.
+    pub fn len(&self) -> usize {
+        self.lock().ledger.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl State {
+    /// Prometheus gauges: jobs the coordinator answers for, and blobs it keeps.
+    pub fn handover_gauges(&self) -> String {
+        format!(
+            "# HELP spillway_handovers_open Handed-over jobs not yet delivered to (or returned to) their origin\n# TYPE spillway_handovers_open gauge\nspillway_handovers_open {}\n# HELP spillway_blobs Inputs and outputs in the coordinator's blob store\n# TYPE spillway_blobs gauge\nspillway_blobs {}\n",
+            self.handovers.len(),
+            self.blobs.count()
+        )
+    }
+
+    /// A node's session starts: messages for it go to `tx` from now on, and whatever it may have
+    /// missed is sent again. Returns the session id frames from it must carry.
+    pub fn handover_session(&self, node: &str, tx: mpsc::UnboundedSender<CoordinatorFrame>) -> u64 {
+        let mut inner = self.handovers.lock();
+        let id = inner.next_session;
+        inner.next_session += 1;
+        inner.sessions.insert(node.to_owned(), Session { id, tx });
+        inner.away_since.remove(node);
+        let effects = inner.ledger.connected(node);
+        self.carry_out(&mut inner, effects);
+        id
+    }
+
+    /// A node's session ended; its leases run out after the grace period unless it returns.
+    pub fn handover_session_ended(&self, node: &str, session: u64) {
+        let mut inner = self.handovers.lock();
+        if inner.sessions.get(node).is_some_and(|s| s.id == session) {
+            inner.sessions.remove(node);
+            inner.away_since.insert(node.to_owned(), Instant::now());
+        }
+    }
+
+    /// The origin offers a job. Only the node's current session may: frames still in flight on a
+    /// connection that was replaced are dropped, as the protocol assumes.
+    pub fn offer(&self, node: &str, session: u64, offer: Offer) {
+        let mut inner = self.handovers.lock();
+        if !is_current(&inner, node, session) {
+            return;
+        }
+        let choice = self.choose_peer(&inner, &offer.function, offer.input_bytes);
+        let effects = inner
+            .ledger
+            .offer(offer.id, node, &offer.function, |visited| {
+                choice.filter(|p| !visited.contains(p))
+            });
+        if effects.iter().any(|e| matches!(e, Effect::Persist(_))) {
+            inner.payloads.insert(
+                offer.id,
+                Payload {
+                    event: offer.event,
+                    input: offer.input,
+                    accepted_at_ms: super::now_ms(),
+                },
+            );
+            inc(&self.metrics.handovers_accepted);
+            let why = format!("{:?}", offer.reason);
+            tracing::info!(job = %offer.id.short(), origin = node, function = %offer.function, reason = %why, "job handed over");
+        } else if effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Send {
+                    msg: ToAgent::Declined(..),
+                    ..
+                }
+            )
+        }) {
+            inc(&self.metrics.handovers_declined);
+            self.drop_unused_blobs(&inner, &[offer.input]);
+        }
+        self.carry_out(&mut inner, effects);
+    }
+
+    pub fn guest_done(&self, node: &str, session: u64, done: GuestDone) {
+        let mut inner = self.handovers.lock();
+        if !is_current(&inner, node, session) {
+            return;
+        }
+        let outputs: Vec<[u8; 32]> = match &done.outcome {
+            Outcome::Succeeded { outputs } => outputs.iter().map(|(_, d)| *d).collect(),
+            Outcome::Failed { .. } => vec![],
+        };
+        let effects = inner.ledger.guest_done(done.id, node, done.outcome);
+        let recorded = effects.iter().any(|e| matches!(e, Effect::Persist(_)));
+        self.carry_out(&mut inner, effects);
+        if !recorded {
+            // A late result (another peer's came first): its outputs are not needed.
+            self.drop_unused_blobs(&inner, &outputs);
+        }
+    }
+
+    pub fn handover_ack(&self, node: &str, session: u64, id: JobId) {
+        let mut inner = self.handovers.lock();
+        if !is_current(&inner, node, session) {
+            return;
+        }
+        let mut blobs: Vec<[u8; 32]> = inner
+            .payloads
+            .get(&id)
+            .map(|p| p.input)
+            .into_iter()
+            .collect();
+        if let Some(HandoverState::Finished(Outcome::Succeeded { outputs })) =
+            inner.ledger.get(&id).map(|h| &h.state)
+        {
+            blobs.extend(outputs.iter().map(|(_, d)| *d));
+        }
+        let effects = inner.ledger.origin_ack(id, node);
+        self.carry_out(&mut inner, effects);
+        if inner.ledger.get(&id).is_none() {
+            self.drop_unused_blobs(&inner, &blobs);
+        }
+    }
+
+    /// Places again the jobs of peers away longer than the grace period. Called periodically.
+    pub fn expire_leases(&self) {
+        let grace = self.config.lease_grace;
+        let mut inner = self.handovers.lock();
+        let holders: Vec<String> = inner
+            .ledger
+            .iter()
+            .filter_map(|(_, h)| match &h.state {
+                HandoverState::Placed { peer } => Some(peer.clone()),
+                _ => None,
+            })
+            .collect();
+        for peer in holders {
+            if inner.sessions.contains_key(&peer) {
+                continue;
+            }
+            let away = inner
+                .away_since
+                .get(&peer)
+                .map_or(self.handovers.started.elapsed(), Instant::elapsed);
+            if away < grace {
+                continue;
+            }
+            tracing::warn!(peer = %peer, "peer away for {}s: placing its jobs again", away.as_secs());
+            let mut choices: HashMap<JobId, Option<String>> = HashMap::new();
+            let jobs: Vec<(JobId, String)> = inner
+                .ledger
+                .iter()
+                .filter(
+                    |(_, h)| matches!(&h.state, HandoverState::Placed { peer: p } if *p == peer),
+                )
+                .map(|(id, h)| (*id, h.function.clone()))
+                .collect();
+            for (id, function) in jobs {
+                let input_bytes = 0;
+                let visited = inner
+                    .ledger
+                    .get(&id)
+                    .map(|h| h.visited.clone())
+                    .unwrap_or_default();
+                let choice = self.choose_peer_excluding(&inner, &function, input_bytes, &visited);
+                if let Some(p) = &choice {
+                    inner.recent.push((p.clone(), Instant::now()));
+                }
+                choices.insert(id, choice);
+            }
+            inc(&self.metrics.leases_expired);
+            let effects = inner
+                .ledger
+                .peer_lost(&peer, |id, _| choices.get(id).cloned().flatten());
+            self.carry_out(&mut inner, effects);
+        }
+    }
+
+    fn choose_peer(&self, inner: &Inner, function: &str, input_bytes: u64) -> Option<String> {
+        self.choose_peer_excluding(inner, function, input_bytes, &[])
+    }
+
+    /// The connected, ready peer with `function` deployed and a free slot (counting placements
+    /// its reports do not show yet) that is predicted to finish the job first.
+    fn choose_peer_excluding(
+        &self,
+        inner: &Inner,
+        function: &str,
+        input_bytes: u64,
+        exclude: &[String],
+    ) -> Option<String> {
+        let nodes = self.store.nodes().unwrap_or_default();
+        let mut times = RunTimes::default();
+        let job = Job {
+            id: 0,
+            function: function.to_owned(),
+            input_bytes,
+            origin: String::new(),
+            hops: 0,
+            visited: vec![],
+            queued_at: 0,
+        };
+        let mut best: Option<(u64, String)> = None;
+        for live in self.view.snapshot() {
+            if exclude.contains(&live.name)
+                || live.health != NodeHealth::Ready
+                || !inner.sessions.contains_key(&live.name)
+            {
+                continue;
+            }
+            let deployed = nodes
+                .iter()
+                .any(|n| n.name == live.name && n.running.iter().any(|f| f == function));
+            let Some(load) = live
+                .report
+                .as_ref()
+                .and_then(|r| r.functions.iter().find(|f| f.name == function))
+            else {
+                continue;
+            };
+            if !deployed {
+                continue;
+            }
+            let since_report = live.silent_for.unwrap_or(Duration::ZERO);
+            let unseen = inner
+                .recent
+                .iter()
+                .filter(|(p, at)| *p == live.name && at.elapsed() <= since_report)
+                .count() as u32;
+            let free = load.free_slots.saturating_sub(unseen);
+            if free == 0 {
+                continue;
+            }
+            if load.mean_run_ms > 0 {
+                times.observe(function, &live.name, u64::from(load.mean_run_ms));
+            }
+            let target = Target {
+                id: live.name.clone(),
+                kind: TargetKind::Peer,
+                tier: 0,
+                slots: Some(free + load.running),
+                free_slots: free,
+                queued: load.queued,
+                latency_ms: 1,
+                bytes_per_ms: 10_000.0,
+                start_ms: 0,
+                cost: None,
+            };
+            let eta = predicted_completion(&job, &target, &times);
+            if best.as_ref().is_none_or(|(b, _)| eta < *b) {
+                best = Some((eta, live.name.clone()));
+            }
+        }
+        best.map(|(_, name)| name)
+    }
+
+    /// Persists, then sends, in order. A record that cannot be persisted stops everything after
+    /// it: nothing is promised that the disk does not hold.
+    fn carry_out(&self, inner: &mut Inner, effects: Vec<Effect<JobId, Outcome>>) {
+        let now = Instant::now();
+        inner
+            .recent
+            .retain(|(_, at)| now.duration_since(*at) < Duration::from_secs(10));
+        for effect in effects {
+            match effect {
+                Effect::Persist(id) => {
+                    let row = row(inner, id);
+                    if let Err(e) = self.store.put_handover(&id.to_string(), row.as_ref()) {
+                        tracing::error!(job = %id.short(), "cannot record a hand-over: {e}");
+                        return;
+                    }
+                    if row.is_none() {
+                        inner.payloads.remove(&id);
+                    }
+                }
+                Effect::Send { to, msg } => {
+                    if let ToAgent::Place { .. } = &msg {
+                        inner.recent.push((to.clone(), now));
+                    }
+                    let Some(frame) = frame(inner, msg) else {
+                        continue;
+                    };
+                    if let Some(s) = inner.sessions.get(&to) {
+                        let _ = s.tx.send(frame);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes blobs no hand-over refers to any more.
+    fn drop_unused_blobs(&self, inner: &Inner, candidates: &[[u8; 32]]) {
+        let in_use = |d: &[u8; 32]| {
+            inner.payloads.values().any(|p| p.input == *d)
+                || inner.ledger.iter().any(|(_, h)| match &h.state {
+                    HandoverState::Finished(Outcome::Succeeded { outputs }) => {
+                        outputs.iter().any(|(_, o)| o == d)
+                    }
+                    _ => false,
+                })
+        };
+        for d in candidates.iter().filter(|d| !in_use(d)) {
+            self.blobs.remove(d);
+        }
+    }
+}
+
+fn is_current(inner: &Inner, node: &str, session: u64) -> bool {
+    inner.sessions.get(node).is_some_and(|s| s.id == session)
+}
+
+fn row(inner: &Inner, id: JobId) -> Option<HandoverRow> {
+    let h = inner.ledger.get(&id)?;
+    let p = inner.payloads.get(&id)?;
+    Some(HandoverRow {
+        id,
+        origin: h.origin.clone(),
+        function: h.function.clone(),
+        hops: h.hops,
+        visited: h.visited.clone(),
+        attempt: h.attempt,
+        state: match &h.state {
+            HandoverState::Placed { peer } => RowState::Placed { peer: peer.clone() },
+            HandoverState::Finished(o) => RowState::Finished(o.clone()),
+            HandoverState::Returning(r) => RowState::Returning(r.clone()),
+        },
+        event: p.event.clone(),
+        input: p.input,
+        accepted_at_ms: p.accepted_at_ms,
+    })
+}
+
+fn frame(inner: &Inner, msg: ToAgent<JobId, Outcome>) -> Option<CoordinatorFrame> {
+    Some(match msg {
+        ToAgent::Accepted(id) => CoordinatorFrame::Accepted(id),
+        ToAgent::Declined(id, reason) => CoordinatorFrame::Declined { id, reason },
+        ToAgent::Place { id, attempt } => {
+            let h = inner.ledger.get(&id)?;
+            let p = inner.payloads.get(&id)?;
+            CoordinatorFrame::Place(Placement {
+                id,
+                origin: h.origin.clone(),
+                function: h.function.clone(),
+                event: p.event.clone(),
+                input: p.input,
+                attempt,
+                hops: h.hops,
+                visited: h.visited.clone(),
+            })
+        }
+        ToAgent::Deliver(id, outcome) => CoordinatorFrame::Deliver { id, outcome },
+        ToAgent::Return(id, reason) => CoordinatorFrame::Return { id, reason },
+        ToAgent::GuestAck(id) => CoordinatorFrame::GuestAck(id),
+    })
+}

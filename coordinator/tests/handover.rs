@@ -1,0 +1,376 @@
+//! The hand-over protocol against a real coordinator over real QUIC on loopback, driven frame by
+//! frame from the test so the awkward moments happen exactly when we want: an answer lost with
+//! its connection, a coordinator restarted while a peer holds a lease.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use spillway_agent::mesh::{self, Membership};
+use spillway_coordinator::config::CoordinatorConfig;
+use spillway_coordinator::server::{Coordinator, State};
+use spillway_link::stream::{FrameReader, request, send};
+use spillway_proto::load::{DATAGRAM_BUDGET, FunctionLoad, LoadReport};
+use spillway_proto::wire::{
+    AgentFrame, BlobRequest, BlobResponse, COORDINATOR_SERVER_NAME, Capacity, CoordinatorFrame,
+    DeployAck, GuestDone, Hello, MAX_STREAM_FRAME, Offer, OfferReason, Outcome, PROTOCOL,
+};
+use spillway_proto::{Event, FileEvent, ObjectKey};
+
+struct Running {
+    state: Arc<State>,
+    quic: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+async fn start(dir: &Path, quic: SocketAddr) -> Running {
+    let config = CoordinatorConfig {
+        state_dir: dir.join("coordinator"),
+        quic_listen: quic,
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        ..CoordinatorConfig::default()
+    };
+    let c = Coordinator::start(config).await.unwrap();
+    let (state, quic) = (c.state.clone(), c.quic_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(c.run(async {
+        let _ = stopped.await;
+    }));
+    Running {
+        state,
+        quic,
+        stop,
+        done,
+    }
+}
+
+/// One side of a member connection, speaking the protocol as an agent would.
+struct Member {
+    conn: quinn::Connection,
+    tx: quinn::SendStream,
+    frames: FrameReader,
+}
+
+async fn connect(quic: SocketAddr, m: &Membership) -> Member {
+    let tls = spillway_link::tls::member(&m.ca_der, m.cert_der.clone(), m.key_der.clone()).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(tls, quic, COORDINATOR_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut tx, rx) = conn.open_bi().await.unwrap();
+    let hello = AgentFrame::Hello(Hello {
+        version: PROTOCOL,
+        agent_version: "test".into(),
+        cluster_id: None,
+        labels: Default::default(),
+        capacity: Capacity::default(),
+        deployment: [0; 32],
+        arch: "x86_64".into(),
+    });
+    send(&mut tx, &hello).await.unwrap();
+    let mut member = Member {
+        conn,
+        tx,
+        frames: FrameReader::new(rx, MAX_STREAM_FRAME),
+    };
+    assert!(matches!(
+        member.next().await,
+        Some(CoordinatorFrame::Welcome(_))
+    ));
+    member
+}
+
+impl Member {
+    async fn next(&mut self) -> Option<CoordinatorFrame> {
+        tokio::time::timeout(Duration::from_secs(5), self.frames.next())
+            .await
+            .ok()?
+            .ok()?
+    }
+
+    /// The next frame that is not a deployment (a coordinator deploys on every connection).
+    async fn next_handover(&mut self) -> Option<CoordinatorFrame> {
+        loop {
+            match self.next().await? {
+                CoordinatorFrame::Deploy(_) => continue,
+                other => return Some(other),
+            }
+        }
+    }
+
+    async fn send(&mut self, frame: AgentFrame) {
+        send(&mut self.tx, &frame).await.unwrap();
+    }
+
+    async fn put(&self, bytes: &[u8]) -> [u8; 32] {
+        match request(
+            &self.conn,
+            &BlobRequest::Put(bytes.to_vec()),
+            MAX_STREAM_FRAME,
+        )
+        .await
+        .unwrap()
+        {
+            BlobResponse::Stored(d) => d,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn get(&self, digest: [u8; 32]) -> Vec<u8> {
+        match request(&self.conn, &BlobRequest::Get(digest), MAX_STREAM_FRAME)
+            .await
+            .unwrap()
+        {
+            BlobResponse::Blob(b) => b,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Runs `f` with free slots, as far as the coordinator can tell.
+    async fn offer_slots(&mut self, free_slots: u32, seq: u64) {
+        self.send(AgentFrame::Deployed(DeployAck {
+            deployment: [1; 32],
+            running: vec!["f".into()],
+            refused: vec![],
+        }))
+        .await;
+        let report = LoadReport {
+            seq,
+            functions: vec![FunctionLoad {
+                name: "f".into(),
+                free_slots,
+                queued: 0,
+                running: 0,
+                mean_run_ms: 100,
+            }],
+            ..LoadReport::default()
+        };
+        self.conn
+            .send_datagram(report.to_datagram(DATAGRAM_BUDGET).into())
+            .unwrap();
+    }
+}
+
+fn offer(input: [u8; 32]) -> Offer {
+    let event = Event::File(FileEvent {
+        bucket: "frames".into(),
+        key: ObjectKey::parse("in/cam.jpg").unwrap(),
+        size: 5,
+        mtime_ns: 1,
+        sha256: input,
+    });
+    Offer {
+        id: event.job_id("origin", "f"),
+        function: "f".into(),
+        event,
+        input,
+        input_bytes: 5,
+        reason: OfferReason::Rescheduler,
+        queued_at_ms: 0,
+    }
+}
+
+async fn members(c: &Running, names: &[&str]) -> Vec<Membership> {
+    let mut out = Vec::new();
+    for name in names {
+        let (token, _) = c.state.create_token(60, "").unwrap();
+        let dir = tempfile::tempdir().unwrap().keep();
+        out.push(
+            mesh::join(&dir, name, &c.quic.to_string(), &token)
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting until {what}");
+}
+
+fn open(c: &Running) -> String {
+    let mut text = String::new();
+    text.push_str(&c.state.handover_gauges());
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_lost_with_its_connection_is_given_again_and_the_job_is_placed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let m = members(&c, &["origin", "peer"]).await;
+    let mut peer = connect(c.quic, &m[1]).await;
+    peer.offer_slots(2, 1).await;
+    until("the peer's slots are known", || {
+        c.state
+            .view
+            .node("peer")
+            .is_some_and(|n| n.report.is_some())
+    })
+    .await;
+
+    let mut origin = connect(c.quic, &m[0]).await;
+    let input = origin.put(b"image").await;
+    let offer = offer(input);
+    origin.send(AgentFrame::Offer(offer.clone())).await;
+    // The coordinator takes the job; the origin's connection dies before it hears so.
+    until("the job is accepted", || {
+        open(&c).contains("spillway_handovers_open 1")
+    })
+    .await;
+    origin.conn.close(0u32.into(), b"cut");
+    let Some(CoordinatorFrame::Place(p)) = peer.next_handover().await else {
+        panic!("the peer got no placement");
+    };
+    assert_eq!((p.id, p.attempt, p.hops), (offer.id, 1, 1));
+    assert_eq!(p.visited, ["origin", "peer"]);
+    assert_eq!(peer.get(p.input).await, b"image");
+
+    // Reconnected, the origin offers again: it is told the job is taken, and nothing is placed
+    // a second time.
+    let mut origin = connect(c.quic, &m[0]).await;
+    origin.send(AgentFrame::Offer(offer.clone())).await;
+    assert_eq!(
+        origin.next_handover().await,
+        Some(CoordinatorFrame::Accepted(offer.id))
+    );
+    assert!(
+        peer.next_handover().await.is_none(),
+        "placed twice on the peer"
+    );
+
+    // The peer's result reaches the origin; once the origin has it, the coordinator forgets it.
+    let output = peer.put(b"FIRE").await;
+    peer.send(AgentFrame::GuestDone(GuestDone {
+        id: offer.id,
+        attempt: 1,
+        outcome: Outcome::Succeeded {
+            outputs: vec![("out/cam.txt".into(), output)],
+        },
+    }))
+    .await;
+    assert_eq!(
+        peer.next_handover().await,
+        Some(CoordinatorFrame::GuestAck(offer.id))
+    );
+    let Some(CoordinatorFrame::Deliver { id, outcome }) = origin.next_handover().await else {
+        panic!("no delivery");
+    };
+    assert_eq!(id, offer.id);
+    assert_eq!(
+        outcome,
+        Outcome::Succeeded {
+            outputs: vec![("out/cam.txt".into(), output)]
+        }
+    );
+    assert_eq!(origin.get(output).await, b"FIRE");
+    origin.send(AgentFrame::HandoverAck(offer.id)).await;
+    until("the coordinator lets go", || {
+        open(&c).contains("spillway_handovers_open 0") && open(&c).contains("spillway_blobs 0")
+    })
+    .await;
+    // A late duplicate result is acknowledged and changes nothing.
+    peer.send(AgentFrame::GuestDone(GuestDone {
+        id: offer.id,
+        attempt: 1,
+        outcome: Outcome::Failed {
+            reason: "late".into(),
+        },
+    }))
+    .await;
+    assert_eq!(
+        peer.next_handover().await,
+        Some(CoordinatorFrame::GuestAck(offer.id))
+    );
+    assert!(origin.next_handover().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_nobody_can_take_is_declined_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let m = members(&c, &["origin", "busy"]).await;
+    let mut busy = connect(c.quic, &m[1]).await;
+    busy.offer_slots(0, 1).await;
+    let mut origin = connect(c.quic, &m[0]).await;
+    let input = origin.put(b"image").await;
+    let offer = offer(input);
+    origin.send(AgentFrame::Offer(offer.clone())).await;
+    let Some(CoordinatorFrame::Declined { id, reason }) = origin.next_handover().await else {
+        panic!("expected a refusal");
+    };
+    assert_eq!(id, offer.id);
+    assert!(reason.contains("no peer has a free slot"), "{reason}");
+    assert!(open(&c).contains("spillway_handovers_open 0"));
+    assert!(
+        open(&c).contains("spillway_blobs 0"),
+        "the input of a declined offer is not kept"
+    );
+    assert!(busy.next_handover().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_coordinator_still_owns_what_it_accepted_and_places_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let quic = c.quic;
+    let m = members(&c, &["origin", "peer"]).await;
+    let mut peer = connect(quic, &m[1]).await;
+    peer.offer_slots(1, 1).await;
+    until("the peer's slots are known", || {
+        c.state
+            .view
+            .node("peer")
+            .is_some_and(|n| n.report.is_some())
+    })
+    .await;
+    let mut origin = connect(quic, &m[0]).await;
+    let offer = offer(origin.put(b"image").await);
+    origin.send(AgentFrame::Offer(offer.clone())).await;
+    assert_eq!(
+        origin.next_handover().await,
+        Some(CoordinatorFrame::Accepted(offer.id))
+    );
+    assert!(matches!(
+        peer.next_handover().await,
+        Some(CoordinatorFrame::Place(_))
+    ));
+
+    // The coordinator goes down and comes back on the same state and address.
+    let _ = c.stop.send(());
+    let _ = c.done.await;
+    drop(c.state);
+    let c = start(dir.path(), quic).await;
+    assert!(
+        open(&c).contains("spillway_handovers_open 1"),
+        "{}",
+        open(&c)
+    );
+    // The peer reconnects: its lease is repeated, with the input still there.
+    let mut peer = connect(quic, &m[1]).await;
+    let Some(CoordinatorFrame::Place(p)) = peer.next_handover().await else {
+        panic!("the lease was not repeated after the restart");
+    };
+    assert_eq!((p.id, p.attempt), (offer.id, 1));
+    assert_eq!(peer.get(p.input).await, b"image");
+    // A re-offer from the origin is still answered from the ledger.
+    let mut origin = connect(quic, &m[0]).await;
+    origin.send(AgentFrame::Offer(offer.clone())).await;
+    assert_eq!(
+        origin.next_handover().await,
+        Some(CoordinatorFrame::Accepted(offer.id))
+    );
+}
