@@ -255,22 +255,30 @@ impl Journal {
     }
 
     /// Records a guest job (queued) and where its input is, in one commit; `false` when the
-    /// job is already known here.
+    /// job is already here. A job that ran here before and whose result the coordinator already
+    /// took is a new placement (its origin is running it again, e.g. after it failed).
     pub fn insert_guest(&self, record: &JobRecord, guest: &Guest) -> Result<bool, JournalError> {
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
         let inserted = {
             let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
+            let mut guests = txn.open_table(GUESTS).map_err(redb::Error::from)?;
             let key = record.id.as_bytes().as_slice();
-            let exists = jobs.get(key).map_err(redb::Error::from)?.is_some();
-            if !exists {
+            let hosting = guests.get(key).map_err(redb::Error::from)?.is_some();
+            let done_before = match jobs.get(key).map_err(redb::Error::from)? {
+                None => true,
+                Some(v) => decode::<JobRecord>(&record.id.to_string(), v.value())?
+                    .state
+                    .is_final(),
+            };
+            let new = !hosting && done_before;
+            if new {
                 jobs.insert(key, encode(record).as_slice())
                     .map_err(redb::Error::from)?;
-                let mut guests = txn.open_table(GUESTS).map_err(redb::Error::from)?;
                 guests
                     .insert(key, encode(guest).as_slice())
                     .map_err(redb::Error::from)?;
             }
-            !exists
+            new
         };
         txn.commit().map_err(redb::Error::from)?;
         Ok(inserted)
@@ -470,6 +478,84 @@ mod tests {
         assert!(failed.can_become(&Queued), "a retry");
         assert!(!failed.can_become(&Running), "a retry queues first");
         assert!(Running.can_become(&Queued), "recovery after a crash");
+    }
+
+    #[test]
+    fn an_offered_job_leaves_offered_only_on_an_answer() {
+        use JobState::*;
+        assert!(Queued.can_become(&Offered));
+        assert!(
+            !Running.can_become(&Offered),
+            "a started job is never offered"
+        );
+        assert!(
+            !Offered.can_become(&Running),
+            "in doubt: nobody runs it here"
+        );
+        assert!(Offered.can_become(&Queued), "declined");
+        assert!(Offered.can_become(&Handed), "accepted");
+        assert!(
+            Offered.can_become(&Ran {
+                staging: PathBuf::new(),
+                outputs: vec![]
+            }),
+            "delivered (its acceptance was lost)"
+        );
+        assert!(Handed.can_become(&Queued), "returned");
+        assert!(!Handed.can_become(&Running), "returned jobs queue first");
+    }
+
+    #[test]
+    fn a_guest_is_hosted_once_and_again_only_after_its_result_was_taken() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(&dir.path().join("j.redb")).expect("open");
+        let r = record(3);
+        let guest = Guest {
+            origin: "pi-1".into(),
+            attempt: 1,
+            dir: dir.path().join("g"),
+        };
+        assert!(j.insert_guest(&r, &guest).expect("host"));
+        assert!(
+            !j.insert_guest(&r, &guest).expect("again"),
+            "a repeated placement"
+        );
+        j.update(r.id, |x| x.state = JobState::Running)
+            .expect("run");
+        j.update(r.id, |x| x.state = JobState::Failed { reason: "x".into() })
+            .expect("fail");
+        assert!(
+            !j.insert_guest(&r, &guest).expect("not yet taken"),
+            "its result is still to be sent"
+        );
+        j.guest_acknowledged(r.id).expect("ack");
+        assert_eq!(j.guest(r.id).expect("read"), None);
+        assert!(
+            j.insert_guest(&r, &guest).expect("retry"),
+            "the origin runs it again"
+        );
+        assert_eq!(
+            j.get(r.id).expect("get").map(|x| x.state),
+            Some(JobState::Queued)
+        );
+    }
+
+    #[test]
+    fn a_returned_job_is_queued_and_remembered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(&dir.path().join("j.redb")).expect("open");
+        let r = record(4);
+        j.insert_if_new(&r, None).expect("insert");
+        j.update(r.id, |x| x.state = JobState::Offered)
+            .expect("offer");
+        j.update(r.id, |x| x.state = JobState::Handed)
+            .expect("hand");
+        assert!(!j.was_returned(r.id).expect("read"));
+        assert_eq!(
+            j.returned(r.id, "hop limit").expect("return").state,
+            JobState::Queued
+        );
+        assert!(j.was_returned(r.id).expect("read"));
     }
 
     #[test]

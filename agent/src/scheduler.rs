@@ -162,6 +162,14 @@ impl Scheduler {
         }
     }
 
+    /// The function of a queued job.
+    pub fn queued_of_any(&self, id: JobId) -> Option<&str> {
+        self.queue
+            .iter()
+            .find(|(q, _)| *q == id)
+            .map(|(_, f)| f.as_str())
+    }
+
     /// Queued jobs of `function`, oldest first, with how many jobs are ahead of each.
     pub fn queued_of<'a>(&'a self, function: &'a str) -> impl Iterator<Item = (usize, JobId)> + 'a {
         self.queue

@@ -174,6 +174,8 @@ fn offer(input: [u8; 32]) -> Offer {
         input_bytes: 5,
         reason: OfferReason::Rescheduler,
         queued_at_ms: 0,
+        local_wait_ms: 0,
+        run_ms: 0,
     }
 }
 

@@ -29,6 +29,8 @@ enum ToCoordinator {
 #[derive(Debug, Clone, Copy)]
 enum Op {
     Offer(u32),
+    /// The origin writes one decided offer to the wire (its input upload finished).
+    OriginFlush,
     ToCoordinator,
     ToNode(usize),
     Cut(usize),
@@ -46,6 +48,7 @@ fn node_name(n: usize) -> &'static str {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0..JOBS).prop_map(Op::Offer),
+        4 => Just(Op::OriginFlush),
         6 => Just(Op::ToCoordinator),
         6 => (0..4usize).prop_map(Op::ToNode),
         1 => (0..4usize).prop_map(Op::Cut),
@@ -78,6 +81,8 @@ struct World {
     up: [bool; 4],
     to_coordinator: VecDeque<(usize, ToCoordinator)>,
     to_node: [VecDeque<ToAgent<u32, Out>>; 4],
+    /// Offers the origin decided but has not written yet (their inputs are uploading).
+    outbox: VecDeque<u32>,
     /// Every placement ever sent: (job, peer, attempt).
     placements: Vec<(u32, String, u32)>,
 }
@@ -105,6 +110,7 @@ impl World {
             up: [true; 4],
             to_coordinator: VecDeque::new(),
             to_node: Default::default(),
+            outbox: VecDeque::new(),
             placements: Vec::new(),
         }
     }
@@ -146,7 +152,17 @@ impl World {
                 let job = &mut self.origin[j as usize];
                 if self.up[0] && job.phase == OriginPhase::Local && !job.returned {
                     job.phase = OriginPhase::Offered;
-                    self.send_up(0, ToCoordinator::Offer(j));
+                    self.outbox.push_back(j);
+                }
+            }
+            Op::OriginFlush => {
+                // The answer may have arrived meanwhile: an offer leaves only while its job still
+                // waits for one (the check the link makes as it writes the frame).
+                if let Some(j) = self.outbox.pop_front() {
+                    let phase = self.origin[j as usize].phase;
+                    if matches!(phase, OriginPhase::Offered | OriginPhase::Handed) {
+                        self.send_up(0, ToCoordinator::Offer(j));
+                    }
                 }
             }
             Op::ToCoordinator => {
@@ -176,6 +192,9 @@ impl World {
             }
             Op::Cut(n) => {
                 self.up[n] = false;
+                if n == 0 {
+                    self.outbox.clear();
+                }
                 self.to_node[n].clear();
                 self.to_coordinator.retain(|(from, _)| *from != n);
             }
@@ -190,8 +209,9 @@ impl World {
                 self.apply(effects);
                 if n == 0 {
                     for j in 0..JOBS {
-                        if self.origin[j as usize].phase == OriginPhase::Offered {
-                            self.send_up(0, ToCoordinator::Offer(j));
+                        let phase = self.origin[j as usize].phase;
+                        if matches!(phase, OriginPhase::Offered | OriginPhase::Handed) {
+                            self.outbox.push_back(j);
                         }
                     }
                 } else {
@@ -329,6 +349,9 @@ impl World {
             self.step(Op::Reconnect(n));
         }
         for _ in 0..200 {
+            while !self.outbox.is_empty() {
+                self.step(Op::OriginFlush);
+            }
             for n in 0..4 {
                 while !self.to_node[n].is_empty() {
                     self.step(Op::ToNode(n));

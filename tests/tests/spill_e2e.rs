@@ -225,7 +225,8 @@ fn cutting_the_origins_link_mid_hand_over_leaves_each_job_existing_once() {
             &c,
             "spillway_handovers_open"
         ) == 0),
-        "the coordinator still holds jobs\n{}",
-        c.log()
+        "the coordinator still holds jobs\n{}\norigin:\n{}",
+        c.log(),
+        origin.log()
     );
 }

@@ -24,8 +24,10 @@ use crate::journal::{Guest, JobRecord, JobState};
 /// `rescheduler_threshold` (OSCAR's default).
 pub const DEFAULT_RESCHEDULER_THRESHOLD: Duration = Duration::from_secs(30);
 
-/// After the coordinator declines a function's job, its jobs are not offered again for this long.
-const DECLINE_COOLDOWN: Duration = Duration::from_secs(2);
+/// After the coordinator declines a function's job, its jobs are not offered again for about
+/// one run time, within these bounds.
+const MIN_DECLINE_COOLDOWN: Duration = Duration::from_millis(200);
+const MAX_DECLINE_COOLDOWN: Duration = Duration::from_secs(5);
 
 /// What the engine hands to the mesh link.
 #[derive(Debug)]
@@ -33,6 +35,9 @@ pub enum MeshOut {
     Offer {
         record: Box<JobRecord>,
         reason: OfferReason,
+        /// This node's predicted wait before the job would start here, and its mean run time.
+        local_wait_ms: u64,
+        run_ms: u64,
     },
 }
 
@@ -107,12 +112,17 @@ impl Agent {
         )
     }
 
+    /// Whether jobs of `function` may be offered now: linked, and not just declined (a slot
+    /// elsewhere frees after about one run, so that is how long the coordinator is left alone).
     fn may_offer(&self, function: &str) -> bool {
+        let run =
+            Duration::from_millis(self.run_means.get(function).copied().unwrap_or(0.0) as u64);
+        let cooldown = run.clamp(MIN_DECLINE_COOLDOWN, MAX_DECLINE_COOLDOWN);
         self.shared.mesh_out().is_some()
             && self
                 .declined
                 .get(function)
-                .is_none_or(|at| at.elapsed() >= DECLINE_COOLDOWN)
+                .is_none_or(|at| at.elapsed() >= cooldown)
     }
 
     /// Admission: a job that did not start at once is offered when its predicted wait here is
@@ -180,6 +190,19 @@ impl Agent {
         let Some(out) = self.shared.mesh_out() else {
             return Ok(());
         };
+        let Some(function) = self.scheduler.queued_of_any(id).map(str::to_owned) else {
+            return Ok(());
+        };
+        // Offers still unanswered may come back to the front of the queue: count them ahead.
+        let in_doubt = self.in_doubt.values().filter(|f| **f == function).count();
+        let ahead = self
+            .scheduler
+            .queued_of(&function)
+            .find(|(_, q)| *q == id)
+            .map_or(0, |(ahead, _)| (ahead + in_doubt) as u32);
+        let run_ms = self.run_means.get(&function).copied().unwrap_or(0.0) as u64;
+        let local_wait_ms =
+            predicted_local_wait_ms(ahead, 0, self.scheduler.slots(&function), run_ms);
         // A job placed here for another node is the coordinator's already: it stays here.
         let journal = &self.shared.journal;
         if journal.was_returned(id)? || journal.guest(id)?.is_some() || !self.scheduler.withdraw(id)
@@ -190,12 +213,15 @@ impl Agent {
             .shared
             .journal
             .update(id, |r| r.state = JobState::Offered)?;
+        self.in_doubt.insert(id, function);
         tracing::info!(job = %id.short(), function = %record.function, ?reason, "offering the job to the coordinator");
         // If the link went away meanwhile the job stays `Offered` and is offered again when it
         // comes back: only the coordinator can say whether it already took it.
         let _ = out.send(MeshOut::Offer {
             record: Box::new(record),
             reason,
+            local_wait_ms,
+            run_ms,
         });
         Ok(())
     }
@@ -207,6 +233,7 @@ impl Agent {
         let Some(record) = s.journal.get(id)? else {
             return Ok(false);
         };
+        self.in_doubt.remove(&id);
         let msg: ToAgent<JobId, ()> = match &answer {
             Answer::Accepted => ToAgent::Accepted(id),
             Answer::Declined(r) => ToAgent::Declined(id, r.clone()),

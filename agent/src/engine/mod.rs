@@ -134,6 +134,8 @@ pub struct Agent {
     oldest: Option<(JobId, u64)>,
     /// When the coordinator last declined a job of each function.
     declined: HashMap<String, Instant>,
+    /// Offers sent and not answered yet, with their function.
+    in_doubt: HashMap<JobId, String>,
 }
 
 /// What the mesh link needs from a running agent: its load, its jobs, and a way to deploy.
@@ -291,6 +293,7 @@ impl Agent {
             run_means: HashMap::new(),
             oldest: None,
             declined: HashMap::new(),
+            in_doubt: HashMap::new(),
         };
         agent.recover()?;
         // Files that arrived while the agent was down.

@@ -66,6 +66,7 @@ pub async fn offer(
     agent: &AgentHandle,
     record: &JobRecord,
     reason: OfferReason,
+    (local_wait_ms, run_ms): (u64, u64),
 ) -> Result<AgentFrame, String> {
     let Event::File(event) = &record.event;
     let path = event
@@ -84,6 +85,8 @@ pub async fn offer(
         input_bytes,
         reason,
         queued_at_ms: record.queued_at_ms,
+        local_wait_ms,
+        run_ms,
     }))
 }
 
@@ -121,7 +124,7 @@ pub async fn host(
 ) -> Result<bool, String> {
     if agent
         .journal()
-        .get(placement.id)
+        .guest(placement.id)
         .map_err(|e| e.to_string())?
         .is_some()
     {
@@ -145,7 +148,7 @@ pub async fn host(
     if agent.host(record, guest).await {
         return Ok(true);
     }
-    if agent.journal().get(placement.id).ok().flatten().is_none() {
+    if agent.journal().guest(placement.id).ok().flatten().is_none() {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(format!(
             "function `{function}` is not deployed on {}",

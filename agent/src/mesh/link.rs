@@ -258,7 +258,14 @@ pub async fn run(
                     }
                 }
                 LinkEvent::Send { generation: g, frame } => {
-                    if g == generation && link.is_steady() && let Some(t) = tx.as_mut() {
+                    // An offer leaves only if its job still waits for an answer, checked by the
+                    // one task that writes the stream: an answer that arrived while its input was
+                    // uploading (and was acknowledged) must not be followed by a stale offer.
+                    let stale = matches!(&frame, AgentFrame::Offer(o) if !matches!(
+                        agent.journal().get(o.id).ok().flatten().map(|r| r.state),
+                        Some(JobState::Offered | JobState::Handed)
+                    ));
+                    if !stale && g == generation && link.is_steady() && let Some(t) = tx.as_mut() {
                         let _ = send(t, &frame).await;
                     }
                 }
@@ -272,12 +279,12 @@ pub async fn run(
                 _ => {}
             },
             Some(out) = mesh_rx.recv() => {
-                let MeshOut::Offer { record, reason } = out;
+                let MeshOut::Offer { record, reason, local_wait_ms, run_ms } = out;
                 // Not linked: the job stays `Offered` and is offered again once the link is up.
                 if link.is_steady() && let Some(c) = conn.clone() {
                     let (agent, events, g) = (agent.clone(), events_tx.clone(), generation);
                     tokio::spawn(async move {
-                        match handover::offer(&c, &agent, &record, reason).await {
+                        match handover::offer(&c, &agent, &record, reason, (local_wait_ms, run_ms)).await {
                             Ok(frame) => { let _ = events.send(LinkEvent::Send { generation: g, frame }); }
                             Err(e) => tracing::warn!(job = %record.id.short(), "offer not sent ({e}); it is offered again after the next reconnection"),
                         }
@@ -310,9 +317,9 @@ pub async fn run(
     }
 }
 
-/// After a (re)connection: offers still unanswered are made again (the coordinator answers
-/// from its ledger if it already took them), and guest results not yet acknowledged are sent
-/// again.
+/// After a (re)connection: offers still unanswered, and jobs handed over whose result has not
+/// arrived, are offered again (the coordinator answers from its ledger); guest results not yet
+/// acknowledged are sent again.
 fn resume_handovers(
     conn: &quinn::Connection,
     agent: &AgentHandle,
@@ -321,15 +328,18 @@ fn resume_handovers(
 ) {
     let (conn, agent, events) = (conn.clone(), agent.clone(), events.clone());
     tokio::spawn(async move {
+        // `Handed` jobs too: the coordinator answers from its ledger, and one that lost its
+        // state takes them anew instead of leaving them waiting forever.
         let offered: Vec<JobRecord> = agent
             .journal()
             .unfinished()
             .unwrap_or_default()
             .into_iter()
-            .filter(|r| r.state == JobState::Offered)
+            .filter(|r| matches!(r.state, JobState::Offered | JobState::Handed))
             .collect();
         for record in offered {
-            match handover::offer(&conn, &agent, &record, OfferReason::Rescheduler).await {
+            // No prediction after a reconnection: only a free slot elsewhere takes a new one.
+            match handover::offer(&conn, &agent, &record, OfferReason::Rescheduler, (0, 0)).await {
                 Ok(frame) => {
                     let _ = events.send(LinkEvent::Send { generation, frame });
                 }

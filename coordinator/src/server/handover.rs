@@ -172,7 +172,9 @@ impl State {
         if !is_current(&inner, node, session) {
             return;
         }
-        let choice = self.choose_peer(&inner, &offer.function, offer.input_bytes);
+        // The origin's own prediction, when it has one: a peer must beat it.
+        let beat = (offer.run_ms > 0).then_some((offer.local_wait_ms + offer.run_ms, offer.run_ms));
+        let choice = self.choose_peer(&inner, &offer.function, offer.input_bytes, &[], beat);
         let effects = inner
             .ledger
             .offer(offer.id, node, &offer.function, |visited| {
@@ -200,6 +202,7 @@ impl State {
             )
         }) {
             inc(&self.metrics.handovers_declined);
+            tracing::debug!(job = %offer.id.short(), origin = node, ?beat, "offer declined: no peer beats the origin's prediction");
             self.drop_unused_blobs(&inner, &[offer.input]);
         }
         self.carry_out(&mut inner, effects);
@@ -286,7 +289,7 @@ impl State {
                     .get(&id)
                     .map(|h| h.visited.clone())
                     .unwrap_or_default();
-                let choice = self.choose_peer_excluding(&inner, &function, input_bytes, &visited);
+                let choice = self.choose_peer(&inner, &function, input_bytes, &visited, None);
                 if let Some(p) = &choice {
                     inner.recent.push((p.clone(), Instant::now()));
                 }
@@ -300,21 +303,24 @@ impl State {
         }
     }
 
-    fn choose_peer(&self, inner: &Inner, function: &str, input_bytes: u64) -> Option<String> {
-        self.choose_peer_excluding(inner, function, input_bytes, &[])
-    }
-
-    /// The connected, ready peer with `function` deployed and a free slot (counting placements
-    /// its reports do not show yet) that is predicted to finish the job first.
-    fn choose_peer_excluding(
+    /// The peer predicted to finish the job first — expected wait there (its queue, its free
+    /// slots less the placements its reports do not show yet) + moving the input + its run time —
+    /// among connected, ready peers that run `function` and are not in `exclude`. With `beat`,
+    /// only a peer that beats that completion time (the origin's own prediction) will do;
+    /// without it, only a peer with a free slot.
+    fn choose_peer(
         &self,
         inner: &Inner,
         function: &str,
         input_bytes: u64,
         exclude: &[String],
+        beat: Option<(u64, u64)>,
     ) -> Option<String> {
         let nodes = self.store.nodes().unwrap_or_default();
         let mut times = RunTimes::default();
+        if let Some((_, run_ms)) = beat {
+            times.set_prior(function, run_ms);
+        }
         let job = Job {
             id: 0,
             function: function.to_owned(),
@@ -352,7 +358,8 @@ impl State {
                 .filter(|(p, at)| *p == live.name && at.elapsed() <= since_report)
                 .count() as u32;
             let free = load.free_slots.saturating_sub(unseen);
-            if free == 0 {
+            let queued = load.queued + unseen.saturating_sub(load.free_slots);
+            if beat.is_none() && free == 0 {
                 continue;
             }
             if load.mean_run_ms > 0 {
@@ -362,15 +369,18 @@ impl State {
                 id: live.name.clone(),
                 kind: TargetKind::Peer,
                 tier: 0,
-                slots: Some(free + load.running),
+                slots: Some((load.free_slots + load.running).max(1)),
                 free_slots: free,
-                queued: load.queued,
+                queued,
                 latency_ms: 1,
                 bytes_per_ms: 10_000.0,
                 start_ms: 0,
                 cost: None,
             };
             let eta = predicted_completion(&job, &target, &times);
+            if beat.is_some_and(|(origin_eta, _)| eta >= origin_eta) {
+                continue;
+            }
             if best.as_ref().is_none_or(|(b, _)| eta < *b) {
                 best = Some((eta, live.name.clone()));
             }

@@ -97,6 +97,10 @@ pub struct Offer {
     pub input_bytes: u64,
     pub reason: OfferReason,
     pub queued_at_ms: u64,
+    /// The origin's predicted wait before the job would start there, and its mean run time of
+    /// the function (0: not measured yet): a peer must beat their sum.
+    pub local_wait_ms: u64,
+    pub run_ms: u64,
 }
 
 /// Coordinator → peer: run a job for `origin` under lease `attempt`.
