@@ -431,7 +431,7 @@ fn simulate(
     let report = if policy == "oscar" {
         spillway_sim::run(&scenario, &mut OscarPolicy::default())
     } else {
-        spillway_sim::run(&scenario, &mut SpillwayPolicy)
+        spillway_sim::run(&scenario, &mut SpillwayPolicy::default())
     };
     match format {
         Format::Table => {

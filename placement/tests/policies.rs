@@ -13,6 +13,7 @@ fn spec() -> FunctionSpec {
         max_local_wait_ms: 2_000,
         rescheduler_threshold_ms: 30_000,
         cost_bound_usd: None,
+        elastic_budget_gb_s_per_hour: None,
         max_hops: 3,
     }
 }
@@ -77,7 +78,7 @@ fn spillway_stays_when_a_slot_is_free() {
         target("pi-1", TargetKind::Origin, 0, Some(3), 1, 0),
         target("pi-2", TargetKind::Peer, 0, Some(3), 3, 0),
     ];
-    let d = SpillwayPolicy.on_arrival(&job(1, 0), &spec(), &view, &times(), 0);
+    let d = SpillwayPolicy::default().on_arrival(&job(1, 0), &spec(), &view, &times(), 0);
     assert_eq!(d, Decision::Stay);
 }
 
@@ -90,7 +91,7 @@ fn spillway_prefers_a_free_peer_to_a_replica_even_a_faster_one() {
         target("pi-2", TargetKind::Peer, 0, Some(3), 1, 0),
         target("onprem", TargetKind::Cluster, 1, Some(7), 7, 0),
     ];
-    let d = SpillwayPolicy.on_arrival(&job(1, 0), &spec(), &view, &t, 0);
+    let d = SpillwayPolicy::default().on_arrival(&job(1, 0), &spec(), &view, &t, 0);
     assert_eq!(d, delegate("pi-2", Mechanism::Admission));
 }
 
@@ -102,8 +103,50 @@ fn spillway_goes_down_a_tier_only_when_the_tier_above_cannot_beat_staying() {
         target("onprem", TargetKind::Cluster, 1, Some(7), 2, 0),
         target("lambda", TargetKind::Elastic, 2, None, 0, 0),
     ];
-    let d = SpillwayPolicy.on_arrival(&job(1, 0), &spec(), &view, &times(), 0);
+    let d = SpillwayPolicy::default().on_arrival(&job(1, 0), &spec(), &view, &times(), 0);
     assert_eq!(d, delegate("onprem", Mechanism::Admission));
+}
+
+#[test]
+fn spillway_starts_a_job_sooner_elsewhere_when_the_best_choice_would_make_it_wait_too_long() {
+    // On-prem finishes first (10 s run after a 10 s queue) but the job would wait 10 s there,
+    // over the 2 s threshold; Lambda starts it in 3 s and still beats staying.
+    let view = [
+        target("pi-1", TargetKind::Origin, 0, Some(1), 0, 20),
+        target("onprem", TargetKind::Cluster, 1, Some(1), 0, 0),
+        target("lambda", TargetKind::Elastic, 2, None, 0, 0),
+    ];
+    let d = SpillwayPolicy::default().on_arrival(&job(1, 0), &spec(), &view, &times(), 0);
+    assert_eq!(d, delegate("lambda", Mechanism::Admission));
+}
+
+#[test]
+fn spillway_spends_no_more_than_the_hourly_elastic_budget() {
+    let view = [
+        target("pi-1", TargetKind::Origin, 0, Some(1), 0, 20),
+        target("onprem", TargetKind::Cluster, 1, Some(1), 0, 0),
+        target("lambda", TargetKind::Elastic, 2, None, 0, 0),
+    ];
+    let mut f = spec();
+    // Each Lambda run bills 13 GB-s (10 s run + 3 s start at 1 GB): room for two an hour.
+    f.elastic_budget_gb_s_per_hour = Some(30.0);
+    let mut policy = SpillwayPolicy::default();
+    let picks: Vec<Decision> = (0..3)
+        .map(|i| policy.on_arrival(&job(i, 0), &f, &view, &times(), i * 1000))
+        .collect();
+    assert_eq!(picks[0], delegate("lambda", Mechanism::Admission));
+    assert_eq!(picks[1], delegate("lambda", Mechanism::Admission));
+    assert_eq!(
+        picks[2],
+        delegate("onprem", Mechanism::Admission),
+        "the budget is spent"
+    );
+    let later = policy.on_arrival(&job(9, 0), &f, &view, &times(), 3_700_000);
+    assert_eq!(
+        later,
+        delegate("lambda", Mechanism::Admission),
+        "an hour later it is there again"
+    );
 }
 
 #[test]
@@ -114,7 +157,7 @@ fn spillway_respects_the_cost_bound_and_the_hop_limit() {
     ];
     let mut f = spec();
     f.cost_bound_usd = Some(0.00001);
-    let d = SpillwayPolicy.on_arrival(&job(1, 0), &f, &view, &times(), 0);
+    let d = SpillwayPolicy::default().on_arrival(&job(1, 0), &f, &view, &times(), 0);
     assert_eq!(
         d,
         Decision::Stay,
@@ -122,7 +165,7 @@ fn spillway_respects_the_cost_bound_and_the_hop_limit() {
     );
     let mut j = job(1, 0);
     j.hops = 3;
-    let d = SpillwayPolicy.on_arrival(&j, &spec(), &view, &times(), 0);
+    let d = SpillwayPolicy::default().on_arrival(&j, &spec(), &view, &times(), 0);
     assert_eq!(d, Decision::Stay);
 }
 
@@ -134,7 +177,7 @@ fn spillway_rescheduler_moves_only_jobs_past_the_threshold_and_spreads_them() {
         target("pi-3", TargetKind::Peer, 0, Some(2), 1, 0),
     ];
     let queued: Vec<Job> = (0..5).map(|i| job(i, i * 10_000)).collect();
-    let moves = SpillwayPolicy.on_tick(&queued, &spec(), &view, &times(), 45_000);
+    let moves = SpillwayPolicy::default().on_tick(&queued, &spec(), &view, &times(), 45_000);
     // Jobs queued at 0 and 10 s have waited ≥ 30 s; each takes a different free peer.
     let targets: Vec<_> = moves
         .iter()
@@ -233,7 +276,7 @@ proptest! {
         j.hops = hops;
         j.visited.extend(visited.iter().map(|i| format!("t{i}")));
         let t = times();
-        let d = SpillwayPolicy.on_arrival(&j, &spec(), &view, &t, 0);
+        let d = SpillwayPolicy::default().on_arrival(&j, &spec(), &view, &t, 0);
         if let Decision::Delegate { target, .. } = d {
             prop_assert!(!j.visited.contains(&target));
             prop_assert!(hops < spec().max_hops);

@@ -56,6 +56,7 @@ fn decisions_per_second() {
         max_local_wait_ms: 2000,
         rescheduler_threshold_ms: 30_000,
         cost_bound_usd: Some(0.001),
+        elastic_budget_gb_s_per_hour: Some(1e12),
         max_hops: 3,
     };
     let mut times = RunTimes::default();
@@ -70,7 +71,10 @@ fn decisions_per_second() {
         queued_at: 0,
     };
     for (name, policy) in [
-        ("spillway", &mut SpillwayPolicy as &mut dyn Policy),
+        (
+            "spillway",
+            &mut SpillwayPolicy::default() as &mut dyn Policy,
+        ),
         ("oscar", &mut OscarPolicy::default()),
     ] {
         let n = 300_000u64;
@@ -100,7 +104,7 @@ fn fire_replay(lambda: bool) {
     let w = Workload::Fire { lambda };
     let t = Instant::now();
     let oscar = run(&w.build("oscar"), &mut OscarPolicy::default());
-    let spillway = run(&w.build("spillway"), &mut SpillwayPolicy);
+    let spillway = run(&w.build("spillway"), &mut SpillwayPolicy::default());
     let secs = t.elapsed().as_secs_f64();
     println!("\n{}\n\n{}\n", oscar.table(), spillway.table());
     println!(

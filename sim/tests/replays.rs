@@ -7,7 +7,7 @@ use spillway_sim::{Report, Workload, run};
 fn both(w: Workload) -> (Report, Report) {
     (
         run(&w.build("oscar"), &mut OscarPolicy::default()),
-        run(&w.build("spillway"), &mut SpillwayPolicy),
+        run(&w.build("spillway"), &mut SpillwayPolicy::default()),
     )
 }
 
@@ -47,6 +47,20 @@ fn the_fire_case_has_the_thesis_job_counts() {
 }
 
 #[test]
+fn in_the_fire_case_spillway_halves_oscars_queue_time_at_no_more_lambda_cost() {
+    for lambda in [false, true] {
+        let (oscar, spillway) = both(Workload::Fire { lambda });
+        let shown = format!("{}\n{}", spillway.table(), oscar.table());
+        assert!(spillway.queue_mean_s <= 0.5 * oscar.queue_mean_s, "{shown}");
+        assert!(spillway.lambda_usd <= oscar.lambda_usd, "{shown}");
+        assert!(
+            spillway.completion_mean_s <= oscar.completion_mean_s,
+            "{shown}"
+        );
+    }
+}
+
+#[test]
 fn oscars_rescheduler_runs_jobs_twice_when_they_start_during_the_hand_over() {
     let (oscar, spillway) = both(Workload::Burst { files: 1000 });
     assert!(oscar.delegations.rescheduler > 0, "{}", oscar.table());
@@ -62,8 +76,8 @@ fn oscars_rescheduler_runs_jobs_twice_when_they_start_during_the_hand_over() {
 #[test]
 fn replays_are_deterministic() {
     let w = Workload::Fire { lambda: true };
-    let a = run(&w.build("spillway"), &mut SpillwayPolicy);
-    let b = run(&w.build("spillway"), &mut SpillwayPolicy);
+    let a = run(&w.build("spillway"), &mut SpillwayPolicy::default());
+    let b = run(&w.build("spillway"), &mut SpillwayPolicy::default());
     assert_eq!(
         serde_json_like(&a),
         serde_json_like(&b),

@@ -20,6 +20,8 @@ pub struct FunctionSpec {
     pub rescheduler_threshold_ms: Millis,
     /// Most a job may cost on an elastic target (USD); `None`: no bound.
     pub cost_bound_usd: Option<f64>,
+    /// Most GB-seconds elastic targets may bill in any hour; `None`: no budget.
+    pub elastic_budget_gb_s_per_hour: Option<f64>,
     /// Hand-overs a job may make before it must stay where it is.
     pub max_hops: u8,
 }

@@ -8,7 +8,21 @@ use crate::estimate::RunTimes;
 use crate::model::{Decision, Job, Mechanism, Millis, Target, TargetKind};
 
 #[derive(Debug, Clone, Default)]
-pub struct SpillwayPolicy;
+pub struct SpillwayPolicy {
+    /// What was committed on elastic targets in the last hour: (when, GB-s), for the budget.
+    elastic: std::collections::VecDeque<(Millis, f64)>,
+    /// Their sum.
+    elastic_gb_s: f64,
+}
+
+/// GB-seconds a run of `job` on an elastic target `t` is expected to bill.
+pub fn predicted_gb_s(job: &Job, t: &Target, times: &RunTimes) -> f64 {
+    t.cost.map_or(0.0, |c| {
+        (times.expect(&job.function, &t.id) + t.start_ms) as f64 / 1000.0 * c.memory_gb
+    })
+}
+
+const HOUR_MS: Millis = 3_600_000;
 
 /// Predicted milliseconds from now until `job` would finish on `t`.
 pub fn predicted_completion(job: &Job, t: &Target, times: &RunTimes) -> Millis {
@@ -39,42 +53,92 @@ pub fn predicted_cost(job: &Job, t: &Target, times: &RunTimes) -> f64 {
 }
 
 impl SpillwayPolicy {
-    /// The best target in the first tier that beats staying, if any.
+    /// The best target in the first tier that beats staying, if any (recording what it commits
+    /// on an elastic target against the hourly budget).
     fn best_elsewhere(
-        &self,
+        &mut self,
         job: &Job,
         f: &FunctionSpec,
         view: &[Target],
         times: &RunTimes,
         stay: Millis,
+        now: Millis,
+    ) -> Option<String> {
+        let choice = self.choose(job, f, view, times, stay, now)?;
+        if let Some(t) = view.iter().find(|t| t.id == choice && t.is_elastic()) {
+            let gb_s = predicted_gb_s(job, t, times);
+            self.elastic.push_back((now, gb_s));
+            self.elastic_gb_s += gb_s;
+        }
+        Some(choice)
+    }
+
+    fn choose(
+        &mut self,
+        job: &Job,
+        f: &FunctionSpec,
+        view: &[Target],
+        times: &RunTimes,
+        stay: Millis,
+        now: Millis,
     ) -> Option<String> {
         if job.hops >= f.max_hops {
             return None;
         }
+        while let Some((at, gb_s)) = self.elastic.front().copied() {
+            if now.saturating_sub(at) < HOUR_MS {
+                break;
+            }
+            self.elastic.pop_front();
+            self.elastic_gb_s -= gb_s;
+        }
+        let spent = self.elastic_gb_s;
         let eligible = |t: &&Target| {
             t.kind != TargetKind::Origin
                 && t.id != job.origin
                 && !job.visited.contains(&t.id)
                 && f.cost_bound_usd
                     .is_none_or(|bound| predicted_cost(job, t, times) <= bound)
+                && (!t.is_elastic()
+                    || f.elastic_budget_gb_s_per_hour
+                        .is_none_or(|budget| spent + predicted_gb_s(job, t, times) <= budget))
         };
-        let mut tiers: Vec<u32> = view.iter().filter(eligible).map(|t| t.tier).collect();
-        tiers.sort_unstable();
-        tiers.dedup();
-        for tier in tiers {
-            let best = view
-                .iter()
-                .filter(eligible)
-                .filter(|t| t.tier == tier)
-                .map(|t| (predicted_completion(job, t, times), t))
-                .min_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
-            if let Some((when, t)) = best
-                && when < stay
-            {
-                return Some(t.id.clone());
-            }
+        // Every eligible target that beats staying, with its predicted completion and start.
+        let options: Vec<(u32, Millis, Millis, &Target)> = view
+            .iter()
+            .filter(eligible)
+            .filter_map(|t| {
+                let done = predicted_completion(job, t, times);
+                let start = done.saturating_sub(times.expect(&job.function, &t.id));
+                (done < stay).then_some((t.tier, done, start, t))
+            })
+            .collect();
+        // The earliest completion in the first tier that has any.
+        let tier = options.iter().map(|o| o.0).min()?;
+        let (_, _, chosen_start, chosen) = options
+            .iter()
+            .filter(|o| o.0 == tier)
+            .min_by(|a, b| a.1.cmp(&b.1).then_with(|| a.3.id.cmp(&b.3.id)))?;
+        // The function's threshold is a promise about waiting: if even that choice makes the job
+        // wait longer, a target in any tier (within the cost bound and budget) that starts it
+        // sooner, and still beats staying, is taken instead.
+        if *chosen_start <= f.max_local_wait_ms {
+            return Some(chosen.id.clone());
         }
-        None
+        let sooner = options.iter().min_by(|a, b| {
+            (a.2, a.1)
+                .cmp(&(b.2, b.1))
+                .then_with(|| a.3.id.cmp(&b.3.id))
+        })?;
+        Some(
+            if sooner.2 < *chosen_start {
+                sooner.3
+            } else {
+                chosen
+            }
+            .id
+            .clone(),
+        )
     }
 }
 
@@ -109,7 +173,7 @@ impl Policy for SpillwayPolicy {
         f: &FunctionSpec,
         view: &[Target],
         times: &RunTimes,
-        _now: Millis,
+        now: Millis,
     ) -> Decision {
         let Some(origin) = view.iter().find(|t| t.kind == TargetKind::Origin) else {
             return Decision::Stay;
@@ -122,7 +186,7 @@ impl Policy for SpillwayPolicy {
         if wait <= f.max_local_wait_ms {
             return Decision::Stay;
         }
-        match self.best_elsewhere(job, f, view, times, stay) {
+        match self.best_elsewhere(job, f, view, times, stay, now) {
             Some(target) => Decision::Delegate {
                 target,
                 mechanism: Mechanism::Admission,
@@ -151,7 +215,7 @@ impl Policy for SpillwayPolicy {
                 continue;
             }
             let stay = predicted_completion(job, &origin, times);
-            if let Some(target) = self.best_elsewhere(job, f, &view, times, stay) {
+            if let Some(target) = self.best_elsewhere(job, f, &view, times, stay, now) {
                 if let Some(t) = view.iter_mut().find(|t| t.id == target) {
                     if t.free_slots > 0 {
                         t.free_slots -= 1;
