@@ -142,6 +142,8 @@ pub struct Guest {
     pub attempt: u32,
     /// Where its input was fetched to (outside every watched folder).
     pub dir: PathBuf,
+    /// The coordinator has its result; only the origin is remembered (for job reports).
+    pub acked: bool,
 }
 
 /// A file already seen, by size and modification time.
@@ -263,7 +265,10 @@ impl Journal {
             let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
             let mut guests = txn.open_table(GUESTS).map_err(redb::Error::from)?;
             let key = record.id.as_bytes().as_slice();
-            let hosting = guests.get(key).map_err(redb::Error::from)?.is_some();
+            let hosting = match guests.get(key).map_err(redb::Error::from)? {
+                Some(v) => !decode::<Guest>(&record.id.to_string(), v.value())?.acked,
+                None => false,
+            };
             let done_before = match jobs.get(key).map_err(redb::Error::from)? {
                 None => true,
                 Some(v) => decode::<JobRecord>(&record.id.to_string(), v.value())?
@@ -284,6 +289,7 @@ impl Journal {
         Ok(inserted)
     }
 
+    /// A job this node runs (or ran) for another node, acknowledged or not.
     pub fn guest(&self, id: JobId) -> Result<Option<Guest>, JournalError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let guests = txn.open_table(GUESTS).map_err(redb::Error::from)?;
@@ -293,6 +299,11 @@ impl Journal {
         value
             .map(|v| decode(&id.to_string(), v.value()))
             .transpose()
+    }
+
+    /// A guest job whose result the coordinator does not have yet.
+    pub fn hosting(&self, id: JobId) -> Result<Option<Guest>, JournalError> {
+        Ok(self.guest(id)?.filter(|g| !g.acked))
     }
 
     /// Guest jobs whose result the coordinator has not acknowledged yet.
@@ -314,13 +325,23 @@ impl Journal {
         Ok(out)
     }
 
-    /// The coordinator has the guest job's result: forget where its files were.
+    /// The coordinator has the guest job's result: its files may go (the origin is kept).
     pub fn guest_acknowledged(&self, id: JobId) -> Result<(), JournalError> {
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
-        txn.open_table(GUESTS)
-            .map_err(redb::Error::from)?
-            .remove(id.as_bytes().as_slice())
-            .map_err(redb::Error::from)?;
+        {
+            let mut guests = txn.open_table(GUESTS).map_err(redb::Error::from)?;
+            let key = id.as_bytes().as_slice();
+            let guest = match guests.get(key).map_err(redb::Error::from)? {
+                Some(v) => Some(decode::<Guest>(&id.to_string(), v.value())?),
+                None => None,
+            };
+            if let Some(mut guest) = guest {
+                guest.acked = true;
+                guests
+                    .insert(key, encode(&guest).as_slice())
+                    .map_err(redb::Error::from)?;
+            }
+        }
         txn.commit().map_err(redb::Error::from)?;
         Ok(())
     }
@@ -514,6 +535,7 @@ mod tests {
             origin: "pi-1".into(),
             attempt: 1,
             dir: dir.path().join("g"),
+            acked: false,
         };
         assert!(j.insert_guest(&r, &guest).expect("host"));
         assert!(
@@ -529,7 +551,11 @@ mod tests {
             "its result is still to be sent"
         );
         j.guest_acknowledged(r.id).expect("ack");
-        assert_eq!(j.guest(r.id).expect("read"), None);
+        assert_eq!(j.hosting(r.id).expect("read"), None);
+        assert_eq!(
+            j.guest(r.id).expect("read").map(|g| g.origin),
+            Some("pi-1".into())
+        );
         assert!(
             j.insert_guest(&r, &guest).expect("retry"),
             "the origin runs it again"

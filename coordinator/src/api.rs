@@ -81,10 +81,14 @@ pub struct FunctionView {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobView {
+    /// Where the job appeared.
     pub node: String,
     #[serde(flatten)]
     pub job: JobUpdate,
     pub updated_at_ms: u64,
+    /// The peer that ran it, when it was handed over.
+    #[serde(default)]
+    pub ran_on: Option<String>,
 }
 
 /// `POST /v1/functions/{name}/invoke`.

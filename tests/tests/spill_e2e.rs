@@ -164,6 +164,17 @@ fn a_burst_on_a_single_slot_node_spills_to_its_peers_and_every_output_lands_once
         "blobs left behind"
     );
     assert!(origin.log().contains("offering the job to the coordinator"));
+    // `spillway get jobs` lists each job once, under its origin, with the peer it ran on.
+    let listed = wait_until(Duration::from_secs(10), || {
+        let jobs = c.json(&["get", "jobs", "--node", "small"]);
+        let jobs = jobs.as_array().unwrap();
+        jobs.len() == expected.len()
+            && jobs.iter().all(|j| j["phase"] == "Succeeded")
+            && jobs.iter().filter(|j| j["ran_on"].is_string()).count() == on_peers
+    });
+    assert!(listed, "{}", c.json(&["get", "jobs"]));
+    let (ok, table, _) = c.cli(&["get", "jobs"]);
+    assert!(ok && table.contains("small→big-"), "{table}");
 }
 
 #[test]

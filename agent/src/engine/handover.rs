@@ -205,7 +205,9 @@ impl Agent {
             predicted_local_wait_ms(ahead, 0, self.scheduler.slots(&function), run_ms);
         // A job placed here for another node is the coordinator's already: it stays here.
         let journal = &self.shared.journal;
-        if journal.was_returned(id)? || journal.guest(id)?.is_some() || !self.scheduler.withdraw(id)
+        if journal.was_returned(id)?
+            || journal.hosting(id)?.is_some()
+            || !self.scheduler.withdraw(id)
         {
             return Ok(());
         }

@@ -477,7 +477,7 @@ impl Agent {
                         .update(record.id, |r| r.state = JobState::Queued)?;
                     self.scheduler.enqueue(record.id, &record.function);
                 }
-                JobState::Ran { staging, outputs } if s.journal.guest(record.id)?.is_some() => {
+                JobState::Ran { staging, outputs } if s.journal.hosting(record.id)?.is_some() => {
                     // A guest's outputs wait in its own folder for the link to send them.
                     let outputs = outputs.iter().map(|k| k.to_string()).collect();
                     conclude(

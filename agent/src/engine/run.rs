@@ -26,7 +26,7 @@ pub(super) async fn run_job(
     let staging = Staging::for_attempt(&config.staging_dir(), record.id, record.attempt);
     let file_name = event.key.file_name().to_owned();
     // A guest's input was fetched from the coordinator; the event still names the origin's file.
-    let guest = s.journal.guest(record.id)?;
+    let guest = s.journal.hosting(record.id)?;
     let input = match &guest {
         Some(g) => g.dir.join("input").join(&file_name),
         None => event.key.under(&config.data_root.join(&event.bucket)),

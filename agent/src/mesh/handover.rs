@@ -124,7 +124,7 @@ pub async fn host(
 ) -> Result<bool, String> {
     if agent
         .journal()
-        .guest(placement.id)
+        .hosting(placement.id)
         .map_err(|e| e.to_string())?
         .is_some()
     {
@@ -144,11 +144,18 @@ pub async fn host(
         origin: placement.origin,
         attempt: placement.attempt,
         dir: dir.clone(),
+        acked: false,
     };
     if agent.host(record, guest).await {
         return Ok(true);
     }
-    if agent.journal().guest(placement.id).ok().flatten().is_none() {
+    if agent
+        .journal()
+        .hosting(placement.id)
+        .ok()
+        .flatten()
+        .is_none()
+    {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(format!(
             "function `{function}` is not deployed on {}",
@@ -167,7 +174,7 @@ pub async fn guest_result(
 ) -> Result<Option<AgentFrame>, String> {
     let journal = agent.journal();
     let (Some(guest), Some(record)) = (
-        journal.guest(id).map_err(|e| e.to_string())?,
+        journal.hosting(id).map_err(|e| e.to_string())?,
         journal.get(id).map_err(|e| e.to_string())?,
     ) else {
         return Ok(None);
@@ -198,7 +205,7 @@ pub async fn guest_result(
 
 /// The coordinator has a guest job's result: forget it here.
 pub fn guest_acknowledged(agent: &AgentHandle, id: JobId) {
-    if let Ok(Some(guest)) = agent.journal().guest(id) {
+    if let Ok(Some(guest)) = agent.journal().hosting(id) {
         let _ = std::fs::remove_dir_all(&guest.dir);
     }
     if let Err(e) = agent.journal().guest_acknowledged(id) {

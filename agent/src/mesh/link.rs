@@ -54,7 +54,12 @@ enum LinkEvent {
 }
 
 /// The journal record of a job as the mesh sees it.
-pub fn job_update(record: &JobRecord, data_root: &std::path::Path) -> JobUpdate {
+/// `origin` names the node a guest job was run for.
+pub fn job_update(
+    record: &JobRecord,
+    data_root: &std::path::Path,
+    origin: Option<String>,
+) -> JobUpdate {
     let (phase, outputs, reason) = match &record.state {
         JobState::Queued => (JobPhase::Queued, vec![], None),
         JobState::Running => (JobPhase::Running, vec![], None),
@@ -88,6 +93,7 @@ pub fn job_update(record: &JobRecord, data_root: &std::path::Path) -> JobUpdate 
         queued_at_ms: record.queued_at_ms,
         started_at_ms: record.started_at_ms,
         finished_at_ms: record.finished_at_ms,
+        origin,
     }
 }
 
@@ -129,6 +135,20 @@ pub async fn run(
     let mut sys = sysinfo::System::new().ok();
     let mut was_steady = false;
     let (mesh_tx, mut mesh_rx) = mpsc::unbounded_channel::<MeshOut>();
+    // Deployments are applied one after the other, in the order they came: two sent in quick
+    // succession must not be applied (and acknowledged) the other way round.
+    let (deploy_tx, mut deploy_rx) =
+        mpsc::unbounded_channel::<(u64, spillway_proto::wire::Deployment)>();
+    let deployer = {
+        let (agent, events) = (agent.clone(), events_tx.clone());
+        tokio::spawn(async move {
+            while let Some((generation, d)) = deploy_rx.recv().await {
+                if let Some(ack) = agent.deploy(d).await {
+                    let _ = events.send(LinkEvent::Deployed { generation, ack });
+                }
+            }
+        })
+    };
     tokio::pin!(shutdown);
 
     // Actions the state machine asked for, from `poll` and from every `handle`.
@@ -243,12 +263,7 @@ pub async fn run(
                         }
                     }
                     CoordinatorFrame::Deploy(d) => {
-                        let (agent, events, g) = (agent.clone(), events_tx.clone(), generation);
-                        tokio::spawn(async move {
-                            if let Some(ack) = agent.deploy(d).await {
-                                let _ = events.send(LinkEvent::Deployed { generation: g, ack });
-                            }
-                        });
+                        let _ = deploy_tx.send((generation, d));
                     }
                 },
                 LinkEvent::Deployed { generation: g, ack } => {
@@ -312,6 +327,7 @@ pub async fn run(
         }
     }
     agent.set_mesh(None);
+    deployer.abort();
     if let Some(c) = conn {
         c.close(0u32.into(), b"agent shutting down");
     }
@@ -534,7 +550,8 @@ async fn send_job(agent: &AgentHandle, tx: Option<&mut quinn::SendStream>, event
     let (Some(tx), Ok(Some(record))) = (tx, agent.journal().get(id)) else {
         return;
     };
-    let update = job_update(&record, &agent.config().data_root);
+    let origin = agent.journal().guest(id).ok().flatten().map(|g| g.origin);
+    let update = job_update(&record, &agent.config().data_root, origin);
     let _ = send(tx, &AgentFrame::Job(update)).await;
 }
 
@@ -548,7 +565,8 @@ async fn resync_jobs(agent: &AgentHandle, tx: Option<&mut quinn::SendStream>) {
     records.truncate(RESYNC_JOBS);
     let root = agent.config().data_root.clone();
     for r in records.iter().rev() {
-        if send(tx, &AgentFrame::Job(job_update(r, &root)))
+        let origin = agent.journal().guest(r.id).ok().flatten().map(|g| g.origin);
+        if send(tx, &AgentFrame::Job(job_update(r, &root, origin)))
             .await
             .is_err()
         {

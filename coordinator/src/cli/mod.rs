@@ -233,7 +233,10 @@ pub async fn get_jobs(
                     vec![
                         j.job.id.short(),
                         j.job.function.clone(),
-                        j.node.clone(),
+                        match &j.ran_on {
+                            Some(peer) => format!("{}→{peer}", j.node),
+                            None => j.node.clone(),
+                        },
                         j.job.phase.to_string(),
                         j.job.input.clone().unwrap_or_default(),
                         since(j.job.queued_at_ms),

@@ -250,6 +250,7 @@ fn job_view(r: JobRow) -> JobView {
         node: r.node,
         job: r.update,
         updated_at_ms: r.updated_at_ms,
+        ran_on: r.ran_on,
     }
 }
 

@@ -262,10 +262,30 @@ fn handle_frame(state: &State, node: &str, session: u64, frame: AgentFrame) {
         }
         AgentFrame::Job(update) => {
             inc(&state.metrics.job_updates);
-            let row = JobRow {
-                node: node.to_owned(),
-                update,
-                updated_at_ms: now_ms(),
+            let existing = state.store.job_row(&update.id.to_string()).ok().flatten();
+            // One row per job, under its origin: a peer's report of a job it ran for another
+            // node only says where it ran (and stands in until the origin's own arrives).
+            let row = match (update.origin.clone(), existing) {
+                (Some(origin), Some(mut row)) => {
+                    row.ran_on = Some(node.to_owned());
+                    if row.node != origin {
+                        row.node = origin;
+                    }
+                    row.updated_at_ms = now_ms();
+                    row
+                }
+                (Some(origin), None) => JobRow {
+                    node: origin,
+                    update,
+                    updated_at_ms: now_ms(),
+                    ran_on: Some(node.to_owned()),
+                },
+                (None, existing) => JobRow {
+                    node: node.to_owned(),
+                    update,
+                    updated_at_ms: now_ms(),
+                    ran_on: existing.and_then(|r| r.ran_on),
+                },
             };
             if let Err(e) = state.store.put_jobs(&[row]) {
                 tracing::error!(node, "cannot record a job update: {e}");

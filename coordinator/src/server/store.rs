@@ -112,9 +112,13 @@ pub struct FunctionRecord {
 /// A job as last reported by the node that owns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRow {
+    /// The job's origin.
     pub node: String,
     pub update: JobUpdate,
     pub updated_at_ms: u64,
+    /// The peer that ran it, when it was handed over.
+    #[serde(default)]
+    pub ran_on: Option<String>,
 }
 
 #[derive(Debug)]
@@ -327,6 +331,10 @@ impl Store {
 
     pub fn handovers(&self) -> Result<Vec<super::handover::HandoverRow>, StoreError> {
         self.list(HANDOVERS, "handovers")
+    }
+
+    pub fn job_row(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
+        self.get(JOBS, "jobs", id)
     }
 
     pub fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {

@@ -251,6 +251,8 @@ pub struct JobUpdate {
     pub queued_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
+    /// Set when the reporting node ran the job for another node: that node (the job's origin).
+    pub origin: Option<String>,
 }
 
 /// Coordinator → agent, one per request stream; the agent answers with one [`Response`].
