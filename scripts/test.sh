@@ -23,6 +23,7 @@ packages=(
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static  # static aarch64 link + emulation
   file                                                          # checks that ARM binaries are static
   iproute2                                                      # hosts as network namespaces (mesh tests)
+  systemd                                                       # systemd-analyze verify (service tests)
 )
 step "checking build and test dependencies"
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then

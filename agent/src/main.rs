@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use spillway_agent::mesh::{self, Membership};
-use spillway_agent::{Agent, AgentConfig, joblog};
+use spillway_agent::{Agent, AgentConfig, install, joblog, service};
 
 /// Exit code for an unusable configuration (EX_USAGE), as service managers expect.
 const EXIT_CONFIG: u8 = 64;
@@ -54,6 +54,17 @@ enum Command {
         #[arg(long, env = "SPILLWAY_JOIN_TOKEN")]
         token: String,
     },
+    /// Install this agent as a systemd service: the binary in /usr/local/bin, a hardened
+    /// `Type=notify` unit with a watchdog, and a config in /etc/spillway (the `--config` file if
+    /// it exists, else a starter one; an existing config is never overwritten).
+    Install {
+        /// Install under this root instead of `/` (an image being prepared, a package).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Then reload systemd and enable and start the service (only with `--root /`).
+        #[arg(long)]
+        now: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +78,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Command::Install { root, now } = &cli.command {
+        return install(root, &cli.config, *now);
+    }
     let config = match AgentConfig::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -83,6 +97,7 @@ fn main() -> ExitCode {
         Command::Jobs => joblog::list(&config.logs_dir())
             .map(|rows| rows.iter().for_each(|r| println!("{r}")))
             .map_err(Into::into),
+        Command::Install { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +120,12 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
         let agent = Agent::start(config).context("the agent could not start")?;
         release_startup_memory();
         print_banner(&agent, config_path);
+        service::ready(&format!(
+            "{} functions deployed",
+            agent.functions().len()
+        ));
+        // The engine beats every half second; ten missed beats mean it is wedged.
+        let watchdog = service::spawn_watchdog(agent.heartbeat(), std::time::Duration::from_secs(5));
         let (stop_link, link_stopped) = tokio::sync::oneshot::channel::<()>();
         let link = match Membership::load(&state_dir) {
             Some(membership) => {
@@ -120,9 +141,15 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
             }
         };
         let result = agent
-            .run(spillway_agent::shutdown_signal())
+            .run(async {
+                spillway_agent::shutdown_signal().await;
+                service::stopping();
+            })
             .await
             .context("the agent stopped");
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         let _ = stop_link.send(());
         if let Some(link) = link {
             let _ = link.await;
@@ -132,6 +159,45 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
     // A wasm run past the grace period must not hold the exit: its job runs again at next start.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
+}
+
+fn install(root: &std::path::Path, config: &std::path::Path, now: bool) -> ExitCode {
+    let result = (|| -> anyhow::Result<()> {
+        let me = std::env::current_exe().context("cannot find this program's own binary")?;
+        let done = install::install(root, &me, Some(config))?;
+        for path in &done.written {
+            println!("wrote {}", path.display());
+        }
+        if let Some(kept) = &done.kept {
+            println!("kept the existing {}", kept.display());
+        }
+        if now && root == std::path::Path::new("/") {
+            for args in [
+                &["daemon-reload"][..],
+                &["enable", "--now", "spillway-agent"][..],
+            ] {
+                let status = std::process::Command::new("systemctl")
+                    .args(args)
+                    .status()
+                    .context("cannot run systemctl (is this a systemd system?)")?;
+                anyhow::ensure!(status.success(), "systemctl {} failed", args.join(" "));
+            }
+            println!("spillway-agent is running: systemctl status spillway-agent");
+        } else {
+            println!(
+                "next: edit /{}, join a mesh if you want one (spillway-agent join …), then: systemctl daemon-reload && systemctl enable --now spillway-agent",
+                install::CONFIG
+            );
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spillway-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn join(config: &AgentConfig, coordinator: &str, token: &str) -> anyhow::Result<()> {

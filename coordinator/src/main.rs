@@ -263,7 +263,21 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         file.display(),
         installed.map_or(String::new(), |p| format!(" and {}", p.display()))
     );
-    coordinator.run(spillway_agent::shutdown_signal()).await;
+    use spillway_agent::service;
+    service::ready(&format!("agents on quic://{}", coordinator.quic_addr()));
+    let watchdog = service::spawn_watchdog(
+        coordinator.state.heartbeat.clone(),
+        std::time::Duration::from_secs(5),
+    );
+    coordinator
+        .run(async {
+            spillway_agent::shutdown_signal().await;
+            service::stopping();
+        })
+        .await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     Ok(())
 }
 

@@ -136,6 +136,8 @@ pub struct Agent {
     declined: HashMap<String, Instant>,
     /// Offers sent and not answered yet, with their function.
     in_doubt: HashMap<JobId, String>,
+    /// Beats every time the loop goes round its timer, for the systemd watchdog.
+    heartbeat: crate::service::Heartbeat,
 }
 
 /// What the mesh link needs from a running agent: its load, its jobs, and a way to deploy.
@@ -294,6 +296,7 @@ impl Agent {
             oldest: None,
             declined: HashMap::new(),
             in_doubt: HashMap::new(),
+            heartbeat: crate::service::Heartbeat::default(),
         };
         agent.recover()?;
         // Files that arrived while the agent was down.
@@ -449,6 +452,11 @@ impl Agent {
         self.scheduler.capacity()
     }
 
+    /// Beats while the engine loop runs (for the systemd watchdog).
+    pub fn heartbeat(&self) -> crate::service::Heartbeat {
+        self.heartbeat.clone()
+    }
+
     /// Puts every unfinished job of the journal back in motion.
     fn recover(&mut self) -> Result<(), JournalError> {
         let s = self.shared.clone();
@@ -534,6 +542,7 @@ impl Agent {
                 () = &mut shutdown => break,
                 Some(msg) = self.rx.recv() => self.handle(msg)?,
                 _ = rescheduler.tick() => {
+                    self.heartbeat.beat();
                     self.reschedule()?;
                     self.publish_load();
                 }

@@ -72,6 +72,9 @@ pub struct State {
     /// Jobs handed over by their origins, and the sessions messages about them go to.
     pub handovers: handover::Handovers,
     pub blobs: blobs::Blobs,
+    /// Beats every time the lease loop goes round (it takes the hand-over lock), for the systemd
+    /// watchdog.
+    pub heartbeat: spillway_agent::service::Heartbeat,
     admin_hash: [u8; 32],
     quic_addr: SocketAddr,
 }
@@ -165,6 +168,7 @@ impl Coordinator {
             deployments: watch::channel(0).0,
             handovers,
             blobs,
+            heartbeat: spillway_agent::service::Heartbeat::default(),
             store,
             ca,
             config,
@@ -227,6 +231,7 @@ async fn expire_leases(state: Arc<State>) {
     loop {
         tick.tick().await;
         state.expire_leases();
+        state.heartbeat.beat();
     }
 }
 
