@@ -14,6 +14,7 @@ pub mod engine;
 pub mod install;
 pub mod joblog;
 pub mod journal;
+pub mod logging;
 pub mod mesh;
 pub mod runtime;
 pub mod scheduler;

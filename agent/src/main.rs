@@ -70,14 +70,7 @@ enum Command {
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    spillway_agent::logging::init(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if let Command::Install { root, now } = &cli.command {
         return install(root, &cli.config, *now);
     }

@@ -176,13 +176,7 @@ enum TokenCommand {
 fn main() -> ExitCode {
     restore_sigpipe();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    spillway_agent::logging::init(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.command {
         Command::Validate { files } => {
             let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
