@@ -70,6 +70,33 @@ impl Blobs {
         let _ = std::fs::remove_file(self.path(digest));
     }
 
+    /// Deletes blobs older than `age` that `in_use` does not claim: uploads whose offer or
+    /// result never arrived (the link died in between). Returns how many went.
+    pub fn sweep(&self, age: std::time::Duration, in_use: impl Fn(&[u8; 32]) -> bool) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut swept = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let mut digest = [0u8; 32];
+            // Temporary files of a crashed write are swept too; they start with a dot.
+            let orphan_tmp = name.starts_with('.');
+            if !orphan_tmp && (hex::decode_to_slice(&name, &mut digest).is_err() || in_use(&digest))
+            {
+                continue;
+            }
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= age));
+            if old && std::fs::remove_file(entry.path()).is_ok() {
+                swept += 1;
+            }
+        }
+        swept
+    }
+
     /// Blobs on disk (for `/metrics` and tests).
     pub fn count(&self) -> usize {
         std::fs::read_dir(&self.dir).map_or(0, |d| {
@@ -96,5 +123,28 @@ mod tests {
         assert!(blobs.get(&a).unwrap_err().contains("corrupt"));
         blobs.remove(&a);
         assert!(blobs.get(&a).unwrap_err().contains("no blob"));
+    }
+
+    #[test]
+    fn a_sweep_takes_only_old_blobs_nobody_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
+        let (kept, orphan, young) = (
+            blobs.put(b"claimed").unwrap(),
+            blobs.put(b"orphan").unwrap(),
+            blobs.put(b"young").unwrap(),
+        );
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for d in [kept, orphan] {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(dir.path().join(hex::encode(d)))
+                .unwrap();
+            f.set_modified(hour_ago).unwrap();
+        }
+        let swept = blobs.sweep(std::time::Duration::from_secs(600), |d| *d == kept);
+        assert_eq!(swept, 1);
+        assert!(blobs.get(&kept).is_ok() && blobs.get(&young).is_ok());
+        assert!(blobs.get(&orphan).is_err());
     }
 }

@@ -422,21 +422,30 @@ impl State {
         }
     }
 
+    /// Deletes blobs older than `age` that no hand-over refers to (uploads whose offer or result
+    /// never arrived). Returns how many went.
+    pub fn sweep_blobs(&self, age: Duration) -> usize {
+        let inner = self.handovers.lock();
+        self.blobs.sweep(age, |d| blob_in_use(&inner, d))
+    }
+
     /// Deletes blobs no hand-over refers to any more.
     fn drop_unused_blobs(&self, inner: &Inner, candidates: &[[u8; 32]]) {
-        let in_use = |d: &[u8; 32]| {
-            inner.payloads.values().any(|p| p.input == *d)
-                || inner.ledger.iter().any(|(_, h)| match &h.state {
-                    HandoverState::Finished(Outcome::Succeeded { outputs }) => {
-                        outputs.iter().any(|(_, o)| o == d)
-                    }
-                    _ => false,
-                })
-        };
-        for d in candidates.iter().filter(|d| !in_use(d)) {
+        for d in candidates.iter().filter(|d| !blob_in_use(inner, d)) {
             self.blobs.remove(d);
         }
     }
+}
+
+/// Whether a hand-over still needs this blob (an input, or an output not yet delivered).
+fn blob_in_use(inner: &Inner, d: &[u8; 32]) -> bool {
+    inner.payloads.values().any(|p| p.input == *d)
+        || inner.ledger.iter().any(|(_, h)| match &h.state {
+            HandoverState::Finished(Outcome::Succeeded { outputs }) => {
+                outputs.iter().any(|(_, o)| o == d)
+            }
+            _ => false,
+        })
 }
 
 fn is_current(inner: &Inner, node: &str, session: u64) -> bool {

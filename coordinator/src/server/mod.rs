@@ -225,13 +225,26 @@ impl Coordinator {
     }
 }
 
-/// Places again the jobs of peers that stayed away longer than the lease grace period.
+/// Uploads nobody claimed for this long are swept from the blob store (an offer whose frame
+/// never arrived, a result whose peer died before reporting it).
+const BLOB_SWEEP_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Places again the jobs of peers that stayed away longer than the lease grace period, and
+/// now and then sweeps unclaimed blobs.
 async fn expire_leases(state: Arc<State>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut rounds = 0u64;
     loop {
         tick.tick().await;
         state.expire_leases();
         state.heartbeat.beat();
+        rounds += 1;
+        if rounds.is_multiple_of(120) {
+            let swept = state.sweep_blobs(BLOB_SWEEP_AGE);
+            if swept > 0 {
+                tracing::info!("swept {swept} unclaimed blobs from the blob store");
+            }
+        }
     }
 }
 
