@@ -3,8 +3,6 @@
 //! Files are written whole (temporary name, then rename), so a running agent's binary can be
 //! replaced; an existing config is never overwritten.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The unit, as shipped in `configs/systemd/`.
@@ -55,28 +53,9 @@ pub struct Installed {
 }
 
 fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
-    let err = |source| InstallError::Write {
+    crate::atomic::write_whole(path, bytes, mode).map_err(|source| InstallError::Write {
         path: path.to_owned(),
         source,
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(err)?;
-    }
-    let tmp = path.with_extension("spillway-install");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(e)
     })
 }
 

@@ -7,6 +7,7 @@
 //! deploys the functions meant for this node; [`config`] is the agent's TOML file. [`mesh`]
 //! joins a coordinator's mesh and keeps the link to it (optional: an agent works alone too).
 
+pub mod atomic;
 pub mod capture;
 pub mod catalog;
 pub mod config;

@@ -66,10 +66,9 @@ pub fn save(state_dir: &Path, deployment: &Deployment) -> Result<(), DeploymentE
             std::fs::write(&path, &file.bytes).map_err(io(&path))?;
         }
     }
-    let tmp = root.join("current.tmp");
+    let current = root.join("current");
     let bytes = postcard::to_stdvec(deployment).unwrap_or_default();
-    write_synced(&tmp, &bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, root.join("current")).map_err(io(&root))?;
+    crate::atomic::write_whole(&current, &bytes, 0o644).map_err(io(&current))?;
     if let Ok(entries) = std::fs::read_dir(&root) {
         for e in entries.flatten() {
             if e.path().is_dir() && e.file_name() != digest.as_str() {
@@ -78,13 +77,6 @@ pub fn save(state_dir: &Path, deployment: &Deployment) -> Result<(), DeploymentE
         }
     }
     Ok(())
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 /// The functions of a saved deployment, with scripts and modules pointing at its files.

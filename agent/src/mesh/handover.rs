@@ -13,6 +13,7 @@ use spillway_proto::wire::{
 };
 use spillway_proto::{Event, JobId};
 
+use crate::atomic::write_whole;
 use crate::engine::{AgentHandle, Answer};
 use crate::journal::{Guest, JobRecord, JobState};
 
@@ -45,19 +46,6 @@ async fn get_blob(conn: &quinn::Connection, digest: [u8; 32]) -> Result<Vec<u8>,
         Ok(other) => Err(format!("unexpected answer to a blob download: {other:?}")),
         Err(e) => Err(format!("cannot download from the coordinator: {e}")),
     }
-}
-
-/// Writes `bytes` to `path` whole (temporary name, sync, rename).
-fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_extension("spillway-part");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Uploads an offered job's input and builds the offer.
@@ -104,7 +92,7 @@ pub async fn fetch_outputs(
             .map_err(|e| format!("a peer named an output `{key}` that is not a safe path: {e}"))?;
         let bytes = get_blob(conn, digest).await?;
         let target = key.under(&staging.join("output"));
-        tokio::task::spawn_blocking(move || write_whole(&target, &bytes))
+        tokio::task::spawn_blocking(move || write_whole(&target, &bytes, 0o644))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot store a fetched output: {e}"))?;
@@ -134,7 +122,7 @@ pub async fn host(
     let bytes = get_blob(conn, placement.input).await?;
     let dir = guest_dir(&agent.config().state_dir, placement.id);
     let input = dir.join("input").join(event.key.file_name());
-    tokio::task::spawn_blocking(move || write_whole(&input, &bytes))
+    tokio::task::spawn_blocking(move || write_whole(&input, &bytes, 0o644))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot store the input of a placed job: {e}"))?;

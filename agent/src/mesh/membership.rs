@@ -61,21 +61,9 @@ impl Membership {
     }
 
     fn save(&self, state_dir: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let d = dir(state_dir);
-        std::fs::create_dir_all(&d)?;
-        let write = |name: &str, bytes: &[u8], mode: u32| -> std::io::Result<()> {
-            let tmp = d.join(format!(".{name}.tmp"));
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .open(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, d.join(name))
+        let write = |name: &str, bytes: &[u8], mode: u32| {
+            crate::atomic::write_whole(&d.join(name), bytes, mode)
         };
         write("node.key.der", &self.key_der, 0o600)?;
         write("node.der", &self.cert_der, 0o644)?;

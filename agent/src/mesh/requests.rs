@@ -49,19 +49,8 @@ fn put(data_root: &Path, path: &str, bytes: &[u8]) -> Result<Response, String> {
     if !inside(data_root, parent) {
         return Err(format!("`{path}` leads outside the data root"));
     }
-    let name = target.file_name().ok_or("no file name")?.to_string_lossy();
-    let tmp = parent.join(format!(".{name}.spillway-put"));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &target)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot store {}: {e}", target.display())
-    })?;
+    crate::atomic::write_whole(&target, bytes, 0o644)
+        .map_err(|e| format!("cannot store {}: {e}", target.display()))?;
     Ok(Response::Stored {
         path: key.to_string(),
         sha256: Sha256::digest(bytes).into(),

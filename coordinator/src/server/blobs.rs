@@ -3,7 +3,6 @@
 //! under a temporary name, synced and renamed, so a reader never sees half a blob and the same
 //! bytes stored twice are one file.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -32,20 +31,7 @@ impl Blobs {
         if target.exists() {
             return Ok(digest);
         }
-        let tmp = self.dir.join(format!(
-            ".{}.{}.tmp",
-            hex::encode(&digest[..8]),
-            std::process::id()
-        ));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &target)
-        };
-        write().inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })?;
+        spillway_agent::atomic::write_whole(&target, bytes, 0o644)?;
         Ok(digest)
     }
 
