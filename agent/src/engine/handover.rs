@@ -16,7 +16,7 @@ use spillway_proto::JobId;
 use spillway_proto::key::ObjectKey;
 use spillway_proto::wire::OfferReason;
 
-use super::run::{conclude, finish_delivery};
+use super::run::conclude;
 use super::{Agent, AgentError, JobEvent};
 use crate::journal::{Guest, JobRecord, JobState};
 
@@ -274,15 +274,8 @@ impl Agent {
                             outputs: outputs.clone(),
                         };
                     })?;
-                    let targets = self
-                        .catalog
-                        .functions
-                        .get(&record.function)
-                        .map(|f| f.def.output.clone())
-                        .unwrap_or_default();
-                    self.tasks.spawn(async move {
-                        finish_delivery(&s, ran, &staging, &outputs, &targets).await;
-                    });
+                    tracing::info!(job = %id.short(), function = %record.function, "delivering the outputs of the job from the peer that ran it");
+                    self.spawn_delivery(ran, staging, outputs);
                     Ok(true)
                 }
                 Answer::Failed(reason) => {

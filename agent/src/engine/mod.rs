@@ -457,6 +457,26 @@ impl Agent {
         self.heartbeat.clone()
     }
 
+    /// Delivers, in the background, the outputs of a job journaled `Ran` to its function's
+    /// outputs.
+    fn spawn_delivery(
+        &mut self,
+        record: JobRecord,
+        staging: PathBuf,
+        outputs: Vec<spillway_proto::ObjectKey>,
+    ) {
+        let targets = self
+            .catalog
+            .functions
+            .get(&record.function)
+            .map(|f| f.def.output.clone())
+            .unwrap_or_default();
+        let s = self.shared.clone();
+        self.tasks.spawn(async move {
+            finish_delivery(&s, record, &staging, &outputs, &targets).await;
+        });
+    }
+
     /// Puts every unfinished job of the journal back in motion.
     fn recover(&mut self) -> Result<(), JournalError> {
         let s = self.shared.clone();
@@ -498,16 +518,8 @@ impl Agent {
                 }
                 JobState::Ran { staging, outputs } => {
                     keep_staging.push(staging.clone());
-                    let (shared, staging, outputs) = (s.clone(), staging.clone(), outputs.clone());
-                    let targets = self
-                        .catalog
-                        .functions
-                        .get(&record.function)
-                        .map(|f| f.def.output.clone())
-                        .unwrap_or_default();
-                    self.tasks.spawn(async move {
-                        finish_delivery(&shared, record, &staging, &outputs, &targets).await
-                    });
+                    tracing::info!(job = %record.id.short(), "delivering the outputs of a job that finished before the restart");
+                    self.spawn_delivery(record, staging, outputs);
                 }
                 // Only the coordinator's answer moves these (the link asks again when it is up).
                 JobState::Offered | JobState::Handed => {}

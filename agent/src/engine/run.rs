@@ -178,7 +178,8 @@ async fn deliver_outputs(
     }
 }
 
-/// Completes the delivery of a job found in `Ran` at start-up.
+/// Delivers the outputs of a job journaled `Ran` (found at start-up, or fetched from the peer
+/// that ran it) from `staging_root/output` to the function's outputs, and concludes it.
 pub(super) async fn finish_delivery(
     s: &Arc<Shared>,
     record: JobRecord,
@@ -186,7 +187,6 @@ pub(super) async fn finish_delivery(
     keys: &[ObjectKey],
     function_outputs: &[spillway_proto::fdl::StorageRef],
 ) {
-    tracing::info!(job = %record.id.short(), "delivering the outputs of a job that finished before the restart");
     let state = deliver_outputs(
         s,
         function_outputs,
