@@ -95,6 +95,16 @@ impl Member {
             .ok()?
     }
 
+    /// The next frame that is not a deployment, waiting as long as it takes.
+    async fn next_handover_within(&mut self) -> Option<CoordinatorFrame> {
+        loop {
+            match self.frames.next().await.ok()? {
+                Some(CoordinatorFrame::Deploy(_)) => continue,
+                other => return other,
+            }
+        }
+    }
+
     /// The next frame that is not a deployment (a coordinator deploys on every connection).
     async fn next_handover(&mut self) -> Option<CoordinatorFrame> {
         loop {
@@ -159,9 +169,13 @@ impl Member {
 }
 
 fn offer(input: [u8; 32]) -> Offer {
+    offer_of("in/cam.jpg", input)
+}
+
+fn offer_of(key: &str, input: [u8; 32]) -> Offer {
     let event = Event::File(FileEvent {
         bucket: "frames".into(),
-        key: ObjectKey::parse("in/cam.jpg").unwrap(),
+        key: ObjectKey::parse(key).unwrap(),
         size: 5,
         mtime_ns: 1,
         sha256: input,
@@ -177,6 +191,17 @@ fn offer(input: [u8; 32]) -> Offer {
         local_wait_ms: 0,
         run_ms: 0,
     }
+}
+
+/// A member that runs `f` with `free_slots`, once the coordinator's view shows it.
+async fn ready_peer(c: &Running, m: &Membership, name: &str, free_slots: u32) -> Member {
+    let mut peer = connect(c.quic, m).await;
+    peer.offer_slots(free_slots, 1).await;
+    until("the peer's slots are known", || {
+        c.state.view.node(name).is_some_and(|n| n.report.is_some())
+    })
+    .await;
+    peer
 }
 
 async fn members(c: &Running, names: &[&str]) -> Vec<Membership> {
@@ -214,15 +239,7 @@ async fn an_answer_lost_with_its_connection_is_given_again_and_the_job_is_placed
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
     let m = members(&c, &["origin", "peer"]).await;
-    let mut peer = connect(c.quic, &m[1]).await;
-    peer.offer_slots(2, 1).await;
-    until("the peer's slots are known", || {
-        c.state
-            .view
-            .node("peer")
-            .is_some_and(|n| n.report.is_some())
-    })
-    .await;
+    let mut peer = ready_peer(&c, &m[1], "peer", 2).await;
 
     let mut origin = connect(c.quic, &m[0]).await;
     let input = origin.put(b"image").await;
@@ -330,15 +347,7 @@ async fn a_restarted_coordinator_still_owns_what_it_accepted_and_places_it_again
     let c = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
     let quic = c.quic;
     let m = members(&c, &["origin", "peer"]).await;
-    let mut peer = connect(quic, &m[1]).await;
-    peer.offer_slots(1, 1).await;
-    until("the peer's slots are known", || {
-        c.state
-            .view
-            .node("peer")
-            .is_some_and(|n| n.report.is_some())
-    })
-    .await;
+    let mut peer = ready_peer(&c, &m[1], "peer", 1).await;
     let mut origin = connect(quic, &m[0]).await;
     let offer = offer(origin.put(b"image").await);
     origin.send(AgentFrame::Offer(offer.clone())).await;
@@ -375,4 +384,54 @@ async fn a_restarted_coordinator_still_owns_what_it_accepted_and_places_it_again
         origin.next_handover().await,
         Some(CoordinatorFrame::Accepted(offer.id))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stays_away_loses_all_its_leases_at_once_and_the_jobs_go_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let m = members(&c, &["origin", "peer"]).await;
+    let mut peer = ready_peer(&c, &m[1], "peer", 2).await;
+    let mut origin = connect(c.quic, &m[0]).await;
+    let mut ids = Vec::new();
+    for key in ["in/a.jpg", "in/b.jpg"] {
+        let offer = offer_of(key, origin.put(key.as_bytes()).await);
+        origin.send(AgentFrame::Offer(offer.clone())).await;
+        assert_eq!(
+            origin.next_handover().await,
+            Some(CoordinatorFrame::Accepted(offer.id))
+        );
+        assert!(matches!(
+            peer.next_handover().await,
+            Some(CoordinatorFrame::Place(_))
+        ));
+        ids.push(offer.id);
+    }
+    // The peer goes; past the grace period (3 s) both jobs come back: no other peer can take
+    // them. The peer is counted once, not once per job.
+    peer.conn.close(0u32.into(), b"gone");
+    let mut returned = Vec::new();
+    for _ in 0..2 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), origin.next_handover_within())
+            .await
+            .unwrap();
+        let Some(CoordinatorFrame::Return { id, reason }) = frame else {
+            panic!("expected a return, got {frame:?}");
+        };
+        assert!(reason.contains("no other peer"), "{reason}");
+        returned.push(id);
+        origin.send(AgentFrame::HandoverAck(id)).await;
+    }
+    returned.sort();
+    ids.sort();
+    assert_eq!(returned, ids);
+    let metrics = c.state.metrics.render(&c.state.view);
+    assert!(
+        metrics.contains("spillway_leases_expired_total 1\n"),
+        "{metrics}"
+    );
+    until("the coordinator lets go", || {
+        open(&c).contains("spillway_handovers_open 0") && open(&c).contains("spillway_blobs 0")
+    })
+    .await;
 }

@@ -253,7 +253,8 @@ impl State {
     pub fn expire_leases(&self) {
         let grace = self.config.lease_grace;
         let mut inner = self.handovers.lock();
-        let holders: Vec<String> = inner
+        // Each lease holder once, however many jobs it holds.
+        let holders: std::collections::BTreeSet<String> = inner
             .ledger
             .iter()
             .filter_map(|(_, h)| match &h.state {
@@ -273,28 +274,27 @@ impl State {
                 continue;
             }
             tracing::warn!(peer = %peer, "peer away for {}s: placing its jobs again", away.as_secs());
-            let mut choices: HashMap<JobId, Option<String>> = HashMap::new();
-            let jobs: Vec<(JobId, String)> = inner
+            let jobs: Vec<(JobId, String, Vec<String>)> = inner
                 .ledger
                 .iter()
                 .filter(
                     |(_, h)| matches!(&h.state, HandoverState::Placed { peer: p } if *p == peer),
                 )
-                .map(|(id, h)| (*id, h.function.clone()))
+                .map(|(id, h)| (*id, h.function.clone(), h.visited.clone()))
                 .collect();
-            for (id, function) in jobs {
-                let input_bytes = 0;
-                let visited = inner
-                    .ledger
-                    .get(&id)
-                    .map(|h| h.visited.clone())
-                    .unwrap_or_default();
-                let choice = self.choose_peer(&inner, &function, input_bytes, &visited, None);
+            // Each choice counts the ones before it as placements the view does not show yet;
+            // the marks go again before the placements are sent, which count them for real.
+            let marks = inner.recent.len();
+            let mut choices: HashMap<JobId, Option<String>> = HashMap::new();
+            for (id, function, visited) in jobs {
+                // The input's size is not kept with the hand-over; peers are near each other.
+                let choice = self.choose_peer(&inner, &function, 0, &visited, None);
                 if let Some(p) = &choice {
                     inner.recent.push((p.clone(), Instant::now()));
                 }
                 choices.insert(id, choice);
             }
+            inner.recent.truncate(marks);
             inc(&self.metrics.leases_expired);
             let effects = inner
                 .ledger
