@@ -5,6 +5,8 @@
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,8 +18,8 @@ use spillway_coordinator::server::{Coordinator, State};
 use spillway_link::stream::{FrameReader, request, send};
 use spillway_proto::load::{DATAGRAM_BUDGET, FunctionLoad, LoadReport};
 use spillway_proto::wire::{
-    AgentFrame, BlobRequest, BlobResponse, COORDINATOR_SERVER_NAME, Capacity, CoordinatorFrame,
-    DeployAck, GuestDone, Hello, MAX_STREAM_FRAME, Offer, OfferReason, Outcome, PROTOCOL,
+    AgentFrame, BlobRequest, BlobResponse, CoordinatorFrame, DeployAck, GuestDone,
+    MAX_STREAM_FRAME, Offer, OfferReason, Outcome, PROTOCOL,
 };
 use spillway_proto::{Event, FileEvent, ObjectKey};
 
@@ -57,24 +59,9 @@ struct Member {
 }
 
 async fn connect(quic: SocketAddr, m: &Membership) -> Member {
-    let tls = spillway_link::tls::member(&m.ca_der, m.cert_der.clone(), m.key_der.clone()).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = endpoint
-        .connect_with(tls, quic, COORDINATOR_SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = common::member_connection(quic, m).await;
     let (mut tx, rx) = conn.open_bi().await.unwrap();
-    let hello = AgentFrame::Hello(Hello {
-        version: PROTOCOL,
-        agent_version: "test".into(),
-        cluster_id: None,
-        labels: Default::default(),
-        capacity: Capacity::default(),
-        deployment: [0; 32],
-        arch: "x86_64".into(),
-    });
-    send(&mut tx, &hello).await.unwrap();
+    send(&mut tx, &common::hello(PROTOCOL)).await.unwrap();
     let mut member = Member {
         conn,
         tx,

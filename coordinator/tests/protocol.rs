@@ -5,6 +5,8 @@
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +16,7 @@ use spillway_coordinator::config::CoordinatorConfig;
 use spillway_coordinator::server::{Coordinator, State};
 use spillway_link::stream::{FrameReader, send};
 use spillway_proto::wire::{
-    AgentFrame, COORDINATOR_SERVER_NAME, Capacity, CoordinatorFrame, Hello, MAX_STREAM_FRAME,
-    PROTOCOL, Version,
+    COORDINATOR_SERVER_NAME, CoordinatorFrame, MAX_STREAM_FRAME, PROTOCOL, Version,
 };
 
 struct Running {
@@ -114,25 +115,7 @@ async fn bad_node_names_and_malformed_tokens_are_refused() {
 }
 
 async fn member_connection(c: &Running, m: &Membership) -> quinn::Connection {
-    let tls = spillway_link::tls::member(&m.ca_der, m.cert_der.clone(), m.key_der.clone()).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint
-        .connect_with(tls, c.quic, COORDINATOR_SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap()
-}
-
-fn hello(version: Version) -> AgentFrame {
-    AgentFrame::Hello(Hello {
-        version,
-        agent_version: "test".into(),
-        cluster_id: None,
-        labels: Default::default(),
-        capacity: Capacity::default(),
-        deployment: [0; 32],
-        arch: "x86_64".into(),
-    })
+    common::member_connection(c.quic, m).await
 }
 
 async fn say_hello(
@@ -140,7 +123,7 @@ async fn say_hello(
     version: Version,
 ) -> (quinn::SendStream, CoordinatorFrame) {
     let (mut tx, rx) = conn.open_bi().await.unwrap();
-    send(&mut tx, &hello(version)).await.unwrap();
+    send(&mut tx, &common::hello(version)).await.unwrap();
     let mut reader = FrameReader::new(rx, MAX_STREAM_FRAME);
     let frame = tokio::time::timeout(Duration::from_secs(5), reader.next::<CoordinatorFrame>())
         .await
@@ -203,7 +186,7 @@ async fn a_certificate_from_another_ca_fails_the_handshake() {
         // TLS 1.3 client auth completes after the client's Finished: the refusal closes the
         // connection as soon as we use it.
         let (mut tx, rx) = conn.open_bi().await?;
-        send(&mut tx, &hello(PROTOCOL)).await?;
+        send(&mut tx, &common::hello(PROTOCOL)).await?;
         let frame = FrameReader::new(rx, MAX_STREAM_FRAME)
             .next::<CoordinatorFrame>()
             .await?;
@@ -272,7 +255,7 @@ async fn a_certificate_less_client_can_only_join() {
         .unwrap();
     // A Hello instead of a JoinRequest: read as a join request, refused, nothing joined.
     let (mut tx, rx) = conn.open_bi().await.unwrap();
-    send(&mut tx, &hello(PROTOCOL)).await.unwrap();
+    send(&mut tx, &common::hello(PROTOCOL)).await.unwrap();
     let _ = tx.finish();
     let reply = FrameReader::new(rx, MAX_STREAM_FRAME)
         .next::<spillway_proto::wire::JoinReply>()
