@@ -219,7 +219,7 @@ pub async fn run(
                 tracing::info!(coordinator = %membership.coordinator, "linked to the coordinator");
                 resync_jobs(&agent, tx.as_mut()).await;
                 if let Some(c) = &conn {
-                    resume_handovers(c, &agent, &events_tx, generation);
+                    resume_handovers(Connected::new(c, &agent, &events_tx, generation));
                 }
                 agent.set_mesh(Some(mesh_tx.clone()));
             } else {
@@ -259,7 +259,7 @@ pub async fn run(
                     | CoordinatorFrame::Return { .. }
                     | CoordinatorFrame::GuestAck(_) => {
                         if let Some(c) = &conn {
-                            on_handover_frame(c.clone(), agent.clone(), events_tx.clone(), generation, frame);
+                            on_handover_frame(Connected::new(c, &agent, &events_tx, generation), frame);
                         }
                     }
                     CoordinatorFrame::Deploy(d) => {
@@ -296,11 +296,11 @@ pub async fn run(
             Some(out) = mesh_rx.recv() => {
                 let MeshOut::Offer { record, reason, local_wait_ms, run_ms } = out;
                 // Not linked: the job stays `Offered` and is offered again once the link is up.
-                if link.is_steady() && let Some(c) = conn.clone() {
-                    let (agent, events, g) = (agent.clone(), events_tx.clone(), generation);
+                if link.is_steady() && let Some(c) = &conn {
+                    let cx = Connected::new(c, &agent, &events_tx, generation);
                     tokio::spawn(async move {
-                        match handover::offer(&c, &agent, &record, reason, (local_wait_ms, run_ms)).await {
-                            Ok(frame) => { let _ = events.send(LinkEvent::Send { generation: g, frame }); }
+                        match handover::offer(&cx.conn, &cx.agent, &record, reason, (local_wait_ms, run_ms)).await {
+                            Ok(frame) => cx.send(frame),
                             Err(e) => tracing::warn!(job = %record.id.short(), "offer not sent ({e}); it is offered again after the next reconnection"),
                         }
                     });
@@ -311,7 +311,7 @@ pub async fn run(
                     if link.is_steady() {
                         send_job(&agent, tx.as_mut(), &event).await;
                         if let (JobEvent::Finished { id, .. }, Some(c)) = (&event, &conn) {
-                            send_guest_result(c.clone(), agent.clone(), events_tx.clone(), generation, *id);
+                            send_guest_result(Connected::new(c, &agent, &events_tx, generation), *id);
                         }
                     }
                 }
@@ -333,20 +333,48 @@ pub async fn run(
     }
 }
 
+/// What a hand-over task needs of the connection it was started on.
+#[derive(Clone)]
+struct Connected {
+    conn: quinn::Connection,
+    agent: AgentHandle,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    generation: u64,
+}
+
+impl Connected {
+    fn new(
+        conn: &quinn::Connection,
+        agent: &AgentHandle,
+        events: &mpsc::UnboundedSender<LinkEvent>,
+        generation: u64,
+    ) -> Self {
+        Self {
+            conn: conn.clone(),
+            agent: agent.clone(),
+            events: events.clone(),
+            generation,
+        }
+    }
+
+    /// Queues a frame for this connection's control stream (dropped if the connection is gone).
+    fn send(&self, frame: AgentFrame) {
+        let _ = self.events.send(LinkEvent::Send {
+            generation: self.generation,
+            frame,
+        });
+    }
+}
+
 /// After a (re)connection: offers still unanswered, and jobs handed over whose result has not
 /// arrived, are offered again (the coordinator answers from its ledger); guest results not yet
 /// acknowledged are sent again.
-fn resume_handovers(
-    conn: &quinn::Connection,
-    agent: &AgentHandle,
-    events: &mpsc::UnboundedSender<LinkEvent>,
-    generation: u64,
-) {
-    let (conn, agent, events) = (conn.clone(), agent.clone(), events.clone());
+fn resume_handovers(cx: Connected) {
     tokio::spawn(async move {
         // `Handed` jobs too: the coordinator answers from its ledger, and one that lost its
         // state takes them anew instead of leaving them waiting forever.
-        let offered: Vec<JobRecord> = agent
+        let offered: Vec<JobRecord> = cx
+            .agent
             .journal()
             .unfinished()
             .unwrap_or_default()
@@ -355,32 +383,29 @@ fn resume_handovers(
             .collect();
         for record in offered {
             // No prediction after a reconnection: only a free slot elsewhere takes a new one.
-            match handover::offer(&conn, &agent, &record, OfferReason::Rescheduler, (0, 0)).await {
-                Ok(frame) => {
-                    let _ = events.send(LinkEvent::Send { generation, frame });
-                }
+            let offer = handover::offer(
+                &cx.conn,
+                &cx.agent,
+                &record,
+                OfferReason::Rescheduler,
+                (0, 0),
+            );
+            match offer.await {
+                Ok(frame) => cx.send(frame),
                 Err(e) => tracing::warn!(job = %record.id.short(), "offer not sent again: {e}"),
             }
         }
-        for (id, _) in agent.journal().guests().unwrap_or_default() {
-            send_guest_result(conn.clone(), agent.clone(), events.clone(), generation, id);
+        for (id, _) in cx.agent.journal().guests().unwrap_or_default() {
+            send_guest_result(cx.clone(), id);
         }
     });
 }
 
 /// Sends a guest job's result once it is final (outputs uploaded first).
-fn send_guest_result(
-    conn: quinn::Connection,
-    agent: AgentHandle,
-    events: mpsc::UnboundedSender<LinkEvent>,
-    generation: u64,
-    id: JobId,
-) {
+fn send_guest_result(cx: Connected, id: JobId) {
     tokio::spawn(async move {
-        match handover::guest_result(&conn, &agent, id).await {
-            Ok(Some(frame)) => {
-                let _ = events.send(LinkEvent::Send { generation, frame });
-            }
+        match handover::guest_result(&cx.conn, &cx.agent, id).await {
+            Ok(Some(frame)) => cx.send(frame),
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(job = %id.short(), "result not sent ({e}); sent again after the next reconnection")
@@ -391,20 +416,10 @@ fn send_guest_result(
 
 /// The coordinator's hand-over messages: answers to this node's offers, placements of other
 /// nodes' jobs, acknowledgements. Each runs as its own task (they may move files).
-fn on_handover_frame(
-    conn: quinn::Connection,
-    agent: AgentHandle,
-    events: mpsc::UnboundedSender<LinkEvent>,
-    generation: u64,
-    frame: CoordinatorFrame,
-) {
+fn on_handover_frame(cx: Connected, frame: CoordinatorFrame) {
     tokio::spawn(async move {
-        let ack = |id| {
-            let _ = events.send(LinkEvent::Send {
-                generation,
-                frame: AgentFrame::HandoverAck(id),
-            });
-        };
+        let agent = &cx.agent;
+        let ack = |id| cx.send(AgentFrame::HandoverAck(id));
         match frame {
             CoordinatorFrame::Accepted(id) => {
                 agent.answer(id, Answer::Accepted).await;
@@ -420,7 +435,7 @@ fn on_handover_frame(
             CoordinatorFrame::Deliver { id, outcome } => {
                 let answer = match outcome {
                     Outcome::Succeeded { outputs } => {
-                        match handover::fetch_outputs(&conn, &agent, id, outputs).await {
+                        match handover::fetch_outputs(&cx.conn, agent, id, outputs).await {
                             Ok(a) => a,
                             Err(e) => {
                                 tracing::warn!(job = %id.short(), "cannot fetch the outputs of a job run elsewhere ({e}); asking again after the next reconnection");
@@ -436,20 +451,19 @@ fn on_handover_frame(
             }
             CoordinatorFrame::Place(placement) => {
                 let id = placement.id;
-                match handover::host(&conn, &agent, placement).await {
-                    Ok(_) => send_guest_result(conn, agent, events, generation, id),
+                match handover::host(&cx.conn, agent, placement).await {
+                    Ok(_) => send_guest_result(cx.clone(), id),
                     Err(reason) => {
                         tracing::warn!(job = %id.short(), "cannot take a placed job: {reason}");
-                        let frame = AgentFrame::GuestDone(GuestDone {
+                        cx.send(AgentFrame::GuestDone(GuestDone {
                             id,
                             attempt: 0,
                             outcome: Outcome::Failed { reason },
-                        });
-                        let _ = events.send(LinkEvent::Send { generation, frame });
+                        }));
                     }
                 }
             }
-            CoordinatorFrame::GuestAck(id) => handover::guest_acknowledged(&agent, id),
+            CoordinatorFrame::GuestAck(id) => handover::guest_acknowledged(agent, id),
             _ => {}
         }
     });
