@@ -11,6 +11,7 @@ use spillway_proto::fdl::{self, BucketPath, Platform};
 use spillway_proto::{FunctionDef, Runtime as RuntimeKind};
 
 use crate::config::AgentConfig;
+use crate::runtime::oci::{OciRuntime, OciSettings};
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::wasm::WasmRuntime;
 use crate::runtime::{Executor, PrepareError, Runtime};
@@ -48,13 +49,28 @@ pub struct Catalog {
 pub struct Runtimes {
     pub process: ProcessRuntime,
     pub wasm: WasmRuntime,
+    pub oci: OciRuntime,
 }
 
 impl Runtimes {
     pub fn new(config: &AgentConfig) -> Result<Self, PrepareError> {
+        let shim = std::env::current_exe().map_err(|e| {
+            PrepareError::Engine(format!("cannot find the agent's own binary: {e}"))
+        })?;
+        let oci = OciSettings {
+            registries: config.oci.registries.clone(),
+            platform: config.oci.platform.clone(),
+            shim,
+            pids_limit: config.oci.pids_limit,
+            tmp_size: config.oci.tmp_size.0,
+            max_store_bytes: config.oci.image_store_max.0,
+            kill_grace: config.oci.kill_grace,
+            default_cpu: config.defaults.cpu.0,
+        };
         Ok(Self {
             process: ProcessRuntime,
             wasm: WasmRuntime::new(&config.wasm, config.wasm_cache_dir())?,
+            oci: OciRuntime::new(&config.images_dir(), &config.containers_dir(), oci)?,
         })
     }
 
@@ -62,10 +78,7 @@ impl Runtimes {
         match def.runtime {
             RuntimeKind::Process => self.process.prepare(def),
             RuntimeKind::Wasm => self.wasm.prepare(def),
-            RuntimeKind::Oci => Err(PrepareError::Unsupported {
-                function: def.name.clone(),
-                runtime: def.runtime,
-            }),
+            RuntimeKind::Oci => self.oci.prepare(def),
         }
     }
 }

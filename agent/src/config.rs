@@ -38,6 +38,20 @@ struct RawConfig {
     logs: RawLogs,
     #[serde(default)]
     wasm: RawWasm,
+    #[serde(default)]
+    oci: RawOci,
+    #[serde(default)]
+    registries: std::collections::BTreeMap<String, crate::image::RegistrySettings>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOci {
+    pids_limit: Option<i64>,
+    tmp_size: Option<Memory>,
+    image_store_max: Option<Memory>,
+    kill_grace_secs: Option<u64>,
+    platform: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -118,6 +132,17 @@ impl TryFrom<QuantityText> for Memory {
 }
 
 /// The agent's settings, with every default applied and every path absolute.
+/// Container settings (`[oci]`) and registry access (`[registries."HOST"]`).
+#[derive(Debug, Clone)]
+pub struct OciConfig {
+    pub pids_limit: i64,
+    pub tmp_size: Bytes,
+    pub image_store_max: Bytes,
+    pub kill_grace: Duration,
+    pub platform: crate::image::Platform,
+    pub registries: crate::image::Registries,
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node_name: String,
@@ -132,6 +157,7 @@ pub struct AgentConfig {
     pub defaults: Defaults,
     pub logs: LogLimits,
     pub wasm: WasmSettings,
+    pub oci: OciConfig,
 }
 
 /// What this node offers to functions; `None` means "measure the machine".
@@ -279,6 +305,26 @@ impl AgentConfig {
                 pooling: raw.wasm.pooling.unwrap_or(w.pooling),
                 pool_instances: raw.wasm.pool_instances.unwrap_or(w.pool_instances).max(1),
             },
+            oci: OciConfig {
+                pids_limit: raw.oci.pids_limit.unwrap_or(1024).max(16),
+                tmp_size: raw.oci.tmp_size.map_or(Bytes(64 << 20), |m| m.0),
+                image_store_max: raw.oci.image_store_max.map_or(Bytes(4 << 30), |m| m.0),
+                kill_grace: Duration::from_secs(raw.oci.kill_grace_secs.unwrap_or(5)),
+                platform: match raw.oci.platform {
+                    Some(p) => crate::image::Platform::parse(&p)
+                        .map_err(|e| format!("oci.platform: {e}"))?,
+                    None => crate::image::Platform::host(),
+                },
+                registries: crate::image::Registries(
+                    raw.registries
+                        .into_iter()
+                        .map(|(host, mut r)| {
+                            r.password_file = r.password_file.map(|p| abs(&p));
+                            (host, r)
+                        })
+                        .collect(),
+                ),
+            },
         })
     }
 
@@ -292,6 +338,16 @@ impl AgentConfig {
 
     pub fn staging_dir(&self) -> PathBuf {
         self.state_dir.join("staging")
+    }
+
+    /// The container image store.
+    pub fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+
+    /// libcontainer's state of live containers.
+    pub fn containers_dir(&self) -> PathBuf {
+        self.state_dir.join("containers")
     }
 
     pub fn run_dir(&self) -> PathBuf {

@@ -12,6 +12,7 @@ pub mod capture;
 pub mod catalog;
 pub mod config;
 pub mod engine;
+pub mod image;
 pub mod install;
 pub mod joblog;
 pub mod journal;

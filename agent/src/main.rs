@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use spillway_agent::mesh::{self, Membership};
 use spillway_agent::{Agent, AgentConfig, install, joblog, service};
 
+mod image_cmd;
+
 /// Exit code for an unusable configuration (EX_USAGE), as service managers expect.
 const EXIT_CONFIG: u8 = 64;
 
@@ -65,11 +67,42 @@ enum Command {
         #[arg(long)]
         now: bool,
     },
+    /// Pull a container image into this node's image store (the variant for this node's
+    /// platform), so `oci` functions start without waiting for it.
+    Pull {
+        /// Image reference, e.g. `ghcr.io/grycap/fire-detection:latest`.
+        image: String,
+        /// Another platform than this node's, e.g. `linux/arm64` (to prepare a store for a board).
+        #[arg(long)]
+        platform: Option<String>,
+    },
+    /// Import an image from an `oci-archive` or `docker save` tarball (offline devices).
+    Load {
+        /// The tarball (plain or gzipped).
+        file: PathBuf,
+        /// Name the image (needed when the archive does not name it).
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        platform: Option<String>,
+    },
+    /// List the images in this node's image store.
+    Images,
+    /// Runs one container job (started by the agent itself, one per container).
+    #[command(hide = true, name = "oci-run")]
+    OciRun { bundle: PathBuf },
 }
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
+    if let Command::OciRun { bundle } = &cli.command {
+        // The container's stdout/stderr are this process's: nothing else may write there.
+        let code = spillway_agent::runtime::oci::shim::run(bundle);
+        return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
+    // TLS for registries (reqwest); QUIC picks its provider explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     spillway_agent::logging::init(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if let Command::Install { root, now } = &cli.command {
         return install(root, &cli.config, *now);
@@ -90,7 +123,14 @@ fn main() -> ExitCode {
         Command::Jobs => joblog::list(&config.logs_dir())
             .map(|rows| rows.iter().for_each(|r| println!("{r}")))
             .map_err(Into::into),
-        Command::Install { .. } => Ok(()),
+        Command::Pull { image, platform } => image_cmd::pull(&config, &image, platform.as_deref()),
+        Command::Load {
+            file,
+            tag,
+            platform,
+        } => image_cmd::load(&config, &file, tag.as_deref(), platform.as_deref()),
+        Command::Images => image_cmd::list(&config),
+        Command::Install { .. } | Command::OciRun { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,9 @@
 //! Runtimes execute one staged job. A [`Runtime`] prepares a function once (compile a module,
 //! check a script) into an [`Executor`]; the executor runs each job of that function.
 //!
-//! `process` and `wasm` live here; the OCI runtime plugs in behind the same two traits.
+//! `process`, `wasm` and `oci` (containers) live here, behind the same two traits.
 
+pub mod oci;
 pub mod process;
 pub mod wasm;
 
@@ -30,11 +31,8 @@ pub enum PrepareError {
         path: PathBuf,
         message: String,
     },
-    /// function `{function}`: runtime `{runtime}` is not available on this agent yet (OCI containers arrive with issue #3); use `runtime: wasm` or `runtime: process`
-    Unsupported {
-        function: String,
-        runtime: spillway_proto::Runtime,
-    },
+    /// function `{function}`: {message}
+    BadImage { function: String, message: String },
     /// wasm engine: {0}
     Engine(String),
 }

@@ -33,7 +33,6 @@ const KNOWN_UNSUPPORTED: &[&str] = &[
     "labels",
     "mount",
     "isolation_level",
-    "image_prefetch",
     "interlink_node_name",
     "visibility",
     "owner",

@@ -11,7 +11,7 @@ use marked_yaml::types::MarkedMappingNode;
 use super::STAGING_VARIABLES;
 use super::diag::Diagnostics;
 use super::model::*;
-use super::reader::{Fields, mapping, scalar, string, strings, unsigned};
+use super::reader::{Fields, boolean, mapping, scalar, string, strings, unsigned};
 use super::replica::{read_federation, read_replicas};
 use super::storage::read_storage_refs;
 use crate::quantity::{Bytes, Millicores};
@@ -35,6 +35,8 @@ const SERVICE_FIELDS: &[&str] = &[
     "timeout",
     "max_concurrency",
     "node_selector",
+    "image_prefetch",
+    "network",
 ];
 const LAMBDA_FIELDS: &[&str] = &[
     "name",
@@ -140,6 +142,14 @@ pub(crate) fn parse_service(
     let memory = f
         .field("memory")
         .and_then(|(n, p)| read_memory(diags, n, &p, aws));
+    // Read here (so they are checked, not warned about) and carried in `extra`: OSCAR's
+    // `image_prefetch` pulls the image at deploy time; Spillway's `network: true` gives a
+    // container the host's network instead of an empty private one.
+    for flag in ["image_prefetch", "network"] {
+        if let Some(b) = f.field(flag).and_then(|(n, p)| boolean(diags, n, &p)) {
+            extra.insert(flag.into(), serde_json::Value::Bool(b));
+        }
+    }
     let input = f
         .field("input")
         .map(|(n, p)| read_storage_refs(diags, n, &p))

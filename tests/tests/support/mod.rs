@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod oci;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

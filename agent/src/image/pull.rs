@@ -1,0 +1,391 @@
+//! Pulling images with the OCI distribution API (`oci-client`): anonymous, basic or bearer-token
+//! auth (the client follows the registry's `WWW-Authenticate` challenge), multi-arch indexes
+//! resolved to this node's platform, every blob verified by digest before it is stored.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+
+use super::store::{ImageRecord, ImageStore, NewImage, canonical_reference};
+use super::{ImageError, Platform};
+
+/// `[registries."HOST[:PORT]"]` in the agent config.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// Plain HTTP instead of HTTPS (loopback registries are always plain HTTP, as Docker does).
+    #[serde(default)]
+    pub insecure: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// A file holding the password (kept out of the config, e.g. a systemd credential).
+    pub password_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RegistrySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrySettings")
+            .field("insecure", &self.insecure)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .finish()
+    }
+}
+
+/// Settings per registry host.
+#[derive(Debug, Clone, Default)]
+pub struct Registries(pub BTreeMap<String, RegistrySettings>);
+
+impl Registries {
+    fn settings(&self, registry: &str) -> RegistrySettings {
+        self.0.get(registry).cloned().unwrap_or_default()
+    }
+}
+
+impl RegistrySettings {
+    fn auth(&self, registry: &str) -> Result<RegistryAuth, ImageError> {
+        let Some(user) = &self.username else {
+            return Ok(RegistryAuth::Anonymous);
+        };
+        let password = match (&self.password, &self.password_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .map_err(ImageError::io(file))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+            (None, None) => {
+                return Err(ImageError::Unauthorized {
+                    registry: registry.to_owned(),
+                    reference: format!("(username `{user}` has no password or password_file)"),
+                });
+            }
+        };
+        Ok(RegistryAuth::Basic(user.clone(), password))
+    }
+}
+
+/// Pull progress, for a terminal progress bar (the agent itself pulls quietly).
+pub trait PullProgress: Send {
+    fn layer(&mut self, _index: usize, _count: usize, _digest: &str, _size: u64) {}
+    fn advance(&mut self, _bytes: u64) {}
+    fn unpacking(&mut self) {}
+}
+
+#[derive(Debug, Default)]
+pub struct Quiet;
+impl PullProgress for Quiet {}
+
+fn is_loopback(registry: &str) -> bool {
+    let host = registry.rsplit_once(':').map_or(registry, |(h, p)| {
+        if p.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            registry
+        }
+    });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+type Entries = Arc<Mutex<Vec<String>>>;
+
+/// Pulls `reference` for `platform` into the store (blobs already there are not fetched again)
+/// and returns its record.
+pub async fn pull(
+    store: &Arc<ImageStore>,
+    reference: &str,
+    registries: &Registries,
+    platform: &Platform,
+    progress: &mut dyn PullProgress,
+) -> Result<ImageRecord, ImageError> {
+    let canonical = canonical_reference(reference)?;
+    let parsed: Reference =
+        canonical
+            .parse()
+            .map_err(|e: oci_client::ParseError| ImageError::BadReference {
+                reference: reference.to_owned(),
+                message: e.to_string(),
+            })?;
+    let registry = parsed.registry().to_owned();
+    let settings = registries.settings(&registry);
+    let auth = settings.auth(&registry)?;
+    let offered: Entries = Arc::default();
+    let client = client(&settings, &registry, platform, offered.clone());
+    let fail = |e: OciDistributionError| classify(e, &registry, &canonical);
+
+    let _one_at_a_time = store.adding.lock().await;
+    let (manifest, manifest_digest, _index) = match client
+        .pull_image_manifest_and_list_digest(&parsed, &auth)
+        .await
+    {
+        Ok(found) => found,
+        Err(e) => {
+            let offered = offered.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return Err(if offered.is_empty() {
+                fail(e)
+            } else {
+                ImageError::NoPlatform {
+                    reference: canonical.clone(),
+                    platform: platform.to_string(),
+                    available: offered.join(", "),
+                }
+            });
+        }
+    };
+    let config_digest = manifest.config.digest.clone();
+    if !store.has_blob(&config_digest) {
+        let mut config = Vec::new();
+        client
+            .pull_blob(&parsed, &manifest.config, &mut config)
+            .await
+            .map_err(fail)?;
+        store.put_blob(Some(&config_digest), &config, "the image config")?;
+    }
+    // A single-platform image built for another architecture fails here, not as
+    // "exec format error" inside the first job.
+    let config = store.read_blob(&config_digest)?;
+    if let Ok(c) = oci_spec::image::ImageConfiguration::from_reader(&config[..]) {
+        let (os, arch) = (c.os().to_string(), c.architecture().to_string());
+        if platform.fit(&os, &arch, c.variant().as_deref()).is_none() {
+            let mut theirs = format!("{os}/{arch}");
+            if let Some(v) = c.variant() {
+                theirs = format!("{theirs}/{v}");
+            }
+            return Err(ImageError::NoPlatform {
+                reference: canonical,
+                platform: platform.to_string(),
+                available: theirs,
+            });
+        }
+    }
+    let count = manifest.layers.len();
+    for (i, layer) in manifest.layers.iter().enumerate() {
+        progress.layer(i, count, &layer.digest, layer.size.max(0) as u64);
+        if store.has_blob(&layer.digest) {
+            progress.advance(layer.size.max(0) as u64);
+            continue;
+        }
+        let mut blob =
+            store.blob_writer(Some(&layer.digest), &format!("layer {}", layer.digest))?;
+        let mut stream = client
+            .pull_blob_stream(&parsed, layer)
+            .await
+            .map_err(fail)?;
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| broken_download(e, &registry, &canonical, &layer.digest))?;
+            blob.write_all(&chunk)
+                .map_err(ImageError::io(store.root()))?;
+            progress.advance(chunk.len() as u64);
+        }
+        blob.finish()?;
+    }
+    progress.unpacking();
+    let new = NewImage {
+        references: vec![canonical],
+        manifest_digest: Some(manifest_digest),
+        config_digest,
+        layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
+    };
+    let owned = store.clone();
+    // Unpacking is disk-bound work: off the async workers.
+    tokio::task::spawn_blocking(move || owned.commit(new))
+        .await
+        .map_err(|e| ImageError::Io {
+            path: store.root().to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+}
+
+fn client(
+    settings: &RegistrySettings,
+    registry: &str,
+    platform: &Platform,
+    offered: Entries,
+) -> Client {
+    let platform = platform.clone();
+    let resolver = move |entries: &[oci_client::manifest::ImageIndexEntry]| {
+        let described: Vec<(String, String, Option<String>, String)> = entries
+            .iter()
+            .filter_map(|e| {
+                let p = e.platform.as_ref()?;
+                Some((
+                    p.os.to_string(),
+                    p.architecture.to_string(),
+                    p.variant.clone(),
+                    e.digest.clone(),
+                ))
+            })
+            .collect();
+        let chosen = platform
+            .choose(
+                described
+                    .iter()
+                    .map(|(o, a, v, d)| (o.as_str(), a.as_str(), v.as_deref(), d.as_str())),
+            )
+            .map(str::to_owned);
+        if chosen.is_none() {
+            *offered.lock().unwrap_or_else(|p| p.into_inner()) = described
+                .iter()
+                .map(|(o, a, v, _)| match v {
+                    Some(v) => format!("{o}/{a}/{v}"),
+                    None => format!("{o}/{a}"),
+                })
+                .collect();
+        }
+        chosen
+    };
+    let protocol = if settings.insecure || is_loopback(registry) {
+        ClientProtocol::Http
+    } else {
+        ClientProtocol::Https
+    };
+    Client::new(ClientConfig {
+        protocol,
+        platform_resolver: Some(Box::new(resolver)),
+        connect_timeout: Some(Duration::from_secs(10)),
+        read_timeout: Some(Duration::from_secs(60)),
+        max_concurrent_download: 2,
+        ..Default::default()
+    })
+}
+
+fn classify(e: OciDistributionError, registry: &str, reference: &str) -> ImageError {
+    let unauthorized = || ImageError::Unauthorized {
+        registry: registry.to_owned(),
+        reference: reference.to_owned(),
+    };
+    let not_found = || ImageError::NotFound {
+        reference: reference.to_owned(),
+    };
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => not_found(),
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. } => unauthorized(),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                )
+            }) {
+                not_found()
+            } else if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                unauthorized()
+            } else {
+                ImageError::Registry {
+                    registry: registry.to_owned(),
+                    reference: reference.to_owned(),
+                    message: envelope.to_string(),
+                }
+            }
+        }
+        OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        } => unauthorized(),
+        OciDistributionError::ServerError { code: 404, .. } => not_found(),
+        OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
+            ImageError::Unreachable {
+                registry: registry.to_owned(),
+                message: root_cause(&e),
+            }
+        }
+        OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
+            expected,
+            actual,
+        }) => ImageError::DigestMismatch {
+            what: format!("a blob of `{reference}` from the registry"),
+            expected,
+            actual,
+        },
+        other => ImageError::Registry {
+            registry: registry.to_owned(),
+            reference: reference.to_owned(),
+            message: root_cause(&other),
+        },
+    }
+}
+
+/// A layer download that ended in an error: the client's own digest check (a damaged blob), or
+/// the connection.
+fn broken_download(e: std::io::Error, registry: &str, reference: &str, digest: &str) -> ImageError {
+    let inner = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<oci_client::errors::DigestError>());
+    if let Some(oci_client::errors::DigestError::VerificationError { expected, actual }) = inner {
+        return ImageError::DigestMismatch {
+            what: format!("layer {digest} of `{reference}` from the registry"),
+            expected: expected.clone(),
+            actual: actual.clone(),
+        };
+    }
+    if e.to_string().contains("Invalid digest") {
+        return ImageError::DigestMismatch {
+            what: format!("layer {digest} of `{reference}` from the registry"),
+            expected: digest.to_owned(),
+            actual: e.to_string(),
+        };
+    }
+    ImageError::Unreachable {
+        registry: registry.to_owned(),
+        message: format!("the download of layer {digest} broke off: {e}"),
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_registries_are_recognised_with_and_without_ports() {
+        for r in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "127.8.9.1",
+        ] {
+            assert!(super::is_loopback(r), "{r}");
+        }
+        for r in ["registry.example.com", "10.0.0.1:5000", "ghcr.io"] {
+            assert!(!super::is_loopback(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn passwords_never_show_in_debug_output() {
+        let s = super::RegistrySettings {
+            username: Some("u".into()),
+            password: Some("hunter2".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

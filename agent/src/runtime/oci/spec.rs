@@ -1,0 +1,347 @@
+//! The OCI runtime spec of one job: runc's defaults (pid, mount, ipc, uts, cgroup and network
+//! namespaces; masked and read-only /proc paths; no devices) tightened for functions: read-only
+//! root with a tmpfs `/tmp`, the job's input read-only and its output writable, the FDL script
+//! mounted where OSCAR mounts it, memory/CPU/pids limits, `no_new_privileges`, a reduced
+//! capability set and a seccomp profile that refuses what a function never needs.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+
+/// Where the function sees its input, its output and its script.
+pub const INPUT_DIR: &str = "/tmp/spillway/input";
+pub const OUTPUT_DIR: &str = "/tmp/spillway/output";
+/// OSCAR mounts the service script here; scripts that refer to themselves keep working.
+pub const SCRIPT_PATH: &str = "/oscar/config/script.sh";
+
+/// Capabilities a function keeps (Docker's default set without MKNOD, NET_RAW, SETPCAP,
+/// SETFCAP and SYS_CHROOT): enough for images that switch users or fix file ownership.
+const CAPABILITIES: [Capability; 9] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::NetBindService,
+    Capability::AuditWrite,
+];
+
+/// System calls refused with EPERM: kernel modules, reboot, swap, mounts, namespaces, BPF,
+/// keyrings, clocks, other processes' memory. (Names that exist on x86_64, arm64 and arm.)
+pub const DENIED_SYSCALLS: [&str; 29] = [
+    "acct",
+    "add_key",
+    "adjtimex",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "delete_module",
+    "finit_module",
+    "init_module",
+    "kcmp",
+    "kexec_load",
+    "keyctl",
+    "mount",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "umount2",
+    "unshare",
+];
+
+/// Everything about one run that the spec depends on.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub hostname: String,
+    pub cgroups_path: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub input_dir: PathBuf,
+    pub output_dir: PathBuf,
+    pub script: Option<PathBuf>,
+    pub memory: Option<u64>,
+    pub cpu_millis: Option<u64>,
+    pub pids: i64,
+    /// Share the host's network (the function asked for it) instead of a private, empty one.
+    pub network: bool,
+    pub tmp_size: u64,
+}
+
+fn mount(dest: &str, typ: &str, source: &Path, options: &[&str]) -> Result<Mount, String> {
+    MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Builds the spec for a bundle whose root is the `rootfs` folder next to `config.json`.
+pub fn build(plan: &Plan) -> Result<Spec, String> {
+    let mut spec = Spec::default();
+    spec.set_hostname(Some(plan.hostname.clone()));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(true)
+            .build()
+            .map_err(|e| e.to_string())?,
+    ));
+    let caps: HashSet<Capability> = CAPABILITIES.into_iter().collect();
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(plan.args.clone())
+        .env(plan.env.clone())
+        .cwd(plan.cwd.clone())
+        .no_new_privileges(true)
+        .user(
+            UserBuilder::default()
+                .uid(plan.uid)
+                .gid(plan.gid)
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+    spec.set_process(Some(process));
+
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    let tmp_options = format!("size={}", plan.tmp_size);
+    mounts.push(mount(
+        "/tmp",
+        "tmpfs",
+        Path::new("tmpfs"),
+        &["nosuid", "nodev", "mode=1777", &tmp_options],
+    )?);
+    mounts.push(mount(
+        INPUT_DIR,
+        "bind",
+        &plan.input_dir,
+        &["rbind", "ro", "nosuid", "nodev"],
+    )?);
+    mounts.push(mount(
+        OUTPUT_DIR,
+        "bind",
+        &plan.output_dir,
+        &["rbind", "rw", "nosuid", "nodev"],
+    )?);
+    if let Some(script) = &plan.script {
+        mounts.push(mount(
+            SCRIPT_PATH,
+            "bind",
+            script,
+            &["bind", "ro", "nosuid", "nodev"],
+        )?);
+    }
+    if plan.network && Path::new("/etc/resolv.conf").exists() {
+        mounts.push(mount(
+            "/etc/resolv.conf",
+            "bind",
+            Path::new("/etc/resolv.conf"),
+            &["bind", "ro"],
+        )?);
+    }
+    spec.set_mounts(Some(mounts));
+
+    let Some(linux) = spec.linux_mut() else {
+        return Err("the default spec has no linux section".to_owned());
+    };
+    linux.set_cgroups_path(Some(PathBuf::from(&plan.cgroups_path)));
+    if plan.network
+        && let Some(ns) = linux.namespaces_mut()
+    {
+        ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
+    }
+    if let Some(resources) = linux.resources_mut() {
+        if let Some(limit) = plan.memory {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            resources.set_memory(Some(
+                LinuxMemoryBuilder::default()
+                    .limit(limit)
+                    // No swap beyond the limit: an over-limit job is OOM-killed, not slowed to a crawl.
+                    .swap(limit)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            ));
+        }
+        if let Some(millis) = plan.cpu_millis.filter(|m| *m > 0) {
+            const PERIOD: u64 = 100_000;
+            resources.set_cpu(Some(
+                LinuxCpuBuilder::default()
+                    .period(PERIOD)
+                    .quota(i64::try_from(millis * PERIOD / 1000).unwrap_or(i64::MAX))
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            ));
+        }
+        resources.set_pids(Some(
+            LinuxPidsBuilder::default()
+                .limit(plan.pids)
+                .build()
+                .map_err(|e| e.to_string())?,
+        ));
+    }
+    linux.set_seccomp(Some(
+        LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .syscalls(vec![
+                LinuxSyscallBuilder::default()
+                    .names(
+                        DENIED_SYSCALLS
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect::<Vec<_>>(),
+                    )
+                    .action(LinuxSeccompAction::ScmpActErrno)
+                    .errno_ret(nix::libc::EPERM as u32)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            ])
+            .build()
+            .map_err(|e| e.to_string())?,
+    ));
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan {
+            hostname: "fire".into(),
+            cgroups_path: "/spillway/job-1".into(),
+            args: vec!["/bin/sh".into(), SCRIPT_PATH.into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            input_dir: "/state/in".into(),
+            output_dir: "/state/out".into(),
+            script: Some("/fdl/script.sh".into()),
+            memory: Some(64 << 20),
+            cpu_millis: Some(500),
+            pids: 64,
+            network: false,
+            tmp_size: 16 << 20,
+        }
+    }
+
+    #[test]
+    fn limits_isolation_and_mounts_follow_the_plan() {
+        let spec = build(&plan()).expect("spec");
+        assert!(
+            spec.root()
+                .as_ref()
+                .expect("root")
+                .readonly()
+                .unwrap_or(false)
+        );
+        let process = spec.process().as_ref().expect("process");
+        assert_eq!(process.no_new_privileges(), Some(true));
+        let caps = process.capabilities().as_ref().expect("caps");
+        assert!(
+            !caps
+                .bounding()
+                .as_ref()
+                .expect("bounding")
+                .contains(&Capability::SysAdmin)
+        );
+        let linux = spec.linux().as_ref().expect("linux");
+        let ns: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .expect("ns")
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        for want in [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Network,
+        ] {
+            assert!(ns.contains(&want), "{want:?}");
+        }
+        let res = linux.resources().as_ref().expect("resources");
+        assert_eq!(
+            res.memory().as_ref().and_then(|m| m.limit()),
+            Some(64 << 20)
+        );
+        assert_eq!(res.cpu().as_ref().and_then(|c| c.quota()), Some(50_000));
+        assert_eq!(res.pids().as_ref().map(|p| p.limit()), Some(64));
+        assert!(linux.seccomp().is_some());
+        let mounts = spec.mounts().as_ref().expect("mounts");
+        let find = |d: &str| {
+            mounts
+                .iter()
+                .find(|m| m.destination() == Path::new(d))
+                .cloned()
+        };
+        let input = find(INPUT_DIR).expect("input mount");
+        assert!(
+            input
+                .options()
+                .as_ref()
+                .expect("opts")
+                .contains(&"ro".to_string())
+        );
+        let output = find(OUTPUT_DIR).expect("output mount");
+        assert!(
+            output
+                .options()
+                .as_ref()
+                .expect("opts")
+                .contains(&"rw".to_string())
+        );
+        assert!(find(SCRIPT_PATH).is_some());
+        assert_eq!(find("/tmp").expect("tmp").typ().as_deref(), Some("tmpfs"));
+    }
+
+    #[test]
+    fn a_function_that_asks_for_the_network_shares_the_hosts() {
+        let spec = build(&Plan {
+            network: true,
+            ..plan()
+        })
+        .expect("spec");
+        let ns = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .expect("ns");
+        assert!(!ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+        assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
+    }
+}

@@ -1,0 +1,601 @@
+//! The `oci` runtime end to end: real `spillway-agent` processes running container functions
+//! with youki's libcontainer (we are root), images from a real registry (Debian's
+//! `docker-registry` on loopback, pushed with `skopeo`) and from tarballs, limits enforced by
+//! the kernel, and nothing left behind — not even by an agent killed with SIGKILL mid-job.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use support::oci::{
+    ImageSpec, Registry, gzip, host_arch, layer, skopeo_copy, write_docker_save, write_layout,
+};
+use support::{Node, files_under, wait_until};
+
+fn function(name: &str, image: &str, script: Option<&str>, extra: &str) -> String {
+    let script = script.map_or(String::new(), |s| format!("      script: {s}\n"));
+    format!(
+        "  - edge:\n      name: {name}\n      image: {image}\n{script}      timeout: 30\n{extra}      input: [{{storage_provider: minio.default, path: {name}/in}}]\n      output: [{{storage_provider: minio.default, path: {name}/out}}]\n"
+    )
+}
+
+fn fdl(functions: &[String]) -> String {
+    format!("functions:\n  oscar:\n{}", functions.concat())
+}
+
+/// The finished job of `input` (`name/in/file`): (id prefix, state), once it has one.
+fn finished(node: &Node, input: &str) -> Option<(String, String)> {
+    node.jobs().iter().find_map(|row| {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        (cols.len() >= 4 && cols[3] == input && cols[1] != "Running" && cols[1] != "Queued")
+            .then(|| (cols[0].to_owned(), cols[1].to_owned()))
+    })
+}
+
+fn wait_finished(node: &Node, input: &str, within: Duration) -> (String, String) {
+    let mut found = None;
+    wait_until(within, || {
+        found = finished(node, input);
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("{input} did not finish; agent log:\n{}", node.log()))
+}
+
+fn reason(node: &Node, id: &str) -> String {
+    let (_, log, _) = node.agent_cli(&["logs", id]);
+    log.lines()
+        .find_map(|l| l.strip_prefix("reason:"))
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|| panic!("no reason in:\n{log}"))
+}
+
+/// Containers, cgroups and mounts of this node that still exist.
+fn leftovers(node: &Node) -> Vec<String> {
+    let containers = node.path("state/containers");
+    let mut left: Vec<String> = std::fs::read_dir(&containers)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| format!("container state {}", e.path().display()))
+        .collect();
+    // The agent's cgroup parent is /spillway/<first 12 hex of sha256(containers dir)>.
+    let key = &hex::encode(Sha256::digest(containers.as_os_str().as_encoded_bytes()))[..12];
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2") {
+            let parent = Path::new(f[1]).join("spillway").join(key);
+            for e in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    left.push(format!("cgroup {}", e.path().display()));
+                }
+            }
+        }
+        if line.contains(&*node.dir.path().to_string_lossy()) {
+            left.push(format!("mount {line}"));
+        }
+    }
+    left
+}
+
+/// Pushes a three-platform busybox image to `registry` as `repo:1`; returns the image layout's
+/// manifest digests.
+fn push_busybox(registry: &Registry, repo: &str) -> Vec<String> {
+    let layout = registry
+        .dir
+        .path()
+        .join(format!("layout-{}", repo.replace('/', "-")));
+    let digests = write_layout(
+        &layout,
+        "1",
+        &[
+            ImageSpec::busybox("linux", "amd64", None),
+            ImageSpec::busybox("linux", "arm64", None),
+            ImageSpec::busybox("linux", "arm", Some("v7")),
+        ],
+    );
+    skopeo_copy(
+        &format!("oci:{}:1", layout.display()),
+        &format!("docker://{}/{repo}:1", registry.host()),
+        &["--all"],
+    );
+    digests
+}
+
+const PROBE_SH: &str = r#"#!/bin/sh
+set -e
+sha256sum "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$FILE_NAME.sha256"
+gzip -c "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$FILE_NAME.gz"
+{
+  echo "user=$(id -u)"
+  echo "hostname=$(hostname)"
+  echo "greeting=$IMAGE_GREETING"
+  echo "platform=$(cat /etc/platform)"
+  echo "input=$TMP_INPUT_DIR"
+  grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\t'
+  if touch /bin/written 2>/dev/null; then echo rootfs=rw; else echo rootfs=ro; fi
+  if touch "$TMP_INPUT_DIR/written" 2>/dev/null; then echo input=rw; else echo input=ro; fi
+  echo "net=$(ls /sys/class/net | tr '\n' ' ')"
+} > "$TMP_OUTPUT_DIR/probe.txt"
+"#;
+
+#[test]
+fn a_function_runs_in_a_container_pulled_from_a_registry_isolated_and_for_this_platform() {
+    let registry = Registry::start();
+    push_busybox(&registry, "tools/busybox");
+    let image = format!("{}/tools/busybox:1", registry.host());
+    let mut node = Node::new("functions = [\"fn.yaml\"]\n");
+    node.write("probe.sh", PROBE_SH);
+    node.write(
+        "fn.yaml",
+        fdl(&[function(
+            "probe",
+            &image,
+            Some("probe.sh"),
+            "      memory: 64Mi\n",
+        )]),
+    );
+    node.start();
+    let input: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    node.write("data/probe/in/photo.bin", &input);
+    let (id, state) = wait_finished(&node, "probe/in/photo.bin", Duration::from_secs(120));
+    assert_eq!(state, "Succeeded", "{}", node.agent_cli(&["logs", &id]).1);
+
+    let out = |f: &str| std::fs::read(node.path(&format!("data/probe/out/{f}"))).expect(f);
+    let hash = String::from_utf8(out("photo.bin.sha256")).expect("utf8");
+    assert_eq!(
+        hash.split_whitespace().next(),
+        Some(hex::encode(Sha256::digest(&input)).as_str())
+    );
+    let mut unzipped = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&out("photo.bin.gz")[..]),
+        &mut unzipped,
+    )
+    .expect("gunzip");
+    assert_eq!(unzipped, input, "gzip output is the input");
+    let probe = String::from_utf8(out("probe.txt")).expect("utf8");
+    for want in [
+        "user=0",
+        "hostname=probe",
+        "greeting=hello from the image",
+        &format!("platform=linux/{}", host_arch()),
+        "Seccomp:2",
+        "NoNewPrivs:1",
+        "rootfs=ro",
+        "input=ro",
+        "net=lo ",
+    ] {
+        assert!(
+            probe.lines().any(|l| l == want || l.starts_with(want)),
+            "missing `{want}` in:\n{probe}"
+        );
+    }
+    let (ok, images, err) = node.agent_cli(&["images"]);
+    assert!(ok, "{err}");
+    assert!(
+        images.contains(&image) && images.contains(&format!("linux/{}", host_arch())),
+        "{images}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || leftovers(&node).is_empty()),
+        "{:?}",
+        leftovers(&node)
+    );
+
+    // Another board's variant comes out of the same index.
+    let other = Node::new("");
+    for (platform, expect) in [
+        ("linux/arm64", "linux/arm64"),
+        ("linux/arm/v7", "linux/arm/v7"),
+    ] {
+        let (ok, out, err) = other.agent_cli(&["pull", &image, "--platform", platform]);
+        assert!(ok && out.contains(expect), "{out}{err}");
+        let roots = other.path("state/images/rootfs");
+        let found = std::fs::read_dir(&roots)
+            .expect("roots")
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path().join("etc/platform")).is_ok_and(|p| p == expect)
+            });
+        assert!(found, "no {expect} root unpacked");
+    }
+    let (ok, _, err) = other.agent_cli(&["pull", &image, "--platform", "linux/riscv64"]);
+    assert!(
+        !ok && err.contains("has no linux/riscv64 variant") && err.contains("linux/arm/v7"),
+        "{err}"
+    );
+    node.stop();
+}
+
+#[test]
+fn memory_pids_and_timeout_limits_are_enforced_by_the_kernel() {
+    // Offline this time: an oci-archive written by skopeo, loaded into the store.
+    let tmp = tempfile::tempdir().expect("tmp");
+    write_layout(
+        &tmp.path().join("layout"),
+        "1",
+        &[ImageSpec::busybox("linux", host_arch(), None)],
+    );
+    let archive = tmp.path().join("busybox.tar");
+    skopeo_copy(
+        &format!("oci:{}:1", tmp.path().join("layout").display()),
+        &format!("oci-archive:{}:localhost/busybox:1", archive.display()),
+        &[],
+    );
+    let mut node =
+        Node::new("functions = [\"fn.yaml\"]\n[oci]\npids_limit = 32\ntmp_size = \"512Mi\"\n");
+    let (ok, out, err) = node.agent_cli(&["load", &archive.display().to_string()]);
+    assert!(ok && out.contains("localhost/busybox:1"), "{out}{err}");
+    // tmpfs pages count against the container's memory cgroup.
+    node.write(
+        "hog.sh",
+        "dd if=/dev/zero of=/tmp/fill bs=1M count=300\necho survived > $TMP_OUTPUT_DIR/x\n",
+    );
+    node.write(
+        "forks.sh",
+        "i=0\nwhile [ $i -lt 80 ]; do sleep 20 & i=$((i+1)); echo \"spawned $i\" >&2; done\n",
+    );
+    node.write("forever.sh", "echo started\nsleep 1000\n");
+    let image = "localhost/busybox:1";
+    node.write(
+        "fn.yaml",
+        fdl(&[
+            function("hog", image, Some("hog.sh"), "      memory: 32Mi\n"),
+            function("forks", image, Some("forks.sh"), ""),
+            function("forever", image, Some("forever.sh"), "").replace("timeout: 30", "timeout: 2"),
+        ]),
+    );
+    node.start();
+    for f in ["hog", "forks", "forever"] {
+        node.write(&format!("data/{f}/in/go"), f);
+    }
+    let (id, state) = wait_finished(&node, "hog/in/go", Duration::from_secs(60));
+    assert_eq!(state, "Failed");
+    let why = reason(&node, &id);
+    assert!(why.starts_with("out of memory (limit 32Mi)"), "{why}");
+    assert!(!node.path("data/hog/out/x").exists());
+
+    // busybox sh gives up when fork fails: the job fails, and says why.
+    let (id, state) = wait_finished(&node, "forks/in/go", Duration::from_secs(60));
+    assert_eq!(state, "Failed");
+    assert!(
+        reason(&node, &id).contains("can't fork"),
+        "{}",
+        reason(&node, &id)
+    );
+    let (_, log, _) = node.agent_cli(&["logs", &id]);
+    let spawned = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("spawned ")?.parse::<u32>().ok())
+        .max()
+        .expect("some processes started");
+    assert!(
+        (10..32).contains(&spawned),
+        "{spawned} processes started under a limit of 32"
+    );
+
+    let started = std::time::Instant::now();
+    let (id, state) = wait_finished(&node, "forever/in/go", Duration::from_secs(60));
+    assert_eq!(state, "Failed");
+    assert!(
+        reason(&node, &id).starts_with("timed out after 2s"),
+        "{}",
+        reason(&node, &id)
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        wait_until(Duration::from_secs(10), || leftovers(&node).is_empty()),
+        "{:?}",
+        leftovers(&node)
+    );
+    node.stop();
+}
+
+#[test]
+fn an_agent_killed_mid_job_leaves_no_container_cgroup_or_mount_behind() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let archive = tmp.path().join("busybox.tar");
+    write_docker_save(&archive, "localhost/busybox:saved");
+    let mut node = Node::new("functions = [\"fn.yaml\"]\n[defaults]\nmax_attempts = 1\n");
+    let (ok, out, err) = node.agent_cli(&["load", &archive.display().to_string()]);
+    assert!(ok && out.contains("localhost/busybox:saved"), "{out}{err}");
+    node.write("forever.sh", "echo started\nsleep 1000\n");
+    node.write(
+        "fn.yaml",
+        fdl(&[function(
+            "forever",
+            "localhost/busybox:saved",
+            Some("forever.sh"),
+            "",
+        )]),
+    );
+    node.start();
+    node.write("data/forever/in/go", "x");
+    assert!(
+        wait_until(Duration::from_secs(30), || leftovers(&node)
+            .iter()
+            .any(|l| l.starts_with("cgroup"))),
+        "the container never started: {}",
+        node.log()
+    );
+    node.kill9();
+    assert!(
+        !leftovers(&node).is_empty(),
+        "a SIGKILLed agent cannot clean up; the test would prove nothing"
+    );
+    node.start();
+    assert!(
+        wait_until(Duration::from_secs(20), || leftovers(&node).is_empty()),
+        "left behind after restart: {:?}",
+        leftovers(&node)
+    );
+    assert!(
+        node.log()
+            .contains("removed containers left running by a previous agent"),
+        "{}",
+        node.log()
+    );
+    // No process of the job survived either.
+    let alive = std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .any(|p| {
+            std::fs::read(p.path().join("environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|v| v.starts_with(b"TMP_OUTPUT_DIR=/tmp/spillway/output"))
+                    && {
+                        std::fs::read_link(p.path().join("root"))
+                            .is_ok_and(|r| r.starts_with(node.dir.path()))
+                    }
+            })
+        });
+    assert!(!alive, "a process of the killed job is still running");
+    node.stop();
+}
+
+#[test]
+fn bad_images_fail_their_jobs_with_reasons_and_leave_nothing() {
+    let open = Registry::start();
+    push_busybox(&open, "tools/busybox");
+    // An image whose layer only it has (registries share blobs between repositories)...
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut own = ImageSpec::busybox("linux", host_arch(), None);
+    own.layers = vec![gzip(&layer(
+        &[("data/only-here", 0o644, vec![42; 4096])],
+        &[],
+    ))];
+    let digests = write_layout(&tmp.path().join("corrupt"), "1", &[own]);
+    skopeo_copy(
+        &format!("oci:{}:1", tmp.path().join("corrupt").display()),
+        &format!("docker://{}/tools/corrupt:1", open.host()),
+        &[],
+    );
+    // ...damaged in the registry's storage: one byte flipped.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(open.blob_file(&digests[0])).expect("manifest blob"))
+            .expect("manifest");
+    let layer_digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .to_owned();
+    let blob = open.blob_file(&layer_digest);
+    let mut bytes = std::fs::read(&blob).expect("layer blob");
+    bytes[40] ^= 0xff;
+    std::fs::write(&blob, bytes).expect("corrupt");
+
+    let locked = Registry::start_with(Some(("edge", "s3cret")));
+    push_busybox_with_creds(&locked, "tools/busybox", "edge:s3cret");
+
+    // An image without a shell: one static file.
+    let mut shell_less = ImageSpec::busybox("linux", host_arch(), None);
+    shell_less.layers = vec![gzip(&layer(
+        &[("app/readme", 0o644, b"no shell here".to_vec())],
+        &[],
+    ))];
+    write_layout(&tmp.path().join("noshell"), "1", &[shell_less]);
+    skopeo_copy(
+        &format!("oci:{}:1", tmp.path().join("noshell").display()),
+        &format!("docker://{}/tools/noshell:1", open.host()),
+        &[],
+    );
+
+    let down = format!("127.0.0.1:{}", support::free_port());
+    let config = format!(
+        "functions = [\"fn.yaml\"]\n[registries.\"{}\"]\nusername = \"edge\"\npassword = \"wrong\"\n",
+        locked.host()
+    );
+    let mut node = Node::new(&config);
+    node.write("ok.sh", "echo fine > $TMP_OUTPUT_DIR/ok\n");
+    node.write("notool.sh", "nosuchtool --help\n");
+    node.write(
+        "fn.yaml",
+        fdl(&[
+            function(
+                "missing",
+                &format!("{}/nothing/here:1", open.host()),
+                Some("ok.sh"),
+                "",
+            ),
+            function(
+                "down",
+                &format!("{down}/tools/busybox:1"),
+                Some("ok.sh"),
+                "",
+            ),
+            function(
+                "wrongpw",
+                &format!("{}/tools/busybox:1", locked.host()),
+                Some("ok.sh"),
+                "",
+            ),
+            function(
+                "corrupt",
+                &format!("{}/tools/corrupt:1", open.host()),
+                Some("ok.sh"),
+                "",
+            ),
+            function(
+                "noshell",
+                &format!("{}/tools/noshell:1", open.host()),
+                Some("ok.sh"),
+                "",
+            ),
+            function(
+                "notool",
+                &format!("{}/tools/busybox:1", open.host()),
+                Some("notool.sh"),
+                "",
+            ),
+        ]),
+    );
+    node.start();
+    let expected = [
+        ("missing", "was not found in its registry"),
+        ("down", "cannot reach registry"),
+        ("wrongpw", "refused access"),
+        ("corrupt", "is corrupt"),
+        ("noshell", "has no /bin/sh"),
+        (
+            "notool",
+            "exited with status 127: a command it runs is not in image",
+        ),
+    ];
+    for (f, _) in expected {
+        node.write(&format!("data/{f}/in/go"), f);
+    }
+    for (f, want) in expected {
+        let (id, state) = wait_finished(&node, &format!("{f}/in/go"), Duration::from_secs(90));
+        assert_eq!(state, "Failed", "{f}");
+        let why = reason(&node, &id);
+        assert!(why.contains(want), "{f}: `{why}` should say `{want}`");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || leftovers(&node).is_empty()),
+        "{:?}",
+        leftovers(&node)
+    );
+    // The corrupt layer was not kept: every stored blob belongs to a stored image.
+    let blobs = files_under(&node.path("state/images/blobs/sha256"));
+    assert!(
+        !blobs.iter().any(|b| layer_digest.ends_with(b.as_str())),
+        "the corrupt layer was stored"
+    );
+    node.stop();
+
+    // The right password opens the locked registry.
+    let config = format!(
+        "functions = [\"fn.yaml\"]\n[registries.\"{}\"]\nusername = \"edge\"\npassword_file = \"pw\"\n",
+        locked.host()
+    );
+    let mut node = Node::new(&config);
+    node.write("pw", "s3cret\n");
+    node.write("ok.sh", "echo fine > $TMP_OUTPUT_DIR/ok\n");
+    node.write(
+        "fn.yaml",
+        fdl(&[function(
+            "locked",
+            &format!("{}/tools/busybox:1", locked.host()),
+            Some("ok.sh"),
+            "",
+        )]),
+    );
+    node.start();
+    node.write("data/locked/in/go", "x");
+    let (id, state) = wait_finished(&node, "locked/in/go", Duration::from_secs(60));
+    assert_eq!(state, "Succeeded", "{:?}", node.agent_cli(&["logs", &id]));
+    node.stop();
+}
+
+fn push_busybox_with_creds(registry: &Registry, repo: &str, creds: &str) {
+    let layout = registry.dir.path().join("layout-locked");
+    write_layout(
+        &layout,
+        "1",
+        &[ImageSpec::busybox("linux", host_arch(), None)],
+    );
+    skopeo_copy(
+        &format!("oci:{}:1", layout.display()),
+        &format!("docker://{}/{repo}:1", registry.host()),
+        &["--dest-creds", creds],
+    );
+}
+
+#[test]
+fn tarballs_load_offline_and_broken_ones_change_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let saved = tmp.path().join("saved.tar");
+    write_docker_save(&saved, "localhost/tools:saved");
+    let mut node = Node::new("functions = [\"fn.yaml\"]\n");
+    let (ok, out, err) = node.agent_cli(&["load", &saved.display().to_string()]);
+    assert!(ok && out.contains("localhost/tools:saved"), "{out}{err}");
+
+    // A truncated copy of an oci-archive: refused, and the store is as it was.
+    write_layout(
+        &tmp.path().join("layout"),
+        "1",
+        &[ImageSpec::busybox("linux", host_arch(), None)],
+    );
+    let archive = tmp.path().join("busybox.tar");
+    skopeo_copy(
+        &format!("oci:{}:1", tmp.path().join("layout").display()),
+        &format!("oci-archive:{}:localhost/busybox:1", archive.display()),
+        &[],
+    );
+    let whole = std::fs::read(&archive).expect("archive");
+    let cut = tmp.path().join("cut.tar");
+    std::fs::write(&cut, &whole[..whole.len() * 2 / 3]).expect("cut");
+    let before = files_under(&node.path("state/images"));
+    let (ok, _, err) = node.agent_cli(&["load", &cut.display().to_string()]);
+    assert!(!ok && err.contains("truncated or corrupt"), "{err}");
+    assert_eq!(
+        files_under(&node.path("state/images")),
+        before,
+        "a failed import changed the store"
+    );
+    // Not a tarball at all, and one without a name.
+    let (ok, _, err) = node.agent_cli(&["load", &node.path("agent.toml").display().to_string()]);
+    assert!(!ok && err.contains("cannot import"), "{err}");
+    let unnamed = tmp.path().join("unnamed.tar");
+    skopeo_copy(
+        &format!("oci:{}:1", tmp.path().join("layout").display()),
+        &format!("oci-archive:{}", unnamed.display()),
+        &[],
+    );
+    let (ok, _, err) = node.agent_cli(&["load", &unnamed.display().to_string()]);
+    assert!(!ok && err.contains("--tag"), "{err}");
+    let (ok, out, err) = node.agent_cli(&[
+        "load",
+        &unnamed.display().to_string(),
+        "--tag",
+        "localhost/named:2",
+    ]);
+    assert!(ok && out.contains("localhost/named:2"), "{out}{err}");
+
+    node.write("ok.sh", "cat $INPUT_FILE_PATH > $TMP_OUTPUT_DIR/copy\n");
+    node.write(
+        "fn.yaml",
+        fdl(&[function(
+            "saved",
+            "localhost/tools:saved",
+            Some("ok.sh"),
+            "",
+        )]),
+    );
+    node.start();
+    node.write("data/saved/in/go", "offline");
+    let (id, state) = wait_finished(&node, "saved/in/go", Duration::from_secs(60));
+    assert_eq!(state, "Succeeded", "{}", node.agent_cli(&["logs", &id]).1);
+    assert_eq!(
+        std::fs::read_to_string(node.path("data/saved/out/copy")).expect("copy"),
+        "offline"
+    );
+    let (_, list, _) = node.agent_cli(&["images"]);
+    assert!(
+        list.contains("localhost/tools:saved") && list.contains("localhost/named:2"),
+        "{list}"
+    );
+    node.stop();
+}
