@@ -14,10 +14,12 @@ for target in "${targets[@]}"; do
   case "$target" in
     x86_64-unknown-linux-gnu)
       # Static like the ARM builds: one file to copy anywhere, and only the libc it uses in memory.
-      RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target" -p spillway-agent -p spillway-coordinator
+      LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+        RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target" -p spillway-agent -p spillway-coordinator
       dir="$CARGO_TARGET_DIR/$target/release" ;;
     aarch64-unknown-linux-gnu)
-      RUSTC=/usr/bin/rustc /usr/bin/cargo build --release --target "$target" -p spillway-agent -p spillway-coordinator
+      LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/aarch64-linux-gnu \
+        RUSTC=/usr/bin/rustc /usr/bin/cargo build --release --target "$target" -p spillway-agent -p spillway-coordinator
       dir="$CARGO_TARGET_DIR/$target/release" ;;
     *)
       echo "unsupported target $target (armv7 arrives with the edge-delivery issue)" >&2; exit 64 ;;

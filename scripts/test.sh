@@ -4,7 +4,7 @@
 #   2. checks formatting and lints,
 #   3. rebuilds the wasm example from C and checks it matches the committed module,
 #   4. runs every x86_64 test (unit, property, runtime, end-to-end with real processes, mesh tests
-#      across network namespaces),
+#      across network namespaces, containers from a real registry),
 #   5. cross-builds a static aarch64 agent and runs the proto, link and agent tests under qemu.
 # Builds are cached in $CARGO_TARGET_DIR (default /var/cache/spillway/target) between runs.
 set -euo pipefail
@@ -24,6 +24,9 @@ packages=(
   file                                                          # checks that ARM binaries are static
   iproute2                                                      # hosts as network namespaces (mesh tests)
   systemd                                                       # systemd-analyze verify (service tests)
+  libseccomp-dev libseccomp-dev:arm64                           # libcontainer's seccomp (static in ARM builds)
+  docker-registry skopeo umoci busybox-static python3           # OCI tests: registry, pusher, image contents
+  crun runc                                                     # baselines of the OCI benchmark
 )
 step "checking build and test dependencies"
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -63,6 +66,8 @@ step "x86_64 tests"
 cargo test --workspace
 
 step "aarch64: static agent, proto, link and agent tests under qemu-aarch64-static"
+# libseccomp links statically into ARM builds (the boards need no libseccomp package).
+export LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/aarch64-linux-gnu
 RUSTC=/usr/bin/rustc /usr/bin/cargo build --profile ci --target aarch64-unknown-linux-gnu -p spillway-agent
 arm_agent="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/ci/spillway-agent"
 file "$arm_agent" | grep -q "statically linked" || { echo "$arm_agent is not static" >&2; exit 1; }

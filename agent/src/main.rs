@@ -101,8 +101,6 @@ fn main() -> ExitCode {
         let code = spillway_agent::runtime::oci::shim::run(bundle);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
-    // TLS for registries (reqwest); QUIC picks its provider explicitly.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     spillway_agent::logging::init(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if let Command::Install { root, now } = &cli.command {
         return install(root, &cli.config, *now);

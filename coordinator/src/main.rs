@@ -41,6 +41,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs one container job of the local agent of `spillway up` (started by it, per container).
+    #[command(hide = true, name = "oci-run")]
+    OciRun { bundle: PathBuf },
     /// Run a coordinator and a local agent in one process, on embedded defaults.
     Up {
         /// Where both keep their state and the agent its data folders.
@@ -176,6 +179,11 @@ enum TokenCommand {
 fn main() -> ExitCode {
     restore_sigpipe();
     let cli = Cli::parse();
+    if let Command::OciRun { bundle } = &cli.command {
+        // The container's stdout/stderr are this process's: nothing else may write there.
+        let code = spillway_agent::runtime::oci::shim::run(bundle);
+        return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
     spillway_agent::logging::init(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.command {
         Command::Validate { files } => {
@@ -415,7 +423,8 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { .. }
         | Command::Validate { .. }
         | Command::Completions { .. }
-        | Command::Sim { .. } => Ok(()),
+        | Command::Sim { .. }
+        | Command::OciRun { .. } => Ok(()),
     }
 }
 

@@ -70,26 +70,8 @@ fn succeeded(node: &Node) -> usize {
         .count()
 }
 
-/// The release binaries of this tree (an older build would measure older code).
-fn build_binaries() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "spillway-agent",
-            "-p",
-            "spillway-coordinator",
-        ])
-        .current_dir(support::repo(""))
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the release binaries failed");
-}
-
 fn main() {
-    build_binaries();
+    support::build_release_binaries();
     let jobs: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())

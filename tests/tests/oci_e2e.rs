@@ -125,19 +125,37 @@ gzip -c "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$FILE_NAME.gz"
 fn a_function_runs_in_a_container_pulled_from_a_registry_isolated_and_for_this_platform() {
     let registry = Registry::start();
     push_busybox(&registry, "tools/busybox");
+    push_busybox(&registry, "tools/early");
     let image = format!("{}/tools/busybox:1", registry.host());
+    let early = format!("{}/tools/early:1", registry.host());
     let mut node = Node::new("functions = [\"fn.yaml\"]\n");
     node.write("probe.sh", PROBE_SH);
     node.write(
         "fn.yaml",
-        fdl(&[function(
-            "probe",
-            &image,
-            Some("probe.sh"),
-            "      memory: 64Mi\n",
-        )]),
+        fdl(&[
+            function("probe", &image, Some("probe.sh"), "      memory: 64Mi\n"),
+            function(
+                "early",
+                &early,
+                Some("probe.sh"),
+                "      image_prefetch: true\n",
+            ),
+        ]),
     );
     node.start();
+    // OSCAR's image_prefetch: pulled at deploy time, before any job asks for it.
+    assert!(
+        wait_until(Duration::from_secs(30), || node
+            .agent_cli(&["images"])
+            .1
+            .contains(&early)),
+        "{}",
+        node.log()
+    );
+    assert!(
+        !node.agent_cli(&["images"]).1.contains(&image),
+        "only the prefetched image is pulled early"
+    );
     let input: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     node.write("data/probe/in/photo.bin", &input);
     let (id, state) = wait_finished(&node, "probe/in/photo.bin", Duration::from_secs(120));
@@ -554,6 +572,18 @@ fn tarballs_load_offline_and_broken_ones_change_nothing() {
         files_under(&node.path("state/images")),
         before,
         "a failed import changed the store"
+    );
+    // An image for another board is refused before it could fail as "exec format error".
+    let other = if host_arch() == "arm64" {
+        "linux/amd64"
+    } else {
+        "linux/arm64"
+    };
+    let (ok, _, err) =
+        node.agent_cli(&["load", &archive.display().to_string(), "--platform", other]);
+    assert!(
+        !ok && err.contains(&format!("has no {other} variant")),
+        "{err}"
     );
     // Not a tarball at all, and one without a name.
     let (ok, _, err) = node.agent_cli(&["load", &node.path("agent.toml").display().to_string()]);

@@ -141,6 +141,11 @@ fn import_inner(
                 image.config_digest
             )));
         }
+        let name = image
+            .references
+            .first()
+            .map_or("the archive's image", String::as_str);
+        store.check_platform(&image.config_digest, platform, name)?;
     }
     images.into_iter().map(|i| store.commit(i)).collect()
 }

@@ -156,21 +156,7 @@ pub async fn pull(
     }
     // A single-platform image built for another architecture fails here, not as
     // "exec format error" inside the first job.
-    let config = store.read_blob(&config_digest)?;
-    if let Ok(c) = oci_spec::image::ImageConfiguration::from_reader(&config[..]) {
-        let (os, arch) = (c.os().to_string(), c.architecture().to_string());
-        if platform.fit(&os, &arch, c.variant().as_deref()).is_none() {
-            let mut theirs = format!("{os}/{arch}");
-            if let Some(v) = c.variant() {
-                theirs = format!("{theirs}/{v}");
-            }
-            return Err(ImageError::NoPlatform {
-                reference: canonical,
-                platform: platform.to_string(),
-                available: theirs,
-            });
-        }
-    }
+    store.check_platform(&config_digest, platform, &canonical)?;
     let count = manifest.layers.len();
     for (i, layer) in manifest.layers.iter().enumerate() {
         progress.layer(i, count, &layer.digest, layer.size.max(0) as u64);
@@ -248,6 +234,9 @@ fn client(
         }
         chosen
     };
+    // reqwest's rustls takes the process's default provider: ring (aws-lc-rs does not cross-build
+    // to the boards). Installing twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let protocol = if settings.insecure || is_loopback(registry) {
         ClientProtocol::Http
     } else {

@@ -261,6 +261,32 @@ impl ImageStore {
         crate::atomic::write_whole(&path, &json, 0o644).map_err(ImageError::io(path))
     }
 
+    /// Refuses an image whose config says it was built for a platform this node cannot run.
+    pub fn check_platform(
+        &self,
+        config_digest: &str,
+        platform: &super::Platform,
+        reference: &str,
+    ) -> Result<(), ImageError> {
+        let config = self.read_blob(config_digest)?;
+        let Ok(c) = oci_spec::image::ImageConfiguration::from_reader(&config[..]) else {
+            return Ok(()); // commit reports a bad config with its own message
+        };
+        let (os, arch) = (c.os().to_string(), c.architecture().to_string());
+        if platform.fit(&os, &arch, c.variant().as_deref()).is_some() {
+            return Ok(());
+        }
+        let mut theirs = format!("{os}/{arch}");
+        if let Some(v) = c.variant() {
+            theirs = format!("{theirs}/{v}");
+        }
+        Err(ImageError::NoPlatform {
+            reference: reference.to_owned(),
+            platform: platform.to_string(),
+            available: theirs,
+        })
+    }
+
     /// Records an image whose blobs are all here and unpacks it (once per config digest). A
     /// reference that named another image before now names this one. Blocking: run it off the
     /// async workers.

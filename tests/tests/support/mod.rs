@@ -38,6 +38,25 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Builds the release binaries of this tree, for benchmarks (an older build would measure
+/// older code); `bin` then finds them next to the bench executable.
+pub fn build_release_binaries() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "spillway-agent",
+            "-p",
+            "spillway-coordinator",
+        ])
+        .current_dir(repo(""))
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building the release binaries failed");
+}
+
 /// A temporary node: its config, data root and state dir.
 pub struct Node {
     pub dir: tempfile::TempDir,
