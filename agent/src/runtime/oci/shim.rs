@@ -48,6 +48,10 @@ pub struct ShimResult {
     pub error: Option<String>,
     /// The root was the shared image root (overlayfs refused), not an overlay.
     pub shared_root: bool,
+    /// Microseconds since the shim started at the end of each phase: root mounted, container
+    /// created, started, exited, deleted (where a slow start spends its time).
+    #[serde(default)]
+    pub phases_us: Vec<(String, u64)>,
 }
 
 pub const CONFIG_FILE: &str = "spillway.json";
@@ -77,6 +81,11 @@ pub fn run(bundle: &Path) -> i32 {
 }
 
 fn supervise(bundle: &Path, result: &mut ShimResult) -> Result<i32, String> {
+    let began = std::time::Instant::now();
+    let lap = |result: &mut ShimResult, phase: &str| {
+        let us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+        result.phases_us.push((phase.to_owned(), us));
+    };
     let config: ShimConfig = std::fs::read(bundle.join(CONFIG_FILE))
         .map_err(|e| format!("cannot read {CONFIG_FILE}: {e}"))
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("bad {CONFIG_FILE}: {e}")))?;
@@ -94,6 +103,7 @@ fn supervise(bundle: &Path, result: &mut ShimResult) -> Result<i32, String> {
     std::fs::create_dir_all(&rootfs)
         .map_err(|e| format!("cannot create {}: {e}", rootfs.display()))?;
     result.shared_root = !mount_root(&config, &rootfs)?;
+    lap(result, "mounted");
 
     for sig in [
         Signal::SIGTERM,
@@ -124,6 +134,7 @@ fn supervise(bundle: &Path, result: &mut ShimResult) -> Result<i32, String> {
             remove_state(&config);
             format!("cannot create the container: {}", chain(&e))
         })?;
+    lap(result, "created");
     if let Err(e) = container.start() {
         let _ = container.delete(true);
         return Err(format!("cannot start the container: {}", chain(&e)));
@@ -135,6 +146,7 @@ fn supervise(bundle: &Path, result: &mut ShimResult) -> Result<i32, String> {
         let _ = container.delete(true);
         return Err("the container started without a process".to_owned());
     };
+    lap(result, "started");
     let mut escalated = false;
     let status = loop {
         match waitpid(pid, None) {
@@ -160,6 +172,7 @@ fn supervise(bundle: &Path, result: &mut ShimResult) -> Result<i32, String> {
         }
     };
     nix::unistd::alarm::cancel();
+    lap(result, "exited");
     result.oom_killed = oom_kills(&config.cgroups_path) > 0;
     if let Err(e) = container.delete(true) {
         result.error = Some(format!(
@@ -167,6 +180,7 @@ fn supervise(bundle: &Path, result: &mut ShimResult) -> Result<i32, String> {
             chain(&e)
         ));
     }
+    lap(result, "deleted");
     Ok(match status {
         WaitStatus::Exited(_, code) => {
             result.code = Some(code);
