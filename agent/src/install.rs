@@ -26,6 +26,9 @@ state_dir = \"/var/lib/spillway/state\"
 # functions = [\"/etc/spillway/functions.yaml\"]
 # [labels]
 # zone = \"kitchen\"
+# [registries.\"registry.example.com\"]   # private images of `image:` functions
+# username = \"pi\"
+# password_file = \"/etc/spillway/registry-password\"
 ";
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]

@@ -132,6 +132,7 @@ impl Runtime for OciRuntime {
             state_root: self.state_root.clone(),
             cgroup_parent: self.cgroup_parent.clone(),
             lease: Mutex::new(None),
+            pulling: tokio::sync::Mutex::new(()),
         });
         if f.local_image().is_none()
             && flag("image_prefetch")
@@ -174,6 +175,8 @@ struct Function {
     cgroup_parent: String,
     /// Keeps the image from eviction while the function is deployed.
     lease: Mutex<Option<Lease>>,
+    /// Jobs arriving while the image is being pulled wait for that pull instead of starting one.
+    pulling: tokio::sync::Mutex<()>,
 }
 
 static NEXT_CONTAINER: AtomicU64 = AtomicU64::new(1);
@@ -199,6 +202,10 @@ impl Function {
     }
 
     async fn image(&self) -> Result<ImageRecord, ImageError> {
+        if let Some(found) = self.local_image() {
+            return Ok(found);
+        }
+        let _one_pull = self.pulling.lock().await;
         if let Some(found) = self.local_image() {
             return Ok(found);
         }
