@@ -629,3 +629,57 @@ fn tarballs_load_offline_and_broken_ones_change_nothing() {
     );
     node.stop();
 }
+
+#[test]
+fn where_overlayfs_is_refused_a_job_runs_on_the_shared_root_read_only() {
+    // A ',' in the state folder's path cannot be said in overlayfs' mount options.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let archive = tmp.path().join("busybox.tar");
+    write_docker_save(&archive, "localhost/busybox:saved");
+    let mut node = Node::new_named("odd,path", "functions = [\"fn.yaml\"]\n");
+    let (ok, out, err) = node.agent_cli(&["load", &archive.display().to_string()]);
+    assert!(ok, "{out}{err}");
+    node.write(
+        "ok.sh",
+        "cat $INPUT_FILE_PATH > $TMP_OUTPUT_DIR/copy\nif touch /bin/written 2>/dev/null; then echo rw; else echo ro; fi > $TMP_OUTPUT_DIR/root\n",
+    );
+    node.write(
+        "fn.yaml",
+        fdl(&[function(
+            "shared",
+            "localhost/busybox:saved",
+            Some("ok.sh"),
+            "",
+        )]),
+    );
+    node.start();
+    node.write("data/shared/in/go", "still works");
+    let (id, state) = wait_finished(&node, "shared/in/go", Duration::from_secs(60));
+    assert_eq!(state, "Succeeded", "{:?}", node.agent_cli(&["logs", &id]));
+    assert_eq!(
+        std::fs::read_to_string(node.path("data/shared/out/copy")).expect("copy"),
+        "still works"
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.path("data/shared/out/root")).expect("root"),
+        "ro\n"
+    );
+    assert!(node.log().contains("overlayfs refused"), "{}", node.log());
+    let roots = node.path("state/images/rootfs");
+    let shared = std::fs::read_dir(&roots)
+        .expect("roots")
+        .flatten()
+        .next()
+        .expect("a root")
+        .path();
+    assert!(
+        !shared.join("bin/written").exists(),
+        "the shared root was written to"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || leftovers(&node).is_empty()),
+        "{:?}",
+        leftovers(&node)
+    );
+    node.stop();
+}

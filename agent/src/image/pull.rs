@@ -295,7 +295,7 @@ fn classify(e: OciDistributionError, registry: &str, reference: &str) -> ImageEr
         OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
             ImageError::Unreachable {
                 registry: registry.to_owned(),
-                message: root_cause(&e),
+                message: super::error_chain(&e),
             }
         }
         OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
@@ -309,7 +309,7 @@ fn classify(e: OciDistributionError, registry: &str, reference: &str) -> ImageEr
         other => ImageError::Registry {
             registry: registry.to_owned(),
             reference: reference.to_owned(),
-            message: root_cause(&other),
+            message: super::error_chain(&other),
         },
     }
 }
@@ -338,16 +338,6 @@ fn broken_download(e: std::io::Error, registry: &str, reference: &str, digest: &
         registry: registry.to_owned(),
         message: format!("the download of layer {digest} broke off: {e}"),
     }
-}
-
-fn root_cause(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

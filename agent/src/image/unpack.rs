@@ -76,22 +76,16 @@ pub(crate) fn apply_layer(mut reader: impl BufRead, root: &Path) -> Result<(), S
             // Containers get a fresh /dev; device nodes in layers are not needed.
             continue;
         }
-        entry
-            .unpack_in(root)
-            .map_err(|e| format!("cannot write `{}`: {}", rel.display(), chain(&e)))?;
+        entry.unpack_in(root).map_err(|e| {
+            format!(
+                "cannot write `{}`: {}",
+                rel.display(),
+                super::error_chain(&e)
+            )
+        })?;
         mine.insert(rel);
     }
     Ok(())
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
 }
 
 /// The entry's path relative to the root, or `None` if it climbs out of it.

@@ -155,7 +155,8 @@ async fn run(argv: Vec<String>, job: StagedJob) -> Outcome {
     }
 }
 
-async fn drain<R: AsyncRead + Unpin>(pipe: Option<&mut R>, sink: &mut Captured) {
+/// Reads a child's pipe into its bounded log until the child closes it.
+pub(super) async fn drain<R: AsyncRead + Unpin>(pipe: Option<&mut R>, sink: &mut Captured) {
     let Some(pipe) = pipe else { return };
     let mut buf = [0u8; 8192];
     while let Ok(n) = pipe.read(&mut buf).await {

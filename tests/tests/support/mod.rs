@@ -81,7 +81,15 @@ pub fn command_in(netns: Option<&str>, program: &Path) -> Command {
 impl Node {
     /// A node whose `agent.toml` is `config` plus the standard paths.
     pub fn new(config: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::new_named("spillway-node", config)
+    }
+
+    /// Like `new`, in a folder whose name starts with `prefix` (odd characters included).
+    pub fn new_named(prefix: &str, config: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .expect("tempdir");
         let text = format!("data_root = \"data\"\nstate_dir = \"state\"\n{config}");
         std::fs::write(dir.path().join("agent.toml"), text).expect("write config");
         Self {

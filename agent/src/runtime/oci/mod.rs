@@ -21,9 +21,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use spillway_proto::FunctionDef;
 use spillway_proto::quantity::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
+use super::process::drain;
 use super::{Executor, Exit, Outcome, PrepareError, RunFuture, Runtime, StagedJob};
 use crate::capture::Captured;
 use crate::image::store::{Lease, canonical_reference};
@@ -324,6 +324,15 @@ impl Function {
         let result: Option<ShimResult> = std::fs::read(bundle.join(RESULT_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(r) = &result {
+            if r.shared_root {
+                tracing::info!(
+                    function = %self.name,
+                    "overlayfs refused the job's root (a path with ',' or ':', or an overlay state folder); it ran on the shared image root, read-only"
+                );
+            }
+            tracing::debug!(function = %self.name, phases = ?r.phases_us, "container supervisor timings (µs)");
+        }
         let exit = self.describe(&job, supervised.timed_out, result, &supervised.stderr);
         Outcome {
             exit,
@@ -534,17 +543,6 @@ async fn supervise(settings: &OciSettings, bundle: &Path, job: &StagedJob) -> Su
     }
 }
 
-async fn drain<R: AsyncRead + Unpin>(pipe: Option<&mut R>, sink: &mut Captured) {
-    let Some(pipe) = pipe else { return };
-    let mut buf = [0u8; 8192];
-    while let Ok(n) = pipe.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        sink.push(&buf[..n]);
-    }
-}
-
 /// Removes one container and its cgroups, whatever state it is in.
 fn remove_container(state_root: &Path, id: &str) {
     let dir = state_root.join(id);
@@ -560,6 +558,10 @@ fn remove_container(state_root: &Path, id: &str) {
 /// Kills and removes every container in `state_root` and every cgroup under this agent's
 /// `cgroup_parent`: what an agent (or a shim) that was killed mid-job left. Returns how many
 /// containers it found.
+///
+/// Killed processes whose parent died with the old agent are reaped by PID 1, which may take a
+/// moment (a second or two on some inits); until then their cgroups cannot be removed. Those are
+/// retried in the background for two minutes rather than holding up the start.
 pub fn collect_garbage(state_root: &Path, cgroup_parent: &str) -> usize {
     let mut found = 0;
     for entry in std::fs::read_dir(state_root)
@@ -570,26 +572,38 @@ pub fn collect_garbage(state_root: &Path, cgroup_parent: &str) -> usize {
         found += 1;
         remove_container(state_root, &entry.file_name().to_string_lossy());
     }
-    for base in cgroup_hierarchies() {
-        let parent = base.join(cgroup_parent.trim_start_matches('/'));
-        for child in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
-            let path = child.path();
-            if !path.is_dir() {
-                continue;
-            }
-            for _ in 0..50 {
-                let procs = std::fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let mut pending: Vec<PathBuf> = cgroup_hierarchies()
+        .iter()
+        .map(|base| base.join(cgroup_parent.trim_start_matches('/')))
+        .flat_map(|parent| std::fs::read_dir(parent).into_iter().flatten().flatten())
+        .map(|child| child.path())
+        .filter(|path| path.is_dir())
+        .collect();
+    pending.retain(|cgroup| !kill_and_remove(cgroup));
+    if !pending.is_empty() {
+        let _ = std::thread::Builder::new()
+            .name("cgroup-gc".into())
+            .spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(120);
+                while !pending.is_empty() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(250));
+                    pending.retain(|cgroup| !kill_and_remove(cgroup));
                 }
-                if std::fs::remove_dir(&path).is_ok() || !path.exists() {
-                    break;
+                for cgroup in &pending {
+                    tracing::warn!(cgroup = %cgroup.display(), "cannot remove a cgroup left by a previous agent; remove it by hand (rmdir) once its processes are gone");
                 }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+            });
     }
     found
+}
+
+/// SIGKILLs what is in a cgroup and removes it; whether it is gone.
+fn kill_and_remove(cgroup: &Path) -> bool {
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    std::fs::remove_dir(cgroup).is_ok() || !cgroup.exists()
 }
 
 /// Every mounted cgroup hierarchy: the v1 controllers, the unified one of a hybrid host, or

@@ -132,12 +132,18 @@ fn supervise(bundle: &Path, result: &mut ShimResult) -> Result<i32, String> {
         .build()
         .map_err(|e| {
             remove_state(&config);
-            format!("cannot create the container: {}", chain(&e))
+            format!(
+                "cannot create the container: {}",
+                crate::image::error_chain(&e)
+            )
         })?;
     lap(result, "created");
     if let Err(e) = container.start() {
         let _ = container.delete(true);
-        return Err(format!("cannot start the container: {}", chain(&e)));
+        return Err(format!(
+            "cannot start the container: {}",
+            crate::image::error_chain(&e)
+        ));
     }
     let Some(pid) = container
         .pid()
@@ -177,7 +183,7 @@ fn supervise(bundle: &Path, result: &mut ShimResult) -> Result<i32, String> {
     if let Err(e) = container.delete(true) {
         result.error = Some(format!(
             "the job ran, but its container could not be removed: {}",
-            chain(&e)
+            crate::image::error_chain(&e)
         ));
     }
     lap(result, "deleted");
@@ -268,16 +274,6 @@ fn oom_kills_under(mount: &Path, cgroups_path: &str) -> u64 {
         })
         .max()
         .unwrap_or(0)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
