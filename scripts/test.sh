@@ -25,7 +25,8 @@ packages=(
   iproute2                                                      # hosts as network namespaces (mesh tests)
   systemd                                                       # systemd-analyze verify (service tests)
   libseccomp-dev libseccomp-dev:arm64                           # libcontainer's seccomp (static in ARM builds)
-  docker-registry skopeo umoci busybox-static python3           # OCI tests: registry, pusher, image contents
+  docker-registry skopeo umoci busybox-static                   # OCI tests: registry, pusher, image contents
+  python3 python3-cryptography                                  # htpasswd hashes, the registry's token issuer
   crun runc                                                     # baselines of the OCI benchmark
 )
 step "checking build and test dependencies"

@@ -246,7 +246,7 @@ const BAD_FDL: &str = r#"functions:
       input: [{storage_provider: minio, path: inbox/huge}]
   - edge:
       name: container
-      image: ghcr.io/grycap/fire-detection
+      image: "ghcr.io/grycap/Fire Detection"
       script: missing.sh
   - edge:
       name: noscript
@@ -273,7 +273,7 @@ fn bad_inputs_fail_visibly_and_the_agent_keeps_working() {
     let banner = node.banner.join("\n");
     for expected in [
         "NOT DEPLOYED huge: function `huge` asks for 64Gi of memory per job but this node offers 2Gi",
-        "NOT DEPLOYED container: function `container`: runtime `oci` is not available on this agent yet",
+        "NOT DEPLOYED container: function `container`: `ghcr.io/grycap/Fire Detection` is not an image reference",
         "NOT DEPLOYED noscript: function `noscript`: script",
         "broken.yaml has errors",
         "NOT DEPLOYED selfloop: output `loop/in/again` is inside its own input folder",

@@ -683,3 +683,25 @@ fn where_overlayfs_is_refused_a_job_runs_on_the_shared_root_read_only() {
     );
     node.stop();
 }
+
+#[test]
+fn a_token_auth_registry_serves_the_right_credentials_and_refuses_wrong_ones() {
+    let registry = Registry::start_with_token("edge", "t0ken");
+    push_busybox_with_creds(&registry, "tools/busybox", "edge:t0ken");
+    let image = format!("{}/tools/busybox:1", registry.host());
+    let right = Node::new(&format!(
+        "[registries.\"{}\"]\nusername = \"edge\"\npassword = \"t0ken\"\n",
+        registry.host()
+    ));
+    let (ok, out, err) = right.agent_cli(&["pull", &image]);
+    assert!(ok && out.contains("pulled"), "{out}{err}");
+    let wrong = Node::new(&format!(
+        "[registries.\"{}\"]\nusername = \"edge\"\npassword = \"nope\"\n",
+        registry.host()
+    ));
+    let (ok, _, err) = wrong.agent_cli(&["pull", &image]);
+    assert!(!ok && err.contains("refused access"), "{err}");
+    let anonymous = Node::new("");
+    let (ok, _, err) = anonymous.agent_cli(&["pull", &image]);
+    assert!(!ok && err.contains("refused access"), "{err}");
+}

@@ -291,6 +291,8 @@ pub struct Registry {
     pub dir: tempfile::TempDir,
     pub port: u16,
     child: Child,
+    /// The bearer-token issuer of a token-auth registry.
+    token_server: Option<Child>,
 }
 
 impl Registry {
@@ -301,13 +303,54 @@ impl Registry {
     /// With `credentials`, every request needs HTTP basic auth (an htpasswd file with a bcrypt
     /// hash, as the registry requires).
     pub fn start_with(credentials: Option<(&str, &str)>) -> Self {
+        Self::launch(credentials.map(|(u, p)| Auth::Basic(u, p)))
+    }
+
+    /// Token auth as Docker Hub and GHCR do it: the registry answers 401 with a Bearer challenge
+    /// naming a token server (`token_server.py`, a test double: an issuer is not something Debian
+    /// packages) that hands out signed JWTs for `user`/`password`.
+    pub fn start_with_token(user: &str, password: &str) -> Self {
+        Self::launch(Some(Auth::Token(user, password)))
+    }
+
+    fn launch(auth: Option<Auth<'_>>) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
         let port = super::free_port();
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
             dir.path().join("data").display()
         );
-        if let Some((user, password)) = credentials {
+        let mut token_server = None;
+        if let Some(Auth::Token(user, password)) = auth {
+            let token_port = super::free_port();
+            let cert = dir.path().join("issuer.pem");
+            let child = Command::new("python3")
+                .arg(super::repo("tests/tests/support/token_server.py"))
+                .args([
+                    &token_port.to_string(),
+                    &cert.display().to_string(),
+                    user,
+                    password,
+                ])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("token.log")).expect("log"))
+                .spawn()
+                .expect("python3 with cryptography");
+            let up = super::wait_until(Duration::from_secs(20), || {
+                cert.exists() && std::net::TcpStream::connect(("127.0.0.1", token_port)).is_ok()
+            });
+            assert!(
+                up,
+                "token server did not start: {}",
+                std::fs::read_to_string(dir.path().join("token.log")).unwrap_or_default()
+            );
+            token_server = Some(child);
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    service: spillway-test-registry\n    issuer: spillway-test\n    rootcertbundle: {}\n",
+                cert.display()
+            ));
+        }
+        if let Some(Auth::Basic(user, password)) = auth {
             let hash = Command::new("python3")
                 .args(["-W", "ignore", "-c", "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))", password])
                 .output()
@@ -334,7 +377,12 @@ impl Registry {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         assert!(up, "registry did not start");
-        Self { dir, port, child }
+        Self {
+            dir,
+            port,
+            child,
+            token_server,
+        }
     }
 
     pub fn host(&self) -> String {
@@ -355,7 +403,15 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in std::iter::once(&mut self.child).chain(self.token_server.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Auth<'a> {
+    Basic(&'a str, &'a str),
+    Token(&'a str, &'a str),
 }
