@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
-# Builds release binaries of spillway-agent and spillway for the given targets and prints their
-# sizes. ARM binaries are static (see .cargo/config.toml) and built with Debian's rustc-web, the
-# only compiler here with an aarch64 standard library (scripts/test.sh installs it).
+# Builds static release binaries of spillway-agent and spillway for the given targets and prints
+# their sizes. ARM binaries are static (see .cargo/config.toml); libseccomp links statically.
 #
-#   cross/build.sh                      # x86_64 and aarch64
-#   cross/build.sh aarch64-unknown-linux-gnu
+#   x86_64   rustup's rustc, +crt-static
+#   aarch64  Debian's rustc-web 1.96 with libstd-rust-web-dev:arm64 (scripts/test.sh installs it)
+#   armv7    rustup's rustc with rustup's armv7 std: Debian bookworm's armhf std is rustc 1.85
+#            (too old for this lockfile) and the 1.96 armhf index of the security mirror does not
+#            download here ("File has unexpected size"). Needs gcc-arm-linux-gnueabihf and
+#            libc6-dev-armhf-cross.
+#
+# What each board gets: x86_64 and aarch64 run `oci`, `wasm` (Cranelift, native code) and
+# `process` functions; armv7 (Pi 2/3/Zero 2 on a 32-bit OS) runs `wasm` through wasmtime's
+# Pulley interpreter (chosen by wasmtime itself on hosts without a Cranelift backend; modules
+# are compiled to Pulley bytecode on the board and cached like native code) and `process`, but
+# not `oci`: libcontainer 0.7 does not build for 32-bit targets, so image functions are refused
+# there with the reason (use `node_selector` to keep them on 64-bit nodes).
+#
+#   cross/build.sh                      # x86_64, aarch64 and armv7
+#   cross/build.sh armv7-unknown-linux-gnueabihf
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/spillway/target}"
 targets=("$@")
-((${#targets[@]})) || targets=(x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu)
+((${#targets[@]})) || targets=(x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 for target in "${targets[@]}"; do
   case "$target" in
     x86_64-unknown-linux-gnu)
@@ -21,8 +34,13 @@ for target in "${targets[@]}"; do
       LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/aarch64-linux-gnu \
         RUSTC=/usr/bin/rustc /usr/bin/cargo build --release --target "$target" -p spillway-agent -p spillway-coordinator
       dir="$CARGO_TARGET_DIR/$target/release" ;;
+    armv7-unknown-linux-gnueabihf)
+      rustup target add "$target" >/dev/null
+      # No libseccomp here: it comes with libcontainer, which 32-bit builds leave out.
+      cargo build --release --target "$target" -p spillway-agent -p spillway-coordinator
+      dir="$CARGO_TARGET_DIR/$target/release" ;;
     *)
-      echo "unsupported target $target (armv7 arrives with the edge-delivery issue)" >&2; exit 64 ;;
+      echo "unsupported target $target (x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf)" >&2; exit 64 ;;
   esac
   for bin in spillway-agent spillway; do
     size=$(stat -c %s "$dir/$bin")

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use libcontainer::container::Container;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use spillway_proto::FunctionDef;
@@ -29,6 +28,9 @@ use crate::capture::Captured;
 use crate::image::store::{Lease, canonical_reference};
 use crate::image::{ImageError, ImageRecord, ImageStore, Platform, Registries, pull};
 use shim::{CONFIG_FILE, RESULT_FILE, ShimConfig, ShimResult};
+
+/// Why an `image:` function cannot run on a 32-bit board.
+pub const NO_CONTAINERS: &str = "containers need a 64-bit board: libcontainer 0.7 does not build for 32-bit ARM; run this function as `runtime: wasm`, or keep it on arm64 nodes with `node_selector`";
 
 /// Settings of the `oci` runtime (`[oci]` and `[registries]` in the agent config).
 #[derive(Debug, Clone)]
@@ -99,6 +101,9 @@ impl Runtime for OciRuntime {
             function: function.name.clone(),
             message,
         };
+        if cfg!(not(target_pointer_width = "64")) {
+            return Err(bad(NO_CONTAINERS.to_owned()));
+        }
         let image = function
             .image
             .as_deref()
@@ -549,7 +554,8 @@ fn remove_container(state_root: &Path, id: &str) {
     if !dir.exists() {
         return;
     }
-    if let Ok(mut c) = Container::load(dir.clone()) {
+    #[cfg(target_pointer_width = "64")]
+    if let Ok(mut c) = libcontainer::container::Container::load(dir.clone()) {
         let _ = c.delete(true);
     }
     let _ = std::fs::remove_dir_all(&dir);

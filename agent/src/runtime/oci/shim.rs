@@ -12,16 +12,19 @@
 //! [`super::collect_garbage`] at the next agent start.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
 
-use libcontainer::container::Container;
-use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::syscall::syscall::SyscallType;
-use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, unshare};
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use nix::sys::wait::{WaitStatus, waitpid};
 use serde::{Deserialize, Serialize};
+#[cfg(target_pointer_width = "64")]
+use {
+    libcontainer::container::Container,
+    libcontainer::container::builder::ContainerBuilder,
+    libcontainer::syscall::syscall::SyscallType,
+    nix::mount::{MsFlags, mount},
+    nix::sched::{CloneFlags, unshare},
+    nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction},
+    nix::sys::wait::{WaitStatus, waitpid},
+    std::sync::atomic::{AtomicI32, Ordering},
+};
 
 /// What the agent tells the shim, in `BUNDLE/spillway.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,8 +60,10 @@ pub struct ShimResult {
 pub const CONFIG_FILE: &str = "spillway.json";
 pub const RESULT_FILE: &str = "result.json";
 
+#[cfg(target_pointer_width = "64")]
 static PENDING: AtomicI32 = AtomicI32::new(0);
 
+#[cfg(target_pointer_width = "64")]
 extern "C" fn note_signal(sig: nix::libc::c_int) {
     PENDING.store(sig, Ordering::SeqCst);
 }
@@ -80,6 +85,12 @@ pub fn run(bundle: &Path) -> i32 {
     code
 }
 
+#[cfg(not(target_pointer_width = "64"))]
+fn supervise(_bundle: &Path, _result: &mut ShimResult) -> Result<i32, String> {
+    Err(super::NO_CONTAINERS.to_owned())
+}
+
+#[cfg(target_pointer_width = "64")]
 fn supervise(bundle: &Path, result: &mut ShimResult) -> Result<i32, String> {
     let began = std::time::Instant::now();
     let lap = |result: &mut ShimResult, phase: &str| {
@@ -202,6 +213,7 @@ fn supervise(bundle: &Path, result: &mut ShimResult) -> Result<i32, String> {
 
 /// Mounts the overlay; `Ok(false)` when overlayfs is refused and the shared root is bound
 /// instead (the spec makes the root read-only either way).
+#[cfg(target_pointer_width = "64")]
 fn mount_root(config: &ShimConfig, rootfs: &Path) -> Result<bool, String> {
     for dir in [&config.upper, &config.work] {
         std::fs::create_dir_all(dir)
@@ -241,12 +253,14 @@ fn mount_root(config: &ShimConfig, rootfs: &Path) -> Result<bool, String> {
 }
 
 /// libcontainer's signal type (it links its own `nix`).
+#[cfg(target_pointer_width = "64")]
 fn container_signal(sig: i32) -> libcontainer::signal::Signal {
     libcontainer::signal::Signal::try_from(sig)
         .or_else(|_| libcontainer::signal::Signal::try_from(Signal::SIGTERM as i32))
         .unwrap_or_else(|_| unreachable!("SIGTERM is a signal"))
 }
 
+#[cfg(target_pointer_width = "64")]
 fn remove_state(config: &ShimConfig) {
     if let Ok(mut c) = Container::load(config.state_root.join(&config.id)) {
         let _ = c.delete(true);
@@ -254,10 +268,12 @@ fn remove_state(config: &ShimConfig) {
 }
 
 /// The cgroup's OOM-kill count: cgroup v1's `memory.oom_control`, or v2's `memory.events`.
+#[cfg_attr(not(target_pointer_width = "64"), allow(dead_code))]
 pub fn oom_kills(cgroups_path: &str) -> u64 {
     oom_kills_under(Path::new("/sys/fs/cgroup"), cgroups_path)
 }
 
+#[cfg_attr(not(target_pointer_width = "64"), allow(dead_code))]
 fn oom_kills_under(mount: &Path, cgroups_path: &str) -> u64 {
     let rel = cgroups_path.trim_start_matches('/');
     let candidates = [
