@@ -25,11 +25,12 @@ fn fdl(functions: &[String]) -> String {
     format!("functions:\n  oscar:\n{}", functions.concat())
 }
 
-/// The finished job of `input` (`name/in/file`): (id prefix, state), once it has one.
+/// The finished job of `input` (`name/in/file`): (id prefix, state), once it has ended
+/// (`Delivering` is not the end: outputs are still being moved into place).
 fn finished(node: &Node, input: &str) -> Option<(String, String)> {
     node.jobs().iter().find_map(|row| {
         let cols: Vec<&str> = row.split_whitespace().collect();
-        (cols.len() >= 4 && cols[3] == input && cols[1] != "Running" && cols[1] != "Queued")
+        (cols.len() >= 4 && cols[3] == input && matches!(cols[1], "Succeeded" | "Failed"))
             .then(|| (cols[0].to_owned(), cols[1].to_owned()))
     })
 }
