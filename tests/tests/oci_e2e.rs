@@ -706,3 +706,46 @@ fn a_token_auth_registry_serves_the_right_credentials_and_refuses_wrong_ones() {
     let (ok, _, err) = anonymous.agent_cli(&["pull", &image]);
     assert!(!ok && err.contains("refused access"), "{err}");
 }
+
+#[test]
+fn the_checksum_example_builds_its_image_with_umoci_and_runs_as_documented() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let archive = tmp.path().join("checksum.tar");
+    let built =
+        std::process::Command::new(support::repo("configs/examples/checksum/make-image.sh"))
+            .arg(&archive)
+            .output()
+            .expect("make-image.sh");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let mut node = Node::new("functions = [\"functions.yaml\"]\n");
+    for f in ["functions.yaml", "checksum.sh"] {
+        node.write(
+            f,
+            std::fs::read(support::repo(&format!("configs/examples/checksum/{f}"))).expect(f),
+        );
+    }
+    let (ok, out, err) = node.agent_cli(&["load", &archive.display().to_string()]);
+    assert!(ok && out.contains("localhost/checksum:1"), "{out}{err}");
+    node.start();
+    let input: Vec<u8> = (0..50_000u32).map(|i| (i % 97) as u8).collect();
+    node.write("data/files/in/reading.bin", &input);
+    let (id, state) = wait_finished(&node, "files/in/reading.bin", Duration::from_secs(60));
+    let (_, log, _) = node.agent_cli(&["logs", &id]);
+    assert_eq!(state, "Succeeded", "{log}");
+    assert!(
+        log.contains("reading.bin: 50000 bytes checksummed and compressed"),
+        "{log}"
+    );
+    let hash =
+        std::fs::read_to_string(node.path("data/files/out/reading.bin.sha256")).expect("hash");
+    assert!(
+        hash.starts_with(&hex::encode(Sha256::digest(&input))),
+        "{hash}"
+    );
+    assert!(node.path("data/files/out/reading.bin.gz").exists());
+    node.stop();
+}
