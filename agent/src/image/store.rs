@@ -317,11 +317,8 @@ impl ImageStore {
                 cmd: c.cmd().clone().unwrap_or_default(),
             })
             .unwrap_or_default();
-        let mut record = match self
-            .records()
-            .into_iter()
-            .find(|r| r.id == new.config_digest)
-        {
+        let records = self.records();
+        let mut record = match records.iter().find(|r| r.id == new.config_digest).cloned() {
             Some(existing) => existing,
             None => ImageRecord {
                 id: new.config_digest.clone(),
@@ -341,7 +338,7 @@ impl ImageStore {
         }
         record.size = self.disk_size(&record);
         // A tag moved to this image: the old image loses the name (and may be evicted later).
-        for mut other in self.records() {
+        for mut other in records {
             if other.id != record.id && new.references.iter().any(|r| other.references.remove(r)) {
                 self.save(&other)?;
             }
@@ -405,12 +402,11 @@ impl ImageStore {
     }
 
     /// Notes that a job used the image now (at most once a minute on disk: SD cards wear).
-    pub fn touch(&self, id: &str) {
-        if let Some(mut record) = self.records().into_iter().find(|r| r.id == id)
-            && now().saturating_sub(record.last_used) >= 60
-        {
-            record.last_used = now();
-            let _ = self.save(&record);
+    pub fn touch(&self, record: &ImageRecord) {
+        if now().saturating_sub(record.last_used) >= 60 {
+            let mut used = record.clone();
+            used.last_used = now();
+            let _ = self.save(&used);
         }
     }
 
@@ -580,22 +576,12 @@ pub(crate) fn remove_any(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::unpack::tests::{file, layer};
 
     /// Stores a one-layer image named `name` whose layer holds `size` bytes.
     fn add(store: &ImageStore, name: &str, size: usize) -> ImageRecord {
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(size as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut h, format!("{name}.bin"), &vec![1u8; size][..])
-            .expect("tar");
-        let layer = store
-            .put_blob(None, &tar.into_inner().expect("tar"), "layer")
-            .expect("layer");
+        let tar = layer(|b| file(b, &format!("{name}.bin"), &vec![1u8; size]));
+        let layer = store.put_blob(None, &tar, "layer").expect("layer");
         let config = format!(
             r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["N={name}"]}},"rootfs":{{"type":"layers","diff_ids":[]}}}}"#
         );
@@ -662,17 +648,8 @@ mod tests {
             canonical_reference("busybox").expect("ref"),
             "docker.io/library/busybox:latest"
         );
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(1);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        tar.append_data(&mut h, "v2", &b"2"[..]).expect("tar");
-        let layer = store
-            .put_blob(None, &tar.into_inner().expect("tar"), "layer")
-            .expect("layer");
+        let tar = layer(|b| file(b, "v2", b"2"));
+        let layer = store.put_blob(None, &tar, "layer").expect("layer");
         let config = store
             .put_blob(None, br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#, "config")
             .expect("config");

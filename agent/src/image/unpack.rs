@@ -135,16 +135,18 @@ pub(crate) fn prepare_mount_points(root: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn layer(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+    /// A tar layer made by `build` (also used by the store's tests).
+    pub(crate) fn layer(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         build(&mut b);
         b.into_inner().expect("tar")
     }
 
-    fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, body: &[u8]) {
+    /// A regular file owned by root, mode 0644.
+    pub(crate) fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, body: &[u8]) {
         let mut h = tar::Header::new_gnu();
         h.set_size(body.len() as u64);
         h.set_mode(0o644);

@@ -308,7 +308,7 @@ impl Function {
             Ok(r) => r,
             Err(e) => return failed(e.to_string()),
         };
-        self.store.touch(&record.id);
+        self.store.touch(&record);
         let lower = self.store.rootfs(&record);
         let launch = match self.launch(&record, &lower, &job) {
             Ok(l) => l,
