@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::oci::{ImageSpec, Registry, busybox_layer, host_arch, skopeo_copy, write_layout};
+use support::oci::{ImageSpec, Registry, busybox_archive, busybox_layer, host_arch};
 use support::{Node, bin, files_under};
 
 const INSIDE: &str = "SPILLWAY_BENCH_PRIVATE_MOUNTS";
@@ -221,7 +221,6 @@ fn ms(d: Duration) -> f64 {
 
 fn cold_pull() {
     let registry = Registry::start();
-    let layout = registry.dir.path().join("layout");
     let mut image = ImageSpec::busybox("linux", host_arch(), None);
     // A second, bigger layer (8 MiB of incompressible bytes) so the pull moves real data.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -238,12 +237,7 @@ fn cold_pull() {
         &[("data/noise", 0o644, noise)],
         &[],
     )));
-    write_layout(&layout, "1", &[image]);
-    skopeo_copy(
-        &format!("oci:{}:1", layout.display()),
-        &format!("docker://{}/bench/busybox:1", registry.host()),
-        &[],
-    );
+    registry.push("bench/busybox", &[image], None);
     let reference = format!("{}/bench/busybox:1", registry.host());
     let mut times = Vec::new();
     for _ in 0..5 {
@@ -254,11 +248,17 @@ fn cold_pull() {
         assert!(ok, "{out}{err}");
     }
     times.sort();
-    let size: u64 = files_under(&registry.dir.path().join("layout/blobs"))
+    let size: u64 = files_under(&registry.dir.path().join("layout-bench-busybox/blobs"))
         .iter()
         .map(|f| {
-            std::fs::metadata(registry.dir.path().join("layout/blobs").join(f))
-                .map_or(0, |m| m.len())
+            std::fs::metadata(
+                registry
+                    .dir
+                    .path()
+                    .join("layout-bench-busybox/blobs")
+                    .join(f),
+            )
+            .map_or(0, |m| m.len())
         })
         .sum();
     println!(
@@ -272,17 +272,7 @@ const JOB_SH: &str = "sha256sum \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/$FILE_N
 
 fn warm_job(jobs: usize) {
     let tmp = tempfile::tempdir().unwrap();
-    write_layout(
-        &tmp.path().join("layout"),
-        "1",
-        &[ImageSpec::busybox("linux", host_arch(), None)],
-    );
-    let archive = tmp.path().join("busybox.tar");
-    skopeo_copy(
-        &format!("oci:{}:1", tmp.path().join("layout").display()),
-        &format!("oci-archive:{}:localhost/busybox:1", archive.display()),
-        &[],
-    );
+    let archive = busybox_archive(tmp.path(), "localhost/busybox:1");
     let fdl = "functions:\n  oscar:\n  - edge:\n      name: c\n      image: localhost/busybox:1\n      script: job.sh\n      input: [{storage_provider: minio.default, path: c/in}]\n      output: [{storage_provider: minio.default, path: c/out}]\n  - edge:\n      name: p\n      runtime: process\n      script: job.sh\n      input: [{storage_provider: minio.default, path: p/in}]\n      output: [{storage_provider: minio.default, path: p/out}]\n";
     let mut node = Node::new("functions = [\"fn.yaml\"]\n");
     node.write("fn.yaml", fdl);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use support::oci::{
-    ImageSpec, Registry, gzip, host_arch, layer, skopeo_copy, write_docker_save, write_layout,
+    ImageSpec, Registry, busybox_archive, gzip, host_arch, layer, skopeo_copy, write_docker_save,
 };
 use support::{Node, files_under, wait_until};
 
@@ -84,25 +84,15 @@ fn leftovers(node: &Node) -> Vec<String> {
 /// Pushes a three-platform busybox image to `registry` as `repo:1`; returns the image layout's
 /// manifest digests.
 fn push_busybox(registry: &Registry, repo: &str) -> Vec<String> {
-    let layout = registry
-        .dir
-        .path()
-        .join(format!("layout-{}", repo.replace('/', "-")));
-    let digests = write_layout(
-        &layout,
-        "1",
+    registry.push(
+        repo,
         &[
             ImageSpec::busybox("linux", "amd64", None),
             ImageSpec::busybox("linux", "arm64", None),
             ImageSpec::busybox("linux", "arm", Some("v7")),
         ],
-    );
-    skopeo_copy(
-        &format!("oci:{}:1", layout.display()),
-        &format!("docker://{}/{repo}:1", registry.host()),
-        &["--all"],
-    );
-    digests
+        None,
+    )
 }
 
 const PROBE_SH: &str = r#"#!/bin/sh
@@ -233,17 +223,7 @@ fn a_function_runs_in_a_container_pulled_from_a_registry_isolated_and_for_this_p
 fn memory_pids_and_timeout_limits_are_enforced_by_the_kernel() {
     // Offline this time: an oci-archive written by skopeo, loaded into the store.
     let tmp = tempfile::tempdir().expect("tmp");
-    write_layout(
-        &tmp.path().join("layout"),
-        "1",
-        &[ImageSpec::busybox("linux", host_arch(), None)],
-    );
-    let archive = tmp.path().join("busybox.tar");
-    skopeo_copy(
-        &format!("oci:{}:1", tmp.path().join("layout").display()),
-        &format!("oci-archive:{}:localhost/busybox:1", archive.display()),
-        &[],
-    );
+    let archive = busybox_archive(tmp.path(), "localhost/busybox:1");
     let mut node =
         Node::new("functions = [\"fn.yaml\"]\n[oci]\npids_limit = 32\ntmp_size = \"512Mi\"\n");
     let (ok, out, err) = node.agent_cli(&["load", &archive.display().to_string()]);
@@ -380,18 +360,12 @@ fn bad_images_fail_their_jobs_with_reasons_and_leave_nothing() {
     let open = Registry::start();
     push_busybox(&open, "tools/busybox");
     // An image whose layer only it has (registries share blobs between repositories)...
-    let tmp = tempfile::tempdir().expect("tmp");
     let mut own = ImageSpec::busybox("linux", host_arch(), None);
     own.layers = vec![gzip(&layer(
         &[("data/only-here", 0o644, vec![42; 4096])],
         &[],
     ))];
-    let digests = write_layout(&tmp.path().join("corrupt"), "1", &[own]);
-    skopeo_copy(
-        &format!("oci:{}:1", tmp.path().join("corrupt").display()),
-        &format!("docker://{}/tools/corrupt:1", open.host()),
-        &[],
-    );
+    let digests = open.push("tools/corrupt", &[own], None);
     // ...damaged in the registry's storage: one byte flipped.
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(open.blob_file(&digests[0])).expect("manifest blob"))
@@ -406,7 +380,7 @@ fn bad_images_fail_their_jobs_with_reasons_and_leave_nothing() {
     std::fs::write(&blob, bytes).expect("corrupt");
 
     let locked = Registry::start_with(Some(("edge", "s3cret")));
-    push_busybox_with_creds(&locked, "tools/busybox", "edge:s3cret");
+    push_busybox_with_creds(&locked, "edge:s3cret");
 
     // An image without a shell: one static file.
     let mut shell_less = ImageSpec::busybox("linux", host_arch(), None);
@@ -414,12 +388,7 @@ fn bad_images_fail_their_jobs_with_reasons_and_leave_nothing() {
         &[("app/readme", 0o644, b"no shell here".to_vec())],
         &[],
     ))];
-    write_layout(&tmp.path().join("noshell"), "1", &[shell_less]);
-    skopeo_copy(
-        &format!("oci:{}:1", tmp.path().join("noshell").display()),
-        &format!("docker://{}/tools/noshell:1", open.host()),
-        &[],
-    );
+    open.push("tools/noshell", &[shell_less], None);
 
     let down = format!("127.0.0.1:{}", support::free_port());
     let config = format!(
@@ -528,18 +497,10 @@ fn bad_images_fail_their_jobs_with_reasons_and_leave_nothing() {
     node.stop();
 }
 
-fn push_busybox_with_creds(registry: &Registry, repo: &str, creds: &str) {
-    let layout = registry.dir.path().join("layout-locked");
-    write_layout(
-        &layout,
-        "1",
-        &[ImageSpec::busybox("linux", host_arch(), None)],
-    );
-    skopeo_copy(
-        &format!("oci:{}:1", layout.display()),
-        &format!("docker://{}/{repo}:1", registry.host()),
-        &["--dest-creds", creds],
-    );
+/// A busybox image for this host, pushed as `tools/busybox:1` to a registry that wants `creds`.
+fn push_busybox_with_creds(registry: &Registry, creds: &str) {
+    let image = ImageSpec::busybox("linux", host_arch(), None);
+    registry.push("tools/busybox", &[image], Some(creds));
 }
 
 #[test]
@@ -552,17 +513,7 @@ fn tarballs_load_offline_and_broken_ones_change_nothing() {
     assert!(ok && out.contains("localhost/tools:saved"), "{out}{err}");
 
     // A truncated copy of an oci-archive: refused, and the store is as it was.
-    write_layout(
-        &tmp.path().join("layout"),
-        "1",
-        &[ImageSpec::busybox("linux", host_arch(), None)],
-    );
-    let archive = tmp.path().join("busybox.tar");
-    skopeo_copy(
-        &format!("oci:{}:1", tmp.path().join("layout").display()),
-        &format!("oci-archive:{}:localhost/busybox:1", archive.display()),
-        &[],
-    );
+    let archive = busybox_archive(tmp.path(), "localhost/busybox:1");
     let whole = std::fs::read(&archive).expect("archive");
     let cut = tmp.path().join("cut.tar");
     std::fs::write(&cut, &whole[..whole.len() * 2 / 3]).expect("cut");
@@ -688,7 +639,7 @@ fn where_overlayfs_is_refused_a_job_runs_on_the_shared_root_read_only() {
 #[test]
 fn a_token_auth_registry_serves_the_right_credentials_and_refuses_wrong_ones() {
     let registry = Registry::start_with_token("edge", "t0ken");
-    push_busybox_with_creds(&registry, "tools/busybox", "edge:t0ken");
+    push_busybox_with_creds(&registry, "edge:t0ken");
     let image = format!("{}/tools/busybox:1", registry.host());
     let right = Node::new(&format!(
         "[registries.\"{}\"]\nusername = \"edge\"\npassword = \"t0ken\"\n",

@@ -21,19 +21,7 @@ pub fn bin(name: &str) -> PathBuf {
     let target = exe.parent().and_then(Path::parent).expect("target dir");
     let path = target.join(name);
     if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "spillway-agent",
-                "-p",
-                "spillway-coordinator",
-            ])
-            .current_dir(repo(""))
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building the binaries failed");
+        build_binaries(&[]);
     }
     path
 }
@@ -41,20 +29,20 @@ pub fn bin(name: &str) -> PathBuf {
 /// Builds the release binaries of this tree, for benchmarks (an older build would measure
 /// older code); `bin` then finds them next to the bench executable.
 pub fn build_release_binaries() {
+    build_binaries(&["--release"]);
+}
+
+/// `cargo build [extra] -p spillway-agent -p spillway-coordinator` in this tree.
+fn build_binaries(extra: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "spillway-agent",
-            "-p",
-            "spillway-coordinator",
-        ])
+        .arg("build")
+        .args(extra)
+        .args(["-p", "spillway-agent", "-p", "spillway-coordinator"])
         .current_dir(repo(""))
         .status()
         .expect("cargo build");
-    assert!(status.success(), "building the release binaries failed");
+    assert!(status.success(), "building the binaries failed ({extra:?})");
 }
 
 /// A temporary node: its config, data root and state dir.

@@ -271,6 +271,24 @@ pub fn host_arch() -> &'static str {
     }
 }
 
+/// A one-platform busybox image for this host, as an oci-archive named `name` written by skopeo
+/// at `dir/busybox.tar` (its layout stays at `dir/layout`, tag `1`).
+pub fn busybox_archive(dir: &Path, name: &str) -> PathBuf {
+    let layout = dir.join("layout");
+    write_layout(
+        &layout,
+        "1",
+        &[ImageSpec::busybox("linux", host_arch(), None)],
+    );
+    let archive = dir.join("busybox.tar");
+    skopeo_copy(
+        &format!("oci:{}:1", layout.display()),
+        &format!("oci-archive:{}:{name}", archive.display()),
+        &[],
+    );
+    archive
+}
+
 /// `skopeo copy` (Debian), the independent client that pushes our layouts.
 pub fn skopeo_copy(from: &str, to: &str, extra: &[&str]) {
     let out = Command::new("skopeo")
@@ -387,6 +405,27 @@ impl Registry {
 
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Writes `images` as an OCI layout (an index when there are several) and pushes it as
+    /// `repo:1` with skopeo, logging in with `creds` (`user:password`) if given. Returns the
+    /// digests of the image manifests.
+    pub fn push(&self, repo: &str, images: &[ImageSpec], creds: Option<&str>) -> Vec<String> {
+        let layout = self
+            .dir
+            .path()
+            .join(format!("layout-{}", repo.replace('/', "-")));
+        let digests = write_layout(&layout, "1", images);
+        let mut extra = vec!["--all"];
+        if let Some(creds) = creds {
+            extra.extend(["--dest-creds", creds]);
+        }
+        skopeo_copy(
+            &format!("oci:{}:1", layout.display()),
+            &format!("docker://{}/{repo}:1", self.host()),
+            &extra,
+        );
+        digests
     }
 
     /// The registry's stored copy of a blob (to corrupt it on purpose).
