@@ -72,21 +72,8 @@ async fn run(argv: Vec<String>, job: StagedJob) -> Outcome {
             &job.output_dir.display().to_string(),
         ))
         .current_dir(&job.work_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so a timeout or shutdown reaches the script's children too.
-        .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
-    // async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            // If the agent dies (even by SIGKILL), its direct child dies with it. This is spawned
-            // from a runtime worker thread, which lives as long as the agent.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
-    }
+    as_job_child(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -152,6 +139,25 @@ async fn run(argv: Vec<String>, job: StagedJob) -> Outcome {
         exit,
         stdout,
         stderr,
+    }
+}
+
+/// Sets up the process that runs a job (a script, or the container supervisor): no stdin,
+/// stdout and stderr into the capture pipes, its own process group so a timeout or shutdown
+/// reaches its children too, and SIGKILL if the agent dies (even by SIGKILL). Jobs are spawned
+/// from a runtime worker thread, which lives as long as the agent, so the parent-death signal
+/// means the agent.
+pub(super) fn as_job_child(cmd: &mut Command) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
     }
 }
 

@@ -11,7 +11,6 @@ pub mod shim;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +21,7 @@ use spillway_proto::FunctionDef;
 use spillway_proto::quantity::Bytes;
 use tokio::process::Command;
 
-use super::process::drain;
+use super::process::{as_job_child, drain};
 use super::{Executor, Exit, Outcome, PrepareError, RunFuture, Runtime, StagedJob};
 use crate::capture::Captured;
 use crate::image::store::{Lease, canonical_reference};
@@ -483,26 +482,13 @@ async fn supervise(settings: &OciSettings, bundle: &Path, job: &StagedJob) -> Su
     let mut stdout = Captured::new(job.log_limit);
     let mut stderr = Captured::new(job.log_limit);
     let mut cmd = Command::new(&settings.shim);
-    cmd.arg("oci-run")
-        .arg(bundle)
-        .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
-    // async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            // A shim outliving a dead agent would run a job nobody waits for; the next agent
-            // collects its container.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
-    }
+    cmd.arg("oci-run").arg(bundle).env_clear().env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    // A shim outliving a dead agent would run a job nobody waits for; the next agent collects
+    // the container it leaves.
+    as_job_child(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
