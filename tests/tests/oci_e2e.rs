@@ -81,6 +81,16 @@ fn leftovers(node: &Node) -> Vec<String> {
     left
 }
 
+/// Waits up to 10 s for the node's containers, cgroups and mounts to be gone; fails naming what
+/// is left.
+fn assert_nothing_left(node: &Node) {
+    assert!(
+        wait_until(Duration::from_secs(10), || leftovers(node).is_empty()),
+        "left behind: {:?}",
+        leftovers(node)
+    );
+}
+
 /// Pushes a three-platform busybox image to `registry` as `repo:1`; returns the image layout's
 /// manifest digests.
 fn push_busybox(registry: &Registry, repo: &str) -> Vec<String> {
@@ -188,11 +198,7 @@ fn a_function_runs_in_a_container_pulled_from_a_registry_isolated_and_for_this_p
         images.contains(&image) && images.contains(&format!("linux/{}", host_arch())),
         "{images}"
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || leftovers(&node).is_empty()),
-        "{:?}",
-        leftovers(&node)
-    );
+    assert_nothing_left(&node);
 
     // Another board's variant comes out of the same index.
     let other = Node::new("");
@@ -285,11 +291,7 @@ fn memory_pids_and_timeout_limits_are_enforced_by_the_kernel() {
         reason(&node, &id)
     );
     assert!(started.elapsed() < Duration::from_secs(30));
-    assert!(
-        wait_until(Duration::from_secs(10), || leftovers(&node).is_empty()),
-        "{:?}",
-        leftovers(&node)
-    );
+    assert_nothing_left(&node);
     node.stop();
 }
 
@@ -460,11 +462,7 @@ fn bad_images_fail_their_jobs_with_reasons_and_leave_nothing() {
         let why = reason(&node, &id);
         assert!(why.contains(want), "{f}: `{why}` should say `{want}`");
     }
-    assert!(
-        wait_until(Duration::from_secs(10), || leftovers(&node).is_empty()),
-        "{:?}",
-        leftovers(&node)
-    );
+    assert_nothing_left(&node);
     // The corrupt layer was not kept: every stored blob belongs to a stored image.
     let blobs = files_under(&node.path("state/images/blobs/sha256"));
     assert!(
@@ -628,11 +626,7 @@ fn where_overlayfs_is_refused_a_job_runs_on_the_shared_root_read_only() {
         !shared.join("bin/written").exists(),
         "the shared root was written to"
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || leftovers(&node).is_empty()),
-        "{:?}",
-        leftovers(&node)
-    );
+    assert_nothing_left(&node);
     node.stop();
 }
 
