@@ -6,7 +6,9 @@
 #   4. runs every x86_64 test (unit, property, runtime, end-to-end with real processes, mesh tests
 #      across network namespaces, containers from a real registry),
 #   5. cross-builds a static aarch64 agent and runs the proto, link and agent tests under qemu,
-#   6. runs the proto, link and agent library tests for armv7 under qemu (wasm through Pulley).
+#   6. boots an emulated Raspberry Pi (qemu-system-aarch64, Debian's arm64 kernel) from a card
+#      prepared by `spillway flash`: it joins the mesh and runs a container function,
+#   7. runs the proto, link and agent library tests for armv7 under qemu (wasm through Pulley).
 # Builds are cached in $CARGO_TARGET_DIR (default /var/cache/spillway/target) between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +32,7 @@ packages=(
   docker-registry skopeo umoci busybox-static                   # OCI tests: registry, pusher, image contents
   python3 python3-cryptography                                  # htpasswd hashes, the registry's token issuer
   crun runc                                                     # baselines of the OCI benchmark
+  qemu-system-arm dosfstools mtools fdisk                       # emulated Pi booting a flashed card
 )
 step "checking build and test dependencies"
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -76,6 +79,13 @@ arm_agent="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/ci/spillway-agent"
 file "$arm_agent" | grep -q "statically linked" || { echo "$arm_agent is not static" >&2; exit 1; }
 qemu-aarch64-static "$arm_agent" --version
 RUSTC=/usr/bin/rustc /usr/bin/cargo test --profile ci --target aarch64-unknown-linux-gnu -p spillway-proto -p spillway-link -p spillway-agent --tests
+
+step "emulated Raspberry Pi: a flashed card boots, joins the mesh and runs a container"
+# Debian's arm64 kernel and busybox for the board (downloaded once into /var/cache/spillway/pi).
+tests/pi/assets.sh
+# An x86_64 test binary: libseccomp links as usual there.
+env -u LIBSECCOMP_LINK_TYPE -u LIBSECCOMP_LIB_PATH SPILLWAY_AARCH64_AGENT="$arm_agent" \
+  cargo test -p spillway-tests --test pi_boot -- --ignored
 
 step "armv7: proto, link and agent library tests under qemu-arm-static"
 # rustup's armv7 std (Debian's armhf one is rustc 1.85; see cross/build.sh). The library tests

@@ -42,6 +42,14 @@ struct RawConfig {
     oci: RawOci,
     #[serde(default)]
     registries: std::collections::BTreeMap<String, crate::image::RegistrySettings>,
+    join: Option<RawJoin>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJoin {
+    coordinator: String,
+    token_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -158,6 +166,16 @@ pub struct AgentConfig {
     pub logs: LogLimits,
     pub wasm: WasmSettings,
     pub oci: OciConfig,
+    /// Join a mesh at start when this node has not joined yet (a flashed card's first boot).
+    pub join: Option<JoinSettings>,
+}
+
+/// `[join]`: the coordinator to join and the file holding the one-time token. Used only while
+/// the state folder has no identity; the token file may be deleted once the node has joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinSettings {
+    pub coordinator: String,
+    pub token_file: PathBuf,
 }
 
 /// What this node offers to functions; `None` means "measure the machine".
@@ -325,6 +343,10 @@ impl AgentConfig {
                         .collect(),
                 ),
             },
+            join: raw.join.map(|j| JoinSettings {
+                coordinator: j.coordinator,
+                token_file: abs(&j.token_file),
+            }),
         })
     }
 
@@ -409,5 +431,27 @@ mod tests {
             .expect("valid");
         assert_eq!(c.resources.cpu, Some(Millicores(2000)));
         assert_eq!(c.defaults.cpu, Millicores(250));
+    }
+
+    #[test]
+    fn join_section_names_the_coordinator_and_a_token_file_beside_the_config() {
+        let c = AgentConfig::from_toml(
+            "data_root = \"d\"\nstate_dir = \"s\"\n[join]\ncoordinator = \"10.0.2.2:7443\"\ntoken_file = \"join-token\"\n",
+            Path::new("/etc/spillway"),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.join,
+            Some(JoinSettings {
+                coordinator: "10.0.2.2:7443".into(),
+                token_file: PathBuf::from("/etc/spillway/join-token"),
+            })
+        );
+        let err = AgentConfig::from_toml(
+            "data_root = \"d\"\nstate_dir = \"s\"\n[join]\ncoordinator = \"c:1\"\n",
+            Path::new("/"),
+        )
+        .expect_err("token_file is required");
+        assert!(err.contains("token_file"), "{err}");
     }
 }

@@ -112,6 +112,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if matches!(cli.command, Command::Run | Command::Pull { .. }) {
+        spillway_agent::image::pull::ensure_trust_store(&config.state_dir);
+    }
     let result = match cli.command {
         Command::Run => run(config, &cli.config),
         Command::Join { coordinator, token } => join(&config, &coordinator, &token),
@@ -148,6 +151,7 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
         let state_dir = config.state_dir.clone();
+        let join_settings = config.join.clone();
         let agent = Agent::start(config).context("the agent could not start")?;
         release_startup_memory();
         print_banner(&agent, config_path);
@@ -158,15 +162,36 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
         // The engine beats every half second; ten missed beats mean it is wedged.
         let watchdog = service::spawn_watchdog(agent.heartbeat(), std::time::Duration::from_secs(5));
         let (stop_link, link_stopped) = tokio::sync::oneshot::channel::<()>();
-        let link = match Membership::load(&state_dir) {
-            Some(membership) => {
+        let (handle, capacity) = (agent.mesh_handle(), agent.capacity());
+        let node = agent.node_name().to_owned();
+        let link = match (Membership::load(&state_dir), join_settings) {
+            (Some(membership), _) => {
                 println!("Mesh: linking to the coordinator at {}", membership.coordinator);
-                let (handle, capacity) = (agent.mesh_handle(), agent.capacity());
                 Some(tokio::spawn(mesh::link::run(membership, handle, capacity, async {
                     let _ = link_stopped.await;
                 })))
             }
-            None => {
+            (None, Some(join)) => {
+                println!(
+                    "Mesh: joining the coordinator at {} (token in {})",
+                    join.coordinator,
+                    join.token_file.display()
+                );
+                Some(tokio::spawn(async move {
+                    let mut stopped = std::pin::pin!(link_stopped);
+                    let joined = tokio::select! {
+                        m = mesh::membership::join_at_start(&state_dir, &node, &join) => m,
+                        _ = &mut stopped => None,
+                    };
+                    if let Some(membership) = joined {
+                        mesh::link::run(membership, handle, capacity, async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                    }
+                }))
+            }
+            (None, None) => {
                 println!("Mesh: not joined; running standalone (join with `spillway-agent join --coordinator HOST:PORT --token T`)");
                 None
             }

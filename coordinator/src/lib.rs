@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod flash;
 pub mod loadgen;
 pub mod server;
 pub mod validate;

@@ -124,6 +124,64 @@ enum Command {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Prepare a Raspberry Pi SD card (image or card) to join this mesh at first boot.
+    ///
+    /// Writes onto the card's FAT boot partition (no mounting): the agent for the OS's
+    /// architecture, its config, a join token and a first-boot step (cloud-init's user-data, or
+    /// systemd.run on cmdline.txt) that installs the agent as a systemd service.
+    ///
+    /// spillway flash --image raspios.img --coordinator 192.168.1.10:7443 --new-token --hostname pi-shed
+    ///
+    /// Here --coordinator is the QUIC address HOST:PORT the board joins (the API for
+    /// --new-token comes from the client config or $SPILLWAY_COORDINATOR), and the card's token
+    /// is --join-token: --token stays the API token, which never goes onto a card.
+    Flash {
+        /// A card image (e.g. raspios-bookworm-arm64-lite.img, decompressed). With --device,
+        /// it is first copied onto the card.
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// The card itself, e.g. /dev/sdb or /dev/mmcblk0 (whole disk; refused when mounted).
+        #[arg(long)]
+        device: Option<PathBuf>,
+        /// Join token for the card (from `spillway token create`).
+        #[arg(long, env = "SPILLWAY_JOIN_TOKEN", conflicts_with = "new_token")]
+        join_token: Option<String>,
+        /// Create a fresh join token through the coordinator's API.
+        #[arg(long)]
+        new_token: bool,
+        /// Lifetime of a --new-token (the card must boot within it).
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        token_ttl: Duration,
+        /// Host name of the board (also its node name).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Wifi network (SSID) to join; the password comes from --wifi-password-file or
+        /// $SPILLWAY_WIFI_PASSWORD.
+        #[arg(long, requires = "wifi_country")]
+        wifi: Option<String>,
+        #[arg(long)]
+        wifi_password_file: Option<PathBuf>,
+        /// Two-letter country code of the wifi radio, e.g. GB.
+        #[arg(long)]
+        wifi_country: Option<String>,
+        /// aarch64 or armv7 (default: read from the boot partition).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Folder with the boards' agents: TRIPLE/spillway-agent, or a cargo target folder
+        /// after cross/build.sh.
+        #[arg(
+            long,
+            env = "SPILLWAY_BINARIES",
+            default_value = "/var/cache/spillway/target"
+        )]
+        binaries: PathBuf,
+        /// Agent config (TOML) to start from; flash adds node_name, state paths and [join].
+        #[arg(long)]
+        agent_config: Option<PathBuf>,
+        /// Do not ask before writing to a --device.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Join tokens for new nodes.
     Token {
         #[command(subcommand)]
@@ -373,6 +431,90 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
         Command::Describe { kind, name } => cli::describe(&client()?, &kind, &name).await,
         Command::Logs { job } => cli::logs(&client()?, &job).await,
         Command::Top { interval, once } => cli::top(&client()?, interval, once).await,
+        Command::Flash {
+            image,
+            device,
+            join_token,
+            new_token,
+            token_ttl,
+            hostname,
+            wifi,
+            wifi_password_file,
+            wifi_country,
+            arch,
+            binaries,
+            agent_config,
+            yes,
+        } => {
+            let wifi = match wifi {
+                None => None,
+                Some(ssid) => {
+                    let password = match wifi_password_file {
+                        Some(f) => std::fs::read_to_string(&f)
+                            .with_context(|| format!("cannot read {}", f.display()))?
+                            .trim_end_matches(['\n', '\r'])
+                            .to_owned(),
+                        None => std::env::var("SPILLWAY_WIFI_PASSWORD").map_err(|_| {
+                            anyhow::anyhow!("--wifi needs a password: --wifi-password-file FILE or $SPILLWAY_WIFI_PASSWORD")
+                        })?,
+                    };
+                    Some(spillway_coordinator::flash::Wifi {
+                        ssid,
+                        password,
+                        country: wifi_country.unwrap_or_default(),
+                    })
+                }
+            };
+            if join_token.is_none() && !new_token {
+                anyhow::bail!(
+                    "the card needs a join token: --join-token T (from `spillway token create`) or --new-token"
+                );
+            }
+            // For flash, --coordinator is where the board joins (QUIC); the API is found as usual.
+            let coordinator = match cli.coordinator.clone() {
+                Some(addr) if !addr.contains("://") => addr,
+                _ => anyhow::bail!(
+                    "spillway flash needs --coordinator HOST:PORT: the coordinator's QUIC address as the board will reach it (port 7443 by default)"
+                ),
+            };
+            let api = || {
+                let url = std::env::var("SPILLWAY_COORDINATOR")
+                    .ok()
+                    .filter(|u| u.contains("://"));
+                Client::resolve(url, cli.token.clone(), cli.client_config.clone())
+                    .map_err(Into::into)
+            };
+            let agent_config = match agent_config {
+                Some(p) => Some(
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let arch = arch
+                .map(|a| spillway_coordinator::flash::Arch::parse(&a))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--arch: {e}"))?;
+            spillway_coordinator::cli::flash::run(
+                api,
+                spillway_coordinator::cli::flash::FlashArgs {
+                    image,
+                    device,
+                    new_token: new_token.then_some(token_ttl),
+                    yes,
+                    options: spillway_coordinator::flash::FlashOptions {
+                        coordinator,
+                        token: join_token.unwrap_or_default(),
+                        hostname,
+                        wifi,
+                        binaries,
+                        arch,
+                        agent_config,
+                    },
+                },
+            )
+            .await
+        }
         Command::Invoke {
             function,
             file,

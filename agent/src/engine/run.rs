@@ -12,7 +12,7 @@ use crate::capture::Captured;
 use crate::catalog::Deployed;
 use crate::joblog;
 use crate::journal::{JobRecord, JobState, JournalError, now_ms};
-use crate::runtime::{Exit, StagedJob};
+use crate::runtime::{Exit, Outcome, StagedJob};
 use crate::staging::{Staging, deliver};
 
 /// One run attempt: stage, execute, journal the result, deliver, log.
@@ -68,7 +68,30 @@ pub(super) async fn run_job(
         function: f.def.name.clone(),
         at: Instant::now(),
     });
-    let outcome = f.executor.execute(job).await;
+    let log_limit = job.log_limit;
+    // A bug in a runtime (or a library it uses) must fail its job, not leave it running forever.
+    let outcome = match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+        f.executor.execute(job),
+    ))
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown");
+            tracing::error!(job = %record.id, "the runtime panicked: {what}");
+            Outcome {
+                exit: Exit::Failure(format!(
+                    "internal error in the agent while running this job ({what}); this is a bug, please report it"
+                )),
+                stdout: Captured::new(log_limit),
+                stderr: Captured::new(log_limit),
+            }
+        }
+    };
     let streams = Some((&outcome.stdout, &outcome.stderr));
     let keys = match outcome.exit {
         Exit::Failure(reason) => {

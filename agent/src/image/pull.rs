@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -194,6 +194,49 @@ pub async fn pull(
             path: store.root().to_path_buf(),
             source: std::io::Error::other(e.to_string()),
         })?
+}
+
+/// Where rustls-native-certs (behind reqwest) looks for CA certificates on Linux.
+const CA_BUNDLES: [&str; 6] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+    "/etc/ssl/cert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+];
+
+/// A board image without CA certificates makes every registry client panic at construction
+/// (reqwest's default client inside oci-client). Then this points `SSL_CERT_FILE` at a
+/// certificate made here that signs nothing: plain-HTTP registries work, HTTPS ones are refused
+/// as untrusted, and the log says how to fix it. Call before any thread starts.
+pub fn ensure_trust_store(state_dir: &Path) {
+    let has_bundle = CA_BUNDLES.iter().any(|p| Path::new(p).is_file())
+        || std::fs::read_dir("/etc/ssl/certs").is_ok_and(|mut d| d.next().is_some());
+    if has_bundle || std::env::var_os("SSL_CERT_FILE").is_some() {
+        return;
+    }
+    let file = state_dir.join("tls").join("no-ca-certificates.pem");
+    let made = rcgen::generate_simple_self_signed(vec!["trusts-nothing.invalid".to_owned()])
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            std::fs::create_dir_all(state_dir.join("tls"))
+                .and_then(|()| std::fs::write(&file, c.cert.pem()))
+                .map_err(|e| e.to_string())
+        });
+    match made {
+        Ok(()) => {
+            tracing::warn!(
+                "this system has no CA certificates: HTTPS registries cannot be verified and are refused; install the ca-certificates package (plain-HTTP registries with `insecure = true` work)"
+            );
+            // SAFETY: called from main before the runtime or any other thread exists.
+            unsafe { std::env::set_var("SSL_CERT_FILE", &file) };
+        }
+        Err(e) => tracing::warn!(
+            "this system has no CA certificates and {} cannot be written ({e})",
+            file.display()
+        ),
+    }
 }
 
 fn client(

@@ -110,6 +110,51 @@ pub async fn join(
     Ok(membership)
 }
 
+/// Joins from the config's `[join]` when the node starts without an identity (a flashed card's
+/// first boot). An unreachable coordinator is retried with backoff (a board's network often comes
+/// up after its services); a refused or malformed token is not, and the node runs standalone.
+pub async fn join_at_start(
+    state_dir: &Path,
+    node: &str,
+    settings: &crate::config::JoinSettings,
+) -> Option<Membership> {
+    let token = match std::fs::read_to_string(&settings.token_file) {
+        Ok(t) => t.trim().to_owned(),
+        Err(e) => {
+            tracing::error!(
+                "cannot read the join token {} ({e}); running standalone. Put the token from `spillway token create` there and restart",
+                settings.token_file.display()
+            );
+            return None;
+        }
+    };
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match join(state_dir, node, &settings.coordinator, &token).await {
+            Ok(m) => {
+                tracing::info!(
+                    "joined the mesh of {}; the token file {} is no longer needed",
+                    settings.coordinator,
+                    settings.token_file.display()
+                );
+                return Some(m);
+            }
+            Err(e @ (JoinError::Connect { .. } | JoinError::Resolve(..))) => {
+                tracing::warn!("cannot join yet: {e}; trying again in {}s", wait.as_secs());
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                tracing::error!(
+                    "cannot join the mesh of {}: {e}; running standalone",
+                    settings.coordinator
+                );
+                return None;
+            }
+        }
+    }
+}
+
 /// The join exchange itself, without saving anything (load generators join thousands).
 pub async fn request_membership(
     node: &str,

@@ -1,5 +1,6 @@
 //! The `spillway` commands that talk to a coordinator. `main.rs` parses; this module does.
 
+pub mod flash;
 pub mod output;
 pub mod up;
 

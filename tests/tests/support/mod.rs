@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod board;
 pub mod netns;
 pub mod oci;
 

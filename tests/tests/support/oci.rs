@@ -63,6 +63,14 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 /// A busybox root: the static binary, the applets the tests use, a user `app` (1000), and
 /// `/etc/platform` saying which platform the image claims to be.
 pub fn busybox_layer(platform: &str) -> Vec<u8> {
+    busybox_layer_of(
+        std::fs::read(BUSYBOX).expect("busybox-static is installed"),
+        platform,
+    )
+}
+
+/// The same root around another busybox binary (an arm64 one for an emulated board).
+pub fn busybox_layer_of(busybox: Vec<u8>, platform: &str) -> Vec<u8> {
     let applets = [
         "sh",
         "cat",
@@ -92,11 +100,7 @@ pub fn busybox_layer(platform: &str) -> Vec<u8> {
     let links: Vec<(&str, &str)> = links.iter().map(|(p, t)| (p.as_str(), *t)).collect();
     layer(
         &[
-            (
-                "bin/busybox",
-                0o755,
-                std::fs::read(BUSYBOX).expect("busybox-static is installed"),
-            ),
+            ("bin/busybox", 0o755, busybox),
             (
                 "etc/passwd",
                 0o644,
