@@ -18,9 +18,13 @@
 #
 #   cross/build.sh                      # x86_64, aarch64 and armv7
 #   cross/build.sh armv7-unknown-linux-gnueabihf
+#   cross/build.sh --images             # all three, then the multi-platform images of the agent
+#                                       # and the coordinator as oci-archives in $CARGO_TARGET_DIR/images
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/spillway/target}"
+images=0
+if [ "${1:-}" = --images ]; then images=1; shift; fi
 targets=("$@")
 ((${#targets[@]})) || targets=(x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 for target in "${targets[@]}"; do
@@ -47,3 +51,14 @@ for target in "${targets[@]}"; do
     printf '%-28s %-16s %8.2f MiB  %s\n' "$target" "$bin" "$(awk "BEGIN{print $size/1048576}")" "$(file -b "$dir/$bin" | cut -d, -f1-2)"
   done
 done
+if ((images)); then
+  out="$CARGO_TARGET_DIR/images"
+  mkdir -p "$out"
+  version=$(cargo pkgid -p spillway-agent | sed 's/.*[#@]//')
+  cargo build -q -p spillway-cross
+  for component in agent coordinator; do
+    "$CARGO_TARGET_DIR/debug/spillway-image" "$component" --binaries "$CARGO_TARGET_DIR" \
+      --tag "$version" --out "$out/spillway-$component.oci.tar"
+  done
+  echo "push with: skopeo copy --all oci-archive:$out/spillway-agent.oci.tar:$version docker://REGISTRY/spillway-agent:$version"
+fi

@@ -6,9 +6,11 @@
 #   4. runs every x86_64 test (unit, property, runtime, end-to-end with real processes, mesh tests
 #      across network namespaces, containers from a real registry),
 #   5. cross-builds a static aarch64 agent and runs the proto, link and agent tests under qemu,
-#   6. boots an emulated Raspberry Pi (qemu-system-aarch64, Debian's arm64 kernel) from a card
+#   6. cross-builds static release binaries for x86_64, aarch64 and armv7 and Spillway's own
+#      multi-platform images (checked with skopeo and umoci, pushed, pulled back per platform),
+#   7. boots an emulated Raspberry Pi (qemu-system-aarch64, Debian's arm64 kernel) from a card
 #      prepared by `spillway flash`: it joins the mesh and runs a container function,
-#   7. runs the proto, link and agent library tests for armv7 under qemu (wasm through Pulley).
+#   8. runs the proto, link and agent library tests for armv7 under qemu (wasm through Pulley).
 # Builds are cached in $CARGO_TARGET_DIR (default /var/cache/spillway/target) between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,7 @@ packages=(
   python3 python3-cryptography                                  # htpasswd hashes, the registry's token issuer
   crun runc                                                     # baselines of the OCI benchmark
   qemu-system-arm dosfstools mtools fdisk                       # emulated Pi booting a flashed card
+  ca-certificates                                               # the CA bundle in Spillway's own images
 )
 step "checking build and test dependencies"
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -80,11 +83,17 @@ file "$arm_agent" | grep -q "statically linked" || { echo "$arm_agent is not sta
 qemu-aarch64-static "$arm_agent" --version
 RUSTC=/usr/bin/rustc /usr/bin/cargo test --profile ci --target aarch64-unknown-linux-gnu -p spillway-proto -p spillway-link -p spillway-agent --tests
 
+# From here on x86_64 test binaries link libseccomp as usual; cross/build.sh sets its own.
+unset LIBSECCOMP_LINK_TYPE LIBSECCOMP_LIB_PATH
+
+step "cross: static release binaries for x86_64, aarch64 and armv7, and multi-platform images"
+cross/build.sh --images
+SPILLWAY_CROSS_TARGET="$CARGO_TARGET_DIR" cargo test -p spillway-tests --test images -- --ignored
+
 step "emulated Raspberry Pi: a flashed card boots, joins the mesh and runs a container"
 # Debian's arm64 kernel and busybox for the board (downloaded once into /var/cache/spillway/pi).
 tests/pi/assets.sh
-# An x86_64 test binary: libseccomp links as usual there.
-env -u LIBSECCOMP_LINK_TYPE -u LIBSECCOMP_LIB_PATH SPILLWAY_AARCH64_AGENT="$arm_agent" \
+SPILLWAY_AARCH64_AGENT="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/release/spillway-agent" \
   cargo test -p spillway-tests --test pi_boot -- --ignored
 
 step "armv7: proto, link and agent library tests under qemu-arm-static"

@@ -3,6 +3,9 @@
 //! against a real block device (a loop device). The agent binaries flashed here are stand-ins
 //! with the right ELF header: flash copies bytes; the emulated board (pi_boot.rs) runs a real one.
 
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::path::{Path, PathBuf};

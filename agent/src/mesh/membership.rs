@@ -132,10 +132,17 @@ pub async fn join_at_start(
     loop {
         match join(state_dir, node, &settings.coordinator, &token).await {
             Ok(m) => {
+                // Spent, but still a secret: remove it where the service may (ProtectSystem
+                // can make /etc read-only; then it stays, useless).
+                let removed = std::fs::remove_file(&settings.token_file).is_ok();
                 tracing::info!(
-                    "joined the mesh of {}; the token file {} is no longer needed",
+                    "joined the mesh of {}{}",
                     settings.coordinator,
-                    settings.token_file.display()
+                    if removed {
+                        "; the spent join token was deleted"
+                    } else {
+                        ""
+                    }
                 );
                 return Some(m);
             }

@@ -61,7 +61,7 @@ impl BootFiles {
                 .map(|l| l.split('#').next().unwrap_or("").trim())
                 .filter_map(|l| l.strip_prefix("arm_64bit="))
                 .map(|v| v.trim() == "1")
-                .last()
+                .next_back()
         });
         match arm_64bit {
             Some(true) => Some(Arch::Aarch64),

@@ -103,13 +103,13 @@ pub fn check_unused(disk: &Disk, mountinfo: &str, swaps: &str) -> Result<(), Fla
     let mut uses = Vec::new();
     for line in mountinfo.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
-        if let (Some(dev), Some(point)) = (fields.get(2), fields.get(4)) {
-            if let Some((part, _)) = disk.devices.iter().find(|(_, d)| d == dev) {
-                uses.push(format!(
-                    "{part} is mounted on {}",
-                    point.replace("\\040", " ")
-                ));
-            }
+        if let (Some(dev), Some(point)) = (fields.get(2), fields.get(4))
+            && let Some((part, _)) = disk.devices.iter().find(|(_, d)| d == dev)
+        {
+            uses.push(format!(
+                "{part} is mounted on {}",
+                point.replace("\\040", " ")
+            ));
         }
     }
     for line in swaps.lines().skip(1) {

@@ -95,14 +95,14 @@ fn gpt_boot(disk: &File, name: &str) -> Result<Option<BootPartition>, FlashError
     // partitions are FAT too. `open_fat` checks the file system itself.
     let fat_types = [gpt::partition_types::BASIC, gpt::partition_types::EFI];
     for (number, p) in table.partitions() {
-        if fat_types.contains(&p.part_type_guid) {
-            if let (Ok(start), Ok(len)) = (p.bytes_start(size), p.bytes_len(size)) {
-                return Ok(Some(BootPartition {
-                    number: *number,
-                    start,
-                    len,
-                }));
-            }
+        if fat_types.contains(&p.part_type_guid)
+            && let (Ok(start), Ok(len)) = (p.bytes_start(size), p.bytes_len(size))
+        {
+            return Ok(Some(BootPartition {
+                number: *number,
+                start,
+                len,
+            }));
         }
     }
     Ok(None)

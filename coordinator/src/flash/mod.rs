@@ -308,15 +308,14 @@ pub fn flash(
                 path: name.to_owned(),
             })?;
             let (cmdline, previous) = boot::cmdline_with_firstrun(&cmdline);
-            if let Some(p) = &previous {
-                if !p
+            if let Some(p) = &previous
+                && !p
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
-                {
-                    return Err(invalid(format!(
-                        "cmdline.txt runs `{p}` at first boot; chaining a path with such characters is not supported"
-                    )));
-                }
+            {
+                return Err(invalid(format!(
+                    "cmdline.txt runs `{p}` at first boot; chaining a path with such characters is not supported"
+                )));
             }
             plan.push(Planned {
                 path: boot::SCRIPT.into(),

@@ -233,7 +233,7 @@ impl Board {
             .lines()
             .filter_map(|l| l.split("board: agent VmRSS ").nth(1))
             .filter_map(|v| v.split_whitespace().next()?.parse().ok())
-            .last()
+            .next_back()
     }
 
     /// Powers the board off (the card's file system was synced after the first-boot script).
@@ -249,5 +249,150 @@ impl Drop for Board {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The node name flashed boards get.
+pub const NODE: &str = "pi-emu";
+
+/// A coordinator and a registry on this machine, and a card flashed to join them; the card
+/// boots with `boot`. The registry holds an arm64 busybox image the board pulls via 10.0.2.2.
+pub struct Testbed {
+    pub work: tempfile::TempDir,
+    pub coordinator: super::Coordinator,
+    pub registry: super::oci::Registry,
+    pub card: PathBuf,
+    /// The image reference as the board sees it.
+    pub image: String,
+}
+
+impl Testbed {
+    /// Everything up to (not including) `spillway flash`, with `agent` as the board's binary.
+    pub fn new(agent: &Path) -> Self {
+        let work = tempfile::tempdir().expect("tmp");
+        let w = work.path();
+        let bins = w.join("bins/aarch64-unknown-linux-gnu");
+        std::fs::create_dir_all(&bins).expect("bins");
+        std::fs::copy(agent, bins.join("spillway-agent")).expect("agent");
+        let card = w.join("card.img");
+        blank_card(&card, 160);
+        let coordinator = super::Coordinator::new();
+        let registry = super::oci::Registry::start();
+        let busybox = std::fs::read(assets().join("busybox")).expect("arm64 busybox");
+        let mut spec = super::oci::ImageSpec::busybox("linux", "arm64", None);
+        spec.layers = vec![super::oci::gzip(&super::oci::busybox_layer_of(
+            busybox,
+            "linux/arm64",
+        ))];
+        registry.push("board/checksum", &[spec], None);
+        let image = format!("{HOST_FROM_BOARD}:{}/board/checksum:1", registry.port);
+        std::fs::write(
+            w.join("extra.toml"),
+            format!(
+                "[registries.\"{HOST_FROM_BOARD}:{}\"]\ninsecure = true\n[labels]\nboard = \"emulated\"\n",
+                registry.port
+            ),
+        )
+        .expect("extra");
+        Self {
+            work,
+            coordinator,
+            registry,
+            card,
+            image,
+        }
+    }
+
+    /// `spillway flash` of the card with a fresh token: (success, stdout, stderr).
+    pub fn flash(&self) -> (bool, String, String) {
+        let w = self.work.path();
+        self.coordinator.cli(&[
+            "flash",
+            "--image",
+            self.card.to_str().expect("utf-8"),
+            "--coordinator",
+            &format!("{HOST_FROM_BOARD}:{}", self.coordinator.quic_port),
+            "--new-token",
+            "--hostname",
+            NODE,
+            "--binaries",
+            w.join("bins").to_str().expect("utf-8"),
+            "--agent-config",
+            w.join("extra.toml").to_str().expect("utf-8"),
+        ])
+    }
+
+    pub fn boot(&self) -> Board {
+        Board::boot(&self.card, &self.work.path().join("console.log"))
+    }
+
+    /// Time from power-on until `spillway get nodes` shows the board Ready.
+    pub fn wait_ready(&self, board: &mut Board, timeout: Duration) -> Option<Duration> {
+        let ready = super::wait_until(timeout, || {
+            self.coordinator.health(NODE).as_deref() == Some("Ready") || !board.running()
+        });
+        (ready && self.coordinator.health(NODE).as_deref() == Some("Ready"))
+            .then(|| board.powered_on.elapsed())
+    }
+
+    /// Applies `checksum`: a container function (the arm64 image) whose script writes the
+    /// machine, the input's SHA-256, its cgroup, the memory limit and its seccomp state.
+    pub fn deploy_checksum(&self) {
+        let w = self.work.path();
+        let fdl = w.join("functions.yaml");
+        std::fs::write(
+            &fdl,
+            format!(
+                "functions:\n  oscar:\n  - edge:\n      name: checksum\n      image: {}\n      script: checksum.sh\n      memory: 64Mi\n      timeout: 120\n      input: [{{storage_provider: minio.default, path: checksum/in}}]\n      output: [{{storage_provider: minio.default, path: checksum/out}}]\n",
+                self.image
+            ),
+        )
+        .expect("fdl");
+        std::fs::write(
+            w.join("checksum.sh"),
+            "#!/bin/sh\nset -e\nname=$(basename \"$INPUT_FILE_PATH\")\n{ uname -m; sha256sum \"$INPUT_FILE_PATH\" | cut -d' ' -f1; cat /proc/self/cgroup; echo \"memory.max $(cat /sys/fs/cgroup/memory.max 2>&1)\"; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; } > \"$TMP_OUTPUT_DIR/$name.txt\"\n",
+        )
+        .expect("script");
+        let (ok, _, err) = self
+            .coordinator
+            .cli(&["apply", "-f", fdl.to_str().expect("utf-8")]);
+        assert!(ok, "apply failed: {err}");
+    }
+
+    /// `spillway invoke checksum` of `bytes` as `name` on the board, waiting for the job:
+    /// (success, output of invoke, time taken).
+    pub fn invoke(&self, name: &str, bytes: &[u8]) -> (bool, String, Duration) {
+        let input = self.work.path().join(name);
+        std::fs::write(&input, bytes).expect("input");
+        let started = Instant::now();
+        let (ok, out, err) = self.coordinator.cli(&[
+            "invoke",
+            "checksum",
+            "--file",
+            input.to_str().expect("utf-8"),
+            "--node",
+            NODE,
+            "--wait",
+            "--timeout",
+            "240s",
+        ]);
+        (
+            ok && out.contains("Succeeded"),
+            out + &err,
+            started.elapsed(),
+        )
+    }
+}
+
+impl Board {
+    /// Seconds after power-on at which the board's console printed `marker (X s after power-on)`.
+    pub fn console_time(&self, marker: &str) -> Option<f64> {
+        let console = self.console();
+        let rest = console.split(marker).nth(1)?;
+        rest.trim_start_matches(" (")
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
     }
 }
