@@ -477,4 +477,44 @@ fn a_card_device_is_refused_while_mounted_and_written_when_free() {
         mtype(&card, "spillway-join-token").as_deref(),
         Some("tok-1.s\n")
     );
+
+    // --image with --device: the image is copied onto the card first, then prepared there.
+    let fresh = d.join("fresh.img");
+    blank_card(&fresh, 40);
+    std::fs::write(d.join("config.txt"), "arm_64bit=1\n# fresh image\n").expect("config");
+    mcopy_in(&fresh, &[d.join("config.txt")]);
+    let fresh_before = digest(&fresh);
+    let mut both = device_args(&loop_dev);
+    both.extend([
+        "--image".into(),
+        fresh.display().to_string(),
+        "--yes".into(),
+    ]);
+    let (ok, out, err) = run(both);
+    assert!(ok, "{out}{err}");
+    assert!(err.contains("ERASE") && err.contains("copied"), "{err}");
+    assert!(
+        mtype(&card, "config.txt")
+            .expect("config")
+            .contains("# fresh image")
+    );
+    assert!(
+        mtype(&card, "cmdline.txt")
+            .expect("cmdline")
+            .contains("systemd.run=")
+    );
+    assert_eq!(
+        digest(&fresh),
+        fresh_before,
+        "the source image is not modified"
+    );
+    // An image larger than the card is refused before the card is touched.
+    let big = d.join("big.img");
+    blank_card(&big, 120);
+    let card_before = digest(&card);
+    let mut too_big = device_args(&loop_dev);
+    too_big.extend(["--image".into(), big.display().to_string(), "--yes".into()]);
+    let (ok, _, err) = run(too_big);
+    assert!(!ok && err.contains("does not fit"), "{err}");
+    assert_eq!(digest(&card), card_before);
 }

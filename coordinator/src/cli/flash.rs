@@ -153,10 +153,23 @@ fn copy_image(image: &Path, dev: &Path) -> anyhow::Result<()> {
     // Refuse what flash would refuse before erasing the card.
     let size = src.metadata()?.len();
     flash::disk::boot_partition(&src, size, &image.display().to_string())?;
+    // That read moved the file's position.
+    std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(0))?;
     let mut dst = std::fs::OpenOptions::new()
         .write(true)
         .open(dev)
         .with_context(|| format!("cannot open {} for writing (run as root)", dev.display()))?;
+    let room = std::io::Seek::seek(&mut dst, std::io::SeekFrom::End(0))?;
+    if size > room {
+        bail!(
+            "{} ({} MiB) does not fit on {} ({} MiB); nothing was written",
+            image.display(),
+            size >> 20,
+            dev.display(),
+            room >> 20
+        );
+    }
+    std::io::Seek::seek(&mut dst, std::io::SeekFrom::Start(0))?;
     let bar = bar("copying");
     bar.set_length(size);
     let mut buf = vec![0u8; 4 << 20];
