@@ -147,6 +147,25 @@ pub fn check_static_elf(bytes: &[u8], target: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// JSON with every object's keys sorted: oci-spec keeps labels and annotations in `HashMap`s,
+/// whose order changes from run to run, and a digest must not.
+fn canonical_json(value: &impl serde::Serialize) -> anyhow::Result<Vec<u8>> {
+    fn sort(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<_> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sort(v))).collect())
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.into_iter().map(sort).collect())
+            }
+            other => other,
+        }
+    }
+    Ok(serde_json::to_vec(&sort(serde_json::to_value(value)?))?)
+}
+
 /// A blob: its bytes and descriptor fields.
 pub struct Blob {
     pub bytes: Vec<u8>,
@@ -233,7 +252,7 @@ pub fn platform_image(
     if let Some(v) = target.variant {
         image_config = image_config.variant(v);
     }
-    let config_blob = blob(serde_json::to_vec(&image_config.build()?)?)?;
+    let config_blob = blob(canonical_json(&image_config.build()?)?)?;
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
@@ -243,7 +262,7 @@ pub fn platform_image(
         ])
         .annotations(labels)
         .build()?;
-    let manifest_blob = blob(serde_json::to_vec(&manifest)?)?;
+    let manifest_blob = blob(canonical_json(&manifest)?)?;
     let mut platform = PlatformBuilder::default()
         .architecture(target.arch.clone())
         .os(Os::Linux);
@@ -356,7 +375,7 @@ pub fn archive(
             kind.name.to_owned(),
         )]))
         .build()?;
-    let index_blob = blob(serde_json::to_vec(&index)?)?;
+    let index_blob = blob(canonical_json(&index)?)?;
     let mut refs = vec![
         descriptor(MediaType::ImageIndex, &index_blob)?
             .annotations(ref_name(tag.to_owned()))
@@ -382,7 +401,7 @@ pub fn archive(
             "oci-layout".into(),
             br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
         ),
-        ("index.json".into(), serde_json::to_vec(&top)?),
+        ("index.json".into(), canonical_json(&top)?),
     ];
     for b in images.iter().flat_map(|i| &i.blobs).chain([&index_blob]) {
         let hex = b.digest.digest().to_owned();
@@ -436,7 +455,7 @@ mod tests {
     #[test]
     fn rfc3339_matches_known_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_376_132), "2026-11-22T17:35:32Z");
+        assert_eq!(rfc3339(1_795_376_132), "2026-11-22T19:35:32Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 
@@ -455,5 +474,8 @@ mod tests {
         let a = platform_image(&kind, &arm64, &elf, b"ca", 0).expect("image");
         let b = platform_image(&kind, &arm64, &elf, b"ca", 0).expect("image");
         assert_eq!(a.manifest.digest(), b.manifest.digest());
+        let once = archive(&kind, "1", &[a], 0).expect("archive");
+        let twice = archive(&kind, "1", &[b], 0).expect("archive");
+        assert!(once == twice, "the archive is byte for byte the same");
     }
 }
