@@ -28,3 +28,13 @@ pub mod watch;
 pub use config::AgentConfig;
 pub use engine::{Agent, AgentHandle, JobEvent};
 pub use signal::shutdown_signal;
+
+/// Hands freed heap back to the system. glibc keeps what a burst freed (compiling modules at
+/// start, pulling and unpacking an image) in its arenas; on a 1 GB board that is worth a call.
+pub fn release_unused_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused heap pages to the kernel.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}

@@ -153,7 +153,8 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
         let state_dir = config.state_dir.clone();
         let join_settings = config.join.clone();
         let agent = Agent::start(config).context("the agent could not start")?;
-        release_startup_memory();
+        // Compiling wasm modules at start-up leaves freed heap behind.
+        spillway_agent::release_unused_memory();
         print_banner(&agent, config_path);
         service::ready(&format!(
             "{} functions deployed",
@@ -317,14 +318,5 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only adjusts allocator tuning; called before any other thread exists.
     unsafe {
         nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
-    }
-}
-
-/// Compiling wasm modules at start-up leaves freed heap behind; hand it back to the system.
-fn release_startup_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns unused heap pages to the kernel.
-    unsafe {
-        nix::libc::malloc_trim(0);
     }
 }

@@ -225,6 +225,8 @@ impl Function {
         for e in self.store.prune(self.settings.max_store_bytes) {
             tracing::info!(image = ?e.references, "evicted from the image store (least recently used)");
         }
+        // Download and unpack buffers are freed by now but still held by the allocator.
+        crate::release_unused_memory();
         Ok(record)
     }
 
