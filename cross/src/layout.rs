@@ -53,6 +53,7 @@ impl ImageKind {
 }
 
 /// A platform and the Rust target whose binary it gets.
+#[derive(Clone)]
 pub struct Target {
     pub platform: String,
     triple: &'static str,
@@ -181,11 +182,11 @@ fn blob(bytes: Vec<u8>) -> anyhow::Result<Blob> {
     })
 }
 
-fn descriptor(media: MediaType, blob: &Blob) -> anyhow::Result<DescriptorBuilder> {
-    Ok(DescriptorBuilder::default()
+fn descriptor(media: MediaType, blob: &Blob) -> DescriptorBuilder {
+    DescriptorBuilder::default()
         .media_type(media)
         .digest(blob.digest.clone())
-        .size(blob.bytes.len() as u64))
+        .size(blob.bytes.len() as u64)
 }
 
 /// One platform's image: its layer, config and manifest blobs, and the manifest's descriptor.
@@ -209,7 +210,7 @@ pub fn platform_image(
         .write(Vec::new(), flate2::Compression::default());
     gz.write_all(&raw)?;
     let layer = blob(gz.finish()?)?;
-    let created = rfc3339(epoch);
+    let created = rfc3339(epoch)?;
     let labels: HashMap<String, String> = [
         ("org.opencontainers.image.title", kind.name),
         ("org.opencontainers.image.description", kind.description),
@@ -239,7 +240,7 @@ pub fn platform_image(
         config = config.exposed_ports(strings(kind.ports));
     }
     let mut image_config = ImageConfigurationBuilder::default()
-        .created(created.clone())
+        .created(created)
         .architecture(target.arch.clone())
         .os(Os::Linux)
         .config(config.build()?)
@@ -256,10 +257,8 @@ pub fn platform_image(
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
-        .config(descriptor(MediaType::ImageConfig, &config_blob)?.build()?)
-        .layers(vec![
-            descriptor(MediaType::ImageLayerGzip, &layer)?.build()?,
-        ])
+        .config(descriptor(MediaType::ImageConfig, &config_blob).build()?)
+        .layers(vec![descriptor(MediaType::ImageLayerGzip, &layer).build()?])
         .annotations(labels)
         .build()?;
     let manifest_blob = blob(canonical_json(&manifest)?)?;
@@ -269,13 +268,13 @@ pub fn platform_image(
     if let Some(v) = target.variant {
         platform = platform.variant(v);
     }
-    let manifest_descriptor = descriptor(MediaType::ImageManifest, &manifest_blob)?
+    let manifest_descriptor = descriptor(MediaType::ImageManifest, &manifest_blob)
         .platform(platform.build()?)
         .build()?;
     Ok(PlatformImage {
         blobs: vec![layer, config_blob, manifest_blob],
         manifest: manifest_descriptor,
-        target: Target::parse(&target.platform)?,
+        target: target.clone(),
     })
 }
 
@@ -377,7 +376,7 @@ pub fn archive(
         .build()?;
     let index_blob = blob(canonical_json(&index)?)?;
     let mut refs = vec![
-        descriptor(MediaType::ImageIndex, &index_blob)?
+        descriptor(MediaType::ImageIndex, &index_blob)
             .annotations(ref_name(tag.to_owned()))
             .build()?,
     ];
@@ -428,24 +427,18 @@ pub fn archive(
     Ok(tar.into_inner()?)
 }
 
-/// `epoch` as RFC 3339 UTC (days from the civil calendar algorithm; no time crate needed).
-fn rfc3339(epoch: u64) -> String {
-    let (days, secs) = (epoch / 86400, epoch % 86400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+/// `epoch` as RFC 3339 UTC.
+fn rfc3339(epoch: u64) -> anyhow::Result<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(epoch)?)?;
+    Ok(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    ))
 }
 
 #[cfg(test)]
@@ -454,9 +447,15 @@ mod tests {
 
     #[test]
     fn rfc3339_matches_known_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_376_132), "2026-11-22T19:35:32Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(0).expect("in range"), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(1_795_376_132).expect("in range"),
+            "2026-11-22T19:35:32Z"
+        );
+        assert_eq!(
+            rfc3339(951_782_400).expect("in range"),
+            "2000-02-29T00:00:00Z"
+        );
     }
 
     #[test]
