@@ -16,8 +16,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::Node;
 use support::oci::{Registry, skopeo_copy};
+use support::{Node, output};
 
 const PLATFORMS: [(&str, &str, &str); 3] = [
     ("linux/amd64", "amd64", "x86_64-unknown-linux-gnu"),
@@ -36,16 +36,6 @@ fn target() -> PathBuf {
         dir.display()
     );
     dir
-}
-
-fn output(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

@@ -251,12 +251,9 @@ pub fn flash(
     let fs = fatfs::FileSystem::new(slice, options).map_err(not_fat)?;
     let root = fs.root_dir();
     let read_text = |file: &str| -> Option<String> {
-        let mut text = String::new();
-        let mut f = root.open_file(file).ok()?;
         let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes).ok()?;
-        text.push_str(&String::from_utf8_lossy(&bytes));
-        Some(text)
+        root.open_file(file).ok()?.read_to_end(&mut bytes).ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
     };
     let files = BootFiles {
         names: root

@@ -41,17 +41,6 @@ pub fn aarch64_agent() -> PathBuf {
     path
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Byte offset of the boot partition in the cards `blank_card` makes (Raspberry Pi OS's 4 MiB).
 pub const BOOT_OFFSET: &str = "4M";
 
@@ -60,10 +49,12 @@ pub const BOOT_OFFSET: &str = "4M";
 /// emulated board runs from its initramfs).
 pub fn blank_card(path: &Path, boot_mib: u64) {
     let sectors = boot_mib * 2048;
-    run(Command::new("truncate")
-        .arg("-s")
-        .arg(format!("{}M", boot_mib + 4 + 16))
-        .arg(path));
+    super::output(
+        Command::new("truncate")
+            .arg("-s")
+            .arg(format!("{}M", boot_mib + 4 + 16))
+            .arg(path),
+    );
     let mut sfdisk = Command::new("sfdisk")
         .arg("-q")
         .arg(path)
@@ -77,10 +68,12 @@ pub fn blank_card(path: &Path, boot_mib: u64) {
     )
     .expect("sfdisk script");
     assert!(sfdisk.wait().expect("sfdisk").success(), "sfdisk failed");
-    run(Command::new("mkfs.vfat")
-        .args(["-F", "32", "-s", "1", "-n", "BOOTFS", "--offset", "8192"])
-        .arg(path)
-        .arg((sectors / 2).to_string()));
+    super::output(
+        Command::new("mkfs.vfat")
+            .args(["-F", "32", "-s", "1", "-n", "BOOTFS", "--offset", "8192"])
+            .arg(path)
+            .arg((sectors / 2).to_string()),
+    );
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(
         dir.path().join("cmdline.txt"),
@@ -104,12 +97,14 @@ pub fn blank_card(path: &Path, boot_mib: u64) {
 }
 
 pub fn mcopy_in(card: &Path, files: &[PathBuf]) {
-    run(Command::new("mcopy")
-        .arg("-o")
-        .arg("-i")
-        .arg(format!("{}@@{BOOT_OFFSET}", card.display()))
-        .args(files)
-        .arg("::/"));
+    super::output(
+        Command::new("mcopy")
+            .arg("-o")
+            .arg("-i")
+            .arg(format!("{}@@{BOOT_OFFSET}", card.display()))
+            .args(files)
+            .arg("::/"),
+    );
 }
 
 /// A file of the card's boot partition, read with mtools (independently of Spillway's fatfs).
@@ -168,7 +163,7 @@ fn initramfs(assets: &Path, out: &Path) {
         r.display(),
         out.display()
     );
-    run(Command::new("sh").args(["-c", &script]));
+    super::output(Command::new("sh").args(["-c", &script]));
 }
 
 /// A running emulated board; killed when dropped.
@@ -237,11 +232,9 @@ impl Board {
     }
 
     /// Powers the board off (the card's file system was synced after the first-boot script).
-    pub fn power_off(&mut self) -> Duration {
-        let up = self.powered_on.elapsed();
+    pub fn power_off(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        up
     }
 }
 

@@ -46,6 +46,18 @@ fn build_binaries(extra: &[&str]) {
     assert!(status.success(), "building the binaries failed ({extra:?})");
 }
 
+/// Runs `cmd`, fails the test with its stderr unless it succeeds, and returns its stdout.
+pub fn output(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A temporary node: its config, data root and state dir.
 pub struct Node {
     pub dir: tempfile::TempDir,
