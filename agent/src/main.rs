@@ -156,6 +156,7 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
         // Compiling wasm modules at start-up leaves freed heap behind.
         spillway_agent::release_unused_memory();
         print_banner(&agent, config_path);
+        let stop = spillway_agent::shutdown_signal();
         service::ready(&format!(
             "{} functions deployed",
             agent.functions().len()
@@ -199,7 +200,7 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
         };
         let result = agent
             .run(async {
-                spillway_agent::shutdown_signal().await;
+                stop.await;
                 service::stopping();
             })
             .await

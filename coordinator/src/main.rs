@@ -324,6 +324,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         installed.map_or(String::new(), |p| format!(" and {}", p.display()))
     );
     use spillway_agent::service;
+    let stop = spillway_agent::shutdown_signal();
     service::ready(&format!("agents on quic://{}", coordinator.quic_addr()));
     let watchdog = service::spawn_watchdog(
         coordinator.state.heartbeat.clone(),
@@ -331,7 +332,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     );
     coordinator
         .run(async {
-            spillway_agent::shutdown_signal().await;
+            stop.await;
             service::stopping();
         })
         .await;
