@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use spillway_proto::fdl::{self, BucketPath, Platform};
+use spillway_proto::fdl::{self, BucketPath, MqttTrigger, Platform, Trigger};
 use spillway_proto::{FunctionDef, Runtime as RuntimeKind};
 
 use crate::config::AgentConfig;
@@ -197,6 +197,7 @@ impl Catalog {
                 ));
             }
         }
+        check_mqtt(&def, config)?;
         scheduler
             .add_function(&def.name, limits)
             .map_err(|e| e.to_string())?;
@@ -237,6 +238,33 @@ impl Catalog {
         })
     }
 
+    /// Functions triggered by an MQTT message on `topic`, with the trigger that matched.
+    pub fn triggered_by_topic(&self, topic: &str) -> Vec<(Arc<Deployed>, MqttTrigger)> {
+        let mut found = Vec::new();
+        for f in self.functions.values() {
+            let matched = f.def.triggers.iter().find_map(|t| match t {
+                Trigger::Mqtt(m) if fdl::topic_matches(&m.topic, topic) => Some(m.clone()),
+                Trigger::Mqtt(_) => None,
+            });
+            if let Some(m) = matched {
+                found.push((f.clone(), m));
+            }
+        }
+        found
+    }
+
+    /// The topic filters the deployed functions want, each with the highest QoS asked for.
+    pub fn mqtt_subscriptions(&self) -> BTreeMap<String, u8> {
+        let mut subs = BTreeMap::new();
+        for f in self.functions.values() {
+            for Trigger::Mqtt(m) in &f.def.triggers {
+                let level = subs.entry(m.topic.clone()).or_insert(m.qos);
+                *level = (*level).max(m.qos);
+            }
+        }
+        subs
+    }
+
     /// Every watched input folder.
     pub fn input_dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self
@@ -248,6 +276,30 @@ impl Catalog {
         dirs.dedup();
         dirs
     }
+}
+
+/// MQTT triggers and outputs need a broker, and must not feed a function its own results.
+fn check_mqtt(def: &FunctionDef, config: &AgentConfig) -> Result<(), String> {
+    if def.triggers.is_empty() && def.mqtt_outputs.is_empty() {
+        return Ok(());
+    }
+    if config.mqtt.is_none() {
+        return Err(format!(
+            "`{}` has MQTT triggers or outputs but this agent has no broker: add `[mqtt] broker = \"mqtt://HOST:1883\"` to agent.toml",
+            def.name
+        ));
+    }
+    for out in &def.mqtt_outputs {
+        for Trigger::Mqtt(t) in &def.triggers {
+            if fdl::topic_matches(&t.topic, &out.topic) {
+                return Err(format!(
+                    "MQTT output `{}` matches its own trigger `{}`, so every result would trigger `{}` again, forever; publish to another topic",
+                    out.topic, t.topic, def.name
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `functions.oscar[]` entries for this node's cluster (all of them without a `cluster_id`).

@@ -43,6 +43,21 @@ struct RawConfig {
     #[serde(default)]
     registries: std::collections::BTreeMap<String, crate::image::RegistrySettings>,
     join: Option<RawJoin>,
+    mqtt: Option<RawMqtt>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    broker: String,
+    client_id: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    keep_alive_secs: Option<u64>,
+    max_payload: Option<Memory>,
+    publish_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +183,70 @@ pub struct AgentConfig {
     pub oci: OciConfig,
     /// Join a mesh at start when this node has not joined yet (a flashed card's first boot).
     pub join: Option<JoinSettings>,
+    pub mqtt: Option<MqttSettings>,
+}
+
+/// `[mqtt]`: the broker that MQTT triggers subscribe to and MQTT outputs publish to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// Stable, so the broker keeps this node's session (and its messages) while it is away.
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// CA certificates (PEM) for `mqtts://`; the system's bundle when unset.
+    pub ca_file: Option<PathBuf>,
+    pub keep_alive: Duration,
+    /// Larger payloads are refused (recorded as a failed job, acknowledged, never stored).
+    pub max_payload: Bytes,
+    /// How long an output message may wait for the broker's acknowledgement.
+    pub publish_timeout: Duration,
+}
+
+impl MqttSettings {
+    /// `mqtt://host[:1883]`, `mqtts://host[:8883]` or `host[:port]`.
+    fn parse_broker(text: &str) -> Result<(String, u16, bool), String> {
+        let (tls, rest) = if let Some(r) = text.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = text.strip_prefix("mqtt://") {
+            (false, r)
+        } else if text.contains("://") {
+            return Err(format!(
+                "mqtt.broker `{text}`: use mqtt://HOST:PORT or mqtts://HOST:PORT"
+            ));
+        } else {
+            (false, text)
+        };
+        let rest = rest.trim_end_matches('/');
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
+                Ok(port) if port > 0 => (h, port),
+                _ => return Err(format!("mqtt.broker `{text}`: `{p}` is not a port")),
+            },
+            _ => (rest, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(format!(
+                "mqtt.broker `{text}`: expected mqtt://HOST:PORT, e.g. mqtt://127.0.0.1:1883"
+            ));
+        }
+        Ok((host.to_owned(), port, tls))
+    }
+
+    /// The password, read from `password_file` when set.
+    pub fn password(&self) -> Result<Option<String>, String> {
+        match &self.password_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|p| Some(p.trim_end_matches(['\n', '\r']).to_owned()))
+                .map_err(|e| format!("cannot read mqtt.password_file {}: {e}", path.display())),
+            None => Ok(self.password.clone()),
+        }
+    }
 }
 
 /// `[join]`: the coordinator to join and the file holding the one-time token. Used only while
@@ -277,7 +356,7 @@ impl AgentConfig {
             _ => hostname(),
         };
         Ok(Self {
-            node_name,
+            node_name: node_name.clone(),
             data_root: abs(&raw.data_root),
             state_dir: abs(&raw.state_dir),
             functions: raw.functions.iter().map(|p| abs(p)).collect(),
@@ -347,6 +426,32 @@ impl AgentConfig {
                 coordinator: j.coordinator,
                 token_file: abs(&j.token_file),
             }),
+            mqtt: raw
+                .mqtt
+                .map(|m| -> Result<MqttSettings, String> {
+                    let (host, port, tls) = MqttSettings::parse_broker(&m.broker)?;
+                    if m.password.is_some() && m.password_file.is_some() {
+                        return Err("mqtt: set password or password_file, not both".into());
+                    }
+                    Ok(MqttSettings {
+                        host,
+                        port,
+                        tls,
+                        client_id: m
+                            .client_id
+                            .unwrap_or_else(|| format!("spillway-{node_name}")),
+                        username: m.username,
+                        password: m.password,
+                        password_file: m.password_file.map(|p| abs(&p)),
+                        ca_file: m.ca_file.map(|p| abs(&p)),
+                        keep_alive: Duration::from_secs(m.keep_alive_secs.unwrap_or(30).max(5)),
+                        max_payload: m.max_payload.map_or(Bytes(8 << 20), |b| b.0),
+                        publish_timeout: Duration::from_secs(
+                            m.publish_timeout_secs.unwrap_or(60).max(1),
+                        ),
+                    })
+                })
+                .transpose()?,
         })
     }
 
@@ -374,6 +479,21 @@ impl AgentConfig {
 
     pub fn run_dir(&self) -> PathBuf {
         self.state_dir.join("run")
+    }
+
+    /// Where the payloads of MQTT-triggered jobs wait for their run.
+    pub fn inbox_dir(&self) -> PathBuf {
+        self.state_dir.join("inbox")
+    }
+
+    /// The input file of a job started on this node (a guest's input is elsewhere).
+    pub fn input_of(&self, id: spillway_proto::JobId, event: &spillway_proto::Event) -> PathBuf {
+        match event {
+            spillway_proto::Event::File(f) => f.key.under(&self.data_root.join(&f.bucket)),
+            spillway_proto::Event::Mqtt(m) => {
+                m.file_name.under(&self.inbox_dir().join(id.to_string()))
+            }
+        }
     }
 
     pub fn wasm_cache_dir(&self) -> PathBuf {
@@ -453,5 +573,37 @@ mod tests {
         )
         .expect_err("token_file is required");
         assert!(err.contains("token_file"), "{err}");
+    }
+
+    #[test]
+    fn mqtt_broker_urls_give_host_port_and_tls() {
+        let parse = MqttSettings::parse_broker;
+        assert_eq!(
+            parse("mqtt://10.0.0.1"),
+            Ok(("10.0.0.1".into(), 1883, false))
+        );
+        assert_eq!(
+            parse("mqtts://broker.lan:8884"),
+            Ok(("broker.lan".into(), 8884, true))
+        );
+        assert_eq!(
+            parse("127.0.0.1:1999"),
+            Ok(("127.0.0.1".into(), 1999, false))
+        );
+        assert_eq!(parse("mqtt://[::1]:1884"), Ok(("::1".into(), 1884, false)));
+        assert!(
+            parse("http://x:1")
+                .unwrap_err()
+                .contains("mqtt://HOST:PORT")
+        );
+        assert!(parse("mqtt://x:port").unwrap_err().contains("not a port"));
+        let c = AgentConfig::from_toml(
+            "node_name = \"pi\"\ndata_root = \"d\"\nstate_dir = \"s\"\n[mqtt]\nbroker = \"mqtt://127.0.0.1:1883\"\nmax_payload = \"1Mi\"\n",
+            Path::new("/"),
+        )
+        .expect("valid");
+        let m = c.mqtt.expect("mqtt section");
+        assert_eq!(m.client_id, "spillway-pi");
+        assert_eq!(m.max_payload, Bytes(1 << 20));
     }
 }

@@ -82,9 +82,7 @@ pub fn write(
 }
 
 fn input_of(record: &JobRecord) -> String {
-    match &record.event {
-        spillway_proto::Event::File(f) => format!("{}/{}", f.bucket, f.key),
-    }
+    record.event.source()
 }
 
 /// The log of the job whose id starts with `prefix`.

@@ -16,6 +16,8 @@ const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 const GUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("guests");
 /// Job id → why it came back: jobs the coordinator returned, never offered again.
 const RETURNED: TableDefinition<&[u8], &str> = TableDefinition::new("returned");
+/// MQTT messages seen, by topic and payload hash: how many, and the last one's delivery.
+const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
 
 /// Leading byte of every encoded record, so a future layout can be told apart.
 const RECORD_VERSION: u8 = 1;
@@ -154,6 +156,16 @@ pub struct SeenFile {
     pub sha256: [u8; 32],
 }
 
+/// The last MQTT message with a given topic and payload: how many arrived, and how the last
+/// one was delivered (to tell a broker's redelivery from a new message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageSeen {
+    pub count: u64,
+    pub packet_id: u16,
+    /// The connection it arrived on (its start time in ms).
+    pub connection: u64,
+}
+
 #[derive(Debug)]
 pub struct Journal {
     db: Database,
@@ -168,6 +180,7 @@ impl Journal {
             txn.open_table(FILES)?;
             txn.open_table(GUESTS)?;
             txn.open_table(RETURNED)?;
+            txn.open_table(MESSAGES)?;
             txn.commit()?;
             Ok(db)
         };
@@ -396,6 +409,44 @@ impl Journal {
         let files = txn.open_table(FILES).map_err(redb::Error::from)?;
         let value = files.get(file_key.as_bytes()).map_err(redb::Error::from)?;
         value.map(|v| decode(file_key, v.value())).transpose()
+    }
+
+    pub fn message_seen(&self, key: &[u8]) -> Result<Option<MessageSeen>, JournalError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(MESSAGES).map_err(redb::Error::from)?;
+        let value = table.get(key).map_err(redb::Error::from)?;
+        value
+            .map(|v| decode("an MQTT message", v.value()))
+            .transpose()
+    }
+
+    /// Records the jobs an MQTT message makes and that it was seen, in one commit, so a
+    /// redelivery after a crash either finds all of them or none. Returns the new jobs.
+    pub fn insert_message(
+        &self,
+        records: &[JobRecord],
+        key: &[u8],
+        seen: &MessageSeen,
+    ) -> Result<Vec<JobId>, JournalError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let mut new = Vec::new();
+        {
+            let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
+            for record in records {
+                let id = record.id.as_bytes().as_slice();
+                if jobs.get(id).map_err(redb::Error::from)?.is_none() {
+                    jobs.insert(id, encode(record).as_slice())
+                        .map_err(redb::Error::from)?;
+                    new.push(record.id);
+                }
+            }
+            let mut messages = txn.open_table(MESSAGES).map_err(redb::Error::from)?;
+            messages
+                .insert(key, encode(seen).as_slice())
+                .map_err(redb::Error::from)?;
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(new)
     }
 
     /// Every job not yet `Succeeded` or `Failed`, oldest first.

@@ -18,6 +18,7 @@ pub mod joblog;
 pub mod journal;
 pub mod logging;
 pub mod mesh;
+pub mod mqtt;
 pub mod runtime;
 pub mod scheduler;
 pub mod service;

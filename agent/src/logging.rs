@@ -10,7 +10,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// Logs to stderr, filtered by `SPILLWAY_LOG` (default `info`); `ansi` colours the output.
 pub fn init(ansi: bool) {
-    let text = std::env::var("SPILLWAY_LOG").unwrap_or_else(|_| "info".into());
+    // The embedded broker logs every connection at info, and its router reports clients that
+    // simply went away as errors: keep its warnings only, unless asked for.
+    let text = std::env::var("SPILLWAY_LOG")
+        .unwrap_or_else(|_| "info,rumqttd=warn,rumqttd::router=off".into());
     let (targets, bad) = match Targets::from_str(&text) {
         Ok(t) => (t, None),
         Err(e) => (Targets::new().with_default(tracing::Level::INFO), Some(e)),

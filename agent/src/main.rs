@@ -302,6 +302,12 @@ fn print_banner(agent: &Agent, config_path: &std::path::Path) {
         if !f.outputs.is_empty() {
             println!("    results appear in {}", list(&f.outputs));
         }
+        if !f.topics_in.is_empty() {
+            println!("    MQTT messages on {}", f.topics_in.join(", "));
+        }
+        if !f.topics_out.is_empty() {
+            println!("    results published on {}", f.topics_out.join(", "));
+        }
     }
     for r in agent.refused() {
         println!("  NOT DEPLOYED {}: {}", r.name, r.reason);

@@ -33,6 +33,8 @@ pub struct CoordinatorConfig {
     pub max_hops: u8,
     /// How long a peer may be away before the jobs it runs are placed elsewhere.
     pub lease_grace: Duration,
+    /// Where the embedded MQTT broker listens (`None`: no embedded broker).
+    pub mqtt_listen: Option<SocketAddr>,
 }
 
 impl Default for CoordinatorConfig {
@@ -46,6 +48,7 @@ impl Default for CoordinatorConfig {
             report_interval: Duration::from_secs(1),
             max_hops: spillway_placement::handover::DEFAULT_MAX_HOPS,
             lease_grace: Duration::from_secs(3),
+            mqtt_listen: None,
         }
     }
 }
@@ -57,6 +60,7 @@ struct File {
     state_dir: Option<PathBuf>,
     quic: Option<Listen>,
     http: Option<Listen>,
+    mqtt: Option<Listen>,
     #[serde(default, with = "humantime_serde_opt")]
     report_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -121,6 +125,7 @@ impl CoordinatorConfig {
         if let Some(h) = file.http {
             c.http_listen = h.listen;
         }
+        c.mqtt_listen = file.mqtt.map(|m| m.listen);
         if let Some(d) = file.report_interval {
             c.report_interval = d;
         }

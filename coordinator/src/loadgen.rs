@@ -152,6 +152,7 @@ async fn simulate(
                 running: 1,
                 mean_run_ms: 1200,
             }],
+            ..LoadReport::default()
         };
         if conn
             .send_datagram(report.to_datagram(DATAGRAM_BUDGET).into())

@@ -55,6 +55,12 @@ enum Command {
         /// HTTP address for the CLI.
         #[arg(long, default_value = "127.0.0.1:7480")]
         http: std::net::SocketAddr,
+        /// Address of the embedded MQTT broker (MQTT triggers and outputs).
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        mqtt: std::net::SocketAddr,
+        /// Use this MQTT broker (mqtt://HOST:PORT) instead of embedding one.
+        #[arg(long, value_name = "URL")]
+        mqtt_broker: Option<String>,
         /// The local agent's node name (default: the host name).
         #[arg(long)]
         node: Option<String>,
@@ -356,6 +362,8 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             dir,
             quic,
             http,
+            mqtt,
+            mqtt_broker,
             node,
             apply,
         } => {
@@ -367,6 +375,10 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                     dir,
                     quic,
                     http,
+                    mqtt: match mqtt_broker {
+                        Some(url) => up::MqttChoice::External(url),
+                        None => up::MqttChoice::Embedded(mqtt),
+                    },
                     node,
                     apply,
                 },

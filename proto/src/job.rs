@@ -98,10 +98,28 @@ impl fmt::Debug for JobId {
     }
 }
 
-/// What triggered a job. Later triggers (MQTT, HTTP, bucket notifications) add variants.
+/// What triggered a job. New variants go last: journals and the wire keep variant numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     File(FileEvent),
+    Mqtt(Box<MqttEvent>),
+}
+
+/// A message received on a function's MQTT trigger; the payload is the job's input file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttEvent {
+    pub topic: String,
+    /// The input file's name (the trigger's `file_name`, or the topic's last level).
+    pub file_name: ObjectKey,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    /// How many messages with this topic and payload arrived before, plus one: the same
+    /// reading published twice is two jobs, a redelivery of one message is the same job.
+    pub occurrence: u64,
+    pub qos: u8,
+    pub retain: bool,
+    /// When the agent received it, milliseconds since the Unix epoch.
+    pub received_at_ms: u64,
 }
 
 /// A file that was closed after writing, or moved, into a watched bucket folder.
@@ -118,10 +136,26 @@ pub struct FileEvent {
 }
 
 impl Event {
-    /// The object key used for the job id and for `FILE_NAME`.
-    pub fn key(&self) -> &ObjectKey {
+    /// The input file's name (`FILE_NAME`).
+    pub fn file_name(&self) -> &str {
         match self {
-            Event::File(f) => &f.key,
+            Event::File(f) => f.key.file_name(),
+            Event::Mqtt(m) => m.file_name.as_str(),
+        }
+    }
+
+    /// Where the input came from, for people: `bucket/key` or `mqtt:topic`.
+    pub fn source(&self) -> String {
+        match self {
+            Event::File(f) => format!("{}/{}", f.bucket, f.key),
+            Event::Mqtt(m) => format!("mqtt:{}", m.topic),
+        }
+    }
+
+    pub fn sha256(&self) -> &[u8; 32] {
+        match self {
+            Event::File(f) => &f.sha256,
+            Event::Mqtt(m) => &m.sha256,
         }
     }
 
@@ -132,6 +166,12 @@ impl Event {
                 function,
                 &format!("{}/{}", f.bucket, f.key),
                 &f.sha256,
+            ),
+            Event::Mqtt(m) => JobId::derive(
+                origin,
+                function,
+                &format!("mqtt:{}#{}", m.topic, m.occurrence),
+                &m.sha256,
             ),
         }
     }
@@ -164,6 +204,25 @@ impl Event {
                     }]
                 })
             }
+            Event::Mqtt(m) => serde_json::json!({
+                "EventName": "mqtt:Message",
+                "Key": m.topic,
+                "Records": [{
+                    "eventVersion": "2.0",
+                    "eventSource": "spillway:mqtt",
+                    "eventTime": event_time_rfc3339,
+                    "eventName": "mqtt:Message",
+                    "mqtt": {
+                        "topic": m.topic,
+                        "qos": m.qos,
+                        "retain": m.retain,
+                        "size": m.size,
+                        "sha256": hex::encode(m.sha256),
+                        "occurrence": m.occurrence,
+                    },
+                    "source": { "host": origin }
+                }]
+            }),
         }
     }
 }
@@ -206,6 +265,28 @@ mod tests {
         assert_eq!(text.parse::<JobId>(), Ok(id));
         assert!(id.short().len() == 12 && text.starts_with(&id.short()));
         assert!("zz".parse::<JobId>().is_err());
+    }
+
+    fn message(occurrence: u64) -> Event {
+        Event::Mqtt(Box::new(MqttEvent {
+            topic: "cameras/cam1/frames".into(),
+            file_name: ObjectKey::parse("frames").expect("valid key"),
+            size: 3,
+            sha256: [7; 32],
+            occurrence,
+            qos: 1,
+            retain: false,
+            received_at_ms: 1,
+        }))
+    }
+
+    #[test]
+    fn the_same_reading_published_again_is_a_new_job_but_a_redelivery_is_not() {
+        assert_eq!(message(1).job_id("pi", "f"), message(1).job_id("pi", "f"));
+        assert_ne!(message(1).job_id("pi", "f"), message(2).job_id("pi", "f"));
+        let json = message(1).to_json("pi", "2026-01-01T00:00:00Z");
+        assert_eq!(json["Records"][0]["mqtt"]["topic"], "cameras/cam1/frames");
+        assert_eq!(message(1).source(), "mqtt:cameras/cam1/frames");
     }
 
     #[test]

@@ -17,5 +17,5 @@ pub mod quantity;
 pub mod wire;
 
 pub use fdl::{Fdl, FunctionDef, Runtime};
-pub use job::{Event, FileEvent, JobId};
+pub use job::{Event, FileEvent, JobId, MqttEvent};
 pub use key::ObjectKey;

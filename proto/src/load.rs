@@ -20,6 +20,10 @@ pub struct LoadReport {
     pub memory_used: u64,
     pub memory_total: u64,
     pub functions: Vec<FunctionLoad>,
+    /// MQTT messages refused since the agent started: on no function's topic, over the size
+    /// limit.
+    pub mqtt_unwanted: u64,
+    pub mqtt_too_large: u64,
 }
 
 /// One function's share of a [`LoadReport`].

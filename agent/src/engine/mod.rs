@@ -28,6 +28,7 @@ use crate::{joblog, mesh, runtime};
 
 mod handover;
 mod identify;
+mod message;
 mod run;
 
 pub use handover::{Answer, DEFAULT_RESCHEDULER_THRESHOLD, MeshOut, predicted_local_wait_ms};
@@ -49,6 +50,8 @@ pub enum AgentError {
     Watch(#[from] WatchError),
     /// {0}
     Runtime(#[from] runtime::PrepareError),
+    /// {0}
+    Mqtt(#[from] crate::mqtt::MqttError),
 }
 
 /// What happened to a job, for observers (tests, benchmarks, future gossip).
@@ -78,6 +81,9 @@ pub struct FunctionSummary {
     pub slots: u32,
     pub inputs: Vec<PathBuf>,
     pub outputs: Vec<PathBuf>,
+    /// MQTT topic filters that trigger it, and topics it publishes to.
+    pub topics_in: Vec<String>,
+    pub topics_out: Vec<String>,
 }
 
 enum Msg {
@@ -108,6 +114,8 @@ struct Shared {
     msgs: mpsc::UnboundedSender<Msg>,
     /// The way to the coordinator while the link is up (offers go nowhere otherwise).
     mesh: std::sync::Mutex<Option<mpsc::UnboundedSender<MeshOut>>>,
+    /// Publishes MQTT outputs, once the MQTT client runs (`[mqtt]` set).
+    mqtt: std::sync::OnceLock<crate::mqtt::Publisher>,
 }
 
 impl Shared {
@@ -138,6 +146,13 @@ pub struct Agent {
     in_doubt: HashMap<JobId, String>,
     /// Beats every time the loop goes round its timer, for the systemd watchdog.
     heartbeat: crate::service::Heartbeat,
+    /// The topic filters the deployed functions' MQTT triggers want.
+    subscriptions: watch::Sender<crate::mqtt::Subscriptions>,
+    /// Messages from the MQTT client (while it runs).
+    mqtt_rx: Option<mpsc::Receiver<crate::mqtt::Incoming>>,
+    /// MQTT messages no function wanted, and messages refused (too large).
+    mqtt_unwanted: u64,
+    mqtt_refused: u64,
 }
 
 /// What the mesh link needs from a running agent: its load, its jobs, and a way to deploy.
@@ -214,6 +229,16 @@ impl std::fmt::Debug for Agent {
     }
 }
 
+/// The next MQTT message, or never when there is no MQTT client.
+async fn next_message(
+    rx: &mut Option<mpsc::Receiver<crate::mqtt::Incoming>>,
+) -> Option<crate::mqtt::Incoming> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The CPU and memory this node offers to functions.
 pub fn node_capacity(config: &AgentConfig) -> Demand {
     let cpu = config.resources.cpu.unwrap_or_else(|| {
@@ -279,7 +304,9 @@ impl Agent {
             events,
             msgs,
             mesh: std::sync::Mutex::new(None),
+            mqtt: std::sync::OnceLock::new(),
         });
+        let subscriptions = watch::channel(catalog.mqtt_subscriptions()).0;
         let mut agent = Self {
             shared,
             scheduler,
@@ -297,6 +324,10 @@ impl Agent {
             declined: HashMap::new(),
             in_doubt: HashMap::new(),
             heartbeat: crate::service::Heartbeat::default(),
+            subscriptions,
+            mqtt_rx: None,
+            mqtt_unwanted: 0,
+            mqtt_refused: 0,
         };
         agent.recover()?;
         // Files that arrived while the agent was down.
@@ -347,12 +378,16 @@ impl Agent {
             running: self.scheduler.running() as u32,
             oldest_queued_ms: self.oldest.map_or(0, |(_, at)| now_ms().saturating_sub(at)),
             functions,
+            mqtt_unwanted: self.mqtt_unwanted,
+            mqtt_too_large: self.mqtt_refused,
             ..LoadReport::default()
         };
         self.load.send_if_modified(|current| {
             let changed = current.queued != report.queued
                 || current.running != report.running
-                || current.functions != report.functions;
+                || current.functions != report.functions
+                || current.mqtt_unwanted != report.mqtt_unwanted
+                || current.mqtt_too_large != report.mqtt_too_large;
             // The age of the oldest job changes every millisecond; it rides along with real changes.
             if changed {
                 *current = report;
@@ -398,6 +433,8 @@ impl Agent {
             let _ = self.folder_tx.send(FolderEvent::Rescan(dir));
         }
         self.catalog = catalog;
+        self.subscriptions
+            .send_replace(self.catalog.mqtt_subscriptions());
         tracing::info!(
             functions = self.catalog.functions.len(),
             refused = self.catalog.refused.len(),
@@ -440,6 +477,13 @@ impl Agent {
                     .filter(|o| o.provider.is_local())
                     .map(|o| o.path.dir_under(data_root))
                     .collect(),
+                topics_in: f
+                    .def
+                    .triggers
+                    .iter()
+                    .map(|spillway_proto::fdl::Trigger::Mqtt(m)| m.topic.clone())
+                    .collect(),
+                topics_out: f.def.mqtt_outputs.iter().map(|o| o.topic.clone()).collect(),
             })
             .collect()
     }
@@ -469,7 +513,7 @@ impl Agent {
             .catalog
             .functions
             .get(&record.function)
-            .map(|f| f.def.output.clone())
+            .map(|f| run::Targets::of(&f.def))
             .unwrap_or_default();
         let s = self.shared.clone();
         self.tasks.spawn(async move {
@@ -544,6 +588,17 @@ impl Agent {
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AgentError> {
+        if let Some(settings) = &self.shared.config.mqtt {
+            let (tx, rx) = mpsc::channel(64);
+            let publisher = crate::mqtt::start(
+                settings,
+                self.shared.config.state_dir.join("mqtt-subscriptions.json"),
+                self.subscriptions.subscribe(),
+                tx,
+            )?;
+            let _ = self.shared.mqtt.set(publisher);
+            self.mqtt_rx = Some(rx);
+        }
         self.admit()?;
         tokio::pin!(shutdown);
         let mut rescheduler = tokio::time::interval(std::time::Duration::from_millis(500));
@@ -559,6 +614,10 @@ impl Agent {
                     self.publish_load();
                 }
                 Some(ev) = self.folder_rx.recv() => self.handle(Msg::Folder(ev))?,
+                Some(m) = next_message(&mut self.mqtt_rx) => {
+                    self.on_message(m)?;
+                    self.publish_load();
+                }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
         }

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use spillway_proto::{Event, JobId, ObjectKey};
+use spillway_proto::fdl::{MqttOutput, StorageRef};
+use spillway_proto::{Event, FunctionDef, JobId, ObjectKey};
 
 use super::{JobEvent, Msg, Shared};
 use crate::capture::Captured;
@@ -21,15 +22,14 @@ pub(super) async fn run_job(
     f: &Deployed,
     record: JobRecord,
 ) -> Result<(), JournalError> {
-    let Event::File(event) = &record.event;
     let config = &s.config;
     let staging = Staging::for_attempt(&config.staging_dir(), record.id, record.attempt);
-    let file_name = event.key.file_name().to_owned();
+    let file_name = record.event.file_name().to_owned();
     // A guest's input was fetched from the coordinator; the event still names the origin's file.
     let guest = s.journal.hosting(record.id)?;
     let input = match &guest {
         Some(g) => g.dir.join("input").join(&file_name),
-        None => event.key.under(&config.data_root.join(&event.bucket)),
+        None => config.input_of(record.id, &record.event),
     };
     let origin = guest
         .as_ref()
@@ -134,7 +134,8 @@ pub(super) async fn run_job(
         streams.map(|(o, _)| o),
         streams.map(|(_, e)| e),
     );
-    let state = deliver_outputs(s, &f.def.output, record.id, &staging.output_dir, &keys).await;
+    let targets = Targets::of(&f.def);
+    let state = deliver_outputs(s, &targets, record.id, &staging.output_dir, &keys).await;
     conclude(s, ran, state, &staging.root, None)
 }
 
@@ -176,29 +177,89 @@ fn keep_for_origin(
     )
 }
 
-/// Copies a job's outputs to the function's outputs; the state the job ends in.
+/// Where a function's outputs go: folders (`output` with a storage provider) and MQTT topics.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Targets {
+    pub folders: Vec<StorageRef>,
+    pub mqtt: Vec<MqttOutput>,
+}
+
+impl Targets {
+    pub fn of(def: &FunctionDef) -> Self {
+        Self {
+            folders: def.output.clone(),
+            mqtt: def.mqtt_outputs.clone(),
+        }
+    }
+}
+
+/// Copies a job's outputs to the function's folder outputs and publishes them to its MQTT
+/// outputs; the state the job ends in.
 async fn deliver_outputs(
     s: &Arc<Shared>,
-    outputs: &[spillway_proto::fdl::StorageRef],
+    targets: &Targets,
     id: JobId,
     output_dir: &Path,
     keys: &[ObjectKey],
 ) -> JobState {
-    let (dir, keys, root, outputs) = (
+    let (dir, keys_owned, root, outputs) = (
         output_dir.to_owned(),
         keys.to_vec(),
         s.config.data_root.clone(),
-        outputs.to_vec(),
+        targets.folders.clone(),
     );
-    match tokio::task::spawn_blocking(move || deliver(&dir, &keys, &outputs, &root, id)).await {
-        Ok(Ok(paths)) => JobState::Succeeded { outputs: paths },
-        Ok(Err(e)) => JobState::Failed {
-            reason: e.to_string(),
-        },
-        Err(e) => JobState::Failed {
-            reason: format!("delivery panicked: {e}"),
-        },
+    let mut delivered =
+        match tokio::task::spawn_blocking(move || deliver(&dir, &keys_owned, &outputs, &root, id))
+            .await
+        {
+            Ok(Ok(paths)) => paths,
+            Ok(Err(e)) => {
+                return JobState::Failed {
+                    reason: e.to_string(),
+                };
+            }
+            Err(e) => {
+                return JobState::Failed {
+                    reason: format!("delivery panicked: {e}"),
+                };
+            }
+        };
+    if let Err(reason) = publish_outputs(s, targets, output_dir, keys, &mut delivered).await {
+        return JobState::Failed { reason };
     }
+    JobState::Succeeded { outputs: delivered }
+}
+
+/// Publishes every output file its MQTT outputs accept (the file's bytes are the payload).
+/// At least once: a crash after the broker's acknowledgement publishes it again at restart.
+async fn publish_outputs(
+    s: &Arc<Shared>,
+    targets: &Targets,
+    output_dir: &Path,
+    keys: &[ObjectKey],
+    delivered: &mut Vec<String>,
+) -> Result<(), String> {
+    if targets.mqtt.is_empty() {
+        return Ok(());
+    }
+    let Some(publisher) = s.mqtt.get() else {
+        return Err(
+            "the function publishes to MQTT but this agent has no broker: add [mqtt] broker to agent.toml".into(),
+        );
+    };
+    for out in &targets.mqtt {
+        for key in keys.iter().filter(|k| out.accepts(k.file_name())) {
+            let path = key.under(output_dir);
+            let payload = tokio::fs::read(&path)
+                .await
+                .map_err(|e| format!("cannot read the output {}: {e}", path.display()))?;
+            publisher
+                .publish(&out.topic, out.qos, out.retain, payload)
+                .await?;
+            delivered.push(format!("mqtt:{}", out.topic));
+        }
+    }
+    Ok(())
 }
 
 /// Delivers the outputs of a job journaled `Ran` (found at start-up, or fetched from the peer
@@ -208,16 +269,9 @@ pub(super) async fn finish_delivery(
     record: JobRecord,
     staging_root: &Path,
     keys: &[ObjectKey],
-    function_outputs: &[spillway_proto::fdl::StorageRef],
+    targets: &Targets,
 ) {
-    let state = deliver_outputs(
-        s,
-        function_outputs,
-        record.id,
-        &staging_root.join("output"),
-        keys,
-    )
-    .await;
+    let state = deliver_outputs(s, targets, record.id, &staging_root.join("output"), keys).await;
     if let Err(e) = conclude(s, record, state, staging_root, None) {
         let _ = s.msgs.send(Msg::Fatal(e));
     }
@@ -254,6 +308,10 @@ pub(super) fn conclude(
         _ => {}
     }
     let _ = std::fs::remove_dir_all(staging_root);
+    if let Event::Mqtt(_) = &record.event {
+        // The message was the input; the job is over (the log keeps what happened).
+        let _ = std::fs::remove_dir_all(s.config.inbox_dir().join(record.id.to_string()));
+    }
     let _ = s.events.send(JobEvent::Finished {
         id: record.id,
         function: record.function.clone(),

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use spillway_link::stream::request;
+use spillway_proto::JobId;
 use spillway_proto::key::ObjectKey;
 use spillway_proto::wire::{
     AgentFrame, BlobRequest, BlobResponse, GuestDone, MAX_STREAM_FRAME, Offer, OfferReason,
     Outcome, Placement,
 };
-use spillway_proto::{Event, JobId};
 
 use crate::atomic::write_whole;
 use crate::engine::{AgentHandle, Answer};
@@ -56,10 +56,7 @@ pub async fn offer(
     reason: OfferReason,
     (local_wait_ms, run_ms): (u64, u64),
 ) -> Result<AgentFrame, String> {
-    let Event::File(event) = &record.event;
-    let path = event
-        .key
-        .under(&agent.config().data_root.join(&event.bucket));
+    let path = agent.config().input_of(record.id, &record.event);
     let bytes = tokio::fs::read(&path)
         .await
         .map_err(|e| format!("cannot read the input {}: {e}", path.display()))?;
@@ -118,10 +115,9 @@ pub async fn host(
     {
         return Ok(false);
     }
-    let Event::File(event) = &placement.event;
     let bytes = get_blob(conn, placement.input).await?;
     let dir = guest_dir(&agent.config().state_dir, placement.id);
-    let input = dir.join("input").join(event.key.file_name());
+    let input = dir.join("input").join(placement.event.file_name());
     tokio::task::spawn_blocking(move || write_whole(&input, &bytes, 0o644))
         .await
         .map_err(|e| e.to_string())?

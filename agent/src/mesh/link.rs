@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use spillway_link::stream::{FrameReader, send};
+use spillway_proto::JobId;
 use spillway_proto::link::{Action, Input, Link, LinkConfig};
 use spillway_proto::load::{DATAGRAM_BUDGET, LoadReport};
 use spillway_proto::wire::{
     AgentFrame, COORDINATOR_SERVER_NAME, Capacity, CoordinatorFrame, DeployAck, GuestDone, Hello,
     JobPhase, JobUpdate, MAX_STREAM_FRAME, OfferReason, Outcome, PROTOCOL, Request,
 };
-use spillway_proto::{Event, JobId};
 use tokio::sync::{broadcast, mpsc};
 
 use super::membership::{Membership, client_endpoint, resolve};
@@ -79,9 +79,7 @@ pub fn job_update(
         JobState::Failed { reason } => (JobPhase::Failed, vec![], Some(reason.clone())),
         JobState::Offered | JobState::Handed => (JobPhase::Handed, vec![], None),
     };
-    let input = match &record.event {
-        Event::File(f) => Some(format!("{}/{}", f.bucket, f.key)),
-    };
+    let input = Some(record.event.source());
     JobUpdate {
         id: record.id,
         function: record.function.clone(),

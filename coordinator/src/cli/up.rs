@@ -18,19 +18,28 @@ pub struct UpOptions {
     pub dir: PathBuf,
     pub quic: SocketAddr,
     pub http: SocketAddr,
+    pub mqtt: MqttChoice,
     pub node: Option<String>,
     pub apply: Vec<PathBuf>,
 }
 
-fn agent_config(dir: &Path, node: Option<&str>) -> anyhow::Result<AgentConfig> {
-    let mut text = format!(
-        "data_root = \"{}\"\nstate_dir = \"{}\"\n",
-        dir.join("data").display(),
-        dir.join("agent").display()
-    );
+/// The MQTT broker of `spillway up`: embedded (at this address), or someone else's.
+#[derive(Debug, Clone)]
+pub enum MqttChoice {
+    Embedded(SocketAddr),
+    External(String),
+}
+
+fn agent_config(dir: &Path, node: Option<&str>, broker: &str) -> anyhow::Result<AgentConfig> {
+    let mut text = String::new();
     if let Some(n) = node {
         text.push_str(&format!("node_name = \"{n}\"\n"));
     }
+    text.push_str(&format!(
+        "data_root = \"{}\"\nstate_dir = \"{}\"\n[mqtt]\nbroker = \"{broker}\"\n",
+        dir.join("data").display(),
+        dir.join("agent").display()
+    ));
     AgentConfig::from_toml(&text, dir).map_err(|e| anyhow::anyhow!("agent settings: {e}"))
 }
 
@@ -42,6 +51,10 @@ pub async fn up(
         state_dir: opts.dir.join("coordinator"),
         quic_listen: opts.quic,
         http_listen: opts.http,
+        mqtt_listen: match &opts.mqtt {
+            MqttChoice::Embedded(addr) => Some(*addr),
+            MqttChoice::External(_) => None,
+        },
         ..CoordinatorConfig::default()
     };
     let coordinator = Coordinator::start(config)
@@ -54,7 +67,12 @@ pub async fn up(
     let installed = install_client_config(&client_text);
     let quic = coordinator.quic_addr();
     let loopback = SocketAddr::from(([127, 0, 0, 1], quic.port()));
-    let agent_config = agent_config(&opts.dir, opts.node.as_deref())?;
+    let broker = match (&opts.mqtt, coordinator.state.mqtt_addr) {
+        (MqttChoice::External(url), _) => url.clone(),
+        (MqttChoice::Embedded(_), Some(addr)) => format!("mqtt://127.0.0.1:{}", addr.port()),
+        (MqttChoice::Embedded(addr), None) => format!("mqtt://{addr}"),
+    };
+    let agent_config = agent_config(&opts.dir, opts.node.as_deref(), &broker)?;
     let state = coordinator.state.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let coordinator_task = tokio::spawn({
@@ -105,6 +123,7 @@ pub async fn up(
             client_file.display()
         ),
     }
+    println!("MQTT: {broker} (functions' `triggers: [{{mqtt: …}}]` and MQTT outputs)");
     println!(
         "Add a node: spillway token create, then on it: spillway-agent join --coordinator HOST:{} --token T",
         quic.port()

@@ -106,6 +106,25 @@ impl Metrics {
         for (health, n) in view.health_counts() {
             let _ = writeln!(out, "spillway_nodes{{health=\"{health}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP spillway_mqtt_messages_refused_total MQTT messages an agent refused, by reason (as of its last load report)\n# TYPE spillway_mqtt_messages_refused_total counter"
+        );
+        for node in view.snapshot() {
+            let Some(r) = &node.report else { continue };
+            for (reason, n) in [
+                ("unwanted_topic", r.mqtt_unwanted),
+                ("too_large", r.mqtt_too_large),
+            ] {
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "spillway_mqtt_messages_refused_total{{node=\"{}\",reason=\"{reason}\"}} {n}",
+                        node.name
+                    );
+                }
+            }
+        }
         let (p50, p99) = view.staleness();
         let _ = writeln!(
             out,

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod blobs;
+pub mod broker;
 pub mod ca;
 pub mod deploy;
 pub mod handover;
@@ -46,6 +47,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// {0}
+    Broker(#[from] broker::BrokerError),
     /// cannot write {path}: {source}
     Write {
         path: PathBuf,
@@ -77,6 +80,8 @@ pub struct State {
     pub heartbeat: spillway_agent::service::Heartbeat,
     admin_hash: [u8; 32],
     quic_addr: SocketAddr,
+    /// The embedded MQTT broker's address, when it runs.
+    pub mqtt_addr: Option<SocketAddr>,
 }
 
 impl State {
@@ -155,6 +160,7 @@ impl Coordinator {
                 source,
             })?;
         let quic_addr = endpoint.local_addr().unwrap_or(config.quic_listen);
+        let mqtt_addr = config.mqtt_listen.map(broker::start).transpose()?;
         let blobs_dir = dir.join("blobs");
         let blobs = blobs::Blobs::open(&blobs_dir).map_err(|source| ServerError::StateDir {
             path: blobs_dir,
@@ -173,6 +179,7 @@ impl Coordinator {
             ca,
             config,
             quic_addr,
+            mqtt_addr,
         });
         Ok(Self {
             state,

@@ -11,10 +11,12 @@ mod reader;
 mod replica;
 mod service;
 mod storage;
+mod trigger;
 
 pub use diag::{Diagnostic, Location, Severity};
 pub use model::*;
 pub use parse::{FdlError, Parsed, parse_file, parse_str};
+pub use trigger::{MqttOutput, MqttTrigger, Trigger, check_topic, topic_matches};
 
 /// Environment variables of the staging contract; the agent sets them, an FDL may not.
 pub const STAGING_VARIABLES: &[&str] = &[

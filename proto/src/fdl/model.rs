@@ -98,6 +98,12 @@ pub struct FunctionDef {
     /// empty).
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
+    /// Message sources that start jobs besides the `input` folders (Spillway's `triggers`).
+    #[serde(default)]
+    pub triggers: Vec<super::trigger::Trigger>,
+    /// `output` entries that publish files as MQTT messages.
+    #[serde(default)]
+    pub mqtt_outputs: Vec<super::trigger::MqttOutput>,
     pub extra: Extra,
     /// Where the function was defined, for messages about it later on.
     pub location: Location,

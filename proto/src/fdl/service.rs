@@ -14,6 +14,7 @@ use super::model::*;
 use super::reader::{Fields, boolean, mapping, scalar, string, strings, unsigned};
 use super::replica::{read_federation, read_replicas};
 use super::storage::read_storage_refs;
+use super::trigger::read_triggers;
 use crate::quantity::{Bytes, Millicores};
 
 const SERVICE_FIELDS: &[&str] = &[
@@ -37,6 +38,7 @@ const SERVICE_FIELDS: &[&str] = &[
     "node_selector",
     "image_prefetch",
     "network",
+    "triggers",
 ];
 const LAMBDA_FIELDS: &[&str] = &[
     "name",
@@ -152,11 +154,16 @@ pub(crate) fn parse_service(
     }
     let input = f
         .field("input")
-        .map(|(n, p)| read_storage_refs(diags, n, &p))
+        .map(|(n, p)| read_storage_refs(diags, n, &p, None))
         .unwrap_or_default();
+    let mut mqtt_outputs = Vec::new();
     let output = f
         .field("output")
-        .map(|(n, p)| read_storage_refs(diags, n, &p))
+        .map(|(n, p)| read_storage_refs(diags, n, &p, Some(&mut mqtt_outputs)))
+        .unwrap_or_default();
+    let triggers = f
+        .field("triggers")
+        .map(|(n, p)| read_triggers(diags, n, &p))
         .unwrap_or_default();
     let mut replicas = f
         .field("replicas")
@@ -255,6 +262,8 @@ pub(crate) fn parse_service(
         timeout,
         max_concurrency,
         node_selector,
+        triggers,
+        mqtt_outputs,
         extra,
         location: diags.location(map.span()),
         fdl_path: path.to_owned(),

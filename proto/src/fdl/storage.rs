@@ -4,13 +4,17 @@ use marked_yaml::Node;
 
 use super::diag::Diagnostics;
 use super::model::*;
-use super::reader::{Fields, mapping, sequence, string, strings};
+use super::reader::{Fields, mapping, sequence, string};
+use super::trigger::{MqttOutput, read_filters, read_mqtt_output};
 use crate::key::ObjectKey;
 
+/// `input`/`output` entries; `mqtt` collects output entries written as `{mqtt: {topic}}`
+/// (`None` for inputs, where MQTT belongs under `triggers`).
 pub(crate) fn read_storage_refs(
     diags: &mut Diagnostics,
     node: &Node,
     path: &str,
+    mut mqtt: Option<&mut Vec<MqttOutput>>,
 ) -> Vec<StorageRef> {
     let Some(items) = sequence(diags, node, path) else {
         return Vec::new();
@@ -22,6 +26,24 @@ pub(crate) fn read_storage_refs(
             continue;
         };
         let mut f = Fields::new(map, ipath.clone());
+        let [suffix, prefix] = read_filters(diags, &mut f);
+        if let Some((n, p)) = f.field("mqtt") {
+            match mqtt.as_deref_mut() {
+                Some(outputs) => {
+                    if let Some(out) = read_mqtt_output(diags, n, &p, suffix, prefix) {
+                        outputs.push(out);
+                    }
+                }
+                None => diags.error(
+                    n.span(),
+                    &p,
+                    "MQTT messages start jobs through `triggers: [{mqtt: {topic: …}}]`, not `input`",
+                ),
+            }
+            let mut extra = Extra::new();
+            f.finish(diags, &["mqtt", "suffix", "prefix"], &mut extra);
+            continue;
+        }
         let provider = match f.take("storage_provider") {
             Some(n) => {
                 string(diags, n, &f.child_path("storage_provider")).map(|s| ProviderRef::parse(&s))
@@ -30,7 +52,7 @@ pub(crate) fn read_storage_refs(
                 diags.error(
                     map.span(),
                     &ipath,
-                    "missing `storage_provider` (e.g. `minio.default`)",
+                    "missing `storage_provider` (e.g. `minio.default`), or `mqtt: {topic: …}` for an output",
                 );
                 None
             }
@@ -46,14 +68,6 @@ pub(crate) fn read_storage_refs(
                 None
             }
         };
-        let suffix = f
-            .field("suffix")
-            .map(|(n, p)| strings(diags, n, &p))
-            .unwrap_or_default();
-        let prefix = f
-            .field("prefix")
-            .map(|(n, p)| strings(diags, n, &p))
-            .unwrap_or_default();
         let mut extra = Extra::new();
         f.finish(
             diags,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod board;
+pub mod mqtt;
 pub mod netns;
 pub mod oci;
 
@@ -270,10 +271,19 @@ impl Coordinator {
 
     /// A coordinator inside `netns` (if given), taking agents on `quic_ip`.
     pub fn on(netns: Option<&str>, quic_ip: &str) -> Self {
+        Self::configured(netns, quic_ip, "")
+    }
+
+    /// A coordinator on loopback whose config also has `extra` (TOML sections).
+    pub fn with_config(extra: &str) -> Self {
+        Self::configured(None, "127.0.0.1", extra)
+    }
+
+    fn configured(netns: Option<&str>, quic_ip: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (quic_port, http_port) = (free_port(), free_port());
         let text = format!(
-            "state_dir = \"state\"\n[quic]\nlisten = \"{quic_ip}:{quic_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
+            "state_dir = \"state\"\n[quic]\nlisten = \"{quic_ip}:{quic_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n{extra}"
         );
         std::fs::write(dir.path().join("coordinator.toml"), text).expect("write config");
         let mut c = Self {

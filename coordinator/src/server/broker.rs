@@ -1,0 +1,96 @@
+//! The embedded MQTT broker (rumqttd): `spillway up` and `[mqtt] listen` need no Mosquitto.
+//! It keeps persistent sessions, so an agent that was away gets the QoS 1 messages published
+//! meanwhile. In memory: a coordinator restart loses messages not yet delivered (an external
+//! broker with persistence, such as Mosquitto, does not).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+/// Why the broker cannot start.
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum BrokerError {
+    /// cannot listen for MQTT on {addr}: {source} (another broker, such as Mosquitto, may have the port: set [mqtt] listen or pass --mqtt-listen to use another)
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// cannot start the embedded MQTT broker: {0}
+    Start(String),
+}
+
+/// The largest message the embedded broker accepts.
+pub const MAX_PAYLOAD: usize = 32 << 20;
+
+/// Starts the broker on its own threads (rumqttd runs its own runtimes) and returns the bound
+/// address once it accepts connections.
+pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
+    // rumqttd binds inside its thread and only logs a failure: find a busy port here, where the
+    // error can still stop `spillway up`. Port 0 is resolved to a free port the same way.
+    let probe = std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let addr = probe.local_addr().map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    drop(probe);
+    let server = ServerSettings {
+        name: "spillway-v4".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: MAX_PAYLOAD,
+            max_inflight_count: 100,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 10_000,
+            max_outgoing_packet_count: 200,
+            // Messages kept per topic filter: 10 segments of 8 MiB.
+            max_segment_size: 8 << 20,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("1".to_owned(), server)])),
+        v5: None,
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    };
+    let mut broker = Broker::new(config);
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!("the embedded MQTT broker stopped: {e}");
+            }
+        })
+        .map_err(|e| BrokerError::Start(e.to_string()))?;
+    // Ready when it accepts a connection (it binds on its own thread).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if std::time::Instant::now() > deadline {
+            return Err(BrokerError::Start(format!(
+                "it does not accept connections on {addr}"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    tracing::info!("embedded MQTT broker on mqtt://{addr}");
+    Ok(addr)
+}

@@ -1,0 +1,203 @@
+//! Real MQTT parts for tests: a Mosquitto broker on a loopback port, and Mosquitto's own
+//! command-line clients to publish and subscribe (so the agent is checked against other
+//! software's idea of MQTT, not its own).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{free_port, wait_until};
+
+/// A `mosquitto` process with persistence, listening on 127.0.0.1 only. It stays root (`user
+/// root`): as root it would otherwise switch to the `mosquitto` user, which cannot write the
+/// test's temporary folder.
+pub struct Mosquitto {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Mosquitto {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\nlog_type all\nmax_queued_messages 10000\n",
+                dir.path().display(),
+                dir.path().display()
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (Debian package `mosquitto`) must be installed");
+        let up = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(
+            up,
+            "mosquitto did not start:\n{}",
+            read(&dir.path().join("mosquitto.log"))
+        );
+        Self { port, dir, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        read(&self.dir.path().join("mosquitto.log"))
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Publishes each of `payloads` as one QoS 1 message on `topic` (`mosquitto_pub -l`).
+pub fn publish(port: u16, topic: &str, payloads: &[&str]) {
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-l",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub (Debian package `mosquitto-clients`) must be installed");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for p in payloads {
+            writeln!(stdin, "{p}").expect("write to mosquitto_pub");
+        }
+    }
+    let out = child.wait_with_output().expect("mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Publishes one message whose payload is `bytes` (`mosquitto_pub -f`).
+pub fn publish_file(port: u16, topic: &str, file: &Path) {
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-f",
+        ])
+        .arg(file)
+        .output()
+        .expect("mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A `mosquitto_sub` collecting `topic payload` lines.
+pub struct Subscriber {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    subscribed: Arc<Mutex<bool>>,
+}
+
+impl Subscriber {
+    /// Subscribes and returns once the broker has acknowledged the subscription.
+    pub fn start(port: u16, topic: &str) -> Self {
+        // `-d` prints the client's protocol steps ("Client … received SUBACK", "Subscribed …")
+        // on stdout next to the messages: how the test knows the subscription is in place.
+        // Line-buffered: into a pipe, mosquitto_sub would hold its output until it exits.
+        let mut child = Command::new("stdbuf")
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-d",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-q",
+                "1",
+                "-v",
+                "-t",
+                topic,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub (Debian package `mosquitto-clients`) must be installed");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let subscribed = Arc::new(Mutex::new(false));
+        let stdout = child.stdout.take().expect("stdout");
+        let (sink, flag) = (lines.clone(), subscribed.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("Subscribed (mid") {
+                    *flag.lock().expect("flag") = true;
+                } else if !line.starts_with("Client ") && !line.is_empty() {
+                    sink.lock().expect("lines").push(line);
+                }
+            }
+        });
+        let sub = Self {
+            child,
+            lines,
+            subscribed,
+        };
+        let ok = wait_until(Duration::from_secs(10), || {
+            *sub.subscribed.lock().expect("flag")
+        });
+        assert!(ok, "mosquitto_sub did not subscribe to {topic}");
+        sub
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lines").clone()
+    }
+
+    /// The lines once there are `count` of them (or what came within `timeout`).
+    pub fn wait_for(&self, count: usize, timeout: Duration) -> Vec<String> {
+        wait_until(timeout, || self.lines().len() >= count);
+        self.lines()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
