@@ -27,7 +27,7 @@ use crate::api::*;
 
 /// An API failure: a status and a message that says what to do.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -62,6 +62,8 @@ pub fn router(state: Arc<State>) -> Router {
             get(get_function).delete(delete_function),
         )
         .route("/v1/functions/{name}/invoke", post(invoke))
+        .route("/job/{name}", post(super::invoke::job))
+        .route("/run/{name}", post(super::invoke::run))
         .route("/v1/apply", post(apply_fdl))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
@@ -288,7 +290,11 @@ async fn get_job(
 }
 
 /// Sends `req` to `node` over its QUIC connection and waits for the answer.
-async fn ask(state: &State, node: &str, req: wire::Request) -> Result<AgentResponse, ApiError> {
+pub(super) async fn ask(
+    state: &State,
+    node: &str,
+    req: wire::Request,
+) -> Result<AgentResponse, ApiError> {
     let conn = state.view.connection(node).ok_or_else(|| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -417,7 +423,19 @@ async fn invoke(
     Query(q): Query<InvokeQuery>,
     body: Bytes,
 ) -> ApiResult<Invoked> {
-    let f = function_record(&state, &name)?;
+    submit(&state, &name, &q.file, q.node, body).await.map(Json)
+}
+
+/// What `invoke`, `/job` and `/run` share: the body becomes the file `file` in the function's
+/// input folder on a node that runs it; the answer names the job that file makes there.
+pub(super) async fn submit(
+    state: &State,
+    name: &str,
+    file: &str,
+    node: Option<String>,
+    body: Bytes,
+) -> Result<Invoked, ApiError> {
+    let f = function_record(state, name)?;
     let input = f
         .def
         .input
@@ -429,15 +447,11 @@ async fn invoke(
                 format!("function `{name}` has no folder input to invoke it through"),
             )
         })?;
-    let file = ObjectKey::parse(&q.file).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("file name `{}`: {e}", q.file),
-        )
-    })?;
-    let node = match q.node {
+    let file = ObjectKey::parse(file)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("file name `{file}`: {e}")))?;
+    let node = match node {
         Some(n) => n,
-        None => pick_node(&state, &name)?,
+        None => pick_node(state, name)?,
     };
     let key = match &input.path.folder {
         Some(folder) => ObjectKey::parse(&format!("{folder}/{file}")),
@@ -446,7 +460,7 @@ async fn invoke(
     .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let size = body.len() as u64;
     let stored = store_on(
-        &state,
+        state,
         &node,
         format!("{}/{key}", input.path.bucket),
         body.to_vec(),
@@ -462,11 +476,11 @@ async fn invoke(
         mtime_ns: 0,
         sha256,
     });
-    Ok(Json(Invoked {
-        job: event.job_id(&node, &name).to_string(),
+    Ok(Invoked {
+        job: event.job_id(&node, name).to_string(),
         node,
         input: stored.path,
-    }))
+    })
 }
 
 /// The Ready node running `function` with the most free slots (then the shortest queue).

@@ -9,6 +9,7 @@ pub mod ca;
 pub mod deploy;
 pub mod handover;
 pub mod http;
+pub mod invoke;
 pub mod metrics;
 pub mod quic;
 pub mod store;

@@ -1,0 +1,248 @@
+//! MQTT trigger benchmarks: `cargo bench -p spillway-coordinator --bench mqtt [-- N]`.
+//!
+//! The same in-process agent (a no-op wasm function triggered by `bench/+/in`, QoS 1) behind
+//! two brokers in one run, side by side: the coordinator's embedded rumqttd and Debian's
+//! Mosquitto (a subprocess on loopback). A separate rumqttc client publishes.
+//! - message published → function running and → job Succeeded, p50/p99 (one at a time);
+//! - sustained rate: N messages published back to back, time until all N jobs have finished.
+
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use spillway_agent::{Agent, AgentConfig, JobEvent};
+
+const NOOP_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")))"#;
+
+fn main() {
+    let burst: usize = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3000);
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
+    let mosquitto = Mosquitto::start();
+    let embedded =
+        spillway_coordinator::server::broker::start("127.0.0.1:0".parse().expect("addr"))
+            .expect("embedded broker");
+    let brokers = [
+        ("embedded rumqttd", embedded.port()),
+        ("mosquitto 2.0", mosquitto.port),
+    ];
+    let mut results = Vec::new();
+    for (name, port) in brokers {
+        println!("\n{name} (127.0.0.1:{port}):");
+        results.push(run(port, burst));
+    }
+    let (e, m) = (&results[0], &results[1]);
+    println!("\nratios embedded / mosquitto:");
+    println!(
+        "  publish -> running p50 {:.2}, p99 {:.2}; sustained rate {:.2}",
+        e.start_p50.as_secs_f64() / m.start_p50.as_secs_f64(),
+        e.start_p99.as_secs_f64() / m.start_p99.as_secs_f64(),
+        e.rate / m.rate
+    );
+}
+
+struct Figures {
+    start_p50: Duration,
+    start_p99: Duration,
+    rate: f64,
+}
+
+fn run(port: u16, burst: usize) -> Figures {
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    std::fs::write(
+        dir.path().join("noop.wasm"),
+        wat::parse_str(NOOP_WAT).expect("wat"),
+    )
+    .expect("module");
+    std::fs::write(
+        dir.path().join("fns.yaml"),
+        "functions:\n  oscar:\n  - edge:\n      name: noop\n      module: noop.wasm\n      cpu: '0.1'\n      memory: 16Mi\n      triggers: [{mqtt: {topic: bench/+/in, qos: 1}}]\n",
+    )
+    .expect("fdl");
+    let config = AgentConfig::from_toml(
+        &format!(
+            "node_name = \"bench-{port}\"\ndata_root = \"data\"\nstate_dir = \"state\"\nfunctions = [\"fns.yaml\"]\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n"
+        ),
+        dir.path(),
+    )
+    .expect("config");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let agent = Agent::start(config).expect("agent");
+        let mut events = agent.subscribe();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(agent.run(async {
+            let _ = stop_rx.await;
+        }));
+        let mut options = MqttOptions::new(format!("bench-publisher-{port}"), "127.0.0.1", port);
+        options.set_inflight(100);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        tokio::spawn(async move {
+            // Bounded: the loop ends when the client is dropped (requests channel closed).
+            while eventloop.poll().await.is_ok() {}
+        });
+        // The agent subscribes once connected: probe until a message makes a job.
+        let mut probes = 0u32;
+        loop {
+            probes += 1;
+            assert!(probes < 200, "the agent never received a message");
+            client
+                .publish("bench/probe/in", QoS::AtLeastOnce, false, probes.to_le_bytes().to_vec())
+                .await
+                .expect("publish");
+            if let Ok(Ok(JobEvent::Queued { .. })) =
+                tokio::time::timeout(Duration::from_millis(100), events.recv()).await
+            {
+                break;
+            }
+        }
+        drain(&mut events, Duration::from_millis(500)).await;
+
+        let (mut to_start, mut to_finish) = (Vec::new(), Vec::new());
+        for i in 0..400u32 {
+            let t0 = Instant::now();
+            client
+                .publish("bench/cam/in", QoS::AtLeastOnce, false, format!("one-{i}").into_bytes())
+                .await
+                .expect("publish");
+            let mut started = None;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+                    Ok(Ok(JobEvent::Started { at, .. })) => started = Some(at),
+                    Ok(Ok(JobEvent::Finished { .. })) => break,
+                    Ok(Ok(JobEvent::Queued { .. })) => {}
+                    other => panic!("no job event: {other:?}"),
+                }
+            }
+            if i >= 50 {
+                to_start.push(started.expect("started") - t0);
+                to_finish.push(t0.elapsed());
+            }
+        }
+        let (start_p50, start_p99) = report("published -> function running", to_start);
+        report("published -> job Succeeded (journaled)", to_finish);
+
+        let t0 = Instant::now();
+        let publisher = client.clone();
+        tokio::spawn(async move {
+            for i in 0..burst {
+                let _ = publisher
+                    .publish("bench/burst/in", QoS::AtLeastOnce, false, format!("b-{i}").into_bytes())
+                    .await;
+            }
+        });
+        let mut finished = 0;
+        while finished < burst {
+            match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+                Ok(Ok(JobEvent::Finished { .. })) => finished += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                    panic!("fell {n} events behind; the figures would be wrong")
+                }
+                other => panic!("burst stalled after {finished} jobs: {other:?}"),
+            }
+        }
+        let elapsed = t0.elapsed();
+        let rate = burst as f64 / elapsed.as_secs_f64();
+        println!(
+            "  sustained: {burst} messages published back to back -> {burst} jobs finished in {:.2?}: {rate:.0} msg/s",
+            elapsed
+        );
+        let _ = stop_tx.send(());
+        let _ = running.await;
+        Figures {
+            start_p50,
+            start_p99,
+            rate,
+        }
+    })
+}
+
+async fn drain(events: &mut tokio::sync::broadcast::Receiver<JobEvent>, quiet: Duration) {
+    while let Ok(Ok(_)) = tokio::time::timeout(quiet, events.recv()).await {}
+}
+
+fn report(name: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    let (p50, p99) = (at(0.5), at(0.99));
+    println!(
+        "  {name:<42} n={:<5} p50={:>9.1?} p99={:>9.1?} max={:>9.1?}",
+        samples.len(),
+        p50,
+        p99,
+        samples[samples.len() - 1]
+    );
+    (p50, p99)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Debian's Mosquitto on a free loopback port, stopped when dropped.
+struct Mosquitto {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"),
+        )
+        .expect("conf");
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (apt-get install mosquitto)");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

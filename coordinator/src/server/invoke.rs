@@ -1,0 +1,145 @@
+//! HTTP invocation: `POST /job/{function}` (asynchronous: answers with the job id) and
+//! `POST /run/{function}` (synchronous: answers with the job's output). The request body is the
+//! input file, dropped into the function's input folder on a node that runs it, so the job is
+//! the same one a file copied there would make: journaled, retried, spilled over like any other.
+//! The same body under the same name is the same job, so a client may safely retry a request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use spillway_proto::wire::{self, JobPhase, Response as AgentResponse};
+
+use super::State;
+use super::http::{ApiError, ask, submit};
+
+#[derive(Debug, Deserialize)]
+pub struct InvokeParams {
+    /// The input file's name (default: the body's SHA-256, shortened, plus `.bin`).
+    name: Option<String>,
+    /// Run it on this node instead of the least busy one.
+    node: Option<String>,
+    /// `/run` only: how long to wait for the result, in seconds (default 300).
+    timeout: Option<u64>,
+}
+
+fn file_name(params: &InvokeParams, body: &[u8]) -> String {
+    params
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}.bin", &hex::encode(Sha256::digest(body))[..16]))
+}
+
+/// `POST /job/{function}`: 202 Accepted with `{job, node, input}`.
+pub async fn job(
+    AxState(state): AxState<Arc<State>>,
+    Path(function): Path<String>,
+    Query(params): Query<InvokeParams>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let name = file_name(&params, &body);
+    let invoked = submit(&state, &function, &name, params.node, body).await?;
+    Ok((StatusCode::ACCEPTED, Json(invoked)).into_response())
+}
+
+/// `POST /run/{function}`: waits for the job and answers with its first output file (200), or
+/// 204 when it succeeded without output, 500 with the reason when it failed, 504 with the job
+/// id when it is still running at the deadline. Headers name the job and every output.
+pub async fn run(
+    AxState(state): AxState<Arc<State>>,
+    Path(function): Path<String>,
+    Query(params): Query<InvokeParams>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let name = file_name(&params, &body);
+    let wait = Duration::from_secs(params.timeout.unwrap_or(300).clamp(1, 3600));
+    let invoked = submit(&state, &function, &name, params.node, body).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    // The origin reports its jobs over the link; poll what it reported.
+    let row = loop {
+        if let Ok(row) = state.store.job(&invoked.job)?
+            && matches!(row.update.phase, JobPhase::Succeeded | JobPhase::Failed)
+        {
+            break row;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "job {} of `{function}` has not finished within {}s; follow it with `spillway describe job {}` or GET /v1/jobs/{}",
+                    invoked.job,
+                    wait.as_secs(),
+                    invoked.job,
+                    invoked.job
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let mut headers = vec![("x-spillway-job", invoked.job.clone())];
+    headers.push(("x-spillway-node", row.node.clone()));
+    if row.update.phase == JobPhase::Failed {
+        let reason = row.update.reason.unwrap_or_else(|| "unknown".into());
+        return Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "`{function}` failed: {reason} (job {}; its log: spillway logs {})",
+                invoked.job, invoked.job
+            ),
+        ));
+    }
+    // MQTT outputs are reported as `mqtt:TOPIC`: only files can be returned.
+    let files: Vec<&String> = row
+        .update
+        .outputs
+        .iter()
+        .filter(|o| !o.starts_with("mqtt:"))
+        .collect();
+    if !files.is_empty() {
+        let all = files
+            .iter()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        headers.push(("x-spillway-outputs", all));
+    }
+    let Some(first) = files.first() else {
+        return Ok(with_headers(
+            StatusCode::NO_CONTENT.into_response(),
+            &headers,
+        ));
+    };
+    let content = match ask(
+        &state,
+        &row.node,
+        wire::Request::GetFile {
+            path: (*first).clone(),
+        },
+    )
+    .await?
+    {
+        AgentResponse::File(bytes) => bytes,
+        _ => {
+            return Err(ApiError(
+                StatusCode::BAD_GATEWAY,
+                "unexpected answer".into(),
+            ));
+        }
+    };
+    Ok(with_headers(content.into_response(), &headers))
+}
+
+fn with_headers(mut response: Response, headers: &[(&'static str, String)]) -> Response {
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(*name, v);
+        }
+    }
+    response
+}

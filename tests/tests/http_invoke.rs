@@ -1,0 +1,168 @@
+//! HTTP invocation of functions through the coordinator, with a real HTTP client (curl):
+//! `POST /run/{function}` answers with the output, `POST /job/{function}` with the job id.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{Coordinator, Node, repo, wait_until};
+
+const FDL: &str = "tests/fixtures/mesh/functions.yaml";
+
+/// The coordinator's API token, from the client config it wrote.
+fn api_token(c: &Coordinator) -> String {
+    let text =
+        std::fs::read_to_string(c.dir.path().join("state/client.toml")).expect("client.toml");
+    text.lines()
+        .find_map(|l| l.strip_prefix("token = \""))
+        .and_then(|t| t.strip_suffix('"'))
+        .expect("token in client.toml")
+        .to_owned()
+}
+
+/// `curl` → (status, headers, body).
+fn curl(c: &Coordinator, token: &str, path: &str, body: &str) -> (u16, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let headers = dir.path().join("headers");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "POST",
+            "--data-binary",
+            body,
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-D",
+        ])
+        .arg(&headers)
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("http://127.0.0.1:{}{path}", c.http_port))
+        .output()
+        .expect("curl (Debian package `curl`) must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').expect("status line");
+    (
+        status.trim().parse().expect("status"),
+        std::fs::read_to_string(headers)
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+        body.to_owned(),
+    )
+}
+
+fn ready_mesh() -> (Coordinator, Node) {
+    let c = Coordinator::new();
+    let mut node = Node::new("node_name = \"edge-1\"\n");
+    let (ok, out, err) =
+        node.agent_cli(&["join", "--coordinator", &c.quic(), "--token", &c.token()]);
+    assert!(ok, "join failed: {out}{err}");
+    node.start();
+    let (ok, _, err) = c.cli(&["apply", "-f", repo(FDL).to_str().expect("utf-8")]);
+    assert!(ok, "apply failed: {err}");
+    let deployed = wait_until(Duration::from_secs(20), || {
+        c.json(&["get", "nodes"])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| {
+                n["health"] == "Ready"
+                    && n["running"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|f| f == "upper"))
+            })
+    });
+    assert!(deployed, "upper never deployed:\n{}", node.log());
+    (c, node)
+}
+
+#[test]
+fn run_answers_with_the_output_and_job_with_the_job_id() {
+    let (c, node) = ready_mesh();
+    let token = api_token(&c);
+    let (status, headers, body) = curl(&c, &token, "/run/upper?name=greeting.txt", "hello edge");
+    assert_eq!(status, 200, "{headers}{body}\n{}", node.log());
+    assert_eq!(body, "HELLO EDGE");
+    assert!(headers.contains("x-spillway-job:"), "{headers}");
+    assert!(
+        headers.contains("x-spillway-outputs: texts/out/greeting.txt"),
+        "{headers}"
+    );
+
+    let (status, _, body) = curl(&c, &token, "/job/upper", "queued work");
+    assert_eq!(status, 202, "{body}");
+    let accepted: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let job = accepted["job"].as_str().expect("job id").to_owned();
+    assert_eq!(accepted["node"], "edge-1");
+    let done = wait_until(Duration::from_secs(20), || {
+        c.json(&["get", "jobs"])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|j| j["id"] == job.as_str() && j["phase"] == "Succeeded")
+    });
+    assert!(done, "job {job} did not succeed:\n{}", node.log());
+    // The same body under the same name is the same job: a retried request runs nothing new.
+    let (_, _, again) = curl(&c, &token, "/job/upper", "queued work");
+    let again: serde_json::Value = serde_json::from_str(&again).expect("json");
+    assert_eq!(again["job"], job.as_str());
+}
+
+#[test]
+fn bad_requests_are_refused_with_what_to_do() {
+    let (c, node) = ready_mesh();
+    let token = api_token(&c);
+    let (status, _, body) = curl(&c, "wrong-token", "/run/upper", "x");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("missing or wrong API token"), "{body}");
+    let (status, _, body) = curl(&c, &token, "/run/nosuch", "x");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("spillway get functions"), "{body}");
+    let (status, _, body) = curl(&c, &token, "/job/upper?name=../escape", "x");
+    assert_eq!(status, 400, "{body}");
+    // A failing function: the reason comes back, not a hang.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("fails.yaml"),
+        "functions:\n  oscar:\n  - edge:\n      name: fails\n      runtime: process\n      script: fails.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {storage_provider: minio.default, path: broken/in}\n",
+    )
+    .expect("fdl");
+    std::fs::write(
+        dir.path().join("fails.sh"),
+        "echo 'no model loaded' >&2\nexit 3\n",
+    )
+    .expect("script");
+    let (ok, _, err) = c.cli(&[
+        "apply",
+        "-f",
+        dir.path().join("fails.yaml").to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{err}");
+    let mut answer = (0, String::new());
+    let deployed = wait_until(Duration::from_secs(20), || {
+        let (status, _, body) = curl(&c, &token, "/run/fails?timeout=20", "x");
+        answer = (status, body);
+        answer.0 != 503 && answer.0 != 404
+    });
+    assert!(deployed, "{answer:?}\n{}", node.log());
+    assert_eq!(answer.0, 500, "{}", answer.1);
+    assert!(
+        answer.1.contains("`fails` failed") && answer.1.contains("status 3"),
+        "{}",
+        answer.1
+    );
+    let metrics = Command::new("curl")
+        .args(["-sS", &format!("http://127.0.0.1:{}/metrics", c.http_port)])
+        .output()
+        .expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("spillway_api_unauthorized_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
