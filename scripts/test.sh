@@ -36,7 +36,7 @@ packages=(
   crun runc                                                     # baselines of the OCI benchmark
   qemu-system-arm dosfstools mtools fdisk                       # emulated Pi booting a flashed card
   ca-certificates                                               # the CA bundle in Spillway's own images
-  mosquitto mosquitto-clients curl                              # MQTT against a real broker and clients; HTTP invoke
+  mosquitto mosquitto-clients curl openssl                      # MQTT against real brokers (TLS) and clients; HTTP invoke
 )
 step "checking build and test dependencies"
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then

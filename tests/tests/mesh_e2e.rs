@@ -271,10 +271,15 @@ fn bad_input_is_refused_with_a_message_and_changes_nothing() {
 #[test]
 fn spillway_up_then_a_second_node_joined_with_a_token_both_process_the_quickstart() {
     let dir = tempfile::tempdir().unwrap();
-    let (quic, http) = (support::free_port(), support::free_port());
+    let (quic, http, mqtt) = (
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+    );
     let mut up = std::process::Command::new(support::bin("spillway"))
         .args(["up", "--dir"])
         .arg(dir.path().join("mesh"))
+        .args(["--mqtt", &format!("127.0.0.1:{mqtt}")])
         .args(["--node", "local", "--quic", &format!("127.0.0.1:{quic}")])
         .args(["--http", &format!("127.0.0.1:{http}"), "-f"])
         .arg(repo("configs/quickstart/functions.yaml"))
@@ -353,6 +358,22 @@ fn spillway_up_then_a_second_node_joined_with_a_token_both_process_the_quickstar
     assert!(ok && yaml.contains("name: grayscale"), "{yaml}");
     let (ok, completions) = cli(&["completions", "bash"]);
     assert!(ok && completions.contains("spillway"), "no completions");
+    // MQTT needs no broker of one's own: `up` embeds one and gives the local agent its address.
+    let (ok, out) = cli(&[
+        "apply",
+        "-f",
+        repo("configs/examples/fire-alert/functions.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let alerts = support::mqtt::Subscriber::start(mqtt, "alerts/fire");
+    let verdict = wait_until(Duration::from_secs(30), || {
+        support::mqtt::publish(mqtt, "cameras/up/frames", &["70"]);
+        std::thread::sleep(Duration::from_millis(300));
+        alerts.lines().iter().any(|l| l == "alerts/fire up FIRE 70")
+    });
+    assert!(verdict, "{:?}", alerts.lines());
     let _ = up.kill();
     let _ = up.wait();
 }

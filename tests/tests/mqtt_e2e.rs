@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::mqtt::{Mosquitto, Subscriber, publish, publish_file};
+use support::mqtt::{Mosquitto, Subscriber, publish, publish_as, publish_file};
 use support::{Coordinator, Node, files_under, free_port, repo, wait_until};
 
 const FIRE_FDL: &str = "configs/examples/fire-alert/functions.yaml";
@@ -263,6 +263,52 @@ fn the_coordinators_embedded_broker_carries_deployed_triggers_and_keeps_an_absen
             .any(|l| l == "alerts/fire cam2 FIRE 88")),
         "{:?}\n{}",
         alerts.lines(),
+        node.log()
+    );
+}
+
+#[test]
+fn tls_and_credentials_from_the_agent_config_reach_a_secured_broker_and_wrong_ones_are_named() {
+    let broker = Mosquitto::start_secured();
+    let ca = broker.dir.path().join("ca.crt");
+    let mut node = fire_node(
+        &format!("mqtts://127.0.0.1:{}", broker.port),
+        &format!(
+            "ca_file = \"{}\"\nusername = \"edge\"\npassword_file = \"mqtt-password\"\n",
+            ca.display()
+        ),
+    );
+    node.write("mqtt-password", "not-the-password\n");
+    node.start();
+    assert!(
+        wait_until(Duration::from_secs(20), || node
+            .log()
+            .contains("the MQTT broker refused this agent")),
+        "{}",
+        node.log()
+    );
+    assert!(node.stop().success());
+    node.write("mqtt-password", "secret\n");
+    node.start();
+    assert!(
+        subscribed(&broker, "cameras/+/frames"),
+        "{}\n{}",
+        node.log(),
+        broker.log()
+    );
+    let options = [
+        "--cafile",
+        ca.to_str().expect("utf-8"),
+        "-u",
+        "edge",
+        "-P",
+        "secret",
+    ];
+    publish_as(broker.port, &options, "cameras/cam7/frames", &["66"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || verdicts(&node)
+            == ["cam7 FIRE 66"]),
+        "{}",
         node.log()
     );
 }

@@ -341,6 +341,13 @@ async fn drive(
             Ok(Event::Incoming(Packet::PubAck(ack))) => publisher.acknowledged(ack.pkid),
             Ok(Event::Incoming(Packet::PubComp(ack))) => publisher.acknowledged(ack.pkid),
             Ok(_) => {}
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                // Wrong credentials do not fix themselves quickly: say so every time, slowly.
+                tracing::error!(broker = %broker, "the MQTT broker refused this agent ({code:?}): check [mqtt] username and password in agent.toml (and the broker's ACLs); retrying");
+                down_since_logged = true;
+                tokio::time::sleep(backoff.max(Duration::from_secs(5))).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
             Err(e) => {
                 if !down_since_logged {
                     tracing::warn!(broker = %broker, "MQTT broker unreachable ({e}); retrying");

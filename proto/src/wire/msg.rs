@@ -242,9 +242,9 @@ pub struct JobUpdate {
     pub id: JobId,
     pub function: String,
     pub phase: JobPhase,
-    /// `bucket/key` of the input, when it came from a folder.
+    /// Where the input came from: `bucket/key` of a folder, or `mqtt:TOPIC`.
     pub input: Option<String>,
-    /// `bucket/key` of every delivered output.
+    /// `bucket/key` of every delivered output file, and `mqtt:TOPIC` per published message.
     pub outputs: Vec<String>,
     pub reason: Option<String>,
     pub attempt: u32,

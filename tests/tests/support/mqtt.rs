@@ -21,13 +21,53 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Self {
+        Self::start_with(
+            tempfile::tempdir().expect("tempdir"),
+            "allow_anonymous true\n",
+        )
+    }
+
+    /// TLS with a test CA (`ca.crt` in `dir`, server certificate for 127.0.0.1) and one user,
+    /// `edge` with password `secret`; anonymous clients are refused.
+    pub fn start_secured() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let sh = |script: &str| {
+            let out = Command::new("sh")
+                .args(["-ec", script])
+                .current_dir(d)
+                .output()
+                .expect("sh");
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh(
+            "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -subj /CN=spillway-test-ca -days 1 2>/dev/null",
+        );
+        sh(
+            "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null",
+        );
+        sh(
+            "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext && openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 1 -extfile san.ext 2>/dev/null",
+        );
+        sh("mosquitto_passwd -b -c passwd edge secret 2>/dev/null");
+        let extra = format!(
+            "allow_anonymous false\npassword_file {0}/passwd\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key\n",
+            d.display()
+        );
+        Self::start_with(dir, &extra)
+    }
+
+    fn start_with(dir: tempfile::TempDir, listener_settings: &str) -> Self {
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\nlog_type all\nmax_queued_messages 10000\n",
+                "user root\nper_listener_settings false\nlistener {port} 127.0.0.1\n{listener_settings}persistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\nlog_type all\nmax_queued_messages 10000\n",
                 dir.path().display(),
                 dir.path().display()
             ),
@@ -73,6 +113,11 @@ fn read(path: &Path) -> String {
 
 /// Publishes each of `payloads` as one QoS 1 message on `topic` (`mosquitto_pub -l`).
 pub fn publish(port: u16, topic: &str, payloads: &[&str]) {
+    publish_as(port, &[], topic, payloads);
+}
+
+/// `publish` with more `mosquitto_pub` options (TLS, credentials).
+pub fn publish_as(port: u16, options: &[&str], topic: &str, payloads: &[&str]) {
     let mut child = Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -85,6 +130,7 @@ pub fn publish(port: u16, topic: &str, payloads: &[&str]) {
             topic,
             "-l",
         ])
+        .args(options)
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
