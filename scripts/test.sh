@@ -52,6 +52,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust 1.95+ (rustup)" >&2; exit 1; }
+# moto's server is the S3 API of the storage tests (PyPI; boto3 comes with it).
+if ! command -v moto_server >/dev/null || ! python3 -c 'import boto3, moto.server' 2>/dev/null; then
+  echo "installing moto[server] (PyPI)"
+  python3 -m pip install -q 'moto[server]' || python3 -m pip install -q --break-system-packages 'moto[server]'
+fi
 
 step "format"
 cargo fmt --all --check

@@ -207,14 +207,18 @@ impl Catalog {
         })?;
         let mut inputs = Vec::new();
         for input in &def.input {
-            if input.provider.is_local() {
+            // An S3 input's objects reach this node through the coordinator (`POST /events`),
+            // which drops each into the same `bucket/folder` under the data root.
+            if input.provider.is_local() || def.s3_settings(&input.provider).is_some() {
                 inputs.push((input.path.dir_under(&config.data_root), input.path.clone()));
             } else {
-                tracing::warn!(function = %def.name, "input from `{}` is not watched by a standalone agent; only minio/local folders are", input.provider);
+                tracing::warn!(function = %def.name, "input from `{}` is not supported (storage kinds: minio, local, s3)", input.provider);
             }
         }
-        for output in def.output.iter().filter(|o| !o.provider.is_local()) {
-            tracing::warn!(function = %def.name, "output to `{}` is not delivered by a standalone agent; only minio/local folders are", output.provider);
+        for output in def.output.iter() {
+            if !output.provider.is_local() && def.s3_settings(&output.provider).is_none() {
+                tracing::warn!(function = %def.name, "output to `{}` is not delivered (storage kinds: minio, local, s3)", output.provider);
+            }
         }
         Ok(Deployed {
             def,

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod mesh;
 pub mod mqtt;
 pub mod runtime;
+pub mod s3;
 pub mod scheduler;
 pub mod service;
 pub mod signal;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use spillway_proto::fdl::{MqttOutput, StorageRef};
+use spillway_proto::fdl::{MqttOutput, S3Settings, StorageRef};
 use spillway_proto::{Event, FunctionDef, JobId, ObjectKey};
 
 use super::{JobEvent, Msg, Shared};
@@ -181,13 +181,22 @@ fn keep_for_origin(
 #[derive(Debug, Clone, Default)]
 pub(super) struct Targets {
     pub folders: Vec<StorageRef>,
+    pub buckets: Vec<(StorageRef, S3Settings)>,
     pub mqtt: Vec<MqttOutput>,
 }
 
 impl Targets {
     pub fn of(def: &FunctionDef) -> Self {
+        let (mut folders, mut buckets) = (Vec::new(), Vec::new());
+        for out in &def.output {
+            match def.s3_settings(&out.provider) {
+                Some(s3) => buckets.push((out.clone(), s3)),
+                None => folders.push(out.clone()),
+            }
+        }
         Self {
-            folders: def.output.clone(),
+            folders,
+            buckets,
             mqtt: def.mqtt_outputs.clone(),
         }
     }
@@ -224,10 +233,39 @@ async fn deliver_outputs(
                 };
             }
         };
+    if let Err(reason) = upload_outputs(targets, output_dir, keys, &mut delivered).await {
+        return JobState::Failed { reason };
+    }
     if let Err(reason) = publish_outputs(s, targets, output_dir, keys, &mut delivered).await {
         return JobState::Failed { reason };
     }
     JobState::Succeeded { outputs: delivered }
+}
+
+/// Uploads every output file to the S3 outputs that accept it, as `folder/key` in the bucket
+/// (the same layout as a folder output). Re-uploading after a crash writes the same objects.
+async fn upload_outputs(
+    targets: &Targets,
+    output_dir: &Path,
+    keys: &[ObjectKey],
+    delivered: &mut Vec<String>,
+) -> Result<(), String> {
+    for (out, settings) in &targets.buckets {
+        let bucket = crate::s3::Bucket::open(settings, &out.path.bucket)?;
+        for key in keys.iter().filter(|k| out.accepts(k.file_name())) {
+            let name = match &out.path.folder {
+                Some(folder) => format!("{folder}/{key}"),
+                None => key.to_string(),
+            };
+            let path = key.under(output_dir);
+            let bytes = tokio::fs::read(&path)
+                .await
+                .map_err(|e| format!("cannot read the output {}: {e}", path.display()))?;
+            bucket.put(&name, bytes).await?;
+            delivered.push(format!("{}:{}/{name}", out.provider, bucket.name()));
+        }
+    }
+    Ok(())
 }
 
 /// Publishes every output file its MQTT outputs accept (the file's bytes are the payload).

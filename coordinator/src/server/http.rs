@@ -64,6 +64,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/functions/{name}/invoke", post(invoke))
         .route("/job/{name}", post(super::invoke::job))
         .route("/run/{name}", post(super::invoke::run))
+        .route("/events", post(super::events::receive))
         .route("/v1/apply", post(apply_fdl))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
@@ -200,7 +201,7 @@ async fn list_functions(AxState(state): AxState<Arc<State>>) -> ApiResult<Vec<Fu
     ))
 }
 
-fn function_record(state: &State, name: &str) -> Result<FunctionRecord, ApiError> {
+pub(super) fn function_record(state: &State, name: &str) -> Result<FunctionRecord, ApiError> {
     state.store.function(name)?.ok_or_else(|| {
         not_found(format!(
             "no function named `{name}`; list them with `spillway get functions`"
@@ -440,7 +441,7 @@ pub(super) async fn submit(
         .def
         .input
         .iter()
-        .find(|i| i.provider.is_local())
+        .find(|i| i.provider.is_local() && f.def.s3_settings(&i.provider).is_none())
         .ok_or_else(|| {
             ApiError(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -449,28 +450,35 @@ pub(super) async fn submit(
         })?;
     let file = ObjectKey::parse(file)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("file name `{file}`: {e}")))?;
-    let node = match node {
-        Some(n) => n,
-        None => pick_node(state, name)?,
-    };
     let key = match &input.path.folder {
         Some(folder) => ObjectKey::parse(&format!("{folder}/{file}")),
         None => Ok(file),
     }
     .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    submit_object(state, name, &input.path.bucket, key, node, body).await
+}
+
+/// Stores `body` as `bucket/key` under the data root of a node that runs `name` (the least
+/// busy one unless `node` is given); the answer names the job that file makes there.
+pub(super) async fn submit_object(
+    state: &State,
+    name: &str,
+    bucket: &str,
+    key: ObjectKey,
+    node: Option<String>,
+    body: Bytes,
+) -> Result<Invoked, ApiError> {
+    let node = match node {
+        Some(n) => n,
+        None => pick_node(state, name)?,
+    };
     let size = body.len() as u64;
-    let stored = store_on(
-        state,
-        &node,
-        format!("{}/{key}", input.path.bucket),
-        body.to_vec(),
-    )
-    .await?;
+    let stored = store_on(state, &node, format!("{bucket}/{key}"), body.to_vec()).await?;
     let mut sha256 = [0u8; 32];
     hex::decode_to_slice(&stored.sha256, &mut sha256)
         .map_err(|_| ApiError(StatusCode::BAD_GATEWAY, "bad digest".into()))?;
     let event = Event::File(FileEvent {
-        bucket: input.path.bucket.clone(),
+        bucket: bucket.to_owned(),
         key,
         size,
         mtime_ns: 0,

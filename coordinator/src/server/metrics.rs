@@ -21,6 +21,10 @@ pub struct Metrics {
     pub handovers_accepted: AtomicU64,
     pub handovers_declined: AtomicU64,
     pub leases_expired: AtomicU64,
+    pub events_accepted: AtomicU64,
+    pub events_malformed: AtomicU64,
+    pub events_unrouted: AtomicU64,
+    pub events_refused: AtomicU64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -90,6 +94,26 @@ impl Metrics {
                 "spillway_leases_expired_total",
                 "Peers whose jobs were placed again after they stayed away",
                 &self.leases_expired,
+            ),
+            (
+                "spillway_bucket_events_total",
+                "Objects of S3/MinIO bucket notifications turned into jobs",
+                &self.events_accepted,
+            ),
+            (
+                "spillway_bucket_events_malformed_total",
+                "Bucket notifications refused as malformed JSON",
+                &self.events_malformed,
+            ),
+            (
+                "spillway_bucket_events_unrouted_total",
+                "Objects in bucket notifications that no function takes",
+                &self.events_unrouted,
+            ),
+            (
+                "spillway_bucket_events_refused_total",
+                "Objects refused: unsafe key, too large, or not downloadable",
+                &self.events_refused,
             ),
         ];
         for (name, help, c) in counters {

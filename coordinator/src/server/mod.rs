@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod broker;
 pub mod ca;
 pub mod deploy;
+pub mod events;
 pub mod handover;
 pub mod http;
 pub mod invoke;

@@ -104,6 +104,9 @@ pub struct FunctionDef {
     /// `output` entries that publish files as MQTT messages.
     #[serde(default)]
     pub mqtt_outputs: Vec<super::trigger::MqttOutput>,
+    /// The `storage_providers` its inputs and outputs name (credentials included).
+    #[serde(default)]
+    pub providers: Vec<StorageProvider>,
     pub extra: Extra,
     /// Where the function was defined, for messages about it later on.
     pub location: Location,
@@ -112,6 +115,31 @@ pub struct FunctionDef {
 }
 
 impl FunctionDef {
+    /// Where `provider` keeps its objects: an S3 API (an `s3` provider, or a `minio` provider
+    /// defined with an `endpoint`), or `None` for the folders under an agent's data root
+    /// (`minio.default`, `local`).
+    pub fn s3_settings(&self, provider: &ProviderRef) -> Option<S3Settings> {
+        let defined = self.providers.iter().find(|p| &p.reference == provider);
+        let get = |key: &str| {
+            defined
+                .and_then(|p| p.settings.get(key))
+                .map(|v| v.expose().to_owned())
+        };
+        let endpoint = get("endpoint");
+        match provider.kind.as_str() {
+            "s3" => {}
+            "minio" if endpoint.is_some() => {}
+            _ => return None,
+        }
+        Some(S3Settings {
+            endpoint,
+            region: get("region").unwrap_or_else(|| "us-east-1".into()),
+            access_key: get("access_key").unwrap_or_default(),
+            secret_key: Secret(get("secret_key").unwrap_or_default()),
+            verify: get("verify").is_none_or(|v| v != "false"),
+        })
+    }
+
     /// The OSCAR cluster id this entry was written under, if any.
     pub fn cluster_id(&self) -> Option<&str> {
         match &self.platform {
@@ -248,6 +276,18 @@ pub struct ClusterDef {
 pub struct StorageProvider {
     pub reference: ProviderRef,
     pub settings: BTreeMap<String, Secret>,
+}
+
+/// How to reach an S3-compatible store (AWS S3, MinIO, moto…).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// `None`: AWS S3 itself.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: Secret,
+    /// TLS certificate verification (OSCAR's `verify`).
+    pub verify: bool,
 }
 
 /// A value that may be a credential: never printed by `Debug`.

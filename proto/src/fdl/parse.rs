@@ -107,6 +107,7 @@ pub fn parse_str(file: &str, text: &str, base_dir: &Path) -> Parsed {
         top.finish(&mut diags, TOP_FIELDS, &mut fdl.extra);
     }
     cross_check(&mut diags, &fdl);
+    attach_providers(&mut fdl);
     diags
         .items
         .sort_by_key(|d| (d.location.line, d.location.col));
@@ -358,6 +359,24 @@ fn read_storage_providers(
 }
 
 /// Checks that need the whole document: duplicate names and dangling references.
+/// Gives each function the storage providers its inputs and outputs name, so a function sent
+/// alone (to an agent, in a deployment) still knows where its S3 buckets are.
+fn attach_providers(fdl: &mut Fdl) {
+    let providers = fdl.storage_providers.clone();
+    for f in &mut fdl.functions {
+        f.providers = providers
+            .iter()
+            .filter(|p| {
+                f.input
+                    .iter()
+                    .chain(&f.output)
+                    .any(|r| r.provider == p.reference)
+            })
+            .cloned()
+            .collect();
+    }
+}
+
 fn cross_check(diags: &mut Diagnostics, fdl: &Fdl) {
     let mut seen: BTreeMap<(String, String), &FunctionDef> = BTreeMap::new();
     let cluster_ids: BTreeSet<&str> = fdl

@@ -264,6 +264,7 @@ pub(crate) fn parse_service(
         node_selector,
         triggers,
         mqtt_outputs,
+        providers: Vec::new(),
         extra,
         location: diags.location(map.span()),
         fdl_path: path.to_owned(),

@@ -6,6 +6,7 @@ pub mod board;
 pub mod mqtt;
 pub mod netns;
 pub mod oci;
+pub mod s3;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

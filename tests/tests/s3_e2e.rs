@@ -1,0 +1,199 @@
+//! S3/MinIO bucket notifications and S3 storage providers against moto's S3 API (signatures
+//! enforced), through a real coordinator and agent: `POST /events` with the JSON MinIO sends,
+//! inputs downloaded from the bucket, outputs uploaded to it.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::s3::Moto;
+use support::{Coordinator, Node, wait_until};
+
+fn api_token(c: &Coordinator) -> String {
+    let text =
+        std::fs::read_to_string(c.dir.path().join("state/client.toml")).expect("client.toml");
+    text.lines()
+        .find_map(|l| l.strip_prefix("token = \""))
+        .and_then(|t| t.strip_suffix('"'))
+        .expect("token")
+        .to_owned()
+}
+
+fn post(c: &Coordinator, path: &str, body: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "POST",
+            "--data-binary",
+            body,
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {}", api_token(c))])
+        .arg(format!("http://127.0.0.1:{}{path}", c.http_port))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').expect("status");
+    (status.trim().parse().expect("status"), body.to_owned())
+}
+
+/// What MinIO posts to a webhook when `key` is created in `bucket` (key URL-encoded).
+fn minio_event(bucket: &str, key: &str) -> String {
+    let encoded: String = key
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    serde_json::json!({
+        "EventName": "s3:ObjectCreated:Put",
+        "Key": format!("{bucket}/{key}"),
+        "Records": [{
+            "eventVersion": "2.0",
+            "eventSource": "minio:s3",
+            "awsRegion": "",
+            "eventTime": "2026-11-22T10:00:00.000Z",
+            "eventName": "s3:ObjectCreated:Put",
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "configurationId": "Config",
+                "bucket": {"name": bucket, "arn": format!("arn:aws:s3:::{bucket}")},
+                "object": {"key": encoded, "size": 11, "contentType": "text/plain"}
+            }
+        }]
+    })
+    .to_string()
+}
+
+struct Setup {
+    moto: Moto,
+    c: Coordinator,
+    node: Node,
+}
+
+/// moto with a `photos` bucket; a coordinator; one node; the `shout` function reading
+/// `photos/in` and writing `photos/out` through a MinIO-style provider pointing at moto, and
+/// `leaky`, whose output provider has a wrong secret.
+fn setup() -> Setup {
+    let moto = Moto::start();
+    moto.python("client('s3').create_bucket(Bucket='photos')");
+    let c = Coordinator::new();
+    let mut node = Node::new("node_name = \"edge-1\"\n");
+    let (ok, out, err) =
+        node.agent_cli(&["join", "--coordinator", &c.quic(), "--token", &c.token()]);
+    assert!(ok, "{out}{err}");
+    node.start();
+    let dir = c.dir.path();
+    std::fs::write(
+        dir.join("shout.sh"),
+        "tr a-z A-Z < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/$FILE_NAME\"\n",
+    )
+    .expect("script");
+    let fdl = format!(
+        "functions:\n  oscar:\n  - edge:\n      name: shout\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {{storage_provider: minio.lab, path: photos/in, suffix: [.txt]}}\n      output:\n      - {{storage_provider: minio.lab, path: photos/out}}\n  - edge:\n      name: leaky\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {{storage_provider: minio.default, path: texts/in}}\n      output:\n      - {{storage_provider: minio.wrong, path: photos/out}}\nstorage_providers:\n  minio:\n    lab: {{endpoint: \"{e}\", region: us-east-1, access_key: {ak}, secret_key: {sk}}}\n    wrong: {{endpoint: \"{e}\", region: us-east-1, access_key: {ak}, secret_key: not-the-secret}}\n",
+        e = moto.endpoint(),
+        ak = moto.access_key,
+        sk = moto.secret_key
+    );
+    std::fs::write(dir.join("functions.yaml"), fdl).expect("fdl");
+    let (ok, _, err) = c.cli(&[
+        "apply",
+        "-f",
+        dir.join("functions.yaml").to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "apply: {err}");
+    let deployed = wait_until(Duration::from_secs(20), || {
+        c.json(&["get", "nodes"])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| {
+                n["health"] == "Ready" && n["running"].as_array().is_some_and(|r| r.len() == 2)
+            })
+    });
+    assert!(deployed, "{}", node.log());
+    Setup { moto, c, node }
+}
+
+#[test]
+fn a_minio_notification_runs_the_function_on_the_object_and_its_output_lands_in_the_bucket() {
+    let Setup { moto, c, node } = setup();
+    moto.put("photos", "in/hello world.txt", "hello world");
+    let (status, body) = post(&c, "/events", &minio_event("photos", "in/hello world.txt"));
+    assert_eq!(status, 202, "{body}");
+    let accepted: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(accepted["jobs"][0]["function"], "shout");
+    assert_eq!(accepted["jobs"][0]["node"], "edge-1");
+    let uploaded = wait_until(Duration::from_secs(30), || {
+        moto.get("photos", "out/hello world.txt").as_deref() == Some("HELLO WORLD")
+    });
+    assert!(uploaded, "{}", node.log());
+    // The same notification again (MinIO retries webhooks) is the same job: nothing new runs.
+    let (status, again) = post(&c, "/events", &minio_event("photos", "in/hello world.txt"));
+    assert_eq!(status, 202);
+    let again: serde_json::Value = serde_json::from_str(&again).expect("json");
+    assert_eq!(again["jobs"][0]["job"], accepted["jobs"][0]["job"]);
+}
+
+#[test]
+fn bad_notifications_and_bad_credentials_are_refused_and_nothing_escapes_the_data_root() {
+    let Setup { moto, c, node } = setup();
+    let (status, body) = post(&c, "/events", "{not json");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not JSON"), "{body}");
+    let (status, body) = post(&c, "/events", "{\"hello\": 1}");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Records"), "{body}");
+    let (status, body) = post(&c, "/events", &minio_event("nobody-uses", "in/a.txt"));
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("no function takes objects from bucket `nobody-uses`"),
+        "{body}"
+    );
+    for evil in ["in/../../../etc/passwd.txt", "/etc/passwd.txt"] {
+        let (status, body) = post(&c, "/events", &minio_event("photos", evil));
+        assert_eq!(status, 400, "{evil}: {body}");
+        assert!(body.contains("refused"), "{body}");
+    }
+    assert!(!node.path("etc").exists() && !node.path("data/etc").exists());
+    // An object the notification names but that is not in the bucket.
+    let (status, body) = post(&c, "/events", &minio_event("photos", "in/missing.txt"));
+    assert_eq!(status, 502, "{body}");
+    // Wrong secret key: moto checks the signature; the job fails and says what to check.
+    let (status, body) = post(&c, "/job/leaky?name=x.txt", "abc");
+    assert_eq!(status, 202, "{body}");
+    let failed = wait_until(Duration::from_secs(30), || {
+        c.json(&["get", "jobs"])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|j| {
+                j["function"] == "leaky"
+                    && j["phase"] == "Failed"
+                    && j["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("check access_key and secret_key"))
+            })
+    });
+    assert!(failed, "{:?}\n{}", c.json(&["get", "jobs"]), node.log());
+    assert_eq!(moto.get("photos", "out/x.txt"), None);
+    let metrics = Command::new("curl")
+        .args(["-sS", &format!("http://127.0.0.1:{}/metrics", c.http_port)])
+        .output()
+        .expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for line in [
+        "spillway_bucket_events_malformed_total 2",
+        "spillway_bucket_events_unrouted_total 1",
+        "spillway_bucket_events_refused_total 3",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+}
