@@ -3,55 +3,14 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::{Coordinator, Node, repo, wait_until};
 
 const FDL: &str = "tests/fixtures/mesh/functions.yaml";
 
-/// The coordinator's API token, from the client config it wrote.
-fn api_token(c: &Coordinator) -> String {
-    let text =
-        std::fs::read_to_string(c.dir.path().join("state/client.toml")).expect("client.toml");
-    text.lines()
-        .find_map(|l| l.strip_prefix("token = \""))
-        .and_then(|t| t.strip_suffix('"'))
-        .expect("token in client.toml")
-        .to_owned()
-}
-
-/// `curl` → (status, headers, body).
 fn curl(c: &Coordinator, token: &str, path: &str, body: &str) -> (u16, String, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let headers = dir.path().join("headers");
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-X",
-            "POST",
-            "--data-binary",
-            body,
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "-D",
-        ])
-        .arg(&headers)
-        .args(["-H", &format!("Authorization: Bearer {token}")])
-        .arg(format!("http://127.0.0.1:{}{path}", c.http_port))
-        .output()
-        .expect("curl (Debian package `curl`) must be installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').expect("status line");
-    (
-        status.trim().parse().expect("status"),
-        std::fs::read_to_string(headers)
-            .unwrap_or_default()
-            .to_ascii_lowercase(),
-        body.to_owned(),
-    )
+    c.post(token, path, body)
 }
 
 fn ready_mesh() -> (Coordinator, Node) {
@@ -82,7 +41,7 @@ fn ready_mesh() -> (Coordinator, Node) {
 #[test]
 fn run_answers_with_the_output_and_job_with_the_job_id() {
     let (c, node) = ready_mesh();
-    let token = api_token(&c);
+    let token = c.api_token();
     let (status, headers, body) = curl(&c, &token, "/run/upper?name=greeting.txt", "hello edge");
     assert_eq!(status, 200, "{headers}{body}\n{}", node.log());
     assert_eq!(body, "HELLO EDGE");
@@ -114,7 +73,7 @@ fn run_answers_with_the_output_and_job_with_the_job_id() {
 #[test]
 fn bad_requests_are_refused_with_what_to_do() {
     let (c, node) = ready_mesh();
-    let token = api_token(&c);
+    let token = c.api_token();
     let (status, _, body) = curl(&c, "wrong-token", "/run/upper", "x");
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("missing or wrong API token"), "{body}");
@@ -154,11 +113,7 @@ fn bad_requests_are_refused_with_what_to_do() {
         "{}",
         answer.1
     );
-    let metrics = Command::new("curl")
-        .args(["-sS", &format!("http://127.0.0.1:{}/metrics", c.http_port)])
-        .output()
-        .expect("curl");
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let metrics = c.metrics();
     assert!(
         metrics
             .lines()

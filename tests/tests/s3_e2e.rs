@@ -4,40 +4,14 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::s3::Moto;
 use support::{Coordinator, Node, wait_until};
 
-fn api_token(c: &Coordinator) -> String {
-    let text =
-        std::fs::read_to_string(c.dir.path().join("state/client.toml")).expect("client.toml");
-    text.lines()
-        .find_map(|l| l.strip_prefix("token = \""))
-        .and_then(|t| t.strip_suffix('"'))
-        .expect("token")
-        .to_owned()
-}
-
 fn post(c: &Coordinator, path: &str, body: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-X",
-            "POST",
-            "--data-binary",
-            body,
-            "-w",
-            "\n%{http_code}",
-        ])
-        .args(["-H", &format!("Authorization: Bearer {}", api_token(c))])
-        .arg(format!("http://127.0.0.1:{}{path}", c.http_port))
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').expect("status");
-    (status.trim().parse().expect("status"), body.to_owned())
+    let (status, _, body) = c.post(&c.api_token(), path, body);
+    (status, body)
 }
 
 /// What MinIO posts to a webhook when `key` is created in `bucket` (key URL-encoded).
@@ -184,11 +158,7 @@ fn bad_notifications_and_bad_credentials_are_refused_and_nothing_escapes_the_dat
     });
     assert!(failed, "{:?}\n{}", c.json(&["get", "jobs"]), node.log());
     assert_eq!(moto.get("photos", "out/x.txt"), None);
-    let metrics = Command::new("curl")
-        .args(["-sS", &format!("http://127.0.0.1:{}/metrics", c.http_port)])
-        .output()
-        .expect("curl");
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let metrics = c.metrics();
     for line in [
         "spillway_bucket_events_malformed_total 2",
         "spillway_bucket_events_unrouted_total 1",

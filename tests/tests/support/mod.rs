@@ -361,6 +361,60 @@ impl Coordinator {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
+    /// The API token, from the client config the coordinator wrote.
+    pub fn api_token(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("state/client.toml"))
+            .expect("client.toml");
+        text.lines()
+            .find_map(|l| l.strip_prefix("token = \""))
+            .and_then(|t| t.strip_suffix('"'))
+            .expect("token in client.toml")
+            .to_owned()
+    }
+
+    /// `curl -X POST` of `body` to the API at `path` with `token` → (status, headers, body).
+    pub fn post(&self, token: &str, path: &str, body: &str) -> (u16, String, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let headers = dir.path().join("headers");
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-X",
+                "POST",
+                "--data-binary",
+                body,
+                "-w",
+                "\n%{http_code}",
+                "-D",
+            ])
+            .arg(&headers)
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("http://127.0.0.1:{}{path}", self.http_port))
+            .output()
+            .expect("curl (Debian package `curl`) must be installed");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').expect("status line");
+        (
+            status.trim().parse().expect("status"),
+            std::fs::read_to_string(headers)
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+            body.to_owned(),
+        )
+    }
+
+    /// `GET /metrics` (no token needed).
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                &format!("http://127.0.0.1:{}/metrics", self.http_port),
+            ])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn token(&self) -> String {
         let (ok, out, err) = self.cli(&["token", "create", "--ttl", "10m"]);
         assert!(ok, "token create failed: {err}");

@@ -118,57 +118,43 @@ pub fn publish(port: u16, topic: &str, payloads: &[&str]) {
 
 /// `publish` with more `mosquitto_pub` options (TLS, credentials).
 pub fn publish_as(port: u16, options: &[&str], topic: &str, payloads: &[&str]) {
+    let mut lines = Vec::new();
+    for p in payloads {
+        writeln!(lines, "{p}").expect("in memory");
+    }
+    mosquitto_pub(port, topic, &[options, &["-l"]].concat(), &lines);
+}
+
+/// Publishes one message whose payload is the content of `file` (`mosquitto_pub -f`).
+pub fn publish_file(port: u16, topic: &str, file: &Path) {
+    mosquitto_pub(
+        port,
+        topic,
+        &["-f", file.to_str().expect("utf-8 path")],
+        &[],
+    );
+}
+
+/// Runs `mosquitto_pub` (QoS 1, on loopback) with `options`, feeding it `stdin`.
+fn mosquitto_pub(port: u16, topic: &str, options: &[&str], stdin: &[u8]) {
+    let port = port.to_string();
     let mut child = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-l",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", topic])
         .args(options)
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("mosquitto_pub (Debian package `mosquitto-clients`) must be installed");
-    {
-        let mut stdin = child.stdin.take().expect("stdin");
-        for p in payloads {
-            writeln!(stdin, "{p}").expect("write to mosquitto_pub");
-        }
-    }
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write to mosquitto_pub");
     let out = child.wait_with_output().expect("mosquitto_pub");
     assert!(
         out.status.success(),
         "mosquitto_pub failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Publishes one message whose payload is `bytes` (`mosquitto_pub -f`).
-pub fn publish_file(port: u16, topic: &str, file: &Path) {
-    let out = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-f",
-        ])
-        .arg(file)
-        .output()
-        .expect("mosquitto_pub");
-    assert!(
-        out.status.success(),
-        "mosquitto_pub: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
