@@ -233,7 +233,7 @@ fn the_coordinators_embedded_broker_carries_deployed_triggers_and_keeps_an_absen
     let mqtt_port = free_port();
     let c = Coordinator::with_config(&format!("[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n"));
     let mut node = Node::new(&format!(
-        "node_name = \"edge-1\"\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{mqtt_port}\"\n"
+        "node_name = \"edge-1\"\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{mqtt_port}\"\nmax_payload = \"1Ki\"\n"
     ));
     let (ok, out, err) =
         node.agent_cli(&["join", "--coordinator", &c.quic(), "--token", &c.token()]);
@@ -265,6 +265,16 @@ fn the_coordinators_embedded_broker_carries_deployed_triggers_and_keeps_an_absen
         alerts.lines(),
         node.log()
     );
+    // A refused message is counted where the operator looks: the coordinator's metrics.
+    let big = node.path("big.bin");
+    std::fs::write(&big, vec![b'9'; 4096]).expect("write");
+    publish_file(mqtt_port, "cameras/cam3/frames", &big);
+    let counted = wait_until(Duration::from_secs(20), || {
+        c.metrics().contains(
+            "spillway_mqtt_messages_refused_total{node=\"edge-1\",reason=\"too_large\"} 1",
+        )
+    });
+    assert!(counted, "{}", c.metrics());
 }
 
 #[test]
