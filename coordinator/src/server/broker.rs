@@ -11,7 +11,7 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 /// Why the broker cannot start.
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum BrokerError {
-    /// cannot listen for MQTT on {addr}: {source} (another broker, such as Mosquitto, may have the port: set [mqtt] listen or pass --mqtt-listen to use another)
+    /// cannot listen for MQTT on {addr}: {source} (another broker, such as Mosquitto, may have the port: pass `spillway up --mqtt ADDR` or set [mqtt] listen to use another, or `spillway up --mqtt-broker URL` to use that broker)
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -93,4 +93,15 @@ pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
     }
     tracing::info!("embedded MQTT broker on mqtt://{addr}");
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_taken_port_is_refused_with_what_to_do() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let err = super::start(addr).expect_err("port in use").to_string();
+        assert!(err.contains(&addr.to_string()) && err.contains("--mqtt ADDR"), "{err}");
+    }
 }
