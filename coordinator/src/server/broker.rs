@@ -102,6 +102,9 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = taken.local_addr().expect("addr");
         let err = super::start(addr).expect_err("port in use").to_string();
-        assert!(err.contains(&addr.to_string()) && err.contains("--mqtt ADDR"), "{err}");
+        assert!(
+            err.contains(&addr.to_string()) && err.contains("--mqtt ADDR"),
+            "{err}"
+        );
     }
 }
