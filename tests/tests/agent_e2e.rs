@@ -71,8 +71,14 @@ fn quickstart_turns_a_dropped_image_into_results_through_a_two_step_workflow() {
     );
     let latency = dropped.elapsed();
     let archive = node.path("data/images/archive");
+    // Count only delivered files: a `.part` is a delivery still being written.
     assert!(
-        wait_until(Duration::from_secs(10), || files_under(&archive).len() == 4),
+        wait_until(Duration::from_secs(10), || files_under(&archive)
+            .iter()
+            .filter(|f| !f.ends_with(".part"))
+            .count()
+            == 4
+            && !files_under(&archive).iter().any(|f| f.ends_with(".part"))),
         "archive step did not finish: {:?}",
         files_under(&archive)
     );
