@@ -268,7 +268,8 @@ pub fn node_capacity(config: &AgentConfig) -> Demand {
 }
 
 impl Agent {
-    /// Opens the journal, deploys the functions, recovers unfinished jobs and starts watching.
+    /// Opens the journal, deploys the functions, connects to the MQTT broker (`[mqtt]`), recovers
+    /// unfinished jobs and starts watching.
     /// Nothing runs until [`Agent::run`].
     pub fn start(config: AgentConfig) -> Result<Self, AgentError> {
         for dir in [
@@ -329,6 +330,23 @@ impl Agent {
             mqtt_unwanted: 0,
             mqtt_refused: 0,
         };
+        // Before recovery: a recovered delivery may have MQTT outputs to publish. Messages
+        // wait in the channel (and, beyond it, at the broker) until `run` takes them.
+        if let Some(settings) = &agent.shared.config.mqtt {
+            let (tx, rx) = mpsc::channel(64);
+            let publisher = crate::mqtt::start(
+                settings,
+                agent
+                    .shared
+                    .config
+                    .state_dir
+                    .join("mqtt-subscriptions.json"),
+                agent.subscriptions.subscribe(),
+                tx,
+            )?;
+            let _ = agent.shared.mqtt.set(publisher);
+            agent.mqtt_rx = Some(rx);
+        }
         agent.recover()?;
         // Files that arrived while the agent was down.
         for dir in agent.catalog.input_dirs() {
@@ -588,17 +606,6 @@ impl Agent {
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AgentError> {
-        if let Some(settings) = &self.shared.config.mqtt {
-            let (tx, rx) = mpsc::channel(64);
-            let publisher = crate::mqtt::start(
-                settings,
-                self.shared.config.state_dir.join("mqtt-subscriptions.json"),
-                self.subscriptions.subscribe(),
-                tx,
-            )?;
-            let _ = self.shared.mqtt.set(publisher);
-            self.mqtt_rx = Some(rx);
-        }
         self.admit()?;
         tokio::pin!(shutdown);
         let mut rescheduler = tokio::time::interval(std::time::Duration::from_millis(500));
