@@ -71,7 +71,7 @@ fn setup() -> Setup {
     )
     .expect("script");
     let fdl = format!(
-        "functions:\n  oscar:\n  - edge:\n      name: shout\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {{storage_provider: minio.lab, path: photos/in, suffix: [.txt]}}\n      output:\n      - {{storage_provider: minio.lab, path: photos/out}}\n  - edge:\n      name: leaky\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {{storage_provider: minio.default, path: texts/in}}\n      output:\n      - {{storage_provider: minio.wrong, path: photos/out}}\nstorage_providers:\n  minio:\n    lab: {{endpoint: \"{e}\", region: us-east-1, access_key: {ak}, secret_key: {sk}}}\n    wrong: {{endpoint: \"{e}\", region: us-east-1, access_key: {ak}, secret_key: not-the-secret}}\n",
+        "functions:\n  oscar:\n  - edge:\n      name: shout\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {{storage_provider: minio.lab, path: photos/in, suffix: [.txt]}}\n      output:\n      - {{storage_provider: minio.lab, path: photos/out}}\n  - edge:\n      name: leaky\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {{storage_provider: minio.default, path: texts/in}}\n      output:\n      - {{storage_provider: minio.wrong, path: photos/out}}\n  - edge:\n      name: upload\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {{storage_provider: minio.default, path: texts/up}}\n      output:\n      - {{storage_provider: minio.lab, path: photos/up}}\nstorage_providers:\n  minio:\n    lab: {{endpoint: \"{e}\", region: us-east-1, access_key: {ak}, secret_key: {sk}}}\n    wrong: {{endpoint: \"{e}\", region: us-east-1, access_key: {ak}, secret_key: not-the-secret}}\n",
         e = moto.endpoint(),
         ak = moto.access_key,
         sk = moto.secret_key
@@ -89,7 +89,7 @@ fn setup() -> Setup {
             .into_iter()
             .flatten()
             .any(|n| {
-                n["health"] == "Ready" && n["running"].as_array().is_some_and(|r| r.len() == 2)
+                n["health"] == "Ready" && n["running"].as_array().is_some_and(|r| r.len() == 3)
             })
     });
     assert!(deployed, "{}", node.log());
@@ -109,6 +109,10 @@ fn a_minio_notification_runs_the_function_on_the_object_and_its_output_lands_in_
         moto.get("photos", "out/hello world.txt").as_deref() == Some("HELLO WORLD")
     });
     assert!(uploaded, "{}", node.log());
+    // `/run` of a function whose only output is a bucket: nothing to answer with but success.
+    let (status, headers, body) = c.post(&c.api_token(), "/run/upload?name=note.txt", "quiet");
+    assert_eq!(status, 204, "{headers}{body}\n{}", node.log());
+    assert_eq!(moto.get("photos", "up/note.txt").as_deref(), Some("QUIET"));
     // The same notification again (MinIO retries webhooks) is the same job: nothing new runs.
     let (status, again) = post(&c, "/events", &minio_event("photos", "in/hello world.txt"));
     assert_eq!(status, 202);

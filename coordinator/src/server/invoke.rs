@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use spillway_proto::wire::{self, JobPhase, Response as AgentResponse};
 
 use super::State;
-use super::http::{ApiError, ask, submit};
+use super::http::{ApiError, ask, function_record, submit};
 
 #[derive(Debug, Deserialize)]
 pub struct InvokeParams {
@@ -94,12 +94,20 @@ pub async fn run(
             ),
         ));
     }
-    // MQTT outputs are reported as `mqtt:TOPIC`: only files can be returned.
+    // Only files in the node's folder outputs can be returned: outputs also name published
+    // messages (`mqtt:TOPIC`) and uploaded objects (`PROVIDER:bucket/key`).
+    let def = function_record(&state, &function)?.def;
+    let folders: Vec<String> = def
+        .output
+        .iter()
+        .filter(|o| def.s3_settings(&o.provider).is_none())
+        .map(|o| format!("{}/", o.path))
+        .collect();
     let files: Vec<&String> = row
         .update
         .outputs
         .iter()
-        .filter(|o| !o.starts_with("mqtt:"))
+        .filter(|o| folders.iter().any(|f| o.starts_with(f)))
         .collect();
     if !files.is_empty() {
         let all = files
