@@ -13,6 +13,7 @@ use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use serde::Serialize;
 use spillway_proto::FunctionDef;
+use spillway_proto::fdl::S3Settings;
 use spillway_proto::key::ObjectKey;
 use spillway_proto::wire::MAX_STREAM_FRAME;
 
@@ -89,21 +90,28 @@ fn decode_key(raw: &str) -> Option<String> {
         .map(|s| s.into_owned())
 }
 
-/// The functions that take `object`: an input on an S3 provider naming its bucket, whose
-/// folder holds the key and whose filters accept the file name.
-pub fn route<'f>(functions: &'f [FunctionDef], object: &CreatedObject) -> Vec<&'f FunctionDef> {
+/// The functions that take `object`, each with the settings of the input that takes it: an
+/// input on an S3 provider naming its bucket, whose folder holds the key and whose filters
+/// accept the file name.
+pub fn route<'f>(
+    functions: &'f [FunctionDef],
+    object: &CreatedObject,
+) -> Vec<(&'f FunctionDef, S3Settings)> {
     let file_name = object.key.rsplit('/').next().unwrap_or_default();
     functions
         .iter()
-        .filter(|f| {
-            f.input.iter().any(|i| {
-                f.s3_settings(&i.provider).is_some()
-                    && i.path.bucket == object.bucket
+        .filter_map(|f| {
+            f.input.iter().find_map(|i| {
+                let takes = i.path.bucket == object.bucket
                     && i.path
                         .folder
                         .as_ref()
                         .is_none_or(|folder| object.key.starts_with(&format!("{folder}/")))
-                    && i.accepts(file_name)
+                    && i.accepts(file_name);
+                takes
+                    .then(|| f.s3_settings(&i.provider))
+                    .flatten()
+                    .map(|settings| (f, settings))
             })
         })
         .collect()
@@ -160,13 +168,7 @@ pub async fn receive(
                 ),
             ));
         }
-        for f in takers {
-            let input = f
-                .input
-                .iter()
-                .find(|i| i.path.bucket == object.bucket && f.s3_settings(&i.provider).is_some())
-                .and_then(|i| f.s3_settings(&i.provider));
-            let Some(settings) = input else { continue };
+        for (f, settings) in takers {
             let bucket = spillway_agent::s3::Bucket::open(&settings, &object.bucket)
                 .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
             let bytes = bucket
@@ -259,7 +261,7 @@ mod tests {
         let names = |o: &CreatedObject| {
             route(&fdl.functions, o)
                 .iter()
-                .map(|f| f.name.clone())
+                .map(|(f, _)| f.name.clone())
                 .collect::<Vec<_>>()
         };
         assert_eq!(names(&object("fire", "in/a.jpg")), ["s3fn"]);
