@@ -51,7 +51,7 @@ impl Agent {
             let mut record =
                 JobRecord::new(event.job_id(&s.config.node_name, name), name.clone(), event);
             if size > limit {
-                self.mqtt_refused += 1;
+                self.mqtt_too_large += 1;
                 fail(
                     &mut record,
                     format!(

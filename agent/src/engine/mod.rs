@@ -150,9 +150,9 @@ pub struct Agent {
     subscriptions: watch::Sender<crate::mqtt::Subscriptions>,
     /// Messages from the MQTT client (while it runs).
     mqtt_rx: Option<mpsc::Receiver<crate::mqtt::Incoming>>,
-    /// MQTT messages no function wanted, and messages refused (too large).
+    /// MQTT messages no function wanted, and messages over `[mqtt] max_payload`.
     mqtt_unwanted: u64,
-    mqtt_refused: u64,
+    mqtt_too_large: u64,
 }
 
 /// What the mesh link needs from a running agent: its load, its jobs, and a way to deploy.
@@ -328,7 +328,7 @@ impl Agent {
             subscriptions,
             mqtt_rx: None,
             mqtt_unwanted: 0,
-            mqtt_refused: 0,
+            mqtt_too_large: 0,
         };
         // Before recovery: a recovered delivery may have MQTT outputs to publish. Messages
         // wait in the channel (and, beyond it, at the broker) until `run` takes them.
@@ -397,7 +397,7 @@ impl Agent {
             oldest_queued_ms: self.oldest.map_or(0, |(_, at)| now_ms().saturating_sub(at)),
             functions,
             mqtt_unwanted: self.mqtt_unwanted,
-            mqtt_too_large: self.mqtt_refused,
+            mqtt_too_large: self.mqtt_too_large,
             ..LoadReport::default()
         };
         self.load.send_if_modified(|current| {

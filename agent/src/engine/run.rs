@@ -257,15 +257,20 @@ async fn upload_outputs(
                 Some(folder) => format!("{folder}/{key}"),
                 None => key.to_string(),
             };
-            let path = key.under(output_dir);
-            let bytes = tokio::fs::read(&path)
-                .await
-                .map_err(|e| format!("cannot read the output {}: {e}", path.display()))?;
-            bucket.put(&name, bytes).await?;
+            bucket
+                .put(&name, read_output(output_dir, key).await?)
+                .await?;
             delivered.push(format!("{}:{}/{name}", out.provider, bucket.name()));
         }
     }
     Ok(())
+}
+
+async fn read_output(output_dir: &Path, key: &ObjectKey) -> Result<Vec<u8>, String> {
+    let path = key.under(output_dir);
+    tokio::fs::read(&path)
+        .await
+        .map_err(|e| format!("cannot read the output {}: {e}", path.display()))
 }
 
 /// Publishes every output file its MQTT outputs accept (the file's bytes are the payload).
@@ -287,10 +292,7 @@ async fn publish_outputs(
     };
     for out in &targets.mqtt {
         for key in keys.iter().filter(|k| out.accepts(k.file_name())) {
-            let path = key.under(output_dir);
-            let payload = tokio::fs::read(&path)
-                .await
-                .map_err(|e| format!("cannot read the output {}: {e}", path.display()))?;
+            let payload = read_output(output_dir, key).await?;
             publisher
                 .publish(&out.topic, out.qos, out.retain, payload)
                 .await?;
