@@ -152,11 +152,13 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
     let result = runtime.block_on(async {
         let state_dir = config.state_dir.clone();
         let join_settings = config.join.clone();
+        // Before start-up work: a SIGTERM while modules compile or the MQTT session is taken
+        // over stops the agent cleanly instead of killing it.
+        let stop = spillway_agent::shutdown_signal();
         let agent = Agent::start(config).context("the agent could not start")?;
         // Compiling wasm modules at start-up leaves freed heap behind.
         spillway_agent::release_unused_memory();
         print_banner(&agent, config_path);
-        let stop = spillway_agent::shutdown_signal();
         service::ready(&format!(
             "{} functions deployed",
             agent.functions().len()
