@@ -16,24 +16,11 @@ fn curl(c: &Coordinator, token: &str, path: &str, body: &str) -> (u16, String, S
 fn ready_mesh() -> (Coordinator, Node) {
     let c = Coordinator::new();
     let mut node = Node::new("node_name = \"edge-1\"\n");
-    let (ok, out, err) =
-        node.agent_cli(&["join", "--coordinator", &c.quic(), "--token", &c.token()]);
-    assert!(ok, "join failed: {out}{err}");
+    c.join(&node);
     node.start();
     let (ok, _, err) = c.cli(&["apply", "-f", repo(FDL).to_str().expect("utf-8")]);
     assert!(ok, "apply failed: {err}");
-    let deployed = wait_until(Duration::from_secs(20), || {
-        c.json(&["get", "nodes"])
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|n| {
-                n["health"] == "Ready"
-                    && n["running"]
-                        .as_array()
-                        .is_some_and(|r| r.iter().any(|f| f == "upper"))
-            })
-    });
+    let deployed = wait_until(Duration::from_secs(20), || c.runs("edge-1", "upper"));
     assert!(deployed, "upper never deployed:\n{}", node.log());
     (c, node)
 }

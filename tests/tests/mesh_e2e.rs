@@ -26,22 +26,9 @@ fn member(c: &Coordinator, name: &str) -> Node {
     let mut node = Node::new(&format!(
         "node_name = \"{name}\"\n[labels]\nzone = \"{name}\"\n"
     ));
-    let (ok, out, err) =
-        node.agent_cli(&["join", "--coordinator", &c.quic(), "--token", &c.token()]);
-    assert!(ok, "join failed: {out}{err}");
+    c.join(&node);
     node.start();
     node
-}
-
-fn deployed(c: &Coordinator, node: &str, function: &str) -> bool {
-    let nodes = c.json(&["get", "nodes"]);
-    nodes.as_array().into_iter().flatten().any(|n| {
-        n["name"] == node
-            && n["health"] == "Ready"
-            && n["running"]
-                .as_array()
-                .is_some_and(|r| r.iter().any(|f| f == function))
-    })
 }
 
 #[test]
@@ -56,7 +43,7 @@ fn three_agents_join_receive_their_functions_and_process_files_where_they_land()
     assert!(out.contains("function/upper created"), "{out}");
     for n in ["pi-1", "pi-2", "pi-3"] {
         assert!(
-            wait_until(Duration::from_secs(20), || deployed(&c, n, "upper")),
+            wait_until(Duration::from_secs(20), || c.runs(n, "upper")),
             "{n} never ran `upper`: {}\n{}",
             c.json(&["get", "nodes"]),
             c.log()
@@ -131,9 +118,7 @@ fn three_agents_join_receive_their_functions_and_process_files_where_they_land()
     // Deleting the function removes it from every node.
     let (ok, _, err) = c.cli(&["delete", "function", "upper"]);
     assert!(ok, "delete failed: {err}");
-    assert!(wait_until(Duration::from_secs(20), || !deployed(
-        &c, "pi-1", "upper"
-    )));
+    assert!(wait_until(Duration::from_secs(20), || !c.runs("pi-1", "upper")));
     drop(nodes);
 }
 
@@ -143,9 +128,7 @@ fn an_agent_rebooted_while_the_coordinator_is_away_keeps_its_functions_and_works
     let mut node = member(&c, "pi-1");
     let (ok, _, err) = c.cli(&["apply", "-f", repo(FDL).to_str().unwrap()]);
     assert!(ok, "{err}");
-    assert!(wait_until(Duration::from_secs(20), || deployed(
-        &c, "pi-1", "upper"
-    )));
+    assert!(wait_until(Duration::from_secs(20), || c.runs("pi-1", "upper")));
     c.kill9();
     node.kill9();
     node.start();

@@ -235,9 +235,7 @@ fn the_coordinators_embedded_broker_carries_deployed_triggers_and_keeps_an_absen
     let mut node = Node::new(&format!(
         "node_name = \"edge-1\"\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{mqtt_port}\"\nmax_payload = \"1Ki\"\n"
     ));
-    let (ok, out, err) =
-        node.agent_cli(&["join", "--coordinator", &c.quic(), "--token", &c.token()]);
-    assert!(ok, "join failed: {out}{err}");
+    c.join(&node);
     node.start();
     let (ok, _, err) = c.cli(&["apply", "-f", repo(FIRE_FDL).to_str().expect("utf-8")]);
     assert!(ok, "apply failed: {err}");

@@ -60,9 +60,7 @@ fn setup() -> Setup {
     moto.python("client('s3').create_bucket(Bucket='photos')");
     let c = Coordinator::new();
     let mut node = Node::new("node_name = \"edge-1\"\n");
-    let (ok, out, err) =
-        node.agent_cli(&["join", "--coordinator", &c.quic(), "--token", &c.token()]);
-    assert!(ok, "{out}{err}");
+    c.join(&node);
     node.start();
     let dir = c.dir.path();
     std::fs::write(
@@ -84,13 +82,9 @@ fn setup() -> Setup {
     ]);
     assert!(ok, "apply: {err}");
     let deployed = wait_until(Duration::from_secs(20), || {
-        c.json(&["get", "nodes"])
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|n| {
-                n["health"] == "Ready" && n["running"].as_array().is_some_and(|r| r.len() == 3)
-            })
+        ["shout", "leaky", "upload"]
+            .iter()
+            .all(|f| c.runs("edge-1", f))
     });
     assert!(deployed, "{}", node.log());
     Setup { moto, c, node }

@@ -21,9 +21,7 @@ fn member(c: &Coordinator, name: &str, cpus: u32, netns: Option<&str>) -> Node {
         "node_name = \"{name}\"\n[resources]\ncpu = {cpus}\nmemory = \"1Gi\"\n"
     ));
     node.netns = netns.map(str::to_owned);
-    let (ok, out, err) =
-        node.agent_cli(&["join", "--coordinator", &c.quic(), "--token", &c.token()]);
-    assert!(ok, "join failed: {out}{err}");
+    c.join(&node);
     node.start();
     node
 }

@@ -361,6 +361,30 @@ impl Coordinator {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
+    /// Joins `node` with a fresh one-time token (the agent is not started).
+    pub fn join(&self, node: &Node) {
+        let (ok, out, err) = node.agent_cli(&[
+            "join",
+            "--coordinator",
+            &self.quic(),
+            "--token",
+            &self.token(),
+        ]);
+        assert!(ok, "join failed: {out}{err}");
+    }
+
+    /// Whether `node` is Ready and runs `function`, as `get nodes` shows it.
+    pub fn runs(&self, node: &str, function: &str) -> bool {
+        let nodes = self.json(&["get", "nodes"]);
+        nodes.as_array().into_iter().flatten().any(|n| {
+            n["name"] == node
+                && n["health"] == "Ready"
+                && n["running"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|f| f == function))
+        })
+    }
+
     /// The API token, from the client config the coordinator wrote.
     pub fn api_token(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("state/client.toml"))
