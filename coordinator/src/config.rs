@@ -1,5 +1,6 @@
 //! The coordinator's settings (TOML), every default applied and every path absolute.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +36,56 @@ pub struct CoordinatorConfig {
     pub lease_grace: Duration,
     /// Where the embedded MQTT broker listens (`None`: no embedded broker).
     pub mqtt_listen: Option<SocketAddr>,
+    /// Delegation to replicas outside the mesh (endpoints, OSCAR clusters).
+    pub replicas: ReplicaSettings,
+    /// Credentials of OSCAR clusters named by replicas, by cluster id; they complete (and
+    /// override) the FDL's `clusters`, so passwords need not be written in FDL files.
+    pub clusters: BTreeMap<String, ClusterCreds>,
+    /// The user name of the OSCAR API's basic authentication (its password is the API token).
+    pub oscar_user: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaSettings {
+    /// How long one request to a replica may take before it counts as unanswered.
+    pub timeout: Duration,
+    /// The coordinator's API as replicas reach it (presigned input and callback URLs); by
+    /// default `http://` + the HTTP listen address.
+    pub public_url: Option<String>,
+    /// How long presigned URLs given to replicas stay valid.
+    pub url_ttl: Duration,
+}
+
+impl Default for ReplicaSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(20),
+            public_url: None,
+            url_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// An OSCAR cluster's endpoint and basic-auth credentials.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterCreds {
+    pub endpoint: Option<String>,
+    pub auth_user: Option<String>,
+    pub auth_password: Option<String>,
+    /// A file holding the password (preferred over writing it here).
+    pub auth_password_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClusterCreds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCreds")
+            .field("endpoint", &self.endpoint)
+            .field("auth_user", &self.auth_user)
+            .field("auth_password", &self.auth_password.as_ref().map(|_| "***"))
+            .field("auth_password_file", &self.auth_password_file)
+            .finish()
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -49,6 +100,9 @@ impl Default for CoordinatorConfig {
             max_hops: spillway_placement::handover::DEFAULT_MAX_HOPS,
             lease_grace: Duration::from_secs(3),
             mqtt_listen: None,
+            replicas: ReplicaSettings::default(),
+            clusters: BTreeMap::new(),
+            oscar_user: "oscar".into(),
         }
     }
 }
@@ -70,6 +124,26 @@ struct File {
     max_hops: Option<u8>,
     #[serde(default, with = "humantime_serde_opt")]
     lease_grace: Option<Duration>,
+    replicas: Option<ReplicasFile>,
+    #[serde(default)]
+    clusters: BTreeMap<String, ClusterCreds>,
+    oscar: Option<OscarFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplicasFile {
+    #[serde(default, with = "humantime_serde_opt")]
+    timeout: Option<Duration>,
+    public_url: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    url_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OscarFile {
+    user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +218,35 @@ impl CoordinatorConfig {
         if let Some(d) = file.lease_grace {
             c.lease_grace = d;
         }
+        if let Some(r) = file.replicas {
+            if let Some(t) = r.timeout {
+                c.replicas.timeout = t;
+            }
+            if let Some(u) = r.public_url {
+                if !u.starts_with("http://") && !u.starts_with("https://") {
+                    return Err(format!(
+                        "replicas.public_url `{u}` must be an http:// or https:// URL (how replicas reach this coordinator's API)"
+                    ));
+                }
+                c.replicas.public_url = Some(u.trim_end_matches('/').to_owned());
+            }
+            if let Some(t) = r.url_ttl {
+                c.replicas.url_ttl = t;
+            }
+        }
+        for (id, mut creds) in file.clusters {
+            if let Some(p) = &creds.auth_password_file {
+                let p = base.join(p);
+                let text = std::fs::read_to_string(&p).map_err(|e| {
+                    format!("clusters.{id}.auth_password_file {}: {e}", p.display())
+                })?;
+                creds.auth_password = Some(text.trim().to_owned());
+            }
+            c.clusters.insert(id, creds);
+        }
+        if let Some(user) = file.oscar.and_then(|o| o.user) {
+            c.oscar_user = user;
+        }
         if c.liveness.down_after <= c.liveness.suspect_after {
             return Err("down_after must be longer than suspect_after".into());
         }
@@ -175,6 +278,35 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/etc/sp/st"));
         assert_eq!(c.liveness.suspect_after, Duration::from_secs(2));
         assert_eq!(c.quic_listen.port(), 9000);
+    }
+
+    #[test]
+    fn replica_settings_and_cluster_credentials_are_read_with_password_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c2.pass"), "s3cret\n").unwrap();
+        let c = CoordinatorConfig::from_toml(
+            "[replicas]\ntimeout = \"2s\"\npublic_url = \"http://10.0.0.1:7480/\"\n[clusters.c2]\nendpoint = \"http://c2\"\nauth_user = \"oscar\"\nauth_password_file = \"c2.pass\"\n[oscar]\nuser = \"ops\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(c.replicas.timeout, Duration::from_secs(2));
+        assert_eq!(
+            c.replicas.public_url.as_deref(),
+            Some("http://10.0.0.1:7480")
+        );
+        assert_eq!(c.clusters["c2"].auth_password.as_deref(), Some("s3cret"));
+        assert!(!format!("{:?}", c.clusters["c2"]).contains("s3cret"));
+        assert_eq!(c.oscar_user, "ops");
+        let err = CoordinatorConfig::from_toml(
+            "[clusters.c2]\nauth_password_file = \"missing\"\n",
+            dir.path(),
+        )
+        .unwrap_err();
+        assert!(err.contains("clusters.c2.auth_password_file"), "{err}");
+        let err =
+            CoordinatorConfig::from_toml("[replicas]\npublic_url = \"10.0.0.1\"\n", dir.path())
+                .unwrap_err();
+        assert!(err.contains("public_url"), "{err}");
     }
 
     #[test]

@@ -177,34 +177,45 @@ impl<Id: Copy + Ord, Out: Clone> Ledger<Id, Out> {
             } else {
                 choose(id, &h.visited).filter(|p| !h.visited.contains(p))
             };
-            match next {
-                Some(next) => {
-                    h.hops += 1;
-                    h.attempt += 1;
-                    h.visited.push(next.clone());
-                    h.state = HandoverState::Placed { peer: next.clone() };
-                    effects.push(Effect::Persist(*id));
-                    effects.push(send(
-                        &next,
-                        ToAgent::Place {
-                            id: *id,
-                            attempt: h.attempt,
-                        },
-                    ));
-                }
-                None => {
-                    let reason = if h.hops >= max_hops {
-                        format!("hop limit ({max_hops}) reached after `{peer}` was lost")
-                    } else {
-                        format!("`{peer}` was lost and no other peer can take it")
-                    };
-                    h.state = HandoverState::Returning(reason.clone());
-                    effects.push(Effect::Persist(*id));
-                    effects.push(send(&h.origin, ToAgent::Return(*id, reason)));
-                }
-            }
+            let reason = if h.hops >= max_hops {
+                format!("hop limit ({max_hops}) reached after `{peer}` was lost")
+            } else {
+                format!("`{peer}` was lost and no other peer can take it")
+            };
+            effects.extend(move_on(*id, h, next, reason));
         }
         effects
+    }
+
+    /// The holder of one job's lease has lost it for certain — a replica refused the job, or was
+    /// shown never to have run it — so the job goes to the next target `choose` offers (never one
+    /// it has been on), or back to its origin. Anything else (another holder, a finished job) is
+    /// ignored: a late failure must not move a job that is running elsewhere.
+    pub fn placement_lost(
+        &mut self,
+        id: Id,
+        holder: &str,
+        why: &str,
+        choose: impl FnOnce(&[String]) -> Option<String>,
+    ) -> Vec<Effect<Id, Out>> {
+        let max_hops = self.max_hops;
+        let Some(h) = self.jobs.get_mut(&id) else {
+            return vec![];
+        };
+        if !matches!(&h.state, HandoverState::Placed { peer } if peer == holder) {
+            return vec![];
+        }
+        let next = if h.hops >= max_hops {
+            None
+        } else {
+            choose(&h.visited).filter(|p| !h.visited.contains(p))
+        };
+        let reason = if h.hops >= max_hops {
+            format!("hop limit ({max_hops}) reached: {why}")
+        } else {
+            format!("{why}, and no other target can take it")
+        };
+        move_on(id, h, next, reason).to_vec()
     }
 
     /// A peer reports the result of a job. The first result wins; later ones (an old lease
@@ -262,6 +273,41 @@ impl<Id: Copy + Ord, Out: Clone> Ledger<Id, Out> {
             }
         }
         effects
+    }
+}
+
+/// A job whose lease holder lost it goes to `next` (one more hop, a new lease), or, without
+/// one, back to its origin with `reason`.
+fn move_on<Id: Copy, Out>(
+    id: Id,
+    h: &mut Handover<Out>,
+    next: Option<String>,
+    reason: String,
+) -> [Effect<Id, Out>; 2] {
+    match next {
+        Some(next) => {
+            h.hops += 1;
+            h.attempt += 1;
+            h.visited.push(next.clone());
+            h.state = HandoverState::Placed { peer: next.clone() };
+            [
+                Effect::Persist(id),
+                send(
+                    &next,
+                    ToAgent::Place {
+                        id,
+                        attempt: h.attempt,
+                    },
+                ),
+            ]
+        }
+        None => {
+            h.state = HandoverState::Returning(reason.clone());
+            [
+                Effect::Persist(id),
+                send(&h.origin, ToAgent::Return(id, reason)),
+            ]
+        }
     }
 }
 

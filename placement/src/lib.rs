@@ -6,8 +6,10 @@
 //! function and target; [`policy`] holds the [`policy::Policy`] trait with Spillway's policy
 //! (lowest predicted completion, priority tiers, cost bound) and OSCAR's (Resource Manager and
 //! Rescheduler on a stale view), the baseline we measure against; [`handover`] is the one-owner
-//! hand-over protocol between an origin agent and the coordinator.
+//! hand-over protocol between an origin agent and the coordinator; [`delegation`] decides what an
+//! answer from a replica outside the mesh (endpoint, OSCAR, Kubernetes, Lambda) means.
 
+pub mod delegation;
 pub mod estimate;
 pub mod handover;
 pub mod model;

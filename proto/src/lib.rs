@@ -8,6 +8,7 @@
 //! - [`wire`] is the agent ↔ coordinator protocol (versions, frames, messages), [`load`] the load
 //!   reports and node health, [`link`] the agent's connection state machine. All sans-IO.
 
+pub mod envelope;
 pub mod fdl;
 pub mod job;
 pub mod key;

@@ -123,6 +123,24 @@ fn figure_5_4_replicas_are_read_in_priority_order() {
 }
 
 #[test]
+fn the_clusters_a_function_delegates_to_travel_with_it() {
+    let parsed = parse(
+        "functions:\n  oscar:\n  - fog:\n      name: f\n      runtime: process\n      command: [\"true\"]\n      replicas: [{type: oscar, cluster_id: cloud, service_name: g}]\n  - fog:\n      name: h\n      runtime: process\n      command: [\"true\"]\nclusters:\n  cloud: {endpoint: 'https://cloud.example', auth_user: oscar, auth_password: pw}\n  other: {endpoint: 'https://other.example'}\n",
+    );
+    let (fdl, _) = parsed.into_result().expect("valid");
+    let f = &fdl.functions[0];
+    assert_eq!(f.clusters.keys().collect::<Vec<_>>(), ["cloud"]);
+    assert_eq!(
+        f.clusters["cloud"]
+            .auth_password
+            .as_ref()
+            .map(|p| p.expose()),
+        Some("pw")
+    );
+    assert!(fdl.functions[1].clusters.is_empty());
+}
+
+#[test]
 fn spillway_extensions_live_on_the_same_entry() {
     let parsed = parse(
         "functions:\n  oscar:\n  - edge:\n      name: gray\n      runtime: wasm\n      module: gray.wasm\n      timeout: 30s\n      max_concurrency: 2\n      memory: 64Mi\n      environment:\n        Variables:\n          THRESHOLD: 0.5\n          ENABLED: true\n",

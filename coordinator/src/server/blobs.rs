@@ -24,6 +24,11 @@ impl Blobs {
         self.dir.join(hex::encode(digest))
     }
 
+    /// The size of a stored blob, if it is there.
+    pub fn size(&self, digest: &[u8; 32]) -> Option<u64> {
+        std::fs::metadata(self.path(digest)).ok().map(|m| m.len())
+    }
+
     /// Stores `bytes` and returns their digest (blocking IO).
     pub fn put(&self, bytes: &[u8]) -> std::io::Result<[u8; 32]> {
         let digest: [u8; 32] = Sha256::digest(bytes).into();

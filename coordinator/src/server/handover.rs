@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::State;
 use super::metrics::inc;
+use super::replicas;
 
 /// The persisted form of one handed-over job: the ledger's record and what a peer needs to run it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,7 +175,9 @@ impl State {
         }
         // The origin's own prediction, when it has one: a peer must beat it.
         let beat = (offer.run_ms > 0).then_some((offer.local_wait_ms + offer.run_ms, offer.run_ms));
-        let choice = self.choose_peer(&inner, &offer.function, offer.input_bytes, &[], beat);
+        let choice = self
+            .choose_peer(&inner, &offer.function, offer.input_bytes, &[], beat)
+            .or_else(|| self.choose_replica(&offer.function, &[node.to_owned()]));
         let effects = inner
             .ledger
             .offer(offer.id, node, &offer.function, |visited| {
@@ -263,7 +266,8 @@ impl State {
             })
             .collect();
         for peer in holders {
-            if inner.sessions.contains_key(&peer) {
+            // Replicas hold no session: their attempts report for themselves.
+            if inner.sessions.contains_key(&peer) || replicas::is_replica(&peer) {
                 continue;
             }
             let away = inner
@@ -288,7 +292,9 @@ impl State {
             let mut choices: HashMap<JobId, Option<String>> = HashMap::new();
             for (id, function, visited) in jobs {
                 // The input's size is not kept with the hand-over; peers are near each other.
-                let choice = self.choose_peer(&inner, &function, 0, &visited, None);
+                let choice = self
+                    .choose_peer(&inner, &function, 0, &visited, None)
+                    .or_else(|| self.choose_replica(&function, &visited));
                 if let Some(p) = &choice {
                     inner.recent.push((p.clone(), Instant::now()));
                 }
@@ -388,6 +394,95 @@ impl State {
         best.map(|(_, name)| name)
     }
 
+    /// The function's first replica by priority that the job has not been on.
+    fn choose_replica(&self, function: &str, visited: &[String]) -> Option<String> {
+        let def = self.store.function(function).ok().flatten()?.def;
+        replicas::next_replica(&def, visited)
+    }
+
+    /// What a replica attempt needs of a job: function, origin, hops, event and input — while
+    /// `replica` holds its lease `attempt`.
+    pub fn replica_job(
+        &self,
+        id: JobId,
+        replica: &str,
+        attempt: u32,
+    ) -> Option<(String, String, u8, Event, [u8; 32])> {
+        let inner = self.handovers.lock();
+        let h = inner.ledger.get(&id)?;
+        let holds = matches!(&h.state, HandoverState::Placed { peer } if peer == replica)
+            && h.attempt == attempt;
+        let p = inner.payloads.get(&id)?;
+        holds.then(|| {
+            (
+                h.function.clone(),
+                h.origin.clone(),
+                h.hops,
+                p.event.clone(),
+                p.input,
+            )
+        })
+    }
+
+    /// Whether `replica` still holds lease `attempt` of the job.
+    pub fn replica_holds(&self, id: JobId, replica: &str, attempt: u32) -> bool {
+        let inner = self.handovers.lock();
+        inner.ledger.get(&id).is_some_and(|h| {
+            h.attempt == attempt
+                && matches!(&h.state, HandoverState::Placed { peer } if peer == replica)
+        })
+    }
+
+    /// Jobs whose lease a replica holds (to resume after a restart).
+    pub fn replica_leases(&self) -> Vec<(JobId, String, u32)> {
+        let inner = self.handovers.lock();
+        inner
+            .ledger
+            .iter()
+            .filter_map(|(id, h)| match &h.state {
+                HandoverState::Placed { peer } if replicas::is_replica(peer) => {
+                    Some((*id, peer.clone(), h.attempt))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A replica finished the job (or it failed there): recorded and delivered to the origin
+    /// like a peer's result; the job's row says where it ran.
+    pub fn replica_done(&self, id: JobId, replica: &str, outcome: Outcome) {
+        let mut inner = self.handovers.lock();
+        let effects = inner.ledger.guest_done(id, replica, outcome);
+        self.carry_out(&mut inner, effects);
+        drop(inner);
+        self.delegations.callbacks.forget(id);
+        if let Ok(Some(mut row)) = self.store.job_row(&id.to_string()) {
+            row.ran_on = Some(replica.to_owned());
+            row.updated_at_ms = super::now_ms();
+            if let Err(e) = self.store.put_jobs(&[row]) {
+                tracing::error!(job = %id.short(), "cannot record where a job ran: {e}");
+            }
+        }
+    }
+
+    /// A replica certainly does not run the job: the next peer or replica gets it, or its origin.
+    pub fn replica_lost(&self, id: JobId, replica: &str, attempt: u32, why: &str) {
+        let mut inner = self.handovers.lock();
+        let Some(h) = inner.ledger.get(&id) else {
+            return;
+        };
+        if h.attempt != attempt {
+            return;
+        }
+        let function = h.function.clone();
+        let visited = h.visited.clone();
+        let choice = self
+            .choose_peer(&inner, &function, 0, &visited, None)
+            .or_else(|| self.choose_replica(&function, &visited));
+        let effects = inner.ledger.placement_lost(id, replica, why, |_| choice);
+        self.carry_out(&mut inner, effects);
+    }
+
     /// Persists, then sends, in order. A record that cannot be persisted stops everything after
     /// it: nothing is promised that the disk does not hold.
     fn carry_out(&self, inner: &mut Inner, effects: Vec<Effect<JobId, Outcome>>) {
@@ -405,6 +500,18 @@ impl State {
                     }
                     if row.is_none() {
                         inner.payloads.remove(&id);
+                    }
+                }
+                Effect::Send { to, msg } if replicas::is_replica(&to) => {
+                    // Replicas get placements through the delegation driver; nothing else is
+                    // sent to them (a result's acknowledgement has no one to go to).
+                    if let ToAgent::Place { id, attempt } = msg {
+                        self.delegations.place(replicas::driver::Placed {
+                            id,
+                            replica: to,
+                            attempt,
+                            resume: false,
+                        });
                     }
                 }
                 Effect::Send { to, msg } => {

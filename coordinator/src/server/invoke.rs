@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -41,8 +41,14 @@ pub async fn job(
     AxState(state): AxState<Arc<State>>,
     Path(function): Path<String>,
     Query(params): Query<InvokeParams>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    // Another cluster delegating (OSCAR's wrapped event): 201 as OSCAR answers.
+    if let Some(answer) = super::oscar_api::delegated_job(&state, &function, &headers, &body).await
+    {
+        return answer;
+    }
     let name = file_name(&params, &body);
     let invoked = submit(&state, &function, &name, params.node, body).await?;
     Ok((StatusCode::ACCEPTED, Json(invoked)).into_response())

@@ -25,6 +25,11 @@ pub struct Metrics {
     pub events_malformed: AtomicU64,
     pub events_unrouted: AtomicU64,
     pub events_refused: AtomicU64,
+    pub replica_placements: AtomicU64,
+    pub replica_fallthroughs: AtomicU64,
+    pub replica_reconciles: AtomicU64,
+    pub replica_succeeded: AtomicU64,
+    pub replica_failed: AtomicU64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -84,6 +89,31 @@ impl Metrics {
                 "spillway_handovers_accepted_total",
                 "Jobs origins handed over to the coordinator",
                 &self.handovers_accepted,
+            ),
+            (
+                "spillway_replica_placements_total",
+                "Jobs placed on replicas outside the mesh (endpoints, OSCAR clusters)",
+                &self.replica_placements,
+            ),
+            (
+                "spillway_replica_fallthroughs_total",
+                "Replica attempts that certainly did not run the job and moved it on",
+                &self.replica_fallthroughs,
+            ),
+            (
+                "spillway_replica_reconciles_total",
+                "Times a replica was asked about a job whose submission went unanswered",
+                &self.replica_reconciles,
+            ),
+            (
+                "spillway_replica_succeeded_total",
+                "Jobs replicas finished successfully",
+                &self.replica_succeeded,
+            ),
+            (
+                "spillway_replica_failed_total",
+                "Jobs that failed on a replica, or may have run there without a result",
+                &self.replica_failed,
             ),
             (
                 "spillway_handovers_declined_total",

@@ -12,7 +12,10 @@ pub mod handover;
 pub mod http;
 pub mod invoke;
 pub mod metrics;
+pub mod oscar_api;
+pub mod presign;
 pub mod quic;
+pub mod replicas;
 pub mod store;
 pub mod view;
 
@@ -84,6 +87,12 @@ pub struct State {
     quic_addr: SocketAddr,
     /// The embedded MQTT broker's address, when it runs.
     pub mqtt_addr: Option<SocketAddr>,
+    /// The HTTP API's bound address.
+    pub http_addr: SocketAddr,
+    /// Presigned URLs for executors outside the mesh, and OSCAR service tokens.
+    pub presigner: presign::Presigner,
+    /// Jobs placed on replicas outside the mesh.
+    pub delegations: replicas::Delegations,
 }
 
 impl State {
@@ -169,7 +178,17 @@ impl Coordinator {
             source,
         })?;
         let handovers = handover::Handovers::restore(config.max_hops, store.handovers()?);
+        let presigner =
+            presign::Presigner::load_or_create(&dir).map_err(|source| ServerError::Write {
+                path: dir.join("presign.key"),
+                source,
+            })?;
+        let http_addr = http.local_addr().unwrap_or(config.http_listen);
+        let delegations = replicas::Delegations::new(config.replicas.timeout);
         let state = Arc::new(State {
+            http_addr,
+            presigner,
+            delegations,
             admin_hash: Sha256::digest(admin_token.as_bytes()).into(),
             view: View::new(config.liveness),
             metrics: Metrics::default(),
@@ -220,6 +239,7 @@ impl Coordinator {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let quic = tokio::spawn(quic::serve(self.state.clone(), self.endpoint.clone()));
         let leases = tokio::spawn(expire_leases(self.state.clone()));
+        let delegations = tokio::spawn(replicas::driver::run(self.state.clone()));
         let app = http::router(self.state.clone());
         let http = axum::serve(self.http, app);
         tokio::select! {
@@ -230,6 +250,7 @@ impl Coordinator {
             .close(0u32.into(), b"coordinator shutting down");
         quic.abort();
         leases.abort();
+        delegations.abort();
         self.endpoint.wait_idle().await;
     }
 }

@@ -24,6 +24,19 @@ const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions"
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 /// Job id (hex) → the coordinator's record of a job handed over to it.
 const HANDOVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("handovers");
+/// `service/name` of a job another cluster delegated here (its `X-Delegated-Job-ID`) → the
+/// job's record, so it can ask about the job by the name it gave.
+const DELEGATED: TableDefinition<&str, &[u8]> = TableDefinition::new("delegated");
+
+/// A job another cluster delegated to this coordinator, under the name it gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelegatedJob {
+    pub service: String,
+    pub name: String,
+    pub job: String,
+    pub from: Option<String>,
+    pub received_at_ms: u64,
+}
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum StoreError {
@@ -153,7 +166,7 @@ impl Store {
             message: e.to_string(),
         })?;
         let tx = db.begin_write()?;
-        for t in [NODES, TOKENS, FUNCTIONS, JOBS, HANDOVERS] {
+        for t in [NODES, TOKENS, FUNCTIONS, JOBS, HANDOVERS, DELEGATED] {
             tx.open_table(t)?;
         }
         tx.open_table(CERTS)?;
@@ -331,6 +344,18 @@ impl Store {
 
     pub fn handovers(&self) -> Result<Vec<super::handover::HandoverRow>, StoreError> {
         self.list(HANDOVERS, "handovers")
+    }
+
+    /// Records a delegated job under its given name, durably (it was promised with a 201).
+    pub fn put_delegated(&self, d: &DelegatedJob) -> Result<(), StoreError> {
+        let key = format!("{}/{}", d.service, d.name);
+        self.put(DELEGATED, &key, d, Durability::Immediate)
+    }
+
+    /// Delegated jobs of `service`.
+    pub fn delegated(&self, service: &str) -> Result<Vec<DelegatedJob>, StoreError> {
+        let all: Vec<DelegatedJob> = self.list(DELEGATED, "delegated")?;
+        Ok(all.into_iter().filter(|d| d.service == service).collect())
     }
 
     pub fn job_row(&self, id: &str) -> Result<Option<JobRow>, StoreError> {

@@ -107,6 +107,10 @@ pub struct FunctionDef {
     /// The `storage_providers` its inputs and outputs name (credentials included).
     #[serde(default)]
     pub providers: Vec<StorageProvider>,
+    /// The clusters its `oscar` replicas name (from the file's `clusters`), so the coordinator
+    /// can delegate to them with the credentials written next to the function.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterDef>,
     pub extra: Extra,
     /// Where the function was defined, for messages about it later on.
     pub location: Location,

@@ -364,6 +364,16 @@ fn read_storage_providers(
 fn attach_providers(fdl: &mut Fdl) {
     let providers = fdl.storage_providers.clone();
     for f in &mut fdl.functions {
+        f.clusters = fdl
+            .clusters
+            .iter()
+            .filter(|(id, _)| {
+                f.replicas.iter().any(
+                    |r| matches!(&r.target, ReplicaTarget::Oscar { cluster_id, .. } if cluster_id == *id),
+                )
+            })
+            .map(|(id, c)| (id.clone(), c.clone()))
+            .collect();
         f.providers = providers
             .iter()
             .filter(|p| {

@@ -265,6 +265,7 @@ pub(crate) fn parse_service(
         triggers,
         mqtt_outputs,
         providers: Vec::new(),
+        clusters: BTreeMap::new(),
         extra,
         location: diags.location(map.span()),
         fdl_path: path.to_owned(),

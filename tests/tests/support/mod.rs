@@ -275,7 +275,7 @@ impl Coordinator {
         Self::configured(netns, quic_ip, "")
     }
 
-    /// A coordinator on loopback whose config also has `extra` (TOML sections).
+    /// A coordinator on loopback whose config also has `extra` (top-level keys, then sections).
     pub fn with_config(extra: &str) -> Self {
         Self::configured(None, "127.0.0.1", extra)
     }
@@ -284,7 +284,7 @@ impl Coordinator {
         let dir = tempfile::tempdir().expect("tempdir");
         let (quic_port, http_port) = (free_port(), free_port());
         let text = format!(
-            "state_dir = \"state\"\n[quic]\nlisten = \"{quic_ip}:{quic_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n{extra}"
+            "state_dir = \"state\"\n{extra}\n[quic]\nlisten = \"{quic_ip}:{quic_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
         );
         std::fs::write(dir.path().join("coordinator.toml"), text).expect("write config");
         let mut c = Self {

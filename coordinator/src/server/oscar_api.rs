@@ -1,0 +1,424 @@
+//! The part of OSCAR's API a coordinator serves, so OSCAR clusters (and other coordinators) can
+//! delegate to Spillway and oscar-cli-style scripts work: `GET /system/services[/{name}]`
+//! (functions as OSCAR services, each with its service token), `GET /system/status`,
+//! `GET /system/info`, `GET /system/logs/{service}[/{job}]`, and delegated jobs on
+//! `POST /job/{service}` (the wrapped event OSCAR's delegation posts). `/system/*` takes the API
+//! token as a bearer or as the password of basic authentication (user `oscar` by default).
+//!
+//! Also the presigned routes executors outside the mesh use: `GET /v1/blobs/{sha256}` (a job's
+//! input) and `POST /v1/callbacks/{job}` (its result).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use spillway_proto::FunctionDef;
+use spillway_proto::envelope::{ENVELOPE_VERSION, Envelope, ResultReport};
+use spillway_proto::fdl::{ProviderRef, ReplicaTarget, StorageRef};
+use spillway_proto::load::NodeHealth;
+use spillway_proto::wire::{JobPhase, MAX_STREAM_FRAME};
+
+use super::events::parse_notification;
+use super::http::{ApiError, function_record, submit};
+use super::presign::PresignError;
+use super::store::DelegatedJob;
+use super::{State, now_ms};
+
+#[derive(Debug, Deserialize)]
+pub struct Presigned {
+    expires: Option<u64>,
+    signature: Option<String>,
+}
+
+fn check(state: &State, method: &str, path: &str, q: &Presigned) -> Result<(), ApiError> {
+    state
+        .presigner
+        .verify(
+            method,
+            path,
+            q.expires,
+            q.signature.as_deref(),
+            now_ms() / 1000,
+        )
+        .map_err(|e| {
+            let status = match e {
+                PresignError::Expired(_) => StatusCode::GONE,
+                _ => StatusCode::FORBIDDEN,
+            };
+            ApiError(status, format!("{path}: {e}"))
+        })
+}
+
+/// `GET /v1/blobs/{sha256}` with a presigned query: the bytes.
+pub async fn get_blob(
+    AxState(state): AxState<Arc<State>>,
+    Path(digest): Path<String>,
+    Query(q): Query<Presigned>,
+) -> Result<Vec<u8>, ApiError> {
+    check(&state, "GET", &format!("/v1/blobs/{digest}"), &q)?;
+    let d: [u8; 32] = hex::decode(&digest)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("`{digest}` is not a SHA-256"),
+            )
+        })?;
+    let blobs = state.clone();
+    tokio::task::spawn_blocking(move || blobs.blobs.get(&d))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e))
+}
+
+/// `POST /v1/callbacks/{job}` with a presigned query: an executor reports the job.
+pub async fn callback(
+    AxState(state): AxState<Arc<State>>,
+    Path(job): Path<String>,
+    Query(q): Query<Presigned>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    check(&state, "POST", &format!("/v1/callbacks/{job}"), &q)?;
+    let id = job
+        .parse()
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("`{job}` is not a job id")))?;
+    let report: ResultReport = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"status\": \"running|succeeded|failed\", \"reason\": …}}: {e}"),
+        )
+    })?;
+    tracing::info!(job = %job, status = ?report.status, "result reported by a callback");
+    state.delegations.callbacks.report(id, report);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn storage(refs: &[StorageRef]) -> Vec<Value> {
+    refs.iter()
+        .map(|r| {
+            json!({
+                "storage_provider": r.provider.to_string(),
+                "path": r.path.to_string(),
+                "suffix": r.suffix,
+                "prefix": r.prefix,
+            })
+        })
+        .collect()
+}
+
+/// A function as OSCAR describes a service.
+fn service(state: &State, def: &FunctionDef, script: Option<String>) -> Value {
+    let replicas: Vec<Value> = def
+        .replicas
+        .iter()
+        .map(|r| match &r.target {
+            ReplicaTarget::Oscar {
+                cluster_id,
+                service_name,
+            } => json!({"type": "oscar", "cluster_id": cluster_id, "service_name": service_name, "priority": r.priority}),
+            // Endpoint headers may be credentials: only their names.
+            ReplicaTarget::Endpoint { url, headers } => json!({"type": "endpoint", "url": url, "priority": r.priority, "headers": headers.keys().collect::<Vec<_>>()}),
+        })
+        .collect();
+    let nodes: Vec<String> = state
+        .store
+        .nodes()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.running.contains(&def.name))
+        .map(|n| n.name)
+        .collect();
+    json!({
+        "name": def.name,
+        "cluster_id": def.cluster_id().unwrap_or(&state.config.name),
+        "image": def.image.clone().unwrap_or_default(),
+        "cpu": def.cpu.map(|c| c.to_string()).unwrap_or_default(),
+        "memory": def.memory.map(|m| m.to_string()).unwrap_or_default(),
+        "script": script.unwrap_or_default(),
+        "token": state.presigner.service_token(&def.name),
+        "log_level": def.log_level.clone().unwrap_or_else(|| "INFO".into()),
+        "input": storage(&def.input),
+        "output": storage(&def.output),
+        "replicas": replicas,
+        "rescheduler_threshold": def.rescheduler_threshold.unwrap_or(0),
+        "environment": {"Variables": def.environment},
+        "spillway": {"runtime": def.runtime.to_string(), "nodes": nodes},
+    })
+}
+
+/// `GET /system/services`
+pub async fn list_services(AxState(state): AxState<Arc<State>>) -> Result<Json<Value>, ApiError> {
+    let services: Vec<Value> = state
+        .store
+        .functions()?
+        .iter()
+        .map(|f| service(&state, &f.def, None))
+        .collect();
+    Ok(Json(Value::Array(services)))
+}
+
+/// `GET /system/services/{name}`: with the script's text and the service token, as OSCAR's.
+pub async fn get_service(
+    AxState(state): AxState<Arc<State>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = function_record(&state, &name)?;
+    let script = record
+        .files
+        .iter()
+        .find(|f| f.path.starts_with("script/"))
+        .map(|f| String::from_utf8_lossy(&f.bytes).into_owned());
+    Ok(Json(service(&state, &record.def, script)))
+}
+
+/// `GET /system/status`: the nodes as OSCAR lists its cluster's.
+pub async fn status(AxState(state): AxState<Arc<State>>) -> Result<Json<Value>, ApiError> {
+    let nodes: Vec<Value> = state
+        .store
+        .nodes()?
+        .into_iter()
+        .map(|n| {
+            let live = state.view.node(&n.name);
+            let ready = live.as_ref().is_some_and(|l| l.health == NodeHealth::Ready);
+            json!({
+                "name": n.name,
+                "cpu": {"capacity_cores": n.capacity.cpu_millis as f64 / 1000.0},
+                "memory": {"capacity_bytes": n.capacity.memory_bytes},
+                "is_interlink": false,
+                "status": if ready { "Ready" } else { "NotReady" },
+                "conditions": [{"type": "Ready", "status": ready}],
+            })
+        })
+        .collect();
+    let ready = nodes.iter().filter(|n| n["status"] == "Ready").count();
+    Ok(Json(json!({
+        "cluster": {"number_nodes": nodes.len(), "ready_nodes": ready, "nodes": nodes},
+        "oscar": {"deployment_name": state.config.name, "ready": true, "serverless_backend": "spillway"},
+    })))
+}
+
+/// `GET /system/info`
+pub async fn info(AxState(state): AxState<Arc<State>>) -> Json<Value> {
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "git_commit": "",
+        "architecture": std::env::consts::ARCH,
+        "kubernetes_version": "",
+        "serverless_backend": {"name": "spillway", "version": env!("CARGO_PKG_VERSION")},
+        "name": state.config.name,
+    }))
+}
+
+fn oscar_status(phase: JobPhase) -> &'static str {
+    match phase {
+        JobPhase::Queued => "Pending",
+        JobPhase::Running => "Running",
+        JobPhase::Succeeded => "Succeeded",
+        JobPhase::Failed => "Failed",
+        _ => "Pending",
+    }
+}
+
+/// `GET /system/logs/{service}`: `{"jobs": {name: {status, …}}}`, delegated jobs under the name
+/// their cluster gave them, the others under their job id.
+pub async fn list_jobs(
+    AxState(state): AxState<Arc<State>>,
+    Path(service): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    function_record(&state, &service)?;
+    let mut jobs = BTreeMap::new();
+    let delegated = state.store.delegated(&service)?;
+    let rows = state.store.jobs()?;
+    let time = |ms: Option<u64>| {
+        ms.and_then(|ms| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+        })
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+    };
+    for row in rows.iter().filter(|r| r.update.function == service) {
+        let id = row.update.id.to_string();
+        let name = delegated
+            .iter()
+            .find(|d| d.job == id)
+            .map_or(id, |d| d.name.clone());
+        jobs.insert(
+            name,
+            json!({
+                "status": oscar_status(row.update.phase),
+                "creation_time": time(Some(row.update.queued_at_ms)),
+                "start_time": time(row.update.started_at_ms),
+                "finish_time": time(row.update.finished_at_ms),
+            }),
+        );
+    }
+    // Delegated jobs whose node has not reported yet.
+    for d in delegated {
+        jobs.entry(d.name.clone()).or_insert_with(
+            || json!({"status": "Pending", "creation_time": time(Some(d.received_at_ms))}),
+        );
+    }
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+/// `GET /system/logs/{service}/{job}`: the job's log, by the name its cluster gave it or its id.
+pub async fn job_log(
+    state: AxState<Arc<State>>,
+    Path((service, name)): Path<(String, String)>,
+) -> Result<String, ApiError> {
+    let id = state
+        .store
+        .delegated(&service)?
+        .into_iter()
+        .find(|d| d.name == name)
+        .map_or(name.clone(), |d| d.job);
+    super::http::job_log_text(&state, &id).await
+}
+
+/// A body of `POST /job/{service}` that is OSCAR's wrapped event.
+#[derive(Debug, Deserialize)]
+struct DelegatedEvent {
+    storage_provider: String,
+    event: String,
+}
+
+/// `POST /job/{service}` with OSCAR's wrapped event: the input is fetched (from the presigned
+/// URL a Spillway coordinator put in it, or from the storage provider the event names, with the
+/// function's credentials for it) and dropped into the function's input folder. `None` when the
+/// body is not a wrapped event (it is then the input itself).
+pub async fn delegated_job(
+    state: &Arc<State>,
+    service: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<Result<Response, ApiError>> {
+    let wrapped: DelegatedEvent = serde_json::from_slice(body).ok()?;
+    Some(accept_delegated(state, service, headers, wrapped).await)
+}
+
+async fn accept_delegated(
+    state: &Arc<State>,
+    service: &str,
+    headers: &HeaderMap,
+    wrapped: DelegatedEvent,
+) -> Result<Response, ApiError> {
+    let bad = |why: String| ApiError(StatusCode::BAD_REQUEST, why);
+    let def = function_record(state, service)?.def;
+    let event: Value = serde_json::from_str(&wrapped.event)
+        .map_err(|e| bad(format!("`event` of the wrapped event is not JSON: {e}")))?;
+    let (name, bytes) = match event.get("spillway") {
+        Some(envelope) => {
+            let envelope: Envelope = serde_json::from_value(envelope.clone())
+                .map_err(|e| bad(format!("`spillway` in the event is not an envelope: {e}")))?;
+            if envelope.spillway != ENVELOPE_VERSION {
+                return Err(bad(format!(
+                    "envelope version {} is not {ENVELOPE_VERSION}: upgrade the older coordinator",
+                    envelope.spillway
+                )));
+            }
+            let bytes = fetch(state, &envelope.input.url).await?;
+            if hex::encode(Sha256::digest(&bytes)) != envelope.input.sha256 {
+                return Err(ApiError(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "the input fetched from {} does not have the SHA-256 the envelope gives",
+                        redact(&envelope.input.url)
+                    ),
+                ));
+            }
+            (envelope.input.name, bytes)
+        }
+        None => {
+            let objects = parse_notification(wrapped.event.as_bytes()).map_err(|e| bad(e.0))?;
+            let object = objects
+                .first()
+                .ok_or_else(|| bad("the wrapped event names no created object".into()))?;
+            let provider = ProviderRef::parse(&wrapped.storage_provider);
+            let settings = def.s3_settings(&provider).ok_or_else(|| {
+                ApiError(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("`{service}` cannot read `{}` from storage provider `{provider}`: define it under `storage_providers` of the function's FDL (with its endpoint and keys)", object.key),
+                )
+            })?;
+            let bucket = spillway_agent::s3::Bucket::open(&settings, &object.bucket)
+                .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+            let bytes = bucket
+                .get(&object.key, (MAX_STREAM_FRAME - 4096) as u64)
+                .await
+                .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e))?;
+            let name = object.key.rsplit('/').next().unwrap_or("input").to_owned();
+            (name, bytes)
+        }
+    };
+    let invoked = submit(state, service, &name, None, Bytes::from(bytes)).await?;
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    if let Some(given) = header("x-delegated-job-id") {
+        state.store.put_delegated(&DelegatedJob {
+            service: service.to_owned(),
+            name: given,
+            job: invoked.job.clone(),
+            from: header("x-delegated-from"),
+            received_at_ms: now_ms(),
+        })?;
+    }
+    tracing::info!(service, job = %invoked.job, from = ?header("x-delegated-from"), "delegated job accepted");
+    Ok((StatusCode::CREATED, Json(invoked)).into_response())
+}
+
+/// A presigned URL without its signature, for messages.
+fn redact(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+async fn fetch(state: &State, url: &str) -> Result<Vec<u8>, ApiError> {
+    let gateway = |why: String| ApiError(StatusCode::BAD_GATEWAY, why);
+    let response = state
+        .delegations
+        .http
+        .get(url)
+        .timeout(Duration::from_secs(300))
+        .send()
+        .await
+        .map_err(|e| {
+            gateway(format!(
+                "cannot fetch the input from {}: {}",
+                redact(url),
+                super::replicas::error_chain(&e)
+            ))
+        })?;
+    if !response.status().is_success() {
+        return Err(gateway(format!(
+            "fetching the input from {} answered HTTP {}",
+            redact(url),
+            response.status()
+        )));
+    }
+    let limit = (MAX_STREAM_FRAME - 4096) as u64;
+    if response.content_length().is_some_and(|n| n > limit) {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the input at {} is over {limit} bytes", redact(url)),
+        ));
+    }
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| gateway(format!("reading the input from {}: {e}", redact(url))))?;
+    Ok(bytes.to_vec())
+}

@@ -1,0 +1,160 @@
+//! Replicas outside the mesh, the FDL's `replicas[]` (and `federation.members[]`): where a job
+//! goes when no peer agent can take it, highest priority (0) first. Each kind is a [`Backend`];
+//! what an answer means (move on, wait, reconcile, give up) is decided by the sans-IO
+//! [`spillway_placement::delegation::Attempt`], driven by [`driver::Delegations`].
+
+pub mod driver;
+pub mod endpoint;
+pub mod oscar;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use spillway_placement::delegation::{Found, Submitted};
+use spillway_proto::FunctionDef;
+use spillway_proto::envelope::Envelope;
+use spillway_proto::fdl::{Replica, ReplicaTarget};
+
+use crate::config::CoordinatorConfig;
+
+pub use driver::Delegations;
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One kind of executor outside the mesh. Every call is idempotent on the envelope's job id.
+pub trait Backend: Send + Sync {
+    /// The replica's id, as hand-over records name it (`endpoint:URL`, `oscar:CLUSTER/SERVICE`).
+    fn id(&self) -> &str;
+    /// Hands the job over; submitting the same job again must not run it twice.
+    fn submit<'a>(&'a self, envelope: &'a Envelope) -> BoxFut<'a, Submitted>;
+    /// What the replica knows of the job, by its id (observing it, or reconciling an attempt
+    /// whose answer was lost).
+    fn status<'a>(&'a self, envelope: &'a Envelope) -> BoxFut<'a, Found>;
+    /// Stops the job there, if the replica can.
+    fn cancel<'a>(&'a self, envelope: &'a Envelope) -> BoxFut<'a, Result<(), String>>;
+}
+
+/// The id a replica has in hand-over records. Node names never contain `:`.
+pub fn replica_id(target: &ReplicaTarget) -> String {
+    match target {
+        ReplicaTarget::Oscar {
+            cluster_id,
+            service_name,
+        } => format!("oscar:{cluster_id}/{service_name}"),
+        ReplicaTarget::Endpoint { url, .. } => format!("endpoint:{url}"),
+    }
+}
+
+/// Whether a lease holder is a replica rather than an agent of the mesh.
+pub fn is_replica(holder: &str) -> bool {
+    holder.contains(':')
+}
+
+/// The function's replicas, highest priority first (the order written breaks ties).
+pub fn by_priority(def: &FunctionDef) -> Vec<&Replica> {
+    let mut replicas: Vec<&Replica> = def.replicas.iter().collect();
+    replicas.sort_by_key(|r| r.priority);
+    replicas
+}
+
+/// The first replica of `def` by priority that the job has not been on.
+pub fn next_replica(def: &FunctionDef, visited: &[String]) -> Option<String> {
+    by_priority(def)
+        .into_iter()
+        .map(|r| replica_id(&r.target))
+        .find(|id| !visited.contains(id))
+}
+
+/// The backend for the replica of `def` with this id.
+pub fn backend_for(
+    def: &FunctionDef,
+    id: &str,
+    config: &CoordinatorConfig,
+    http: &reqwest_tls::Client,
+    callbacks: Arc<endpoint::Callbacks>,
+) -> Result<Arc<dyn Backend>, String> {
+    let replica = def
+        .replicas
+        .iter()
+        .find(|r| replica_id(&r.target) == id)
+        .ok_or_else(|| format!("function `{}` has no replica `{id}` any more", def.name))?;
+    Ok(match &replica.target {
+        ReplicaTarget::Endpoint { url, headers } => Arc::new(endpoint::EndpointBackend {
+            id: id.to_owned(),
+            url: url.clone(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                .collect(),
+            http: http.clone(),
+            timeout: config.replicas.timeout,
+            callbacks,
+        }),
+        ReplicaTarget::Oscar {
+            cluster_id,
+            service_name,
+        } => {
+            let written = def.clusters.get(cluster_id);
+            let configured = config.clusters.get(cluster_id);
+            let endpoint = configured
+                .and_then(|c| c.endpoint.clone())
+                .or_else(|| written.map(|c| c.endpoint.clone()))
+                .ok_or_else(|| format!("cluster `{cluster_id}` of replica `{id}` is defined neither under `clusters` in the FDL nor under [clusters.{cluster_id}] in the coordinator's config"))?;
+            let user = configured
+                .and_then(|c| c.auth_user.clone())
+                .or_else(|| written.and_then(|c| c.auth_user.clone()))
+                .unwrap_or_default();
+            let password = env_password(cluster_id)
+                .or_else(|| configured.and_then(|c| c.auth_password.clone()))
+                .or_else(|| {
+                    written.and_then(|c| c.auth_password.as_ref().map(|p| p.expose().to_owned()))
+                })
+                .unwrap_or_default();
+            Arc::new(oscar::OscarBackend::new(
+                id.to_owned(),
+                endpoint.trim_end_matches('/').to_owned(),
+                service_name.clone(),
+                user,
+                password,
+                config.name.clone(),
+                http.clone(),
+                config.replicas.timeout,
+            ))
+        }
+    })
+}
+
+/// `SPILLWAY_CLUSTER_<ID>_PASSWORD` (the id upper-cased, `-` and `.` as `_`).
+fn env_password(cluster_id: &str) -> Option<String> {
+    let var = format!(
+        "SPILLWAY_CLUSTER_{}_PASSWORD",
+        cluster_id.to_uppercase().replace(['-', '.'], "_")
+    );
+    std::env::var(var).ok()
+}
+
+/// What a failed request means: never sent, or sent without an answer.
+pub fn classify(e: &reqwest_tls::Error) -> Submitted {
+    let why = error_chain(e);
+    if e.is_connect() {
+        Submitted::NotSent(why)
+    } else {
+        Submitted::NoAnswer(why)
+    }
+}
+
+/// The error and its causes, one line (reqwest's own message is only the outermost).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let m = s.to_string();
+        if !text.contains(&m) {
+            text.push_str(": ");
+            text.push_str(&m);
+        }
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,427 @@
+//! Replicas outside the mesh on real processes: a coordinator, a one-slot agent that cannot keep
+//! up and no peers, so its surplus goes up to the function's replicas in priority order.
+//! Endpoints are real HTTP servers (`support/endpoint.py`) that fail in the ways the network
+//! does (503, no answer, reset); the OSCAR replica is a second Spillway coordinator serving
+//! OSCAR's API, with its own agent. Every job must run exactly once: on the origin or on one
+//! replica, never on two.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::{Coordinator, Node, files_under, free_port, repo, wait_until};
+
+const SLOW_SH: &str = "tests/fixtures/spill/slow.sh";
+
+/// A running `endpoint.py` and the file it records to.
+struct Endpoint {
+    child: Child,
+    port: u16,
+    record: tempfile::NamedTempFile,
+}
+
+impl Endpoint {
+    fn start(mode: &str) -> Self {
+        let port = free_port();
+        let record = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new("python3")
+            .arg(repo("tests/tests/support/endpoint.py"))
+            .args([mode, &port.to_string()])
+            .arg(record.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        // It prints once it listens.
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "listening");
+        Self {
+            child,
+            port,
+            record,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/jobs", self.port)
+    }
+
+    /// Recorded lines whose first word is `what`, as (job, rest).
+    fn seen(&self, what: &str) -> Vec<(String, String)> {
+        std::fs::read_to_string(self.record.path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, ' ');
+                (parts.next()? == what).then(|| {
+                    (
+                        parts.next().unwrap_or("").to_owned(),
+                        parts.next().unwrap_or("").to_owned(),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The slow function of the spill-over tests, with `replicas` (YAML lines) and `extra` top-level
+/// FDL, written with its script into a folder; returns the FDL's path.
+fn slow_fdl(dir: &std::path::Path, replicas: &str, extra: &str) -> String {
+    std::fs::copy(repo(SLOW_SH), dir.join("slow.sh")).unwrap();
+    let text = format!(
+        "functions:\n  oscar:\n  - edge:\n      name: slow\n      runtime: process\n      script: slow.sh\n      cpu: '1'\n      memory: 16Mi\n      timeout: 60\n      rescheduler_threshold: 1\n      input:\n      - {{storage_provider: minio.default, path: frames/in}}\n      output:\n      - {{storage_provider: minio.default, path: frames/out}}\n      replicas:\n{replicas}{extra}"
+    );
+    let path = dir.join("functions.yaml");
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// A coordinator whose replica requests time out after 1 s, one one-CPU agent `origin` joined
+/// to it, and the FDL at `fdl` applied and running there.
+fn origin_with(fdl: &str) -> (Coordinator, Node) {
+    let c = Coordinator::with_config("max_hops = 6\n[replicas]\ntimeout = \"1s\"\n");
+    let node = Node::new("node_name = \"origin\"\n[resources]\ncpu = 1\nmemory = \"1Gi\"\n");
+    c.join(&node);
+    let mut node = node;
+    node.start();
+    let (ok, _, err) = c.cli(&["apply", "-f", fdl]);
+    assert!(ok, "apply failed: {err}");
+    assert!(
+        wait_until(Duration::from_secs(30), || c.runs("origin", "slow")),
+        "{}",
+        c.log()
+    );
+    (c, node)
+}
+
+/// Drops `n` frames into the origin's input folder; returns their names.
+fn burst(origin: &Node, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let name = format!("frame-{i:03}.txt");
+            origin.write(
+                &format!("data/frames/in/{name}"),
+                format!("frame {i} from the camera"),
+            );
+            name
+        })
+        .collect()
+}
+
+/// Waits until the origin's journal has every job finished; returns the count per state.
+fn all_finished(origin: &Node, c: &Coordinator, n: usize) -> BTreeMap<String, usize> {
+    let states = || {
+        let mut states = BTreeMap::new();
+        for row in origin.jobs() {
+            let state = row.split_whitespace().nth(1).unwrap_or("?").to_owned();
+            *states.entry(state).or_insert(0usize) += 1;
+        }
+        states
+    };
+    let done = wait_until(Duration::from_secs(120), || {
+        let s = states();
+        s.get("Succeeded").copied().unwrap_or(0) + s.get("Failed").copied().unwrap_or(0) == n
+    });
+    assert!(
+        done,
+        "{:?}\norigin:\n{}\ncoordinator:\n{}",
+        origin.jobs(),
+        origin.log(),
+        c.log()
+    );
+    states()
+}
+
+fn metric(c: &Coordinator, name: &str) -> u64 {
+    c.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Output files the origin wrote itself (jobs it ran).
+fn local_outputs(origin: &Node) -> Vec<String> {
+    files_under(&origin.path("data/frames/out"))
+        .into_iter()
+        .filter(|f| !f.starts_with('.'))
+        .collect()
+}
+
+/// Every input ran exactly once: on the origin (its output) or on the replica that ran it.
+fn assert_each_ran_once(inputs: &[String], local: &[String], remote: &[String]) {
+    let mut all: Vec<String> = local.iter().chain(remote).cloned().collect();
+    all.sort();
+    assert_eq!(all, inputs, "local {local:?} + remote {remote:?}");
+}
+
+#[test]
+fn surplus_falls_through_refusing_silent_and_resetting_endpoints_to_the_next_by_priority() {
+    let refusing = Endpoint::start("fail");
+    let silent = Endpoint::start("hang");
+    let resetting = Endpoint::start("reset");
+    let working = Endpoint::start("ok");
+    let dir = tempfile::tempdir().unwrap();
+    // Written out of order: priority decides, not position.
+    let replicas = format!(
+        "      - {{type: endpoint, url: '{}', priority: 3}}\n      - {{type: endpoint, url: '{}', priority: 0, headers: {{X-Api-Key: secret-key}}}}\n      - {{type: endpoint, url: '{}', priority: 2}}\n      - {{type: endpoint, url: '{}', priority: 1}}\n",
+        working.url(),
+        refusing.url(),
+        resetting.url(),
+        silent.url()
+    );
+    let fdl = slow_fdl(dir.path(), &replicas, "");
+    let (c, origin) = origin_with(&fdl);
+
+    let inputs = burst(&origin, 4);
+    let states = all_finished(&origin, &c, inputs.len());
+    assert_eq!(states.get("Succeeded"), Some(&inputs.len()), "{states:?}");
+
+    let ran: Vec<(String, String)> = working.seen("ran");
+    let delegated = ran.len();
+    assert!(delegated >= 1, "nothing spilled:\n{}", c.log());
+    let remote: Vec<String> = ran
+        .iter()
+        .map(|(_, rest)| rest.split(' ').next().unwrap().to_owned())
+        .collect();
+    assert_each_ran_once(&inputs, &local_outputs(&origin), &remote);
+    // The working endpoint fetched each input through its presigned URL and got the bytes.
+    for (_, rest) in &ran {
+        assert!(rest.contains("FROM THE CAMERA"), "{rest}");
+    }
+    // Each delegated job was tried on every replica above the working one, in priority order,
+    // and only the working one ran it.
+    let jobs = |seen: Vec<(String, String)>| {
+        let mut j: Vec<String> = seen.into_iter().map(|(j, _)| j).collect();
+        j.sort();
+        j
+    };
+    let mut ran_jobs = jobs(ran.clone());
+    ran_jobs.dedup();
+    assert_eq!(ran_jobs.len(), delegated, "a job ran twice on the endpoint");
+    assert_eq!(jobs(refusing.seen("refused")), ran_jobs);
+    assert_eq!(jobs(silent.seen("received")), ran_jobs);
+    assert_eq!(jobs(resetting.seen("received")), ran_jobs);
+    assert!(refusing.seen("bad-idempotency-key").is_empty());
+    assert_eq!(
+        metric(&c, "spillway_replica_fallthroughs_total"),
+        3 * delegated as u64
+    );
+    assert_eq!(
+        metric(&c, "spillway_replica_succeeded_total"),
+        delegated as u64
+    );
+    // The replica's header value is a credential: never in the log.
+    assert!(!c.log().contains("secret-key"));
+    // Where each delegated job ran is on record.
+    let rows = c.json(&["get", "jobs"]);
+    let on_endpoint = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["ran_on"] == format!("endpoint:{}", working.url()))
+        .count();
+    assert_eq!(on_endpoint, delegated, "{rows}");
+}
+
+#[test]
+fn a_lost_answer_from_an_endpoint_that_ran_the_job_is_reconciled_not_sent_elsewhere() {
+    let ran_then_reset = Endpoint::start("run-then-reset");
+    let next = Endpoint::start("ok");
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = format!(
+        "      - {{type: endpoint, url: '{}', priority: 0}}\n      - {{type: endpoint, url: '{}', priority: 1}}\n",
+        ran_then_reset.url(),
+        next.url()
+    );
+    let fdl = slow_fdl(dir.path(), &replicas, "");
+    let (c, origin) = origin_with(&fdl);
+
+    let inputs = burst(&origin, 3);
+    let states = all_finished(&origin, &c, inputs.len());
+    assert_eq!(states.get("Succeeded"), Some(&inputs.len()), "{states:?}");
+    let ran = ran_then_reset.seen("ran");
+    assert!(!ran.is_empty(), "nothing spilled:\n{}", c.log());
+    let remote: Vec<String> = ran
+        .iter()
+        .map(|(_, rest)| rest.split(' ').next().unwrap().to_owned())
+        .collect();
+    assert_each_ran_once(&inputs, &local_outputs(&origin), &remote);
+    assert!(
+        next.seen("ran").is_empty(),
+        "a job whose answer was lost ran again on the next replica"
+    );
+    assert_eq!(metric(&c, "spillway_replica_fallthroughs_total"), 0);
+    assert!(metric(&c, "spillway_replica_reconciles_total") >= ran.len() as u64);
+}
+
+/// `curl` with basic auth or a bearer token: (status, body).
+fn curl(auth: &[&str], method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}"])
+        .args(auth);
+    if let Some(b) = body {
+        cmd.args(["--data-binary", b]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap(), body.to_owned())
+}
+
+#[test]
+fn surplus_delegates_to_another_coordinator_through_the_oscar_api_and_runs_there_once() {
+    // The remote "cluster": a coordinator with one roomy agent running `remote`.
+    let remote = Coordinator::new();
+    let worker = Node::new("node_name = \"worker\"\n[resources]\ncpu = 4\nmemory = \"1Gi\"\n");
+    remote.join(&worker);
+    let mut worker = worker;
+    worker.start();
+    let rdir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rdir.path().join("remote.sh"),
+        "#!/bin/sh\nset -eu\nname=$(basename \"$INPUT_FILE_PATH\")\ntr 'a-z' 'A-Z' < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/$name\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        rdir.path().join("remote.yaml"),
+        "functions:\n  oscar:\n  - remote-cluster:\n      name: remote\n      runtime: process\n      script: remote.sh\n      input:\n      - {storage_provider: minio.default, path: delegated/in}\n      output:\n      - {storage_provider: minio.default, path: delegated/out}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = remote.cli(&[
+        "apply",
+        "-f",
+        rdir.path().join("remote.yaml").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(wait_until(Duration::from_secs(30), || remote.runs("worker", "remote")));
+    let base = format!("http://127.0.0.1:{}", remote.http_port);
+    let admin = remote.api_token();
+    let basic = format!("oscar:{admin}");
+
+    // OSCAR's API as oscar-cli and OSCAR's delegation use it.
+    let (status, body) = curl(
+        &["-u", &basic],
+        "GET",
+        &format!("{base}/system/services/remote"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let service: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(service["name"], "remote");
+    assert!(service["script"].as_str().unwrap().contains("tr 'a-z'"));
+    let token = service["token"].as_str().unwrap().to_owned();
+    let (status, _) = curl(
+        &["-u", "oscar:wrong"],
+        "GET",
+        &format!("{base}/system/services"),
+        None,
+    );
+    assert_eq!(status, 401);
+    let (status, body) = curl(
+        &["-u", &basic],
+        "GET",
+        &format!("{base}/system/status"),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["cluster"]["number_nodes"],
+        1
+    );
+    // The service token invokes its own service only.
+    let bearer = format!("Authorization: Bearer {token}");
+    let (status, body) = curl(
+        &["-H", &bearer],
+        "POST",
+        &format!("{base}/job/remote?name=direct.txt"),
+        Some("direct call"),
+    );
+    assert_eq!(status, 202, "{body}");
+    let (status, _) = curl(
+        &["-H", &bearer],
+        "GET",
+        &format!("{base}/system/services"),
+        None,
+    );
+    assert_eq!(status, 401);
+    assert!(wait_until(Duration::from_secs(30), || {
+        worker.path("data/delegated/out/direct.txt").exists()
+    }));
+
+    // The origin's coordinator delegates its surplus to `remote` as an OSCAR replica, with the
+    // cluster's credentials in the FDL as OSCAR users write them.
+    let dir = tempfile::tempdir().unwrap();
+    let clusters = format!(
+        "clusters:\n  remote-cluster:\n    endpoint: '{base}'\n    auth_user: oscar\n    auth_password: '{admin}'\n    ssl_verify: true\n"
+    );
+    let fdl = slow_fdl(
+        dir.path(),
+        "      - {type: oscar, cluster_id: remote-cluster, service_name: remote, priority: 0}\n",
+        &clusters,
+    );
+    let (c, origin) = origin_with(&fdl);
+    let inputs = burst(&origin, 4);
+    let states = all_finished(&origin, &c, inputs.len());
+    assert_eq!(
+        states.get("Succeeded"),
+        Some(&inputs.len()),
+        "{states:?}\n{}",
+        c.log()
+    );
+
+    let remote_outputs: Vec<String> = files_under(&worker.path("data/delegated/out"))
+        .into_iter()
+        .filter(|f| f.starts_with("frame-"))
+        .collect();
+    assert!(
+        !remote_outputs.is_empty(),
+        "nothing delegated:\n{}",
+        c.log()
+    );
+    assert_each_ran_once(&inputs, &local_outputs(&origin), &remote_outputs);
+    for f in &remote_outputs {
+        let text =
+            std::fs::read_to_string(worker.path(&format!("data/delegated/out/{f}"))).unwrap();
+        assert!(text.contains("FROM THE CAMERA"), "{text}");
+    }
+    // The remote lists the delegated jobs under the names the origin's coordinator gave them.
+    let (status, body) = curl(
+        &["-u", &basic],
+        "GET",
+        &format!("{base}/system/logs/remote"),
+        None,
+    );
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let delegated: Vec<&String> = listed["jobs"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("spillway-"))
+        .collect();
+    assert_eq!(delegated.len(), remote_outputs.len(), "{listed}");
+    assert_eq!(
+        metric(&c, "spillway_replica_succeeded_total"),
+        remote_outputs.len() as u64
+    );
+    // A password written in the FDL stays out of the logs.
+    assert!(!c.log().contains(&admin));
+}
