@@ -410,10 +410,8 @@ impl State {
     ) -> Option<(String, String, u8, Event, [u8; 32])> {
         let inner = self.handovers.lock();
         let h = inner.ledger.get(&id)?;
-        let holds = matches!(&h.state, HandoverState::Placed { peer } if peer == replica)
-            && h.attempt == attempt;
         let p = inner.payloads.get(&id)?;
-        holds.then(|| {
+        holds_lease(h, replica, attempt).then(|| {
             (
                 h.function.clone(),
                 h.origin.clone(),
@@ -427,10 +425,10 @@ impl State {
     /// Whether `replica` still holds lease `attempt` of the job.
     pub fn replica_holds(&self, id: JobId, replica: &str, attempt: u32) -> bool {
         let inner = self.handovers.lock();
-        inner.ledger.get(&id).is_some_and(|h| {
-            h.attempt == attempt
-                && matches!(&h.state, HandoverState::Placed { peer } if peer == replica)
-        })
+        inner
+            .ledger
+            .get(&id)
+            .is_some_and(|h| holds_lease(h, replica, attempt))
     }
 
     /// Jobs whose lease a replica holds (to resume after a restart).
@@ -553,6 +551,11 @@ fn blob_in_use(inner: &Inner, d: &[u8; 32]) -> bool {
             }
             _ => false,
         })
+}
+
+/// Whether `holder` holds lease `attempt` of the hand-over.
+fn holds_lease(h: &Handover<Outcome>, holder: &str, attempt: u32) -> bool {
+    h.attempt == attempt && matches!(&h.state, HandoverState::Placed { peer } if peer == holder)
 }
 
 fn is_current(inner: &Inner, node: &str, session: u64) -> bool {

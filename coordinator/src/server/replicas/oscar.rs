@@ -51,19 +51,20 @@ struct JobInfo {
     status: String,
 }
 
+/// Object keys in notifications as MinIO encodes them: `/`, `.`, `-` and `_` stay as they are.
+const KEY_ENCODING: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'_');
+
 /// The body OSCAR's delegation posts (`DelegatedEvent`: the event travels as a string).
 pub fn wrapped_event(from: &str, envelope: &Envelope) -> serde_json::Value {
     let (bucket, key) = match &envelope.event {
         Event::File(f) => (f.bucket.clone(), f.key.to_string()),
         Event::Mqtt(m) => ("mqtt".to_owned(), m.file_name.to_string()),
     };
-    let encoded_key: String =
-        percent_encoding::utf8_percent_encode(&key, percent_encoding::NON_ALPHANUMERIC)
-            .to_string()
-            .replace("%2F", "/")
-            .replace("%2E", ".")
-            .replace("%2D", "-")
-            .replace("%5F", "_");
+    let encoded_key = percent_encoding::utf8_percent_encode(&key, KEY_ENCODING).to_string();
     let event = serde_json::json!({
         "EventName": "s3:ObjectCreated:Put",
         "Key": format!("{bucket}/{key}"),
@@ -285,5 +286,50 @@ impl Backend for OscarBackend {
                 Err(format!("DELETE {url} answered HTTP {}", r.status()))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spillway_proto::envelope::{ENVELOPE_VERSION, InputRef};
+    use spillway_proto::key::ObjectKey;
+    use spillway_proto::{FileEvent, JobId};
+
+    #[test]
+    fn the_wrapped_event_is_a_minio_notification_with_the_key_encoded_as_minio_does() {
+        let key = ObjectKey::parse("in/cam 1_a-b.jpg").unwrap();
+        let envelope = Envelope {
+            spillway: ENVELOPE_VERSION,
+            job: JobId::derive("n", "f", key.as_str(), &[0; 32]),
+            function: "f".into(),
+            origin: "n".into(),
+            hops: 1,
+            attempt: 1,
+            event: Event::File(FileEvent {
+                bucket: "frames".into(),
+                key,
+                size: 3,
+                mtime_ns: 0,
+                sha256: [0; 32],
+            }),
+            input: InputRef {
+                name: "cam 1_a-b.jpg".into(),
+                size: 3,
+                sha256: "00".into(),
+                url: "http://c/v1/blobs/00".into(),
+            },
+            callback: "http://c/v1/callbacks/00".into(),
+            expires_at: 0,
+        };
+        let body = wrapped_event("coord", &envelope);
+        assert_eq!(body["storage_provider"], "spillway.coord");
+        let event: serde_json::Value =
+            serde_json::from_str(body["event"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            event["Records"][0]["s3"]["object"]["key"],
+            "in/cam%201_a-b.jpg"
+        );
+        assert_eq!(event["spillway"]["job"], envelope.job.to_string());
     }
 }
