@@ -19,6 +19,7 @@ pub mod journal;
 pub mod logging;
 pub mod mesh;
 pub mod mqtt;
+pub mod runner;
 pub mod runtime;
 pub mod s3;
 pub mod scheduler;
@@ -30,6 +31,22 @@ pub mod watch;
 pub use config::AgentConfig;
 pub use engine::{Agent, AgentHandle, JobEvent};
 pub use signal::shutdown_signal;
+
+/// An error and its causes on one line (libraries such as reqwest hide the useful part in
+/// `source()`); a cause already quoted by its parent is not repeated.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let m = s.to_string();
+        if !text.contains(&m) {
+            text.push_str(": ");
+            text.push_str(&m);
+        }
+        source = s.source();
+    }
+    text
+}
 
 /// Hands freed heap back to the system. glibc keeps what a burst freed (compiling modules at
 /// start, pulling and unpacking an image) in its arenas; on a 1 GB board that is worth a call.

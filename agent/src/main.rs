@@ -88,6 +88,27 @@ enum Command {
     },
     /// List the images in this node's image store.
     Images,
+    /// Run one job delegated to this compute (a Kubernetes Job's pod, a Lambda function, any
+    /// container): fetch its input through the envelope's presigned URL, run the function with
+    /// the staging contract, upload its outputs and report the result. Needs no config file.
+    ///
+    /// The envelope comes from `--envelope FILE` (`-` for stdin) or `SPILLWAY_ENVELOPE`; with
+    /// neither and `AWS_LAMBDA_RUNTIME_API` set, it serves Lambda invocations (as it does when
+    /// started under the name `bootstrap`).
+    RunJob {
+        /// The envelope (JSON): a file, or `-` for stdin.
+        #[arg(long)]
+        envelope: Option<PathBuf>,
+        /// Folder for the job's staging folders.
+        #[arg(long, env = "SPILLWAY_WORK_DIR", default_value = "/tmp")]
+        work_dir: PathBuf,
+        /// The longest the function may run.
+        #[arg(long, env = "SPILLWAY_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Run this program instead of the envelope's script (the image's own program).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Runs one container job (started by the agent itself, one per container).
     #[command(hide = true, name = "oci-run")]
     OciRun { bundle: PathBuf },
@@ -95,6 +116,15 @@ enum Command {
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    if started_as_lambda_bootstrap() {
+        spillway_agent::logging::init(false);
+        return run_job(
+            None,
+            PathBuf::from("/tmp"),
+            std::time::Duration::from_secs(900),
+            vec![],
+        );
+    }
     let cli = Cli::parse();
     if let Command::OciRun { bundle } = &cli.command {
         // The container's stdout/stderr are this process's: nothing else may write there.
@@ -102,6 +132,15 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
     spillway_agent::logging::init(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if let Command::RunJob {
+        envelope,
+        work_dir,
+        timeout,
+        command,
+    } = cli.command
+    {
+        return run_job(envelope, work_dir, timeout, command);
+    }
     if let Command::Install { root, now } = &cli.command {
         return install(root, &cli.config, *now);
     }
@@ -131,13 +170,108 @@ fn main() -> ExitCode {
             platform,
         } => image_cmd::load(&config, &file, tag.as_deref(), platform.as_deref()),
         Command::Images => image_cmd::list(&config),
-        Command::Install { .. } | Command::OciRun { .. } => Ok(()),
+        Command::Install { .. } | Command::OciRun { .. } | Command::RunJob { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("spillway-agent: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A Lambda custom runtime starts `bootstrap` with no arguments.
+fn started_as_lambda_bootstrap() -> bool {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new("bootstrap"))
+        && std::env::args_os().len() == 1
+        && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+}
+
+/// Exit codes of `run-job`: the function failed; it was stopped at the executor's time limit.
+const EXIT_JOB_FAILED: u8 = 1;
+const EXIT_JOB_STOPPED: u8 = 75;
+
+fn run_job(
+    envelope: Option<PathBuf>,
+    work_root: PathBuf,
+    timeout: std::time::Duration,
+    command: Vec<String>,
+) -> ExitCode {
+    use spillway_agent::runner;
+    use spillway_proto::envelope::ReportedStatus;
+    let opts = runner::RunOptions {
+        work_root,
+        command: (!command.is_empty()).then_some(command),
+        timeout,
+        deadline: None,
+    };
+    let text = match &envelope {
+        Some(path) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| Some(text))
+        }
+        Some(path) => std::fs::read_to_string(path).map(Some),
+        None => Ok(std::env::var("SPILLWAY_ENVELOPE").ok()),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spillway-agent run-job: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = match text {
+        Ok(Some(text)) => text,
+        Ok(None) => {
+            let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") else {
+                eprintln!(
+                    "spillway-agent run-job: no envelope: give --envelope FILE, or set SPILLWAY_ENVELOPE (or AWS_LAMBDA_RUNTIME_API inside Lambda)"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            return match rt.block_on(runner::lambda::serve(&api, opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(why) => {
+                    eprintln!("spillway-agent run-job: {why}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Err(e) => {
+            eprintln!("spillway-agent run-job: cannot read the envelope: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let envelope: spillway_proto::envelope::Envelope = match serde_json::from_str(&text) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!(
+                "spillway-agent run-job: the envelope is not a Spillway envelope ({e}); the coordinator writes it when it delegates a job"
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let http = match runner::http_client() {
+        Ok(h) => h,
+        Err(why) => {
+            eprintln!("spillway-agent run-job: {why}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = rt.block_on(runner::run(&http, &envelope, &opts));
+    match report.status {
+        ReportedStatus::Succeeded => ExitCode::SUCCESS,
+        ReportedStatus::Stopped => ExitCode::from(EXIT_JOB_STOPPED),
+        ReportedStatus::Failed | ReportedStatus::Running => {
+            if let Some(why) = &report.reason {
+                eprintln!("spillway-agent run-job: {why}");
+            }
+            ExitCode::from(EXIT_JOB_FAILED)
         }
     }
 }

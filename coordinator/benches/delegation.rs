@@ -177,6 +177,8 @@ fn envelope(i: usize) -> Envelope {
         },
         callback: "http://127.0.0.1:1/v1/callbacks/00?expires=0&signature=00".into(),
         expires_at: 0,
+        upload: None,
+        script: None,
     }
 }
 

@@ -32,6 +32,9 @@ pub enum Found {
     Finished { succeeded: bool, detail: String },
     /// It certainly never started the job and never will (the job name is unknown to it).
     Absent,
+    /// It started the job and stopped it unfinished because its own time limit came first (a
+    /// Lambda `timeout`), delivering nothing: the next target may run it.
+    Stopped(String),
     /// It could not tell (no answer again).
     Unknown(String),
 }
@@ -134,6 +137,10 @@ impl Attempt {
                 "`{}` did not answer and then showed it never started the job",
                 self.replica
             )),
+            Found::Stopped(why) => Next::Elsewhere(format!(
+                "`{}` stopped the job unfinished: {why}",
+                self.replica
+            )),
             Found::Unknown(why) => self.reconcile_or_give_up(why),
         }
     }
@@ -185,6 +192,10 @@ mod tests {
             Next::Reconcile { after_ms: 400 }
         );
         assert!(matches!(a.reconciled(Found::Absent), Next::Elsewhere(_)));
+        assert!(matches!(
+            a.reconciled(Found::Stopped("Lambda timeout".into())),
+            Next::Elsewhere(_)
+        ));
     }
 
     #[test]

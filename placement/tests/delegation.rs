@@ -21,6 +21,7 @@ fn answer() -> impl Strategy<Value = Answer> {
         Just(Answer::Check(Found::Running)),
         Just(Answer::Check(Found::Absent)),
         Just(Answer::Check(Found::Unknown("timeout".into()))),
+        Just(Answer::Check(Found::Stopped("Lambda timeout".into()))),
     ]
 }
 
@@ -39,7 +40,8 @@ proptest! {
                     (next, false)
                 }
                 Answer::Check(f) => {
-                    let proof = f == Found::Absent;
+                    // Absent: never started; Stopped: stopped unfinished, nothing delivered.
+                    let proof = matches!(f, Found::Absent | Found::Stopped(_));
                     (a.reconciled(f), proof)
                 }
             };

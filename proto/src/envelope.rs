@@ -28,6 +28,13 @@ pub struct Envelope {
     pub callback: String,
     /// When the URLs stop working, seconds since the Unix epoch.
     pub expires_at: u64,
+    /// `PUT` each output file's bytes to this URL with `{name}` replaced by its key relative to
+    /// the output folder (percent-encoded); absent for executors that deliver outputs themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<String>,
+    /// The function's script (the FDL `script`'s text), for a runner inside the user's image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +54,50 @@ pub struct ResultReport {
     pub status: ReportedStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The outputs uploaded through the envelope's `upload` URL, when the job succeeded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputRef>,
+}
+
+/// One uploaded output file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputRef {
+    /// Its key relative to the function's output folder.
+    pub name: String,
+    /// Hex SHA-256 of its bytes.
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl ResultReport {
+    pub fn running() -> Self {
+        Self {
+            status: ReportedStatus::Running,
+            reason: None,
+            outputs: Vec::new(),
+        }
+    }
+
+    pub fn finished(status: ReportedStatus, reason: Option<String>) -> Self {
+        Self {
+            status,
+            reason,
+            outputs: Vec::new(),
+        }
+    }
+}
+
+/// Replaces `{name}` in an envelope's `upload` template with a percent-encoded output key
+/// (its `/` kept, so folders survive).
+pub fn upload_url(template: &str, name: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let encoded = percent_encoding::utf8_percent_encode(name, KEEP).to_string();
+    template.replace("{name}", &encoded)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +106,9 @@ pub enum ReportedStatus {
     Running,
     Succeeded,
     Failed,
+    /// Stopped before it finished because the executor's own time limit came first (a Lambda
+    /// `timeout`): nothing was delivered, so the next replica may run it (SCAR's lambda-batch).
+    Stopped,
 }
 
 impl JobId {
@@ -62,5 +116,28 @@ impl JobId {
     /// lowercase DNS label, the same for every attempt, so a second submission is recognised.
     pub fn executor_name(&self) -> String {
         format!("spillway-{self}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_url_keeps_folders_and_encodes_the_rest_of_the_name() {
+        let t = "http://c/v1/outputs/j/1/{name}?expires=9&signature=ab";
+        assert_eq!(
+            upload_url(t, "night/cam 1+2.jpg"),
+            "http://c/v1/outputs/j/1/night/cam%201%2B2.jpg?expires=9&signature=ab"
+        );
+    }
+
+    #[test]
+    fn an_envelope_without_the_optional_fields_still_reads() {
+        let report: ResultReport = serde_json::from_str(r#"{"status":"stopped"}"#).unwrap();
+        assert_eq!(
+            report,
+            ResultReport::finished(ReportedStatus::Stopped, None)
+        );
     }
 }

@@ -33,6 +33,7 @@ impl Endpoint {
             .arg(repo("tests/tests/support/endpoint.py"))
             .args([mode, &port.to_string()])
             .arg(record.path())
+            .env("SPILLWAY_AGENT", support::bin("spillway-agent"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -270,6 +271,44 @@ fn a_lost_answer_from_an_endpoint_that_ran_the_job_is_reconciled_not_sent_elsewh
     );
     assert_eq!(metric(&c, "spillway_replica_fallthroughs_total"), 0);
     assert!(metric(&c, "spillway_replica_reconciles_total") >= ran.len() as u64);
+}
+
+#[test]
+fn the_runner_behind_an_endpoint_runs_the_script_and_its_outputs_reach_the_origin() {
+    let runner = Endpoint::start("runner");
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = format!(
+        "      - {{type: endpoint, url: '{}', priority: 0}}\n",
+        runner.url()
+    );
+    let fdl = slow_fdl(dir.path(), &replicas, "");
+    let (c, origin) = origin_with(&fdl);
+
+    let inputs = burst(&origin, 4);
+    let states = all_finished(&origin, &c, inputs.len());
+    assert_eq!(states.get("Succeeded"), Some(&inputs.len()), "{states:?}");
+    let started = runner.seen("started");
+    assert!(!started.is_empty(), "nothing spilled:\n{}", c.log());
+    // Every input's upper-cased copy is in the origin's output folder, whether the origin ran
+    // it or the runner did (its output came back through the presigned upload and the mesh).
+    let wrote = wait_until(Duration::from_secs(20), || {
+        local_outputs(&origin).len() == inputs.len()
+    });
+    assert!(
+        wrote,
+        "outputs {:?} of {inputs:?}\n{}",
+        local_outputs(&origin),
+        origin.log()
+    );
+    for name in &inputs {
+        let text =
+            std::fs::read_to_string(origin.path(&format!("data/frames/out/{name}"))).unwrap();
+        assert!(text.starts_with("FRAME "), "{name}: {text:?}");
+    }
+    assert_eq!(
+        metric(&c, "spillway_replica_succeeded_total"),
+        started.len() as u64
+    );
 }
 
 /// `curl` with basic auth or a bearer token: (status, body).

@@ -64,16 +64,7 @@ impl ImageError {
     }
 }
 
-/// An error and its causes on one line (libraries hide the useful part in `source()`).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
-}
+pub(crate) use crate::error_chain;
 
 /// A `sha256:<hex>` digest's hex part, checked so it is safe as a file name.
 pub(crate) fn digest_hex(digest: &str) -> Option<&str> {

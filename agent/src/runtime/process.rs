@@ -60,6 +60,12 @@ impl Executor for ProcessExecutor {
     }
 }
 
+/// Runs `argv` as one staged job (the runner uses it inside someone else's compute, where the
+/// script comes with the job rather than with a deployment).
+pub fn run_argv(argv: Vec<String>, job: StagedJob) -> RunFuture {
+    Box::pin(run(argv, job))
+}
+
 async fn run(argv: Vec<String>, job: StagedJob) -> Outcome {
     let mut stdout = Captured::new(job.log_limit);
     let mut stderr = Captured::new(job.log_limit);

@@ -422,6 +422,17 @@ impl State {
         })
     }
 
+    /// Whether some replica holds lease `attempt` of the job (its executor may upload outputs).
+    pub fn replica_lease_is(&self, id: JobId, attempt: u32) -> bool {
+        let inner = self.handovers.lock();
+        inner.ledger.get(&id).is_some_and(|h| match &h.state {
+            HandoverState::Placed { peer } => {
+                replicas::is_replica(peer) && holds_lease(h, peer, attempt)
+            }
+            _ => false,
+        })
+    }
+
     /// Whether `replica` still holds lease `attempt` of the job.
     pub fn replica_holds(&self, id: JobId, replica: &str, attempt: u32) -> bool {
         let inner = self.handovers.lock();

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, Request, State as AxState};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -89,6 +89,10 @@ pub fn router(state: Arc<State>) -> Router {
         // Presigned: the signature in the query is the credential.
         .route("/v1/blobs/{digest}", get(super::oscar_api::get_blob))
         .route("/v1/callbacks/{job}", post(super::oscar_api::callback))
+        .route(
+            "/v1/outputs/{job}/{attempt}/{*name}",
+            put(super::oscar_api::put_output),
+        )
         .merge(api)
         .layer(axum::extract::DefaultBodyLimit::max(
             MAX_STREAM_FRAME - 4096,

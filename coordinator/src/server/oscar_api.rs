@@ -80,6 +80,51 @@ pub async fn get_blob(
         .map_err(|e| ApiError(StatusCode::NOT_FOUND, e))
 }
 
+/// `PUT /v1/outputs/{job}/{attempt}/{name…}` with a presigned query (signed for the prefix, so
+/// one URL template serves every output of the attempt): an executor stores an output file.
+/// Answers `{"sha256": …}`; an attempt that no longer holds the job's lease is refused, so a
+/// late executor cannot mix its files into the next attempt's result.
+pub async fn put_output(
+    AxState(state): AxState<Arc<State>>,
+    Path((job, attempt, name)): Path<(String, u32, String)>,
+    Query(q): Query<Presigned>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check(&state, "PUT", &format!("/v1/outputs/{job}/{attempt}/"), &q)?;
+    let id = job
+        .parse()
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("`{job}` is not a job id")))?;
+    if spillway_proto::ObjectKey::parse(&name).is_err() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("`{name}` is not a relative file path inside the output folder"),
+        ));
+    }
+    if !state.replica_lease_is(id, attempt) {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "attempt {attempt} of job {job} is over (the job was moved or finished): its outputs are not taken"
+            ),
+        ));
+    }
+    let blobs = state.clone();
+    let digest = tokio::task::spawn_blocking(move || blobs.blobs.put(&body))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("cannot store output `{name}`: {e}"),
+            )
+        })?;
+    tracing::debug!(job = %job, output = %name, "output uploaded");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"sha256": hex::encode(digest)})),
+    ))
+}
+
 /// `POST /v1/callbacks/{job}` with a presigned query: an executor reports the job.
 pub async fn callback(
     AxState(state): AxState<Arc<State>>,
@@ -172,12 +217,7 @@ pub async fn get_service(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let record = function_record(&state, &name)?;
-    let script = record
-        .files
-        .iter()
-        .find(|f| f.path.starts_with("script/"))
-        .map(|f| String::from_utf8_lossy(&f.bytes).into_owned());
-    Ok(Json(service(&state, &record.def, script)))
+    Ok(Json(service(&state, &record.def, record.script_text())))
 }
 
 /// `GET /system/status`: the nodes as OSCAR lists its cluster's.

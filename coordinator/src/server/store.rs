@@ -122,6 +122,16 @@ pub struct FunctionRecord {
     pub applied_at_ms: u64,
 }
 
+impl FunctionRecord {
+    /// The text of the function's script, as applied.
+    pub fn script_text(&self) -> Option<String> {
+        self.files
+            .iter()
+            .find(|f| f.path.starts_with("script/"))
+            .map(|f| String::from_utf8_lossy(&f.bytes).into_owned())
+    }
+}
+
 /// A job as last reported by the node that owns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRow {

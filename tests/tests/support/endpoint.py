@@ -12,11 +12,16 @@ Modes:
   reset           record `received JOB`, reset the connection without running it
   run-then-reset  run it as `ok` does, report `succeeded` through the envelope's callback, then
                   reset the connection (the answer is lost, the job ran)
+  runner          start the real runner (`$SPILLWAY_AGENT run-job --envelope -`) on the envelope,
+                  record `started JOB`, answer 202; the runner fetches the input, runs the
+                  function's script, uploads the outputs and reports through the callback
 """
 
 import hashlib
 import http.server
 import json
+import os
+import subprocess
 import socket
 import struct
 import sys
@@ -73,6 +78,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif MODE == "reset":
             record(f"received {job}")
             reset(self)
+        elif MODE == "runner":
+            work = os.environ.get("RUNNER_WORK_DIR", "/tmp")
+            proc = subprocess.Popen(
+                [os.environ["SPILLWAY_AGENT"], "run-job", "--envelope", "-", "--work-dir", work],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+            )
+            proc.stdin.write(body)
+            proc.stdin.close()
+            threading.Thread(target=proc.wait, daemon=True).start()
+            record(f"started {job}")
+            self.send_response(202)
+            self.end_headers()
         elif MODE == "run-then-reset":
             run(envelope)
             req = urllib.request.Request(

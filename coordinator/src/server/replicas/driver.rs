@@ -134,7 +134,12 @@ async fn attempt(state: Arc<State>, placed: Placed) {
             Next::Finished { succeeded, detail } => {
                 let outcome = if succeeded {
                     inc(&state.metrics.replica_succeeded);
-                    Outcome::Succeeded { outputs: vec![] }
+                    match state.replica_outputs(id) {
+                        Ok(outputs) => Outcome::Succeeded { outputs },
+                        Err(why) => Outcome::Failed {
+                            reason: format!("on `{replica}`: {why}"),
+                        },
+                    }
                 } else {
                     inc(&state.metrics.replica_failed);
                     Outcome::Failed {
@@ -209,6 +214,28 @@ fn settled(state: &State, id: JobId, timeout: Duration, found: Found) -> Found {
 }
 
 impl State {
+    /// The outputs a replica's executor uploaded for the job, checked against the blob store.
+    fn replica_outputs(&self, id: JobId) -> Result<Vec<(String, [u8; 32])>, String> {
+        self.delegations
+            .callbacks
+            .outputs(id)
+            .into_iter()
+            .map(|o| {
+                let digest: [u8; 32] = hex::decode(&o.sha256)
+                    .ok()
+                    .and_then(|d| d.try_into().ok())
+                    .ok_or_else(|| format!("output `{}` has no valid SHA-256", o.name))?;
+                if self.blobs.size(&digest).is_none() {
+                    return Err(format!(
+                        "output `{}` was reported but never uploaded",
+                        o.name
+                    ));
+                }
+                Ok((o.name, digest))
+            })
+            .collect()
+    }
+
     /// The envelope for a job placed on `replica` with lease `attempt`, and its function; `None`
     /// when the lease is no longer that.
     pub fn replica_envelope(
@@ -218,13 +245,14 @@ impl State {
         attempt: u32,
     ) -> Option<(spillway_proto::FunctionDef, Envelope)> {
         let (function, origin, hops, event, input) = self.replica_job(id, replica, attempt)?;
-        let def = self.store.function(&function).ok().flatten()?.def;
+        let record = self.store.function(&function).ok().flatten()?;
         let base = self.public_url();
         let expires_at =
             super::super::now_ms() / 1000 + self.config.replicas.url_ttl.as_secs().max(60);
         let digest = hex::encode(input);
         let input_path = format!("/v1/blobs/{digest}");
         let callback_path = format!("/v1/callbacks/{id}");
+        let upload_prefix = format!("/v1/outputs/{id}/{attempt}/");
         let envelope = Envelope {
             spillway: spillway_proto::envelope::ENVELOPE_VERSION,
             job: id,
@@ -247,8 +275,13 @@ impl State {
                 self.presigner.query("POST", &callback_path, expires_at)
             ),
             expires_at,
+            upload: Some(format!(
+                "{base}{upload_prefix}{{name}}?{}",
+                self.presigner.query("PUT", &upload_prefix, expires_at)
+            )),
+            script: record.script_text(),
         };
-        Some((def, envelope))
+        Some((record.def, envelope))
     }
 
     /// The coordinator's API as replicas reach it.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use spillway_placement::delegation::{Found, Submitted};
 use spillway_proto::JobId;
-use spillway_proto::envelope::{Envelope, ReportedStatus, ResultReport};
+use spillway_proto::envelope::{Envelope, OutputRef, ReportedStatus, ResultReport};
 
 use super::{Backend, BoxFut, classify};
 
@@ -73,6 +73,15 @@ impl Callbacks {
         self.lock().get(&job).map(|t| t.submitted_at.elapsed())
     }
 
+    /// The outputs the job's final report lists.
+    pub fn outputs(&self, job: JobId) -> Vec<OutputRef> {
+        self.lock()
+            .get(&job)
+            .and_then(|t| t.report.as_ref())
+            .map(|r| r.outputs.clone())
+            .unwrap_or_default()
+    }
+
     pub fn forget(&self, job: JobId) {
         self.lock().remove(&job);
     }
@@ -95,6 +104,11 @@ impl Callbacks {
                     succeeded: false,
                     detail: r.reason.clone().unwrap_or_else(|| "failed".into()),
                 },
+                ReportedStatus::Stopped => Found::Stopped(
+                    r.reason
+                        .clone()
+                        .unwrap_or_else(|| "stopped at its time limit".into()),
+                ),
             },
             None if t.accepted => Found::Running,
             None if t.submitted_at.elapsed() >= settle => Found::Absent,
@@ -192,13 +206,7 @@ mod tests {
             Found::Unknown(_)
         ));
         assert_eq!(c.found(job, Duration::ZERO), Found::Absent);
-        c.report(
-            job,
-            ResultReport {
-                status: ReportedStatus::Running,
-                reason: None,
-            },
-        );
+        c.report(job, ResultReport::running());
         assert_eq!(c.found(job, Duration::ZERO), Found::Running);
     }
 
@@ -208,18 +216,9 @@ mod tests {
         let job = JobId::derive("n", "f", "k", &[1; 32]);
         c.report(
             job,
-            ResultReport {
-                status: ReportedStatus::Failed,
-                reason: Some("exit 3".into()),
-            },
+            ResultReport::finished(ReportedStatus::Failed, Some("exit 3".into())),
         );
-        c.report(
-            job,
-            ResultReport {
-                status: ReportedStatus::Running,
-                reason: None,
-            },
-        );
+        c.report(job, ResultReport::running());
         assert_eq!(
             c.found(job, Duration::ZERO),
             Found::Finished {

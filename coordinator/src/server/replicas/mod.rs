@@ -144,17 +144,4 @@ pub fn classify(e: &reqwest_tls::Error) -> Submitted {
     }
 }
 
-/// The error and its causes, one line (reqwest's own message is only the outermost).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let m = s.to_string();
-        if !text.contains(&m) {
-            text.push_str(": ");
-            text.push_str(&m);
-        }
-        source = s.source();
-    }
-    text
-}
+pub use spillway_agent::error_chain;

@@ -321,6 +321,8 @@ mod tests {
             },
             callback: "http://c/v1/callbacks/00".into(),
             expires_at: 0,
+            upload: None,
+            script: None,
         };
         let body = wrapped_event("coord", &envelope);
         assert_eq!(body["storage_provider"], "spillway.coord");
