@@ -52,10 +52,15 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust 1.95+ (rustup)" >&2; exit 1; }
-# moto's server is the S3 API of the storage tests (PyPI; boto3 comes with it).
+# moto's server is the S3 and Lambda API of the storage and replica tests (PyPI; boto3 comes
+# with it); cargo-lambda (PyPI, prebuilt) emulates the Lambda Runtime API for the runner.
 if ! command -v moto_server >/dev/null || ! python3 -c 'import boto3, moto.server' 2>/dev/null; then
   echo "installing moto[server] (PyPI)"
   python3 -m pip install -q 'moto[server]' || python3 -m pip install -q --break-system-packages 'moto[server]'
+fi
+if ! command -v cargo-lambda >/dev/null; then
+  echo "installing cargo-lambda (PyPI)"
+  python3 -m pip install -q cargo-lambda || python3 -m pip install -q --break-system-packages cargo-lambda
 fi
 
 step "format"

@@ -43,6 +43,98 @@ pub struct CoordinatorConfig {
     pub clusters: BTreeMap<String, ClusterCreds>,
     /// The user name of the OSCAR API's basic authentication (its password is the API token).
     pub oscar_user: String,
+    /// AWS access for `lambda` replicas (`[aws]`; the usual `AWS_*` variables fill what is
+    /// not written).
+    pub aws: AwsSettings,
+    /// Kubernetes clusters of `kubernetes` replicas, by the replica's `cluster_id`.
+    pub kubernetes: BTreeMap<String, KubeCluster>,
+}
+
+/// `[aws]`: region, endpoint and keys for Lambda.
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    pub region: Option<String>,
+    /// Another Lambda API endpoint than AWS's (a local emulator, a VPC endpoint).
+    pub endpoint_url: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// A file holding the secret key (preferred over writing it here).
+    pub secret_access_key_file: Option<PathBuf>,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for AwsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsSettings")
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "***"),
+            )
+            .finish()
+    }
+}
+
+/// `[kubernetes.<cluster_id>]`: how Jobs are made on one cluster.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeCluster {
+    /// A kubeconfig file; without one, `KUBECONFIG`, `~/.kube/config`, or the in-cluster
+    /// service account, as kubectl finds them.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (its current one when absent).
+    pub context: Option<String>,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    pub service_account: Option<String>,
+    #[serde(default)]
+    pub image_pull_secrets: Vec<String>,
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    /// Finished Jobs are removed by Kubernetes after this many seconds.
+    #[serde(default = "default_ttl")]
+    pub ttl_seconds_after_finished: i32,
+    /// The image whose `runner_path` is the static `spillway-agent` that an init container
+    /// copies into the Job's pod (so any function image works).
+    #[serde(default = "default_runner_image")]
+    pub runner_image: String,
+    #[serde(default = "default_runner_path")]
+    pub runner_path: String,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+fn default_ttl() -> i32 {
+    600
+}
+
+fn default_runner_image() -> String {
+    format!("ghcr.io/spillway/runner:{}", env!("CARGO_PKG_VERSION"))
+}
+
+fn default_runner_path() -> String {
+    "/spillway-agent".into()
+}
+
+impl Default for KubeCluster {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            context: None,
+            namespace: default_namespace(),
+            service_account: None,
+            image_pull_secrets: Vec::new(),
+            node_selector: BTreeMap::new(),
+            ttl_seconds_after_finished: default_ttl(),
+            runner_image: default_runner_image(),
+            runner_path: default_runner_path(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +195,8 @@ impl Default for CoordinatorConfig {
             replicas: ReplicaSettings::default(),
             clusters: BTreeMap::new(),
             oscar_user: "oscar".into(),
+            aws: AwsSettings::default(),
+            kubernetes: BTreeMap::new(),
         }
     }
 }
@@ -128,6 +222,9 @@ struct File {
     #[serde(default)]
     clusters: BTreeMap<String, ClusterCreds>,
     oscar: Option<OscarFile>,
+    aws: Option<AwsSettings>,
+    #[serde(default)]
+    kubernetes: BTreeMap<String, KubeCluster>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,6 +343,19 @@ impl CoordinatorConfig {
         }
         if let Some(user) = file.oscar.and_then(|o| o.user) {
             c.oscar_user = user;
+        }
+        if let Some(mut aws) = file.aws {
+            if let Some(p) = &aws.secret_access_key_file {
+                let p = base.join(p);
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| format!("aws.secret_access_key_file {}: {e}", p.display()))?;
+                aws.secret_access_key = Some(text.trim().to_owned());
+            }
+            c.aws = aws;
+        }
+        for (id, mut cluster) in file.kubernetes {
+            cluster.kubeconfig = cluster.kubeconfig.map(|p| base.join(p));
+            c.kubernetes.insert(id, cluster);
         }
         if c.liveness.down_after <= c.liveness.suspect_after {
             return Err("down_after must be longer than suspect_after".into());

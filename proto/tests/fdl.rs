@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use spillway_proto::fdl::{self, Platform, ReplicaTarget, Runtime, Severity};
+use spillway_proto::fdl::{self, LambdaTarget, Platform, ReplicaTarget, Runtime, Severity};
 use spillway_proto::quantity::{Bytes, Millicores};
 
 fn example(name: &str) -> PathBuf {
@@ -292,4 +292,56 @@ fn an_empty_or_functionless_document_says_what_is_missing() {
     assert!(messages(&parsed, Severity::Error)[0].contains("missing `functions`"));
     let parsed = parse("");
     assert!(!messages(&parsed, Severity::Error).is_empty());
+}
+
+#[test]
+fn kubernetes_and_lambda_replicas_are_read_with_their_settings() {
+    let parsed = parse(
+        "functions:\n  oscar:\n  - fog:\n      name: f\n      runtime: process\n      command: [\"true\"]\n      replicas:\n      - {type: kubernetes, namespace: jobs, priority: 1}\n      - {type: lambda, function_name: fire, region: eu-west-1, invocation_type: Event, priority: 2}\n      - {type: lambda, function_url: 'https://abc.lambda-url.eu-west-1.on.aws/', auth: none, priority: 3}\n",
+    );
+    let (fdl, _) = parsed.into_result().expect("valid");
+    let r = &fdl.functions[0].replicas;
+    assert_eq!(
+        r[0].target,
+        ReplicaTarget::Kubernetes {
+            cluster_id: "default".into(),
+            namespace: Some("jobs".into()),
+            image: None
+        }
+    );
+    assert_eq!(
+        r[1].target,
+        ReplicaTarget::Lambda {
+            target: LambdaTarget::Function {
+                name: "fire".into(),
+                region: Some("eu-west-1".into())
+            },
+            asynchronous: true
+        }
+    );
+    assert_eq!(
+        r[2].target,
+        ReplicaTarget::Lambda {
+            target: LambdaTarget::Url {
+                url: "https://abc.lambda-url.eu-west-1.on.aws/".into(),
+                iam: false
+            },
+            asynchronous: false
+        }
+    );
+}
+
+#[test]
+fn a_lambda_replica_without_a_function_or_with_both_says_which_to_give() {
+    for replica in [
+        "{type: lambda}",
+        "{type: lambda, function_name: a, function_url: 'https://b'}",
+    ] {
+        let text = format!(
+            "functions:\n  oscar:\n  - fog:\n      name: f\n      runtime: process\n      command: [\"true\"]\n      replicas: [{replica}]\n"
+        );
+        let errors = parse(&text).into_result().unwrap_err();
+        let text = format!("{errors:?}");
+        assert!(text.contains("exactly one of `function_name`"), "{text}");
+    }
 }

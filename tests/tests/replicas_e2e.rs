@@ -464,3 +464,212 @@ fn surplus_delegates_to_another_coordinator_through_the_oscar_api_and_runs_there
     // A password written in the FDL stays out of the logs.
     assert!(!c.log().contains(&admin));
 }
+
+/// A coordinator whose `[aws]` points at `endpoint` with these keys, and an origin running the
+/// slow function with `replicas`.
+fn origin_with_aws(dir: &std::path::Path, replicas: &str, aws: &str) -> (Coordinator, Node) {
+    let fdl = slow_fdl(dir, replicas, "");
+    let c = Coordinator::with_config(&format!(
+        "max_hops = 6\n[replicas]\ntimeout = \"2s\"\n[aws]\n{aws}"
+    ));
+    let node = Node::new("node_name = \"origin\"\n[resources]\ncpu = 1\nmemory = \"1Gi\"\n");
+    c.join(&node);
+    let mut node = node;
+    node.start();
+    let (ok, _, err) = c.cli(&["apply", "-f", &fdl]);
+    assert!(ok, "apply failed: {err}");
+    assert!(
+        wait_until(Duration::from_secs(30), || c.runs("origin", "slow")),
+        "{}",
+        c.log()
+    );
+    (c, node)
+}
+
+/// Lambda's `Invoke` API is moto's (signatures checked); its answers are queued by the test.
+#[test]
+fn a_lambda_that_stops_jobs_at_its_time_limit_spills_them_to_the_next_replica_lambda_batch_style() {
+    let moto = support::s3::Moto::start();
+    moto.lambda_function("fire");
+    let stopped =
+        r#"{"status":"stopped","reason":"stopped after 3s, at the executor's own time limit"}"#;
+    moto.queue_lambda_results(&vec![stopped.to_owned(); 30]);
+    let next = Endpoint::start("ok");
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = format!(
+        "      - {{type: lambda, function_name: fire, priority: 0}}\n      - {{type: endpoint, url: '{}', priority: 1}}\n",
+        next.url()
+    );
+    let aws = format!(
+        "endpoint_url = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+        moto.endpoint(),
+        moto.access_key,
+        moto.secret_key
+    );
+    let (c, origin) = origin_with_aws(dir.path(), &replicas, &aws);
+
+    let inputs = burst(&origin, 4);
+    let states = all_finished(&origin, &c, inputs.len());
+    assert_eq!(states.get("Succeeded"), Some(&inputs.len()), "{states:?}");
+    let ran = next.seen("ran");
+    assert!(!ran.is_empty(), "nothing spilled:\n{}", c.log());
+    let remote: Vec<String> = ran
+        .iter()
+        .map(|(_, rest)| rest.split(' ').next().unwrap().to_owned())
+        .collect();
+    assert_each_ran_once(&inputs, &local_outputs(&origin), &remote);
+    // Each went to Lambda first (signed correctly: a refusal would say so) and moved on.
+    assert!(
+        c.log().contains("stopped the job unfinished"),
+        "{}",
+        c.log()
+    );
+    assert!(!c.log().contains("SignatureDoesNotMatch"), "{}", c.log());
+    assert_eq!(
+        metric(&c, "spillway_replica_fallthroughs_total"),
+        ran.len() as u64
+    );
+}
+
+#[test]
+fn a_lambda_invoke_with_a_wrong_secret_is_refused_by_signature_and_falls_through() {
+    let moto = support::s3::Moto::start();
+    moto.lambda_function("fire");
+    let next = Endpoint::start("ok");
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = format!(
+        "      - {{type: lambda, function_name: fire, priority: 0}}\n      - {{type: endpoint, url: '{}', priority: 1}}\n",
+        next.url()
+    );
+    let aws = format!(
+        "endpoint_url = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"not-the-secret\"\n",
+        moto.endpoint(),
+        moto.access_key
+    );
+    let (c, origin) = origin_with_aws(dir.path(), &replicas, &aws);
+
+    let inputs = burst(&origin, 3);
+    let states = all_finished(&origin, &c, inputs.len());
+    assert_eq!(states.get("Succeeded"), Some(&inputs.len()), "{states:?}");
+    let ran = next.seen("ran");
+    assert!(!ran.is_empty(), "nothing spilled:\n{}", c.log());
+    assert!(c.log().contains("SignatureDoesNotMatch"), "{}", c.log());
+    assert_eq!(
+        metric(&c, "spillway_replica_succeeded_total"),
+        ran.len() as u64
+    );
+}
+
+/// cargo-lambda's Runtime API emulator with the real runner as the function's `bootstrap`.
+struct LambdaEmulator {
+    child: Child,
+    runner: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl LambdaEmulator {
+    fn start(function: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // It reads a Cargo manifest for the function names it serves; nothing is built.
+        std::fs::write(
+            dir.path().join("Cargo.toml"),
+            format!("[package]\nname = \"stub\"\nversion = \"0.0.0\"\nedition = \"2021\"\n[[bin]]\nname = \"{function}\"\npath = \"none.rs\"\n"),
+        )
+        .unwrap();
+        let port = free_port();
+        let log = dir.path().join("emulator.log");
+        let child = Command::new("cargo-lambda")
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "--invoke-address",
+                "127.0.0.1",
+                "--invoke-port",
+            ])
+            .arg(port.to_string())
+            .current_dir(dir.path())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cargo-lambda (pip install cargo-lambda) must be installed");
+        let up = wait_until(Duration::from_secs(30), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("starting Runtime server"))
+        });
+        assert!(
+            up,
+            "cargo-lambda did not start: {:?}",
+            std::fs::read_to_string(&log)
+        );
+        // A custom runtime starts `bootstrap` with no arguments.
+        let bootstrap = dir.path().join("bootstrap");
+        std::os::unix::fs::symlink(support::bin("spillway-agent"), &bootstrap).unwrap();
+        let runner = Command::new(&bootstrap)
+            .env(
+                "AWS_LAMBDA_RUNTIME_API",
+                format!("127.0.0.1:{port}/.rt/{function}"),
+            )
+            .env("AWS_LAMBDA_FUNCTION_NAME", function)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            runner,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for LambdaEmulator {
+    fn drop(&mut self) {
+        let _ = self.runner.kill();
+        let _ = self.runner.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_runner_as_a_lambda_bootstrap_runs_invoked_jobs_and_their_outputs_reach_the_origin() {
+    let lambda = LambdaEmulator::start("spillway");
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = "      - {type: lambda, function_name: spillway, priority: 0}\n";
+    let aws = format!(
+        "endpoint_url = \"{}\"\naccess_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = \"emulator-does-not-check\"\n",
+        lambda.endpoint()
+    );
+    let (c, origin) = origin_with_aws(dir.path(), replicas, &aws);
+
+    let inputs = burst(&origin, 4);
+    let states = all_finished(&origin, &c, inputs.len());
+    assert_eq!(
+        states.get("Succeeded"),
+        Some(&inputs.len()),
+        "{states:?}\n{}",
+        c.log()
+    );
+    let on_lambda = metric(&c, "spillway_replica_succeeded_total");
+    assert!(on_lambda > 0, "nothing spilled:\n{}", c.log());
+    let wrote = wait_until(Duration::from_secs(20), || {
+        local_outputs(&origin).len() == inputs.len()
+    });
+    assert!(
+        wrote,
+        "outputs {:?} of {inputs:?}\n{}",
+        local_outputs(&origin),
+        origin.log()
+    );
+    for name in &inputs {
+        let text =
+            std::fs::read_to_string(origin.path(&format!("data/frames/out/{name}"))).unwrap();
+        assert!(text.starts_with("FRAME "), "{name}: {text:?}");
+    }
+}

@@ -44,20 +44,30 @@ pub async fn serve(api: &str, opts: RunOptions) -> Result<(), String> {
         )?;
         let deadline = header(&next, "lambda-runtime-deadline-ms")
             .and_then(|ms| ms.parse::<u64>().ok())
-            .map(deadline_instant);
+            .and_then(deadline_instant);
         let payload = next
             .bytes()
             .await
             .map_err(|e| format!("cannot read an invocation: {}", crate::error_chain(&e)))?;
         let answer = match envelope_of(&payload) {
-            Ok(envelope) => {
+            Ok((envelope, from_url)) => {
                 let opts = RunOptions {
                     deadline,
                     ..opts.clone()
                 };
                 let report: ResultReport = super::run(&http, &envelope, &opts).await;
+                let body = if from_url {
+                    // A function URL answers with an HTTP response object.
+                    serde_json::json!({
+                        "statusCode": 200,
+                        "headers": {"content-type": "application/json"},
+                        "body": serde_json::to_string(&report).unwrap_or_default(),
+                    })
+                } else {
+                    serde_json::to_value(&report).unwrap_or_default()
+                };
                 http.post(format!("{base}/invocation/{request_id}/response"))
-                    .json(&report)
+                    .json(&body)
                     .send()
                     .await
             }
@@ -88,21 +98,29 @@ fn header(response: &reqwest_tls::Response, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The deadline (milliseconds since the Unix epoch) as an instant on this process's clock.
-fn deadline_instant(epoch_ms: u64) -> Instant {
+/// The deadline (milliseconds since the Unix epoch) as an instant on this process's clock. A
+/// value long past is no epoch time at all (emulators send a fixed budget): no deadline then.
+fn deadline_instant(epoch_ms: u64) -> Option<Instant> {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64;
-    Instant::now() + Duration::from_millis(epoch_ms.saturating_sub(now_ms))
+    if epoch_ms + 60_000 < now_ms {
+        tracing::debug!(
+            epoch_ms,
+            "Lambda-Runtime-Deadline-Ms is not a time: no deadline"
+        );
+        return None;
+    }
+    Some(Instant::now() + Duration::from_millis(epoch_ms.saturating_sub(now_ms)))
 }
 
 /// The envelope in an invocation's payload: the envelope itself (an `Invoke`), or a function URL
-/// request whose body is the envelope (base64 when the request said so).
-pub fn envelope_of(payload: &[u8]) -> Result<Envelope, String> {
+/// request whose body is the envelope (base64 when the request said so; then `true`).
+pub fn envelope_of(payload: &[u8]) -> Result<(Envelope, bool), String> {
     let value: Value = serde_json::from_slice(payload)
         .map_err(|e| format!("the invocation's payload is not JSON: {e}"))?;
-    let value = match value.get("body") {
+    let (value, from_url) = match value.get("body") {
         Some(Value::String(body)) if value.get("spillway").is_none() => {
             let bytes = if value.get("isBase64Encoded") == Some(&Value::Bool(true)) {
                 base64::engine::general_purpose::STANDARD
@@ -111,21 +129,22 @@ pub fn envelope_of(payload: &[u8]) -> Result<Envelope, String> {
             } else {
                 body.as_bytes().to_vec()
             };
-            serde_json::from_slice(&bytes)
-                .map_err(|e| format!("the function URL request's body is not JSON: {e}"))?
+            let body = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("the function URL request's body is not JSON: {e}"))?;
+            (body, true)
         }
-        _ => value,
+        _ => (value, false),
     };
-    serde_json::from_value(value).map_err(|e| {
+    serde_json::from_value(value).map(|e| (e, from_url)).map_err(|e| {
         format!("the invocation's payload is not a Spillway envelope ({e}); invoke this function through a Spillway coordinator")
     })
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn envelope() -> Envelope {
+    pub(crate) fn envelope() -> Envelope {
         use spillway_proto::{Event, FileEvent, JobId, ObjectKey};
         let key = ObjectKey::parse("in/a.jpg").unwrap();
         Envelope {
@@ -159,12 +178,12 @@ mod tests {
     fn an_invoke_payload_and_a_function_url_body_both_give_the_envelope() {
         let a = envelope();
         let direct = serde_json::to_string(&a).unwrap();
-        assert_eq!(envelope_of(direct.as_bytes()), Ok(a.clone()));
+        assert_eq!(envelope_of(direct.as_bytes()), Ok((a.clone(), false)));
         let url = serde_json::json!({"body": direct, "isBase64Encoded": false}).to_string();
-        assert_eq!(envelope_of(url.as_bytes()), Ok(a.clone()));
+        assert_eq!(envelope_of(url.as_bytes()), Ok((a.clone(), true)));
         let b64 = base64::engine::general_purpose::STANDARD.encode(direct.as_bytes());
         let url = serde_json::json!({"body": b64, "isBase64Encoded": true}).to_string();
-        assert_eq!(envelope_of(url.as_bytes()), Ok(a));
+        assert_eq!(envelope_of(url.as_bytes()), Ok((a, true)));
     }
 
     #[test]

@@ -122,12 +122,32 @@ async fn run_staged(
             ));
         }
     };
+    if let Err(report) = execute(envelope, opts, staging, argv).await {
+        return report;
+    }
+    match upload_outputs(http, envelope, staging).await {
+        Ok(outputs) => ResultReport {
+            status: ReportedStatus::Succeeded,
+            reason: None,
+            outputs,
+        },
+        Err(why) => failed(why),
+    }
+}
+
+/// Runs `argv` on the staged input within the time allowed; the report when it did not succeed.
+async fn execute(
+    envelope: &Envelope,
+    opts: &RunOptions,
+    staging: &Staging,
+    argv: Vec<String>,
+) -> Result<(), ResultReport> {
     let (timeout, by_deadline) = time_allowed(opts, Instant::now());
     if timeout.is_zero() {
-        return ResultReport::finished(
+        return Err(ResultReport::finished(
             ReportedStatus::Stopped,
             Some("no time left before the executor's deadline to start the job".into()),
-        );
+        ));
     }
     let job = StagedJob {
         job_id: envelope.job.to_string(),
@@ -135,7 +155,7 @@ async fn run_staged(
         input_dir: staging.input_dir.clone(),
         output_dir: staging.output_dir.clone(),
         work_dir: staging.work_dir.clone(),
-        file_name: name.clone(),
+        file_name: envelope.input.name.clone(),
         event_json: serde_json::to_string(&envelope.event).unwrap_or_default(),
         // The executor's environment is the function's (a Job's `env`, a Lambda's variables).
         variables: std::env::vars()
@@ -152,24 +172,17 @@ async fn run_staged(
     print!("{}", outcome.stdout.render());
     eprint!("{}", outcome.stderr.render());
     match outcome.exit {
+        Exit::Success => Ok(()),
         Exit::Failure(why) if by_deadline && started.elapsed() >= timeout => {
-            ResultReport::finished(
+            Err(ResultReport::finished(
                 ReportedStatus::Stopped,
                 Some(format!(
                     "stopped after {}s, at the executor's own time limit: {why}",
                     started.elapsed().as_secs()
                 )),
-            )
+            ))
         }
-        Exit::Failure(why) => failed(why),
-        Exit::Success => match upload_outputs(http, envelope, staging).await {
-            Ok(outputs) => ResultReport {
-                status: ReportedStatus::Succeeded,
-                reason: None,
-                outputs,
-            },
-            Err(why) => failed(why),
-        },
+        Exit::Failure(why) => Err(ResultReport::finished(ReportedStatus::Failed, Some(why))),
     }
 }
 
@@ -339,5 +352,56 @@ mod tests {
         assert_eq!(time_allowed(&opts, now), (Duration::from_secs(60), false));
         opts.deadline = Some(now);
         assert_eq!(time_allowed(&opts, now), (Duration::ZERO, true));
+    }
+
+    fn staged(dir: &Path, script: &str) -> (Envelope, Staging, Vec<String>) {
+        let envelope = super::lambda::tests::envelope();
+        let staging = Staging::for_attempt(dir, envelope.job, 1);
+        for d in [&staging.input_dir, &staging.output_dir, &staging.work_dir] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(staging.input_dir.join(&envelope.input.name), "x").unwrap();
+        let path = dir.join("s.sh");
+        std::fs::write(&path, script).unwrap();
+        (
+            envelope,
+            staging,
+            vec!["/bin/sh".into(), path.display().to_string()],
+        )
+    }
+
+    #[tokio::test]
+    async fn a_run_that_would_pass_the_executors_deadline_is_stopped_not_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (envelope, staging, argv) = staged(dir.path(), "sleep 30\n");
+        let opts = RunOptions {
+            work_root: dir.path().to_owned(),
+            command: None,
+            timeout: Duration::from_secs(60),
+            deadline: Some(Instant::now() + DEADLINE_MARGIN + Duration::from_secs(1)),
+        };
+        let started = Instant::now();
+        let report = execute(&envelope, &opts, &staging, argv).await.unwrap_err();
+        assert_eq!(report.status, ReportedStatus::Stopped, "{report:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn a_failing_script_is_a_failure_with_its_reason_and_a_timeout_without_deadline_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (envelope, staging, argv) = staged(dir.path(), "echo broken >&2; exit 3\n");
+        let mut opts = RunOptions {
+            work_root: dir.path().to_owned(),
+            command: None,
+            timeout: Duration::from_secs(60),
+            deadline: None,
+        };
+        let report = execute(&envelope, &opts, &staging, argv).await.unwrap_err();
+        assert_eq!(report.status, ReportedStatus::Failed);
+        assert!(report.reason.unwrap().contains("broken"));
+        let (envelope, staging, argv) = staged(dir.path(), "sleep 30\n");
+        opts.timeout = Duration::from_secs(1);
+        let report = execute(&envelope, &opts, &staging, argv).await.unwrap_err();
+        assert_eq!(report.status, ReportedStatus::Failed, "{report:?}");
     }
 }

@@ -172,6 +172,16 @@ fn service(state: &State, def: &FunctionDef, script: Option<String>) -> Value {
             } => json!({"type": "oscar", "cluster_id": cluster_id, "service_name": service_name, "priority": r.priority}),
             // Endpoint headers may be credentials: only their names.
             ReplicaTarget::Endpoint { url, headers } => json!({"type": "endpoint", "url": url, "priority": r.priority, "headers": headers.keys().collect::<Vec<_>>()}),
+            ReplicaTarget::Kubernetes { cluster_id, namespace, image } => json!({"type": "kubernetes", "cluster_id": cluster_id, "namespace": namespace, "image": image, "priority": r.priority}),
+            ReplicaTarget::Lambda { target, asynchronous } => {
+                let mut v = match target {
+                    spillway_proto::fdl::LambdaTarget::Function { name, region } => json!({"type": "lambda", "function_name": name, "region": region}),
+                    spillway_proto::fdl::LambdaTarget::Url { url, iam } => json!({"type": "lambda", "function_url": url, "auth": if *iam { "iam" } else { "none" }}),
+                };
+                v["invocation_type"] = json!(if *asynchronous { "Event" } else { "RequestResponse" });
+                v["priority"] = json!(r.priority);
+                v
+            }
         })
         .collect();
     let nodes: Vec<String> = state

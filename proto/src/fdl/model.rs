@@ -256,6 +256,32 @@ pub enum ReplicaTarget {
         url: String,
         headers: BTreeMap<String, Secret>,
     },
+    /// A `batch/v1` Job per job on a Kubernetes cluster (Spillway's): the connection comes from
+    /// the coordinator's `[kubernetes.<cluster_id>]` (kubeconfig or in-cluster).
+    Kubernetes {
+        cluster_id: String,
+        namespace: Option<String>,
+        /// The image the Job runs (the function's `image` when absent).
+        image: Option<String>,
+    },
+    /// An AWS Lambda function running the Spillway runner (Spillway's).
+    Lambda {
+        target: LambdaTarget,
+        /// `Event` (asynchronous; the result comes through the callback) rather than
+        /// `RequestResponse`.
+        asynchronous: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LambdaTarget {
+    /// `Invoke` through the Lambda API (`function_name`, optionally an ARN, in `region`).
+    Function {
+        name: String,
+        region: Option<String>,
+    },
+    /// A function URL (`function_url`), SigV4-signed unless `auth: none`.
+    Url { url: String, iam: bool },
 }
 
 /// `federation:` of newer OSCAR releases (its `members` become [`Replica`]s).

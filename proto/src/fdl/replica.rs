@@ -27,7 +27,11 @@ fn read_replica(diags: &mut Diagnostics, map: &MarkedMappingNode, path: &str) ->
     let kind = match f.take("type") {
         Some(n) => string(diags, n, &f.child_path("type")),
         None => {
-            diags.error(map.span(), path, "missing `type`: `oscar` or `endpoint`");
+            diags.error(
+                map.span(),
+                path,
+                "missing `type`: `oscar`, `endpoint`, `kubernetes` or `lambda`",
+            );
             None
         }
     };
@@ -73,11 +77,25 @@ fn read_replica(diags: &mut Diagnostics, map: &MarkedMappingNode, path: &str) ->
             }
             Some(ReplicaTarget::Endpoint { url, headers })
         }
+        Some("kubernetes") => {
+            let mut text = |f: &mut Fields<'_>, key: &'static str| {
+                f.take(key)
+                    .and_then(|n| string(diags, n, &f.child_path(key)))
+            };
+            Some(ReplicaTarget::Kubernetes {
+                cluster_id: text(&mut f, "cluster_id").unwrap_or_else(|| "default".into()),
+                namespace: text(&mut f, "namespace"),
+                image: text(&mut f, "image"),
+            })
+        }
+        Some("lambda") => read_lambda(diags, map, &mut f, path),
         Some(other) => {
             diags.error(
                 map.span(),
                 &f.child_path("type"),
-                format!("unknown replica type `{other}`: expected `oscar` or `endpoint`"),
+                format!(
+                    "unknown replica type `{other}`: expected `oscar`, `endpoint`, `kubernetes` or `lambda`"
+                ),
             );
             None
         }
@@ -97,12 +115,94 @@ fn read_replica(diags: &mut Diagnostics, map: &MarkedMappingNode, path: &str) ->
             "url",
             "headers",
             "ssl_verify",
+            "namespace",
+            "image",
+            "function_name",
+            "function_url",
+            "region",
+            "invocation_type",
+            "auth",
         ],
         &mut extra,
     );
     Some(Replica {
         target: target?,
         priority,
+    })
+}
+
+fn read_lambda(
+    diags: &mut Diagnostics,
+    map: &MarkedMappingNode,
+    f: &mut Fields<'_>,
+    path: &str,
+) -> Option<ReplicaTarget> {
+    let mut text = |f: &mut Fields<'_>, key: &'static str| {
+        f.take(key)
+            .and_then(|n| string(diags, n, &f.child_path(key)))
+    };
+    let name = text(f, "function_name");
+    let url = text(f, "function_url");
+    let region = text(f, "region");
+    let invocation = text(f, "invocation_type");
+    let auth = text(f, "auth");
+    let asynchronous = match invocation.as_deref() {
+        None | Some("RequestResponse") => false,
+        Some("Event") => true,
+        Some(other) => {
+            diags.error(
+                map.span(),
+                &f.child_path("invocation_type"),
+                format!("unknown invocation_type `{other}`: expected `RequestResponse` or `Event`"),
+            );
+            return None;
+        }
+    };
+    let iam = match auth.as_deref() {
+        None | Some("iam") | Some("AWS_IAM") => true,
+        Some("none") | Some("NONE") => false,
+        Some(other) => {
+            diags.error(
+                map.span(),
+                &f.child_path("auth"),
+                format!("unknown auth `{other}`: expected `iam` (SigV4-signed) or `none`"),
+            );
+            return None;
+        }
+    };
+    let target = match (name, url) {
+        (Some(name), None) => LambdaTarget::Function { name, region },
+        (None, Some(url)) if is_http_url(&url) => {
+            if asynchronous {
+                diags.error(
+                    map.span(),
+                    &f.child_path("invocation_type"),
+                    "a function URL is always called synchronously: drop `invocation_type: Event` or use `function_name`",
+                );
+                return None;
+            }
+            LambdaTarget::Url { url, iam }
+        }
+        (None, Some(url)) => {
+            diags.error(
+                map.span(),
+                &f.child_path("function_url"),
+                format!("`{url}` is not an http:// or https:// URL"),
+            );
+            return None;
+        }
+        _ => {
+            diags.error(
+                map.span(),
+                path,
+                "a `lambda` replica needs exactly one of `function_name` (Invoke API) and `function_url`",
+            );
+            return None;
+        }
+    };
+    Some(ReplicaTarget::Lambda {
+        target,
+        asynchronous,
     })
 }
 

@@ -84,6 +84,31 @@ impl Moto {
         (out != "\0").then_some(out)
     }
 
+    /// A Lambda function `name` in moto's Docker-free Lambda backend: `Invoke` answers with the
+    /// next queued result ([`Moto::queue_lambda_results`]), or echoes the payload. Signatures
+    /// are checked as for every request.
+    pub fn lambda_function(&self, name: &str) {
+        self.python(&format!(
+            "import json, urllib.request\n\
+             role = client('iam').create_role(RoleName='run-{name}', AssumeRolePolicyDocument='{{}}')['Role']['Arn']\n\
+             client('lambda').create_function(FunctionName='{name}', Runtime='provided.al2023', Role=role, Handler='bootstrap', Code={{'ZipFile': b'spillway-agent'}})\n\
+             req = urllib.request.Request('{}/moto-api/config', data=json.dumps({{'lambda': {{'use_docker': False}}}}).encode(), method='POST')\n\
+             urllib.request.urlopen(req).read()",
+            self.endpoint()
+        ));
+    }
+
+    /// What the next `Invoke` calls answer, in order (region us-east-1).
+    pub fn queue_lambda_results(&self, results: &[String]) {
+        self.python(&format!(
+            "import json, urllib.request\n\
+             body = json.dumps({{'results': json.loads({:?}), 'region': 'us-east-1'}}).encode()\n\
+             urllib.request.urlopen(urllib.request.Request('{}/moto-api/static/lambda-simple/response', data=body, method='POST')).read()",
+            serde_json::to_string(results).unwrap_or_default(),
+            self.endpoint()
+        ));
+    }
+
     pub fn put(&self, bucket: &str, key: &str, content: &str) {
         self.python(&format!(
             "client('s3').put_object(Bucket='{bucket}', Key='{key}', Body={content:?}.encode())"

@@ -5,6 +5,7 @@
 
 pub mod driver;
 pub mod endpoint;
+pub mod lambda;
 pub mod oscar;
 
 use std::future::Future;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use spillway_placement::delegation::{Found, Submitted};
 use spillway_proto::FunctionDef;
 use spillway_proto::envelope::Envelope;
-use spillway_proto::fdl::{Replica, ReplicaTarget};
+use spillway_proto::fdl::{LambdaTarget, Replica, ReplicaTarget};
 
 use crate::config::CoordinatorConfig;
 
@@ -43,6 +44,18 @@ pub fn replica_id(target: &ReplicaTarget) -> String {
             service_name,
         } => format!("oscar:{cluster_id}/{service_name}"),
         ReplicaTarget::Endpoint { url, .. } => format!("endpoint:{url}"),
+        ReplicaTarget::Kubernetes {
+            cluster_id,
+            namespace,
+            ..
+        } => match namespace {
+            Some(ns) => format!("kubernetes:{cluster_id}/{ns}"),
+            None => format!("kubernetes:{cluster_id}"),
+        },
+        ReplicaTarget::Lambda { target, .. } => match target {
+            LambdaTarget::Function { name, .. } => format!("lambda:{name}"),
+            LambdaTarget::Url { url, .. } => format!("lambda:{url}"),
+        },
     }
 }
 
@@ -91,6 +104,23 @@ pub fn backend_for(
             timeout: config.replicas.timeout,
             callbacks,
         }),
+        ReplicaTarget::Lambda {
+            target,
+            asynchronous,
+        } => Arc::new(lambda::backend(
+            id,
+            target,
+            *asynchronous,
+            config,
+            def.timeout,
+            http,
+            callbacks,
+        )?),
+        ReplicaTarget::Kubernetes { .. } => {
+            return Err(format!(
+                "replica `{id}`: kubernetes replicas are not wired yet"
+            ));
+        }
         ReplicaTarget::Oscar {
             cluster_id,
             service_name,
