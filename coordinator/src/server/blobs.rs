@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+/// A blob's digest from its hex form (as URLs and reports carry it).
+pub fn parse_digest(hex_text: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_text).ok()?.try_into().ok()
+}
+
 #[derive(Debug, Clone)]
 pub struct Blobs {
     dir: PathBuf,

@@ -64,15 +64,12 @@ pub async fn get_blob(
     Query(q): Query<Presigned>,
 ) -> Result<Vec<u8>, ApiError> {
     check(&state, "GET", &format!("/v1/blobs/{digest}"), &q)?;
-    let d: [u8; 32] = hex::decode(&digest)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("`{digest}` is not a SHA-256"),
-            )
-        })?;
+    let d = super::blobs::parse_digest(&digest).ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("`{digest}` is not a SHA-256"),
+        )
+    })?;
     let blobs = state.clone();
     tokio::task::spawn_blocking(move || blobs.blobs.get(&d))
         .await

@@ -221,9 +221,7 @@ impl State {
             .outputs(id)
             .into_iter()
             .map(|o| {
-                let digest: [u8; 32] = hex::decode(&o.sha256)
-                    .ok()
-                    .and_then(|d| d.try_into().ok())
+                let digest = super::super::blobs::parse_digest(&o.sha256)
                     .ok_or_else(|| format!("output `{}` has no valid SHA-256", o.name))?;
                 if self.blobs.size(&digest).is_none() {
                     return Err(format!(

@@ -15,7 +15,7 @@ use spillway_placement::delegation::{Found, Submitted};
 use spillway_proto::JobId;
 use spillway_proto::envelope::{Envelope, OutputRef, ReportedStatus, ResultReport};
 
-use super::{Backend, BoxFut, classify};
+use super::{Backend, BoxFut, body_excerpt, classify};
 
 /// What executors reported through callbacks, and when each job was last submitted (shared by
 /// every backend: a callback may arrive before or after the submission's answer).
@@ -169,8 +169,7 @@ impl Backend for EndpointBackend {
                     Submitted::Accepted { done: false }
                 }
                 _ => {
-                    let body = response.text().await.unwrap_or_default();
-                    let body: String = body.trim().chars().take(200).collect();
+                    let body = body_excerpt(response, 200).await;
                     Submitted::Refused(format!("HTTP {status}: {body}"))
                 }
             }

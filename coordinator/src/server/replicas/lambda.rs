@@ -23,7 +23,7 @@ use spillway_proto::envelope::{Envelope, ReportedStatus, ResultReport};
 use spillway_proto::fdl::LambdaTarget;
 
 use super::endpoint::Callbacks;
-use super::{Backend, BoxFut, classify};
+use super::{Backend, BoxFut, body_excerpt, classify};
 use crate::config::CoordinatorConfig;
 
 /// Lambda's own limit on a synchronous invocation (15 minutes), plus the network.
@@ -312,8 +312,7 @@ impl Backend for LambdaBackend {
                     Submitted::Accepted { done: false }
                 }
                 _ => {
-                    let body = response.text().await.unwrap_or_default();
-                    let body: String = body.trim().chars().take(300).collect();
+                    let body = body_excerpt(response, 300).await;
                     Submitted::Refused(format!("HTTP {status}: {body}"))
                 }
             }

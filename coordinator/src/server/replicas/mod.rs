@@ -175,3 +175,10 @@ pub fn classify(e: &reqwest_tls::Error) -> Submitted {
 }
 
 pub use spillway_agent::error_chain;
+
+/// The start of a refusing answer's body (trimmed, at most `max_chars`), for the reason a job
+/// moved on.
+pub async fn body_excerpt(response: reqwest_tls::Response, max_chars: usize) -> String {
+    let body = response.text().await.unwrap_or_default();
+    body.trim().chars().take(max_chars).collect()
+}

@@ -19,7 +19,7 @@ use spillway_placement::delegation::{Found, Submitted};
 use spillway_proto::Event;
 use spillway_proto::envelope::Envelope;
 
-use super::{Backend, BoxFut, classify, error_chain};
+use super::{Backend, BoxFut, body_excerpt, classify, error_chain};
 
 pub struct OscarBackend {
     id: String,
@@ -210,8 +210,7 @@ impl Backend for OscarBackend {
             if status.is_success() {
                 return Submitted::Accepted { done: false };
             }
-            let body = response.text().await.unwrap_or_default();
-            let body: String = body.trim().chars().take(200).collect();
+            let body = body_excerpt(response, 200).await;
             Submitted::Refused(format!(
                 "POST /job/{} answered HTTP {status}: {body}",
                 self.service
