@@ -97,7 +97,13 @@ fn slow_fdl(dir: &std::path::Path, replicas: &str, extra: &str) -> String {
 /// A coordinator whose replica requests time out after 1 s, one one-CPU agent `origin` joined
 /// to it, and the FDL at `fdl` applied and running there.
 fn origin_with(fdl: &str) -> (Coordinator, Node) {
-    let c = Coordinator::with_config("max_hops = 6\n[replicas]\ntimeout = \"1s\"\n");
+    origin_under("max_hops = 6\n[replicas]\ntimeout = \"1s\"\n", fdl)
+}
+
+/// A coordinator with `config`, one one-CPU agent `origin` joined to it, and the FDL at `fdl`
+/// applied and running there.
+fn origin_under(config: &str, fdl: &str) -> (Coordinator, Node) {
+    let c = Coordinator::with_config(config);
     let node = Node::new("node_name = \"origin\"\n[resources]\ncpu = 1\nmemory = \"1Gi\"\n");
     c.join(&node);
     let mut node = node;
@@ -164,6 +170,25 @@ fn local_outputs(origin: &Node) -> Vec<String> {
         .into_iter()
         .filter(|f| !f.starts_with('.'))
         .collect()
+}
+
+/// Every input's upper-cased copy reaches the origin's output folder, whoever ran it (a
+/// replica's output comes back through the presigned upload and the mesh).
+fn assert_every_output_at_origin(origin: &Node, inputs: &[String]) {
+    let wrote = wait_until(Duration::from_secs(20), || {
+        local_outputs(origin).len() == inputs.len()
+    });
+    assert!(
+        wrote,
+        "outputs {:?} of {inputs:?}\n{}",
+        local_outputs(origin),
+        origin.log()
+    );
+    for name in inputs {
+        let text =
+            std::fs::read_to_string(origin.path(&format!("data/frames/out/{name}"))).unwrap();
+        assert!(text.starts_with("FRAME "), "{name}: {text:?}");
+    }
 }
 
 /// Every input ran exactly once: on the origin (its output) or on the replica that ran it.
@@ -289,22 +314,7 @@ fn the_runner_behind_an_endpoint_runs_the_script_and_its_outputs_reach_the_origi
     assert_eq!(states.get("Succeeded"), Some(&inputs.len()), "{states:?}");
     let started = runner.seen("started");
     assert!(!started.is_empty(), "nothing spilled:\n{}", c.log());
-    // Every input's upper-cased copy is in the origin's output folder, whether the origin ran
-    // it or the runner did (its output came back through the presigned upload and the mesh).
-    let wrote = wait_until(Duration::from_secs(20), || {
-        local_outputs(&origin).len() == inputs.len()
-    });
-    assert!(
-        wrote,
-        "outputs {:?} of {inputs:?}\n{}",
-        local_outputs(&origin),
-        origin.log()
-    );
-    for name in &inputs {
-        let text =
-            std::fs::read_to_string(origin.path(&format!("data/frames/out/{name}"))).unwrap();
-        assert!(text.starts_with("FRAME "), "{name}: {text:?}");
-    }
+    assert_every_output_at_origin(&origin, &inputs);
     assert_eq!(
         metric(&c, "spillway_replica_succeeded_total"),
         started.len() as u64
@@ -469,21 +479,32 @@ fn surplus_delegates_to_another_coordinator_through_the_oscar_api_and_runs_there
 /// slow function with `replicas`.
 fn origin_with_aws(dir: &std::path::Path, replicas: &str, aws: &str) -> (Coordinator, Node) {
     let fdl = slow_fdl(dir, replicas, "");
-    let c = Coordinator::with_config(&format!(
-        "max_hops = 6\n[replicas]\ntimeout = \"2s\"\n[aws]\n{aws}"
-    ));
-    let node = Node::new("node_name = \"origin\"\n[resources]\ncpu = 1\nmemory = \"1Gi\"\n");
-    c.join(&node);
-    let mut node = node;
-    node.start();
-    let (ok, _, err) = c.cli(&["apply", "-f", &fdl]);
-    assert!(ok, "apply failed: {err}");
-    assert!(
-        wait_until(Duration::from_secs(30), || c.runs("origin", "slow")),
-        "{}",
-        c.log()
+    origin_under(
+        &format!("max_hops = 6\n[replicas]\ntimeout = \"2s\"\n[aws]\n{aws}"),
+        &fdl,
+    )
+}
+
+/// The slow function with moto's Lambda function `fire` (invoked with moto's access key and
+/// `secret`) first and an `ok` endpoint next; the endpoint, the FDL's folder, the coordinator and
+/// the origin.
+fn lambda_before_endpoint(
+    moto: &support::s3::Moto,
+    secret: &str,
+) -> (Endpoint, tempfile::TempDir, Coordinator, Node) {
+    let next = Endpoint::start("ok");
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = format!(
+        "      - {{type: lambda, function_name: fire, priority: 0}}\n      - {{type: endpoint, url: '{}', priority: 1}}\n",
+        next.url()
     );
-    (c, node)
+    let aws = format!(
+        "endpoint_url = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{secret}\"\n",
+        moto.endpoint(),
+        moto.access_key
+    );
+    let (c, origin) = origin_with_aws(dir.path(), &replicas, &aws);
+    (next, dir, c, origin)
 }
 
 /// Lambda's `Invoke` API is moto's (signatures checked); its answers are queued by the test.
@@ -494,19 +515,7 @@ fn a_lambda_that_stops_jobs_at_its_time_limit_spills_them_to_the_next_replica_la
     let stopped =
         r#"{"status":"stopped","reason":"stopped after 3s, at the executor's own time limit"}"#;
     moto.queue_lambda_results(&vec![stopped.to_owned(); 30]);
-    let next = Endpoint::start("ok");
-    let dir = tempfile::tempdir().unwrap();
-    let replicas = format!(
-        "      - {{type: lambda, function_name: fire, priority: 0}}\n      - {{type: endpoint, url: '{}', priority: 1}}\n",
-        next.url()
-    );
-    let aws = format!(
-        "endpoint_url = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
-        moto.endpoint(),
-        moto.access_key,
-        moto.secret_key
-    );
-    let (c, origin) = origin_with_aws(dir.path(), &replicas, &aws);
+    let (next, _dir, c, origin) = lambda_before_endpoint(&moto, &moto.secret_key);
 
     let inputs = burst(&origin, 4);
     let states = all_finished(&origin, &c, inputs.len());
@@ -535,18 +544,7 @@ fn a_lambda_that_stops_jobs_at_its_time_limit_spills_them_to_the_next_replica_la
 fn a_lambda_invoke_with_a_wrong_secret_is_refused_by_signature_and_falls_through() {
     let moto = support::s3::Moto::start();
     moto.lambda_function("fire");
-    let next = Endpoint::start("ok");
-    let dir = tempfile::tempdir().unwrap();
-    let replicas = format!(
-        "      - {{type: lambda, function_name: fire, priority: 0}}\n      - {{type: endpoint, url: '{}', priority: 1}}\n",
-        next.url()
-    );
-    let aws = format!(
-        "endpoint_url = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"not-the-secret\"\n",
-        moto.endpoint(),
-        moto.access_key
-    );
-    let (c, origin) = origin_with_aws(dir.path(), &replicas, &aws);
+    let (next, _dir, c, origin) = lambda_before_endpoint(&moto, "not-the-secret");
 
     let inputs = burst(&origin, 3);
     let states = all_finished(&origin, &c, inputs.len());
@@ -658,18 +656,5 @@ fn the_runner_as_a_lambda_bootstrap_runs_invoked_jobs_and_their_outputs_reach_th
     );
     let on_lambda = metric(&c, "spillway_replica_succeeded_total");
     assert!(on_lambda > 0, "nothing spilled:\n{}", c.log());
-    let wrote = wait_until(Duration::from_secs(20), || {
-        local_outputs(&origin).len() == inputs.len()
-    });
-    assert!(
-        wrote,
-        "outputs {:?} of {inputs:?}\n{}",
-        local_outputs(&origin),
-        origin.log()
-    );
-    for name in &inputs {
-        let text =
-            std::fs::read_to_string(origin.path(&format!("data/frames/out/{name}"))).unwrap();
-        assert!(text.starts_with("FRAME "), "{name}: {text:?}");
-    }
+    assert_every_output_at_origin(&origin, &inputs);
 }
