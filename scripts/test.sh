@@ -58,6 +58,11 @@ if ! command -v moto_server >/dev/null || ! python3 -c 'import boto3, moto.serve
   echo "installing moto[server] (PyPI)"
   python3 -m pip install -q 'moto[server]' || python3 -m pip install -q --break-system-packages 'moto[server]'
 fi
+# kmock (PyPI) is the Kubernetes API emulator of the kubernetes replica tests.
+if ! python3 -c 'import kmock' 2>/dev/null; then
+  echo "installing kmock (PyPI)"
+  python3 -m pip install -q kmock || python3 -m pip install -q --break-system-packages kmock
+fi
 if ! command -v cargo-lambda >/dev/null; then
   echo "installing cargo-lambda (PyPI)"
   python3 -m pip install -q cargo-lambda || python3 -m pip install -q --break-system-packages cargo-lambda

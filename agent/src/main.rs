@@ -109,6 +109,13 @@ enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Copy this static binary to DEST (mode 0755). A Kubernetes Job's init container does
+    /// this from the agent image into the pod's shared `emptyDir`, so the function's own
+    /// image, whatever it holds, can start `run-job`. Needs no config file.
+    InstallRunner {
+        /// Where the copy goes, e.g. `/spillway/spillway-agent`.
+        dest: PathBuf,
+    },
     /// Runs one container job (started by the agent itself, one per container).
     #[command(hide = true, name = "oci-run")]
     OciRun { bundle: PathBuf },
@@ -141,6 +148,15 @@ fn main() -> ExitCode {
     {
         return run_job(envelope, work_dir, timeout, command);
     }
+    if let Command::InstallRunner { dest } = &cli.command {
+        return match spillway_agent::runner::install_self(dest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("spillway-agent: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Install { root, now } = &cli.command {
         return install(root, &cli.config, *now);
     }
@@ -170,7 +186,10 @@ fn main() -> ExitCode {
             platform,
         } => image_cmd::load(&config, &file, tag.as_deref(), platform.as_deref()),
         Command::Images => image_cmd::list(&config),
-        Command::Install { .. } | Command::OciRun { .. } | Command::RunJob { .. } => Ok(()),
+        Command::Install { .. }
+        | Command::InstallRunner { .. }
+        | Command::OciRun { .. }
+        | Command::RunJob { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

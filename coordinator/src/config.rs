@@ -97,8 +97,9 @@ pub struct KubeCluster {
     /// Finished Jobs are removed by Kubernetes after this many seconds.
     #[serde(default = "default_ttl")]
     pub ttl_seconds_after_finished: i32,
-    /// The image whose `runner_path` is the static `spillway-agent` that an init container
-    /// copies into the Job's pod (so any function image works).
+    /// The image whose `runner_path` is the static `spillway-agent` (Spillway's agent image, as
+    /// `cross/build.sh --images` makes it); an init container runs its `install-runner` to put
+    /// it into the Job's pod, so any function image works.
     #[serde(default = "default_runner_image")]
     pub runner_image: String,
     #[serde(default = "default_runner_path")]
@@ -114,11 +115,14 @@ fn default_ttl() -> i32 {
 }
 
 fn default_runner_image() -> String {
-    format!("ghcr.io/spillway/runner:{}", env!("CARGO_PKG_VERSION"))
+    format!(
+        "ghcr.io/spillway/spillway-agent:{}",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 fn default_runner_path() -> String {
-    "/spillway-agent".into()
+    "/usr/local/bin/spillway-agent".into()
 }
 
 impl Default for KubeCluster {

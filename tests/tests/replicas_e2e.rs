@@ -335,9 +335,9 @@ fn curl(auth: &[&str], method: &str, url: &str, body: Option<&str>) -> (u16, Str
     (status.trim().parse().unwrap(), body.to_owned())
 }
 
-#[test]
-fn surplus_delegates_to_another_coordinator_through_the_oscar_api_and_runs_there_once() {
-    // The remote "cluster": a coordinator with one roomy agent running `remote`.
+/// The remote "cluster" of the OSCAR tests: a coordinator with one roomy agent `worker` running
+/// the OSCAR service `remote` (upper-cases `delegated/in` into `delegated/out`).
+fn remote_cluster() -> (Coordinator, Node, tempfile::TempDir) {
     let remote = Coordinator::new();
     let worker = Node::new("node_name = \"worker\"\n[resources]\ncpu = 4\nmemory = \"1Gi\"\n");
     remote.join(&worker);
@@ -361,6 +361,20 @@ fn surplus_delegates_to_another_coordinator_through_the_oscar_api_and_runs_there
     ]);
     assert!(ok, "{err}");
     assert!(wait_until(Duration::from_secs(30), || remote.runs("worker", "remote")));
+    (remote, worker, rdir)
+}
+
+/// The outputs the remote cluster's worker wrote for delegated frames.
+fn remote_outputs(worker: &Node) -> Vec<String> {
+    files_under(&worker.path("data/delegated/out"))
+        .into_iter()
+        .filter(|f| f.starts_with("frame-"))
+        .collect()
+}
+
+#[test]
+fn surplus_delegates_to_another_coordinator_through_the_oscar_api_and_runs_there_once() {
+    let (remote, worker, _rdir) = remote_cluster();
     let base = format!("http://127.0.0.1:{}", remote.http_port);
     let admin = remote.api_token();
     let basic = format!("oscar:{admin}");
@@ -436,10 +450,7 @@ fn surplus_delegates_to_another_coordinator_through_the_oscar_api_and_runs_there
         c.log()
     );
 
-    let remote_outputs: Vec<String> = files_under(&worker.path("data/delegated/out"))
-        .into_iter()
-        .filter(|f| f.starts_with("frame-"))
-        .collect();
+    let remote_outputs = remote_outputs(&worker);
     assert!(
         !remote_outputs.is_empty(),
         "nothing delegated:\n{}",
@@ -657,4 +668,255 @@ fn the_runner_as_a_lambda_bootstrap_runs_invoked_jobs_and_their_outputs_reach_th
     let on_lambda = metric(&c, "spillway_replica_succeeded_total");
     assert!(on_lambda > 0, "nothing spilled:\n{}", c.log());
     assert_every_output_at_origin(&origin, &inputs);
+}
+
+/// `[kubernetes.edge]` for the emulator: a namespace, service account, pull secret, node
+/// selector and TTL to see in every Job, and the built agent as the runner the init container
+/// copies (the kubelet stand-in runs commands on this machine).
+fn kube_cluster(kube: &support::kube::KubeEmulator) -> String {
+    format!(
+        "[kubernetes.edge]\nkubeconfig = \"{}\"\nnamespace = \"spillway-jobs\"\nservice_account = \"spillway-runner\"\nimage_pull_secrets = [\"regcred\"]\nnode_selector = {{ \"kubernetes.io/arch\" = \"arm64\" }}\nttl_seconds_after_finished = 120\nrunner_image = \"registry.local/spillway-agent:test\"\nrunner_path = \"{}\"\n",
+        kube.kubeconfig().display(),
+        support::bin("spillway-agent").display()
+    )
+}
+
+/// The Job every kubernetes replica makes: named from the job id, never retried by
+/// Kubernetes, the runner copied in by an init container and run by the function's image with
+/// the envelope, resources from the FDL, and the cluster's settings.
+fn assert_job_manifest(job: &serde_json::Value, runner: &str) {
+    let name = job["metadata"]["name"].as_str().unwrap();
+    assert!(
+        name.starts_with("spillway-") && name.len() == "spillway-".len() + 32,
+        "{name}"
+    );
+    assert_eq!(job["metadata"]["namespace"], "spillway-jobs");
+    let spec = &job["spec"];
+    assert_eq!(spec["backoffLimit"], 0);
+    assert_eq!(spec["ttlSecondsAfterFinished"], 120);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["serviceAccountName"], "spillway-runner");
+    assert_eq!(pod["imagePullSecrets"][0]["name"], "regcred");
+    assert_eq!(pod["nodeSelector"]["kubernetes.io/arch"], "arm64");
+    let init = &pod["initContainers"][0];
+    assert_eq!(init["image"], "registry.local/spillway-agent:test");
+    assert_eq!(
+        init["command"],
+        serde_json::json!([runner, "install-runner", "/spillway/spillway-agent"])
+    );
+    let function = &pod["containers"][0];
+    assert_eq!(function["image"], "docker.io/library/debian:bookworm-slim");
+    assert_eq!(function["command"][0], "/spillway/spillway-agent");
+    assert_eq!(function["command"][1], "run-job");
+    assert_eq!(function["resources"]["limits"]["cpu"], "1000m");
+    assert_eq!(function["resources"]["limits"]["memory"], "16777216");
+    assert_eq!(function["env"][0]["name"], "SPILLWAY_ENVELOPE");
+    let envelope: serde_json::Value =
+        serde_json::from_str(function["env"][0]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        format!("spillway-{}", envelope["job"].as_str().unwrap()),
+        name
+    );
+}
+
+#[test]
+fn surplus_runs_as_kubernetes_jobs_whose_runner_brings_the_outputs_back() {
+    let mut kube = support::kube::KubeEmulator::start(None);
+    kube.run_kubelet("spillway-jobs");
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = "      - {type: kubernetes, cluster_id: edge, image: 'docker.io/library/debian:bookworm-slim', priority: 0}\n";
+    let fdl = slow_fdl(dir.path(), replicas, "");
+    let config = format!(
+        "max_hops = 6\n[replicas]\ntimeout = \"2s\"\n{}",
+        kube_cluster(&kube)
+    );
+    let (c, origin) = origin_under(&config, &fdl);
+
+    let inputs = burst(&origin, 4);
+    let states = all_finished(&origin, &c, inputs.len());
+    assert_eq!(
+        states.get("Succeeded"),
+        Some(&inputs.len()),
+        "{states:?}\n{}",
+        c.log()
+    );
+    assert_every_output_at_origin(&origin, &inputs);
+    let jobs = kube.jobs();
+    assert!(!jobs.is_empty(), "nothing spilled:\n{}", c.log());
+    let runner = support::bin("spillway-agent").display().to_string();
+    let mut names: Vec<&str> = Vec::new();
+    for (job, code) in &jobs {
+        assert_eq!(*code, 0, "{job}");
+        assert_job_manifest(job, &runner);
+        names.push(job["metadata"]["name"].as_str().unwrap());
+    }
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), jobs.len(), "a job ran twice");
+    assert_eq!(
+        metric(&c, "spillway_replica_succeeded_total"),
+        jobs.len() as u64
+    );
+    // The kubeconfig's token is a credential: never in the log.
+    assert!(!c.log().contains("emulator-token"));
+}
+
+#[test]
+fn an_unreachable_kubernetes_api_passes_the_surplus_to_the_next_replica() {
+    // A kubeconfig naming a port where no API server listens any more.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let kube = support::kube::KubeEmulator::start(None);
+    std::fs::copy(kube.kubeconfig(), &kubeconfig).unwrap();
+    drop(kube);
+    let next = Endpoint::start("ok");
+    let replicas = format!(
+        "      - {{type: kubernetes, cluster_id: gone, image: 'busybox', priority: 0}}\n      - {{type: endpoint, url: '{}', priority: 1}}\n",
+        next.url()
+    );
+    let fdl = slow_fdl(dir.path(), &replicas, "");
+    let config = format!(
+        "max_hops = 6\n[replicas]\ntimeout = \"2s\"\n[kubernetes.gone]\nkubeconfig = \"{}\"\n",
+        kubeconfig.display()
+    );
+    let (c, origin) = origin_under(&config, &fdl);
+
+    let inputs = burst(&origin, 3);
+    let states = all_finished(&origin, &c, inputs.len());
+    assert_eq!(states.get("Succeeded"), Some(&inputs.len()), "{states:?}");
+    let ran = next.seen("ran");
+    assert!(!ran.is_empty(), "nothing spilled:\n{}", c.log());
+    assert_eq!(
+        metric(&c, "spillway_replica_fallthroughs_total"),
+        ran.len() as u64,
+        "{}",
+        c.log()
+    );
+}
+
+#[test]
+fn a_job_whose_pod_fails_before_its_runner_reports_fails_with_the_jobs_reason_and_runs_nowhere_else()
+ {
+    let mut kube = support::kube::KubeEmulator::start(None);
+    kube.run_kubelet("spillway-jobs");
+    let next = Endpoint::start("ok");
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = format!(
+        "      - {{type: kubernetes, cluster_id: edge, image: 'busybox', priority: 0}}\n      - {{type: endpoint, url: '{}', priority: 1}}\n",
+        next.url()
+    );
+    let fdl = slow_fdl(dir.path(), &replicas, "");
+    // The runner image does not hold the runner where the config says: the init container fails.
+    let config = format!(
+        "max_hops = 6\n[replicas]\ntimeout = \"2s\"\n{}",
+        kube_cluster(&kube)
+    )
+    .replace(
+        &support::bin("spillway-agent").display().to_string(),
+        "/nonexistent/spillway-agent",
+    );
+    let (c, origin) = origin_under(&config, &fdl);
+
+    let inputs = burst(&origin, 3);
+    let states = all_finished(&origin, &c, inputs.len());
+    let jobs = kube.jobs();
+    assert!(!jobs.is_empty(), "nothing spilled:\n{}", c.log());
+    assert_eq!(states.get("Failed"), Some(&jobs.len()), "{states:?}");
+    assert!(
+        c.log().contains("InitContainerFailed"),
+        "the Job's reason is not in the log:\n{}",
+        c.log()
+    );
+    // The function may have started there: the job is not sent on.
+    assert!(next.seen("ran").is_empty());
+    assert_eq!(metric(&c, "spillway_replica_fallthroughs_total"), 0);
+}
+
+/// The issue's whole continuum in one FDL: a Kubernetes cluster with room for one Job (a
+/// `count/jobs.batch` quota), a Lambda function too short for the job (it stops every run at
+/// its time limit, lambda-batch style), an endpoint with room for one job, and an OSCAR
+/// cluster. The surplus goes down that list in priority order; each job runs exactly once.
+#[test]
+fn surplus_goes_down_kubernetes_lambda_endpoint_and_oscar_replicas_in_priority_order() {
+    let mut kube = support::kube::KubeEmulator::start(Some(1));
+    kube.run_kubelet("spillway-jobs");
+    let moto = support::s3::Moto::start();
+    moto.lambda_function("fire");
+    let stopped = r#"{"status":"stopped","reason":"stopped at the Lambda's time limit"}"#;
+    moto.queue_lambda_results(&vec![stopped.to_owned(); 30]);
+    let endpoint = Endpoint::start("runner-once");
+    let (remote, worker, _rdir) = remote_cluster();
+
+    let dir = tempfile::tempdir().unwrap();
+    // Written out of order: priority decides.
+    let replicas = format!(
+        "      - {{type: oscar, cluster_id: remote-cluster, service_name: remote, priority: 3}}\n      - {{type: lambda, function_name: fire, priority: 1}}\n      - {{type: kubernetes, cluster_id: edge, image: 'docker.io/library/debian:bookworm-slim', priority: 0}}\n      - {{type: endpoint, url: '{}', priority: 2}}\n",
+        endpoint.url()
+    );
+    let clusters = format!(
+        "clusters:\n  remote-cluster:\n    endpoint: 'http://127.0.0.1:{}'\n    auth_user: oscar\n    auth_password: '{}'\n",
+        remote.http_port,
+        remote.api_token()
+    );
+    let fdl = slow_fdl(dir.path(), &replicas, &clusters);
+    let config = format!(
+        "max_hops = 8\n[replicas]\ntimeout = \"2s\"\n[aws]\nendpoint_url = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n{}",
+        moto.endpoint(),
+        moto.access_key,
+        moto.secret_key,
+        kube_cluster(&kube)
+    );
+    let (c, origin) = origin_under(&config, &fdl);
+
+    let inputs = burst(&origin, 6);
+    let states = all_finished(&origin, &c, inputs.len());
+    assert_eq!(
+        states.get("Succeeded"),
+        Some(&inputs.len()),
+        "{states:?}\n{}",
+        c.log()
+    );
+    let on_kube = kube.jobs().len();
+    let on_endpoint = endpoint.seen("started").len();
+    let on_oscar = remote_outputs(&worker);
+    let delegated = on_kube + on_endpoint + on_oscar.len();
+    assert!(
+        delegated >= 3,
+        "only {delegated} jobs spilled, too few to reach the OSCAR tier:\n{}",
+        c.log()
+    );
+    // Kubernetes and the endpoint took one each; Lambda stopped every run; OSCAR took the rest.
+    assert_eq!((on_kube, on_endpoint), (1, 1), "{}", c.log());
+    assert_eq!(on_oscar.len(), delegated - 2);
+    // The Kubernetes Job's and the endpoint runner's outputs came back to the origin; OSCAR's
+    // stay in the remote cluster's storage, as OSCAR's delegation has it.
+    let mut came_back = local_outputs(&origin);
+    came_back.retain(|f| !on_oscar.contains(f));
+    assert_each_ran_once(&inputs, &came_back, &on_oscar);
+    // Every job past Kubernetes went down the list in order: refused by the quota, stopped by
+    // Lambda, refused by the full endpoint (all but the one it ran), taken by OSCAR.
+    assert_eq!(
+        metric(&c, "spillway_replica_fallthroughs_total"),
+        (3 * delegated - 4) as u64,
+        "{}",
+        c.log()
+    );
+    assert!(c.log().contains("exceeded quota"), "{}", c.log());
+    let rows = c.json(&["get", "jobs"]);
+    let ran_on = |prefix: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["ran_on"].as_str().is_some_and(|s| s.starts_with(prefix)))
+            .count()
+    };
+    assert_eq!(ran_on("kubernetes:edge"), 1, "{rows}");
+    assert_eq!(ran_on("endpoint:"), 1, "{rows}");
+    assert_eq!(
+        ran_on("oscar:remote-cluster/remote"),
+        on_oscar.len(),
+        "{rows}"
+    );
+    assert_eq!(ran_on("lambda:"), 0, "{rows}");
 }

@@ -53,9 +53,15 @@ pub async fn run(
         Err(why) => ResultReport::finished(ReportedStatus::Failed, Some(why)),
         Ok(()) => {
             post_report(http, envelope, &ResultReport::running(), 1).await;
-            let staging = Staging::for_attempt(&opts.work_root, envelope.job, envelope.attempt);
+            // Under a folder of this process: another runner on the same host (the same job
+            // on another replica that shares the machine, a test) never shares its folders.
+            let root = opts
+                .work_root
+                .join(format!("spillway-runner-{}", std::process::id()));
+            let staging = Staging::for_attempt(&root, envelope.job, envelope.attempt);
             let report = run_staged(http, envelope, opts, &staging).await;
             staging.remove();
+            let _ = std::fs::remove_dir(&root);
             report
         }
     };
@@ -308,6 +314,11 @@ async fn post_report(
     for n in 1..=tries {
         let why = match http.post(&envelope.callback).json(report).send().await {
             Ok(r) if r.status().is_success() => return,
+            // Refused for good (an attempt the coordinator moved on from: 409): no retry.
+            Ok(r) if r.status().is_client_error() => {
+                tracing::warn!(job = %envelope.job.short(), "the coordinator refused the {:?} report: HTTP {}", report.status, r.status());
+                return;
+            }
             Ok(r) => format!("HTTP {}", r.status()),
             Err(e) => crate::error_chain(&e),
         };
@@ -318,6 +329,27 @@ async fn post_report(
         tokio::time::sleep(delay).await;
         delay *= 2;
     }
+}
+
+/// Copies the running binary to `dest` with mode 0755, through a temporary name so a half
+/// copy is never started (`install-runner`, a Kubernetes Job's init container).
+pub fn install_self(dest: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let me =
+        std::env::current_exe().map_err(|e| format!("cannot find this program's own file: {e}"))?;
+    let partial = dest.with_extension("partial");
+    let copy = || -> std::io::Result<()> {
+        std::fs::copy(&me, &partial)?;
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&partial, dest)
+    };
+    copy().map_err(|e| {
+        format!(
+            "cannot copy {} to {}: {e} (is the folder mounted and writable?)",
+            me.display(),
+            dest.display()
+        )
+    })
 }
 
 /// An HTTP client for the runner (ring as rustls' provider, as everywhere here).

@@ -88,7 +88,10 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/metrics", get(metrics))
         // Presigned: the signature in the query is the credential.
         .route("/v1/blobs/{digest}", get(super::oscar_api::get_blob))
-        .route("/v1/callbacks/{job}", post(super::oscar_api::callback))
+        .route(
+            "/v1/callbacks/{job}/{attempt}",
+            post(super::oscar_api::callback),
+        )
         .route(
             "/v1/outputs/{job}/{attempt}/{*name}",
             put(super::oscar_api::put_output),

@@ -6,7 +6,7 @@
 //! token as a bearer or as the password of basic authentication (user `oscar` by default).
 //!
 //! Also the presigned routes executors outside the mesh use: `GET /v1/blobs/{sha256}` (a job's
-//! input) and `POST /v1/callbacks/{job}` (its result).
+//! input) and `POST /v1/callbacks/{job}/{attempt}` (its result).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -122,17 +122,33 @@ pub async fn put_output(
     ))
 }
 
-/// `POST /v1/callbacks/{job}` with a presigned query: an executor reports the job.
+/// `POST /v1/callbacks/{job}/{attempt}` with a presigned query: an executor reports the job.
+/// A report from an attempt that no longer holds the job's lease (a replica the job moved on
+/// from) is refused, so it cannot pass for the current attempt's result.
 pub async fn callback(
     AxState(state): AxState<Arc<State>>,
-    Path(job): Path<String>,
+    Path((job, attempt)): Path<(String, u32)>,
     Query(q): Query<Presigned>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    check(&state, "POST", &format!("/v1/callbacks/{job}"), &q)?;
+    check(
+        &state,
+        "POST",
+        &format!("/v1/callbacks/{job}/{attempt}"),
+        &q,
+    )?;
     let id = job
         .parse()
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("`{job}` is not a job id")))?;
+    if !state.replica_lease_is(id, attempt) {
+        tracing::info!(job = %job, attempt, "late report of an attempt that is over: ignored");
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "attempt {attempt} of job {job} is over (the job was moved or finished): its report is not taken"
+            ),
+        ));
+    }
     let report: ResultReport = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,

@@ -15,6 +15,8 @@ Modes:
   runner          start the real runner (`$SPILLWAY_AGENT run-job --envelope -`) on the envelope,
                   record `started JOB`, answer 202; the runner fetches the input, runs the
                   function's script, uploads the outputs and reports through the callback
+  runner-once     as `runner` for the first job; then, at capacity, record `refused JOB` and
+                  answer 503
 """
 
 import hashlib
@@ -31,6 +33,7 @@ import urllib.request
 
 MODE, PORT, RECORD = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 lock = threading.Lock()
+taken = []
 
 
 def record(line):
@@ -62,23 +65,28 @@ class Handler(http.server.BaseHTTPRequestHandler):
         job = envelope["job"]
         if self.headers.get("Idempotency-Key") != job:
             record(f"bad-idempotency-key {job}")
-        if MODE == "ok":
+        mode = MODE
+        if MODE == "runner-once":
+            with lock:
+                mode = "runner" if not taken else "fail"
+                taken.append(job)
+        if mode == "ok":
             run(envelope)
             self.send_response(200)
             self.end_headers()
-        elif MODE == "fail":
+        elif mode == "fail":
             record(f"refused {job}")
             self.send_response(503)
             self.end_headers()
             self.wfile.write(b"overloaded")
-        elif MODE == "hang":
+        elif mode == "hang":
             record(f"received {job}")
             time.sleep(30)
             reset(self)
-        elif MODE == "reset":
+        elif mode == "reset":
             record(f"received {job}")
             reset(self)
-        elif MODE == "runner":
+        elif mode == "runner":
             work = os.environ.get("RUNNER_WORK_DIR", "/tmp")
             proc = subprocess.Popen(
                 [os.environ["SPILLWAY_AGENT"], "run-job", "--envelope", "-", "--work-dir", work],
@@ -91,7 +99,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             record(f"started {job}")
             self.send_response(202)
             self.end_headers()
-        elif MODE == "run-then-reset":
+        elif mode == "run-then-reset":
             run(envelope)
             req = urllib.request.Request(
                 envelope["callback"],

@@ -34,6 +34,8 @@ pub struct Delegations {
     rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Placed>>>,
     pub callbacks: Arc<Callbacks>,
     pub http: reqwest_tls::Client,
+    /// Clients of the `[kubernetes.*]` clusters, made on first use.
+    pub kube: Arc<super::kubernetes::KubeClients>,
     /// How often an accepted job is asked about while it runs.
     pub poll: Duration,
 }
@@ -51,6 +53,7 @@ impl Delegations {
             rx: std::sync::Mutex::new(Some(rx)),
             callbacks: Arc::default(),
             http,
+            kube: Arc::default(),
             poll: Duration::from_millis(500),
         }
     }
@@ -96,20 +99,15 @@ async fn attempt(state: Arc<State>, placed: Placed) {
     let Some((def, envelope)) = state.replica_envelope(id, &replica, attempt) else {
         return;
     };
-    let backend: Arc<dyn Backend> = match backend_for(
-        &def,
-        &replica,
-        &state.config,
-        &state.delegations.http,
-        state.delegations.callbacks.clone(),
-    ) {
-        Ok(b) => b,
-        Err(why) => {
-            tracing::warn!(job = %id.short(), replica = %replica, "{why}");
-            state.replica_lost(id, &replica, attempt, &why);
-            return;
-        }
-    };
+    let backend: Arc<dyn Backend> =
+        match backend_for(&def, &replica, &state.config, &state.delegations) {
+            Ok(b) => b,
+            Err(why) => {
+                tracing::warn!(job = %id.short(), replica = %replica, "{why}");
+                state.replica_lost(id, &replica, attempt, &why);
+                return;
+            }
+        };
     let timeout = state.config.replicas.timeout;
     // A job that does not finish within its function's timeout (or an hour) after it was
     // accepted is given up on: the replica may be running it still, so it is not sent elsewhere.
@@ -142,6 +140,7 @@ async fn attempt(state: Arc<State>, placed: Placed) {
                     }
                 } else {
                     inc(&state.metrics.replica_failed);
+                    tracing::warn!(job = %id.short(), replica = %replica, "the job failed there: {detail}");
                     Outcome::Failed {
                         reason: format!("on `{replica}`: {detail}"),
                     }
@@ -249,7 +248,7 @@ impl State {
             super::super::now_ms() / 1000 + self.config.replicas.url_ttl.as_secs().max(60);
         let digest = hex::encode(input);
         let input_path = format!("/v1/blobs/{digest}");
-        let callback_path = format!("/v1/callbacks/{id}");
+        let callback_path = format!("/v1/callbacks/{id}/{attempt}");
         let upload_prefix = format!("/v1/outputs/{id}/{attempt}/");
         let envelope = Envelope {
             spillway: spillway_proto::envelope::ENVELOPE_VERSION,

@@ -36,14 +36,17 @@ impl Callbacks {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A new submission of the job: what an earlier attempt (another replica) reported is
+    /// forgotten, so its `stopped` or `running` cannot pass for this attempt's.
     pub fn submitting(&self, job: JobId) {
-        let mut inner = self.lock();
-        let t = inner.entry(job).or_insert(Tracked {
-            submitted_at: Instant::now(),
-            accepted: false,
-            report: None,
-        });
-        t.submitted_at = Instant::now();
+        self.lock().insert(
+            job,
+            Tracked {
+                submitted_at: Instant::now(),
+                accepted: false,
+                report: None,
+            },
+        );
     }
 
     pub fn accepted(&self, job: JobId) {

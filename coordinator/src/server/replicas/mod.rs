@@ -5,6 +5,7 @@
 
 pub mod driver;
 pub mod endpoint;
+pub mod kubernetes;
 pub mod lambda;
 pub mod oscar;
 
@@ -84,9 +85,10 @@ pub fn backend_for(
     def: &FunctionDef,
     id: &str,
     config: &CoordinatorConfig,
-    http: &reqwest_tls::Client,
-    callbacks: Arc<endpoint::Callbacks>,
+    delegations: &Delegations,
 ) -> Result<Arc<dyn Backend>, String> {
+    let http = &delegations.http;
+    let callbacks = delegations.callbacks.clone();
     let replica = def
         .replicas
         .iter()
@@ -116,11 +118,25 @@ pub fn backend_for(
             http,
             callbacks,
         )?),
-        ReplicaTarget::Kubernetes { .. } => {
-            return Err(format!(
-                "replica `{id}`: kubernetes replicas are not wired yet"
-            ));
-        }
+        ReplicaTarget::Kubernetes {
+            cluster_id,
+            namespace,
+            image,
+        } => Arc::new(kubernetes::KubernetesBackend::new(
+            id,
+            cluster_id,
+            config
+                .kubernetes
+                .get(cluster_id)
+                .cloned()
+                .unwrap_or_default(),
+            namespace.as_deref(),
+            image.as_deref(),
+            def,
+            config.replicas.timeout,
+            delegations.kube.clone(),
+            callbacks,
+        )?),
         ReplicaTarget::Oscar {
             cluster_id,
             service_name,
