@@ -156,6 +156,19 @@ fn all_finished(origin: &Node, c: &Coordinator, n: usize) -> BTreeMap<String, us
     states()
 }
 
+/// Drops `n` frames on the origin and waits until every job succeeded; returns their names.
+fn all_succeed(origin: &Node, c: &Coordinator, n: usize) -> Vec<String> {
+    let inputs = burst(origin, n);
+    let states = all_finished(origin, c, inputs.len());
+    assert_eq!(
+        states.get("Succeeded"),
+        Some(&inputs.len()),
+        "{states:?}\n{}",
+        c.log()
+    );
+    inputs
+}
+
 fn metric(c: &Coordinator, name: &str) -> u64 {
     c.metrics()
         .lines()
@@ -191,6 +204,11 @@ fn assert_every_output_at_origin(origin: &Node, inputs: &[String]) {
     }
 }
 
+/// The input's name in a `ran JOB NAME CONTENT` record's rest.
+fn input_of(rest: &str) -> String {
+    rest.split(' ').next().unwrap().to_owned()
+}
+
 /// Every input ran exactly once: on the origin (its output) or on the replica that ran it.
 fn assert_each_ran_once(inputs: &[String], local: &[String], remote: &[String]) {
     let mut all: Vec<String> = local.iter().chain(remote).cloned().collect();
@@ -216,17 +234,12 @@ fn surplus_falls_through_refusing_silent_and_resetting_endpoints_to_the_next_by_
     let fdl = slow_fdl(dir.path(), &replicas, "");
     let (c, origin) = origin_with(&fdl);
 
-    let inputs = burst(&origin, 4);
-    let states = all_finished(&origin, &c, inputs.len());
-    assert_eq!(states.get("Succeeded"), Some(&inputs.len()), "{states:?}");
+    let inputs = all_succeed(&origin, &c, 4);
 
     let ran: Vec<(String, String)> = working.seen("ran");
     let delegated = ran.len();
     assert!(delegated >= 1, "nothing spilled:\n{}", c.log());
-    let remote: Vec<String> = ran
-        .iter()
-        .map(|(_, rest)| rest.split(' ').next().unwrap().to_owned())
-        .collect();
+    let remote: Vec<String> = ran.iter().map(|(_, rest)| input_of(rest)).collect();
     assert_each_ran_once(&inputs, &local_outputs(&origin), &remote);
     // The working endpoint fetched each input through its presigned URL and got the bytes.
     for (_, rest) in &ran {
@@ -280,15 +293,10 @@ fn a_lost_answer_from_an_endpoint_that_ran_the_job_is_reconciled_not_sent_elsewh
     let fdl = slow_fdl(dir.path(), &replicas, "");
     let (c, origin) = origin_with(&fdl);
 
-    let inputs = burst(&origin, 3);
-    let states = all_finished(&origin, &c, inputs.len());
-    assert_eq!(states.get("Succeeded"), Some(&inputs.len()), "{states:?}");
+    let inputs = all_succeed(&origin, &c, 3);
     let ran = ran_then_reset.seen("ran");
     assert!(!ran.is_empty(), "nothing spilled:\n{}", c.log());
-    let remote: Vec<String> = ran
-        .iter()
-        .map(|(_, rest)| rest.split(' ').next().unwrap().to_owned())
-        .collect();
+    let remote: Vec<String> = ran.iter().map(|(_, rest)| input_of(rest)).collect();
     assert_each_ran_once(&inputs, &local_outputs(&origin), &remote);
     assert!(
         next.seen("ran").is_empty(),
@@ -309,9 +317,7 @@ fn the_runner_behind_an_endpoint_runs_the_script_and_its_outputs_reach_the_origi
     let fdl = slow_fdl(dir.path(), &replicas, "");
     let (c, origin) = origin_with(&fdl);
 
-    let inputs = burst(&origin, 4);
-    let states = all_finished(&origin, &c, inputs.len());
-    assert_eq!(states.get("Succeeded"), Some(&inputs.len()), "{states:?}");
+    let inputs = all_succeed(&origin, &c, 4);
     let started = runner.seen("started");
     assert!(!started.is_empty(), "nothing spilled:\n{}", c.log());
     assert_every_output_at_origin(&origin, &inputs);
@@ -441,14 +447,7 @@ fn surplus_delegates_to_another_coordinator_through_the_oscar_api_and_runs_there
         &clusters,
     );
     let (c, origin) = origin_with(&fdl);
-    let inputs = burst(&origin, 4);
-    let states = all_finished(&origin, &c, inputs.len());
-    assert_eq!(
-        states.get("Succeeded"),
-        Some(&inputs.len()),
-        "{states:?}\n{}",
-        c.log()
-    );
+    let inputs = all_succeed(&origin, &c, 4);
 
     let remote_outputs = remote_outputs(&worker);
     assert!(
@@ -486,14 +485,20 @@ fn surplus_delegates_to_another_coordinator_through_the_oscar_api_and_runs_there
     assert!(!c.log().contains(&admin));
 }
 
+/// A coordinator whose replica requests time out after 2 s, with `config` added to its
+/// configuration, and an origin running the slow function with `replicas` (written into `dir`).
+fn origin_configured(dir: &std::path::Path, replicas: &str, config: &str) -> (Coordinator, Node) {
+    let fdl = slow_fdl(dir, replicas, "");
+    origin_under(
+        &format!("max_hops = 6\n[replicas]\ntimeout = \"2s\"\n{config}"),
+        &fdl,
+    )
+}
+
 /// A coordinator whose `[aws]` points at `endpoint` with these keys, and an origin running the
 /// slow function with `replicas`.
 fn origin_with_aws(dir: &std::path::Path, replicas: &str, aws: &str) -> (Coordinator, Node) {
-    let fdl = slow_fdl(dir, replicas, "");
-    origin_under(
-        &format!("max_hops = 6\n[replicas]\ntimeout = \"2s\"\n[aws]\n{aws}"),
-        &fdl,
-    )
+    origin_configured(dir, replicas, &format!("[aws]\n{aws}"))
 }
 
 /// The slow function with moto's Lambda function `fire` (invoked with moto's access key and
@@ -528,15 +533,10 @@ fn a_lambda_that_stops_jobs_at_its_time_limit_spills_them_to_the_next_replica_la
     moto.queue_lambda_results(&vec![stopped.to_owned(); 30]);
     let (next, _dir, c, origin) = lambda_before_endpoint(&moto, &moto.secret_key);
 
-    let inputs = burst(&origin, 4);
-    let states = all_finished(&origin, &c, inputs.len());
-    assert_eq!(states.get("Succeeded"), Some(&inputs.len()), "{states:?}");
+    let inputs = all_succeed(&origin, &c, 4);
     let ran = next.seen("ran");
     assert!(!ran.is_empty(), "nothing spilled:\n{}", c.log());
-    let remote: Vec<String> = ran
-        .iter()
-        .map(|(_, rest)| rest.split(' ').next().unwrap().to_owned())
-        .collect();
+    let remote: Vec<String> = ran.iter().map(|(_, rest)| input_of(rest)).collect();
     assert_each_ran_once(&inputs, &local_outputs(&origin), &remote);
     // Each went to Lambda first (signed correctly: a refusal would say so) and moved on.
     assert!(
@@ -557,9 +557,7 @@ fn a_lambda_invoke_with_a_wrong_secret_is_refused_by_signature_and_falls_through
     moto.lambda_function("fire");
     let (next, _dir, c, origin) = lambda_before_endpoint(&moto, "not-the-secret");
 
-    let inputs = burst(&origin, 3);
-    let states = all_finished(&origin, &c, inputs.len());
-    assert_eq!(states.get("Succeeded"), Some(&inputs.len()), "{states:?}");
+    all_succeed(&origin, &c, 3);
     let ran = next.seen("ran");
     assert!(!ran.is_empty(), "nothing spilled:\n{}", c.log());
     assert!(c.log().contains("SignatureDoesNotMatch"), "{}", c.log());
@@ -657,14 +655,7 @@ fn the_runner_as_a_lambda_bootstrap_runs_invoked_jobs_and_their_outputs_reach_th
     );
     let (c, origin) = origin_with_aws(dir.path(), replicas, &aws);
 
-    let inputs = burst(&origin, 4);
-    let states = all_finished(&origin, &c, inputs.len());
-    assert_eq!(
-        states.get("Succeeded"),
-        Some(&inputs.len()),
-        "{states:?}\n{}",
-        c.log()
-    );
+    let inputs = all_succeed(&origin, &c, 4);
     let on_lambda = metric(&c, "spillway_replica_succeeded_total");
     assert!(on_lambda > 0, "nothing spilled:\n{}", c.log());
     assert_every_output_at_origin(&origin, &inputs);
@@ -726,21 +717,9 @@ fn surplus_runs_as_kubernetes_jobs_whose_runner_brings_the_outputs_back() {
     kube.run_kubelet("spillway-jobs");
     let dir = tempfile::tempdir().unwrap();
     let replicas = "      - {type: kubernetes, cluster_id: edge, image: 'docker.io/library/debian:bookworm-slim', priority: 0}\n";
-    let fdl = slow_fdl(dir.path(), replicas, "");
-    let config = format!(
-        "max_hops = 6\n[replicas]\ntimeout = \"2s\"\n{}",
-        kube_cluster(&kube)
-    );
-    let (c, origin) = origin_under(&config, &fdl);
+    let (c, origin) = origin_configured(dir.path(), replicas, &kube_cluster(&kube));
 
-    let inputs = burst(&origin, 4);
-    let states = all_finished(&origin, &c, inputs.len());
-    assert_eq!(
-        states.get("Succeeded"),
-        Some(&inputs.len()),
-        "{states:?}\n{}",
-        c.log()
-    );
+    let inputs = all_succeed(&origin, &c, 4);
     assert_every_output_at_origin(&origin, &inputs);
     let jobs = kube.jobs();
     assert!(!jobs.is_empty(), "nothing spilled:\n{}", c.log());
@@ -775,16 +754,13 @@ fn an_unreachable_kubernetes_api_passes_the_surplus_to_the_next_replica() {
         "      - {{type: kubernetes, cluster_id: gone, image: 'busybox', priority: 0}}\n      - {{type: endpoint, url: '{}', priority: 1}}\n",
         next.url()
     );
-    let fdl = slow_fdl(dir.path(), &replicas, "");
     let config = format!(
-        "max_hops = 6\n[replicas]\ntimeout = \"2s\"\n[kubernetes.gone]\nkubeconfig = \"{}\"\n",
+        "[kubernetes.gone]\nkubeconfig = \"{}\"\n",
         kubeconfig.display()
     );
-    let (c, origin) = origin_under(&config, &fdl);
+    let (c, origin) = origin_configured(dir.path(), &replicas, &config);
 
-    let inputs = burst(&origin, 3);
-    let states = all_finished(&origin, &c, inputs.len());
-    assert_eq!(states.get("Succeeded"), Some(&inputs.len()), "{states:?}");
+    all_succeed(&origin, &c, 3);
     let ran = next.seen("ran");
     assert!(!ran.is_empty(), "nothing spilled:\n{}", c.log());
     assert_eq!(
@@ -806,17 +782,12 @@ fn a_job_whose_pod_fails_before_its_runner_reports_fails_with_the_jobs_reason_an
         "      - {{type: kubernetes, cluster_id: edge, image: 'busybox', priority: 0}}\n      - {{type: endpoint, url: '{}', priority: 1}}\n",
         next.url()
     );
-    let fdl = slow_fdl(dir.path(), &replicas, "");
     // The runner image does not hold the runner where the config says: the init container fails.
-    let config = format!(
-        "max_hops = 6\n[replicas]\ntimeout = \"2s\"\n{}",
-        kube_cluster(&kube)
-    )
-    .replace(
+    let config = kube_cluster(&kube).replace(
         &support::bin("spillway-agent").display().to_string(),
         "/nonexistent/spillway-agent",
     );
-    let (c, origin) = origin_under(&config, &fdl);
+    let (c, origin) = origin_configured(dir.path(), &replicas, &config);
 
     let inputs = burst(&origin, 3);
     let states = all_finished(&origin, &c, inputs.len());
@@ -869,14 +840,7 @@ fn surplus_goes_down_kubernetes_lambda_endpoint_and_oscar_replicas_in_priority_o
     );
     let (c, origin) = origin_under(&config, &fdl);
 
-    let inputs = burst(&origin, 6);
-    let states = all_finished(&origin, &c, inputs.len());
-    assert_eq!(
-        states.get("Succeeded"),
-        Some(&inputs.len()),
-        "{states:?}\n{}",
-        c.log()
-    );
+    let inputs = all_succeed(&origin, &c, 6);
     let on_kube = kube.jobs().len();
     let on_endpoint = endpoint.seen("started").len();
     let on_oscar = remote_outputs(&worker);

@@ -88,23 +88,13 @@ pub async fn put_output(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check(&state, "PUT", &format!("/v1/outputs/{job}/{attempt}/"), &q)?;
-    let id = job
-        .parse()
-        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("`{job}` is not a job id")))?;
     if spillway_proto::ObjectKey::parse(&name).is_err() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!("`{name}` is not a relative file path inside the output folder"),
         ));
     }
-    if !state.replica_lease_is(id, attempt) {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!(
-                "attempt {attempt} of job {job} is over (the job was moved or finished): its outputs are not taken"
-            ),
-        ));
-    }
+    attempt_in_force(&state, &job, attempt, "outputs are")?;
     let blobs = state.clone();
     let digest = tokio::task::spawn_blocking(move || blobs.blobs.put(&body))
         .await
@@ -122,6 +112,28 @@ pub async fn put_output(
     ))
 }
 
+/// The job `job` names, if replica attempt `attempt` still holds its lease: an executor of an
+/// attempt the job moved on from (or that finished) is refused with `409`, its `what` not taken.
+fn attempt_in_force(
+    state: &State,
+    job: &str,
+    attempt: u32,
+    what: &str,
+) -> Result<spillway_proto::JobId, ApiError> {
+    let id = job
+        .parse()
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("`{job}` is not a job id")))?;
+    if !state.replica_lease_is(id, attempt) {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "attempt {attempt} of job {job} is over (the job was moved or finished): its {what} not taken"
+            ),
+        ));
+    }
+    Ok(id)
+}
+
 /// `POST /v1/callbacks/{job}/{attempt}` with a presigned query: an executor reports the job.
 /// A report from an attempt that no longer holds the job's lease (a replica the job moved on
 /// from) is refused, so it cannot pass for the current attempt's result.
@@ -137,18 +149,11 @@ pub async fn callback(
         &format!("/v1/callbacks/{job}/{attempt}"),
         &q,
     )?;
-    let id = job
-        .parse()
-        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("`{job}` is not a job id")))?;
-    if !state.replica_lease_is(id, attempt) {
-        tracing::info!(job = %job, attempt, "late report of an attempt that is over: ignored");
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!(
-                "attempt {attempt} of job {job} is over (the job was moved or finished): its report is not taken"
-            ),
-        ));
-    }
+    let id = attempt_in_force(&state, &job, attempt, "report is").inspect_err(|e| {
+        if e.0 == StatusCode::CONFLICT {
+            tracing::info!(job = %job, attempt, "late report of an attempt that is over: ignored");
+        }
+    })?;
     let report: ResultReport = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,

@@ -402,9 +402,8 @@ fn phase(job: &Job) -> JobPhase {
 /// outputs, or says the runner stopped) is the result once the Job has ended; a Job that ended
 /// without one ended before its runner could report.
 fn combine(job: Seen, report: Found) -> Found {
-    let reported = matches!(report, Found::Finished { .. } | Found::Stopped(_));
     match job {
-        _ if reported => report,
+        _ if is_final(&report) => report,
         Seen::Deleted => Found::Absent,
         Seen::Exists(JobPhase::Active) => Found::Running,
         Seen::Exists(JobPhase::Complete) => Found::Finished {
@@ -416,6 +415,11 @@ fn combine(job: Seen, report: Found) -> Found {
             detail: format!("the Job failed before its runner reported: {why}"),
         },
     }
+}
+
+/// Whether the runner's report ends the job (finished, or stopped at a time limit).
+fn is_final(report: &Found) -> bool {
+    matches!(report, Found::Finished { .. } | Found::Stopped(_))
 }
 
 /// A label value: at most 63 of `[A-Za-z0-9._-]`, starting and ending alphanumeric.
@@ -511,12 +515,13 @@ impl Backend for KubernetesBackend {
     fn status<'a>(&'a self, envelope: &'a Envelope) -> BoxFut<'a, Found> {
         Box::pin(async move {
             let report = self.callbacks.found(envelope.job, self.timeout * 2);
+            // The runner's final report is the result: no need to look at the Job.
+            if is_final(&report) {
+                return report;
+            }
             match self.job_state(envelope).await {
                 Ok(seen) => combine(seen, report),
-                Err(why) => match report {
-                    r @ (Found::Finished { .. } | Found::Stopped(_)) => r,
-                    _ => Found::Unknown(format!("cannot ask the API server: {why}")),
-                },
+                Err(why) => Found::Unknown(format!("cannot ask the API server: {why}")),
             }
         })
     }
