@@ -156,6 +156,14 @@ fn a_burst_on_a_single_slot_node_spills_to_its_peers_and_every_output_lands_once
         ) == 0),
         "the coordinator still holds jobs"
     );
+    // Each hand-over was journaled as placed, finished and forgotten, in group commits.
+    let accepted = metric(&c, "spillway_handovers_accepted_total");
+    let records = metric(&c, "spillway_handover_records_total");
+    let commits = metric(&c, "spillway_handover_commits_total");
+    assert!(
+        records >= 3 * accepted && (1..=records).contains(&commits),
+        "{accepted} hand-overs, {records} records in {commits} commits"
+    );
     assert!(
         wait_until(Duration::from_secs(10), || metric(&c, "spillway_blobs")
             == 0),

@@ -1,6 +1,7 @@
 //! The coordinator's shell around the sans-IO hand-over [`Ledger`]: it chooses peers from the
-//! live view, persists every record before the messages that depend on it leave, routes
-//! messages to node sessions, expires the leases of peers that stay away, and cleans up blobs.
+//! live view, persists every record before the messages that depend on it leave (through the
+//! store's group-committing journal), routes messages to node sessions, expires the leases of
+//! peers that stay away, and cleans up blobs.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -48,6 +49,15 @@ struct Payload {
     event: Event,
     input: [u8; 32],
     accepted_at_ms: u64,
+}
+
+/// What may only happen once the records queued with it are durable.
+enum After {
+    Frame(mpsc::UnboundedSender<CoordinatorFrame>, CoordinatorFrame),
+    Replica(replicas::driver::Placed),
+    /// A blob no hand-over refers to any more (deleted only when the record saying so is safe,
+    /// so a restart never restores a record whose blobs are gone).
+    DropBlob([u8; 32]),
 }
 
 #[derive(Debug)]
@@ -137,8 +147,9 @@ impl Handovers {
 impl State {
     /// Prometheus gauges: jobs the coordinator answers for, and blobs it keeps.
     pub fn handover_gauges(&self) -> String {
+        let (commits, records) = self.store.journal_stats();
         format!(
-            "# HELP spillway_handovers_open Handed-over jobs not yet delivered to (or returned to) their origin\n# TYPE spillway_handovers_open gauge\nspillway_handovers_open {}\n# HELP spillway_blobs Inputs and outputs in the coordinator's blob store\n# TYPE spillway_blobs gauge\nspillway_blobs {}\n",
+            "# HELP spillway_handovers_open Handed-over jobs not yet delivered to (or returned to) their origin\n# TYPE spillway_handovers_open gauge\nspillway_handovers_open {}\n# HELP spillway_blobs Inputs and outputs in the coordinator's blob store\n# TYPE spillway_blobs gauge\nspillway_blobs {}\n# HELP spillway_handover_commits_total Durable commits of hand-over records (each may hold many)\n# TYPE spillway_handover_commits_total counter\nspillway_handover_commits_total {commits}\n# HELP spillway_handover_records_total Hand-over records committed\n# TYPE spillway_handover_records_total counter\nspillway_handover_records_total {records}\n",
             self.handovers.len(),
             self.blobs.count()
         )
@@ -153,7 +164,7 @@ impl State {
         inner.sessions.insert(node.to_owned(), Session { id, tx });
         inner.away_since.remove(node);
         let effects = inner.ledger.connected(node);
-        self.carry_out(&mut inner, effects);
+        self.carry_out(&mut inner, effects, &[]);
         id
     }
 
@@ -206,9 +217,10 @@ impl State {
         }) {
             inc(&self.metrics.handovers_declined);
             tracing::debug!(job = %offer.id.short(), origin = node, ?beat, "offer declined: no peer beats the origin's prediction");
-            self.drop_unused_blobs(&inner, &[offer.input]);
+            self.carry_out(&mut inner, effects, &[offer.input]);
+            return;
         }
-        self.carry_out(&mut inner, effects);
+        self.carry_out(&mut inner, effects, &[]);
     }
 
     pub fn guest_done(&self, node: &str, session: u64, done: GuestDone) {
@@ -222,11 +234,9 @@ impl State {
         };
         let effects = inner.ledger.guest_done(done.id, node, done.outcome);
         let recorded = effects.iter().any(|e| matches!(e, Effect::Persist(_)));
-        self.carry_out(&mut inner, effects);
-        if !recorded {
-            // A late result (another peer's came first): its outputs are not needed.
-            self.drop_unused_blobs(&inner, &outputs);
-        }
+        // A late result (another peer's came first): its outputs are not needed.
+        let unused = if recorded { &[][..] } else { &outputs };
+        self.carry_out(&mut inner, effects, unused);
     }
 
     pub fn handover_ack(&self, node: &str, session: u64, id: JobId) {
@@ -246,10 +256,10 @@ impl State {
             blobs.extend(outputs.iter().map(|(_, d)| *d));
         }
         let effects = inner.ledger.origin_ack(id, node);
-        self.carry_out(&mut inner, effects);
-        if inner.ledger.get(&id).is_none() {
-            self.drop_unused_blobs(&inner, &blobs);
+        if inner.ledger.get(&id).is_some() {
+            blobs.clear();
         }
+        self.carry_out(&mut inner, effects, &blobs);
     }
 
     /// Places again the jobs of peers away longer than the grace period. Called periodically.
@@ -305,7 +315,7 @@ impl State {
             let effects = inner
                 .ledger
                 .peer_lost(&peer, |id, _| choices.get(id).cloned().flatten());
-            self.carry_out(&mut inner, effects);
+            self.carry_out(&mut inner, effects, &[]);
         }
     }
 
@@ -462,7 +472,7 @@ impl State {
     pub fn replica_done(&self, id: JobId, replica: &str, outcome: Outcome) {
         let mut inner = self.handovers.lock();
         let effects = inner.ledger.guest_done(id, replica, outcome);
-        self.carry_out(&mut inner, effects);
+        self.carry_out(&mut inner, effects, &[]);
         drop(inner);
         self.delegations.callbacks.forget(id);
         if let Ok(Some(mut row)) = self.store.job_row(&id.to_string()) {
@@ -489,38 +499,44 @@ impl State {
             .choose_peer(&inner, &function, 0, &visited, None)
             .or_else(|| self.choose_replica(&function, &visited));
         let effects = inner.ledger.placement_lost(id, replica, why, |_| choice);
-        self.carry_out(&mut inner, effects);
+        self.carry_out(&mut inner, effects, &[]);
     }
 
-    /// Persists, then sends, in order. A record that cannot be persisted stops everything after
-    /// it: nothing is promised that the disk does not hold.
-    fn carry_out(&self, inner: &mut Inner, effects: Vec<Effect<JobId, Outcome>>) {
+    /// Queues the records the effects ask for and, behind them, the messages and the deletion
+    /// of the blobs among `unused` that nothing refers to any more: those happen once the
+    /// records are durable, in the order queued. If the records cannot be written, nothing
+    /// queued with them happens: nothing is promised that the disk does not hold.
+    fn carry_out(
+        &self,
+        inner: &mut Inner,
+        effects: Vec<Effect<JobId, Outcome>>,
+        unused: &[[u8; 32]],
+    ) {
         let now = Instant::now();
         inner
             .recent
             .retain(|(_, at)| now.duration_since(*at) < Duration::from_secs(10));
+        let mut records = Vec::new();
+        let mut after = Vec::new();
         for effect in effects {
             match effect {
                 Effect::Persist(id) => {
                     let row = row(inner, id);
-                    if let Err(e) = self.store.put_handover(&id.to_string(), row.as_ref()) {
-                        tracing::error!(job = %id.short(), "cannot record a hand-over: {e}");
-                        return;
-                    }
                     if row.is_none() {
                         inner.payloads.remove(&id);
                     }
+                    records.push((id.to_string(), row));
                 }
                 Effect::Send { to, msg } if replicas::is_replica(&to) => {
                     // Replicas get placements through the delegation driver; nothing else is
                     // sent to them (a result's acknowledgement has no one to go to).
                     if let ToAgent::Place { id, attempt } = msg {
-                        self.delegations.place(replicas::driver::Placed {
+                        after.push(After::Replica(replicas::driver::Placed {
                             id,
                             replica: to,
                             attempt,
                             resume: false,
-                        });
+                        }));
                     }
                 }
                 Effect::Send { to, msg } => {
@@ -531,11 +547,42 @@ impl State {
                         continue;
                     };
                     if let Some(s) = inner.sessions.get(&to) {
-                        let _ = s.tx.send(frame);
+                        after.push(After::Frame(s.tx.clone(), frame));
                     }
                 }
             }
         }
+        let mut seen = std::collections::HashSet::new();
+        after.extend(
+            unused
+                .iter()
+                .filter(|d| seen.insert(**d) && !blob_in_use(inner, d))
+                .map(|d| After::DropBlob(*d)),
+        );
+        if records.is_empty() && after.is_empty() {
+            return;
+        }
+        let jobs: Vec<String> = records.iter().map(|(id, _)| id.clone()).collect();
+        let placer = self.delegations.placer();
+        let blobs = self.blobs.clone();
+        let then = move |written: Result<(), super::store::StoreError>| {
+            if let Err(e) = written {
+                tracing::error!(jobs = ?jobs, "cannot record a hand-over; its messages are held back: {e}");
+                return;
+            }
+            for a in after {
+                match a {
+                    After::Frame(tx, frame) => {
+                        let _ = tx.send(frame);
+                    }
+                    After::Replica(placed) => {
+                        let _ = placer.send(placed);
+                    }
+                    After::DropBlob(d) => blobs.remove(&d),
+                }
+            }
+        };
+        self.store.queue_handovers(records, Box::new(then));
     }
 
     /// Deletes blobs older than `age` that no hand-over refers to (uploads whose offer or result
@@ -543,13 +590,6 @@ impl State {
     pub fn sweep_blobs(&self, age: Duration) -> usize {
         let inner = self.handovers.lock();
         self.blobs.sweep(age, |d| blob_in_use(&inner, d))
-    }
-
-    /// Deletes blobs no hand-over refers to any more.
-    fn drop_unused_blobs(&self, inner: &Inner, candidates: &[[u8; 32]]) {
-        for d in candidates.iter().filter(|d| !blob_in_use(inner, d)) {
-            self.blobs.remove(d);
-        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod events;
 pub mod handover;
 pub mod http;
 pub mod invoke;
+pub mod journal;
 pub mod metrics;
 pub mod oscar_api;
 pub mod presign;

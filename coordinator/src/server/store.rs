@@ -1,19 +1,23 @@
 //! The coordinator's durable state in redb: nodes, their certificates, join tokens, functions
 //! and the jobs agents report. Values are JSON (function definitions carry free-form fields).
 //!
-//! Membership, tokens and functions are committed durably before they are acted on. Job rows
-//! mirror the agents' own journals (the source of truth) and node attributes are re-sent at every
-//! connection, so both are committed without an fsync of their own and become durable with the
-//! next durable commit.
+//! Membership, tokens and functions are committed durably before they are acted on. Hand-over
+//! records are too, through a group-committing [`Journal`] whose follow-ups run once their
+//! records are on disk. Job rows mirror the agents' own journals (the source of truth) and node
+//! attributes are re-sent at every connection, so both are committed without an fsync of their
+//! own and become durable with the next durable commit.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use spillway_proto::FunctionDef;
 use spillway_proto::wire::{Artifact, Capacity, JobUpdate};
+
+use super::journal::{Journal, Then};
 
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// Certificate fingerprint (hex) → node name.
@@ -23,7 +27,7 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 /// Job id (hex) → the coordinator's record of a job handed over to it.
-const HANDOVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("handovers");
+pub(super) const HANDOVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("handovers");
 /// `service/name` of a job another cluster delegated here (its `X-Delegated-Job-ID`) → the
 /// job's record, so it can ask about the job by the name it gave.
 const DELEGATED: TableDefinition<&str, &[u8]> = TableDefinition::new("delegated");
@@ -38,7 +42,7 @@ pub struct DelegatedJob {
     pub received_at_ms: u64,
 }
 
-#[derive(Debug, thiserror::Error, displaydoc::Display)]
+#[derive(Debug, Clone, thiserror::Error, displaydoc::Display)]
 pub enum StoreError {
     /// cannot open the coordinator state {path}: {message} (is another coordinator using it?)
     Open { path: PathBuf, message: String },
@@ -146,7 +150,9 @@ pub struct JobRow {
 
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
+    /// Hand-over records, group-committed (see [`Journal`]).
+    journal: Journal,
 }
 
 fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -181,7 +187,11 @@ impl Store {
         }
         tx.open_table(CERTS)?;
         tx.commit()?;
-        Ok(Self { db })
+        let db = Arc::new(db);
+        Ok(Self {
+            journal: Journal::start(db.clone()),
+            db,
+        })
     }
 
     pub fn put_token(&self, hash: &str, record: &TokenRecord) -> Result<(), StoreError> {
@@ -334,22 +344,27 @@ impl Store {
         Ok(())
     }
 
-    /// Records (or, with `None`, forgets) a handed-over job, durably: the coordinator answers
-    /// for it from the moment this returns.
-    pub fn put_handover(
+    /// Queues hand-over records (`None` forgets the job) to be written durably with whatever
+    /// else is queued; `then` runs once they are on disk, after every entry queued before it.
+    pub fn queue_handovers(
         &self,
-        id: &str,
-        row: Option<&super::handover::HandoverRow>,
-    ) -> Result<(), StoreError> {
-        match row {
-            Some(row) => self.put(HANDOVERS, id, row, Durability::Immediate),
-            None => {
-                let tx = self.db.begin_write()?;
-                tx.open_table(HANDOVERS)?.remove(id)?;
-                tx.commit()?;
-                Ok(())
-            }
-        }
+        records: Vec<(String, Option<super::handover::HandoverRow>)>,
+        then: Then,
+    ) {
+        let records = records
+            .into_iter()
+            .map(|(id, row)| (id, row.as_ref().map(encode)))
+            .collect();
+        self.journal.queue(records, then);
+    }
+
+    /// How many durable commits the hand-over journal made, and how many records they held.
+    pub fn journal_stats(&self) -> (u64, u64) {
+        let s = self.journal.stats();
+        (
+            s.commits.load(std::sync::atomic::Ordering::Relaxed),
+            s.records.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     pub fn handovers(&self) -> Result<Vec<super::handover::HandoverRow>, StoreError> {

@@ -58,9 +58,14 @@ impl Delegations {
         }
     }
 
-    /// Queues a placement (called under the hand-over lock: it only sends on a channel).
+    /// Queues a placement whose record is already durable (a lease resumed after a restart).
     pub fn place(&self, placed: Placed) {
         let _ = self.tx.send(placed);
+    }
+
+    /// Where placements go, for sending them once their hand-over record is durable.
+    pub fn placer(&self) -> mpsc::UnboundedSender<Placed> {
+        self.tx.clone()
     }
 }
 
