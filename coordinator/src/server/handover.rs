@@ -51,13 +51,30 @@ struct Payload {
     accepted_at_ms: u64,
 }
 
-/// What may only happen once the records queued with it are durable.
+/// What may only happen once the records queued with it are durable, with what it needs.
 enum After {
     Frame(mpsc::UnboundedSender<CoordinatorFrame>, CoordinatorFrame),
-    Replica(replicas::driver::Placed),
+    Replica(
+        mpsc::UnboundedSender<replicas::driver::Placed>,
+        replicas::driver::Placed,
+    ),
     /// A blob no hand-over refers to any more (deleted only when the record saying so is safe,
     /// so a restart never restores a record whose blobs are gone).
-    DropBlob([u8; 32]),
+    DropBlob(super::blobs::Blobs, [u8; 32]),
+}
+
+impl After {
+    fn happen(self) {
+        match self {
+            After::Frame(tx, frame) => {
+                let _ = tx.send(frame);
+            }
+            After::Replica(tx, placed) => {
+                let _ = tx.send(placed);
+            }
+            After::DropBlob(blobs, d) => blobs.remove(&d),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -531,12 +548,15 @@ impl State {
                     // Replicas get placements through the delegation driver; nothing else is
                     // sent to them (a result's acknowledgement has no one to go to).
                     if let ToAgent::Place { id, attempt } = msg {
-                        after.push(After::Replica(replicas::driver::Placed {
-                            id,
-                            replica: to,
-                            attempt,
-                            resume: false,
-                        }));
+                        after.push(After::Replica(
+                            self.delegations.placer(),
+                            replicas::driver::Placed {
+                                id,
+                                replica: to,
+                                attempt,
+                                resume: false,
+                            },
+                        ));
                     }
                 }
                 Effect::Send { to, msg } => {
@@ -552,34 +572,19 @@ impl State {
                 }
             }
         }
-        let mut seen = std::collections::HashSet::new();
         after.extend(
             unused
                 .iter()
-                .filter(|d| seen.insert(**d) && !blob_in_use(inner, d))
-                .map(|d| After::DropBlob(*d)),
+                .filter(|d| !blob_in_use(inner, d))
+                .map(|d| After::DropBlob(self.blobs.clone(), *d)),
         );
         if records.is_empty() && after.is_empty() {
             return;
         }
-        let jobs: Vec<String> = records.iter().map(|(id, _)| id.clone()).collect();
-        let placer = self.delegations.placer();
-        let blobs = self.blobs.clone();
+        // A failed write is logged by the journal, with the jobs; what depends on it stays back.
         let then = move |written: Result<(), super::store::StoreError>| {
-            if let Err(e) = written {
-                tracing::error!(jobs = ?jobs, "cannot record a hand-over; its messages are held back: {e}");
-                return;
-            }
-            for a in after {
-                match a {
-                    After::Frame(tx, frame) => {
-                        let _ = tx.send(frame);
-                    }
-                    After::Replica(placed) => {
-                        let _ = placer.send(placed);
-                    }
-                    After::DropBlob(d) => blobs.remove(&d),
-                }
+            if written.is_ok() {
+                after.into_iter().for_each(After::happen);
             }
         };
         self.store.queue_handovers(records, Box::new(then));

@@ -360,11 +360,7 @@ impl Store {
 
     /// How many durable commits the hand-over journal made, and how many records they held.
     pub fn journal_stats(&self) -> (u64, u64) {
-        let s = self.journal.stats();
-        (
-            s.commits.load(std::sync::atomic::Ordering::Relaxed),
-            s.records.load(std::sync::atomic::Ordering::Relaxed),
-        )
+        self.journal.stats()
     }
 
     pub fn handovers(&self) -> Result<Vec<super::handover::HandoverRow>, StoreError> {
