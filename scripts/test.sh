@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Spillway's whole test suite, on a fresh Debian 12 machine (run as root):
-#   1. installs what the tests need (Debian packages; nothing else is downloaded but crates),
+#   1. installs what the tests need (Debian and PyPI packages, once per machine),
 #   2. checks formatting and lints,
 #   3. rebuilds the wasm example from C and checks it matches the committed module,
-#   4. runs every x86_64 test (unit, property, runtime, end-to-end with real processes, mesh tests
-#      across network namespaces, containers from a real registry),
-#   5. cross-builds a static aarch64 agent and runs the proto, link and agent tests under qemu,
-#   6. cross-builds static release binaries for x86_64, aarch64 and armv7 and Spillway's own
-#      multi-platform images (checked with skopeo and umoci, pushed, pulled back per platform),
-#   7. boots an emulated Raspberry Pi (qemu-system-aarch64, Debian's arm64 kernel) from a card
-#      prepared by `spillway flash`: it joins the mesh and runs a container function,
-#   8. runs the proto, link and agent library tests for armv7 under qemu (wasm through Pulley).
+#   4. builds each target once, statically (see cross/build.sh), and from those builds:
+#      - runs every x86_64 test (unit, property, runtime, end-to-end with real processes, mesh
+#        tests across network namespaces, containers from a real registry),
+#      - runs the proto, link and agent tests under qemu-aarch64-static and qemu-arm-static,
+#      - assembles Spillway's own multi-platform images (checked with skopeo and umoci, pushed,
+#        pulled back per platform),
+#   5. boots an emulated Raspberry Pi (qemu-system-aarch64, Debian's arm64 kernel) from a card
+#      prepared by `spillway flash`: it joins the mesh and runs a container function.
+# The size-optimised release artifacts are not built here: `cross/build.sh --images` makes them.
 # Builds are cached in $CARGO_TARGET_DIR (default /var/cache/spillway/target) between runs.
+# Each step's time is printed as it ends, and all of them at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/spillway/target}"
@@ -20,7 +22,38 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/spillway/target}"
 export CARGO_TERM_COLOR=never
 mkdir -p "$CARGO_TARGET_DIR"
 
-step() { printf '\n==> %s\n' "$*"; }
+steps=() current="" current_start=$SECONDS suite_start=$SECONDS
+end_step() {
+  [ -n "$current" ] || return 0
+  local took=$((SECONDS - current_start))
+  steps+=("$(printf '%4dm%02ds  %s' $((took / 60)) $((took % 60)) "$current")")
+  printf '<== %s: %dm%02ds\n' "$current" $((took / 60)) $((took % 60))
+  current=""
+}
+step() {
+  end_step
+  current="$*" current_start=$SECONDS
+  printf '\n==> %s\n' "$*"
+}
+summary() {
+  local rc=$? failed="$current"
+  end_step
+  local total=$((SECONDS - suite_start))
+  printf '\n==> step times\n'
+  printf '%s\n' "${steps[@]}"
+  printf '%4dm%02ds  total\n' $((total / 60)) $((total % 60))
+  if ((rc == 0)); then echo "all tests passed"; else printf 'FAILED in: %s (exit %d)\n' "${failed:-set-up}" "$rc"; fi
+}
+trap summary EXIT
+
+# Installs a PyPI package once per machine; says what to run when the index cannot be reached.
+pip_install() {
+  local package="$1"
+  echo "installing $package (PyPI)"
+  python3 -m pip install -q "$package" 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages "$package" \
+    || { echo "cannot install $package from PyPI: run \`python3 -m pip install '$package'\` where PyPI is reachable" >&2; exit 1; }
+}
 
 packages=(
   clang lld wasi-libc libclang-rt-14-dev-wasm32 libstb-dev      # C -> wasm32-wasi examples
@@ -48,25 +81,18 @@ for p in "${packages[@]}"; do
 done
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
-  apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"; } \
+    || { echo "cannot install Debian packages ${missing[*]}: run \`apt-get update && apt-get install ${missing[*]}\` where the Debian mirror is reachable" >&2; exit 1; }
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust 1.95+ (rustup)" >&2; exit 1; }
-# moto's server is the S3 and Lambda API of the storage and replica tests (PyPI; boto3 comes
-# with it); cargo-lambda (PyPI, prebuilt) emulates the Lambda Runtime API for the runner.
+# moto's server is the S3 and Lambda API of the storage and replica tests (boto3 comes with it);
+# kmock is the Kubernetes API emulator of the kubernetes replica tests; cargo-lambda (prebuilt)
+# emulates the Lambda Runtime API for the runner.
 if ! command -v moto_server >/dev/null || ! python3 -c 'import boto3, moto.server' 2>/dev/null; then
-  echo "installing moto[server] (PyPI)"
-  python3 -m pip install -q 'moto[server]' || python3 -m pip install -q --break-system-packages 'moto[server]'
+  pip_install 'moto[server]'
 fi
-# kmock (PyPI) is the Kubernetes API emulator of the kubernetes replica tests.
-if ! python3 -c 'import kmock' 2>/dev/null; then
-  echo "installing kmock (PyPI)"
-  python3 -m pip install -q kmock || python3 -m pip install -q --break-system-packages kmock
-fi
-if ! command -v cargo-lambda >/dev/null; then
-  echo "installing cargo-lambda (PyPI)"
-  python3 -m pip install -q cargo-lambda || python3 -m pip install -q --break-system-packages cargo-lambda
-fi
+python3 -c 'import kmock' 2>/dev/null || pip_install kmock
+command -v cargo-lambda >/dev/null || pip_install cargo-lambda
 
 step "format"
 cargo fmt --all --check
@@ -87,37 +113,20 @@ configs/examples/grayscale/build.sh "$rebuilt"
 cmp "$rebuilt" configs/examples/grayscale/grayscale.wasm \
   || { echo "configs/examples/grayscale/grayscale.wasm is stale: run configs/examples/grayscale/build.sh" >&2; exit 1; }
 
-step "x86_64 tests"
-cargo test --workspace
+X86=x86_64-unknown-linux-gnu ARM64=aarch64-unknown-linux-gnu ARMV7=armv7-unknown-linux-gnueabihf
+step "x86_64: every test, from a static build whose binaries also go into the amd64 images"
+cross/build.sh --profile dev --test "$X86"
 
-step "aarch64: static agent, proto, link and agent tests under qemu-aarch64-static"
-# libseccomp links statically into ARM builds (the boards need no libseccomp package).
-export LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/aarch64-linux-gnu
-RUSTC=/usr/bin/rustc /usr/bin/cargo build --profile ci --target aarch64-unknown-linux-gnu -p spillway-agent
-arm_agent="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/ci/spillway-agent"
-file "$arm_agent" | grep -q "statically linked" || { echo "$arm_agent is not static" >&2; exit 1; }
-qemu-aarch64-static "$arm_agent" --version
-RUSTC=/usr/bin/rustc /usr/bin/cargo test --profile ci --target aarch64-unknown-linux-gnu -p spillway-proto -p spillway-link -p spillway-agent --tests
+step "aarch64 and armv7: one static build each (ci profile), their tests under qemu-user"
+cross/build.sh --profile ci --test "$ARM64" "$ARMV7"
 
-# From here on x86_64 test binaries link libseccomp as usual; cross/build.sh sets its own.
-unset LIBSECCOMP_LINK_TYPE LIBSECCOMP_LIB_PATH
-
-step "cross: static release binaries for x86_64, aarch64 and armv7, and multi-platform images"
-cross/build.sh --images
-SPILLWAY_CROSS_TARGET="$CARGO_TARGET_DIR" cargo test -p spillway-tests --test images -- --ignored
+step "multi-platform images from those builds: skopeo, umoci, pushed and pulled back per platform"
+cross/build.sh --images --no-build
+SPILLWAY_CROSS_TARGET="$CARGO_TARGET_DIR" \
+  cross/build.sh --profile dev cargo "$X86" test -p spillway-tests --test images -- --ignored
 
 step "emulated Raspberry Pi: a flashed card boots, joins the mesh and runs a container"
 # Debian's arm64 kernel and busybox for the board (downloaded once into /var/cache/spillway/pi).
 tests/pi/assets.sh
-SPILLWAY_AARCH64_AGENT="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/release/spillway-agent" \
-  cargo test -p spillway-tests --test pi_boot -- --ignored
-
-step "armv7: proto, link and agent library tests under qemu-arm-static"
-# rustup's armv7 std (Debian's armhf one is rustc 1.85; see cross/build.sh). The library tests
-# only: the unoptimised 64 MB armv7 agent binary crashes at start under qemu-arm (the release
-# binary of cross/build.sh runs), and libcontainer is left out of 32-bit builds.
-rustup target add armv7-unknown-linux-gnueabihf >/dev/null   # a download on a fresh machine
-cargo test --profile ci --target armv7-unknown-linux-gnueabihf -p spillway-proto -p spillway-link --tests
-cargo test --profile ci --target armv7-unknown-linux-gnueabihf -p spillway-agent --lib
-
-step "all tests passed"
+SPILLWAY_AARCH64_AGENT="$CARGO_TARGET_DIR/bin/$ARM64/spillway-agent" \
+  cross/build.sh --profile dev cargo "$X86" test -p spillway-tests --test pi_boot -- --ignored

@@ -13,7 +13,11 @@ kernel=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-image-
 kernel=${kernel%:arm64}
 [ -n "$kernel" ] || { echo "no arm64 kernel package in the apt index: apt-get update" >&2; exit 1; }
 apt-get download -q "$kernel:arm64" busybox-static:arm64 2>&1 | grep -v "^W: Download is performed unsandboxed" || true
-dpkg-deb -x linux-image-*_arm64.deb kernel
+for deb in "${kernel}_*_arm64.deb" "busybox-static_*_arm64.deb"; do
+  # shellcheck disable=SC2086 # the glob is wanted
+  compgen -G "$deb" >/dev/null || { echo "cannot download ${deb%%_*}:arm64 from Debian's archive: run \`apt-get update && apt-get download ${deb%%_*}:arm64\` where the mirror is reachable, then tests/pi/assets.sh again" >&2; exit 1; }
+done
+dpkg-deb -x "$kernel"_*_arm64.deb kernel
 dpkg-deb -x busybox-static_*_arm64.deb busybox
 rm -rf "$dir.partial" && mkdir -p "$dir.partial/modules"
 cp kernel/boot/vmlinuz-* "$dir.partial/vmlinuz"

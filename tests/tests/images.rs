@@ -4,8 +4,9 @@
 //! Debian's docker-registry on loopback, and `spillway-agent pull --platform P` gets every
 //! platform back; the binaries inside are the ones `cross/build.sh` built.
 //!
-//! Ignored by a plain `cargo test` (it needs the three release builds); scripts/test.sh runs it
-//! after `cross/build.sh --images`:
+//! Ignored by a plain `cargo test` (it needs the three static builds); scripts/test.sh runs it
+//! after `cross/build.sh … --images`, which leaves the binaries in `$CARGO_TARGET_DIR/bin/TRIPLE/`
+//! and the archives in `$CARGO_TARGET_DIR/images/`:
 //!   SPILLWAY_CROSS_TARGET=$CARGO_TARGET_DIR cargo test -p spillway-tests --test images -- --ignored
 
 // Test helpers may unwrap: a panic is the failure report.
@@ -36,6 +37,11 @@ fn target() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// Where `cross/build.sh` put `binary` for `triple` (whatever profile it built).
+fn built(target: &Path, triple: &str, binary: &str) -> PathBuf {
+    target.join("bin").join(triple).join(binary)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -97,7 +103,7 @@ fn check_archive(target: &Path, component: &str, binary: &str, user: &str) -> St
                 .arg(&bundle),
         );
         let inside = bundle.join("rootfs/usr/local/bin").join(binary);
-        let built = target.join(triple).join("release").join(binary);
+        let built = built(target, triple, binary);
         assert!(
             same_file(&inside, &built),
             "{platform}: {} differs from {}",
@@ -131,7 +137,7 @@ fn check_archive(target: &Path, component: &str, binary: &str, user: &str) -> St
 }
 
 #[test]
-#[ignore = "needs the three release builds and images of `cross/build.sh --images`"]
+#[ignore = "needs the three static builds and images of `cross/build.sh --images`"]
 fn the_multi_platform_images_validate_push_and_pull_back_with_the_agents_puller() {
     let target = target();
     let agent_archive = check_archive(&target, "agent", "spillway-agent", "0");
@@ -152,7 +158,7 @@ fn the_multi_platform_images_validate_push_and_pull_back_with_the_agents_puller(
         let (ok, list, err) = node.agent_cli(&["images"]);
         assert!(ok && list.contains(platform), "{list}{err}");
         // The store's unpacked root holds exactly the binary cross/build.sh made.
-        let built = target.join(triple).join("release/spillway-agent");
+        let built = built(&target, triple, "spillway-agent");
         let found = support::files_under(&node.path("state/images/rootfs"))
             .into_iter()
             .filter(|f| f.ends_with("usr/local/bin/spillway-agent"))

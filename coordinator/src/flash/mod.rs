@@ -197,6 +197,8 @@ pub fn find_agent(dir: &Path, arch: Arch) -> Result<PathBuf, FlashError> {
     let triple = arch.triple();
     let path = [
         dir.join(triple).join("spillway-agent"),
+        // What `cross/build.sh` built last (any profile), then its release build.
+        dir.join("bin").join(triple).join("spillway-agent"),
         dir.join(triple).join("release").join("spillway-agent"),
     ]
     .into_iter()
