@@ -496,6 +496,25 @@ impl AgentConfig {
         }
     }
 
+    /// Opens a job's input for reading: a bucket file beneath the data root without following
+    /// a symbolic link (one swapped in while the job was queued fails it, with the reason), a
+    /// message's payload from this node's own inbox.
+    pub fn open_input(
+        &self,
+        id: spillway_proto::JobId,
+        event: &spillway_proto::Event,
+    ) -> std::io::Result<std::fs::File> {
+        match event {
+            spillway_proto::Event::File(f) => {
+                let rel = Path::new(&f.bucket).join(f.key.as_str());
+                crate::beneath::Beneath::open(&self.data_root)
+                    .and_then(|root| root.open_file(&rel))
+                    .map_err(crate::beneath::BeneathError::into_io)
+            }
+            spillway_proto::Event::Mqtt(_) => std::fs::File::open(self.input_of(id, event)),
+        }
+    }
+
     pub fn wasm_cache_dir(&self) -> PathBuf {
         self.state_dir.join("wasm-cache")
     }

@@ -6,8 +6,11 @@
 //! (`process`, `wasm`), [`joblog`] keeps per-job logs. [`catalog`] reads the FDL files and
 //! deploys the functions meant for this node; [`config`] is the agent's TOML file. [`mesh`]
 //! joins a coordinator's mesh and keeps the link to it (optional: an agent works alone too).
+//! [`beneath`] resolves outside paths (image layers, object keys) beneath their root without
+//! following symbolic links.
 
 pub mod atomic;
+pub mod beneath;
 pub mod capture;
 pub mod catalog;
 pub mod config;

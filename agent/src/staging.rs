@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use spillway_proto::fdl::StorageRef;
 use spillway_proto::{JobId, ObjectKey};
 
+use crate::beneath::Beneath;
+
 /// The folders of one run attempt.
 #[derive(Debug, Clone)]
 pub struct Staging {
@@ -50,8 +52,14 @@ impl Staging {
     }
 
     /// Creates the folders afresh and copies the input file in. The copy keeps the original
-    /// untouched whatever the function does to its input.
-    pub fn prepare(&self, input: &Path, file_name: &str) -> Result<(), StagingError> {
+    /// untouched whatever the function does to its input. `input` is the input opened by its
+    /// owner ([`crate::AgentConfig::open_input`]); `shown` names it in errors.
+    pub fn prepare(
+        &self,
+        input: io::Result<fs::File>,
+        shown: &Path,
+        file_name: &str,
+    ) -> Result<(), StagingError> {
         if self.root.exists() {
             fs::remove_dir_all(&self.root).map_err(|source| StagingError::Prepare {
                 path: self.root.clone(),
@@ -64,10 +72,18 @@ impl Staging {
                 source,
             })?;
         }
-        fs::copy(input, self.input_dir.join(file_name)).map_err(|source| StagingError::Input {
-            path: input.to_owned(),
+        let failed = |source| StagingError::Input {
+            path: shown.to_owned(),
             source,
+        };
+        let mut input = input.map_err(failed)?;
+        let mut copy = fs::File::create_new(self.input_dir.join(file_name)).map_err(|source| {
+            StagingError::Prepare {
+                path: self.input_dir.join(file_name),
+                source,
+            }
         })?;
+        io::copy(&mut input, &mut copy).map_err(failed)?;
         Ok(())
     }
 
@@ -107,7 +123,8 @@ impl Staging {
     }
 }
 
-/// Copies each output key to every output whose filters accept it, under `data_root`.
+/// Copies each output key to every output whose filters accept it, beneath `data_root` (never
+/// through a symbolic link: see [`crate::beneath`]).
 ///
 /// Files are written to a hidden temporary name and renamed into place, so a reader (or a chained
 /// function watching that folder) only ever sees complete files, and a repeated delivery after a
@@ -119,28 +136,48 @@ pub fn deliver(
     data_root: &Path,
     job: JobId,
 ) -> Result<Vec<String>, StagingError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut delivered = Vec::new();
+    let mut root = None;
     for output in outputs.iter().filter(|o| o.provider.is_local()) {
-        let dest_dir = output.path.dir_under(data_root);
+        let dest_dir = output.path.dir_under(Path::new(""));
         for key in keys.iter().filter(|k| output.accepts(k.file_name())) {
             let dest = key.under(&dest_dir);
-            let parent = dest.parent().unwrap_or(&dest_dir);
             let fail = |source| StagingError::Deliver {
                 key: key.to_string(),
-                dest: dest.clone(),
+                dest: data_root.join(&dest),
                 source,
             };
-            fs::create_dir_all(parent).map_err(fail)?;
-            let tmp = parent.join(format!(
+            let root = match &root {
+                Some(r) => r,
+                None => root.insert(Beneath::open(data_root).map_err(|e| fail(e.into_io()))?),
+            };
+            if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+                root.mkdir_all(parent, 0o755)
+                    .map_err(|e| fail(e.into_io()))?;
+            }
+            let tmp = dest.with_file_name(format!(
                 ".spillway-{}-{}.part",
                 job.short(),
                 key.file_name()
             ));
-            fs::copy(key.under(output_dir), &tmp).map_err(fail)?;
-            fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
+            // The function wrote the output folder: a link there is not followed either.
+            let mut source = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(key.under(output_dir))
                 .map_err(fail)?;
-            fs::rename(&tmp, &dest).map_err(fail)?;
+            root.remove_all(&tmp).map_err(|e| fail(e.into_io()))?;
+            let mut part = root
+                .create_file(&tmp, 0o644)
+                .map_err(|e| fail(e.into_io()))?;
+            io::copy(&mut source, &mut part)
+                .and_then(|_| {
+                    part.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                })
+                .and_then(|()| part.sync_all())
+                .map_err(fail)?;
+            root.rename(&tmp, &dest).map_err(|e| fail(e.into_io()))?;
             delivered.push(format!("{}/{}", output.path, key));
         }
     }
@@ -172,7 +209,9 @@ mod tests {
             Staging::for_attempt(&dir.path().join("staging"), JobId::from_bytes([7; 16]), 1);
         let input = dir.path().join("in.jpg");
         fs::write(&input, b"img").expect("write");
-        staging.prepare(&input, "in.jpg").expect("prepare");
+        staging
+            .prepare(fs::File::open(&input), &input, "in.jpg")
+            .expect("prepare");
         fs::write(staging.output_dir.join("a.avi"), b"video").expect("write");
         fs::create_dir_all(staging.output_dir.join("sub")).expect("mkdir");
         fs::write(staging.output_dir.join("sub/b.wav"), b"audio").expect("write");
@@ -184,6 +223,7 @@ mod tests {
             vec!["a.avi", "sub/b.wav"]
         );
         let data = dir.path().join("data");
+        fs::create_dir(&data).expect("data root");
         let outputs = [out("av/video", &["avi"]), out("av/audio", &["wav"])];
         for _ in 0..2 {
             let delivered = deliver(

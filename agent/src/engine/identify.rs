@@ -9,6 +9,7 @@ use spillway_proto::fdl::BucketPath;
 use spillway_proto::{Event, FileEvent, ObjectKey};
 
 use super::Shared;
+use crate::beneath::{Beneath, BeneathError};
 use crate::catalog::Deployed;
 use crate::journal::{JobRecord, JobState, SeenFile, now_ms};
 
@@ -33,22 +34,20 @@ pub(super) fn identify_file(
         },
         Err(e) => Err(e),
     };
-    let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+    let (mut file, meta, refusal) = match open_beneath(s, rel, path) {
+        Opened::Gone => return None,
+        Opened::File(file, meta) => (Some(file), meta, None),
+        Opened::Refused(reason, meta) => (None, meta, Some(reason)),
+    };
     let mtime_ns = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as i128);
-    // A symbolic link may point anywhere; only files inside the data root are inputs.
-    let escapes =
-        std::fs::canonicalize(path).map_or(true, |real| !real.starts_with(&s.real_data_root));
-    let key = match key {
-        Ok(_) if escapes => Err(format!(
-            "input file refused: {} resolves outside the data root (a symbolic link?); copy the file in instead",
-            rel.display()
-        )),
-        Ok(key) => Ok(key),
-        Err(e) => Err(format!("input file name refused: {e}")),
+    let key = match (key, refusal) {
+        (Err(e), _) => Err(format!("input file name refused: {e}")),
+        (Ok(_), Some(reason)) => Err(reason),
+        (Ok(key), None) => Ok(key),
     };
     let key = match key {
         Ok(key) => key,
@@ -89,7 +88,7 @@ pub(super) fn identify_file(
         .filter(|f| f.size == meta.len() && f.mtime_ns == mtime_ns);
     let sha256 = match cached {
         Some(seen) => seen.sha256,
-        None => sha256_file(path)?,
+        None => sha256_file(file.as_mut()?)?,
     };
     let seen = SeenFile {
         size: meta.len(),
@@ -107,8 +106,44 @@ pub(super) fn identify_file(
     Some((record, Some((file_key, seen))))
 }
 
-fn sha256_file(path: &Path) -> Option<[u8; 32]> {
-    let mut file = std::fs::File::open(path).ok()?;
+/// A bucket file, opened beneath the data root without following links: a symbolic link may
+/// point anywhere (and be swapped for another later), so only real files inside the data root
+/// are inputs.
+enum Opened {
+    File(std::fs::File, std::fs::Metadata),
+    /// Refused with the reason; the metadata is the link's own (the input itself is not read).
+    Refused(String, std::fs::Metadata),
+    /// Vanished before it was read, or not a regular file: nothing to do.
+    Gone,
+}
+
+fn open_beneath(s: &Shared, rel: &Path, path: &Path) -> Opened {
+    let Ok(under) = path.strip_prefix(&s.config.data_root) else {
+        return Opened::Gone;
+    };
+    let opened = Beneath::open(&s.config.data_root).and_then(|root| root.open_file(under));
+    let reason = match opened {
+        Ok(file) => {
+            return match file.metadata() {
+                Ok(meta) if meta.is_file() => Opened::File(file, meta),
+                _ => Opened::Gone,
+            };
+        }
+        Err(e) if e.is_not_found() => return Opened::Gone,
+        Err(BeneathError::Symlink { .. }) => format!(
+            "input file refused: {} is or leads through a symbolic link, which inputs may not be; copy the file in instead",
+            rel.display()
+        ),
+        Err(BeneathError::NotA { .. }) => return Opened::Gone,
+        Err(other) => format!("input file refused: {other}"),
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => Opened::Refused(reason, meta),
+        Err(_) => Opened::Gone,
+    }
+}
+
+fn sha256_file(file: &mut std::fs::File) -> Option<[u8; 32]> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {

@@ -107,8 +107,6 @@ enum Msg {
 /// Shared by the engine loop and its run tasks.
 struct Shared {
     config: AgentConfig,
-    /// The data root with symbolic links resolved, to tell whether an input stays inside it.
-    real_data_root: PathBuf,
     journal: Journal,
     events: broadcast::Sender<JobEvent>,
     msgs: mpsc::UnboundedSender<Msg>,
@@ -293,13 +291,12 @@ impl Agent {
         let (folder_tx, folder_rx) = mpsc::unbounded_channel();
         let watch = FolderWatch::start(&catalog.input_dirs(), folder_tx.clone())?;
         let (events, _) = broadcast::channel(4096);
-        let real_data_root =
-            std::fs::canonicalize(&config.data_root).map_err(|source| AgentError::CreateDir {
-                path: config.data_root.clone(),
-                source,
-            })?;
+        // Inputs are opened beneath the data root: it must be there to open.
+        crate::beneath::Beneath::open(&config.data_root).map_err(|e| AgentError::CreateDir {
+            path: config.data_root.clone(),
+            source: e.into_io(),
+        })?;
         let shared = Arc::new(Shared {
-            real_data_root,
             config,
             journal,
             events,

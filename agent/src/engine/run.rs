@@ -27,16 +27,24 @@ pub(super) async fn run_job(
     let file_name = record.event.file_name().to_owned();
     // A guest's input was fetched from the coordinator; the event still names the origin's file.
     let guest = s.journal.hosting(record.id)?;
-    let input = match &guest {
-        Some(g) => g.dir.join("input").join(&file_name),
-        None => config.input_of(record.id, &record.event),
-    };
+    let guest_input = guest.as_ref().map(|g| g.dir.join("input").join(&file_name));
     let origin = guest
         .as_ref()
         .map_or(config.node_name.as_str(), |g| g.origin.as_str());
     let prepared = {
-        let (staging, input, name) = (staging.clone(), input.clone(), file_name.clone());
-        tokio::task::spawn_blocking(move || staging.prepare(&input, &name)).await
+        let (staging, name, s) = (staging.clone(), file_name.clone(), s.clone());
+        let (id, event) = (record.id, record.event.clone());
+        tokio::task::spawn_blocking(move || {
+            let (input, shown) = match guest_input {
+                Some(path) => (std::fs::File::open(&path), path),
+                None => (
+                    s.config.open_input(id, &event),
+                    s.config.input_of(id, &event),
+                ),
+            };
+            staging.prepare(input, &shown, &name)
+        })
+        .await
     };
     if let Err(reason) = prepared
         .map_err(|e| e.to_string())

@@ -16,6 +16,10 @@ use super::{ImageError, Platform};
 
 /// Small JSON files kept in memory while the tar streams by; anything bigger is not metadata.
 const MAX_METADATA: u64 = 4 << 20;
+/// Files in one archive, and bytes in all: far above real images, low enough that a hostile
+/// archive cannot fill a card with blobs.
+const MAX_ENTRIES: u64 = 100_000;
+const MAX_BYTES: u64 = 16 << 30;
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 #[derive(Debug, Deserialize)]
@@ -65,8 +69,10 @@ fn import_inner(
     } else {
         Box::new(reader)
     };
+    let (stream, allowance) = super::tar_guard::Allowance::wrap(stream);
     let mut tar = tar::Archive::new(stream);
     let mut metadata: HashMap<String, Vec<u8>> = HashMap::new();
+    let (mut entries_left, mut bytes_left) = (MAX_ENTRIES, MAX_BYTES);
     // docker-save files named by path (`abc/layer.tar`) → the digest of their content.
     let mut by_path: HashMap<String, String> = HashMap::new();
     let truncated = |e: std::io::Error| {
@@ -76,6 +82,18 @@ fn import_inner(
     };
     for entry in tar.entries().map_err(truncated)? {
         let mut entry = entry.map_err(truncated)?;
+        allowance.entry(entry.size());
+        entries_left = entries_left.checked_sub(1).ok_or_else(|| {
+            fail(format!(
+                "it has more than {MAX_ENTRIES} entries; that is not an image archive"
+            ))
+        })?;
+        bytes_left = bytes_left.checked_sub(entry.size()).ok_or_else(|| {
+            fail(format!(
+                "it holds more than {} GiB; that is not an image a node imports",
+                MAX_BYTES >> 30
+            ))
+        })?;
         if !entry.header().entry_type().is_file() {
             continue;
         }

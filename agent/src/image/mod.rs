@@ -7,6 +7,7 @@ pub mod archive;
 pub mod platform;
 pub mod pull;
 pub mod store;
+mod tar_guard;
 mod unpack;
 
 use std::path::PathBuf;

@@ -146,6 +146,16 @@ pub async fn pull(
         }
     };
     let config_digest = manifest.config.digest.clone();
+    if manifest.config.size < 0 || manifest.config.size as u64 > super::store::MAX_METADATA_BLOB {
+        return Err(ImageError::Registry {
+            registry: parsed.registry().to_owned(),
+            reference: canonical.clone(),
+            message: format!(
+                "its config is said to be {} bytes, which is not image metadata; the image is malformed",
+                manifest.config.size
+            ),
+        });
+    }
     if !store.has_blob(&config_digest) {
         let mut config = Vec::new();
         client

@@ -66,6 +66,9 @@ pub struct NewImage {
     pub layers: Vec<String>,
 }
 
+/// The largest manifest, index or image config the agent reads (real ones are a few KiB).
+pub const MAX_METADATA_BLOB: u64 = 4 << 20;
+
 #[derive(Debug)]
 pub struct ImageStore {
     root: PathBuf,
@@ -213,6 +216,8 @@ impl ImageStore {
         w.finish()
     }
 
+    /// Reads a metadata blob (a manifest, an index, an image config) whole: at most
+    /// [`MAX_METADATA_BLOB`] bytes, so a descriptor naming a layer cannot make the agent load it.
     pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
         let path = self
             .blob_path(digest)
@@ -221,6 +226,17 @@ impl ImageStore {
                 expected: digest.to_owned(),
                 actual: "(not a sha256 digest)".to_owned(),
             })?;
+        let size = std::fs::metadata(&path)
+            .map_err(ImageError::io(&path))?
+            .len();
+        if size > MAX_METADATA_BLOB {
+            return Err(ImageError::Layer {
+                digest: digest.to_owned(),
+                message: format!(
+                    "it is {size} bytes, which is not image metadata (at most {MAX_METADATA_BLOB}); the image is malformed"
+                ),
+            });
+        }
         std::fs::read(&path).map_err(ImageError::io(path))
     }
 
@@ -357,20 +373,24 @@ impl ImageStore {
         remove_any(&partial);
         std::fs::create_dir_all(&partial).map_err(ImageError::io(&partial))?;
         let applied = (|| {
+            let mut budget = unpack::Budget::default();
             for layer in &record.layers {
                 let path = self.blob_path(layer).ok_or_else(|| ImageError::Layer {
                     digest: layer.clone(),
                     message: "not a sha256 digest".to_owned(),
                 })?;
                 let file = std::fs::File::open(&path).map_err(ImageError::io(&path))?;
-                unpack::apply_layer(std::io::BufReader::new(file), &partial).map_err(
+                unpack::apply_layer(std::io::BufReader::new(file), &partial, &mut budget).map_err(
                     |message| ImageError::Layer {
                         digest: layer.clone(),
                         message,
                     },
                 )?;
             }
-            unpack::prepare_mount_points(&partial).map_err(ImageError::io(&partial))
+            unpack::prepare_mount_points(&partial).map_err(|e| ImageError::Layer {
+                digest: record.id.clone(),
+                message: e.to_string(),
+            })
         })();
         match applied
             .and_then(|()| std::fs::rename(&partial, rootfs).map_err(ImageError::io(rootfs)))

@@ -48,6 +48,29 @@ async fn get_blob(conn: &quinn::Connection, digest: [u8; 32]) -> Result<Vec<u8>,
     }
 }
 
+/// An offered job's input, whole: it goes to the coordinator as one blob frame.
+fn read_input(
+    config: &crate::AgentConfig,
+    id: spillway_proto::JobId,
+    event: &spillway_proto::Event,
+) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let path = config.input_of(id, event);
+    let failed = |e: std::io::Error| format!("cannot read the input {}: {e}", path.display());
+    let file = config.open_input(id, event).map_err(failed)?;
+    let limit = (MAX_STREAM_FRAME - 4096) as u64;
+    let size = file.metadata().map_err(failed)?.len();
+    if size > limit {
+        return Err(format!(
+            "the input {} is {size} bytes, more than the {limit} one hand-over carries",
+            path.display()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(limit).read_to_end(&mut bytes).map_err(failed)?;
+    Ok(bytes)
+}
+
 /// Uploads an offered job's input and builds the offer.
 pub async fn offer(
     conn: &quinn::Connection,
@@ -56,10 +79,12 @@ pub async fn offer(
     reason: OfferReason,
     (local_wait_ms, run_ms): (u64, u64),
 ) -> Result<AgentFrame, String> {
-    let path = agent.config().input_of(record.id, &record.event);
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|e| format!("cannot read the input {}: {e}", path.display()))?;
+    let bytes = {
+        let (config, id, event) = (agent.config().clone(), record.id, record.event.clone());
+        tokio::task::spawn_blocking(move || read_input(&config, id, &event))
+            .await
+            .map_err(|e| e.to_string())??
+    };
     let input_bytes = bytes.len() as u64;
     let input = put_blob(conn, bytes).await?;
     Ok(AgentFrame::Offer(Offer {

@@ -1,13 +1,16 @@
 //! What the coordinator may ask of an agent: job logs, and files in and out of its data root.
-//! Every path is an object key (no `..`, no absolute paths) resolved under the data root, and a
-//! file is stored under a hidden name and renamed, so watchers only ever see it whole.
+//! Every path is an object key (no `..`, no absolute paths) resolved beneath the data root without
+//! following symbolic links ([`crate::beneath`]), and a file is stored under a hidden name and
+//! renamed, so watchers only ever see it whole.
 
+use std::io::Read;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use spillway_proto::key::ObjectKey;
-use spillway_proto::wire::{FileEntry, Request, Response};
+use spillway_proto::wire::{FileEntry, MAX_STREAM_FRAME, Request, Response};
 
+use crate::beneath::{Beneath, Kind};
 use crate::config::AgentConfig;
 use crate::joblog;
 
@@ -29,28 +32,22 @@ fn key(path: &str) -> Result<ObjectKey, String> {
         .map_err(|e| format!("`{path}` is not a path under the data root: {e}"))
 }
 
-/// Whether `path`, with links resolved, is still inside the data root.
-fn inside(data_root: &Path, path: &Path) -> bool {
-    match (
-        std::fs::canonicalize(data_root),
-        std::fs::canonicalize(path),
-    ) {
-        (Ok(root), Ok(p)) => p.starts_with(root),
-        _ => false,
-    }
+fn data_root(data_root: &Path) -> Result<Beneath, String> {
+    Beneath::open(data_root).map_err(|e| e.to_string())
 }
+
+/// What a request may carry back: a file bigger than one frame cannot be answered.
+const MAX_FILE: u64 = (MAX_STREAM_FRAME - 4096) as u64;
 
 fn put(data_root: &Path, path: &str, bytes: &[u8]) -> Result<Response, String> {
     let key = key(path)?;
-    let target = key.under(data_root);
-    let parent = target.parent().ok_or("no parent folder")?;
-    std::fs::create_dir_all(parent)
-        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    if !inside(data_root, parent) {
-        return Err(format!("`{path}` leads outside the data root"));
+    let root = self::data_root(data_root)?;
+    let rel = Path::new(key.as_str());
+    if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        root.mkdir_all(parent, 0o755).map_err(|e| e.to_string())?;
     }
-    crate::atomic::write_whole(&target, bytes, 0o644)
-        .map_err(|e| format!("cannot store {}: {e}", target.display()))?;
+    root.write_whole(rel, bytes, 0o644)
+        .map_err(|e| e.to_string())?;
     Ok(Response::Stored {
         path: key.to_string(),
         sha256: Sha256::digest(bytes).into(),
@@ -58,26 +55,50 @@ fn put(data_root: &Path, path: &str, bytes: &[u8]) -> Result<Response, String> {
 }
 
 fn get(data_root: &Path, path: &str) -> Result<Response, String> {
-    let target = key(path)?.under(data_root);
-    if !target.is_file() || !inside(data_root, &target) {
+    let key = key(path)?;
+    let root = self::data_root(data_root)?;
+    let mut file = root.open_file(Path::new(key.as_str())).map_err(|e| {
+        if e.is_not_found() {
+            format!("no file `{path}` on this node; list files with `spillway get files NODE`")
+        } else {
+            e.to_string()
+        }
+    })?;
+    let size = file.metadata().map_or(0, |m| m.len());
+    if size > MAX_FILE {
         return Err(format!(
-            "no file `{path}` on this node; list files with `spillway get files NODE`"
+            "`{path}` is {size} bytes, more than the {MAX_FILE} a request carries; fetch it from the node another way"
         ));
     }
-    std::fs::read(&target)
-        .map(Response::File)
-        .map_err(|e| format!("cannot read `{path}`: {e}"))
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.by_ref()
+        .take(MAX_FILE)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    Ok(Response::File(bytes))
 }
 
 fn list(data_root: &Path, prefix: &str) -> Result<Response, String> {
     let base = if prefix.trim_matches('/').is_empty() {
         data_root.to_owned()
     } else {
-        key(prefix)?.under(data_root)
+        let key = key(prefix)?;
+        // The folder itself, and every folder on the way, must be a real folder: a link is not
+        // followed out of the data root (nor listed through inside it).
+        match self::data_root(data_root)?
+            .kind(Path::new(key.as_str()))
+            .map_err(|e| e.to_string())?
+        {
+            Some(Kind::Dir) => {}
+            Some(_) => return Err(format!("`{prefix}` is not a folder under the data root")),
+            None => return Ok(Response::Listing(Vec::new())),
+        }
+        key.under(data_root)
     };
     let mut files = Vec::new();
     for entry in walkdir::WalkDir::new(&base)
         .follow_links(false)
+        .follow_root_links(false)
         .into_iter()
         .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'))
         .flatten()
@@ -110,15 +131,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn files_outside_the_data_root_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
+    fn files_outside_the_data_root_are_refused_and_nothing_is_made_there() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("data");
+        let outside = base.path().join("outside");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"s").unwrap();
         for bad in ["../x", "/etc/passwd", "a/../../b", ""] {
-            let r = put(dir.path(), bad, b"x");
+            let r = put(&dir, bad, b"x");
             assert!(r.is_err(), "{bad}");
         }
-        std::os::unix::fs::symlink("/tmp", dir.path().join("escape")).unwrap();
-        assert!(put(dir.path(), "escape/x", b"x").is_err());
-        assert!(get(dir.path(), "escape/x").is_err());
+        std::os::unix::fs::symlink(&outside, dir.join("escape")).unwrap();
+        let err = put(&dir, "escape/new/x", b"x").unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        let err = get(&dir, "escape/secret").unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(list(&dir, "escape").is_err());
+        // A link to a file is refused too, not followed.
+        std::os::unix::fs::symlink(outside.join("secret"), dir.join("leak")).unwrap();
+        assert!(get(&dir, "leak").is_err());
+        let names: Vec<_> = std::fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("secret")],
+            "nothing made outside"
+        );
+        let Response::Listing(files) = list(&dir, "").unwrap() else {
+            panic!()
+        };
+        assert!(files.is_empty(), "links are not listed: {files:?}");
     }
 
     #[test]
