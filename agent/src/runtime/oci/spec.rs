@@ -33,9 +33,10 @@ const CAPABILITIES: [Capability; 9] = [
     Capability::AuditWrite,
 ];
 
-/// System calls refused with EPERM: kernel modules, reboot, swap, mounts, namespaces, BPF,
-/// keyrings, clocks, other processes' memory. (Names that exist on x86_64, arm64 and arm.)
-pub const DENIED_SYSCALLS: [&str; 29] = [
+/// System calls refused with EPERM: kernel modules, reboot, swap, mounts (the old call and the
+/// new mount API), namespaces, BPF, keyrings, clocks, other processes' memory. (Names that exist
+/// on x86_64, arm64 and arm, and that Debian 12's libseccomp knows.)
+pub const DENIED_SYSCALLS: [&str; 36] = [
     "acct",
     "add_key",
     "adjtimex",
@@ -44,13 +45,20 @@ pub const DENIED_SYSCALLS: [&str; 29] = [
     "clock_settime",
     "delete_module",
     "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
     "init_module",
     "kcmp",
     "kexec_load",
     "keyctl",
     "mount",
+    "mount_setattr",
+    "move_mount",
     "name_to_handle_at",
     "open_by_handle_at",
+    "open_tree",
     "perf_event_open",
     "pivot_root",
     "process_vm_readv",
@@ -65,6 +73,18 @@ pub const DENIED_SYSCALLS: [&str; 29] = [
     "swapon",
     "umount2",
     "unshare",
+];
+
+/// `clone` flags that make new namespaces: a function may fork, never make a namespace (a user
+/// namespace would give it capabilities over one; the kernel's attack surface grows with it).
+pub const DENIED_CLONE_FLAGS: [(&str, u64); 7] = [
+    ("CLONE_NEWNS", 0x0002_0000),
+    ("CLONE_NEWCGROUP", 0x0200_0000),
+    ("CLONE_NEWUTS", 0x0400_0000),
+    ("CLONE_NEWIPC", 0x0800_0000),
+    ("CLONE_NEWUSER", 0x1000_0000),
+    ("CLONE_NEWPID", 0x2000_0000),
+    ("CLONE_NEWNET", 0x4000_0000),
 ];
 
 /// Everything about one run that the spec depends on.
@@ -211,26 +231,63 @@ pub fn build(plan: &Plan) -> Result<Spec, String> {
                 .map_err(|e| e.to_string())?,
         ));
     }
+    let mut rules = vec![
+        LinuxSyscallBuilder::default()
+            .names(
+                DENIED_SYSCALLS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(nix::libc::EPERM as u32)
+            .build()
+            .map_err(|e| e.to_string())?,
+    ];
+    rules.extend(namespace_rules()?);
     linux.set_seccomp(Some(
         LinuxSeccompBuilder::default()
             .default_action(LinuxSeccompAction::ScmpActAllow)
-            .syscalls(vec![
-                LinuxSyscallBuilder::default()
-                    .names(
-                        DENIED_SYSCALLS
-                            .iter()
-                            .map(|s| s.to_string())
-                            .collect::<Vec<_>>(),
-                    )
-                    .action(LinuxSeccompAction::ScmpActErrno)
-                    .errno_ret(nix::libc::EPERM as u32)
-                    .build()
-                    .map_err(|e| e.to_string())?,
-            ])
+            .syscalls(rules)
             .build()
             .map_err(|e| e.to_string())?,
     ));
     Ok(spec)
+}
+
+/// `clone` with a namespace flag is refused (one rule per flag: seccomp compares masked
+/// arguments for equality). `clone3` passes its flags in memory seccomp cannot read, so it is
+/// refused with ENOSYS: the C library then falls back to `clone`, which the rules see.
+fn namespace_rules() -> Result<Vec<oci_spec::runtime::LinuxSyscall>, String> {
+    use oci_spec::runtime::{LinuxSeccompArgBuilder, LinuxSeccompOperator};
+    let mut rules = Vec::new();
+    for (_, flag) in DENIED_CLONE_FLAGS {
+        let arg = LinuxSeccompArgBuilder::default()
+            .index(0usize)
+            .value(flag)
+            .value_two(flag)
+            .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+            .build()
+            .map_err(|e| e.to_string())?;
+        rules.push(
+            LinuxSyscallBuilder::default()
+                .names(vec!["clone".to_owned()])
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(nix::libc::EPERM as u32)
+                .args(vec![arg])
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    rules.push(
+        LinuxSyscallBuilder::default()
+            .names(vec!["clone3".to_owned()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(nix::libc::ENOSYS as u32)
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
+    Ok(rules)
 }
 
 #[cfg(test)]
