@@ -113,7 +113,10 @@ pub fn read(logs_dir: &Path, prefix: &str) -> Result<String, LogError> {
         _ => {
             let names: Vec<String> = matches
                 .iter()
-                .filter_map(|p| Some(p.file_stem()?.to_string_lossy()[..12].to_owned()))
+                .filter_map(|p| {
+                    let stem = p.file_stem()?.to_string_lossy().into_owned();
+                    Some(stem.get(..12).unwrap_or(&stem).to_owned())
+                })
                 .collect();
             Err(LogError::Ambiguous(prefix, names.join(", ")))
         }

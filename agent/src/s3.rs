@@ -81,10 +81,27 @@ impl Bucket {
             .get(&path)
             .await
             .map_err(|e| format!("cannot read {}/{key}: {}", self.shown, explain(&e)))?;
-        got.bytes()
-            .await
-            .map(|b| b.to_vec())
-            .map_err(|e| format!("cannot read {}/{key}: {}", self.shown, explain(&e)))
+        // The object may have changed since the HEAD: the bound holds while reading too.
+        let too_big = || {
+            format!(
+                "{}/{key} is over the {limit} bytes a job input may have here",
+                self.shown
+            )
+        };
+        if got.meta.size > limit {
+            return Err(too_big());
+        }
+        let mut stream = got.into_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            let chunk =
+                chunk.map_err(|e| format!("cannot read {}/{key}: {}", self.shown, explain(&e)))?;
+            if (bytes.len() + chunk.len()) as u64 > limit {
+                return Err(too_big());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
     }
 }
 

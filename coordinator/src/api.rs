@@ -31,6 +31,43 @@ pub struct TokenRequest {
     /// How many tokens (one node each); 1 when absent.
     #[serde(default)]
     pub count: Option<u32>,
+    /// What the token grants: the node name it is for (the only way to join again under a name
+    /// the mesh has), the node's labels and cluster.
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+}
+
+/// `POST /v1/tokens/revoke`: revokes the unused tokens whose id starts with `id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRevoke {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokensRevoked {
+    pub revoked: usize,
+}
+
+/// `PUT /v1/nodes/{name}/labels`: the operator's labels and cluster for a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelChange {
+    /// Labels to set (added or replaced).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Labels to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Take what the agent's own config proposes (labels and cluster) first.
+    #[serde(default)]
+    pub adopt_proposed: bool,
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    #[serde(default)]
+    pub clear_cluster_id: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +90,11 @@ pub struct NodeView {
     pub address: String,
     pub cluster_id: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// What the agent's own config proposes (not acted on until the operator adopts it).
+    #[serde(default)]
+    pub proposed_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub proposed_cluster_id: Option<String>,
     pub arch: String,
     pub agent_version: String,
     pub capacity: Capacity,

@@ -59,18 +59,24 @@ pub fn install_client_config(text: &str) -> Option<PathBuf> {
         return None;
     }
     std::fs::create_dir_all(path.parent()?).ok()?;
-    let tmp = path.with_extension("toml.tmp");
+    write_private(&path, text).ok()?;
+    Some(path)
+}
+
+/// Writes a file only its owner may read (client configs hold the API token), whole: under a
+/// temporary name first, so an older world-readable file is replaced, not rewritten in place.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
-        .open(&tmp)
-        .ok()?;
-    std::io::Write::write_all(&mut f, text.as_bytes()).ok()?;
-    std::fs::rename(&tmp, &path).ok()?;
-    Some(path)
+        .open(&tmp)?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 #[derive(Debug, Clone)]
@@ -160,9 +166,26 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
+        self.json(reqwest::Method::POST, path, body).await
+    }
+
+    pub async fn put_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.json(reqwest::Method::PUT, path, body).await
+    }
+
+    async fn json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
         let req = self
-            .request(reqwest::Method::POST, path)
+            .request(method, path)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         let resp = self.send(req).await?;

@@ -28,6 +28,8 @@ pub struct CoordinatorConfig {
     pub quic_listen: SocketAddr,
     /// HTTP API for the CLI.
     pub http_listen: SocketAddr,
+    /// API connections served at once (more wait in the kernel's backlog).
+    pub http_max_connections: usize,
     pub liveness: Liveness,
     pub report_interval: Duration,
     /// Placements a handed-over job may make before it goes back to its origin.
@@ -191,6 +193,7 @@ impl Default for CoordinatorConfig {
             state_dir: PathBuf::from("/var/lib/spillway/coordinator"),
             quic_listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
+            http_max_connections: 256,
             liveness: Liveness::default(),
             report_interval: Duration::from_secs(1),
             max_hops: spillway_placement::handover::DEFAULT_MAX_HOPS,
@@ -211,7 +214,7 @@ struct File {
     name: Option<String>,
     state_dir: Option<PathBuf>,
     quic: Option<Listen>,
-    http: Option<Listen>,
+    http: Option<HttpFile>,
     mqtt: Option<Listen>,
     #[serde(default, with = "humantime_serde_opt")]
     report_interval: Option<Duration>,
@@ -253,20 +256,36 @@ struct Listen {
     listen: SocketAddr,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    listen: Option<SocketAddr>,
+    max_connections: Option<usize>,
+}
+
 /// `"1s"`, `"500ms"`, as humantime writes them.
 mod humantime_serde_opt {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
 
+    /// No setting of this file needs more than a month; beyond, timers overflow.
+    const MAX: Duration = Duration::from_secs(31 * 86_400);
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let text: Option<String> = Option::deserialize(d)?;
         text.map(|t| {
-            humantime::parse_duration(&t).map_err(|e| {
+            let d = humantime::parse_duration(&t).map_err(|e| {
                 serde::de::Error::custom(format!(
                     "`{t}` is not a duration like \"1s\" or \"500ms\": {e}"
                 ))
-            })
+            })?;
+            if d > MAX {
+                return Err(serde::de::Error::custom(format!(
+                    "`{t}` is too long: at most 31 days"
+                )));
+            }
+            Ok(d)
         })
         .transpose()
     }
@@ -298,7 +317,17 @@ impl CoordinatorConfig {
             c.quic_listen = q.listen;
         }
         if let Some(h) = file.http {
-            c.http_listen = h.listen;
+            if let Some(l) = h.listen {
+                c.http_listen = l;
+            }
+            if let Some(n) = h.max_connections {
+                if !(1..=65_536).contains(&n) {
+                    return Err(format!(
+                        "http.max_connections must be between 1 and 65536, not {n}"
+                    ));
+                }
+                c.http_max_connections = n;
+            }
         }
         c.mqtt_listen = file.mqtt.map(|m| m.listen);
         if let Some(d) = file.report_interval {

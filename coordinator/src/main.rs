@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use spillway_coordinator::cli::output::Format;
-use spillway_coordinator::cli::{self, up};
-use spillway_coordinator::client::{Client, install_client_config};
+use spillway_coordinator::cli::{self, membership, up};
+use spillway_coordinator::client::{Client, install_client_config, write_private};
 use spillway_coordinator::config::CoordinatorConfig;
 use spillway_coordinator::server::Coordinator;
 
@@ -158,6 +158,12 @@ enum Command {
         /// Lifetime of a --new-token (the card must boot within it).
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         token_ttl: Duration,
+        /// A label of the board, granted by its --new-token (KEY=VALUE, repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", requires = "new_token")]
+        labels: Vec<String>,
+        /// The board's cluster id, granted by its --new-token.
+        #[arg(long, requires = "new_token")]
+        cluster_id: Option<String>,
         /// Host name of the board (also its node name).
         #[arg(long)]
         hostname: Option<String>,
@@ -192,6 +198,11 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// The operator's labels and cluster ids of nodes.
+    Label {
+        #[command(subcommand)]
+        command: LabelCommand,
     },
     /// Check FDL files (OSCAR/SCAR Functions Definition Language, plus Spillway's fields).
     ///
@@ -229,15 +240,46 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Create a one-time join token.
+    /// Create a one-time join token. It admits a new node name only, unless --node names the
+    /// node it is for (the way to join a node again: new SD card, lost key). Labels and cluster
+    /// id decide which functions the node receives: the agent's own config only proposes them.
     Create {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
         #[arg(long, default_value = "")]
         description: String,
+        /// The one node name this token admits (required to join again under a taken name).
+        #[arg(long)]
+        node: Option<String>,
+        /// A label of the node that joins with it (KEY=VALUE, repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// The cluster id of the node that joins with it.
+        #[arg(long)]
+        cluster_id: Option<String>,
     },
-    /// List tokens (secrets are never shown again).
+    /// List tokens with their ids (secrets are never shown again).
     List,
+    /// Revoke unused tokens whose id starts with ID (at least 6 hex digits).
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum LabelCommand {
+    /// Set (KEY=VALUE) or remove (KEY-) a node's labels, or its cluster id.
+    Node {
+        name: String,
+        #[arg(value_name = "KEY=VALUE|KEY-")]
+        changes: Vec<String>,
+        #[arg(long, conflicts_with = "no_cluster_id")]
+        cluster_id: Option<String>,
+        /// Remove the node's cluster id.
+        #[arg(long)]
+        no_cluster_id: bool,
+        /// Start from what the agent's own config proposes (shown by `describe node`).
+        #[arg(long)]
+        adopt_proposed: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -320,7 +362,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     let coordinator = Coordinator::start(config).await?;
     let text = coordinator.client_config();
     let file = coordinator.state.config.state_dir.join("client.toml");
-    std::fs::write(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
+    write_private(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
     let installed = install_client_config(&text);
     println!(
         "spillway coordinator: agents on quic://{}, CLI on http://{}; client config in {}{}",
@@ -450,6 +492,8 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             join_token,
             new_token,
             token_ttl,
+            labels,
+            cluster_id,
             hostname,
             wifi,
             wifi_password_file,
@@ -514,6 +558,8 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                     image,
                     device,
                     new_token: new_token.then_some(token_ttl),
+                    labels,
+                    cluster_id,
                     yes,
                     options: spillway_coordinator::flash::FlashOptions {
                         coordinator,
@@ -546,35 +592,46 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Token { command } => match command {
-            TokenCommand::Create { ttl, description } => {
-                cli::create_token(&client()?, ttl, description, format).await
+            TokenCommand::Create {
+                ttl,
+                description,
+                node,
+                labels,
+                cluster_id,
+            } => {
+                let new = membership::NewToken {
+                    ttl,
+                    description,
+                    node,
+                    labels,
+                    cluster_id,
+                };
+                membership::create_token(&client()?, new, format).await
             }
-            TokenCommand::List => {
-                let tokens: Vec<spillway_coordinator::server::store::TokenRecord> =
-                    client()?.get("/v1/tokens").await?;
-                spillway_coordinator::cli::output::print(
-                    format,
-                    &tokens,
-                    &["DESCRIPTION", "EXPIRES", "USED BY"],
-                    || {
-                        tokens
-                            .iter()
-                            .map(|t| {
-                                vec![
-                                    t.description.clone(),
-                                    humantime::format_rfc3339_seconds(
-                                        std::time::UNIX_EPOCH
-                                            + Duration::from_millis(t.expires_at_ms),
-                                    )
-                                    .to_string(),
-                                    t.used_by.clone().unwrap_or_else(|| "-".into()),
-                                ]
-                            })
-                            .collect()
-                    },
-                )
-            }
+            TokenCommand::List => membership::list_tokens(&client()?, format).await,
+            TokenCommand::Revoke { id } => membership::revoke_token(&client()?, &id).await,
         },
+        Command::Label {
+            command:
+                LabelCommand::Node {
+                    name,
+                    changes,
+                    cluster_id,
+                    no_cluster_id,
+                    adopt_proposed,
+                },
+        } => {
+            membership::label_node(
+                &client()?,
+                &name,
+                &changes,
+                cluster_id,
+                no_cluster_id,
+                adopt_proposed,
+                format,
+            )
+            .await
+        }
         Command::Serve { .. }
         | Command::Validate { .. }
         | Command::Completions { .. }

@@ -35,6 +35,9 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Keep-alives every second and a 6 s idle timeout: a cut link is noticed within seconds, while
 /// a report every second keeps a healthy one busy anyway.
+/// Streams a peer may have open to us at once (control, blobs, requests).
+pub const MAX_STREAMS: u32 = 32;
+
 pub fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(1)));
@@ -44,6 +47,10 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
             .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(6000))),
     ));
     t.datagram_receive_buffer_size(Some(64 << 10));
+    // Each stream may carry a frame of up to 64 MiB: a peer gets a few at a time, not quinn's
+    // default hundred.
+    t.max_concurrent_bidi_streams(MAX_STREAMS.into());
+    t.max_concurrent_uni_streams(0u32.into());
     Arc::new(t)
 }
 

@@ -345,3 +345,86 @@ fn a_lambda_replica_without_a_function_or_with_both_says_which_to_give() {
         assert!(text.contains("exactly one of `function_name`"), "{text}");
     }
 }
+
+#[test]
+fn deeply_nested_documents_are_refused_without_overflowing_the_stack() {
+    // Run on a small stack: the YAML reader recurses once per level, the check must not.
+    let outcome = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(|| {
+            let block = format!("functions:\n{}1\n", "- ".repeat(200_000));
+            let flow = format!("functions: {}1{}\n", "[".repeat(200), "]".repeat(200));
+            let mut mappings = String::from("functions:\n");
+            for depth in 1..100 {
+                mappings.push_str(&format!("{}k{depth}:\n", "  ".repeat(depth)));
+            }
+            [block, flow, mappings]
+                .iter()
+                .map(|doc| messages(&parse(doc), Severity::Error))
+                .collect::<Vec<_>>()
+        })
+        .expect("thread")
+        .join()
+        .expect("no stack overflow");
+    for errors in outcome {
+        assert!(
+            errors.len() == 1 && errors[0].contains("nests deeper than 64 levels"),
+            "{errors:?}"
+        );
+        assert!(errors[0].starts_with("test.yaml:"), "{errors:?}");
+    }
+}
+
+#[test]
+fn numbers_that_would_overflow_later_are_refused_with_their_bound() {
+    let fdl = |extra: &str| {
+        format!(
+            "functions:\n  oscar:\n  - edge:\n      name: f\n      command: 'true'\n{extra}      input: [{{storage_provider: minio, path: a/in}}]\n"
+        )
+    };
+    for (extra, expected) in [
+        (
+            "      timeout: 18446744073709551615\n",
+            "is too long: at most 604800 seconds",
+        ),
+        ("      timeout: 99999999999999999999\n", "is not a duration"),
+        ("      timeout: 307445734561825861m\n", "is not a duration"),
+        ("      timeout: 8d\n", "is not a duration"),
+        ("      timeout: 200h\n", "is too long"),
+        (
+            "      rescheduler_threshold: 18446744073709551615\n",
+            "is too large: at most 604800",
+        ),
+        (
+            "      max_concurrency: 4294967296\n",
+            "is too large: at most 100000",
+        ),
+        (
+            "      replicas: [{type: endpoint, url: 'http://x', priority: 4294967296}]\n",
+            "is too large: at most 1000000",
+        ),
+    ] {
+        let errors = messages(&parse(&fdl(extra)), Severity::Error);
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{extra}: {errors:?}"
+        );
+    }
+    assert!(
+        messages(&parse(&fdl("      timeout: 7d\n")), Severity::Error)
+            .iter()
+            .any(|e| e.contains("not a duration")),
+        "no day unit"
+    );
+    assert!(messages(&parse(&fdl("      timeout: 168h\n")), Severity::Error).is_empty());
+}
+
+#[test]
+fn an_oversized_document_is_refused_before_it_is_read() {
+    let huge = format!("functions: {{}}\n#{}\n", "x".repeat(fdl::MAX_BYTES));
+    let errors = messages(&parse(&huge), Severity::Error);
+    assert!(
+        errors.iter().any(|e| e.contains("an FDL file is at most")),
+        "{errors:?}"
+    );
+}

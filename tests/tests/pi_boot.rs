@@ -63,7 +63,9 @@ fn a_flashed_card_boots_joins_the_mesh_and_runs_a_container_on_arm64() {
     );
     let nodes = c.json(&["get", "nodes"]);
     let node = &nodes[0];
+    // The label the operator gave the card's token; the agent's own config only proposes.
     assert_eq!(node["labels"]["board"], "emulated", "{node}");
+    assert_eq!(node["proposed_labels"]["board"], "emulated", "{node}");
     assert_eq!(node["arch"], "aarch64", "{node}");
 
     // A container function, deployed by the coordinator and pulled by the board.

@@ -183,10 +183,17 @@ pub async fn request_membership(
             .map_err(|e| connect_err(e.to_string()))?
             .await
             .map_err(|e| connect_err(e.to_string()))?;
-        let (mut tx, rx) = conn
-            .open_bi()
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
+        // A coordinator that hangs up says why (too many attempts, shutting down).
+        let failed = |e: String| match conn.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(c)) if !c.reason.is_empty() => {
+                connect_err(format!(
+                    "the coordinator closed the connection: {}",
+                    String::from_utf8_lossy(&c.reason)
+                ))
+            }
+            _ => connect_err(e),
+        };
+        let (mut tx, rx) = conn.open_bi().await.map_err(|e| failed(e.to_string()))?;
         let req = JoinRequest {
             version: PROTOCOL,
             token: token.to_string(),
@@ -195,13 +202,13 @@ pub async fn request_membership(
         };
         send(&mut tx, &req)
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| failed(e.to_string()))?;
         let _ = tx.finish();
         let reply = FrameReader::new(rx, MAX_JOIN_FRAME)
             .next::<JoinReply>()
             .await
-            .map_err(|e| connect_err(e.to_string()))?
-            .ok_or_else(|| connect_err("the coordinator hung up without answering".into()))?;
+            .map_err(|e| failed(e.to_string()))?
+            .ok_or_else(|| failed("the coordinator hung up without answering".into()))?;
         conn.close(0u32.into(), b"joined");
         Ok::<_, JoinError>(reply)
     };

@@ -69,8 +69,15 @@ pub fn run_argv(argv: Vec<String>, job: StagedJob) -> RunFuture {
 async fn run(argv: Vec<String>, job: StagedJob) -> Outcome {
     let mut stdout = Captured::new(job.log_limit);
     let mut stderr = Captured::new(job.log_limit);
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
+    let Some((program, args)) = argv.split_first() else {
+        return Outcome {
+            exit: Exit::Failure("the function has an empty command".to_owned()),
+            stdout,
+            stderr,
+        };
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .env_clear()
         .envs(passthrough_env())
         .envs(job.contract_env(
@@ -83,7 +90,7 @@ async fn run(argv: Vec<String>, job: StagedJob) -> Outcome {
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let reason = format!("cannot start `{}`: {e}", argv[0]);
+            let reason = format!("cannot start `{program}`: {e}");
             return Outcome {
                 exit: Exit::Failure(reason),
                 stdout,

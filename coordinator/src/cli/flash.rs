@@ -19,6 +19,9 @@ pub struct FlashArgs {
     pub options: FlashOptions,
     /// Create a token through the coordinator's API instead of `options.token`.
     pub new_token: Option<Duration>,
+    /// Labels and cluster id of the new token: the node's, as the operator decides them.
+    pub labels: Vec<String>,
+    pub cluster_id: Option<String>,
     pub yes: bool,
 }
 
@@ -56,6 +59,11 @@ pub async fn run(
                             .unwrap_or_default()
                     ),
                     count: None,
+                    node: None,
+                    labels: (!args.labels.is_empty())
+                        .then(|| super::membership::parse_labels(&args.labels))
+                        .transpose()?,
+                    cluster_id: args.cluster_id.clone(),
                 },
             )
             .await?;

@@ -1,6 +1,7 @@
 //! The `spillway` commands that talk to a coordinator. `main.rs` parses; this module does.
 
 pub mod flash;
+pub mod membership;
 pub mod output;
 pub mod up;
 
@@ -367,37 +368,6 @@ pub async fn logs(client: &Client, job: &str) -> anyhow::Result<()> {
         .get_bytes(&format!("/v1/jobs/{}/log", encode_path(job)))
         .await?;
     print!("{}", String::from_utf8_lossy(&bytes));
-    Ok(())
-}
-
-pub async fn create_token(
-    client: &Client,
-    ttl: Duration,
-    description: String,
-    format: Format,
-) -> anyhow::Result<()> {
-    let created: TokenCreated = client
-        .post(
-            "/v1/tokens",
-            &TokenRequest {
-                ttl_secs: ttl.as_secs().max(1),
-                description,
-                count: None,
-            },
-        )
-        .await?;
-    match format {
-        Format::Table => {
-            println!("{}", created.token);
-            eprintln!(
-                "single use, expires in {}. On the new node: spillway-agent join --coordinator HOST:{} --token {}",
-                humantime::format_duration(ttl),
-                created.coordinator.rsplit(':').next().unwrap_or("7443"),
-                created.token
-            );
-        }
-        f => print(f, &created, &[], Vec::new)?,
-    }
     Ok(())
 }
 

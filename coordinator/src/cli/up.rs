@@ -62,7 +62,7 @@ pub async fn up(
         .context("the coordinator could not start")?;
     let client_text = coordinator.client_config();
     let client_file = opts.dir.join("client.toml");
-    std::fs::write(&client_file, &client_text)
+    crate::client::write_private(&client_file, &client_text)
         .with_context(|| format!("cannot write {}", client_file.display()))?;
     let installed = install_client_config(&client_text);
     let quic = coordinator.quic_addr();
@@ -82,9 +82,16 @@ pub async fn up(
         })
     });
     if Membership::load(&agent_config.state_dir).is_none() {
-        let (token, _) = state
-            .create_token(60, "spillway up: local agent")
+        // Its own agent: what its config proposes is what the operator of `up` asked for.
+        let grant = crate::server::store::TokenGrant {
+            node: None,
+            labels: Some(agent_config.labels.clone()),
+            cluster_id: agent_config.cluster_id.clone(),
+        };
+        let (mut tokens, _) = state
+            .create_tokens(1, 60, "spillway up: local agent", &grant)
             .map_err(|e| anyhow::anyhow!(e))?;
+        let token = tokens.pop().unwrap_or_default();
         mesh::join(
             &agent_config.state_dir,
             &agent_config.node_name,

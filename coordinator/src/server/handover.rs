@@ -202,7 +202,10 @@ impl State {
             return;
         }
         // The origin's own prediction, when it has one: a peer must beat it.
-        let beat = (offer.run_ms > 0).then_some((offer.local_wait_ms + offer.run_ms, offer.run_ms));
+        let beat = (offer.run_ms > 0).then_some((
+            offer.local_wait_ms.saturating_add(offer.run_ms),
+            offer.run_ms,
+        ));
         let choice = self
             .choose_peer(&inner, &offer.function, offer.input_bytes, &[], beat)
             .or_else(|| self.choose_replica(&offer.function, &[node.to_owned()]));
@@ -391,7 +394,11 @@ impl State {
                 .filter(|(p, at)| *p == live.name && at.elapsed() <= since_report)
                 .count() as u32;
             let free = load.free_slots.saturating_sub(unseen);
-            let queued = load.queued + unseen.saturating_sub(load.free_slots);
+            // Numbers from a member's report: saturating, so a hostile report cannot wrap its
+            // queue to look short.
+            let queued = load
+                .queued
+                .saturating_add(unseen.saturating_sub(load.free_slots));
             if beat.is_none() && free == 0 {
                 continue;
             }
@@ -402,7 +409,7 @@ impl State {
                 id: live.name.clone(),
                 kind: TargetKind::Peer,
                 tier: 0,
-                slots: Some((load.free_slots + load.running).max(1)),
+                slots: Some(load.free_slots.saturating_add(load.running).max(1)),
                 free_slots: free,
                 queued,
                 latency_ms: 1,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State as AxState};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as AxState};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +21,7 @@ use spillway_proto::{Event, FileEvent};
 
 use super::apply::{ApplyError, apply};
 use super::metrics::inc;
-use super::store::{FunctionRecord, JobRow, NodeRecord, StoreError, TokenRecord};
+use super::store::{FunctionRecord, JobRow, NodeRecord, StoreError, TokenGrant, TokenListing};
 use super::{State, now_ms};
 use crate::api::*;
 
@@ -47,29 +47,44 @@ fn not_found(what: String) -> ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// The body a small JSON request may have (tokens, labels, lists).
+const CONTROL_BODY: usize = 64 << 10;
+/// The body of a request that carries a file or an FDL with its scripts and modules.
+const FILE_BODY: usize = MAX_STREAM_FRAME - 4096;
+
+/// How long each kind of request may take, body included.
+mod limit {
+    use std::time::Duration;
+    pub const PROBE: Duration = Duration::from_secs(10);
+    pub const CONTROL: Duration = Duration::from_secs(90);
+    /// Moving up to 64 MiB over a slow link to or from a node.
+    pub const TRANSFER: Duration = Duration::from_secs(600);
+    /// `/run` waits for the job (at most an hour, see `invoke::run`).
+    pub const RUN: Duration = Duration::from_secs(3_700);
+}
+
 pub fn router(state: Arc<State>) -> Router {
-    let api = Router::new()
+    let within = |state: &Arc<State>, limit: std::time::Duration| {
+        middleware::from_fn_with_state(
+            state.clone(),
+            move |s: AxState<Arc<State>>, req: Request, next: Next| time_limit(s, limit, req, next),
+        )
+    };
+    let control = Router::new()
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{name}", get(get_node).delete(delete_node))
         .route("/v1/nodes/{name}/files", get(list_files))
-        .route(
-            "/v1/nodes/{name}/files/{*path}",
-            get(get_file).put(put_file),
-        )
+        .route("/v1/nodes/{name}/labels", put(label_node))
         .route("/v1/functions", get(list_functions))
         .route(
             "/v1/functions/{name}",
             get(get_function).delete(delete_function),
         )
-        .route("/v1/functions/{name}/invoke", post(invoke))
-        .route("/job/{name}", post(super::invoke::job))
-        .route("/run/{name}", post(super::invoke::run))
-        .route("/events", post(super::events::receive))
-        .route("/v1/apply", post(apply_fdl))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/log", get(job_log))
         .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/revoke", post(revoke_tokens))
         .route("/system/services", get(super::oscar_api::list_services))
         .route(
             "/system/services/{name}",
@@ -82,11 +97,30 @@ pub fn router(state: Arc<State>) -> Router {
             "/system/logs/{service}/{job}",
             get(super::oscar_api::job_log),
         )
+        .layer(DefaultBodyLimit::max(CONTROL_BODY))
+        .layer(within(&state, limit::CONTROL));
+    let transfers = Router::new()
+        .route(
+            "/v1/nodes/{name}/files/{*path}",
+            get(get_file).put(put_file),
+        )
+        .route("/v1/functions/{name}/invoke", post(invoke))
+        .route("/job/{name}", post(super::invoke::job))
+        .route("/events", post(super::events::receive))
+        .route("/v1/apply", post(apply_fdl))
+        .layer(DefaultBodyLimit::max(FILE_BODY))
+        .layer(within(&state, limit::TRANSFER));
+    let run = Router::new()
+        .route("/run/{name}", post(super::invoke::run))
+        .layer(DefaultBodyLimit::max(FILE_BODY))
+        .layer(within(&state, limit::RUN));
+    let api = control
+        .merge(transfers)
+        .merge(run)
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
-    Router::new()
-        .route("/health", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        // Presigned: the signature in the query is the credential.
+    // Presigned: the signature in the query is the credential, checked before any body is read
+    // (each handler reads its body itself, within its own bound).
+    let presigned = Router::new()
         .route("/v1/blobs/{digest}", get(super::oscar_api::get_blob))
         .route(
             "/v1/callbacks/{job}/{attempt}",
@@ -96,11 +130,35 @@ pub fn router(state: Arc<State>) -> Router {
             "/v1/outputs/{job}/{attempt}/{*name}",
             put(super::oscar_api::put_output),
         )
-        .merge(api)
-        .layer(axum::extract::DefaultBodyLimit::max(
-            MAX_STREAM_FRAME - 4096,
-        ))
-        .with_state(state)
+        .layer(within(&state, limit::TRANSFER));
+    let probes = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .layer(within(&state, limit::PROBE));
+    probes.merge(presigned).merge(api).with_state(state)
+}
+
+/// Cuts a request off at its route's time limit (a slow upload, a node that does not answer).
+async fn time_limit(
+    AxState(state): AxState<Arc<State>>,
+    limit: std::time::Duration,
+    req: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            inc(&state.metrics.api_timeouts);
+            ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request took longer than this route's limit of {} s; send it again, over a faster link or with a smaller body",
+                    limit.as_secs()
+                ),
+            )
+            .into_response()
+        }
+    }
 }
 
 /// The API token as a bearer; for OSCAR clients also as the password of basic authentication
@@ -175,6 +233,8 @@ fn node_view(state: &State, r: NodeRecord) -> NodeView {
         address: r.last_address,
         cluster_id: r.cluster_id,
         labels: r.labels,
+        proposed_labels: r.proposed_labels,
+        proposed_cluster_id: r.proposed_cluster_id,
         arch: r.arch,
         agent_version: r.agent_version,
         capacity: r.capacity,
@@ -241,7 +301,7 @@ fn function_view(state: &State, f: FunctionRecord) -> FunctionView {
         nodes,
         source: f.source.clone(),
         applied_at_ms: f.applied_at_ms,
-        definition: serde_json::to_value(&f.def).unwrap_or_default(),
+        definition: serde_json::to_value(f.def.redacted()).unwrap_or_default(),
     }
 }
 
@@ -577,15 +637,45 @@ async fn create_token(
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<TokenRequest>,
 ) -> ApiResult<TokenCreated> {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
     let count = req.count.unwrap_or(1);
     if count == 0 || count > 100_000 {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("count must be between 1 and 100000, not {count}"),
-        ));
+        return Err(bad(format!(
+            "count must be between 1 and 100000, not {count}"
+        )));
     }
+    if req.ttl_secs == 0 || req.ttl_secs > MAX_TOKEN_TTL_SECS {
+        return Err(bad(format!(
+            "a join token lives between 1 s and {} days, not {} s",
+            MAX_TOKEN_TTL_SECS / 86_400,
+            req.ttl_secs
+        )));
+    }
+    if let Some(node) = &req.node {
+        if !spillway_link::identity::valid_node_name(node) {
+            return Err(bad(format!(
+                "`{node}` cannot be a node name: use letters, digits, `-` and `.`"
+            )));
+        }
+        if count > 1 {
+            return Err(bad(
+                "a token made for one node (--node) admits one node: count must be 1".into(),
+            ));
+        }
+    }
+    if let Some(labels) = &req.labels {
+        check_labels(labels).map_err(bad)?;
+    }
+    if let Some(c) = &req.cluster_id {
+        check_label_value("cluster id", c).map_err(bad)?;
+    }
+    let grant = TokenGrant {
+        node: req.node,
+        labels: req.labels,
+        cluster_id: req.cluster_id,
+    };
     let (mut tokens, expires_at_ms) = state
-        .create_tokens(count, req.ttl_secs, &req.description)
+        .create_tokens(count, req.ttl_secs, &req.description, &grant)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     let token = tokens.remove(0);
     Ok(Json(TokenCreated {
@@ -596,6 +686,96 @@ async fn create_token(
     }))
 }
 
-async fn list_tokens(AxState(state): AxState<Arc<State>>) -> ApiResult<Vec<TokenRecord>> {
-    Ok(Json(state.store.tokens()?))
+/// A join token lives at most this long: a year covers flashing cards in advance.
+const MAX_TOKEN_TTL_SECS: u64 = 366 * 86_400;
+
+/// Label keys and values: short, printable, and safe to show (they also select functions).
+fn check_label_value(what: &str, value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} `{}` must be 1 to 63 letters, digits, `-`, `_`, `.` or `/`",
+            value.escape_debug()
+        ))
+    }
+}
+
+fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+    if labels.len() > 64 {
+        return Err(format!("{} labels; a node has at most 64", labels.len()));
+    }
+    for (k, v) in labels {
+        check_label_value("label key", k)?;
+        check_label_value("label value", v)?;
+    }
+    Ok(())
+}
+
+async fn list_tokens(AxState(state): AxState<Arc<State>>) -> ApiResult<Vec<TokenListing>> {
+    Ok(Json(state.store.token_listing()?))
+}
+
+async fn revoke_tokens(
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<TokenRevoke>,
+) -> ApiResult<TokensRevoked> {
+    if req.id.len() < 6 || !req.id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "give at least 6 hex digits of the token's id (the ID column of `spillway token list`)"
+                .into(),
+        ));
+    }
+    let revoked = state
+        .store
+        .revoke_tokens(&req.id.to_ascii_lowercase(), now_ms())?;
+    if revoked == 0 {
+        return Err(not_found(format!(
+            "no unused token with id {}; see `spillway token list`",
+            req.id
+        )));
+    }
+    Ok(Json(TokensRevoked { revoked }))
+}
+
+/// The operator's labels and cluster for a node: they decide which functions it receives.
+async fn label_node(
+    AxState(state): AxState<Arc<State>>,
+    Path(name): Path<String>,
+    Json(change): Json<LabelChange>,
+) -> ApiResult<NodeView> {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let node = node_record(&state, &name)?;
+    let mut labels = if change.adopt_proposed {
+        node.proposed_labels.clone()
+    } else {
+        node.labels.clone()
+    };
+    labels.extend(change.set.clone());
+    for k in &change.remove {
+        labels.remove(k);
+    }
+    check_labels(&labels).map_err(bad)?;
+    let cluster_id = if change.clear_cluster_id {
+        Some(None)
+    } else if let Some(c) = &change.cluster_id {
+        check_label_value("cluster id", c).map_err(bad)?;
+        Some(Some(c.clone()))
+    } else if change.adopt_proposed {
+        Some(node.proposed_cluster_id.clone())
+    } else {
+        None
+    };
+    let updated = state
+        .store
+        .set_node_labels(&name, labels, cluster_id)?
+        .ok_or_else(|| not_found(format!("no node named `{name}`")))?;
+    state.deployments.send_modify(|g| *g += 1);
+    Ok(Json(node_view(&state, updated)))
 }

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     pub job_updates: AtomicU64,
     pub api_unauthorized: AtomicU64,
+    pub api_connections_refused: AtomicU64,
+    pub api_timeouts: AtomicU64,
     pub handovers_accepted: AtomicU64,
     pub handovers_declined: AtomicU64,
     pub leases_expired: AtomicU64,
@@ -61,13 +63,23 @@ impl Metrics {
                 &self.frames_malformed,
             ),
             (
+                "spillway_api_connections_refused_total",
+                "API connections dropped because the connection limit was reached",
+                &self.api_connections_refused,
+            ),
+            (
+                "spillway_api_timeouts_total",
+                "API requests cut off at their route's time limit",
+                &self.api_timeouts,
+            ),
+            (
                 "spillway_joins_total",
                 "Agents that joined with a token",
                 &self.joins,
             ),
             (
                 "spillway_joins_refused_total",
-                "Join attempts refused (bad, expired or reused token, version)",
+                "Join attempts refused (bad, expired, revoked or reused token, taken name, rate limit, version)",
                 &self.joins_refused,
             ),
             (

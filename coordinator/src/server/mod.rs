@@ -11,7 +11,9 @@ pub mod events;
 pub mod handover;
 pub mod http;
 pub mod invoke;
+pub mod join_limit;
 pub mod journal;
+pub mod listener;
 pub mod metrics;
 pub mod oscar_api;
 pub mod presign;
@@ -31,7 +33,7 @@ use tokio::sync::watch;
 use crate::config::CoordinatorConfig;
 use ca::{Ca, CaError};
 use metrics::Metrics;
-use store::{Store, StoreError, TokenRecord};
+use store::{Store, StoreError, TokenGrant, TokenRecord};
 use view::View;
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
@@ -60,6 +62,8 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// the admin token in {path} is {length} characters long, shorter than the 32 the API asks for: put a longer random one there, or delete the file and a new one is made at start
+    WeakToken { path: PathBuf, length: usize },
 }
 
 pub fn now_ms() -> u64 {
@@ -86,6 +90,10 @@ pub struct State {
     pub heartbeat: spillway_agent::service::Heartbeat,
     admin_hash: [u8; 32],
     quic_addr: SocketAddr,
+    /// Blob frames (up to 64 MiB each) buffered at once, from all members together.
+    pub blob_frames: tokio::sync::Semaphore,
+    /// How often joins may be tried.
+    pub join_limit: std::sync::Mutex<join_limit::JoinLimit>,
     /// The embedded MQTT broker's address, when it runs.
     pub mqtt_addr: Option<SocketAddr>,
     /// The HTTP API's bound address.
@@ -97,26 +105,31 @@ pub struct State {
 }
 
 impl State {
-    /// A one-time join token valid for `ttl_secs`, stored hashed.
+    /// A one-time join token valid for `ttl_secs` for a new node, stored hashed.
     pub fn create_token(&self, ttl_secs: u64, description: &str) -> Result<(String, u64), String> {
-        let (mut tokens, expires) = self.create_tokens(1, ttl_secs, description)?;
+        let (mut tokens, expires) =
+            self.create_tokens(1, ttl_secs, description, &TokenGrant::default())?;
         Ok((tokens.pop().unwrap_or_default(), expires))
     }
 
-    /// `count` one-time join tokens valid for `ttl_secs`, stored hashed in one commit.
+    /// `count` one-time join tokens valid for `ttl_secs`, granting `grant`, stored hashed in
+    /// one commit.
     pub fn create_tokens(
         &self,
         count: u32,
         ttl_secs: u64,
         description: &str,
+        grant: &TokenGrant,
     ) -> Result<(Vec<String>, u64), String> {
         let now = now_ms();
-        let expires_at_ms = now + ttl_secs.saturating_mul(1000);
+        let expires_at_ms = now.saturating_add(ttl_secs.saturating_mul(1000));
         let record = TokenRecord {
             created_at_ms: now,
             expires_at_ms,
             description: description.to_owned(),
             used_by: None,
+            grant: grant.clone(),
+            revoked_at_ms: None,
         };
         let mut texts = Vec::new();
         let mut rows = Vec::new();
@@ -148,11 +161,23 @@ pub struct Coordinator {
 impl Coordinator {
     pub async fn start(config: CoordinatorConfig) -> Result<Self, ServerError> {
         let dir = config.state_dir.clone();
+        // The state holds the CA's key, tokens and functions' credentials: its owner's only.
+        let private = |path: &std::path::Path, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
+                |source| ServerError::StateDir {
+                    path: path.to_owned(),
+                    source,
+                },
+            )
+        };
         std::fs::create_dir_all(&dir).map_err(|source| ServerError::StateDir {
             path: dir.clone(),
             source,
         })?;
+        private(&dir, 0o700)?;
         let store = Store::open(&config.store_path())?;
+        private(&config.store_path(), 0o600)?;
         let ca = Ca::load_or_create(&dir.join("ca"), &config.name)?;
         let admin_token = load_or_create_admin_token(&dir)?;
         let (chain, key) = ca.server_identity();
@@ -187,6 +212,10 @@ impl Coordinator {
         let http_addr = http.local_addr().unwrap_or(config.http_listen);
         let delegations = replicas::Delegations::new(config.replicas.timeout);
         let state = Arc::new(State {
+            blob_frames: tokio::sync::Semaphore::new(8),
+            join_limit: std::sync::Mutex::new(
+                join_limit::JoinLimit::new(std::time::Instant::now()),
+            ),
             http_addr,
             presigner,
             delegations,
@@ -242,11 +271,7 @@ impl Coordinator {
         let leases = tokio::spawn(expire_leases(self.state.clone()));
         let delegations = tokio::spawn(replicas::driver::run(self.state.clone()));
         let app = http::router(self.state.clone());
-        let http = axum::serve(self.http, app);
-        tokio::select! {
-            r = http => if let Err(e) = r { tracing::error!("HTTP API stopped: {e}") },
-            () = shutdown => {}
-        }
+        listener::serve(self.state.clone(), self.http, app, shutdown).await;
         self.endpoint
             .close(0u32.into(), b"coordinator shutting down");
         quic.abort();
@@ -279,14 +304,27 @@ async fn expire_leases(state: Arc<State>) {
     }
 }
 
+/// The shortest admin token accepted: 128 bits as hex, as the coordinator makes them.
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
 fn load_or_create_admin_token(dir: &std::path::Path) -> Result<String, ServerError> {
     let path = dir.join("admin.token");
     if let Ok(text) = std::fs::read_to_string(&path) {
-        return Ok(text.trim().to_owned());
+        let token = text.trim().to_owned();
+        if token.len() < MIN_ADMIN_TOKEN {
+            return Err(ServerError::WeakToken {
+                path,
+                length: token.len(),
+            });
+        }
+        return Ok(token);
     }
     let token = JoinToken::generate(&[0; 32])
         .map(|t| hex::encode(t.secret))
-        .unwrap_or_default();
+        .map_err(|e| ServerError::Write {
+            path: path.clone(),
+            source: std::io::Error::other(format!("no randomness for the admin token: {e}")),
+        })?;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let write = || -> std::io::Result<()> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -77,6 +77,21 @@ pub async fn get_blob(
         .map_err(|e| ApiError(StatusCode::NOT_FOUND, e))
 }
 
+/// The largest output file an executor may upload: one blob, served to agents in one frame.
+const MAX_OUTPUT: usize = spillway_proto::wire::MAX_STREAM_FRAME - 4096;
+/// The largest result report (status, reason and the list of outputs).
+const MAX_REPORT: usize = 1 << 20;
+
+/// Reads a request body whose credentials were checked already, up to `limit` bytes.
+async fn read_body(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} is larger than {limit} bytes, or its upload broke off: {e}"),
+        )
+    })
+}
+
 /// `PUT /v1/outputs/{job}/{attempt}/{name…}` with a presigned query (signed for the prefix, so
 /// one URL template serves every output of the attempt): an executor stores an output file.
 /// Answers `{"sha256": …}`; an attempt that no longer holds the job's lease is refused, so a
@@ -85,7 +100,7 @@ pub async fn put_output(
     AxState(state): AxState<Arc<State>>,
     Path((job, attempt, name)): Path<(String, u32, String)>,
     Query(q): Query<Presigned>,
-    body: Bytes,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check(&state, "PUT", &format!("/v1/outputs/{job}/{attempt}/"), &q)?;
     if spillway_proto::ObjectKey::parse(&name).is_err() {
@@ -95,6 +110,8 @@ pub async fn put_output(
         ));
     }
     attempt_in_force(&state, &job, attempt, "outputs are")?;
+    // Only now, signed and in force, is the body read (and only up to one blob).
+    let body = read_body(body, MAX_OUTPUT, "an output").await?;
     let blobs = state.clone();
     let digest = tokio::task::spawn_blocking(move || blobs.blobs.put(&body))
         .await
@@ -141,7 +158,7 @@ pub async fn callback(
     AxState(state): AxState<Arc<State>>,
     Path((job, attempt)): Path<(String, u32)>,
     Query(q): Query<Presigned>,
-    body: Bytes,
+    body: Body,
 ) -> Result<StatusCode, ApiError> {
     check(
         &state,
@@ -154,6 +171,7 @@ pub async fn callback(
             tracing::info!(job = %job, attempt, "late report of an attempt that is over: ignored");
         }
     })?;
+    let body = read_body(body, MAX_REPORT, "a report").await?;
     let report: ResultReport = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -484,9 +502,21 @@ async fn fetch(state: &State, url: &str) -> Result<Vec<u8>, ApiError> {
             format!("the input at {} is over {limit} bytes", redact(url)),
         ));
     }
-    let bytes = response
-        .bytes()
+    // A length may be missing or false (chunked answers): the bound holds while reading.
+    let mut response = response;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .map_err(|e| gateway(format!("reading the input from {}: {e}", redact(url))))?;
-    Ok(bytes.to_vec())
+        .map_err(|e| gateway(format!("reading the input from {}: {e}", redact(url))))?
+    {
+        if (bytes.len() + chunk.len()) as u64 > limit {
+            return Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the input at {} is over {limit} bytes", redact(url)),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }

@@ -44,6 +44,21 @@ pub async fn serve(state: Arc<State>, endpoint: quinn::Endpoint) {
 
 async fn join(state: &State, conn: quinn::Connection) {
     let remote = conn.remote_address();
+    let admitted = state
+        .join_limit
+        .lock()
+        .map(|mut l| l.admit(remote.ip(), std::time::Instant::now()))
+        .unwrap_or(false);
+    if !admitted {
+        inc(&state.metrics.joins_refused);
+        tracing::warn!(%remote, "join refused: too many join attempts");
+        // Closed without an answer: agents retry an unanswered join with backoff.
+        conn.close(
+            4u32.into(),
+            b"too many join attempts from this address; try again in a few seconds",
+        );
+        return;
+    }
     let request = async {
         let (send_half, recv) = conn.accept_bi().await.ok()?;
         let req = FrameReader::new(recv, MAX_JOIN_FRAME)
@@ -99,37 +114,67 @@ fn decide_join(state: &State, req: JoinRequest, remote: &str) -> JoinReply {
             req.node
         ));
     }
+    let hash = token.secret_hash();
+    let now = now_ms();
+    // The CSR is signed only for a token that admits this name.
+    match state.store.check_join(&hash, &req.node, now) {
+        Ok(TokenCheck::Valid) => {}
+        Ok(other) => return refuse(token_refusal(other, &req.node)),
+        Err(e) => return refuse(format!("the coordinator could not check the token: {e}")),
+    }
     let cert_der = match state.ca.sign_node(&req.node, &req.csr_der) {
         Ok(c) => c,
         Err(e) => return refuse(e.to_string()),
     };
-    let now = now_ms();
     let mut node = NodeRecord::joined(
         &req.node,
         hex::encode(fingerprint(&cert_der)),
         now,
-        now + super::ca::NODE_CERT_DAYS as u64 * 86_400_000,
+        now.saturating_add(super::ca::NODE_CERT_DAYS as u64 * 86_400_000),
     );
     node.last_address = remote.to_owned();
-    match state.store.join(&token.secret_hash(), now, node) {
+    match state.store.join(&hash, now, node) {
         Ok(TokenCheck::Valid) => {
             tracing::info!(node = %req.node, %remote, "node joined the mesh");
+            // A node joining again may have been connected under its old certificate.
+            if let Some(old) = state.view.connection(&req.node) {
+                old.close(3u32.into(), b"joined again with a new certificate");
+            }
+            state.deployments.send_modify(|g| *g += 1);
             JoinReply::Granted {
                 cert_der,
                 ca_der: state.ca.cert_der().to_vec(),
             }
         }
-        Ok(TokenCheck::Unknown) => refuse(
-            "unknown join token: create one on the coordinator with `spillway token create`".into(),
-        ),
-        Ok(TokenCheck::Expired) => refuse(
-            "this join token has expired: create a new one with `spillway token create --ttl 1h`"
-                .into(),
-        ),
-        Ok(TokenCheck::Used(by)) => refuse(format!(
-            "this join token was already used (by node `{by}`); tokens are single-use: create a new one with `spillway token create`"
-        )),
+        Ok(other) => refuse(token_refusal(other, &req.node)),
         Err(e) => refuse(format!("the coordinator could not record the join: {e}")),
+    }
+}
+
+/// What a node that tried to join is told about its token.
+fn token_refusal(check: TokenCheck, node: &str) -> String {
+    match check {
+        TokenCheck::Unknown => {
+            "unknown join token: create one on the coordinator with `spillway token create`".into()
+        }
+        TokenCheck::Expired => {
+            "this join token has expired: create a new one with `spillway token create --ttl 1h`"
+                .into()
+        }
+        TokenCheck::Revoked => {
+            "this join token was revoked: ask the operator for a new one (`spillway token create`)"
+                .into()
+        }
+        TokenCheck::Used(by) => format!(
+            "this join token was already used (by node `{by}`); tokens are single-use: create a new one with `spillway token create`"
+        ),
+        TokenCheck::NameTaken => format!(
+            "node `{node}` is already a member of this mesh; to join again under that name (new SD card, lost key), use a token made for it: `spillway token create --node {node}`, or pick another node_name"
+        ),
+        TokenCheck::OtherNode(bound) => format!(
+            "this join token was made for node `{bound}`, not `{node}`; set node_name = \"{bound}\" or create a token for `{node}`"
+        ),
+        TokenCheck::Valid => String::new(),
     }
 }
 
@@ -161,8 +206,10 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
     }
     let name = record.name.clone();
     let mut record = record;
-    record.cluster_id = hello.cluster_id.clone();
-    record.labels = hello.labels.clone();
+    // Labels and the cluster decide which functions (and secrets) a node receives: they are the
+    // operator's (from the token or `spillway label node`). The agent's config only proposes.
+    record.proposed_cluster_id = hello.cluster_id.clone();
+    record.proposed_labels = hello.labels.clone();
     record.capacity = hello.capacity;
     record.agent_version = hello.agent_version.clone();
     record.arch = hello.arch.clone();
@@ -300,6 +347,10 @@ async fn serve_blobs(state: Arc<State>, conn: quinn::Connection) {
     while let Ok((mut tx, rx)) = conn.accept_bi().await {
         let state = state.clone();
         tokio::spawn(async move {
+            // A blob frame is buffered whole: only a few at once, from all members together.
+            let Ok(_permit) = state.blob_frames.acquire().await else {
+                return;
+            };
             let mut reader = FrameReader::new(rx, MAX_STREAM_FRAME);
             let request = match reader.next::<BlobRequest>().await {
                 Ok(Some(r)) => r,

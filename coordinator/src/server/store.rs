@@ -85,6 +85,12 @@ pub struct NodeRecord {
     /// Functions the agent runs and refuses, from its last deployment ack.
     pub running: Vec<String>,
     pub refused: Vec<(String, String)>,
+    /// What the agent's own config proposes; shown, never acted on (`spillway label node`
+    /// adopts them).
+    #[serde(default)]
+    pub proposed_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub proposed_cluster_id: Option<String>,
 }
 
 impl NodeRecord {
@@ -105,6 +111,8 @@ impl NodeRecord {
             last_address: String::new(),
             running: vec![],
             refused: vec![],
+            proposed_labels: BTreeMap::new(),
+            proposed_cluster_id: None,
         }
     }
 }
@@ -115,7 +123,38 @@ pub struct TokenRecord {
     pub expires_at_ms: u64,
     pub description: String,
     pub used_by: Option<String>,
+    /// What the token grants the node that joins with it.
+    #[serde(default, flatten)]
+    pub grant: TokenGrant,
+    #[serde(default)]
+    pub revoked_at_ms: Option<u64>,
 }
+
+/// What a join token decides about the node that uses it: the operator's word, never the
+/// agent's. A token without `node` admits only a name the mesh does not have yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenGrant {
+    /// The one node name this token admits; the only way to join again under a taken name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The node's labels (they decide which functions, and secrets, it receives). `None`: a new
+    /// node gets none, a node joining again keeps its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+}
+
+/// A token as listed: its id (the first hex digits of its hash) names it for `token revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenListing {
+    pub id: String,
+    #[serde(flatten)]
+    pub record: TokenRecord,
+}
+
+/// How many hex digits of a token's hash name it.
+pub const TOKEN_ID_LEN: usize = 12;
 
 /// A function as applied: its definition (script/module paths relative, as written) and files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,13 +205,42 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// What a token lookup concluded.
+/// What a token lookup concluded for a node name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenCheck {
     Unknown,
     Expired,
+    Revoked,
     Used(String),
+    /// The name is a member already and the token was not made for it.
+    NameTaken,
+    /// The token was made for another node.
+    OtherNode(String),
     Valid,
+}
+
+/// The rules of [`Store::join`], on one token and whatever node has the name already.
+fn check_token(
+    token: &TokenRecord,
+    existing: Option<&NodeRecord>,
+    name: &str,
+    now_ms: u64,
+) -> TokenCheck {
+    if let Some(by) = &token.used_by {
+        return TokenCheck::Used(by.clone());
+    }
+    if token.revoked_at_ms.is_some() {
+        return TokenCheck::Revoked;
+    }
+    if token.expires_at_ms <= now_ms {
+        return TokenCheck::Expired;
+    }
+    match &token.grant.node {
+        Some(bound) if bound != name => TokenCheck::OtherNode(bound.clone()),
+        Some(_) => TokenCheck::Valid,
+        None if existing.is_some() => TokenCheck::NameTaken,
+        None => TokenCheck::Valid,
+    }
 }
 
 impl Store {
@@ -215,13 +283,31 @@ impl Store {
         self.list(TOKENS, "tokens")
     }
 
-    /// Admits `node` with the certificate `fingerprint` if the token is valid, consuming the
-    /// token and recording the node in the same transaction: a token can never admit two nodes.
+    /// Whether the token would admit a node named `name` now (nothing is changed): the CSR is
+    /// only signed after this says so, and [`Store::join`] checks again as it commits.
+    pub fn check_join(
+        &self,
+        token_hash: &str,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<TokenCheck, StoreError> {
+        let Some(token) = self.get::<TokenRecord>(TOKENS, "tokens", token_hash)? else {
+            return Ok(TokenCheck::Unknown);
+        };
+        let existing = self.node(name)?;
+        Ok(check_token(&token, existing.as_ref(), name, now_ms))
+    }
+
+    /// Admits `node` with the certificate `fingerprint` if the token admits its name, consuming
+    /// the token and recording the node in the same transaction: a token can never admit two
+    /// nodes, and a name that is taken can only be joined again with a token made for it. The
+    /// node's labels and cluster id come from the token (or stay as they were), never from the
+    /// agent.
     pub fn join(
         &self,
         token_hash: &str,
         now_ms: u64,
-        node: NodeRecord,
+        mut node: NodeRecord,
     ) -> Result<TokenCheck, StoreError> {
         let tx = self.db.begin_write()?;
         {
@@ -230,26 +316,95 @@ impl Store {
                 return Ok(TokenCheck::Unknown);
             };
             let mut token: TokenRecord = decode("tokens", &raw)?;
-            if let Some(by) = token.used_by {
-                return Ok(TokenCheck::Used(by));
-            }
-            if token.expires_at_ms <= now_ms {
-                return Ok(TokenCheck::Expired);
+            let mut nodes = tx.open_table(NODES)?;
+            let existing: Option<NodeRecord> = nodes
+                .get(node.name.as_str())?
+                .map(|v| decode("nodes", v.value()))
+                .transpose()?;
+            let check = check_token(&token, existing.as_ref(), &node.name, now_ms);
+            if check != TokenCheck::Valid {
+                return Ok(check);
             }
             token.used_by = Some(node.name.clone());
             tokens.insert(token_hash, encode(&token).as_slice())?;
-            let mut nodes = tx.open_table(NODES)?;
             let mut certs = tx.open_table(CERTS)?;
             // A node joining again (new SD card, lost key) replaces its old certificate.
-            if let Some(old) = nodes.get(node.name.as_str())?.map(|v| v.value().to_vec()) {
-                let old: NodeRecord = decode("nodes", &old)?;
+            if let Some(old) = &existing {
                 certs.remove(old.fingerprint.as_str())?;
+                node.labels = old.labels.clone();
+                node.cluster_id = old.cluster_id.clone();
+            }
+            if let Some(labels) = token.grant.labels {
+                node.labels = labels;
+            }
+            if token.grant.cluster_id.is_some() {
+                node.cluster_id = token.grant.cluster_id;
             }
             certs.insert(node.fingerprint.as_str(), node.name.as_str())?;
             nodes.insert(node.name.as_str(), encode(&node).as_slice())?;
         }
         tx.commit()?;
         Ok(TokenCheck::Valid)
+    }
+
+    /// Revokes the unused tokens whose id (hash) starts with `id`; returns how many.
+    pub fn revoke_tokens(&self, id: &str, now_ms: u64) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut revoked = 0;
+        {
+            let mut t = tx.open_table(TOKENS)?;
+            let mut changed = Vec::new();
+            for entry in t.range(id..)? {
+                let (k, v) = entry?;
+                if !k.value().starts_with(id) {
+                    break;
+                }
+                let mut token: TokenRecord = decode("tokens", v.value())?;
+                if token.used_by.is_none() && token.revoked_at_ms.is_none() {
+                    token.revoked_at_ms = Some(now_ms);
+                    changed.push((k.value().to_owned(), token));
+                }
+            }
+            for (k, token) in changed {
+                t.insert(k.as_str(), encode(&token).as_slice())?;
+                revoked += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(revoked)
+    }
+
+    /// Tokens with their ids, for `spillway token list`.
+    pub fn token_listing(&self) -> Result<Vec<TokenListing>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(TOKENS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            out.push(TokenListing {
+                id: k.value().chars().take(TOKEN_ID_LEN).collect(),
+                record: decode("tokens", v.value())?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Sets a node's labels and cluster id (the operator's word), durably.
+    pub fn set_node_labels(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        cluster_id: Option<Option<String>>,
+    ) -> Result<Option<NodeRecord>, StoreError> {
+        let Some(mut node) = self.node(name)? else {
+            return Ok(None);
+        };
+        node.labels = labels;
+        if let Some(c) = cluster_id {
+            node.cluster_id = c;
+        }
+        self.put(NODES, name, &node, Durability::Immediate)?;
+        Ok(Some(node))
     }
 
     /// The node holding the certificate with this fingerprint.
@@ -463,7 +618,15 @@ mod tests {
             expires_at_ms,
             description: String::new(),
             used_by: None,
+            grant: TokenGrant::default(),
+            revoked_at_ms: None,
         }
+    }
+
+    fn token_for(node: &str) -> TokenRecord {
+        let mut t = token(100);
+        t.grant.node = Some(node.into());
+        t
     }
 
     #[test]
@@ -493,11 +656,91 @@ mod tests {
     }
 
     #[test]
-    fn rejoining_revokes_the_old_certificate_and_removing_revokes_the_node() {
+    fn a_plain_token_cannot_take_a_members_name_only_a_token_made_for_it_can() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         store.put_token("h1", &token(100)).unwrap();
         store.put_token("h2", &token(100)).unwrap();
+        store.put_token("h3", &token_for("b")).unwrap();
+        assert_eq!(
+            store.join("h1", 1, node("a", "real")).unwrap(),
+            TokenCheck::Valid
+        );
+        assert_eq!(
+            store.check_join("h2", "a", 1).unwrap(),
+            TokenCheck::NameTaken
+        );
+        assert_eq!(
+            store.join("h2", 1, node("a", "thief")).unwrap(),
+            TokenCheck::NameTaken
+        );
+        assert_eq!(
+            store.join("h3", 1, node("a", "thief")).unwrap(),
+            TokenCheck::OtherNode("b".into())
+        );
+        // Nothing changed: the real node keeps its certificate, the tokens stay unused.
+        assert_eq!(store.node_by_cert("real").unwrap().unwrap().name, "a");
+        assert!(store.node_by_cert("thief").unwrap().is_none());
+        assert!(
+            store
+                .tokens()
+                .unwrap()
+                .iter()
+                .filter(|t| t.used_by.is_none())
+                .count()
+                == 2
+        );
+    }
+
+    #[test]
+    fn labels_and_cluster_come_from_the_token_and_stay_on_rejoin() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let mut t = token(100);
+        t.grant.labels = Some(BTreeMap::from([("zone".into(), "shed".into())]));
+        t.grant.cluster_id = Some("edge".into());
+        store.put_token("h1", &t).unwrap();
+        let mut proposing = node("a", "f1");
+        proposing.labels = BTreeMap::from([("gpu".into(), "yes".into())]);
+        store.join("h1", 1, proposing).unwrap();
+        let a = store.node("a").unwrap().unwrap();
+        assert_eq!(a.labels, BTreeMap::from([("zone".into(), "shed".into())]));
+        assert_eq!(a.cluster_id.as_deref(), Some("edge"));
+        store.put_token("h2", &token_for("a")).unwrap();
+        store.join("h2", 1, node("a", "f2")).unwrap();
+        let a = store.node("a").unwrap().unwrap();
+        assert_eq!(a.labels, BTreeMap::from([("zone".into(), "shed".into())]));
+        assert_eq!(a.cluster_id.as_deref(), Some("edge"));
+    }
+
+    #[test]
+    fn a_revoked_token_admits_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.put_token("abc1", &token(100)).unwrap();
+        store.put_token("abd2", &token(100)).unwrap();
+        assert_eq!(store.revoke_tokens("abc", 5).unwrap(), 1);
+        assert_eq!(
+            store.join("abc1", 6, node("a", "f")).unwrap(),
+            TokenCheck::Revoked
+        );
+        assert_eq!(
+            store.join("abd2", 6, node("a", "f")).unwrap(),
+            TokenCheck::Valid
+        );
+        assert_eq!(
+            store.revoke_tokens("abd", 7).unwrap(),
+            0,
+            "a used token stays used"
+        );
+    }
+
+    #[test]
+    fn rejoining_revokes_the_old_certificate_and_removing_revokes_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.put_token("h1", &token(100)).unwrap();
+        store.put_token("h2", &token_for("a")).unwrap();
         store.join("h1", 1, node("a", "old")).unwrap();
         store.join("h2", 1, node("a", "new")).unwrap();
         assert!(store.node_by_cert("old").unwrap().is_none());

@@ -32,16 +32,20 @@ pub fn predicted_completion(job: &Job, t: &Target, times: &RunTimes) -> Millis {
         Some(_) if t.free_slots > 0 && t.queued == 0 => 0,
         Some(slots) => {
             // Jobs ahead of this one, spread over the slots, each taking about `run`.
-            let ahead = u64::from(t.queued + 1).saturating_sub(u64::from(t.free_slots));
-            ahead.div_ceil(u64::from(slots.max(1))) * run
+            let ahead = (u64::from(t.queued) + 1).saturating_sub(u64::from(t.free_slots));
+            ahead.div_ceil(u64::from(slots.max(1))).saturating_mul(run)
         }
     };
     let transfer = if t.kind == TargetKind::Origin {
         0
     } else {
-        t.latency_ms + (job.input_bytes as f64 / t.bytes_per_ms.max(1e-9)) as Millis
+        t.latency_ms
+            .saturating_add((job.input_bytes as f64 / t.bytes_per_ms.max(1e-9)) as Millis)
     };
-    wait + transfer + t.start_ms + run
+    // Saturating: targets' numbers come from members' reports.
+    wait.saturating_add(transfer)
+        .saturating_add(t.start_ms)
+        .saturating_add(run)
 }
 
 /// What a run of `job` on `t` would cost (USD), for elastic targets.

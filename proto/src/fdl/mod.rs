@@ -15,7 +15,7 @@ mod trigger;
 
 pub use diag::{Diagnostic, Location, Severity};
 pub use model::*;
-pub use parse::{FdlError, Parsed, parse_file, parse_str};
+pub use parse::{FdlError, MAX_BYTES, MAX_DEPTH, Parsed, parse_file, parse_str};
 pub use trigger::{MqttOutput, MqttTrigger, Trigger, check_topic, topic_matches};
 
 /// Environment variables of the staging contract; the agent sets them, an FDL may not.

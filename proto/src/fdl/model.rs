@@ -144,6 +144,34 @@ impl FunctionDef {
         })
     }
 
+    /// The definition as shown to people (API answers, logs): every credential replaced by
+    /// [`REDACTED`] — secret provider settings, cluster passwords, endpoint header values, and
+    /// `secrets` kept from OSCAR's newer FDL. Agents that run the function get the real one.
+    pub fn redacted(&self) -> Self {
+        let mut def = self.clone();
+        for provider in &mut def.providers {
+            for (key, value) in &mut provider.settings {
+                if is_secret_setting(key) {
+                    *value = Secret(REDACTED.into());
+                }
+            }
+        }
+        for cluster in def.clusters.values_mut() {
+            if cluster.auth_password.is_some() {
+                cluster.auth_password = Some(Secret(REDACTED.into()));
+            }
+        }
+        for replica in &mut def.replicas {
+            if let ReplicaTarget::Endpoint { headers, .. } = &mut replica.target {
+                headers
+                    .values_mut()
+                    .for_each(|v| *v = Secret(REDACTED.into()));
+            }
+        }
+        redact_secrets(&mut def.extra);
+        def
+    }
+
     /// The OSCAR cluster id this entry was written under, if any.
     pub fn cluster_id(&self) -> Option<&str> {
         match &self.platform {
@@ -320,6 +348,44 @@ pub struct S3Settings {
     pub verify: bool,
 }
 
+/// What a credential is shown as.
+pub const REDACTED: &str = "***";
+
+/// Settings of `storage_providers` that are credentials (an access key id names a user, like a
+/// login; its secret does not leave the coordinator's store but for the nodes that need it).
+fn is_secret_setting(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["secret", "password", "token", "credential", "private"]
+        .iter()
+        .any(|w| key.contains(w))
+}
+
+/// Every `secrets` map (and secret-looking key) kept as written in `extra`, redacted.
+fn redact_secrets(extra: &mut Extra) {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    if key == "secrets" || is_secret_setting(key) {
+                        *v = serde_json::Value::String(REDACTED.into());
+                    } else {
+                        walk(v);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    for (key, v) in extra.iter_mut() {
+        if key == "secrets" || is_secret_setting(key) {
+            *v = serde_json::Value::String(REDACTED.into());
+        } else {
+            walk(v);
+        }
+    }
+}
+
 /// A value that may be a credential: never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -371,6 +437,41 @@ mod tests {
                 kind: "s3".into(),
                 id: "my_s3".into()
             }
+        );
+    }
+
+    #[test]
+    fn a_redacted_definition_shows_no_credential_and_keeps_the_rest() {
+        let text = r#"
+functions:
+  oscar:
+  - edge:
+      name: f
+      command: 'true'
+      input: [{storage_provider: s3.store, path: b/in}]
+      replicas:
+      - {type: endpoint, url: 'https://x', headers: {Authorization: 'Bearer hunter2'}}
+      - {type: oscar, cluster_id: c1, service_name: f}
+      environment:
+        Variables: {MODE: fast}
+        secrets: {API_KEY: hunter2}
+storage_providers:
+  s3:
+    store: {access_key: AKIA, secret_key: hunter2, region: eu-west-1}
+clusters:
+  c1: {endpoint: 'https://oscar', auth_user: u, auth_password: hunter2}
+"#;
+        let parsed = crate::fdl::parse_str("f.yaml", text, std::path::Path::new("/"));
+        let (fdl, _) = parsed.into_result().expect("valid");
+        let def = &fdl.functions[0];
+        let shown = serde_json::to_string(&def.redacted()).expect("json");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("AKIA") && shown.contains("eu-west-1") && shown.contains("fast"));
+        assert!(
+            serde_json::to_string(def)
+                .expect("json")
+                .contains("hunter2"),
+            "the real one stays whole"
         );
     }
 

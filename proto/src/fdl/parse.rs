@@ -68,12 +68,67 @@ pub fn parse_file(path: &Path) -> Parsed {
     }
 }
 
+/// Where the document first nests deeper than `max`, found by walking the YAML parser's events
+/// (iteratively) before any tree is built. Syntax errors are left to the reader that follows.
+fn nested_too_deep(text: &str, max: usize) -> Option<marked_yaml::Marker> {
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    let mut depth = 0usize;
+    loop {
+        match parser.next_token() {
+            Ok((Event::SequenceStart(..) | Event::MappingStart(..), m)) => {
+                depth += 1;
+                if depth > max {
+                    return Some(marked_yaml::Marker::new(
+                        0,
+                        m.index(),
+                        m.line(),
+                        m.col() + 1,
+                    ));
+                }
+            }
+            Ok((Event::SequenceEnd | Event::MappingEnd, _)) => depth = depth.saturating_sub(1),
+            Ok((Event::StreamEnd, _)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
 const TOP_FIELDS: &[&str] = &["functions", "clusters", "storage_providers"];
 const FUNCTIONS_FIELDS: &[&str] = &["oscar", "aws", "storage_providers"];
+
+/// How deep an FDL document may nest (real ones nest under ten levels). The YAML reader recurses
+/// once per level, so a document nested a million deep would overflow the stack.
+pub const MAX_DEPTH: usize = 64;
+/// How large an FDL document may be (scripts and modules are separate files).
+pub const MAX_BYTES: usize = 4 << 20;
 
 /// Reads FDL text; `file` names it in diagnostics.
 pub fn parse_str(file: &str, text: &str, base_dir: &Path) -> Parsed {
     let mut diags = Diagnostics::new(file);
+    let refused = |diags: Diagnostics| Parsed {
+        fdl: None,
+        diagnostics: diags.items,
+    };
+    if text.len() > MAX_BYTES {
+        diags.error(
+            &Span::new_blank(),
+            "",
+            format!(
+                "the file is {} bytes; an FDL file is at most {MAX_BYTES} (put scripts and modules in files of their own)",
+                text.len()
+            ),
+        );
+        return refused(diags);
+    }
+    if let Some(marker) = nested_too_deep(text, MAX_DEPTH) {
+        diags.error(
+            &Span::new_start(marker),
+            "",
+            format!("the document nests deeper than {MAX_DEPTH} levels; an FDL file does not"),
+        );
+        return refused(diags);
+    }
     let options = LoaderOptions::default().error_on_duplicate_keys(true);
     let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
         Ok(root) => root,

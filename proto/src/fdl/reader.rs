@@ -258,6 +258,21 @@ pub(crate) fn unsigned(diags: &mut Diagnostics, node: &Node, path: &str) -> Opti
     }
 }
 
+/// A whole number from 0 to `max`: past it, an error that names the bound (numbers from an FDL
+/// end up in timers, counters and sizes, where a huge one overflows later).
+pub(crate) fn bounded(diags: &mut Diagnostics, node: &Node, path: &str, max: u64) -> Option<u64> {
+    let v = unsigned(diags, node, path)?;
+    if v > max {
+        diags.error(
+            node.span(),
+            path,
+            format!("{v} is too large: at most {max}"),
+        );
+        return None;
+    }
+    Some(v)
+}
+
 pub(crate) fn boolean(diags: &mut Diagnostics, node: &Node, path: &str) -> Option<bool> {
     let s = scalar(diags, node, path)?;
     match s.as_str().trim().to_ascii_lowercase().as_str() {

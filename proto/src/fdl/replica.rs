@@ -5,7 +5,7 @@ use marked_yaml::types::MarkedMappingNode;
 
 use super::diag::Diagnostics;
 use super::model::*;
-use super::reader::{Fields, boolean, mapping, scalar_map, sequence, string, unsigned};
+use super::reader::{Fields, boolean, bounded, mapping, scalar_map, sequence, string};
 
 pub(crate) fn read_replicas(diags: &mut Diagnostics, node: &Node, path: &str) -> Vec<Replica> {
     let Some(items) = sequence(diags, node, path) else {
@@ -35,9 +35,11 @@ fn read_replica(diags: &mut Diagnostics, map: &MarkedMappingNode, path: &str) ->
             None
         }
     };
+    // Priorities order replicas; OSCAR's are small whole numbers.
+    const MAX_PRIORITY: u64 = 1_000_000;
     let priority = f
         .field("priority")
-        .and_then(|(n, p)| unsigned(diags, n, &p))
+        .and_then(|(n, p)| bounded(diags, n, &p, MAX_PRIORITY))
         .map(|p| u32::try_from(p).unwrap_or(u32::MAX))
         .unwrap_or(0);
     let mut required = |f: &mut Fields<'_>, key: &'static str, what: &str| match f.take(key) {

@@ -11,7 +11,7 @@ use marked_yaml::types::MarkedMappingNode;
 use super::STAGING_VARIABLES;
 use super::diag::Diagnostics;
 use super::model::*;
-use super::reader::{Fields, boolean, mapping, scalar, string, strings, unsigned};
+use super::reader::{Fields, boolean, bounded, mapping, scalar, string, strings};
 use super::replica::{read_federation, read_replicas};
 use super::storage::read_storage_refs;
 use super::trigger::read_triggers;
@@ -175,7 +175,7 @@ pub(crate) fn parse_service(
     });
     let rescheduler_threshold = f
         .field("rescheduler_threshold")
-        .and_then(|(n, p)| unsigned(diags, n, &p));
+        .and_then(|(n, p)| bounded(diags, n, &p, MAX_SECONDS));
     if let Some(node) = f.take("environment") {
         read_environment(
             diags,
@@ -209,19 +209,19 @@ pub(crate) fn parse_service(
     let timeout = f
         .field("timeout")
         .and_then(|(n, p)| read_duration(diags, n, &p));
-    let max_concurrency =
-        f.field("max_concurrency")
-            .and_then(|(n, p)| match unsigned(diags, n, &p)? {
-                0 => {
-                    diags.error(
-                        n.span(),
-                        &p,
-                        "must be at least 1 (leave it out for no limit)",
-                    );
-                    None
-                }
-                v => Some(u32::try_from(v).unwrap_or(u32::MAX)),
-            });
+    let max_concurrency = f.field("max_concurrency").and_then(|(n, p)| {
+        match bounded(diags, n, &p, MAX_CONCURRENCY)? {
+            0 => {
+                diags.error(
+                    n.span(),
+                    &p,
+                    "must be at least 1 (leave it out for no limit)",
+                );
+                None
+            }
+            v => Some(u32::try_from(v).unwrap_or(u32::MAX)),
+        }
+    });
     f.finish(
         diags,
         if aws { LAMBDA_FIELDS } else { SERVICE_FIELDS },
@@ -407,7 +407,12 @@ fn read_memory(diags: &mut Diagnostics, node: &Node, path: &str, aws: bool) -> O
     }
 }
 
-/// Seconds (`300`) or a number with a unit (`30s`, `5m`, `1h`).
+/// The longest timeout or threshold an FDL may set: a week.
+const MAX_SECONDS: u64 = 7 * 86_400;
+/// More concurrent jobs of one function than any node runs.
+const MAX_CONCURRENCY: u64 = 100_000;
+
+/// Seconds (`300`) or a number with a unit (`30s`, `5m`, `1h`), up to [`MAX_SECONDS`].
 fn read_duration(diags: &mut Diagnostics, node: &Node, path: &str) -> Option<Duration> {
     let s = scalar(diags, node, path)?;
     let text = s.as_str().trim();
@@ -421,8 +426,20 @@ fn read_duration(diags: &mut Diagnostics, node: &Node, path: &str) -> Option<Dur
         "h" => 3600,
         _ => 0,
     };
-    match number.parse::<u64>() {
-        Ok(n) if n > 0 && multiplier > 0 => Some(Duration::from_secs(n * multiplier)),
+    let seconds = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier));
+    match seconds {
+        Some(n) if n > MAX_SECONDS => {
+            diags.error(
+                node.span(),
+                path,
+                format!("`{text}` is too long: at most {MAX_SECONDS} seconds (7 days)"),
+            );
+            None
+        }
+        Some(n) if n > 0 => Some(Duration::from_secs(n)),
         _ => {
             diags.error(
                 node.span(),

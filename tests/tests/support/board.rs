@@ -306,6 +306,8 @@ impl Testbed {
             "--coordinator",
             &format!("{HOST_FROM_BOARD}:{}", self.coordinator.quic_port),
             "--new-token",
+            "--label",
+            "board=emulated",
             "--hostname",
             NODE,
             "--binaries",

@@ -273,19 +273,24 @@ impl Coordinator {
 
     /// A coordinator inside `netns` (if given), taking agents on `quic_ip`.
     pub fn on(netns: Option<&str>, quic_ip: &str) -> Self {
-        Self::configured(netns, quic_ip, "")
+        Self::configured(netns, quic_ip, "", "")
     }
 
     /// A coordinator on loopback whose config also has `extra` (top-level keys, then sections).
     pub fn with_config(extra: &str) -> Self {
-        Self::configured(None, "127.0.0.1", extra)
+        Self::configured(None, "127.0.0.1", extra, "")
     }
 
-    fn configured(netns: Option<&str>, quic_ip: &str, extra: &str) -> Self {
+    /// A coordinator on loopback with `http` lines added to its `[http]` section.
+    pub fn with_http(http: &str) -> Self {
+        Self::configured(None, "127.0.0.1", "", http)
+    }
+
+    fn configured(netns: Option<&str>, quic_ip: &str, extra: &str, http: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (quic_port, http_port) = (free_port(), free_port());
         let text = format!(
-            "state_dir = \"state\"\n{extra}\n[quic]\nlisten = \"{quic_ip}:{quic_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
+            "state_dir = \"state\"\n{extra}\n[quic]\nlisten = \"{quic_ip}:{quic_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n{http}\n"
         );
         std::fs::write(dir.path().join("coordinator.toml"), text).expect("write config");
         let mut c = Self {
@@ -399,24 +404,52 @@ impl Coordinator {
 
     /// `curl -X POST` of `body` to the API at `path` with `token` → (status, headers, body).
     pub fn post(&self, token: &str, path: &str, body: &str) -> (u16, String, String) {
+        self.post_with(token, path, body, &[])
+    }
+
+    /// `post` of a JSON body.
+    pub fn post_json(&self, token: &str, path: &str, body: &str) -> (u16, String, String) {
+        self.post_with(token, path, body, &["-H", "Content-Type: application/json"])
+    }
+
+    fn post_with(
+        &self,
+        token: &str,
+        path: &str,
+        body: &str,
+        extra: &[&str],
+    ) -> (u16, String, String) {
         let dir = tempfile::tempdir().expect("tempdir");
         let headers = dir.path().join("headers");
-        let out = Command::new("curl")
+        let mut curl = Command::new("curl")
             .args([
                 "-sS",
                 "-X",
                 "POST",
                 "--data-binary",
-                body,
+                "@-",
                 "-w",
                 "\n%{http_code}",
                 "-D",
             ])
             .arg(&headers)
             .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args(extra)
             .arg(format!("http://127.0.0.1:{}{path}", self.http_port))
-            .output()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("curl (Debian package `curl`) must be installed");
+        // Written from a thread: a server that answers before reading may leave it unread.
+        let mut stdin = curl.stdin.take().expect("stdin");
+        let body = body.to_owned();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(body.as_bytes());
+        });
+        let out = curl.wait_with_output().expect("curl");
+        let _ = writer.join();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, status) = text.rsplit_once('\n').expect("status line");
         (
