@@ -41,6 +41,24 @@ pub struct TokenRequest {
     pub cluster_id: Option<String>,
 }
 
+/// `POST /v1/api-tokens`: a scoped API token (`operator`, `invoker` with `functions`, `webhook`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiTokenRequest {
+    pub scope: String,
+    #[serde(default)]
+    pub functions: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiTokenCreated {
+    /// Shown once: only its hash is kept.
+    pub token: String,
+    pub id: String,
+    pub scope: String,
+}
+
 /// `POST /v1/tokens/revoke`: revokes the unused tokens whose id starts with `id`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRevoke {

@@ -199,6 +199,12 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Scoped API tokens: operator (apply, delete, read), invoker (run named functions),
+    /// webhook (bucket notifications on /events). The admin token stays in client.toml.
+    ApiToken {
+        #[command(subcommand)]
+        command: ApiTokenCommand,
+    },
     /// The operator's labels and cluster ids of nodes.
     Label {
         #[command(subcommand)]
@@ -261,6 +267,25 @@ enum TokenCommand {
     /// List tokens with their ids (secrets are never shown again).
     List,
     /// Revoke unused tokens whose id starts with ID (at least 6 hex digits).
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiTokenCommand {
+    /// Create a scoped API token (printed once).
+    Create {
+        /// operator, invoker or webhook.
+        #[arg(long)]
+        scope: String,
+        /// A function an invoker token may run (repeatable).
+        #[arg(long = "function")]
+        functions: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List API tokens with their ids and scopes.
+    List,
+    /// Revoke API tokens whose id starts with ID (at least 6 hex digits).
     Revoke { id: String },
 }
 
@@ -610,6 +635,18 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             }
             TokenCommand::List => membership::list_tokens(&client()?, format).await,
             TokenCommand::Revoke { id } => membership::revoke_token(&client()?, &id).await,
+        },
+        Command::ApiToken { command } => match command {
+            ApiTokenCommand::Create {
+                scope,
+                functions,
+                description,
+            } => {
+                membership::create_api_token(&client()?, scope, functions, description, format)
+                    .await
+            }
+            ApiTokenCommand::List => membership::list_api_tokens(&client()?, format).await,
+            ApiTokenCommand::Revoke { id } => membership::revoke_api_token(&client()?, &id).await,
         },
         Command::Label {
             command:

@@ -275,3 +275,88 @@ fn token_pin(token: &str) -> [u8; 16] {
         .unwrap()
         .ca_pin
 }
+
+/// A job update from a member, as its agent sends it.
+fn job_update(id: spillway_proto::JobId, origin: Option<&str>) -> spillway_proto::wire::AgentFrame {
+    spillway_proto::wire::AgentFrame::Job(spillway_proto::wire::JobUpdate {
+        id,
+        function: "f".into(),
+        phase: spillway_proto::wire::JobPhase::Succeeded,
+        input: Some("in/x".into()),
+        outputs: vec![],
+        reason: None,
+        attempt: 1,
+        queued_at_ms: 1,
+        started_at_ms: None,
+        finished_at_ms: None,
+        origin: origin.map(str::to_owned),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_report_on_or_read_the_blobs_of_jobs_it_does_not_hold() {
+    use spillway_proto::wire::{BlobRequest, BlobResponse};
+    let c = coordinator().await;
+    let (t1, _) = c.state.create_token(60, "").unwrap();
+    let (t2, _) = c.state.create_token(60, "").unwrap();
+    let owner = join(&c, "pi-1", &t1).await.unwrap();
+    let other = join(&c, "pi-2", &t2).await.unwrap();
+    let owner_conn = member_connection(&c, &owner).await;
+    let (mut owner_tx, _) = say_hello(&owner_conn, PROTOCOL).await;
+    let other_conn = member_connection(&c, &other).await;
+    let (mut other_tx, _) = say_hello(&other_conn, PROTOCOL).await;
+
+    // pi-1 reports its job; pi-2 then claims it, and claims to have run it for pi-1.
+    let id = spillway_proto::JobId::from_bytes([9; 16]);
+    send(&mut owner_tx, &job_update(id, None)).await.unwrap();
+    let recorded = || c.state.store.job_row(&id.to_string()).unwrap();
+    for _ in 0..100 {
+        if recorded().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(recorded().unwrap().node, "pi-1");
+    send(&mut other_tx, &job_update(id, None)).await.unwrap();
+    send(&mut other_tx, &job_update(id, Some("pi-1")))
+        .await
+        .unwrap();
+    let refused = async {
+        while !c
+            .state
+            .metrics
+            .render(&c.state.view)
+            .contains("spillway_frames_refused_total 2")
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), refused)
+        .await
+        .expect("both reports refused");
+    let row = recorded().unwrap();
+    assert_eq!((row.node.as_str(), row.ran_on.as_deref()), ("pi-1", None));
+
+    // pi-1 stores a blob; pi-2 has no job that needs it and cannot read it.
+    let put = spillway_link::stream::request::<_, BlobResponse>(
+        &owner_conn,
+        &BlobRequest::Put(b"pi-1's input".to_vec()),
+        MAX_STREAM_FRAME,
+    )
+    .await
+    .unwrap();
+    let BlobResponse::Stored(digest) = put else {
+        panic!("{put:?}")
+    };
+    let got = spillway_link::stream::request::<_, BlobResponse>(
+        &other_conn,
+        &BlobRequest::Get(digest),
+        MAX_STREAM_FRAME,
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(&got, BlobResponse::Error(e) if e.contains("no job that needs this blob")),
+        "{got:?}"
+    );
+}

@@ -263,3 +263,112 @@ storage_providers:
     assert_eq!(mode(&c.dir.path().join("state/coordinator.redb")), 0o600);
     assert_eq!(mode(&c.dir.path().join("state/ca/ca.key")), 0o600);
 }
+
+/// `curl -X METHOD` with a bearer token and a JSON body: the status.
+fn status(c: &Coordinator, method: &str, token: &str, path: &str, body: &str) -> u16 {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ])
+        .arg(format!("http://127.0.0.1:{}{path}", c.http_port))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn api_token(c: &Coordinator, args: &[&str]) -> String {
+    let mut all = vec!["api-token", "create"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = c.cli(&all);
+    assert!(ok, "{err}");
+    out.trim().to_owned()
+}
+
+#[test]
+fn scoped_tokens_reach_only_their_routes_and_revoked_ones_nothing() {
+    let c = Coordinator::new();
+    let operator = api_token(&c, &["--scope", "operator", "--description", "ci"]);
+    let invoker = api_token(&c, &["--scope", "invoker", "--function", "detect"]);
+    let webhook = api_token(&c, &["--scope", "webhook"]);
+    let token_req = r#"{"ttl_secs": 60}"#;
+    let labels = r#"{"set": {"a": "b"}}"#;
+    let event = r#"{"Records": []}"#;
+    let apply = r#"{"file": "x.yaml", "text": "functions: {}"}"#;
+    for (who, token, method, path, body, expected) in [
+        // Node identity and API tokens are the admin's.
+        ("operator", &operator, "POST", "/v1/tokens", token_req, 403),
+        (
+            "operator",
+            &operator,
+            "PUT",
+            "/v1/nodes/pi-1/labels",
+            labels,
+            403,
+        ),
+        (
+            "operator",
+            &operator,
+            "POST",
+            "/v1/api-tokens",
+            r#"{"scope":"operator"}"#,
+            403,
+        ),
+        ("operator", &operator, "GET", "/v1/nodes", "", 200),
+        ("operator", &operator, "POST", "/v1/apply", apply, 422),
+        // An invoker runs its functions only, and reads nothing else.
+        ("invoker", &invoker, "POST", "/job/other", "x", 403),
+        ("invoker", &invoker, "GET", "/v1/nodes", "", 403),
+        ("invoker", &invoker, "POST", "/v1/apply", apply, 403),
+        ("invoker", &invoker, "POST", "/job/detect", "x", 404),
+        // A webhook delivers notifications, nothing else.
+        ("webhook", &webhook, "POST", "/events", event, 202),
+        ("webhook", &webhook, "GET", "/v1/functions", "", 403),
+        ("webhook", &webhook, "POST", "/v1/apply", apply, 403),
+        (
+            "nobody",
+            &"spwa_0123456789abcdef0123456789abcdef".to_owned(),
+            "GET",
+            "/v1/nodes",
+            "",
+            401,
+        ),
+    ] {
+        assert_eq!(
+            status(&c, method, token, path, body),
+            expected,
+            "{who}: {method} {path}"
+        );
+    }
+    // OSCAR clients use an operator token as the basic-auth password, never the admin token.
+    let oscar = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u"])
+        .arg(format!("oscar:{operator}"))
+        .arg(format!("http://127.0.0.1:{}/system/services", c.http_port))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&oscar.stdout), "200");
+    // Revoked: nothing.
+    let listed = c.json(&["api-token", "list"]);
+    let id = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["scope"] == "operator")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (ok, _, err) = c.cli(&["api-token", "revoke", &id]);
+    assert!(ok, "{err}");
+    assert_eq!(status(&c, "GET", &operator, "/v1/nodes", ""), 401);
+    let metrics = c.metrics();
+    assert!(
+        metrics.contains("spillway_api_forbidden_total 8"),
+        "{metrics}"
+    );
+}

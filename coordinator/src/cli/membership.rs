@@ -1,5 +1,5 @@
 //! Who may join and what a node is: `spillway token create|list|revoke` and `spillway label
-//! node`. Labels and cluster ids decide which functions (and secrets) a node receives, so they
+//! node`; who may call the API: `spillway api-token create|list|revoke`. Labels and cluster ids decide which functions (and secrets) a node receives, so they
 //! come from the operator, never from the agent's own config.
 
 use std::collections::BTreeMap;
@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::api::{LabelChange, NodeView, TokenCreated, TokenRequest, TokenRevoke, TokensRevoked};
+use crate::api::{
+    ApiTokenCreated, ApiTokenRequest, LabelChange, NodeView, TokenCreated, TokenRequest,
+    TokenRevoke, TokensRevoked,
+};
 use crate::client::{Client, encode_path};
-use crate::server::store::TokenListing;
+use crate::server::store::{ApiTokenListing, TokenListing};
 
 use super::output::{Format, print};
 
@@ -163,5 +166,70 @@ pub async fn label_node(
         }
         f => print(f, &node, &[], Vec::new)?,
     }
+    Ok(())
+}
+
+/// `spillway api-token create --scope operator|invoker|webhook [--function F]…`.
+pub async fn create_api_token(
+    client: &Client,
+    scope: String,
+    functions: Vec<String>,
+    description: String,
+    format: Format,
+) -> anyhow::Result<()> {
+    let created: ApiTokenCreated = client
+        .post(
+            "/v1/api-tokens",
+            &ApiTokenRequest {
+                scope,
+                functions,
+                description,
+            },
+        )
+        .await?;
+    match format {
+        Format::Table => {
+            println!("{}", created.token);
+            eprintln!(
+                "API token {} ({}): shown once, keep it; revoke it with `spillway api-token revoke {}`",
+                created.id, created.scope, created.id
+            );
+        }
+        f => print(f, &created, &[], Vec::new)?,
+    }
+    Ok(())
+}
+
+pub async fn list_api_tokens(client: &Client, format: Format) -> anyhow::Result<()> {
+    let tokens: Vec<ApiTokenListing> = client.get("/v1/api-tokens").await?;
+    print(
+        format,
+        &tokens,
+        &["ID", "SCOPE", "DESCRIPTION", "STATE"],
+        || {
+            tokens
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.clone(),
+                        t.record.scope.describe(),
+                        t.record.description.clone(),
+                        if t.record.revoked_at_ms.is_some() {
+                            "revoked".into()
+                        } else {
+                            "live".into()
+                        },
+                    ]
+                })
+                .collect()
+        },
+    )
+}
+
+pub async fn revoke_api_token(client: &Client, id: &str) -> anyhow::Result<()> {
+    let done: TokensRevoked = client
+        .post("/v1/api-tokens/revoke", &TokenRevoke { id: id.to_owned() })
+        .await?;
+    eprintln!("revoked {} API token(s)", done.revoked);
     Ok(())
 }

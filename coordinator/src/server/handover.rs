@@ -597,6 +597,28 @@ impl State {
         self.store.queue_handovers(records, Box::new(then));
     }
 
+    /// Whether member `node` may read blob `d`: the input of a job placed on it, or an output of
+    /// a job it is the origin of (being delivered). Anything else is another node's data.
+    pub fn member_may_read(&self, node: &str, d: &[u8; 32]) -> bool {
+        let inner = self.handovers.lock();
+        inner.ledger.iter().any(|(id, h)| {
+            let input = inner.payloads.get(id).is_some_and(|p| p.input == *d);
+            let placed_here = matches!(&h.state, HandoverState::Placed { peer } if peer == node);
+            let output = matches!(&h.state, HandoverState::Finished(Outcome::Succeeded { outputs })
+                if outputs.iter().any(|(_, o)| o == d));
+            (input && placed_here) || (output && h.origin == node)
+        })
+    }
+
+    /// Whether `node` ran (or runs) job `id` for another node: it may report on it.
+    pub fn was_placed_on(&self, id: JobId, node: &str) -> bool {
+        let inner = self.handovers.lock();
+        inner
+            .ledger
+            .get(&id)
+            .is_some_and(|h| h.origin != node && h.visited.iter().any(|v| v == node))
+    }
+
     /// Deletes blobs older than `age` that no hand-over refers to (uploads whose offer or result
     /// never arrived). Returns how many went.
     pub fn sweep_blobs(&self, age: Duration) -> usize {

@@ -21,7 +21,10 @@ use spillway_proto::{Event, FileEvent};
 
 use super::apply::{ApplyError, apply};
 use super::metrics::inc;
-use super::store::{FunctionRecord, JobRow, NodeRecord, StoreError, TokenGrant, TokenListing};
+use super::scope::{self, Scope};
+use super::store::{
+    ApiTokenRecord, FunctionRecord, JobRow, NodeRecord, StoreError, TokenGrant, TokenListing,
+};
 use super::{State, now_ms};
 use crate::api::*;
 
@@ -85,6 +88,11 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/jobs/{id}/log", get(job_log))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/revoke", post(revoke_tokens))
+        .route(
+            "/v1/api-tokens",
+            post(create_api_token).get(list_api_tokens),
+        )
+        .route("/v1/api-tokens/revoke", post(revoke_api_tokens))
         .route("/system/services", get(super::oscar_api::list_services))
         .route(
             "/system/services/{name}",
@@ -161,31 +169,32 @@ async fn time_limit(
     }
 }
 
-/// The API token as a bearer; for OSCAR clients also as the password of basic authentication
-/// (user `oscar` unless configured), and a function's service token on `/job/{name}` and
-/// `/run/{name}`, as OSCAR accepts them.
+/// Who is calling: the admin token or a scoped API token as a bearer (for OSCAR clients also as
+/// the password of basic authentication, user `oscar` unless configured), or a function's
+/// service token on `/job/{name}` and `/run/{name}`, as OSCAR accepts them. Then whether that
+/// caller's scope allows the route ([`scope`]): 401 for no or an unknown token, 403 for a known
+/// one that may not do this.
 async fn authorize(AxState(state): AxState<Arc<State>>, req: Request, next: Next) -> Response {
     let auth = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let is_admin =
-        |secret: &str| Sha256::digest(secret.trim().as_bytes())[..] == state.admin_hash[..];
-    let allowed = if let Some(token) = auth.strip_prefix("Bearer ") {
+    let path = req.uri().path().to_owned();
+    let need = scope::need(req.method(), &path);
+    let caller = if let Some(token) = auth.strip_prefix("Bearer ") {
         let token = token.trim();
-        is_admin(token) || {
-            let path = req.uri().path();
+        caller_of(&state, token).or_else(|| {
             let function = path
                 .strip_prefix("/job/")
                 .or_else(|| path.strip_prefix("/run/"))
-                .filter(|f| !f.contains('/'));
-            function.is_some_and(|f| {
-                // Digests compared, so the comparison's time says nothing about the token.
-                let expected = Sha256::digest(state.presigner.service_token(f).as_bytes());
-                expected == Sha256::digest(token.as_bytes())
+                .filter(|f| !f.contains('/'))?;
+            // Digests compared, so the comparison's time says nothing about the token.
+            let expected = Sha256::digest(state.presigner.service_token(function).as_bytes());
+            (expected == Sha256::digest(token.as_bytes())).then(|| Scope::Invoker {
+                functions: vec![function.to_owned()],
             })
-        }
+        })
     } else if let Some(basic) = auth.strip_prefix("Basic ") {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD
@@ -194,23 +203,50 @@ async fn authorize(AxState(state): AxState<Arc<State>>, req: Request, next: Next
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|pair| {
                 let (user, password) = pair.split_once(':')?;
-                Some(user == state.config.oscar_user && is_admin(password))
+                (user == state.config.oscar_user)
+                    .then(|| caller_of(&state, password))
+                    .flatten()
             })
-            .unwrap_or(false)
     } else {
-        false
+        None
     };
-    match allowed {
-        true => next.run(req).await,
-        false => {
+    match caller {
+        Some(scope) if scope::allows(&scope, &need) => next.run(req).await,
+        Some(scope) => {
+            inc(&state.metrics.api_forbidden);
+            ApiError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this token's scope ({}) does not allow {} {path}; use a token whose scope does (spillway api-token create --scope …)",
+                    scope.describe(),
+                    req.method()
+                ),
+            )
+            .into_response()
+        }
+        None => {
             inc(&state.metrics.api_unauthorized);
             ApiError(
                 StatusCode::UNAUTHORIZED,
-                "missing or wrong API token: use the token in the coordinator's client.toml (spillway --config FILE, or SPILLWAY_TOKEN)".into(),
+                "missing or wrong API token: use the token in the coordinator's client.toml (spillway --config FILE, or SPILLWAY_TOKEN), or a token from `spillway api-token create`".into(),
             )
             .into_response()
         }
     }
+}
+
+/// The scope of an admin or API token (`None` for anything else).
+fn caller_of(state: &State, token: &str) -> Option<Scope> {
+    let digest = Sha256::digest(token.trim().as_bytes());
+    if digest[..] == state.admin_hash[..] {
+        return Some(Scope::Admin);
+    }
+    state
+        .store
+        .api_token(&hex::encode(digest))
+        .ok()
+        .flatten()
+        .map(|t| t.scope)
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> String {
@@ -725,20 +761,68 @@ async fn revoke_tokens(
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<TokenRevoke>,
 ) -> ApiResult<TokensRevoked> {
-    if req.id.len() < 6 || !req.id.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "give at least 6 hex digits of the token's id (the ID column of `spillway token list`)"
-                .into(),
-        ));
-    }
-    let revoked = state
-        .store
-        .revoke_tokens(&req.id.to_ascii_lowercase(), now_ms())?;
+    let id = token_id(&req.id, "token")?;
+    let revoked = state.store.revoke_tokens(&id, now_ms())?;
     if revoked == 0 {
         return Err(not_found(format!(
-            "no unused token with id {}; see `spillway token list`",
-            req.id
+            "no unused token with id {id}; see `spillway token list`"
+        )));
+    }
+    Ok(Json(TokensRevoked { revoked }))
+}
+
+/// A token id as `token list` and `api-token list` show it: at least 6 hex digits.
+fn token_id(id: &str, list: &str) -> Result<String, ApiError> {
+    if id.len() < 6 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "give at least 6 hex digits of the token's id (the ID column of `spillway {list} list`)"
+            ),
+        ));
+    }
+    Ok(id.to_ascii_lowercase())
+}
+
+async fn create_api_token(
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<ApiTokenRequest>,
+) -> ApiResult<ApiTokenCreated> {
+    let scope = Scope::parse(&req.scope, req.functions)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let secret = spillway_link::token::JoinToken::generate(&[0; 32])
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let token = format!("spwa_{}", hex::encode(secret.secret));
+    let record = ApiTokenRecord {
+        scope,
+        description: req.description,
+        created_at_ms: now_ms(),
+        revoked_at_ms: None,
+    };
+    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    state.store.put_api_token(&hash, &record)?;
+    Ok(Json(ApiTokenCreated {
+        token,
+        id: hash.chars().take(super::store::TOKEN_ID_LEN).collect(),
+        scope: record.scope.describe(),
+    }))
+}
+
+async fn list_api_tokens(
+    AxState(state): AxState<Arc<State>>,
+) -> ApiResult<Vec<super::store::ApiTokenListing>> {
+    Ok(Json(state.store.api_token_listing()?))
+}
+
+async fn revoke_api_tokens(
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<TokenRevoke>,
+) -> ApiResult<TokensRevoked> {
+    let id = token_id(&req.id, "api-token")?;
+    let revoked = state.store.revoke_api_tokens(&id, now_ms())?;
+    if revoked == 0 {
+        return Err(not_found(format!(
+            "no live API token with id {id}; see `spillway api-token list`"
         )));
     }
     Ok(Json(TokensRevoked { revoked }))

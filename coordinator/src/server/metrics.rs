@@ -13,11 +13,13 @@ pub struct Metrics {
     pub reports_out_of_order: AtomicU64,
     pub datagrams_malformed: AtomicU64,
     pub frames_malformed: AtomicU64,
+    pub frames_refused: AtomicU64,
     pub joins: AtomicU64,
     pub joins_refused: AtomicU64,
     pub connections_refused: AtomicU64,
     pub job_updates: AtomicU64,
     pub api_unauthorized: AtomicU64,
+    pub api_forbidden: AtomicU64,
     pub api_connections_refused: AtomicU64,
     pub api_timeouts: AtomicU64,
     pub handovers_accepted: AtomicU64,
@@ -63,6 +65,11 @@ impl Metrics {
                 &self.frames_malformed,
             ),
             (
+                "spillway_api_forbidden_total",
+                "API requests refused because the token's scope does not allow them",
+                &self.api_forbidden,
+            ),
+            (
                 "spillway_api_connections_refused_total",
                 "API connections dropped because the connection limit was reached",
                 &self.api_connections_refused,
@@ -71,6 +78,11 @@ impl Metrics {
                 "spillway_api_timeouts_total",
                 "API requests cut off at their route's time limit",
                 &self.api_timeouts,
+            ),
+            (
+                "spillway_frames_refused_total",
+                "Well-formed member frames refused: reports on jobs or reads of blobs the member has no job for",
+                &self.frames_refused,
             ),
             (
                 "spillway_joins_total",

@@ -19,6 +19,7 @@ pub mod oscar_api;
 pub mod presign;
 pub mod quic;
 pub mod replicas;
+pub mod scope;
 pub mod store;
 pub mod view;
 

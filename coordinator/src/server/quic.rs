@@ -230,7 +230,7 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
     let mut deploy_rx = state.deployments.subscribe();
     deploy_rx.mark_changed();
     let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel();
-    let blobs = tokio::spawn(serve_blobs(state.clone(), conn.clone()));
+    let blobs = tokio::spawn(serve_blobs(state.clone(), conn.clone(), name.clone()));
     let mut session = 0;
     if send(&mut tx, &welcome).await.is_ok() {
         session = state.handover_session(&name, out_tx);
@@ -308,8 +308,20 @@ fn handle_frame(state: &State, node: &str, session: u64, frame: AgentFrame) {
             }
         }
         AgentFrame::Job(update) => {
-            inc(&state.metrics.job_updates);
             let existing = state.store.job_row(&update.id.to_string()).ok().flatten();
+            // A member reports on its own jobs, and on jobs placed on it; never on another
+            // node's (the first to report a job id owns its row).
+            let allowed = match (&update.origin, &existing) {
+                (Some(_), _) => state.was_placed_on(update.id, node),
+                (None, Some(row)) => row.node == node,
+                (None, None) => true,
+            };
+            if !allowed {
+                inc(&state.metrics.frames_refused);
+                tracing::warn!(node, job = %update.id, "refused a report on a job this node does not hold");
+                return;
+            }
+            inc(&state.metrics.job_updates);
             // One row per job, under its origin: a peer's report of a job it ran for another
             // node only says where it ran (and stands in until the origin's own arrives).
             let row = match (update.origin.clone(), existing) {
@@ -343,9 +355,9 @@ fn handle_frame(state: &State, node: &str, session: u64, frame: AgentFrame) {
 
 /// Serves the blob streams a member opens after its control stream: inputs it offers, inputs
 /// of jobs placed on it, outputs it produced and outputs it receives.
-async fn serve_blobs(state: Arc<State>, conn: quinn::Connection) {
+async fn serve_blobs(state: Arc<State>, conn: quinn::Connection, node: String) {
     while let Ok((mut tx, rx)) = conn.accept_bi().await {
-        let state = state.clone();
+        let (state, node) = (state.clone(), node.clone());
         tokio::spawn(async move {
             // A blob frame is buffered whole: only a few at once, from all members together.
             let Ok(_permit) = state.blob_frames.acquire().await else {
@@ -361,6 +373,18 @@ async fn serve_blobs(state: Arc<State>, conn: quinn::Connection) {
                     return;
                 }
             };
+            if let BlobRequest::Get(digest) = &request
+                && !state.member_may_read(&node, digest)
+            {
+                inc(&state.metrics.frames_refused);
+                tracing::warn!(node = %node, "refused a blob the node has no job for");
+                let answer =
+                    BlobResponse::Error("this node has no job that needs this blob".to_owned());
+                if send(&mut tx, &answer).await.is_ok() {
+                    let _ = tx.finish();
+                }
+                return;
+            }
             let blobs = state.blobs.clone();
             let answer = tokio::task::spawn_blocking(move || match request {
                 BlobRequest::Put(bytes) => blobs

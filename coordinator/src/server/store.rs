@@ -24,6 +24,8 @@ const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const CERTS: TableDefinition<&str, &str> = TableDefinition::new("certs");
 /// SHA-256 of a token's secret (hex) → token record.
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// SHA-256 of a scoped API token (hex) → its scope.
+const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 /// Job id (hex) → the coordinator's record of a job handed over to it.
@@ -153,6 +155,25 @@ pub struct TokenListing {
     pub record: TokenRecord,
 }
 
+/// A scoped API token (`spillway api-token create`), stored by the hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenRecord {
+    #[serde(flatten)]
+    pub scope: super::scope::Scope,
+    pub description: String,
+    pub created_at_ms: u64,
+    #[serde(default)]
+    pub revoked_at_ms: Option<u64>,
+}
+
+/// An API token as listed, with its id (the first hex digits of its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenListing {
+    pub id: String,
+    #[serde(flatten)]
+    pub record: ApiTokenRecord,
+}
+
 /// How many hex digits of a token's hash name it.
 pub const TOKEN_ID_LEN: usize = 12;
 
@@ -250,7 +271,9 @@ impl Store {
             message: e.to_string(),
         })?;
         let tx = db.begin_write()?;
-        for t in [NODES, TOKENS, FUNCTIONS, JOBS, HANDOVERS, DELEGATED] {
+        for t in [
+            NODES, TOKENS, API_TOKENS, FUNCTIONS, JOBS, HANDOVERS, DELEGATED,
+        ] {
             tx.open_table(t)?;
         }
         tx.open_table(CERTS)?;
@@ -349,42 +372,102 @@ impl Store {
 
     /// Revokes the unused tokens whose id (hash) starts with `id`; returns how many.
     pub fn revoke_tokens(&self, id: &str, now_ms: u64) -> Result<usize, StoreError> {
+        self.revoke(TOKENS, "tokens", id, |t: &mut TokenRecord| {
+            let unused = t.used_by.is_none() && t.revoked_at_ms.is_none();
+            if unused {
+                t.revoked_at_ms = Some(now_ms);
+            }
+            unused
+        })
+    }
+
+    /// Stores a scoped API token, durably (it is shown once and must work at once).
+    pub fn put_api_token(&self, hash: &str, record: &ApiTokenRecord) -> Result<(), StoreError> {
+        self.put(API_TOKENS, hash, record, Durability::Immediate)
+    }
+
+    /// The scoped API token with this hash, unless it was revoked.
+    pub fn api_token(&self, hash: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
+        Ok(self
+            .get::<ApiTokenRecord>(API_TOKENS, "api_tokens", hash)?
+            .filter(|t| t.revoked_at_ms.is_none()))
+    }
+
+    /// Revokes the API tokens whose id (hash) starts with `id`; returns how many.
+    pub fn revoke_api_tokens(&self, id: &str, now_ms: u64) -> Result<usize, StoreError> {
+        self.revoke(API_TOKENS, "api_tokens", id, |t: &mut ApiTokenRecord| {
+            let live = t.revoked_at_ms.is_none();
+            if live {
+                t.revoked_at_ms = Some(now_ms);
+            }
+            live
+        })
+    }
+
+    /// Applies `revoke` to every record whose key starts with `id`, in one durable commit;
+    /// returns how many it changed.
+    fn revoke<T: Serialize + DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        name: &'static str,
+        id: &str,
+        revoke: impl Fn(&mut T) -> bool,
+    ) -> Result<usize, StoreError> {
         let tx = self.db.begin_write()?;
-        let mut revoked = 0;
+        let mut changed = Vec::new();
         {
-            let mut t = tx.open_table(TOKENS)?;
-            let mut changed = Vec::new();
+            let mut t = tx.open_table(def)?;
             for entry in t.range(id..)? {
                 let (k, v) = entry?;
                 if !k.value().starts_with(id) {
                     break;
                 }
-                let mut token: TokenRecord = decode("tokens", v.value())?;
-                if token.used_by.is_none() && token.revoked_at_ms.is_none() {
-                    token.revoked_at_ms = Some(now_ms);
-                    changed.push((k.value().to_owned(), token));
+                let mut record: T = decode(name, v.value())?;
+                if revoke(&mut record) {
+                    changed.push((k.value().to_owned(), record));
                 }
             }
-            for (k, token) in changed {
-                t.insert(k.as_str(), encode(&token).as_slice())?;
-                revoked += 1;
+            for (k, record) in &changed {
+                t.insert(k.as_str(), encode(record).as_slice())?;
             }
         }
         tx.commit()?;
-        Ok(revoked)
+        Ok(changed.len())
     }
 
-    /// Tokens with their ids, for `spillway token list`.
+    /// Join tokens with their ids, for `spillway token list`.
     pub fn token_listing(&self) -> Result<Vec<TokenListing>, StoreError> {
+        Ok(self
+            .with_ids(TOKENS, "tokens")?
+            .into_iter()
+            .map(|(id, record)| TokenListing { id, record })
+            .collect())
+    }
+
+    /// API tokens with their ids, for `spillway api-token list`.
+    pub fn api_token_listing(&self) -> Result<Vec<ApiTokenListing>, StoreError> {
+        Ok(self
+            .with_ids(API_TOKENS, "api_tokens")?
+            .into_iter()
+            .map(|(id, record)| ApiTokenListing { id, record })
+            .collect())
+    }
+
+    /// Every record of a table keyed by hash, with the id that names it (its first digits).
+    fn with_ids<T: DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        name: &'static str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(TOKENS)?;
+        let t = tx.open_table(def)?;
         let mut out = Vec::new();
         for entry in t.iter()? {
             let (k, v) = entry?;
-            out.push(TokenListing {
-                id: k.value().chars().take(TOKEN_ID_LEN).collect(),
-                record: decode("tokens", v.value())?,
-            });
+            out.push((
+                k.value().chars().take(TOKEN_ID_LEN).collect(),
+                decode(name, v.value())?,
+            ));
         }
         Ok(out)
     }
