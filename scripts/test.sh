@@ -117,6 +117,9 @@ X86=x86_64-unknown-linux-gnu ARM64=aarch64-unknown-linux-gnu ARMV7=armv7-unknown
 step "x86_64: every test, from a static build whose binaries also go into the amd64 images"
 cross/build.sh --profile dev --test "$X86"
 
+step "fuzz: a short pass of mutated inputs over every parser (no input may panic)"
+cross/build.sh --profile dev cargo "$X86" run -q -p spillway-fuzz -- --runs 3000
+
 step "aarch64 and armv7: one static build each (ci profile), their tests under qemu-user"
 cross/build.sh --profile ci --test "$ARM64" "$ARMV7"
 

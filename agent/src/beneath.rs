@@ -263,10 +263,12 @@ impl Beneath {
         } else {
             self.open_dir(path)?
         };
-        let mut listing = nix::dir::Dir::from_fd(dir.into())
+        // rustix reads with getdents64 itself: a 32-bit C library's readdir fails with
+        // EOVERFLOW on file systems with 64-bit inode numbers.
+        let listing = rustix::fs::Dir::read_from(&dir)
             .map_err(|e| self.io("list", path, io::Error::from(e)))?;
         let mut names = Vec::new();
-        for entry in listing.iter() {
+        for entry in listing {
             let entry = entry.map_err(|e| self.io("list", path, io::Error::from(e)))?;
             let name = entry.file_name().to_bytes();
             if name != b"." && name != b".." {

@@ -118,10 +118,14 @@ async fn member_connection(c: &Running, m: &Membership) -> quinn::Connection {
     common::member_connection(c.quic, m).await
 }
 
-async fn say_hello(
-    conn: &quinn::Connection,
-    version: Version,
-) -> (quinn::SendStream, CoordinatorFrame) {
+/// A member's control stream, both halves: like a real agent, a test keeps reading it (a member
+/// that stops reading is disconnected once the coordinator writes to it).
+struct Control {
+    tx: quinn::SendStream,
+    _rx: FrameReader,
+}
+
+async fn say_hello(conn: &quinn::Connection, version: Version) -> (Control, CoordinatorFrame) {
     let (mut tx, rx) = conn.open_bi().await.unwrap();
     send(&mut tx, &common::hello(version)).await.unwrap();
     let mut reader = FrameReader::new(rx, MAX_STREAM_FRAME);
@@ -130,7 +134,7 @@ async fn say_hello(
         .unwrap()
         .unwrap()
         .unwrap();
-    (tx, frame)
+    (Control { tx, _rx: reader }, frame)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +210,7 @@ async fn garbage_datagrams_and_frames_are_counted_and_survived() {
     let (token, _) = c.state.create_token(60, "").unwrap();
     let m = join(&c, "pi-1", &token).await.unwrap();
     let conn = member_connection(&c, &m).await;
-    let (mut tx, frame) = say_hello(&conn, PROTOCOL).await;
+    let (mut control, frame) = say_hello(&conn, PROTOCOL).await;
     assert!(matches!(frame, CoordinatorFrame::Welcome(_)), "{frame:?}");
     for junk in [&b"\xff\xff\xff"[..], b"", &[7u8; 900]] {
         conn.send_datagram(junk.to_vec().into()).unwrap();
@@ -225,7 +229,11 @@ async fn garbage_datagrams_and_frames_are_counted_and_survived() {
         .await
         .expect("three malformed datagrams counted");
     // A frame announcing 4 GiB: refused before anything is buffered.
-    tx.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+    control
+        .tx
+        .write_all(&[0xff, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
     assert!(
         closed.is_ok(),
@@ -302,13 +310,13 @@ async fn a_member_cannot_report_on_or_read_the_blobs_of_jobs_it_does_not_hold() 
     let owner = join(&c, "pi-1", &t1).await.unwrap();
     let other = join(&c, "pi-2", &t2).await.unwrap();
     let owner_conn = member_connection(&c, &owner).await;
-    let (mut owner_tx, _) = say_hello(&owner_conn, PROTOCOL).await;
+    let (mut owner, _) = say_hello(&owner_conn, PROTOCOL).await;
     let other_conn = member_connection(&c, &other).await;
-    let (mut other_tx, _) = say_hello(&other_conn, PROTOCOL).await;
+    let (mut other, _) = say_hello(&other_conn, PROTOCOL).await;
 
     // pi-1 reports its job; pi-2 then claims it, and claims to have run it for pi-1.
     let id = spillway_proto::JobId::from_bytes([9; 16]);
-    send(&mut owner_tx, &job_update(id, None)).await.unwrap();
+    send(&mut owner.tx, &job_update(id, None)).await.unwrap();
     let recorded = || c.state.store.job_row(&id.to_string()).unwrap();
     for _ in 0..100 {
         if recorded().is_some() {
@@ -317,8 +325,8 @@ async fn a_member_cannot_report_on_or_read_the_blobs_of_jobs_it_does_not_hold() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(recorded().unwrap().node, "pi-1");
-    send(&mut other_tx, &job_update(id, None)).await.unwrap();
-    send(&mut other_tx, &job_update(id, Some("pi-1")))
+    send(&mut other.tx, &job_update(id, None)).await.unwrap();
+    send(&mut other.tx, &job_update(id, Some("pi-1")))
         .await
         .unwrap();
     let refused = async {

@@ -8,7 +8,7 @@ pub mod platform;
 pub mod pull;
 pub mod store;
 mod tar_guard;
-mod unpack;
+pub mod unpack;
 
 use std::path::PathBuf;
 

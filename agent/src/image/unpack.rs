@@ -19,7 +19,7 @@ const OPAQUE: &str = ".wh..wh..opq";
 /// What one image may unpack to: bytes of file contents, entries, and path depth. Far above any
 /// real image (the largest official images are a few GiB in well under a million files).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Budget {
+pub struct Budget {
     pub bytes: u64,
     pub entries: u64,
 }
@@ -37,7 +37,7 @@ const MAX_DEPTH: usize = 256;
 
 /// Applies a (possibly gzipped) tar layer onto `root`, spending `budget`. Errors are sentences
 /// for the user.
-pub(crate) fn apply_layer(
+pub fn apply_layer(
     mut reader: impl BufRead,
     root: &Path,
     budget: &mut Budget,
@@ -280,7 +280,7 @@ fn clear_lower(root: &Beneath, dir: &Path, mine: &HashSet<PathBuf>) -> Result<()
 
 /// Mount points every container needs, so a read-only root still takes its mounts. Whatever
 /// the image has there that is not a folder (a link to the host's `/proc`, say) is replaced.
-pub(crate) fn prepare_mount_points(root: &Path) -> Result<(), BeneathError> {
+pub fn prepare_mount_points(root: &Path) -> Result<(), BeneathError> {
     let root = Beneath::open(root)?;
     for (dir, mode) in [
         ("proc", 0o555),

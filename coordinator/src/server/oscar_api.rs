@@ -379,6 +379,49 @@ struct DelegatedEvent {
     event: String,
 }
 
+/// Where the input of a wrapped event is, as read from the body (nothing fetched yet).
+#[derive(Debug)]
+pub enum WrappedInput {
+    /// A Spillway coordinator's envelope: a presigned URL and the input's SHA-256.
+    Envelope(Box<Envelope>),
+    /// An S3/MinIO notification: the first created object, from `storage_provider`.
+    Object {
+        storage_provider: String,
+        object: super::events::CreatedObject,
+    },
+}
+
+/// Reads OSCAR's wrapped event (`{"storage_provider", "event"}` with the event as a JSON
+/// string). `None`: the body is not a wrapped event (it is then the input itself); `Err`: it is
+/// one, but its event cannot be used, with the reason.
+pub fn parse_wrapped_event(body: &[u8]) -> Option<Result<WrappedInput, String>> {
+    let wrapped: DelegatedEvent = serde_json::from_slice(body).ok()?;
+    Some((|| {
+        let event: Value = serde_json::from_str(&wrapped.event)
+            .map_err(|e| format!("`event` of the wrapped event is not JSON: {e}"))?;
+        if let Some(envelope) = event.get("spillway") {
+            let envelope: Envelope = serde_json::from_value(envelope.clone())
+                .map_err(|e| format!("`spillway` in the event is not an envelope: {e}"))?;
+            if envelope.spillway != ENVELOPE_VERSION {
+                return Err(format!(
+                    "envelope version {} is not {ENVELOPE_VERSION}: upgrade the older coordinator",
+                    envelope.spillway
+                ));
+            }
+            return Ok(WrappedInput::Envelope(Box::new(envelope)));
+        }
+        let object = parse_notification(wrapped.event.as_bytes())
+            .map_err(|e| e.0)?
+            .into_iter()
+            .next()
+            .ok_or("the wrapped event names no created object")?;
+        Ok(WrappedInput::Object {
+            storage_provider: wrapped.storage_provider,
+            object,
+        })
+    })())
+}
+
 /// `POST /job/{service}` with OSCAR's wrapped event: the input is fetched (from the presigned
 /// URL a Spillway coordinator put in it, or from the storage provider the event names, with the
 /// function's credentials for it) and dropped into the function's input folder. `None` when the
@@ -389,30 +432,22 @@ pub async fn delegated_job(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Option<Result<Response, ApiError>> {
-    let wrapped: DelegatedEvent = serde_json::from_slice(body).ok()?;
-    Some(accept_delegated(state, service, headers, wrapped).await)
+    let input = parse_wrapped_event(body)?;
+    Some(match input {
+        Ok(input) => accept_delegated(state, service, headers, input).await,
+        Err(why) => Err(ApiError(StatusCode::BAD_REQUEST, why)),
+    })
 }
 
 async fn accept_delegated(
     state: &Arc<State>,
     service: &str,
     headers: &HeaderMap,
-    wrapped: DelegatedEvent,
+    input: WrappedInput,
 ) -> Result<Response, ApiError> {
-    let bad = |why: String| ApiError(StatusCode::BAD_REQUEST, why);
     let def = function_record(state, service)?.def;
-    let event: Value = serde_json::from_str(&wrapped.event)
-        .map_err(|e| bad(format!("`event` of the wrapped event is not JSON: {e}")))?;
-    let (name, bytes) = match event.get("spillway") {
-        Some(envelope) => {
-            let envelope: Envelope = serde_json::from_value(envelope.clone())
-                .map_err(|e| bad(format!("`spillway` in the event is not an envelope: {e}")))?;
-            if envelope.spillway != ENVELOPE_VERSION {
-                return Err(bad(format!(
-                    "envelope version {} is not {ENVELOPE_VERSION}: upgrade the older coordinator",
-                    envelope.spillway
-                )));
-            }
+    let (name, bytes) = match input {
+        WrappedInput::Envelope(envelope) => {
             let bytes = fetch(state, &envelope.input.url).await?;
             if hex::encode(Sha256::digest(&bytes)) != envelope.input.sha256 {
                 return Err(ApiError(
@@ -425,12 +460,11 @@ async fn accept_delegated(
             }
             (envelope.input.name, bytes)
         }
-        None => {
-            let objects = parse_notification(wrapped.event.as_bytes()).map_err(|e| bad(e.0))?;
-            let object = objects
-                .first()
-                .ok_or_else(|| bad("the wrapped event names no created object".into()))?;
-            let provider = ProviderRef::parse(&wrapped.storage_provider);
+        WrappedInput::Object {
+            storage_provider,
+            object,
+        } => {
+            let provider = ProviderRef::parse(&storage_provider);
             let settings = def.s3_settings(&provider).ok_or_else(|| {
                 ApiError(
                     StatusCode::UNPROCESSABLE_ENTITY,

@@ -249,7 +249,7 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
                     Err(_) => break,
                 },
                 Some(frame) = out_rx.recv() => {
-                    if send(&mut tx, &frame).await.is_err() { break; }
+                    if send(&mut tx, &frame).await.is_err() { break control_lost(&conn); }
                 }
                 changed = deploy_rx.changed() => {
                     if changed.is_err() { break; }
@@ -259,7 +259,7 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
                     let digest = deployment.digest();
                     if digest != deployed {
                         tracing::info!(node = %name, functions = deployment.functions.len(), "deploying");
-                        if send(&mut tx, &CoordinatorFrame::Deploy(deployment)).await.is_err() { break; }
+                        if send(&mut tx, &CoordinatorFrame::Deploy(deployment)).await.is_err() { break control_lost(&conn); }
                         deployed = digest;
                     }
                 }
@@ -275,6 +275,12 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
         let _ = state.store.put_node(&r);
     }
     tracing::info!(node = %name, "node disconnected: {}", conn.close_reason().map(|r| r.to_string()).unwrap_or_default());
+}
+
+/// The agent stopped reading its control stream (or the link died mid-write): the session is
+/// over, and the close says so, rather than the bare close of dropped handles.
+fn control_lost(conn: &quinn::Connection) {
+    conn.close(5u32.into(), b"the agent stopped reading its control stream");
 }
 
 /// Tells a connected agent why it is refused (counted), and lets it hang up first.
