@@ -58,6 +58,8 @@ struct RawMqtt {
     keep_alive_secs: Option<u64>,
     max_payload: Option<Memory>,
     publish_timeout_secs: Option<u64>,
+    #[serde(default)]
+    mesh_identity: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,6 +206,9 @@ pub struct MqttSettings {
     pub max_payload: Bytes,
     /// How long an output message may wait for the broker's acknowledgement.
     pub publish_timeout: Duration,
+    /// Prove this node's mesh identity (its certificate) to the coordinator's broker over
+    /// `mqtts://`, trusting only the mesh CA: no password to keep.
+    pub mesh_identity: bool,
 }
 
 impl MqttSettings {
@@ -433,6 +438,9 @@ impl AgentConfig {
                     if m.password.is_some() && m.password_file.is_some() {
                         return Err("mqtt: set password or password_file, not both".into());
                     }
+                    if m.mesh_identity && (!tls || m.username.is_some() || m.ca_file.is_some()) {
+                        return Err("mqtt.mesh_identity proves this node with its mesh certificate to the coordinator's broker: it needs an mqtts:// broker and no username or ca_file".into());
+                    }
                     Ok(MqttSettings {
                         host,
                         port,
@@ -449,6 +457,7 @@ impl AgentConfig {
                         publish_timeout: Duration::from_secs(
                             m.publish_timeout_secs.unwrap_or(60).max(1),
                         ),
+                        mesh_identity: m.mesh_identity,
                     })
                 })
                 .transpose()?,
@@ -592,6 +601,22 @@ mod tests {
         )
         .expect_err("token_file is required");
         assert!(err.contains("token_file"), "{err}");
+    }
+
+    #[test]
+    fn mesh_identity_needs_mqtts_and_no_other_credentials() {
+        let base = "node_name = \"pi\"\ndata_root = \"d\"\nstate_dir = \"s\"\n[mqtt]\n";
+        let ok = format!("{base}broker = \"mqtts://c:8883\"\nmesh_identity = true\n");
+        let c = AgentConfig::from_toml(&ok, Path::new("/")).unwrap();
+        assert!(c.mqtt.unwrap().mesh_identity);
+        for bad in [
+            "broker = \"mqtt://c:1883\"\nmesh_identity = true\n",
+            "broker = \"mqtts://c\"\nmesh_identity = true\nusername = \"u\"\n",
+            "broker = \"mqtts://c\"\nmesh_identity = true\nca_file = \"ca.pem\"\n",
+        ] {
+            let err = AgentConfig::from_toml(&format!("{base}{bad}"), Path::new("/")).unwrap_err();
+            assert!(err.contains("mesh_identity"), "{bad}: {err}");
+        }
     }
 
     #[test]

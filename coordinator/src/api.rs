@@ -41,6 +41,25 @@ pub struct TokenRequest {
     pub cluster_id: Option<String>,
 }
 
+/// `POST /v1/mqtt/users`: a login on the embedded MQTT broker and what it may reach.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MqttUserRequest {
+    pub name: String,
+    #[serde(default)]
+    pub publish: Vec<String>,
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MqttUserCreated {
+    pub name: String,
+    /// Shown once: only its hash is kept.
+    pub password: String,
+}
+
 /// `POST /v1/api-tokens`: a scoped API token (`operator`, `invoker` with `functions`, `webhook`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiTokenRequest {

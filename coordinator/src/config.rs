@@ -36,8 +36,10 @@ pub struct CoordinatorConfig {
     pub max_hops: u8,
     /// How long a peer may be away before the jobs it runs are placed elsewhere.
     pub lease_grace: Duration,
-    /// Where the embedded MQTT broker listens (`None`: no embedded broker).
+    /// Where the embedded MQTT broker listens for plain MQTT (`None`: not in plain MQTT).
     pub mqtt_listen: Option<SocketAddr>,
+    /// The embedded broker's TLS listener, who may connect, and its quotas.
+    pub mqtt: MqttSettings,
     /// Delegation to replicas outside the mesh (endpoints, OSCAR clusters).
     pub replicas: ReplicaSettings,
     /// Credentials of OSCAR clusters named by replicas, by cluster id; they complete (and
@@ -199,6 +201,7 @@ impl Default for CoordinatorConfig {
             max_hops: spillway_placement::handover::DEFAULT_MAX_HOPS,
             lease_grace: Duration::from_secs(3),
             mqtt_listen: None,
+            mqtt: MqttSettings::default(),
             replicas: ReplicaSettings::default(),
             clusters: BTreeMap::new(),
             oscar_user: "oscar".into(),
@@ -215,7 +218,7 @@ struct File {
     state_dir: Option<PathBuf>,
     quic: Option<Listen>,
     http: Option<HttpFile>,
-    mqtt: Option<Listen>,
+    mqtt: Option<MqttFile>,
     #[serde(default, with = "humantime_serde_opt")]
     report_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -248,6 +251,141 @@ struct ReplicasFile {
 #[serde(deny_unknown_fields)]
 struct OscarFile {
     user: Option<String>,
+}
+
+/// `[mqtt]`: the embedded broker. Every client proves who it is: agents with their mesh
+/// certificate on `tls_listen`, people and devices with `spillway mqtt user add` credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttSettings {
+    /// MQTT over TLS, with a certificate from the mesh CA (`spillway mqtt ca` prints the CA).
+    pub tls_listen: Option<SocketAddr>,
+    /// Names (DNS or IP) clients use to reach the TLS listener, put in its certificate.
+    pub tls_names: Vec<String>,
+    /// Clients without credentials may do anything: only on loopback listeners, on request.
+    pub allow_anonymous: bool,
+    /// The largest message (payload) a client may publish.
+    pub max_payload: usize,
+    /// Topics that may hold a retained message, and the largest retained message.
+    pub max_retained: usize,
+    pub max_retained_bytes: usize,
+    /// QoS 1/2 messages in flight per connection.
+    pub max_inflight: u16,
+    /// Client connections at once.
+    pub max_connections: usize,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        Self {
+            tls_listen: None,
+            tls_names: Vec::new(),
+            allow_anonymous: false,
+            max_payload: 8 << 20,
+            max_retained: 1000,
+            max_retained_bytes: 64 << 10,
+            max_inflight: 100,
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MqttFile {
+    listen: Option<SocketAddr>,
+    tls_listen: Option<SocketAddr>,
+    #[serde(default)]
+    tls_names: Vec<String>,
+    #[serde(default)]
+    allow_anonymous: bool,
+    max_payload: Option<Size>,
+    max_retained: Option<usize>,
+    max_retained_bytes: Option<Size>,
+    max_inflight: Option<u16>,
+    max_connections: Option<usize>,
+}
+
+/// A size as `"4Ki"`, `"8Mi"` or a number of bytes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Self::Bytes(n) => Ok(*n),
+            Self::Text(t) => spillway_proto::quantity::Bytes::parse(t)
+                .map(|b| b.0)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl MqttSettings {
+    fn from_file(m: MqttFile) -> Result<Self, String> {
+        let d = Self::default();
+        let bytes = |b: Option<Size>, default: usize, what: &str| {
+            let n = match b {
+                Some(s) => s.bytes().map_err(|e| format!("mqtt.{what}: {e}"))?,
+                None => default as u64,
+            };
+            if !(1..=256 << 20).contains(&n) {
+                return Err(format!(
+                    "mqtt.{what} must be between 1 byte and 256Mi, not {n}"
+                ));
+            }
+            Ok(n as usize)
+        };
+        let count = |n: Option<usize>, default: usize, max: usize, what: &str| {
+            let n = n.unwrap_or(default);
+            if !(1..=max).contains(&n) {
+                return Err(format!("mqtt.{what} must be between 1 and {max}, not {n}"));
+            }
+            Ok(n)
+        };
+        Ok(Self {
+            tls_listen: m.tls_listen,
+            tls_names: m.tls_names,
+            allow_anonymous: m.allow_anonymous,
+            max_payload: bytes(m.max_payload, d.max_payload, "max_payload")?,
+            max_retained: count(m.max_retained, d.max_retained, 1_000_000, "max_retained")?,
+            max_retained_bytes: bytes(
+                m.max_retained_bytes,
+                d.max_retained_bytes,
+                "max_retained_bytes",
+            )?,
+            max_inflight: count(
+                m.max_inflight.map(usize::from),
+                d.max_inflight.into(),
+                65_535,
+                "max_inflight",
+            )? as u16,
+            max_connections: count(
+                m.max_connections,
+                d.max_connections,
+                1_000_000,
+                "max_connections",
+            )?,
+        })
+    }
+
+    /// Anonymous access only where nobody but this host can connect.
+    pub fn check(&self, plain: Option<SocketAddr>) -> Result<(), String> {
+        if !self.allow_anonymous {
+            return Ok(());
+        }
+        for addr in plain.iter().chain(self.tls_listen.iter()) {
+            if !addr.ip().is_loopback() {
+                return Err(format!(
+                    "mqtt.allow_anonymous is only for loopback listeners, and {addr} is not: give people and devices credentials with `spillway mqtt user add` instead"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -329,7 +467,11 @@ impl CoordinatorConfig {
                 c.http_max_connections = n;
             }
         }
-        c.mqtt_listen = file.mqtt.map(|m| m.listen);
+        if let Some(m) = file.mqtt {
+            c.mqtt_listen = m.listen;
+            c.mqtt = MqttSettings::from_file(m)?;
+            c.mqtt.check(c.mqtt_listen)?;
+        }
         if let Some(d) = file.report_interval {
             c.report_interval = d;
         }
@@ -461,5 +603,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("down_after"), "{err}");
+    }
+
+    #[test]
+    fn mqtt_settings_are_read_bounded_and_anonymous_only_on_loopback() {
+        let c = CoordinatorConfig::from_toml(
+            "[mqtt]\nlisten = \"127.0.0.1:1883\"\ntls_listen = \"0.0.0.0:8883\"\ntls_names = [\"broker.lan\"]\nmax_payload = \"1Mi\"\nmax_retained_bytes = 512\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.max_payload, 1 << 20);
+        assert_eq!(c.mqtt.max_retained_bytes, 512);
+        assert_eq!(c.mqtt.tls_names, ["broker.lan"]);
+        assert!(!c.mqtt.allow_anonymous);
+        let loopback = "[mqtt]\nlisten = \"127.0.0.1:1883\"\nallow_anonymous = true\n";
+        assert!(CoordinatorConfig::from_toml(loopback, Path::new("/")).is_ok());
+        for bad in [
+            "[mqtt]\nlisten = \"0.0.0.0:1883\"\nallow_anonymous = true\n",
+            "[mqtt]\nlisten = \"127.0.0.1:1883\"\ntls_listen = \"10.0.0.1:8883\"\nallow_anonymous = true\n",
+        ] {
+            let err = CoordinatorConfig::from_toml(bad, Path::new("/")).unwrap_err();
+            assert!(err.contains("only for loopback"), "{err}");
+        }
+        for (bad, what) in [
+            ("max_payload = \"1Gi\"", "max_payload"),
+            ("max_payload = \"lots\"", "max_payload"),
+            ("max_retained = 0", "max_retained"),
+            ("max_connections = 0", "max_connections"),
+        ] {
+            let err = CoordinatorConfig::from_toml(&format!("[mqtt]\n{bad}\n"), Path::new("/"))
+                .unwrap_err();
+            assert!(err.contains(what), "{bad}: {err}");
+        }
     }
 }

@@ -205,6 +205,11 @@ enum Command {
         #[command(subcommand)]
         command: ApiTokenCommand,
     },
+    /// The embedded MQTT broker: users for people and devices, and its CA.
+    Mqtt {
+        #[command(subcommand)]
+        command: MqttCommand,
+    },
     /// The operator's labels and cluster ids of nodes.
     Label {
         #[command(subcommand)]
@@ -268,6 +273,37 @@ enum TokenCommand {
     List,
     /// Revoke unused tokens whose id starts with ID (at least 6 hex digits).
     Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum MqttCommand {
+    /// Logins of people and devices on the embedded broker (agents use their mesh identity).
+    User {
+        #[command(subcommand)]
+        command: MqttUserCommand,
+    },
+    /// Print the mesh CA (PEM): MQTT clients' --cafile for the broker's TLS listener.
+    Ca,
+}
+
+#[derive(Debug, Subcommand)]
+enum MqttUserCommand {
+    /// Add (or replace) a user; its password is printed once.
+    Add {
+        name: String,
+        /// A topic filter the user may publish to (repeatable; `+` and `#` allowed).
+        #[arg(long = "publish", value_name = "FILTER")]
+        publish: Vec<String>,
+        /// A topic filter the user may subscribe to (repeatable; only filters it covers).
+        #[arg(long = "subscribe", value_name = "FILTER")]
+        subscribe: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List users and their filters.
+    List,
+    /// Remove a user: its connections are closed and its subscriptions taken back.
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -647,6 +683,33 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             }
             ApiTokenCommand::List => membership::list_api_tokens(&client()?, format).await,
             ApiTokenCommand::Revoke { id } => membership::revoke_api_token(&client()?, &id).await,
+        },
+        Command::Mqtt { command } => match command {
+            MqttCommand::User { command } => match command {
+                MqttUserCommand::Add {
+                    name,
+                    publish,
+                    subscribe,
+                    description,
+                } => {
+                    let req = spillway_coordinator::api::MqttUserRequest {
+                        name,
+                        publish,
+                        subscribe,
+                        description,
+                    };
+                    membership::add_mqtt_user(&client()?, req, format).await
+                }
+                MqttUserCommand::List => membership::list_mqtt_users(&client()?, format).await,
+                MqttUserCommand::Remove { name } => {
+                    membership::remove_mqtt_user(&client()?, &name).await
+                }
+            },
+            MqttCommand::Ca => {
+                let pem = client()?.get_bytes("/v1/mqtt/ca").await?;
+                print!("{}", String::from_utf8_lossy(&pem));
+                Ok(())
+            }
         },
         Command::Label {
             command:

@@ -28,7 +28,7 @@ pub struct Target {
     pub run: Run,
 }
 
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     "wire",
     "load-report",
     "join",
@@ -37,6 +37,7 @@ pub const NAMES: [&str; 8] = [
     "archive",
     "s3-event",
     "oscar-event",
+    "mqtt",
 ];
 
 pub fn target(name: &str, scratch: &Path) -> anyhow::Result<Target> {
@@ -49,6 +50,7 @@ pub fn target(name: &str, scratch: &Path) -> anyhow::Result<Target> {
         "archive" => archive(scratch)?,
         "s3-event" => s3_event(),
         "oscar-event" => oscar_event(),
+        "mqtt" => mqtt(),
         other => anyhow::bail!("no target `{other}`: {}", NAMES.join(", ")),
     })
 }
@@ -407,6 +409,90 @@ fn oscar_event() -> Target {
     }
 }
 
+/// What MQTT clients send the broker's gateway: packets framed, decoded and judged against a
+/// node's grants exactly as the gateway does.
+fn mqtt() -> Target {
+    use spillway_coordinator::server::mqtt::acl::{Grants, Principal};
+    use spillway_coordinator::server::mqtt::gateway::{ClientPacket, frame, read_client};
+    // Real packets, encoded by rumqttc (what its clients and mosquitto's send).
+    use rumqttc::mqttbytes::QoS;
+    use rumqttc::mqttbytes::v4::{Connect, Packet, Publish, Subscribe, Unsubscribe};
+    let encode = |p: Packet| {
+        let mut out = bytes::BytesMut::new();
+        p.write(&mut out, usize::MAX)
+            .map(|_| out.to_vec())
+            .unwrap_or_default()
+    };
+    let mut c = Connect::new("spillway-edge-1");
+    c.set_login("camera", "spwm_0123456789");
+    c.clean_session = false;
+    let connect = encode(Packet::Connect(c));
+    let mut p = Publish::new("cameras/cam1/frames", QoS::AtLeastOnce, b"77".to_vec());
+    p.pkid = 1;
+    let publish = encode(Packet::Publish(p));
+    let mut sub = Subscribe::new("cameras/+/frames", QoS::AtLeastOnce);
+    sub.pkid = 2;
+    sub.add("#".into(), QoS::AtMostOnce);
+    let subscribe = encode(Packet::Subscribe(sub));
+    let mut u = Unsubscribe::new("a/b/#");
+    u.pkid = 3;
+    let unsubscribe = encode(Packet::Unsubscribe(u));
+    let mut session = connect.clone();
+    for p in [
+        &publish,
+        &subscribe,
+        &unsubscribe,
+        &b"\xc0\x00\xe0\x00".to_vec(),
+    ] {
+        session.extend_from_slice(p);
+    }
+    let grants = Grants {
+        publish: vec!["alerts/fire".into()],
+        subscribe: vec!["cameras/+/frames".into(), "$SYS/#".into()],
+    };
+    Target {
+        name: "mqtt",
+        seeds: vec![connect, publish, subscribe, unsubscribe, session],
+        dictionary: vec![
+            b"MQTT",
+            b"\x04",
+            b"#",
+            b"+",
+            b"/",
+            b"$",
+            b"\xff\xff\xff\x7f",
+            b"\x00\x00",
+        ],
+        generate: None,
+        run: Box::new(move |bytes| {
+            let mut buf = bytes::BytesMut::from(bytes);
+            let (mut packets, mut granted) = (0usize, 0usize);
+            while let Ok(Some((header, raw))) = frame(&mut buf, 1 << 20) {
+                packets += 1;
+                match read_client(header, raw) {
+                    Ok(ClientPacket::Connect(c)) => {
+                        granted += Principal::User("u".into()).session(&c.client_id).len();
+                    }
+                    Ok(ClientPacket::Publish(p)) => {
+                        granted += usize::from(grants.may_publish(&p.topic));
+                    }
+                    Ok(ClientPacket::Subscribe(s)) => {
+                        granted += s
+                            .filters
+                            .iter()
+                            .filter(|f| grants.may_subscribe(&f.path))
+                            .count();
+                    }
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+            std::hint::black_box(granted);
+            packets > 0
+        }),
+    }
+}
+
 fn json_dictionary() -> Vec<&'static [u8]> {
     vec![
         b"{",
@@ -444,6 +530,11 @@ mod tests {
             let mut t = target(name, scratch.path()).expect("target");
             let accepted = t.seeds.clone().iter().filter(|s| (t.run)(s)).count();
             assert!(accepted > 0, "{name}: no seed is a valid input");
+            if name == "mqtt" {
+                for (i, seed) in t.seeds.clone().iter().enumerate() {
+                    assert!((t.run)(seed), "MQTT seed {i} is refused: {seed:?}");
+                }
+            }
         }
     }
 }

@@ -122,6 +122,88 @@ fn client(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsError
     Ok(config)
 }
 
+/// A TLS stream listener of the coordinator (the MQTT broker's): like [`server`], client
+/// certificates are verified against the CA when presented (members), optional otherwise.
+pub fn stream_server(
+    ca_der: &[u8],
+    chain: Vec<Vec<u8>>,
+    key_der: Vec<u8>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Anchor(e.to_string()))?;
+    let key = PrivateKeyDer::try_from(key_der).map_err(|e| TlsError::Anchor(e.to_string()))?;
+    Ok(rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.into_iter().map(CertificateDer::from).collect(), key)?)
+}
+
+/// A member's TLS stream client to the coordinator (its MQTT broker): trusts only the CA,
+/// proves itself with its certificate, and checks the coordinator's certificate under the
+/// coordinator's fixed name, whatever host name or address the broker was reached at.
+pub fn stream_member(
+    ca_der: &[u8],
+    cert_der: Vec<u8>,
+    key_der: Vec<u8>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let key = PrivateKeyDer::try_from(key_der).map_err(|e| TlsError::Anchor(e.to_string()))?;
+    let inner = WebPkiServerVerifier::builder_with_provider(roots(ca_der)?, provider())
+        .build()
+        .map_err(|e| TlsError::Anchor(e.to_string()))?;
+    let name = ServerName::try_from(spillway_proto::wire::COORDINATOR_SERVER_NAME)
+        .map_err(|e| TlsError::Anchor(e.to_string()))?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CoordinatorName { inner, name }))
+        .with_client_auth_cert(vec![CertificateDer::from(cert_der)], key)?)
+}
+
+/// WebPKI verification under the coordinator's fixed name.
+#[derive(Debug)]
+struct CoordinatorName {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for CoordinatorName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// The fingerprint of the certificate a peer proved it holds, if it presented one.
 pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<[u8; 32]> {
     let identity = conn.peer_identity()?;

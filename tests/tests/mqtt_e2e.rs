@@ -231,7 +231,9 @@ fn oversized_and_unwanted_messages_are_refused_without_stopping_the_rest() {
 fn the_coordinators_embedded_broker_carries_deployed_triggers_and_keeps_an_absent_agents_messages()
 {
     let mqtt_port = free_port();
-    let c = Coordinator::with_config(&format!("[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n"));
+    let c = Coordinator::with_config(&format!(
+        "[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\nallow_anonymous = true\n"
+    ));
     let mut node = Node::new(&format!(
         "node_name = \"edge-1\"\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{mqtt_port}\"\nmax_payload = \"1Ki\"\n"
     ));

@@ -331,8 +331,13 @@ impl Agent {
         // wait in the channel (and, beyond it, at the broker) until `run` takes them.
         if let Some(settings) = &agent.shared.config.mqtt {
             let (tx, rx) = mpsc::channel(64);
+            let identity = settings
+                .mesh_identity
+                .then(|| crate::mesh::Membership::load(&agent.shared.config.state_dir))
+                .flatten();
             let publisher = crate::mqtt::start(
                 settings,
+                identity.as_ref(),
                 agent
                     .shared
                     .config

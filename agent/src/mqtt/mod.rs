@@ -138,6 +138,7 @@ pub enum MqttError {
 /// the subscribed filters go to `incoming`; `subscriptions` may change at any time.
 pub fn start(
     settings: &MqttSettings,
+    identity: Option<&crate::mesh::Membership>,
     subscribed_file: std::path::PathBuf,
     subscriptions: watch::Receiver<Subscriptions>,
     incoming: mpsc::Sender<Incoming>,
@@ -152,8 +153,27 @@ pub fn start(
         let password = settings.password().map_err(MqttError::Settings)?;
         options.set_credentials(user, password.unwrap_or_default());
     }
-    if settings.tls {
-        options.set_transport(rumqttc::Transport::tls_with_config(tls_config(settings)?));
+    match (settings.mesh_identity, identity) {
+        (true, Some(me)) => {
+            let config = spillway_link::tls::stream_member(
+                &me.ca_der,
+                me.cert_der.clone(),
+                me.key_der.clone(),
+            )
+            .map_err(|e| MqttError::Settings(format!("mqtt.mesh_identity: {e}")))?;
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+            ));
+        }
+        (true, None) => {
+            return Err(MqttError::Settings(
+                "mqtt.mesh_identity: this node has not joined a coordinator yet (spillway-agent join), so it has no identity to prove".into(),
+            ));
+        }
+        (false, _) if settings.tls => {
+            options.set_transport(rumqttc::Transport::tls_with_config(tls_config(settings)?));
+        }
+        (false, _) => {}
     }
     let broker = format!(
         "{}://{}:{}",

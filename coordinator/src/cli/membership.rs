@@ -233,3 +233,56 @@ pub async fn revoke_api_token(client: &Client, id: &str) -> anyhow::Result<()> {
     eprintln!("revoked {} API token(s)", done.revoked);
     Ok(())
 }
+
+/// `spillway mqtt user add NAME --publish F --subscribe F`: prints the password once.
+pub async fn add_mqtt_user(
+    client: &Client,
+    req: crate::api::MqttUserRequest,
+    format: Format,
+) -> anyhow::Result<()> {
+    let created: crate::api::MqttUserCreated = client.post("/v1/mqtt/users", &req).await?;
+    match format {
+        Format::Table => {
+            println!("{}", created.password);
+            eprintln!(
+                "MQTT user {}: password shown once, keep it (mosquitto_pub -u {} -P PASSWORD …); remove it with `spillway mqtt user remove {}`",
+                created.name, created.name, created.name
+            );
+        }
+        f => print(f, &created, &[], Vec::new)?,
+    }
+    Ok(())
+}
+
+pub async fn list_mqtt_users(client: &Client, format: Format) -> anyhow::Result<()> {
+    let users: Vec<crate::server::store::MqttUserRecord> = client.get("/v1/mqtt/users").await?;
+    print(
+        format,
+        &users,
+        &["NAME", "PUBLISH", "SUBSCRIBE", "DESCRIPTION"],
+        || {
+            users
+                .iter()
+                .map(|u| {
+                    vec![
+                        u.name.clone(),
+                        u.publish.join(" "),
+                        u.subscribe.join(" "),
+                        u.description.clone(),
+                    ]
+                })
+                .collect()
+        },
+    )
+}
+
+pub async fn remove_mqtt_user(client: &Client, name: &str) -> anyhow::Result<()> {
+    client
+        .delete(&format!(
+            "/v1/mqtt/users/{}",
+            percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+        ))
+        .await?;
+    eprintln!("removed MQTT user {name}");
+    Ok(())
+}

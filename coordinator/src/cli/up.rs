@@ -30,17 +30,30 @@ pub enum MqttChoice {
     External(String),
 }
 
-fn agent_config(dir: &Path, node: Option<&str>, broker: &str) -> anyhow::Result<AgentConfig> {
+fn agent_config(
+    dir: &Path,
+    node: Option<&str>,
+    broker: &str,
+    mesh_identity: bool,
+) -> anyhow::Result<AgentConfig> {
     let mut text = String::new();
     if let Some(n) = node {
         text.push_str(&format!("node_name = \"{n}\"\n"));
     }
     text.push_str(&format!(
-        "data_root = \"{}\"\nstate_dir = \"{}\"\n[mqtt]\nbroker = \"{broker}\"\n",
+        "data_root = \"{}\"\nstate_dir = \"{}\"\n[mqtt]\nbroker = \"{broker}\"\nmesh_identity = {mesh_identity}\n",
         dir.join("data").display(),
         dir.join("agent").display()
     ));
     AgentConfig::from_toml(&text, dir).map_err(|e| anyhow::anyhow!("agent settings: {e}"))
+}
+
+fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
 }
 
 pub async fn up(
@@ -55,6 +68,16 @@ pub async fn up(
             MqttChoice::Embedded(addr) => Some(*addr),
             MqttChoice::External(_) => None,
         },
+        mqtt: match &opts.mqtt {
+            // A first try on one box: anonymous clients on loopback (the only place they may
+            // be), the local agent with its mesh identity on a loopback TLS port of its own.
+            MqttChoice::Embedded(addr) => crate::config::MqttSettings {
+                allow_anonymous: addr.ip().is_loopback(),
+                tls_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+                ..Default::default()
+            },
+            MqttChoice::External(_) => Default::default(),
+        },
         ..CoordinatorConfig::default()
     };
     let coordinator = Coordinator::start(config)
@@ -67,12 +90,24 @@ pub async fn up(
     let installed = install_client_config(&client_text);
     let quic = coordinator.quic_addr();
     let loopback = SocketAddr::from(([127, 0, 0, 1], quic.port()));
-    let broker = match (&opts.mqtt, coordinator.state.mqtt_addr) {
-        (MqttChoice::External(url), _) => url.clone(),
-        (MqttChoice::Embedded(_), Some(addr)) => format!("mqtt://127.0.0.1:{}", addr.port()),
-        (MqttChoice::Embedded(addr), None) => format!("mqtt://{addr}"),
+    let (broker, agent_broker) = match (&opts.mqtt, coordinator.state.mqtts_addr) {
+        (MqttChoice::External(url), _) => (url.clone(), url.clone()),
+        (MqttChoice::Embedded(addr), Some(tls)) => (
+            format!(
+                "mqtt://{}",
+                loopback_if_unspecified(coordinator.state.mqtt_addr.unwrap_or(*addr))
+            ),
+            format!("mqtts://127.0.0.1:{}", tls.port()),
+        ),
+        (MqttChoice::Embedded(addr), None) => (format!("mqtt://{addr}"), format!("mqtt://{addr}")),
     };
-    let agent_config = agent_config(&opts.dir, opts.node.as_deref(), &broker)?;
+    let mesh_identity = matches!(opts.mqtt, MqttChoice::Embedded(_));
+    let agent_config = agent_config(
+        &opts.dir,
+        opts.node.as_deref(),
+        &agent_broker,
+        mesh_identity,
+    )?;
     let state = coordinator.state.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let coordinator_task = tokio::spawn({
@@ -131,6 +166,17 @@ pub async fn up(
         ),
     }
     println!("MQTT: {broker} (functions' `triggers: [{{mqtt: …}}]` and MQTT outputs)");
+    if mesh_identity {
+        if state.config.mqtt.allow_anonymous {
+            println!(
+                "MQTT is open to anyone on this machine (loopback, for a first try); for other machines: spillway mqtt user add NAME --publish 'TOPIC' --subscribe 'TOPIC'"
+            );
+        } else {
+            println!(
+                "MQTT clients need credentials: spillway mqtt user add NAME --publish 'TOPIC' --subscribe 'TOPIC'"
+            );
+        }
+    }
     println!(
         "Add a node: spillway token create, then on it: spillway-agent join --coordinator HOST:{} --token T",
         quic.port()

@@ -2,6 +2,9 @@
 //! It keeps persistent sessions, so an agent that was away gets the QoS 1 messages published
 //! meanwhile. In memory: a coordinator restart loses messages not yet delivered (an external
 //! broker with persistence, such as Mosquitto, does not).
+//!
+//! The coordinator runs it on loopback behind [`super::mqtt`]'s gateway, which alone knows its
+//! login; [`start`] without a login is for benchmarks of the broker itself.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,9 +26,29 @@ pub enum BrokerError {
 /// The largest message the embedded broker accepts.
 pub const MAX_PAYLOAD: usize = 32 << 20;
 
+/// Starts an open broker (no login) on `listen`: for measuring the broker alone.
+pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
+    start_with(listen, None, MAX_PAYLOAD, 100)
+}
+
+/// Starts the broker behind the gateway: only `login` may connect.
+pub fn start_internal(
+    listen: SocketAddr,
+    login: &(String, String),
+    max_payload: usize,
+    max_inflight: u16,
+) -> Result<SocketAddr, BrokerError> {
+    start_with(listen, Some(login), max_payload, max_inflight)
+}
+
 /// Starts the broker on its own threads (rumqttd runs its own runtimes) and returns the bound
 /// address once it accepts connections.
-pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
+fn start_with(
+    listen: SocketAddr,
+    login: Option<&(String, String)>,
+    max_payload: usize,
+    max_inflight: u16,
+) -> Result<SocketAddr, BrokerError> {
     // rumqttd binds inside its thread and only logs a failure: find a busy port here, where the
     // error can still stop `spillway up`. Port 0 is resolved to a free port the same way.
     let probe = std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
@@ -44,9 +67,10 @@ pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
         next_connection_delay_ms: 1,
         connections: ConnectionSettings {
             connection_timeout_ms: 60_000,
-            max_payload_size: MAX_PAYLOAD,
-            max_inflight_count: 100,
-            auth: None,
+            // The gateway's own limit is the payload; this one counts the whole packet.
+            max_payload_size: max_payload.saturating_add(64 << 10),
+            max_inflight_count: max_inflight.into(),
+            auth: login.map(|(u, p)| HashMap::from([(u.clone(), p.clone())])),
             external_auth: None,
             dynamic_filters: true,
         },

@@ -117,6 +117,52 @@ impl Ca {
         Ok(())
     }
 
+    /// A TLS server certificate for listeners people connect to by name (the MQTT broker):
+    /// the coordinator's fixed name (what agents verify) plus `names` (DNS names or IP
+    /// addresses). Fresh at every start, like the QUIC one; returns the chain and key.
+    pub fn tls_server(&self, names: &[String]) -> Result<(Vec<Vec<u8>>, Vec<u8>), CaError> {
+        let key = KeyPair::generate().map_err(|e| CaError::Request(e.to_string()))?;
+        let mut params = CertificateParams::new(vec![COORDINATOR_SERVER_NAME.to_owned()])
+            .map_err(|e| CaError::Request(e.to_string()))?;
+        for name in names {
+            params
+                .subject_alt_names
+                .push(match name.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => {
+                        SanType::DnsName(name.as_str().try_into().map_err(|e: rcgen::Error| {
+                            CaError::Request(format!("`{name}`: {e}"))
+                        })?)
+                    }
+                });
+        }
+        params
+            .distinguished_name
+            .push(DnType::CommonName, COORDINATOR_SERVER_NAME);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let cert = params
+            .signed_by(&key, &self.issuer()?)
+            .map_err(|e| CaError::Request(e.to_string()))?;
+        Ok((
+            vec![cert.der().to_vec(), self.cert_der.clone()],
+            key.serialize_der(),
+        ))
+    }
+
+    /// The CA certificate in PEM, for MQTT clients' `--cafile` and curl's `--cacert`.
+    pub fn cert_pem(&self) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.cert_der);
+        let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+        pem
+    }
+
     /// Certifies the key in `csr_der` for `node`. Names and usages come from us, never from the
     /// request: an agent cannot ask for another node's name or for a server certificate.
     pub fn sign_node(&self, node: &str, csr_der: &[u8]) -> Result<Vec<u8>, CaError> {

@@ -8,7 +8,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as AxState};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -93,6 +93,12 @@ pub fn router(state: Arc<State>) -> Router {
             post(create_api_token).get(list_api_tokens),
         )
         .route("/v1/api-tokens/revoke", post(revoke_api_tokens))
+        .route(
+            "/v1/mqtt/users",
+            post(super::mqtt::users::create).get(super::mqtt::users::list),
+        )
+        .route("/v1/mqtt/users/{name}", delete(super::mqtt::users::remove))
+        .route("/v1/mqtt/ca", get(super::mqtt::users::ca))
         .route("/system/services", get(super::oscar_api::list_services))
         .route(
             "/system/services/{name}",

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub replica_reconciles: AtomicU64,
     pub replica_succeeded: AtomicU64,
     pub replica_failed: AtomicU64,
+    /// MQTT connections and packets the gateway refused, by reason.
+    mqtt_refused: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -41,6 +43,12 @@ pub fn inc(c: &AtomicU64) {
 }
 
 impl Metrics {
+    pub fn mqtt_refused(&self, reason: &'static str) {
+        let mut m = self.mqtt_refused.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(reason).or_default();
+        *n = n.saturating_add(1);
+    }
+
     pub fn render(&self, view: &View) -> String {
         let mut out = String::new();
         let counters = [
@@ -202,6 +210,21 @@ impl Metrics {
                     );
                 }
             }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP spillway_mqtt_refused_total MQTT connections and packets the broker's gateway refused, by reason\n# TYPE spillway_mqtt_refused_total counter"
+        );
+        for (reason, n) in self
+            .mqtt_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "spillway_mqtt_refused_total{{reason=\"{reason}\"}} {n}"
+            );
         }
         let (p50, p99) = view.staleness();
         let _ = writeln!(

@@ -15,6 +15,7 @@ pub mod join_limit;
 pub mod journal;
 pub mod listener;
 pub mod metrics;
+pub mod mqtt;
 pub mod oscar_api;
 pub mod presign;
 pub mod quic;
@@ -95,8 +96,11 @@ pub struct State {
     pub blob_frames: tokio::sync::Semaphore,
     /// How often joins may be tried.
     pub join_limit: std::sync::Mutex<join_limit::JoinLimit>,
-    /// The embedded MQTT broker's address, when it runs.
+    /// The embedded MQTT broker's plain and TLS addresses, when they are served.
     pub mqtt_addr: Option<SocketAddr>,
+    pub mqtts_addr: Option<SocketAddr>,
+    /// Bumped whenever an MQTT user is added, replaced or removed (their connections look again).
+    pub mqtt_users: std::sync::atomic::AtomicU64,
     /// The HTTP API's bound address.
     pub http_addr: SocketAddr,
     /// Presigned URLs for executors outside the mesh, and OSCAR service tokens.
@@ -155,6 +159,7 @@ pub struct Coordinator {
     pub state: Arc<State>,
     endpoint: quinn::Endpoint,
     http: tokio::net::TcpListener,
+    mqtt: Option<mqtt::Mqtt>,
     /// The API token, for the client config written next to the state.
     pub admin_token: String,
 }
@@ -198,7 +203,10 @@ impl Coordinator {
                 source,
             })?;
         let quic_addr = endpoint.local_addr().unwrap_or(config.quic_listen);
-        let mqtt_addr = config.mqtt_listen.map(broker::start).transpose()?;
+        let mqtt = mqtt::Mqtt::start(&config, &ca).await?;
+        let (mqtt_addr, mqtts_addr) = mqtt
+            .as_ref()
+            .map_or((None, None), |m| (m.plain_addr, m.tls_addr));
         let blobs_dir = dir.join("blobs");
         let blobs = blobs::Blobs::open(&blobs_dir).map_err(|source| ServerError::StateDir {
             path: blobs_dir,
@@ -232,11 +240,14 @@ impl Coordinator {
             config,
             quic_addr,
             mqtt_addr,
+            mqtts_addr,
+            mqtt_users: Default::default(),
         });
         Ok(Self {
             state,
             endpoint,
             http,
+            mqtt,
             admin_token,
         })
     }
@@ -267,7 +278,12 @@ impl Coordinator {
     }
 
     /// Serves agents and the API until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let mqtt = self
+            .mqtt
+            .take()
+            .map(|m| m.serve(self.state.clone()))
+            .unwrap_or_default();
         let quic = tokio::spawn(quic::serve(self.state.clone(), self.endpoint.clone()));
         let leases = tokio::spawn(expire_leases(self.state.clone()));
         let delegations = tokio::spawn(replicas::driver::run(self.state.clone()));
@@ -278,6 +294,9 @@ impl Coordinator {
         quic.abort();
         leases.abort();
         delegations.abort();
+        for task in mqtt {
+            task.abort();
+        }
         self.endpoint.wait_idle().await;
     }
 }

@@ -68,7 +68,9 @@ pub enum Need {
 pub fn need(method: &Method, path: &str) -> Need {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
-        (_, ["v1", "tokens", ..] | ["v1", "api-tokens", ..]) => Need::Admin,
+        (_, ["v1", "tokens", ..] | ["v1", "api-tokens", ..] | ["v1", "mqtt", "users", ..]) => {
+            Need::Admin
+        }
         (&Method::DELETE, ["v1", "nodes", _]) => Need::Admin,
         (_, ["v1", "nodes", _, "labels"]) => Need::Admin,
         (&Method::POST, ["v1", "apply"]) => Need::Operate,

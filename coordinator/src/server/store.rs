@@ -27,6 +27,8 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// SHA-256 of a scoped API token (hex) → its scope.
 const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
+/// MQTT users of the embedded broker, by name (`spillway mqtt user add`).
+const MQTT_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("mqtt_users");
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 /// Job id (hex) → the coordinator's record of a job handed over to it.
 pub(super) const HANDOVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("handovers");
@@ -174,6 +176,19 @@ pub struct ApiTokenListing {
     pub record: ApiTokenRecord,
 }
 
+/// A person's or device's login on the embedded MQTT broker and the topic filters it may
+/// publish and subscribe to. The password is stored as its SHA-256 (it is random, 128 bits).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttUserRecord {
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub password_hash: String,
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+    pub description: String,
+    pub created_at_ms: u64,
+}
+
 /// How many hex digits of a token's hash name it.
 pub const TOKEN_ID_LEN: usize = 12;
 
@@ -272,7 +287,7 @@ impl Store {
         })?;
         let tx = db.begin_write()?;
         for t in [
-            NODES, TOKENS, API_TOKENS, FUNCTIONS, JOBS, HANDOVERS, DELEGATED,
+            NODES, TOKENS, API_TOKENS, FUNCTIONS, JOBS, HANDOVERS, DELEGATED, MQTT_USERS,
         ] {
             tx.open_table(t)?;
         }
@@ -391,6 +406,32 @@ impl Store {
         Ok(self
             .get::<ApiTokenRecord>(API_TOKENS, "api_tokens", hash)?
             .filter(|t| t.revoked_at_ms.is_none()))
+    }
+
+    /// Adds or replaces an MQTT user, durably.
+    pub fn put_mqtt_user(&self, user: &MqttUserRecord) -> Result<(), StoreError> {
+        self.put(MQTT_USERS, &user.name, user, Durability::Immediate)
+    }
+
+    pub fn mqtt_user(&self, name: &str) -> Result<Option<MqttUserRecord>, StoreError> {
+        self.get(MQTT_USERS, "mqtt_users", name)
+    }
+
+    /// Every MQTT user, without password hashes.
+    pub fn mqtt_users(&self) -> Result<Vec<MqttUserRecord>, StoreError> {
+        let mut users: Vec<MqttUserRecord> = self.list(MQTT_USERS, "mqtt_users")?;
+        for u in &mut users {
+            u.password_hash.clear();
+        }
+        Ok(users)
+    }
+
+    /// Removes an MQTT user; whether it existed.
+    pub fn remove_mqtt_user(&self, name: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        let existed = tx.open_table(MQTT_USERS)?.remove(name)?.is_some();
+        tx.commit()?;
+        Ok(existed)
     }
 
     /// Revokes the API tokens whose id (hash) starts with `id`; returns how many.

@@ -169,6 +169,11 @@ pub struct Subscriber {
 impl Subscriber {
     /// Subscribes and returns once the broker has acknowledged the subscription.
     pub fn start(port: u16, topic: &str) -> Self {
+        Self::start_as(port, &[], topic)
+    }
+
+    /// `start` with more `mosquitto_sub` options (TLS, credentials, client id).
+    pub fn start_as(port: u16, options: &[&str], topic: &str) -> Self {
         // `-d` prints the client's protocol steps ("Client … received SUBACK", "Subscribed …")
         // on stdout next to the messages: how the test knows the subscription is in place.
         // Line-buffered: into a pipe, mosquitto_sub would hold its output until it exits.
@@ -187,6 +192,7 @@ impl Subscriber {
                 "-t",
                 topic,
             ])
+            .args(options)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -1,0 +1,388 @@
+//! The embedded MQTT broker knows who is talking, with Mosquitto's own clients as the
+//! strangers, the wrong passwords, the over-reaching users and the session hijackers: nobody
+//! without credentials gets in, users reach only their topics, a client id never reaches
+//! another principal's session, retained messages and payloads are bounded, removed users lose
+//! their subscriptions, and a node's certificate reaches only its own functions' topics. The
+//! agent's work goes on through all of it.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::mqtt::Subscriber;
+use support::{Coordinator, Node, free_port, repo, wait_until};
+
+const FIRE_FDL: &str = "configs/examples/fire-alert/functions.yaml";
+
+/// Runs a Mosquitto client for at most 10 s; (exit status success, stdout + stderr).
+fn mosquitto(program: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("timeout")
+        .arg("10")
+        .arg(program)
+        .args(["-h", "127.0.0.1"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} (Debian package mosquitto-clients): {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn add_user(c: &Coordinator, name: &str, grants: &[&str]) -> String {
+    let mut args = vec!["mqtt", "user", "add", name];
+    args.extend_from_slice(grants);
+    let (ok, out, err) = c.cli(&args);
+    assert!(ok, "mqtt user add: {err}");
+    out.trim().to_owned()
+}
+
+/// Converts the agent's DER identity to the PEM files mosquitto's clients read.
+fn pem_identity(node: &Node) -> (String, String, String) {
+    let id = node.path("state/identity");
+    let convert = |kind: &str, from: &str, to: &str| {
+        let out = Command::new("openssl")
+            .args([kind, "-inform", "der", "-in"])
+            .arg(id.join(from))
+            .arg("-out")
+            .arg(node.path(to))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        node.path(to).to_str().unwrap().to_owned()
+    };
+    (
+        convert("x509", "ca.der", "ca.pem"),
+        convert("x509", "node.der", "cert.pem"),
+        convert("pkey", "node.key.der", "key.pem"),
+    )
+}
+
+#[test]
+fn strangers_wrong_passwords_hijackers_and_over_reaching_clients_are_refused_and_work_goes_on() {
+    let (plain, tls) = (free_port(), free_port());
+    let c = Coordinator::with_config(&format!(
+        "[mqtt]\nlisten = \"127.0.0.1:{plain}\"\ntls_listen = \"127.0.0.1:{tls}\"\nmax_retained = 2\nmax_payload = \"4Ki\"\n"
+    ));
+    let mut node = Node::new(&format!(
+        "node_name = \"edge-1\"\n[mqtt]\nbroker = \"mqtts://127.0.0.1:{tls}\"\nmesh_identity = true\n"
+    ));
+    c.join(&node);
+    node.start();
+    let (ok, _, err) = c.cli(&["apply", "-f", repo(FIRE_FDL).to_str().unwrap()]);
+    assert!(ok, "apply: {err}");
+    let camera = add_user(&c, "camera", &["--publish", "cameras/+/frames"]);
+    let ops = add_user(&c, "ops", &["--subscribe", "alerts/#"]);
+    let status = add_user(&c, "status", &["--publish", "status/#"]);
+    let port = plain.to_string();
+    let as_camera = ["-p", &port, "-u", "camera", "-P", &camera];
+
+    // Strangers and wrong passwords do not get in.
+    let (ok, out) = mosquitto(
+        "mosquitto_pub",
+        &["-p", &port, "-t", "cameras/x/frames", "-m", "1"],
+    );
+    assert!(!ok && out.contains("not authorised"), "{out}");
+    let (ok, out) = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &port,
+            "-u",
+            "camera",
+            "-P",
+            "guess",
+            "-t",
+            "cameras/x/frames",
+            "-m",
+            "1",
+        ],
+    );
+    assert!(!ok && out.contains("bad user name or password"), "{out}");
+
+    // The path that is granted works: a camera's frame becomes a verdict ops can read.
+    let alerts = Subscriber::start_as(plain, &["-u", "ops", "-P", &ops], "alerts/fire");
+    let delivered = wait_until(Duration::from_secs(40), || {
+        mosquitto(
+            "mosquitto_pub",
+            &[
+                &as_camera[..],
+                &["-q", "1", "-t", "cameras/cam1/frames", "-m", "77"],
+            ]
+            .concat(),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        alerts
+            .lines()
+            .iter()
+            .any(|l| l == "alerts/fire cam1 FIRE 77")
+    });
+    assert!(
+        delivered,
+        "{:?}\n{}\n{}",
+        alerts.lines(),
+        node.log(),
+        c.log()
+    );
+
+    // Beyond its grants: the camera may not read anything, nor forge a verdict.
+    let (_, out) = mosquitto(
+        "mosquitto_sub",
+        &[&as_camera[..], &["-t", "#", "-C", "1", "-W", "3"]].concat(),
+    );
+    assert!(out.contains("denied"), "{out}");
+    let (ok, out) = mosquitto(
+        "mosquitto_pub",
+        &[
+            &as_camera[..],
+            &["-q", "1", "-t", "alerts/fire", "-m", "forged FIRE 99"],
+        ]
+        .concat(),
+    );
+    assert!(!ok, "a forged verdict was accepted: {out}");
+    // Nor may ops widen its subscription past what it was given.
+    let (_, out) = mosquitto(
+        "mosquitto_sub",
+        &[
+            "-p",
+            &port,
+            "-u",
+            "ops",
+            "-P",
+            &ops,
+            "-t",
+            "cameras/#",
+            "-C",
+            "1",
+            "-W",
+            "3",
+        ],
+    );
+    assert!(out.contains("denied"), "{out}");
+
+    // A hijacker reusing the agent's client id with a persistent session reaches only its
+    // own session: the agent keeps its subscription and its messages.
+    let hijacker = Subscriber::start_as(
+        plain,
+        &["-u", "ops", "-P", &ops, "-i", "spillway-edge-1", "-c"],
+        "alerts/#",
+    );
+    let (ok, out) = mosquitto(
+        "mosquitto_pub",
+        &[
+            &as_camera[..],
+            &["-q", "1", "-t", "cameras/cam2/frames", "-m", "88"],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        wait_until(Duration::from_secs(30), || alerts
+            .lines()
+            .iter()
+            .any(|l| l == "alerts/fire cam2 FIRE 88")),
+        "the agent lost its session to a hijacker: {:?}\n{}",
+        alerts.lines(),
+        node.log()
+    );
+    assert!(
+        !hijacker.lines().iter().any(|l| l.starts_with("cameras/")),
+        "the hijacker got the agent's messages: {:?}",
+        hijacker.lines()
+    );
+    drop(hijacker);
+
+    // Bounded: payloads over max_payload, retained messages past the quota.
+    let big = node.path("big.bin");
+    std::fs::write(&big, vec![b'9'; 8192]).unwrap();
+    let (ok, _) = mosquitto(
+        "mosquitto_pub",
+        &[
+            &as_camera[..],
+            &[
+                "-q",
+                "1",
+                "-t",
+                "cameras/cam3/frames",
+                "-f",
+                big.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(!ok, "an 8 KiB message passed a 4 KiB limit");
+    let as_status = ["-p", &port, "-u", "status", "-P", &status];
+    for topic in ["status/a", "status/b"] {
+        let (ok, out) = mosquitto(
+            "mosquitto_pub",
+            &[&as_status[..], &["-q", "1", "-r", "-t", topic, "-m", "up"]].concat(),
+        );
+        assert!(ok, "{topic}: {out}");
+    }
+    let (ok, _) = mosquitto(
+        "mosquitto_pub",
+        &[
+            &as_status[..],
+            &["-q", "1", "-r", "-t", "status/c", "-m", "up"],
+        ]
+        .concat(),
+    );
+    assert!(!ok, "a third retained topic passed a quota of two");
+
+    // A node's certificate reaches its own functions' topics and nothing else.
+    let (ca, cert, key) = pem_identity(&node);
+    let tls_port = tls.to_string();
+    let as_node = [
+        "-p", &tls_port, "--cafile", &ca, "--cert", &cert, "--key", &key,
+    ];
+    let (_, out) = mosquitto(
+        "mosquitto_sub",
+        &[&as_node[..], &["-t", "#", "-C", "1", "-W", "3"]].concat(),
+    );
+    assert!(out.contains("denied"), "{out}");
+    let (ok, _) = mosquitto(
+        "mosquitto_pub",
+        &[
+            &as_node[..],
+            &["-q", "1", "-t", "cameras/cam9/frames", "-m", "1"],
+        ]
+        .concat(),
+    );
+    assert!(!ok, "a node published to a topic its functions only read");
+    // And the TLS listener does not take a stranger's certificate either.
+    let stranger = node.path("stranger");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=edge-1",
+            "-keyout",
+        ])
+        .arg(stranger.with_extension("key"))
+        .arg("-out")
+        .arg(stranger.with_extension("pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, out) = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &tls_port,
+            "--cafile",
+            &ca,
+            "--cert",
+            stranger.with_extension("pem").to_str().unwrap(),
+            "--key",
+            stranger.with_extension("key").to_str().unwrap(),
+            "-t",
+            "alerts/fire",
+            "-m",
+            "x",
+        ],
+    );
+    assert!(!ok, "a self-made certificate was accepted: {out}");
+
+    // A removed user loses its connection and its subscription.
+    let (ok, _, err) = c.cli(&["mqtt", "user", "remove", "ops"]);
+    assert!(ok, "{err}");
+    std::thread::sleep(Duration::from_secs(3));
+    let ops2 = add_user(&c, "ops2", &["--subscribe", "alerts/fire"]);
+    let after = Subscriber::start_as(plain, &["-u", "ops2", "-P", &ops2], "alerts/fire");
+    let (ok, out) = mosquitto(
+        "mosquitto_pub",
+        &[
+            &as_camera[..],
+            &["-q", "1", "-t", "cameras/cam4/frames", "-m", "90"],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        wait_until(Duration::from_secs(30), || after
+            .lines()
+            .iter()
+            .any(|l| l == "alerts/fire cam4 FIRE 90")),
+        "the agent stopped working: {}",
+        node.log()
+    );
+    assert!(
+        !alerts.lines().iter().any(|l| l.contains("cam4")),
+        "a removed user still reads: {:?}",
+        alerts.lines()
+    );
+    assert!(
+        !alerts
+            .lines()
+            .iter()
+            .chain(after.lines().iter())
+            .any(|l| l.contains("forged")),
+        "a forged verdict went out"
+    );
+
+    // Every refusal is counted where the operator looks.
+    let metrics = c.metrics();
+    for reason in [
+        "anonymous",
+        "bad_login",
+        "subscribe_denied",
+        "publish_denied",
+        "too_large",
+        "retained_quota",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "spillway_mqtt_refused_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} not counted:\n{metrics}"
+        );
+    }
+    assert!(c.cli(&["get", "nodes"]).0, "the coordinator is still up");
+}
+
+#[test]
+fn anonymous_mqtt_is_refused_on_a_listener_others_can_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        "state_dir = \"state\"\n[mqtt]\nlisten = \"0.0.0.0:0\"\nallow_anonymous = true\n",
+    )
+    .unwrap();
+    let out = Command::new(support::bin("spillway"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("allow_anonymous is only for loopback") && err.contains("mqtt user add"),
+        "{err}"
+    );
+    assert!(!dir.path().join("state").exists(), "nothing was created");
+}
