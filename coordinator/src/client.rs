@@ -36,6 +36,10 @@ pub enum ClientError {
 struct File {
     coordinator: Option<String>,
     token: Option<String>,
+    /// The CA (PEM) that the coordinator's HTTPS certificate must chain to: the only one
+    /// trusted for it (the coordinator writes its mesh CA here).
+    ca: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 /// `$SPILLWAY_CONFIG`, else `$XDG_CONFIG_HOME/spillway/config.toml`, else `~/.config/…`.
@@ -79,9 +83,30 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// An HTTP(S) client that trusts only `ca` when given (pinned), the system's roots otherwise.
+fn http_client(ca: Option<&[u8]>, config: &str) -> Result<reqwest_tls::Client, ClientError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bad = |message: String| ClientError::Config {
+        path: PathBuf::from(config),
+        message,
+    };
+    let certs = match ca {
+        Some(pem) => reqwest_tls::Certificate::from_pem_bundle(pem)
+            .map_err(|e| bad(format!("ca: not PEM certificates: {e}")))?,
+        None => std::fs::read("/etc/ssl/certs/ca-certificates.crt")
+            .ok()
+            .and_then(|pem| reqwest_tls::Certificate::from_pem_bundle(&pem).ok())
+            .unwrap_or_default(),
+    };
+    reqwest_tls::Client::builder()
+        .tls_certs_only(certs)
+        .build()
+        .map_err(|e| bad(format!("cannot set up HTTPS: {e}")))
+}
+
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    http: reqwest_tls::Client,
     base: String,
     token: Option<String>,
     config_path: String,
@@ -104,13 +129,30 @@ impl Client {
             .unwrap_or_else(|| "http://127.0.0.1:7480".into())
             .trim_end_matches('/')
             .to_owned();
+        let config_path = path
+            .as_ref()
+            .map_or("~/.config/spillway/config.toml".into(), |p| {
+                p.display().to_string()
+            });
+        let ca = match (file.ca, file.ca_file) {
+            (Some(pem), _) => Some(pem.into_bytes()),
+            (None, Some(f)) => {
+                let f = path
+                    .as_deref()
+                    .and_then(Path::parent)
+                    .map_or(f.clone(), |dir| dir.join(&f));
+                Some(std::fs::read(&f).map_err(|e| ClientError::Config {
+                    path: f.clone(),
+                    message: format!("ca_file: {e}"),
+                })?)
+            }
+            (None, None) => None,
+        };
         Ok(Self {
-            http: reqwest::Client::new(),
+            http: http_client(ca.as_deref(), &config_path)?,
             base,
             token: token.or(file.token),
-            config_path: path.map_or("~/.config/spillway/config.toml".into(), |p| {
-                p.display().to_string()
-            }),
+            config_path,
         })
     }
 
@@ -118,7 +160,7 @@ impl Client {
         &self.base
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    fn request(&self, method: reqwest_tls::Method, path: &str) -> reqwest_tls::RequestBuilder {
         let mut r = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
@@ -126,7 +168,10 @@ impl Client {
         r
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+    async fn send(
+        &self,
+        req: reqwest_tls::RequestBuilder,
+    ) -> Result<reqwest_tls::Response, ClientError> {
         let resp = req.send().await.map_err(|e| ClientError::Unreachable {
             url: self.base.clone(),
             message: e.to_string(),
@@ -147,14 +192,18 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
+        let resp = self
+            .send(self.request(reqwest_tls::Method::GET, path))
+            .await?;
         resp.json()
             .await
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
-        let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
+        let resp = self
+            .send(self.request(reqwest_tls::Method::GET, path))
+            .await?;
         resp.bytes()
             .await
             .map(|b| b.to_vec())
@@ -166,7 +215,7 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        self.json(reqwest::Method::POST, path, body).await
+        self.json(reqwest_tls::Method::POST, path, body).await
     }
 
     pub async fn put_json<B: serde::Serialize, T: DeserializeOwned>(
@@ -174,19 +223,19 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        self.json(reqwest::Method::PUT, path, body).await
+        self.json(reqwest_tls::Method::PUT, path, body).await
     }
 
     async fn json<B: serde::Serialize, T: DeserializeOwned>(
         &self,
-        method: reqwest::Method,
+        method: reqwest_tls::Method,
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
         let req = self
             .request(method, path)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest_tls::header::CONTENT_TYPE, "application/json")
             .body(body);
         let resp = self.send(req).await?;
         resp.json()
@@ -196,7 +245,7 @@ impl Client {
 
     pub async fn send_bytes<T: DeserializeOwned>(
         &self,
-        method: reqwest::Method,
+        method: reqwest_tls::Method,
         path: &str,
         bytes: Vec<u8>,
     ) -> Result<T, ClientError> {
@@ -207,7 +256,7 @@ impl Client {
     }
 
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
-        self.send(self.request(reqwest::Method::DELETE, path))
+        self.send(self.request(reqwest_tls::Method::DELETE, path))
             .await?;
         Ok(())
     }

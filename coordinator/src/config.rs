@@ -30,6 +30,8 @@ pub struct CoordinatorConfig {
     pub http_listen: SocketAddr,
     /// API connections served at once (more wait in the kernel's backlog).
     pub http_max_connections: usize,
+    /// HTTPS for the API (plain HTTP only on loopback).
+    pub http_tls: HttpTls,
     pub liveness: Liveness,
     pub report_interval: Duration,
     /// Placements a handed-over job may make before it goes back to its origin.
@@ -196,6 +198,7 @@ impl Default for CoordinatorConfig {
             quic_listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
             http_max_connections: 256,
+            http_tls: HttpTls::Off,
             liveness: Liveness::default(),
             report_interval: Duration::from_secs(1),
             max_hops: spillway_placement::handover::DEFAULT_MAX_HOPS,
@@ -399,6 +402,70 @@ struct Listen {
 struct HttpFile {
     listen: Option<SocketAddr>,
     max_connections: Option<usize>,
+    /// `mesh` (a certificate from the mesh CA) or `off` (plain HTTP, loopback only).
+    tls: Option<String>,
+    #[serde(default)]
+    tls_names: Vec<String>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+/// How the API is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpTls {
+    /// Plain HTTP: only on a loopback address.
+    Off,
+    /// A certificate from the mesh CA for these names (plus the coordinator's, `localhost`,
+    /// `127.0.0.1` and the listen address); the CLI pins the CA from its client config.
+    Mesh { names: Vec<String> },
+    /// The operator's certificate chain and key (PEM).
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+impl HttpTls {
+    /// Reads `[http] tls`, `cert_file`, `key_file`: unset means plain HTTP on loopback and the
+    /// mesh CA's certificate anywhere else.
+    fn from_file(h: &HttpFile, listen: SocketAddr, base: &Path) -> Result<Self, String> {
+        let tls = match (&h.cert_file, &h.key_file, h.tls.as_deref()) {
+            (Some(cert), Some(key), None | Some("files")) => Self::Files {
+                cert: base.join(cert),
+                key: base.join(key),
+            },
+            (Some(_), None, _) | (None, Some(_), _) => {
+                return Err("http: give cert_file and key_file together".into());
+            }
+            (Some(_), Some(_), Some(other)) => {
+                return Err(format!(
+                    "http.tls = \"{other}\" but cert_file and key_file are given: drop one"
+                ));
+            }
+            (None, None, Some("mesh")) => Self::Mesh {
+                names: h.tls_names.clone(),
+            },
+            (None, None, Some("off")) => Self::Off,
+            (None, None, None) if listen.ip().is_loopback() => Self::Off,
+            (None, None, None) => Self::Mesh {
+                names: h.tls_names.clone(),
+            },
+            (None, None, Some(other)) => {
+                return Err(format!(
+                    "http.tls = \"{other}\": use \"mesh\", \"off\", or cert_file and key_file"
+                ));
+            }
+        };
+        tls.check(listen)?;
+        Ok(tls)
+    }
+
+    /// Plain HTTP carries the bearer token in clear: loopback only.
+    pub fn check(&self, listen: SocketAddr) -> Result<(), String> {
+        if *self == Self::Off && !listen.ip().is_loopback() {
+            return Err(format!(
+                "plain HTTP is only for loopback, and {listen} is not: drop http.tls = \"off\" (the API then gets a certificate from the mesh CA) or give cert_file and key_file"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `"1s"`, `"500ms"`, as humantime writes them.
@@ -458,6 +525,7 @@ impl CoordinatorConfig {
             if let Some(l) = h.listen {
                 c.http_listen = l;
             }
+            c.http_tls = HttpTls::from_file(&h, c.http_listen, base)?;
             if let Some(n) = h.max_connections {
                 if !(1..=65_536).contains(&n) {
                     return Err(format!(

@@ -426,9 +426,9 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     write_private(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
     let installed = install_client_config(&text);
     println!(
-        "spillway coordinator: agents on quic://{}, CLI on http://{}; client config in {}{}",
+        "spillway coordinator: agents on quic://{}, CLI on {}; client config in {}{}",
         coordinator.quic_addr(),
-        coordinator.http_addr(),
+        coordinator.state.api_url(),
         file.display(),
         installed.map_or(String::new(), |p| format!(" and {}", p.display()))
     );

@@ -327,7 +327,7 @@ pub async fn upload(client: &Client, file: &Path, spec: &str) -> anyhow::Result<
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let stored: Stored = client
         .send_bytes(
-            reqwest::Method::PUT,
+            reqwest_tls::Method::PUT,
             &format!(
                 "/v1/nodes/{}/files/{}",
                 encode_path(node),
@@ -389,7 +389,9 @@ pub async fn invoke(
     if let Some(n) = node {
         q.push_str(&format!("&node={}", encode_path(n)));
     }
-    let invoked: Invoked = client.send_bytes(reqwest::Method::POST, &q, bytes).await?;
+    let invoked: Invoked = client
+        .send_bytes(reqwest_tls::Method::POST, &q, bytes)
+        .await?;
     let Some(timeout) = wait else {
         return print(format, &invoked, &["JOB", "NODE", "INPUT"], || {
             vec![vec![

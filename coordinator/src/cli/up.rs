@@ -150,8 +150,8 @@ pub async fn up(
         })
     });
     println!(
-        "spillway up: coordinator on quic://{quic} (agents) and http://{} (CLI); local agent `{}` with data in {}",
-        state.config.http_listen,
+        "spillway up: coordinator on quic://{quic} (agents) and {} (CLI); local agent `{}` with data in {}",
+        state.api_url(),
         agent_config.node_name,
         agent_config.data_root.display()
     );

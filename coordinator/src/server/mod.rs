@@ -64,6 +64,8 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// HTTPS for the API: {0}
+    HttpTls(String),
     /// the admin token in {path} is {length} characters long, shorter than the 32 the API asks for: put a longer random one there, or delete the file and a new one is made at start
     WeakToken { path: PathBuf, length: usize },
 }
@@ -147,6 +149,21 @@ impl State {
         Ok((texts, expires_at_ms))
     }
 
+    /// The API's URL as this host reaches it (`0.0.0.0` means "this host").
+    pub fn api_url(&self) -> String {
+        let addr = self.http_addr;
+        let host = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        let scheme = match self.config.http_tls {
+            crate::config::HttpTls::Off => "http",
+            _ => "https",
+        };
+        format!("{scheme}://{host}")
+    }
+
     /// The QUIC address to give agents (the bound one; `0.0.0.0` means "this host").
     pub fn advertised_quic(&self) -> String {
         self.quic_addr.to_string()
@@ -159,6 +176,7 @@ pub struct Coordinator {
     pub state: Arc<State>,
     endpoint: quinn::Endpoint,
     http: tokio::net::TcpListener,
+    http_tls: Option<Arc<rustls::ServerConfig>>,
     mqtt: Option<mqtt::Mqtt>,
     /// The API token, for the client config written next to the state.
     pub admin_token: String,
@@ -219,6 +237,8 @@ impl Coordinator {
                 source,
             })?;
         let http_addr = http.local_addr().unwrap_or(config.http_listen);
+        let http_tls =
+            listener::tls_acceptor(&config, &ca, http_addr).map_err(ServerError::HttpTls)?;
         let delegations = replicas::Delegations::new(config.replicas.timeout);
         let state = Arc::new(State {
             blob_frames: tokio::sync::Semaphore::new(8),
@@ -247,6 +267,7 @@ impl Coordinator {
             state,
             endpoint,
             http,
+            http_tls,
             mqtt,
             admin_token,
         })
@@ -262,19 +283,22 @@ impl Coordinator {
             .unwrap_or(self.state.config.http_listen)
     }
 
-    /// The client configuration the CLI needs to reach this coordinator.
+    /// The client configuration the CLI needs to reach this coordinator: its URL, the admin
+    /// token and, over HTTPS with the mesh CA's certificate, that CA (the CLI pins it).
     pub fn client_config(&self) -> String {
-        let addr = self.http_addr();
-        let host = if addr.ip().is_unspecified() {
-            SocketAddr::from(([127, 0, 0, 1], addr.port()))
-        } else {
-            addr
-        };
-        format!(
-            "{}\ncoordinator = \"http://{host}\"\ntoken = \"{}\"\n",
+        let mut text = format!(
+            "{}\ncoordinator = \"{}\"\ntoken = \"{}\"\n",
             crate::client::WRITTEN_BY_MARKER,
+            self.state.api_url(),
             self.admin_token
-        )
+        );
+        if matches!(
+            self.state.config.http_tls,
+            crate::config::HttpTls::Mesh { .. }
+        ) {
+            text.push_str(&format!("ca = '''\n{}'''\n", self.state.ca.cert_pem()));
+        }
+        text
     }
 
     /// Serves agents and the API until `shutdown` resolves.
@@ -288,7 +312,7 @@ impl Coordinator {
         let leases = tokio::spawn(expire_leases(self.state.clone()));
         let delegations = tokio::spawn(replicas::driver::run(self.state.clone()));
         let app = http::router(self.state.clone());
-        listener::serve(self.state.clone(), self.http, app, shutdown).await;
+        listener::serve(self.state.clone(), self.http, self.http_tls, app, shutdown).await;
         self.endpoint
             .close(0u32.into(), b"coordinator shutting down");
         quic.abort();

@@ -288,12 +288,10 @@ impl State {
 
     /// The coordinator's API as replicas reach it.
     pub fn public_url(&self) -> String {
-        self.config.replicas.public_url.clone().unwrap_or_else(|| {
-            let mut addr = self.http_addr;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            format!("http://{addr}")
-        })
+        self.config
+            .replicas
+            .public_url
+            .clone()
+            .unwrap_or_else(|| self.api_url())
     }
 }
