@@ -68,7 +68,7 @@ impl Runtimes {
             default_cpu: config.defaults.cpu.0,
         };
         Ok(Self {
-            process: ProcessRuntime,
+            process: ProcessRuntime::new(&config.process_user)?,
             wasm: WasmRuntime::new(&config.wasm, config.wasm_cache_dir())?,
             oci: OciRuntime::new(&config.images_dir(), &config.containers_dir(), oci)?,
         })

@@ -41,6 +41,8 @@ struct RawConfig {
     #[serde(default)]
     oci: RawOci,
     #[serde(default)]
+    process: RawProcess,
+    #[serde(default)]
     registries: std::collections::BTreeMap<String, crate::image::RegistrySettings>,
     join: Option<RawJoin>,
     mqtt: Option<RawMqtt>,
@@ -67,6 +69,12 @@ struct RawMqtt {
 struct RawJoin {
     coordinator: String,
     token_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    user: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -183,6 +191,9 @@ pub struct AgentConfig {
     pub logs: LogLimits,
     pub wasm: WasmSettings,
     pub oci: OciConfig,
+    /// `[process] user`: who `process` functions run as (`nobody` unless set; `root` keeps
+    /// them as the agent's own user).
+    pub process_user: String,
     /// Join a mesh at start when this node has not joined yet (a flashed card's first boot).
     pub join: Option<JoinSettings>,
     pub mqtt: Option<MqttSettings>,
@@ -406,6 +417,13 @@ impl AgentConfig {
                     .map_or(w.memory_guard_size, |m| m.0),
                 pooling: raw.wasm.pooling.unwrap_or(w.pooling),
                 pool_instances: raw.wasm.pool_instances.unwrap_or(w.pool_instances).max(1),
+            },
+            process_user: {
+                let user = raw.process.user.unwrap_or_else(|| "nobody".into());
+                if user.is_empty() || user.contains(['\n', '\0']) {
+                    return Err(format!("process.user `{user}`: a user name, UID:GID, or root"));
+                }
+                user
             },
             oci: OciConfig {
                 pids_limit: raw.oci.pids_limit.unwrap_or(1024).max(16),

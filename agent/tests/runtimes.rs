@@ -90,7 +90,7 @@ async fn a_script_sees_the_staging_contract_and_its_outputs_land_in_the_output_d
     )
     .expect("script");
     let f = function("      name: f\n      script: s.sh\n", dir.path());
-    let exec = ProcessRuntime.prepare(&f).expect("prepare");
+    let exec = ProcessRuntime::default().prepare(&f).expect("prepare");
     let job = staged("a.txt", b"data", Duration::from_secs(10));
     let outcome = run(&exec, &job).await;
     assert_eq!(outcome.exit, Exit::Success, "{}", outcome.stderr.render());
@@ -113,7 +113,7 @@ async fn a_failing_script_reports_its_status_and_last_stderr_line() {
     )
     .expect("script");
     let f = function("      name: f\n      script: s.sh\n", dir.path());
-    let exec = ProcessRuntime.prepare(&f).expect("prepare");
+    let exec = ProcessRuntime::default().prepare(&f).expect("prepare");
     let outcome = run(&exec, &staged("a", b"", Duration::from_secs(10))).await;
     let reason = failure(&outcome);
     assert!(reason.contains("exited with status 3"), "{reason}");
@@ -132,7 +132,7 @@ async fn a_script_that_runs_too_long_is_killed_with_its_children() {
     )
     .expect("script");
     let f = function("      name: f\n      script: s.sh\n", dir.path());
-    let exec = ProcessRuntime.prepare(&f).expect("prepare");
+    let exec = ProcessRuntime::default().prepare(&f).expect("prepare");
     let job = staged("a", b"", Duration::from_secs(1));
     let started = std::time::Instant::now();
     let outcome = run(&exec, &job).await;
@@ -159,7 +159,7 @@ async fn a_script_that_runs_too_long_is_killed_with_its_children() {
 async fn a_missing_script_or_module_is_refused_at_deploy_time() {
     let dir = tempfile::tempdir().expect("tempdir");
     let f = function("      name: f\n      script: nope.sh\n", dir.path());
-    let err = ProcessRuntime.prepare(&f).expect_err("missing");
+    let err = ProcessRuntime::default().prepare(&f).expect_err("missing");
     assert!(matches!(err, PrepareError::MissingFile { .. }));
     assert!(err.to_string().contains("nope.sh not found"), "{err}");
     let f = function("      name: f\n      module: nope.wasm\n", dir.path());

@@ -126,8 +126,10 @@ const SLOW_SH: &str = "echo \"$JOB_ID\" >> \"$LEDGER\"\nsleep 0.4 &\nwait\nprint
 
 #[test]
 fn sigkill_with_jobs_queued_and_running_loses_nothing_and_duplicates_nothing() {
-    let mut node =
-        Node::new("functions = [\"slow.yaml\"]\n[resources]\ncpu = 2\nmemory = \"1Gi\"\n");
+    // The jobs write a ledger on the host to prove each ran once: a trusted setup, run as root.
+    let mut node = Node::new(
+        "functions = [\"slow.yaml\"]\n[resources]\ncpu = 2\nmemory = \"1Gi\"\n[process]\nuser = \"root\"\n",
+    );
     let ledger = node.path("ledger.txt");
     node.write(
         "slow.yaml",
@@ -382,7 +384,8 @@ const FLAKY_FDL: &str = r#"functions:
 
 #[test]
 fn a_failed_job_runs_again_when_its_input_is_delivered_again_but_not_on_restart() {
-    let mut node = Node::new("functions = [\"f.yaml\"]\n");
+    // The function looks for a model file on the host, as a trusted setup would (root).
+    let mut node = Node::new("functions = [\"f.yaml\"]\n[process]\nuser = \"root\"\n");
     let model = node.path("model.bin");
     node.write(
         "f.yaml",

@@ -44,7 +44,10 @@ fn outside() -> (tempfile::TempDir, std::path::PathBuf) {
 fn an_input_swapped_for_a_symlink_while_queued_fails_its_job_and_nothing_outside_is_read() {
     let (_outside, secret) = outside();
     // One slot: the second file waits behind the first, long enough to be swapped.
-    let mut node = Node::new("functions = [\"fn.yaml\"]\n[resources]\ncpu = 1\nmemory = \"1Gi\"\n");
+    // The function marks on the host when it starts (the test's clock): run as root.
+    let mut node = Node::new(
+        "functions = [\"fn.yaml\"]\n[resources]\ncpu = 1\nmemory = \"1Gi\"\n[process]\nuser = \"root\"\n",
+    );
     node.write(
         "fn.yaml",
         SLOW_FDL.replace("MARKS_DIR", &node.path("marks").display().to_string()),

@@ -80,3 +80,93 @@ fn a_function_cannot_make_namespaces_or_use_the_new_mount_api() {
     }
     node.stop();
 }
+
+/// A `process` function runs as `nobody` in a private `/tmp`: it cannot read the agent's state
+/// (the node's key, the journal), write its own input or the host's files, or see another
+/// job's temporary files, and its outputs still come back. `[process] user = "root"` is the
+/// node's explicit way back, and the agent's log says which it is.
+#[test]
+fn a_process_function_runs_unprivileged_and_cannot_reach_the_agents_state() {
+    let script = r#"
+out="$TMP_OUTPUT_DIR/report.txt"
+echo "uid $(id -u) file $(basename "$INPUT_FILE_PATH")" > "$out"
+for f in "$SPY_STATE/identity/node.key.der" "$SPY_STATE/journal.redb" /etc/shadow; do
+  if cat "$f" > /dev/null 2>&1; then echo "read $f" >> "$out"; else echo "denied $f" >> "$out"; fi
+done
+if echo x >> "$INPUT_FILE_PATH" 2>/dev/null; then echo "input writable" >> "$out"; else echo "input read-only" >> "$out"; fi
+if touch "$SPY_STATE/../written-by-job" 2>/dev/null; then echo "host writable" >> "$out"; else echo "host read-only" >> "$out"; fi
+echo "tmp $(ls -A /tmp | tr '\n' ' ')" >> "$out"
+echo "marker" > /tmp/left-by-job
+"#;
+    let fdl = "functions:\n  oscar:\n  - edge:\n      name: spy\n      runtime: process\n      script: spy.sh\n      input: [{storage_provider: minio, path: spy/in}]\n      output: [{storage_provider: minio, path: spy/out}]\n";
+    let mut node = Node::new("functions = [\"fn.yaml\"]\n");
+    node.write("spy.sh", script);
+    node.write("fn.yaml", fdl);
+    // The script learns where the agent's state is, as an attacker would guess it.
+    let state = node.path("state");
+    node.write("spy.sh", format!("SPY_STATE={}\n{script}", state.display()));
+    node.start();
+    assert!(
+        node.log().contains("process functions run as user nobody"),
+        "{}",
+        node.log()
+    );
+    node.write("data/spy/in/a", "a");
+    let report = node.path("data/spy/out/report.txt");
+    assert!(
+        wait_until(Duration::from_secs(30), || report.exists()),
+        "no report; jobs {:?}\n{}",
+        node.jobs(),
+        node.log()
+    );
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(text.contains("uid 65534"), "{text}");
+    for secret in ["identity/node.key.der", "journal.redb", "/etc/shadow"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("denied") && l.ends_with(secret)),
+            "{secret} was readable:\n{text}"
+        );
+    }
+    assert!(text.contains("input read-only"), "{text}");
+    assert!(text.contains("host read-only"), "{text}");
+    assert!(!node.path("written-by-job").exists());
+    assert_eq!(
+        std::fs::read_to_string(node.path("data/spy/in/a")).unwrap(),
+        "a"
+    );
+    // A second job's /tmp holds its own folders only, not the first job's marker.
+    node.write("data/spy/in/b", "b");
+    let second = node.path("data/spy/out/report.txt");
+    assert!(
+        wait_until(Duration::from_secs(30), || std::fs::read_to_string(&second)
+            .is_ok_and(|t| t.contains("file b"))),
+        "{}",
+        node.log()
+    );
+    let text = std::fs::read_to_string(&second).unwrap();
+    assert!(text.contains("tmp spillway"), "{text}");
+    assert!(!text.contains("left-by-job"), "{text}");
+    assert!(node.stop().success());
+
+    // The node's explicit choice: root, as before, and the log says so.
+    let mut root = Node::new("functions = [\"fn.yaml\"]\n[process]\nuser = \"root\"\n");
+    root.write(
+        "spy.sh",
+        format!("SPY_STATE={}\n{script}", root.path("state").display()),
+    );
+    root.write("fn.yaml", fdl);
+    root.start();
+    root.write("data/spy/in/a", "a");
+    let report = root.path("data/spy/out/report.txt");
+    assert!(
+        wait_until(Duration::from_secs(30), || report.exists()),
+        "{}",
+        root.log()
+    );
+    assert!(std::fs::read_to_string(&report).unwrap().contains("uid 0"));
+    assert!(
+        root.log()
+            .contains("process functions run as the agent's own user")
+    );
+}

@@ -3,6 +3,7 @@
 //!
 //! `process`, `wasm` and `oci` (containers) live here, behind the same two traits.
 
+pub mod job_user;
 pub mod oci;
 pub mod process;
 pub mod wasm;

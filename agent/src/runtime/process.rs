@@ -1,6 +1,6 @@
 //! The `process` runtime: the FDL `script` run by `/bin/sh` (as OSCAR runs it in a container),
-//! or a `command`, directly on the host. For trusted setups and tests; OCI isolates, this does
-//! not.
+//! or a `command`, directly on the host, as an unprivileged user in a private `/tmp` unless the
+//! node says `[process] user = "root"` ([`super::job_user`]). OCI isolates far more.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -13,6 +13,7 @@ use spillway_proto::FunctionDef;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
+use super::job_user::{INSIDE, Jail, JobUser};
 use super::{Executor, Exit, Outcome, PrepareError, RunFuture, Runtime, StagedJob};
 use crate::capture::Captured;
 
@@ -20,11 +21,37 @@ use crate::capture::Captured;
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
-pub struct ProcessRuntime;
+pub struct ProcessRuntime {
+    /// Who jobs run as (`None`: the agent's own user).
+    user: Option<JobUser>,
+}
+
+impl ProcessRuntime {
+    /// Resolves `[process] user` and says in the log who jobs will run as.
+    pub fn new(setting: &str) -> Result<Self, PrepareError> {
+        let user = JobUser::resolve(setting).map_err(PrepareError::Engine)?;
+        match &user {
+            Some(u) => tracing::info!(
+                "process functions run as user {} (uid {}, gid {}) with a private /tmp; [process] user = \"root\" in agent.toml runs them as root",
+                u.name,
+                u.uid,
+                u.gid
+            ),
+            None => tracing::warn!(
+                "process functions run as the agent's own user (uid {}): [process] user = \"root\" in agent.toml, or the agent is not root",
+                nix::unistd::geteuid()
+            ),
+        }
+        Ok(Self { user })
+    }
+}
 
 #[derive(Debug)]
 struct ProcessExecutor {
     argv: Vec<String>,
+    /// The script on the host, bound into a jailed job's private `/tmp`.
+    script: Option<PathBuf>,
+    user: Option<JobUser>,
 }
 
 impl Runtime for ProcessRuntime {
@@ -39,7 +66,11 @@ impl Runtime for ProcessRuntime {
                         path: script.clone(),
                     });
                 }
-                vec!["/bin/sh".to_owned(), script.display().to_string()]
+                let shown = match self.user {
+                    Some(_) => format!("{INSIDE}/script"),
+                    None => script.display().to_string(),
+                };
+                vec!["/bin/sh".to_owned(), shown]
             }
             (None, None) => {
                 return Err(PrepareError::MissingFile {
@@ -49,24 +80,37 @@ impl Runtime for ProcessRuntime {
                 });
             }
         };
-        Ok(Arc::new(ProcessExecutor { argv }))
+        Ok(Arc::new(ProcessExecutor {
+            argv,
+            script: function
+                .command
+                .is_none()
+                .then(|| function.script.clone())
+                .flatten(),
+            user: self.user.clone(),
+        }))
     }
 }
 
 impl Executor for ProcessExecutor {
     fn execute(&self, job: StagedJob) -> RunFuture {
         let argv = self.argv.clone();
-        Box::pin(run(argv, job))
+        let jail = self.user.clone().map(|u| (u, self.script.clone()));
+        Box::pin(run(argv, job, jail))
     }
 }
 
 /// Runs `argv` as one staged job (the runner uses it inside someone else's compute, where the
 /// script comes with the job rather than with a deployment).
 pub fn run_argv(argv: Vec<String>, job: StagedJob) -> RunFuture {
-    Box::pin(run(argv, job))
+    Box::pin(run(argv, job, None))
 }
 
-async fn run(argv: Vec<String>, job: StagedJob) -> Outcome {
+async fn run(
+    argv: Vec<String>,
+    job: StagedJob,
+    jail: Option<(JobUser, Option<PathBuf>)>,
+) -> Outcome {
     let mut stdout = Captured::new(job.log_limit);
     let mut stderr = Captured::new(job.log_limit);
     let Some((program, args)) = argv.split_first() else {
@@ -76,17 +120,41 @@ async fn run(argv: Vec<String>, job: StagedJob) -> Outcome {
             stderr,
         };
     };
+    let (input_dir, output_dir) = match &jail {
+        Some(_) => (format!("{INSIDE}/input"), format!("{INSIDE}/output")),
+        None => (
+            job.input_dir.display().to_string(),
+            job.output_dir.display().to_string(),
+        ),
+    };
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
         .envs(passthrough_env())
-        .envs(job.contract_env(
-            &job.input_dir.display().to_string(),
-            &job.output_dir.display().to_string(),
-        ))
+        .envs(job.contract_env(&input_dir, &output_dir))
         .current_dir(&job.work_dir)
         .kill_on_drop(true);
     as_job_child(&mut cmd);
+    if let Some((user, script)) = &jail {
+        let jail = match Jail::new(user, &job, script.as_deref()) {
+            Ok(j) => j,
+            Err(e) => {
+                return Outcome {
+                    exit: Exit::Failure(format!(
+                        "cannot hand the job's folders to user {}: {e}",
+                        user.name
+                    )),
+                    stdout,
+                    stderr,
+                };
+            }
+        };
+        // SAFETY: `enter` only makes system calls (unshare, mount, mkdir, open, set*id,
+        // chdir, prctl) on data prepared before the fork: async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || jail.enter());
+        }
+    }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
