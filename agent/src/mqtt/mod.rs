@@ -203,6 +203,11 @@ pub fn start(
         incoming,
         acks_tx,
         broker,
+        if settings.mesh_identity {
+            "the coordinator's broker did not accept this node's mesh certificate: is the node still a member (`spillway get nodes`)? A removed node joins again with a token from `spillway token create --node NAME`"
+        } else {
+            "check [mqtt] username and password in agent.toml (and the broker's ACLs)"
+        },
     ));
     Ok(publisher)
 }
@@ -297,6 +302,7 @@ async fn drive(
     incoming: mpsc::Sender<Incoming>,
     acks: mpsc::UnboundedSender<(rumqttc::Publish, oneshot::Receiver<()>)>,
     broker: String,
+    refused_hint: &'static str,
 ) {
     let mut connection = 0u64;
     let mut backoff = Duration::from_millis(200);
@@ -363,7 +369,7 @@ async fn drive(
             Ok(_) => {}
             Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
                 // Wrong credentials do not fix themselves quickly: say so every time, slowly.
-                tracing::error!(broker = %broker, "the MQTT broker refused this agent ({code:?}): check [mqtt] username and password in agent.toml (and the broker's ACLs); retrying");
+                tracing::error!(broker = %broker, "the MQTT broker refused this agent ({code:?}): {refused_hint}; retrying");
                 down_since_logged = true;
                 tokio::time::sleep(backoff.max(Duration::from_secs(5))).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
