@@ -70,15 +70,7 @@ pub fn server(
     chain: Vec<Vec<u8>>,
     key_der: Vec<u8>,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Anchor(e.to_string()))?;
-    let key = PrivateKeyDer::try_from(key_der).map_err(|e| TlsError::Anchor(e.to_string()))?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain.into_iter().map(CertificateDer::from).collect(), key)?;
+    let mut tls = stream_server(ca_der, chain, key_der)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -122,8 +114,9 @@ fn client(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsError
     Ok(config)
 }
 
-/// A TLS stream listener of the coordinator (the MQTT broker's): like [`server`], client
-/// certificates are verified against the CA when presented (members), optional otherwise.
+/// The coordinator's TLS server side, for QUIC ([`server`]) and for TLS streams (the MQTT
+/// broker): client certificates are verified against the CA when presented (members),
+/// optional otherwise.
 pub fn stream_server(
     ca_der: &[u8],
     chain: Vec<Vec<u8>>,

@@ -37,6 +37,25 @@ fn mosquitto(program: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Publishes `reading` from camera `cam` with `camera`'s options and waits for its verdict.
+fn reading_gets_its_verdict(
+    camera: &[&str],
+    alerts: &Subscriber,
+    cam: &str,
+    reading: &str,
+) -> bool {
+    let topic = format!("cameras/{cam}/frames");
+    let (ok, out) = mosquitto(
+        "mosquitto_pub",
+        &[camera, &["-q", "1", "-t", &topic, "-m", reading]].concat(),
+    );
+    assert!(ok, "{out}");
+    let verdict = format!("alerts/fire {cam} FIRE {reading}");
+    wait_until(Duration::from_secs(30), || {
+        alerts.lines().contains(&verdict)
+    })
+}
+
 fn add_user(c: &Coordinator, name: &str, grants: &[&str]) -> String {
     let mut args = vec!["mqtt", "user", "add", name];
     args.extend_from_slice(grants);
@@ -179,20 +198,8 @@ fn strangers_wrong_passwords_hijackers_and_over_reaching_clients_are_refused_and
         &["-u", "ops", "-P", &ops, "-i", "spillway-edge-1", "-c"],
         "alerts/#",
     );
-    let (ok, out) = mosquitto(
-        "mosquitto_pub",
-        &[
-            &as_camera[..],
-            &["-q", "1", "-t", "cameras/cam2/frames", "-m", "88"],
-        ]
-        .concat(),
-    );
-    assert!(ok, "{out}");
     assert!(
-        wait_until(Duration::from_secs(30), || alerts
-            .lines()
-            .iter()
-            .any(|l| l == "alerts/fire cam2 FIRE 88")),
+        reading_gets_its_verdict(&as_camera, &alerts, "cam2", "88"),
         "the agent lost its session to a hijacker: {:?}\n{}",
         alerts.lines(),
         node.log()
@@ -313,20 +320,8 @@ fn strangers_wrong_passwords_hijackers_and_over_reaching_clients_are_refused_and
     std::thread::sleep(Duration::from_secs(3));
     let ops2 = add_user(&c, "ops2", &["--subscribe", "alerts/fire"]);
     let after = Subscriber::start_as(plain, &["-u", "ops2", "-P", &ops2], "alerts/fire");
-    let (ok, out) = mosquitto(
-        "mosquitto_pub",
-        &[
-            &as_camera[..],
-            &["-q", "1", "-t", "cameras/cam4/frames", "-m", "90"],
-        ]
-        .concat(),
-    );
-    assert!(ok, "{out}");
     assert!(
-        wait_until(Duration::from_secs(30), || after
-            .lines()
-            .iter()
-            .any(|l| l == "alerts/fire cam4 FIRE 90")),
+        reading_gets_its_verdict(&as_camera, &after, "cam4", "90"),
         "the agent stopped working: {}",
         node.log()
     );
@@ -366,23 +361,9 @@ fn strangers_wrong_passwords_hijackers_and_over_reaching_clients_are_refused_and
 
 #[test]
 fn anonymous_mqtt_is_refused_on_a_listener_others_can_reach() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("coordinator.toml");
-    std::fs::write(
-        &config,
-        "state_dir = \"state\"\n[mqtt]\nlisten = \"0.0.0.0:0\"\nallow_anonymous = true\n",
-    )
-    .unwrap();
-    let out = Command::new(support::bin("spillway"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = support::serve_refuses("[mqtt]\nlisten = \"0.0.0.0:0\"\nallow_anonymous = true\n");
     assert!(
         err.contains("allow_anonymous is only for loopback") && err.contains("mqtt user add"),
         "{err}"
     );
-    assert!(!dir.path().join("state").exists(), "nothing was created");
 }

@@ -217,20 +217,6 @@ fn an_operators_own_certificate_serves_the_api() {
 
 #[test]
 fn plain_http_is_refused_off_loopback() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("coordinator.toml");
-    std::fs::write(
-        &config,
-        "state_dir = \"state\"\n[http]\nlisten = \"0.0.0.0:0\"\ntls = \"off\"\n",
-    )
-    .unwrap();
-    let out = Command::new(support::bin("spillway"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = support::serve_refuses("[http]\nlisten = \"0.0.0.0:0\"\ntls = \"off\"\n");
     assert!(err.contains("plain HTTP is only for loopback"), "{err}");
-    assert!(!dir.path().join("state").exists(), "nothing was created");
 }

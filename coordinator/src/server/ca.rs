@@ -150,6 +150,23 @@ impl Ca {
         ))
     }
 
+    /// [`Ca::tls_server`] for a listener on `listen`: its address (unless unspecified),
+    /// `localhost` and `127.0.0.1` join the operator's `names`.
+    pub fn tls_server_for(
+        &self,
+        listen: std::net::SocketAddr,
+        names: &[String],
+    ) -> Result<(Vec<Vec<u8>>, Vec<u8>), CaError> {
+        let mut names = names.to_vec();
+        names.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
+        if !listen.ip().is_unspecified() {
+            names.push(listen.ip().to_string());
+        }
+        names.sort();
+        names.dedup();
+        self.tls_server(&names)
+    }
+
     /// The CA certificate in PEM, for MQTT clients' `--cafile` and curl's `--cacert`.
     pub fn cert_pem(&self) -> String {
         use base64::Engine;

@@ -33,14 +33,9 @@ pub fn tls_acceptor(
         match &config.http_tls {
             HttpTls::Off => return Ok(None),
             HttpTls::Mesh { names } => {
-                let mut names = names.clone();
-                names.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
-                if !listen.ip().is_unspecified() {
-                    names.push(listen.ip().to_string());
-                }
-                names.sort();
-                names.dedup();
-                let (chain, key) = ca.tls_server(&names).map_err(|e| e.to_string())?;
+                let (chain, key) = ca
+                    .tls_server_for(listen, names)
+                    .map_err(|e| e.to_string())?;
                 (
                     chain.into_iter().map(CertificateDer::from).collect(),
                     PrivateKeyDer::try_from(key).map_err(|e| e.to_string())?,

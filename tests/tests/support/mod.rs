@@ -256,6 +256,27 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// `spillway serve` with `config` (a coordinator.toml in a fresh folder) must refuse to start
+/// and create no state: returns what it said.
+pub fn serve_refuses(config: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("coordinator.toml");
+    std::fs::write(&path, format!("state_dir = \"state\"\n{config}")).expect("config");
+    let out = Command::new(bin("spillway"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("HOME", dir.path())
+        .output()
+        .expect("spillway serve");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "it started: {err}");
+    assert!(
+        !dir.path().join("state").exists(),
+        "it made its state: {err}"
+    );
+    err
+}
+
 /// A real `spillway serve` process with its own state folder and ports.
 pub struct Coordinator {
     pub dir: tempfile::TempDir,

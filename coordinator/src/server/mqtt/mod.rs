@@ -76,15 +76,8 @@ impl Mqtt {
         };
         let tls = match m.tls_listen {
             Some(addr) => {
-                let mut names = m.tls_names.clone();
-                names.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
-                if !addr.ip().is_unspecified() {
-                    names.push(addr.ip().to_string());
-                }
-                names.sort();
-                names.dedup();
                 let (chain, key) = ca
-                    .tls_server(&names)
+                    .tls_server_for(addr, &m.tls_names)
                     .map_err(|e| BrokerError::Start(e.to_string()))?;
                 let server = spillway_link::tls::stream_server(ca.cert_der(), chain, key)
                     .map_err(|e| BrokerError::Start(e.to_string()))?;
