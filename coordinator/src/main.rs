@@ -44,6 +44,10 @@ enum Command {
     /// Runs one container job of the local agent of `spillway up` (started by it, per container).
     #[command(hide = true, name = "oci-run")]
     OciRun { bundle: PathBuf },
+    /// Runs the embedded MQTT broker (started and watched by the coordinator: a broker fault
+    /// stays in this process).
+    #[command(hide = true, name = "mqtt-broker")]
+    MqttBroker,
     /// Run a coordinator and a local agent in one process, on embedded defaults.
     Up {
         /// Where both keep their state and the agent its data folders.
@@ -352,6 +356,15 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
     spillway_agent::logging::init(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if let Command::MqttBroker = &cli.command {
+        return match spillway_coordinator::server::mqtt::process::child_main() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("spillway mqtt-broker: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match cli.command {
         Command::Validate { files } => {
             let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
@@ -736,7 +749,8 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
         | Command::Validate { .. }
         | Command::Completions { .. }
         | Command::Sim { .. }
-        | Command::OciRun { .. } => Ok(()),
+        | Command::OciRun { .. }
+        | Command::MqttBroker => Ok(()),
     }
 }
 

@@ -367,3 +367,71 @@ fn anonymous_mqtt_is_refused_on_a_listener_others_can_reach() {
         "{err}"
     );
 }
+
+/// The broker's process, a child of the coordinator.
+fn broker_pid(c: &Coordinator) -> Option<u32> {
+    let parent = c.child.as_ref()?.id().to_string();
+    let out = Command::new("pgrep")
+        .args(["-P", &parent, "-f", "mqtt-broker"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A retained message published anonymously comes back to an anonymous subscriber.
+fn round_trip(port: u16, payload: &str) -> bool {
+    let port = port.to_string();
+    let (ok, _) = mosquitto(
+        "mosquitto_pub",
+        &["-p", &port, "-q", "1", "-r", "-t", "probe/x", "-m", payload],
+    );
+    let (_, out) = mosquitto(
+        "mosquitto_sub",
+        &["-p", &port, "-t", "probe/x", "-C", "1", "-W", "5"],
+    );
+    ok && out.trim() == payload
+}
+
+#[test]
+fn a_broker_fault_takes_only_the_broker_which_comes_back() {
+    let plain = free_port();
+    let c = Coordinator::with_config(&format!(
+        "[mqtt]\nlisten = \"127.0.0.1:{plain}\"\nallow_anonymous = true\n"
+    ));
+    assert!(round_trip(plain, "before"));
+    let first = broker_pid(&c).expect("the broker runs in a process of its own");
+    assert_ne!(Some(first), c.child.as_ref().map(|ch| ch.id()));
+    // A fault in the broker (here: SIGKILL) ...
+    let killed = Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // ... leaves the coordinator serving ...
+    assert!(
+        c.cli(&["get", "nodes"]).0,
+        "the coordinator went down with its broker"
+    );
+    // ... and the broker comes back, with the gateway in front of it again.
+    assert!(
+        wait_until(Duration::from_secs(20), || broker_pid(&c)
+            .is_some_and(|p| p != first)),
+        "{}",
+        c.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || round_trip(plain, "after")),
+        "{}",
+        c.log()
+    );
+    assert!(
+        c.log().contains("the MQTT broker process stopped"),
+        "{}",
+        c.log()
+    );
+}

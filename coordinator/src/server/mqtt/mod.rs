@@ -2,11 +2,13 @@
 //! gateway may log in to, and the gateway's listeners (plain MQTT and MQTT over TLS with a
 //! mesh-CA certificate) where every client proves who it is ([`acl`], [`gateway`]).
 //!
-//! A broker fault stays in the broker: rumqttd runs on its own threads, the gateway answers
-//! CONNACK "server unavailable" while it is gone, and the coordinator serves on.
+//! A broker fault stays in the broker: rumqttd runs in a process of its own ([`process`]),
+//! started again when it stops; the gateway answers CONNACK "server unavailable" meanwhile,
+//! and the coordinator serves on.
 
 pub mod acl;
 pub mod gateway;
+pub mod process;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -16,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use super::State;
-use super::broker::{self, BrokerError};
+use super::broker::BrokerError;
 use crate::config::CoordinatorConfig;
 use acl::{Grants, Principal, RetainedQuota};
 use gateway::{Authority, Gateway};
@@ -52,12 +54,18 @@ impl Mqtt {
         let secret =
             spillway_link::token::JoinToken::generate(&[0; 32]).map_err(BrokerError::Start)?;
         let login = ("spillway-gateway".to_owned(), hex::encode(secret.secret));
-        let internal = broker::start_internal(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            &login,
-            m.max_payload,
-            m.max_inflight,
-        )?;
+        // A loopback port for the broker process (it binds it again at every restart).
+        let internal = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| BrokerError::Start(format!("no loopback port for the broker: {e}")))?;
+        process::supervise(process::BrokerOrder {
+            listen: internal,
+            user: login.0.clone(),
+            password: login.1.clone(),
+            max_payload: m.max_payload,
+            max_inflight: m.max_inflight,
+        })
+        .await?;
         let gateway = Arc::new(Gateway::new(
             internal,
             login,
