@@ -117,7 +117,7 @@ fn start_coordinator() -> Server {
     std::fs::write(
         dir.path().join("c.toml"),
         format!(
-            "state_dir = \"state\"\n[quic]\nlisten = \"127.0.0.1:{quic}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
+            "state_dir = \"state\"\n[quic]\nlisten = \"127.0.0.1:{quic}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\ntls = \"off\"\n"
         ),
     )
     .unwrap();

@@ -423,8 +423,8 @@ pub enum HttpTls {
 }
 
 impl HttpTls {
-    /// Reads `[http] tls`, `cert_file`, `key_file`: unset means plain HTTP on loopback and the
-    /// mesh CA's certificate anywhere else.
+    /// Reads `[http] tls`, `cert_file`, `key_file`: unset means the mesh CA's certificate;
+    /// plain HTTP only when asked for (`tls = "off"`), and only on loopback.
     fn from_file(h: &HttpFile, listen: SocketAddr, base: &Path) -> Result<Self, String> {
         let tls = match (&h.cert_file, &h.key_file, h.tls.as_deref()) {
             (Some(cert), Some(key), None | Some("files")) => Self::Files {
@@ -443,7 +443,6 @@ impl HttpTls {
                 names: h.tls_names.clone(),
             },
             (None, None, Some("off")) => Self::Off,
-            (None, None, None) if listen.ip().is_loopback() => Self::Off,
             (None, None, None) => Self::Mesh {
                 names: h.tls_names.clone(),
             },
@@ -534,6 +533,8 @@ impl CoordinatorConfig {
                 }
                 c.http_max_connections = n;
             }
+        } else {
+            c.http_tls = HttpTls::Mesh { names: Vec::new() };
         }
         if let Some(m) = file.mqtt {
             c.mqtt_listen = m.listen;
@@ -671,6 +672,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("down_after"), "{err}");
+    }
+
+    #[test]
+    fn the_api_is_https_unless_plain_http_is_asked_for_on_loopback() {
+        let read = |text: &str| CoordinatorConfig::from_toml(text, Path::new("/"));
+        let mesh = HttpTls::Mesh { names: vec![] };
+        assert_eq!(read("").unwrap().http_tls, mesh);
+        assert_eq!(
+            read("[http]\nlisten = \"127.0.0.1:7480\"\n")
+                .unwrap()
+                .http_tls,
+            mesh
+        );
+        let off = "[http]\nlisten = \"127.0.0.1:7480\"\ntls = \"off\"\n";
+        assert_eq!(read(off).unwrap().http_tls, HttpTls::Off);
+        let err = read("[http]\nlisten = \"0.0.0.0:7480\"\ntls = \"off\"\n").unwrap_err();
+        assert!(err.contains("plain HTTP is only for loopback"), "{err}");
+        let err = read("[http]\ncert_file = \"a.pem\"\n").unwrap_err();
+        assert!(err.contains("together"), "{err}");
     }
 
     #[test]

@@ -64,6 +64,12 @@ pub async fn up(
         state_dir: opts.dir.join("coordinator"),
         quic_listen: opts.quic,
         http_listen: opts.http,
+        // The first try on one box asks for plain HTTP, on loopback only; elsewhere HTTPS.
+        http_tls: if opts.http.ip().is_loopback() {
+            crate::config::HttpTls::Off
+        } else {
+            crate::config::HttpTls::Mesh { names: Vec::new() }
+        },
         mqtt_listen: match &opts.mqtt {
             MqttChoice::Embedded(addr) => Some(*addr),
             MqttChoice::External(_) => None,

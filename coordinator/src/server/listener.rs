@@ -29,6 +29,7 @@ pub fn tls_acceptor(
     use crate::config::HttpTls;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    config.http_tls.check(listen)?;
     let (chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) =
         match &config.http_tls {
             HttpTls::Off => return Ok(None),

@@ -310,8 +310,15 @@ impl Coordinator {
     fn configured(netns: Option<&str>, quic_ip: &str, extra: &str, http: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (quic_port, http_port) = (free_port(), free_port());
+        // Plain HTTP on loopback, asked for (curl, webhooks and replicas' runners speak to it);
+        // tests of HTTPS say `tls` themselves.
+        let plain = if http.contains("tls") || http.contains("cert_file") {
+            ""
+        } else {
+            "tls = \"off\"\n"
+        };
         let text = format!(
-            "state_dir = \"state\"\n{extra}\n[quic]\nlisten = \"{quic_ip}:{quic_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n{http}\n"
+            "state_dir = \"state\"\n{extra}\n[quic]\nlisten = \"{quic_ip}:{quic_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n{plain}{http}\n"
         );
         std::fs::write(dir.path().join("coordinator.toml"), text).expect("write config");
         let mut c = Self {
