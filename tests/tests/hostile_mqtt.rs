@@ -37,6 +37,21 @@ fn mosquitto(program: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// A client with `options` gets its subscription to `#` denied, and its publish to `topic`
+/// (beyond its grants) refused.
+fn reading_everything_and_publishing_to_is_refused(options: &[&str], topic: &str, payload: &str) {
+    let (_, out) = mosquitto(
+        "mosquitto_sub",
+        &[options, &["-t", "#", "-C", "1", "-W", "3"]].concat(),
+    );
+    assert!(out.contains("denied"), "{options:?} read everything: {out}");
+    let (ok, out) = mosquitto(
+        "mosquitto_pub",
+        &[options, &["-q", "1", "-t", topic, "-m", payload]].concat(),
+    );
+    assert!(!ok, "{options:?} published to {topic}: {out}");
+}
+
 /// Publishes `reading` from camera `cam` with `camera`'s options and waits for its verdict.
 fn reading_gets_its_verdict(
     camera: &[&str],
@@ -157,20 +172,7 @@ fn strangers_wrong_passwords_hijackers_and_over_reaching_clients_are_refused_and
     );
 
     // Beyond its grants: the camera may not read anything, nor forge a verdict.
-    let (_, out) = mosquitto(
-        "mosquitto_sub",
-        &[&as_camera[..], &["-t", "#", "-C", "1", "-W", "3"]].concat(),
-    );
-    assert!(out.contains("denied"), "{out}");
-    let (ok, out) = mosquitto(
-        "mosquitto_pub",
-        &[
-            &as_camera[..],
-            &["-q", "1", "-t", "alerts/fire", "-m", "forged FIRE 99"],
-        ]
-        .concat(),
-    );
-    assert!(!ok, "a forged verdict was accepted: {out}");
+    reading_everything_and_publishing_to_is_refused(&as_camera, "alerts/fire", "forged FIRE 99");
     // Nor may ops widen its subscription past what it was given.
     let (_, out) = mosquitto(
         "mosquitto_sub",
@@ -254,20 +256,7 @@ fn strangers_wrong_passwords_hijackers_and_over_reaching_clients_are_refused_and
     let as_node = [
         "-p", &tls_port, "--cafile", &ca, "--cert", &cert, "--key", &key,
     ];
-    let (_, out) = mosquitto(
-        "mosquitto_sub",
-        &[&as_node[..], &["-t", "#", "-C", "1", "-W", "3"]].concat(),
-    );
-    assert!(out.contains("denied"), "{out}");
-    let (ok, _) = mosquitto(
-        "mosquitto_pub",
-        &[
-            &as_node[..],
-            &["-q", "1", "-t", "cameras/cam9/frames", "-m", "1"],
-        ]
-        .concat(),
-    );
-    assert!(!ok, "a node published to a topic its functions only read");
+    reading_everything_and_publishing_to_is_refused(&as_node, "cameras/cam9/frames", "1");
     // And the TLS listener does not take a stranger's certificate either.
     let stranger = node.path("stranger");
     let out = Command::new("openssl")
