@@ -101,10 +101,10 @@ done
 test_args() {
   case "$1" in
     x86_64-unknown-linux-gnu) echo "--workspace" ;;
-    # The coordinator is built with the tests, in the same cargo run: a second run for the
+    # `spillway` is built with the tests, in the same cargo run: a second run for the
     # binaries would resolve features without the tests' dev-dependencies and build half the
-    # dependency tree again. Its binary comes with its integration tests' build.
-    *) echo "-p spillway-proto -p spillway-link -p spillway-agent -p spillway-coordinator --lib --tests" ;;
+    # dependency tree again. Its integration tests (cli/tests) make cargo build the binary.
+    *) echo "-p spillway-proto -p spillway-link -p spillway-agent -p spillway-cli --lib --tests" ;;
   esac
 }
 
@@ -162,7 +162,7 @@ for target in "${targets[@]}"; do
   fi
   # After the tests this finds everything built (cargo only checks).
   ((test)) && [ "$target" != x86_64-unknown-linux-gnu ] \
-    || cargo_for "$target" build -p spillway-agent -p spillway-coordinator
+    || cargo_for "$target" build -p spillway-agent -p spillway-cli
   dir="$CARGO_TARGET_DIR/$target/$([ "$profile" = dev ] && echo debug || echo "$profile")"
   mkdir -p "$bin/$target"
   for b in spillway-agent spillway; do

@@ -107,6 +107,36 @@ for crate in aws-lc-rs openssl-sys; do
   fi
 done
 
+# The CLI stands apart from the agent: without `up` it links none of the agent's runtimes and
+# nothing Linux-only (resolved for a macOS laptop), and without `serve` not the server either.
+cli_tree() {
+  cargo tree -q -p spillway-cli --no-default-features "$@" -e normal --target aarch64-apple-darwin \
+    --prefix none | awk '{print $1}' | sort -u
+}
+for forbidden in spillway-agent libcontainer libseccomp pathrs procfs caps wasmtime cranelift-codegen oci-client inotify; do
+  if cli_tree --features serve | grep -qx "$forbidden"; then
+    echo "spillway without \`up\` depends on $forbidden (cargo tree -p spillway-cli --no-default-features --features serve -i $forbidden)" >&2
+    exit 1
+  fi
+done
+for forbidden in spillway-coordinator redb kube rumqttd axum object_store; do
+  if cli_tree | grep -qx "$forbidden"; then
+    echo "the client-only spillway depends on $forbidden (cargo tree -p spillway-cli --no-default-features -i $forbidden)" >&2
+    exit 1
+  fi
+done
+cargo check -q -p spillway-cli --no-default-features
+cargo check -q -p spillway-cli --no-default-features --features serve
+
+# The README's layout names every crate of the workspace, and only folders that exist.
+members=$(python3 -c 'import tomllib; print("\n".join(tomllib.load(open("Cargo.toml", "rb"))["workspace"]["members"]))')
+for member in $members; do
+  grep -q "^$member/ " README.md || { echo "README.md's layout does not describe $member/" >&2; exit 1; }
+done
+for folder in $(sed -n '/^## Layout/,/^## /p' README.md | grep -oE '^[a-z][a-z0-9-]*/'); do
+  [ -d "$folder" ] || { echo "README.md's layout names $folder, which is not in the tree" >&2; exit 1; }
+done
+
 step "wasm example is reproducible from its C source"
 rebuilt="$CARGO_TARGET_DIR/grayscale.wasm"
 configs/examples/grayscale/build.sh "$rebuilt"

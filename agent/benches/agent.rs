@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use spillway_agent::config::WasmSettings;
 use spillway_agent::runtime::StagedJob;
 use spillway_agent::runtime::wasm::WasmRuntime;
 use spillway_agent::{Agent, AgentConfig, JobEvent};
+use spillway_agent_config::WasmSettings;
 use spillway_proto::fdl;
 
 const NOOP_WAT: &str = r#"(module
@@ -170,7 +170,12 @@ fn bench_event_to_running() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let agent = Agent::start(config).expect("agent");
+        // Process functions only: no container job is started, so no shim is needed.
+        let agent = Agent::start(
+            config,
+            std::path::Path::new("/nonexistent/no-container-shim"),
+        )
+        .expect("agent");
         let mut events = agent.subscribe();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let running = tokio::spawn(agent.run(async {

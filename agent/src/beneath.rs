@@ -312,11 +312,11 @@ impl Beneath {
         .map_err(|e| self.io("change the owner of", path, io::Error::from(e)))
     }
 
-    /// Writes `bytes` to `path` whole (see [`crate::atomic`]): under a hidden temporary name in
+    /// Writes `bytes` to `path` whole (see [`spillway_plumbing::atomic`]): under a hidden temporary name in
     /// the same folder, synced, then renamed over the target.
     pub fn write_whole(&self, path: &Path, bytes: &[u8], mode: u32) -> Result<(), BeneathError> {
         use std::io::Write;
-        let tmp = crate::atomic::temporary_name(path);
+        let tmp = spillway_plumbing::atomic::temporary_name(path);
         let written = self.create_file(&tmp, mode).and_then(|mut f| {
             f.write_all(bytes)
                 .and_then(|()| f.set_permissions(Permissions::from_mode(mode)))

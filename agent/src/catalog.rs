@@ -10,12 +10,12 @@ use std::sync::Arc;
 use spillway_proto::fdl::{self, BucketPath, MqttTrigger, Platform, Trigger};
 use spillway_proto::{FunctionDef, Runtime as RuntimeKind};
 
-use crate::config::AgentConfig;
 use crate::runtime::oci::{OciRuntime, OciSettings};
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::wasm::WasmRuntime;
 use crate::runtime::{Executor, PrepareError, Runtime};
 use crate::scheduler::{Demand, FunctionLimits, Scheduler};
+use spillway_agent_config::AgentConfig;
 
 /// A function ready to run here.
 #[derive(Debug, Clone)]
@@ -53,14 +53,12 @@ pub struct Runtimes {
 }
 
 impl Runtimes {
-    pub fn new(config: &AgentConfig) -> Result<Self, PrepareError> {
-        let shim = std::env::current_exe().map_err(|e| {
-            PrepareError::Engine(format!("cannot find the agent's own binary: {e}"))
-        })?;
+    /// `shim` runs each container job (`SHIM oci-run BUNDLE`).
+    pub fn new(config: &AgentConfig, shim: &Path) -> Result<Self, PrepareError> {
         let oci = OciSettings {
             registries: config.oci.registries.clone(),
             platform: config.oci.platform.clone(),
-            shim,
+            shim: shim.to_owned(),
             pids_limit: config.oci.pids_limit,
             tmp_size: config.oci.tmp_size.0,
             max_store_bytes: config.oci.image_store_max.0,

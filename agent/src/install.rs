@@ -56,9 +56,11 @@ pub struct Installed {
 }
 
 fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
-    crate::atomic::write_whole(path, bytes, mode).map_err(|source| InstallError::Write {
-        path: path.to_owned(),
-        source,
+    spillway_plumbing::atomic::write_whole(path, bytes, mode).map_err(|source| {
+        InstallError::Write {
+            path: path.to_owned(),
+            source,
+        }
     })
 }
 
@@ -119,7 +121,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, STARTER_CONFIG).unwrap();
-        let config = crate::AgentConfig::load(&path).unwrap();
+        let config = spillway_agent_config::AgentConfig::load(&path).unwrap();
         assert_eq!(config.data_root, Path::new("/var/lib/spillway/data"));
         assert_eq!(config.state_dir, Path::new("/var/lib/spillway/state"));
     }

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use spillway_agent::mesh::{self, Membership};
-use spillway_agent::{Agent, AgentConfig, install, joblog, service};
+use spillway_agent::{Agent, AgentConfig, install, joblog};
+use spillway_plumbing::systemd as service;
 
 mod image_cmd;
 
@@ -124,7 +125,7 @@ enum Command {
 fn main() -> ExitCode {
     limit_malloc_arenas();
     if started_as_lambda_bootstrap() {
-        spillway_agent::logging::init(false);
+        spillway_plumbing::logging::init(false);
         return run_job(
             None,
             PathBuf::from("/tmp"),
@@ -138,7 +139,7 @@ fn main() -> ExitCode {
         let code = spillway_agent::runtime::oci::shim::run(bundle);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
-    spillway_agent::logging::init(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    spillway_plumbing::logging::init(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if let Command::RunJob {
         envelope,
         work_dir,
@@ -307,8 +308,10 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
         let join_settings = config.join.clone();
         // Before start-up work: a SIGTERM while modules compile or the MQTT session is taken
         // over stops the agent cleanly instead of killing it.
-        let stop = spillway_agent::shutdown_signal();
-        let agent = Agent::start(config).context("the agent could not start")?;
+        let stop = spillway_plumbing::shutdown_signal();
+        // This binary is its own container shim (`spillway-agent oci-run`).
+        let shim = std::env::current_exe().context("cannot find this program's own binary")?;
+        let agent = Agent::start(config, &shim).context("the agent could not start")?;
         // Compiling wasm modules at start-up leaves freed heap behind.
         spillway_agent::release_unused_memory();
         print_banner(&agent, config_path);
@@ -337,7 +340,7 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
                 Some(tokio::spawn(async move {
                     let mut stopped = std::pin::pin!(link_stopped);
                     let joined = tokio::select! {
-                        m = mesh::membership::join_at_start(&state_dir, &node, &join) => m,
+                        m = mesh::join_at_start(&state_dir, &node, &join) => m,
                         _ = &mut stopped => None,
                     };
                     if let Some(membership) = joined {

@@ -9,6 +9,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use spillway_agent_config::AgentConfig;
 use spillway_proto::fdl::StorageRef;
 use spillway_proto::{JobId, ObjectKey};
 
@@ -40,6 +41,25 @@ pub enum StagingError {
     },
 }
 
+/// Opens a job's input for reading: a bucket file beneath the data root without following
+/// a symbolic link (one swapped in while the job was queued fails it, with the reason), a
+/// message's payload from this node's own inbox.
+pub fn open_input(
+    config: &AgentConfig,
+    id: spillway_proto::JobId,
+    event: &spillway_proto::Event,
+) -> std::io::Result<std::fs::File> {
+    match event {
+        spillway_proto::Event::File(f) => {
+            let rel = Path::new(&f.bucket).join(f.key.as_str());
+            Beneath::open(&config.data_root)
+                .and_then(|root| root.open_file(&rel))
+                .map_err(crate::beneath::BeneathError::into_io)
+        }
+        spillway_proto::Event::Mqtt(_) => std::fs::File::open(config.input_of(id, event)),
+    }
+}
+
 impl Staging {
     pub fn for_attempt(staging_root: &Path, job: JobId, attempt: u32) -> Self {
         let root = staging_root.join(format!("{job}-{attempt}"));
@@ -53,7 +73,7 @@ impl Staging {
 
     /// Creates the folders afresh and copies the input file in. The copy keeps the original
     /// untouched whatever the function does to its input. `input` is the input opened by its
-    /// owner ([`crate::AgentConfig::open_input`]); `shown` names it in errors.
+    /// owner ([`open_input`]); `shown` names it in errors.
     pub fn prepare(
         &self,
         input: io::Result<fs::File>,

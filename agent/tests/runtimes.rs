@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use spillway_agent::config::WasmSettings;
 use spillway_agent::runtime::process::ProcessRuntime;
 use spillway_agent::runtime::wasm::WasmRuntime;
 use spillway_agent::runtime::{Executor, Exit, Outcome, PrepareError, Runtime, StagedJob};
+use spillway_agent_config::WasmSettings;
 use spillway_proto::fdl;
 
 fn repo(path: &str) -> PathBuf {

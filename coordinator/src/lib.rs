@@ -1,15 +1,8 @@
-//! The Spillway coordinator and the `spillway` command-line interface.
-//!
-//! [`server`] is the coordinator (state, CA, QUIC endpoint for agents, HTTP API); [`config`]
-//! reads its settings. [`api`] holds the HTTP bodies both sides share, [`client`] is the CLI's
-//! side of that API, [`cli`] the commands built on it, and [`validate`] checks FDL files the way
-//! the coordinator reads them. [`loadgen`] simulates thousands of agents for benchmarks.
+//! The Spillway coordinator: [`server`] holds the mesh's state (nodes, certificates, tokens,
+//! functions, jobs and their hand-over ledger in redb), its CA, the QUIC endpoint agents link
+//! to, the live view of their load, placement of spilled jobs onto peers and replicas, the
+//! HTTPS API and the MQTT broker's gateway; [`config`] reads `coordinator.toml`. The `spillway`
+//! binary (crate `spillway-cli`) runs it with `spillway serve` or `spillway up`.
 
-pub mod api;
-pub mod cli;
-pub mod client;
 pub mod config;
-pub mod flash;
-pub mod loadgen;
 pub mod server;
-pub mod validate;

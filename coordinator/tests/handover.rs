@@ -12,9 +12,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spillway_agent::mesh::{self, Membership};
 use spillway_coordinator::config::CoordinatorConfig;
 use spillway_coordinator::server::{Coordinator, State};
+use spillway_link::membership::{self as mesh, Membership};
 use spillway_link::stream::{FrameReader, request, send};
 use spillway_proto::load::{DATAGRAM_BUDGET, FunctionLoad, LoadReport};
 use spillway_proto::wire::{

@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spillway_agent::mesh::{self, JoinError, Membership};
 use spillway_coordinator::config::CoordinatorConfig;
 use spillway_coordinator::server::{Coordinator, State};
+use spillway_link::membership::{self as mesh, JoinError, Membership};
 use spillway_link::stream::{FrameReader, send};
 use spillway_proto::wire::{
     COORDINATOR_SERVER_NAME, CoordinatorFrame, MAX_STREAM_FRAME, PROTOCOL, Version,

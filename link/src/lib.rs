@@ -4,9 +4,11 @@
 //! optional, so a new agent can join), the joining agent (no certificate yet; trusts the
 //! coordinator only through the CA pin in its token) and the member agent (mutual TLS).
 //! [`identity`] makes keys, certificate requests and fingerprints; [`stream`] moves
-//! `spillway_proto::wire` frames over QUIC streams; [`token`] is the one-time join token.
+//! `spillway_proto::wire` frames over QUIC streams; [`token`] is the one-time join token and
+//! [`membership`] the join that spends it, and the identity an agent keeps from it.
 
 pub mod identity;
+pub mod membership;
 pub mod stream;
 pub mod tls;
 pub mod token;

@@ -61,7 +61,7 @@ impl Agent {
                 );
             } else {
                 let path = s.config.input_of(record.id, &record.event);
-                if let Err(e) = crate::atomic::write_whole(&path, &m.payload, 0o644) {
+                if let Err(e) = spillway_plumbing::atomic::write_whole(&path, &m.payload, 0o644) {
                     fail(
                         &mut record,
                         format!("cannot store the MQTT message as {}: {e}", path.display()),

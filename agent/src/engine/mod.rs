@@ -7,7 +7,7 @@
 //! outputs were not all delivered are delivered again (to the same names).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,12 +19,12 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::catalog::{Catalog, Runtimes};
-use crate::config::AgentConfig;
 use crate::journal::{Guest, JobRecord, JobState, Journal, JournalError, SeenFile, now_ms};
 use crate::scheduler::{Demand, Scheduler};
 use crate::staging::Staging;
 use crate::watch::{FolderEvent, FolderWatch, WatchError, scan};
 use crate::{joblog, mesh, runtime};
+use spillway_agent_config::AgentConfig;
 
 mod handover;
 mod identify;
@@ -143,7 +143,7 @@ pub struct Agent {
     /// Offers sent and not answered yet, with their function.
     in_doubt: HashMap<JobId, String>,
     /// Beats every time the loop goes round its timer, for the systemd watchdog.
-    heartbeat: crate::service::Heartbeat,
+    heartbeat: spillway_plumbing::systemd::Heartbeat,
     /// The topic filters the deployed functions' MQTT triggers want.
     subscriptions: watch::Sender<crate::mqtt::Subscriptions>,
     /// Messages from the MQTT client (while it runs).
@@ -268,8 +268,10 @@ pub fn node_capacity(config: &AgentConfig) -> Demand {
 impl Agent {
     /// Opens the journal, deploys the functions, connects to the MQTT broker (`[mqtt]`), recovers
     /// unfinished jobs and starts watching.
-    /// Nothing runs until [`Agent::run`].
-    pub fn start(config: AgentConfig) -> Result<Self, AgentError> {
+    /// Nothing runs until [`Agent::run`]. `container_shim` is the program started as
+    /// `PROGRAM oci-run BUNDLE` for each container job: `spillway-agent` itself, or `spillway` in
+    /// `spillway up`.
+    pub fn start(config: AgentConfig, container_shim: &Path) -> Result<Self, AgentError> {
         for dir in [
             config.state_dir.clone(),
             config.logs_dir(),
@@ -282,7 +284,7 @@ impl Agent {
         }
         let journal = Journal::open(&config.journal_path())?;
         let mut scheduler = Scheduler::new(node_capacity(&config));
-        let runtimes = Runtimes::new(&config)?;
+        let runtimes = Runtimes::new(&config, container_shim)?;
         let mesh_functions = mesh::deployment::load(&config.state_dir)
             .map(|d| mesh::deployment::functions(&config.state_dir, &d))
             .unwrap_or_default();
@@ -321,7 +323,7 @@ impl Agent {
             oldest: None,
             declined: HashMap::new(),
             in_doubt: HashMap::new(),
-            heartbeat: crate::service::Heartbeat::default(),
+            heartbeat: spillway_plumbing::systemd::Heartbeat::default(),
             subscriptions,
             mqtt_rx: None,
             mqtt_unwanted: 0,
@@ -517,7 +519,7 @@ impl Agent {
     }
 
     /// Beats while the engine loop runs (for the systemd watchdog).
-    pub fn heartbeat(&self) -> crate::service::Heartbeat {
+    pub fn heartbeat(&self) -> spillway_plumbing::systemd::Heartbeat {
         self.heartbeat.clone()
     }
 

@@ -38,7 +38,7 @@ pub(super) async fn run_job(
             let (input, shown) = match guest_input {
                 Some(path) => (std::fs::File::open(&path), path),
                 None => (
-                    s.config.open_input(id, &event),
+                    crate::staging::open_input(&s.config, id, &event),
                     s.config.input_of(id, &event),
                 ),
             };
@@ -259,7 +259,7 @@ async fn upload_outputs(
     delivered: &mut Vec<String>,
 ) -> Result<(), String> {
     for (out, settings) in &targets.buckets {
-        let bucket = crate::s3::Bucket::open(settings, &out.path.bucket)?;
+        let bucket = spillway_plumbing::s3::Bucket::open(settings, &out.path.bucket)?;
         for key in keys.iter().filter(|k| out.accepts(k.file_name())) {
             let name = match &out.path.folder {
                 Some(folder) => format!("{folder}/{key}"),

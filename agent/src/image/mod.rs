@@ -4,7 +4,6 @@
 //! shares ([`store`]).
 
 pub mod archive;
-pub mod platform;
 pub mod pull;
 pub mod store;
 mod tar_guard;
@@ -12,8 +11,8 @@ pub mod unpack;
 
 use std::path::PathBuf;
 
-pub use platform::Platform;
-pub use pull::{PullProgress, Registries, RegistrySettings};
+pub use pull::PullProgress;
+pub use spillway_agent_config::platform::Platform;
 pub use store::{ImageRecord, ImageStore, RunConfig};
 
 /// Why an image could not be made ready. Each message says what to do about it.
@@ -65,7 +64,7 @@ impl ImageError {
     }
 }
 
-pub(crate) use crate::error_chain;
+pub(crate) use spillway_plumbing::error_chain;
 
 /// A `sha256:<hex>` digest's hex part, checked so it is safe as a file name.
 pub(crate) fn digest_hex(digest: &str) -> Option<&str> {

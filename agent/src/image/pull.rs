@@ -2,9 +2,8 @@
 //! auth (the client follows the registry's `WWW-Authenticate` challenge), multi-arch indexes
 //! resolved to this node's platform, every blob verified by digest before it is stored.
 
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,65 +12,31 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use serde::Deserialize;
 
 use super::store::{ImageRecord, ImageStore, NewImage, canonical_reference};
 use super::{ImageError, Platform};
+use spillway_agent_config::registry::{Registries, RegistrySettings};
 
-/// `[registries."HOST[:PORT]"]` in the agent config.
-#[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistrySettings {
-    /// Plain HTTP instead of HTTPS (loopback registries are always plain HTTP, as Docker does).
-    #[serde(default)]
-    pub insecure: bool,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// A file holding the password (kept out of the config, e.g. a systemd credential).
-    pub password_file: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for RegistrySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistrySettings")
-            .field("insecure", &self.insecure)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("password_file", &self.password_file)
-            .finish()
-    }
-}
-
-/// Settings per registry host.
-#[derive(Debug, Clone, Default)]
-pub struct Registries(pub BTreeMap<String, RegistrySettings>);
-
-impl Registries {
-    fn settings(&self, registry: &str) -> RegistrySettings {
-        self.0.get(registry).cloned().unwrap_or_default()
-    }
-}
-
-impl RegistrySettings {
-    fn auth(&self, registry: &str) -> Result<RegistryAuth, ImageError> {
-        let Some(user) = &self.username else {
-            return Ok(RegistryAuth::Anonymous);
-        };
-        let password = match (&self.password, &self.password_file) {
-            (Some(p), _) => p.clone(),
-            (None, Some(file)) => std::fs::read_to_string(file)
-                .map_err(ImageError::io(file))?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
-            (None, None) => {
-                return Err(ImageError::Unauthorized {
-                    registry: registry.to_owned(),
-                    reference: format!("(username `{user}` has no password or password_file)"),
-                });
-            }
-        };
-        Ok(RegistryAuth::Basic(user.clone(), password))
-    }
+/// The credentials `settings` give for `registry` (a password file is read now, so a rotated
+/// secret is picked up at the next pull).
+fn auth(settings: &RegistrySettings, registry: &str) -> Result<RegistryAuth, ImageError> {
+    let Some(user) = &settings.username else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let password = match (&settings.password, &settings.password_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map_err(ImageError::io(file))?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        (None, None) => {
+            return Err(ImageError::Unauthorized {
+                registry: registry.to_owned(),
+                reference: format!("(username `{user}` has no password or password_file)"),
+            });
+        }
+    };
+    Ok(RegistryAuth::Basic(user.clone(), password))
 }
 
 /// Pull progress, for a terminal progress bar (the agent itself pulls quietly).
@@ -121,7 +86,7 @@ pub async fn pull(
             })?;
     let registry = parsed.registry().to_owned();
     let settings = registries.settings(&registry);
-    let auth = settings.auth(&registry)?;
+    let auth = auth(&settings, &registry)?;
     let offered: Entries = Arc::default();
     let client = client(&settings, &registry, platform, offered.clone());
     let fail = |e: OciDistributionError| classify(e, &registry, &canonical);

@@ -274,7 +274,7 @@ impl ImageStore {
     fn save(&self, record: &ImageRecord) -> Result<(), ImageError> {
         let path = self.record_path(&record.id);
         let json = serde_json::to_vec_pretty(record).unwrap_or_default();
-        crate::atomic::write_whole(&path, &json, 0o644).map_err(ImageError::io(path))
+        spillway_plumbing::atomic::write_whole(&path, &json, 0o644).map_err(ImageError::io(path))
     }
 
     /// Refuses an image whose config says it was built for a platform this node cannot run.

@@ -68,7 +68,7 @@ pub fn save(state_dir: &Path, deployment: &Deployment) -> Result<(), DeploymentE
     }
     let current = root.join("current");
     let bytes = postcard::to_stdvec(deployment).unwrap_or_default();
-    crate::atomic::write_whole(&current, &bytes, 0o644).map_err(io(&current))?;
+    spillway_plumbing::atomic::write_whole(&current, &bytes, 0o644).map_err(io(&current))?;
     if let Ok(entries) = std::fs::read_dir(&root) {
         for e in entries.flatten() {
             if e.path().is_dir() && e.file_name() != digest.as_str() {

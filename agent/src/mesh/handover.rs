@@ -13,9 +13,9 @@ use spillway_proto::wire::{
     Outcome, Placement,
 };
 
-use crate::atomic::write_whole;
 use crate::engine::{AgentHandle, Answer};
 use crate::journal::{Guest, JobRecord, JobState};
+use spillway_plumbing::atomic::write_whole;
 
 /// Folder of a job hosted here for another node.
 pub fn guest_dir(state_dir: &Path, id: JobId) -> PathBuf {
@@ -50,14 +50,14 @@ async fn get_blob(conn: &quinn::Connection, digest: [u8; 32]) -> Result<Vec<u8>,
 
 /// An offered job's input, whole: it goes to the coordinator as one blob frame.
 fn read_input(
-    config: &crate::AgentConfig,
+    config: &spillway_agent_config::AgentConfig,
     id: spillway_proto::JobId,
     event: &spillway_proto::Event,
 ) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let path = config.input_of(id, event);
     let failed = |e: std::io::Error| format!("cannot read the input {}: {e}", path.display());
-    let file = config.open_input(id, event).map_err(failed)?;
+    let file = crate::staging::open_input(config, id, event).map_err(failed)?;
     let limit = (MAX_STREAM_FRAME - 4096) as u64;
     let size = file.metadata().map_err(failed)?.len();
     if size > limit {

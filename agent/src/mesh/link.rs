@@ -17,11 +17,11 @@ use spillway_proto::wire::{
 };
 use tokio::sync::{broadcast, mpsc};
 
-use super::membership::{Membership, client_endpoint, resolve};
 use super::{handover, requests};
 use crate::engine::{AgentHandle, Answer, JobEvent, MeshOut};
 use crate::journal::{JobRecord, JobState};
 use crate::scheduler::Demand;
+use spillway_link::membership::{Membership, client_endpoint, resolve};
 
 /// Jobs sent to the coordinator after every (re)connection, newest first.
 const RESYNC_JOBS: usize = 500;
@@ -469,7 +469,7 @@ fn on_handover_frame(cx: Connected, frame: CoordinatorFrame) {
 
 async fn send_hello(
     tx: &mut Option<quinn::SendStream>,
-    config: &crate::AgentConfig,
+    config: &spillway_agent_config::AgentConfig,
     capacity: Demand,
     deployed: [u8; 32],
     link: &mut Link,

@@ -1,4 +1,4 @@
-//! The agent's membership in a mesh: joining with a token ([`membership`]), the link to the
+//! The agent's membership in a mesh: joining at a flashed card's first start ([`first_join`]; the join itself is `spillway_link::membership`), the link to the
 //! coordinator ([`link`], driven by the sans-IO `spillway_proto::link` state machine), the
 //! deployment it receives ([`deployment`]) and the requests it answers ([`requests`]).
 //!
@@ -6,9 +6,10 @@
 //! processing its folders with the functions it last had.
 
 pub mod deployment;
+pub mod first_join;
 pub mod handover;
 pub mod link;
-pub mod membership;
 pub mod requests;
 
-pub use membership::{JoinError, Membership, join};
+pub use first_join::join_at_start;
+pub use spillway_link::membership::{JoinError, Membership, join};

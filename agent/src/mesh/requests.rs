@@ -11,8 +11,8 @@ use spillway_proto::key::ObjectKey;
 use spillway_proto::wire::{FileEntry, MAX_STREAM_FRAME, Request, Response};
 
 use crate::beneath::{Beneath, Kind};
-use crate::config::AgentConfig;
 use crate::joblog;
+use spillway_agent_config::AgentConfig;
 
 /// Answers one request (blocking file IO: call from `spawn_blocking`).
 pub fn answer(config: &AgentConfig, req: Request) -> Response {

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::MqttSettings;
 pub use arrival::Delivery;
+use spillway_agent_config::MqttSettings;
 
 /// MQTT's largest packet: rumqttc must never refuse one (a refused packet drops the
 /// connection and the broker re-sends it forever); `[mqtt] max_payload` is applied per message.
@@ -281,7 +281,7 @@ async fn follow_subscriptions(
         }
         if next != current {
             let text = serde_json::to_vec(&next).unwrap_or_default();
-            if let Err(e) = crate::atomic::write_whole(&subscribed_file, &text, 0o644) {
+            if let Err(e) = spillway_plumbing::atomic::write_whole(&subscribed_file, &text, 0o644) {
                 tracing::warn!(
                     "cannot remember the MQTT subscriptions in {}: {e}",
                     subscribed_file.display()

@@ -30,7 +30,7 @@ pub async fn serve(api: &str, opts: RunOptions) -> Result<(), String> {
             .map_err(|e| {
                 format!(
                     "the Lambda Runtime API at {api} is gone: {}",
-                    crate::error_chain(&e)
+                    spillway_plumbing::error_chain(&e)
                 )
             })?;
         if !next.status().is_success() {
@@ -45,10 +45,12 @@ pub async fn serve(api: &str, opts: RunOptions) -> Result<(), String> {
         let deadline = header(&next, "lambda-runtime-deadline-ms")
             .and_then(|ms| ms.parse::<u64>().ok())
             .and_then(deadline_instant);
-        let payload = next
-            .bytes()
-            .await
-            .map_err(|e| format!("cannot read an invocation: {}", crate::error_chain(&e)))?;
+        let payload = next.bytes().await.map_err(|e| {
+            format!(
+                "cannot read an invocation: {}",
+                spillway_plumbing::error_chain(&e)
+            )
+        })?;
         let answer = match envelope_of(&payload) {
             Ok((envelope, from_url)) => {
                 let opts = RunOptions {
@@ -84,7 +86,7 @@ pub async fn serve(api: &str, opts: RunOptions) -> Result<(), String> {
             tracing::warn!(
                 request_id,
                 "cannot answer an invocation: {}",
-                crate::error_chain(&e)
+                spillway_plumbing::error_chain(&e)
             );
         }
     }

@@ -222,7 +222,7 @@ async fn fetch_input(
         .get(&input.url)
         .send()
         .await
-        .map_err(|e| fail(&crate::error_chain(&e)))?;
+        .map_err(|e| fail(&spillway_plumbing::error_chain(&e)))?;
     if !response.status().is_success() {
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
@@ -236,7 +236,7 @@ async fn fetch_input(
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| fail(&crate::error_chain(&e)))?
+        .map_err(|e| fail(&spillway_plumbing::error_chain(&e)))?
     {
         hash.update(&chunk);
         size += chunk.len() as u64;
@@ -279,12 +279,12 @@ async fn upload_outputs(
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let size = bytes.len() as u64;
         let url = upload_url(template, key.as_str());
-        let response = http
-            .put(&url)
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|e| format!("cannot upload output `{key}`: {}", crate::error_chain(&e)))?;
+        let response = http.put(&url).body(bytes).send().await.map_err(|e| {
+            format!(
+                "cannot upload output `{key}`: {}",
+                spillway_plumbing::error_chain(&e)
+            )
+        })?;
         if !response.status().is_success() {
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
@@ -320,7 +320,7 @@ async fn post_report(
                 return;
             }
             Ok(r) => format!("HTTP {}", r.status()),
-            Err(e) => crate::error_chain(&e),
+            Err(e) => spillway_plumbing::error_chain(&e),
         };
         if n == tries {
             tracing::warn!(job = %envelope.job.short(), "cannot report {:?} to the coordinator: {why}", report.status);

@@ -24,7 +24,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::{Executor, Exit, Outcome, PrepareError, RunFuture, Runtime, StagedJob};
 use crate::capture::Captured;
-use crate::config::WasmSettings;
+use spillway_agent_config::WasmSettings;
 
 /// Epoch tick: the resolution of wasm timeouts.
 const TICK: Duration = Duration::from_millis(10);

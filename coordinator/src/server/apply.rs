@@ -8,7 +8,7 @@ use spillway_proto::fdl;
 use spillway_proto::wire::Artifact;
 
 use super::store::{FunctionRecord, Store, StoreError};
-use crate::api::{ApplyOutcome, ApplyRequest};
+use spillway_api::{ApplyOutcome, ApplyRequest};
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum ApplyError {

@@ -41,7 +41,7 @@ impl Blobs {
         if target.exists() {
             return Ok(digest);
         }
-        spillway_agent::atomic::write_whole(&target, bytes, 0o644)?;
+        spillway_plumbing::atomic::write_whole(&target, bytes, 0o644)?;
         Ok(digest)
     }
 

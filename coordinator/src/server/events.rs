@@ -169,7 +169,7 @@ pub async fn receive(
             ));
         }
         for (f, settings) in takers {
-            let bucket = spillway_agent::s3::Bucket::open(&settings, &object.bucket)
+            let bucket = spillway_plumbing::s3::Bucket::open(&settings, &object.bucket)
                 .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
             let bytes = bucket
                 .get(&object.key, (MAX_STREAM_FRAME - 4096) as u64)

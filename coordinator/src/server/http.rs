@@ -21,12 +21,11 @@ use spillway_proto::{Event, FileEvent};
 
 use super::apply::{ApplyError, apply};
 use super::metrics::inc;
-use super::scope::{self, Scope};
-use super::store::{
-    ApiTokenRecord, FunctionRecord, JobRow, NodeRecord, StoreError, TokenGrant, TokenListing,
-};
+use super::scope;
+use super::store::{FunctionRecord, JobRow, NodeRecord, StoreError};
 use super::{State, now_ms};
-use crate::api::*;
+use spillway_api::tokens::{ApiTokenRecord, Scope, TokenGrant, TokenListing};
+use spillway_api::*;
 
 /// An API failure: a status and a message that says what to do.
 #[derive(Debug)]
@@ -816,7 +815,7 @@ async fn create_api_token(
 
 async fn list_api_tokens(
     AxState(state): AxState<Arc<State>>,
-) -> ApiResult<Vec<super::store::ApiTokenListing>> {
+) -> ApiResult<Vec<spillway_api::tokens::ApiTokenListing>> {
     Ok(Json(state.store.api_token_listing()?))
 }
 

@@ -35,7 +35,8 @@ use tokio::sync::watch;
 use crate::config::CoordinatorConfig;
 use ca::{Ca, CaError};
 use metrics::Metrics;
-use store::{Store, StoreError, TokenGrant, TokenRecord};
+use spillway_api::tokens::{TokenGrant, TokenRecord};
+use store::{Store, StoreError};
 use view::View;
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
@@ -70,11 +71,7 @@ pub enum ServerError {
     WeakToken { path: PathBuf, length: usize },
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use spillway_plumbing::now_ms;
 
 /// Everything the endpoint tasks and API handlers share.
 #[derive(Debug)]
@@ -91,7 +88,7 @@ pub struct State {
     pub blobs: blobs::Blobs,
     /// Beats every time the lease loop goes round (it takes the hand-over lock), for the systemd
     /// watchdog.
-    pub heartbeat: spillway_agent::service::Heartbeat,
+    pub heartbeat: spillway_plumbing::systemd::Heartbeat,
     admin_hash: [u8; 32],
     quic_addr: SocketAddr,
     /// Blob frames (up to 64 MiB each) buffered at once, from all members together.
@@ -254,7 +251,7 @@ impl Coordinator {
             deployments: watch::channel(0).0,
             handovers,
             blobs,
-            heartbeat: spillway_agent::service::Heartbeat::default(),
+            heartbeat: spillway_plumbing::systemd::Heartbeat::default(),
             store,
             ca,
             config,
@@ -288,7 +285,7 @@ impl Coordinator {
     pub fn client_config(&self) -> String {
         let mut text = format!(
             "{}\ncoordinator = \"{}\"\ntoken = \"{}\"\n",
-            crate::client::WRITTEN_BY_MARKER,
+            spillway_api::WRITTEN_BY_MARKER,
             self.state.api_url(),
             self.admin_token
         );

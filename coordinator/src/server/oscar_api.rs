@@ -471,7 +471,7 @@ async fn accept_delegated(
                     format!("`{service}` cannot read `{}` from storage provider `{provider}`: define it under `storage_providers` of the function's FDL (with its endpoint and keys)", object.key),
                 )
             })?;
-            let bucket = spillway_agent::s3::Bucket::open(&settings, &object.bucket)
+            let bucket = spillway_plumbing::s3::Bucket::open(&settings, &object.bucket)
                 .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
             let bytes = bucket
                 .get(&object.key, (MAX_STREAM_FRAME - 4096) as u64)

@@ -57,7 +57,7 @@ impl Presigner {
         let mut secret = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
             .map_err(|_| std::io::Error::other("no randomness for the presign key"))?;
-        spillway_agent::atomic::write_whole(&path, &secret, 0o600)?;
+        spillway_plumbing::atomic::write_whole(&path, &secret, 0o600)?;
         Ok(Self::from_secret(&secret))
     }
 

@@ -10,42 +10,7 @@
 //! Node identity (join tokens, labels, removing nodes) and API tokens stay with the admin.
 
 use axum::http::Method;
-use serde::{Deserialize, Serialize};
-
-/// What a caller may do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", tag = "scope")]
-pub enum Scope {
-    Admin,
-    Operator,
-    Invoker { functions: Vec<String> },
-    Webhook,
-}
-
-impl Scope {
-    /// `operator`, `invoker`, `webhook` (what `api-token create --scope` takes).
-    pub fn parse(text: &str, functions: Vec<String>) -> Result<Self, String> {
-        match text {
-            "operator" if functions.is_empty() => Ok(Self::Operator),
-            "webhook" if functions.is_empty() => Ok(Self::Webhook),
-            "invoker" if !functions.is_empty() => Ok(Self::Invoker { functions }),
-            "invoker" => Err("an invoker token names the functions it may invoke (--function F)".into()),
-            "operator" | "webhook" => Err(format!("a {text} token names no functions")),
-            "admin" => Err("there is one admin token, in the coordinator's state folder; make an operator token instead".into()),
-            other => Err(format!("unknown scope `{other}`: operator, invoker or webhook")),
-        }
-    }
-
-    /// The scope as a user reads it.
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Admin => "admin".into(),
-            Self::Operator => "operator".into(),
-            Self::Invoker { functions } => format!("invoker of {}", functions.join(", ")),
-            Self::Webhook => "webhook".into(),
-        }
-    }
-}
+use spillway_api::tokens::Scope;
 
 /// What a request needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

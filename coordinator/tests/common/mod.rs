@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use spillway_agent::mesh::Membership;
+use spillway_link::membership::Membership;
 use spillway_proto::wire::{AgentFrame, COORDINATOR_SERVER_NAME, Capacity, Hello, Version};
 
 /// A mutual-TLS connection to the coordinator at `quic` with `m`'s certificate.

@@ -36,13 +36,13 @@ pub fn build_release_binaries() {
     build_binaries(&["--release"]);
 }
 
-/// `cargo build [extra] -p spillway-agent -p spillway-coordinator` in this tree.
+/// `cargo build [extra] -p spillway-agent -p spillway-cli` in this tree.
 fn build_binaries(extra: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .arg("build")
         .args(extra)
-        .args(["-p", "spillway-agent", "-p", "spillway-coordinator"])
+        .args(["-p", "spillway-agent", "-p", "spillway-cli"])
         .current_dir(repo(""))
         .status()
         .expect("cargo build");

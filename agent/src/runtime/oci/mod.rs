@@ -25,8 +25,9 @@ use super::process::{as_job_child, drain};
 use super::{Executor, Exit, Outcome, PrepareError, RunFuture, Runtime, StagedJob};
 use crate::capture::Captured;
 use crate::image::store::{Lease, canonical_reference};
-use crate::image::{ImageError, ImageRecord, ImageStore, Platform, Registries, pull};
+use crate::image::{ImageError, ImageRecord, ImageStore, Platform, pull};
 use shim::{CONFIG_FILE, RESULT_FILE, ShimConfig, ShimResult};
+use spillway_agent_config::registry::Registries;
 
 /// Why an `image:` function cannot run on a 32-bit board.
 pub const NO_CONTAINERS: &str = "containers need a 64-bit board: libcontainer 0.7 does not build for 32-bit ARM; run this function as `runtime: wasm`, or keep it on arm64 nodes with `node_selector`";

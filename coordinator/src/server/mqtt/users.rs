@@ -10,10 +10,10 @@ use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
 
-use crate::api::{MqttUserCreated, MqttUserRequest};
 use crate::server::http::ApiError;
-use crate::server::store::MqttUserRecord;
 use crate::server::{State, now_ms};
+use spillway_api::tokens::MqttUserRecord;
+use spillway_api::{MqttUserCreated, MqttUserRequest};
 
 /// Filters per direction, and the longest filter, a user may be given.
 const MAX_FILTERS: usize = 64;

@@ -190,7 +190,7 @@ pub fn classify(e: &reqwest_tls::Error) -> Submitted {
     }
 }
 
-pub use spillway_agent::error_chain;
+pub use spillway_plumbing::error_chain;
 
 /// The start of a refusing answer's body (trimmed, at most `max_chars`), for the reason a job
 /// moved on.

@@ -4,7 +4,7 @@
 //! the view (p50/p99, from the coordinator's own /metrics), for each N; then a real agent's RSS
 //! while linked next to the same agent standalone.
 //!
-//! `cargo bench -p spillway-coordinator --bench mesh` (SPILLWAY_BENCH_AGENTS=1000,5000 to choose).
+//! `cargo bench -p spillway-cli --bench mesh` (SPILLWAY_BENCH_AGENTS=1000,5000 to choose).
 //! The load generator shares the machine with the coordinator; its CPU is printed too.
 
 // A benchmark harness: a failure is a panic with the reason.
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use spillway_coordinator::loadgen::{FleetStats, enroll, run_fleet};
+use spillway_cli::loadgen::{FleetStats, enroll, run_fleet};
 
 const WARMUP: Duration = Duration::from_secs(5);
 const MEASURE: Duration = Duration::from_secs(10);
@@ -37,7 +37,7 @@ fn release_bin(name: &str) -> PathBuf {
                 "build",
                 "--release",
                 "-p",
-                "spillway-coordinator",
+                "spillway-cli",
                 "-p",
                 "spillway-agent",
             ])

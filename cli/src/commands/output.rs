@@ -45,7 +45,7 @@ pub fn age(ms: u64) -> String {
 }
 
 pub fn since(at_ms: u64) -> String {
-    age(crate::server::now_ms().saturating_sub(at_ms))
+    age(spillway_plumbing::now_ms().saturating_sub(at_ms))
 }
 
 #[cfg(test)]

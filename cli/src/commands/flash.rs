@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::api::{TokenCreated, TokenRequest};
 use crate::client::Client;
 use crate::flash::{self, FlashError, FlashOptions, Progress, device};
+use spillway_api::{TokenCreated, TokenRequest};
 
 /// What the command line asked for.
 #[derive(Debug)]

@@ -3,7 +3,6 @@
 pub mod flash;
 pub mod membership;
 pub mod output;
-pub mod up;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,10 +13,9 @@ use base64::Engine;
 use spillway_proto::fdl;
 use spillway_proto::wire::JobPhase;
 
-use crate::api::*;
 use crate::client::{Client, encode_path};
-use crate::server::State;
 use output::{Format, print, since};
+use spillway_api::*;
 
 /// An apply request for `path`: the FDL text plus every script and module it names, read from
 /// next to the file. Validation errors are reported here, before anything is sent.
@@ -70,17 +68,6 @@ pub fn apply_request(path: &Path) -> anyhow::Result<ApplyRequest> {
         text,
         files,
     })
-}
-
-/// Applies an FDL file inside the coordinator's own process (`spillway up --apply`).
-pub fn apply_local(state: &State, path: &Path) -> anyhow::Result<()> {
-    let req = apply_request(path)?;
-    let outcome = crate::server::apply::apply(&state.store, &req, crate::server::now_ms())?;
-    state.deployments.send_modify(|g| *g += 1);
-    for (name, verdict) in outcome.functions {
-        println!("function/{name} {verdict}");
-    }
-    Ok(())
 }
 
 pub async fn apply(client: &Client, files: &[PathBuf]) -> anyhow::Result<()> {

@@ -6,12 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::ErrorBody;
-
-/// First line of client configs the coordinator writes; a file without it is the user's own and
-/// is never overwritten.
-pub const WRITTEN_BY_MARKER: &str =
-    "# written by `spillway serve`/`spillway up`; remove this line to keep your own edits";
+use spillway_api::ErrorBody;
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum ClientError {
@@ -58,7 +53,7 @@ pub fn default_config_path() -> Option<PathBuf> {
 pub fn install_client_config(text: &str) -> Option<PathBuf> {
     let path = default_config_path()?;
     if let Ok(existing) = std::fs::read_to_string(&path)
-        && !existing.starts_with(WRITTEN_BY_MARKER)
+        && !existing.starts_with(spillway_api::WRITTEN_BY_MARKER)
     {
         return None;
     }

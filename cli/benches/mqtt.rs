@@ -1,4 +1,4 @@
-//! MQTT trigger benchmarks: `cargo bench -p spillway-coordinator --bench mqtt [-- N]`.
+//! MQTT trigger benchmarks: `cargo bench -p spillway-cli --bench mqtt [-- N]`.
 //!
 //! The same in-process agent (a no-op wasm function triggered by `bench/+/in`, QoS 1) behind
 //! two brokers in one run, side by side: the coordinator's embedded rumqttd and Debian's
@@ -81,7 +81,9 @@ fn run(port: u16, burst: usize) -> Figures {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let agent = Agent::start(config).expect("agent");
+        // Process functions only: no container job is started, so no shim is needed.
+        let agent = Agent::start(config, std::path::Path::new("/nonexistent/no-container-shim"))
+            .expect("agent");
         let mut events = agent.subscribe();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let running = tokio::spawn(agent.run(async {

@@ -6,12 +6,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use spillway_agent::mesh::{self, Membership};
+use spillway_agent::mesh;
 use spillway_agent::{Agent, AgentConfig};
+use spillway_link::membership::Membership;
 
 use crate::client::install_client_config;
-use crate::config::CoordinatorConfig;
-use crate::server::Coordinator;
+use spillway_coordinator::config::CoordinatorConfig;
+use spillway_coordinator::server::Coordinator;
 
 #[derive(Debug, Clone)]
 pub struct UpOptions {
@@ -66,9 +67,9 @@ pub async fn up(
         http_listen: opts.http,
         // The first try on one box asks for plain HTTP, on loopback only; elsewhere HTTPS.
         http_tls: if opts.http.ip().is_loopback() {
-            crate::config::HttpTls::Off
+            spillway_coordinator::config::HttpTls::Off
         } else {
-            crate::config::HttpTls::Mesh { names: Vec::new() }
+            spillway_coordinator::config::HttpTls::Mesh { names: Vec::new() }
         },
         mqtt_listen: match &opts.mqtt {
             MqttChoice::Embedded(addr) => Some(*addr),
@@ -77,7 +78,7 @@ pub async fn up(
         mqtt: match &opts.mqtt {
             // A first try on one box: anonymous clients on loopback (the only place they may
             // be), the local agent with its mesh identity on a loopback TLS port of its own.
-            MqttChoice::Embedded(addr) => crate::config::MqttSettings {
+            MqttChoice::Embedded(addr) => spillway_coordinator::config::MqttSettings {
                 allow_anonymous: addr.ip().is_loopback(),
                 tls_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
                 ..Default::default()
@@ -124,7 +125,7 @@ pub async fn up(
     });
     if Membership::load(&agent_config.state_dir).is_none() {
         // Its own agent: what its config proposes is what the operator of `up` asked for.
-        let grant = crate::server::store::TokenGrant {
+        let grant = spillway_api::tokens::TokenGrant {
             node: None,
             labels: Some(agent_config.labels.clone()),
             cluster_id: agent_config.cluster_id.clone(),
@@ -143,11 +144,14 @@ pub async fn up(
         .context("the local agent could not join")?;
     }
     for file in &opts.apply {
-        super::apply_local(&state, file)?;
+        apply_local(&state, file)?;
     }
     let membership = Membership::load(&agent_config.state_dir)
         .context("the local agent has no identity after joining")?;
-    let agent = Agent::start(agent_config.clone()).context("the local agent could not start")?;
+    // `spillway` is the local agent's container shim (its hidden `oci-run`).
+    let shim = std::env::current_exe().context("cannot find this program's own binary")?;
+    let agent =
+        Agent::start(agent_config.clone(), &shim).context("the local agent could not start")?;
     let (handle, capacity) = (agent.mesh_handle(), agent.capacity());
     let link = tokio::spawn({
         let mut rx = stop_rx.clone();
@@ -192,4 +196,19 @@ pub async fn up(
     let _ = link.await;
     let _ = coordinator_task.await;
     result
+}
+
+/// Applies an FDL file inside the coordinator's own process (`spillway up --apply`).
+pub fn apply_local(state: &spillway_coordinator::server::State, path: &Path) -> anyhow::Result<()> {
+    let req = crate::commands::apply_request(path)?;
+    let outcome = spillway_coordinator::server::apply::apply(
+        &state.store,
+        &req,
+        spillway_plumbing::now_ms(),
+    )?;
+    state.deployments.send_modify(|g| *g += 1);
+    for (name, verdict) in outcome.functions {
+        println!("function/{name} {verdict}");
+    }
+    Ok(())
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use spillway_agent::mesh::Membership;
-use spillway_agent::mesh::membership::request_membership;
+use spillway_link::membership::Membership;
+use spillway_link::membership::request_membership;
 use spillway_link::stream::{FrameReader, send};
 use spillway_proto::load::{DATAGRAM_BUDGET, FunctionLoad, LoadReport};
 use spillway_proto::wire::{
@@ -138,7 +138,7 @@ async fn simulate(
         seq += 1;
         let report = LoadReport {
             seq,
-            sent_at_ms: crate::server::now_ms(),
+            sent_at_ms: spillway_plumbing::now_ms(),
             queued: (seq % 7) as u32,
             running: 1,
             oldest_queued_ms: 0,

@@ -1,5 +1,11 @@
-//! The agent's TOML configuration file. Relative paths resolve against the file's folder, so a
-//! config and its FDL files can be moved around together.
+//! The agent's TOML configuration file, `agent.toml`: read by the agent and written by
+//! `spillway flash`, which checks what it writes with this same parser. Relative paths resolve
+//! against the file's folder, so a config and its FDL files can be moved around together.
+//! [`platform`] is the OS/architecture a node pulls images for, [`registry`] how it reaches
+//! each registry.
+
+pub mod platform;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -43,7 +49,7 @@ struct RawConfig {
     #[serde(default)]
     process: RawProcess,
     #[serde(default)]
-    registries: std::collections::BTreeMap<String, crate::image::RegistrySettings>,
+    registries: std::collections::BTreeMap<String, registry::RegistrySettings>,
     join: Option<RawJoin>,
     mqtt: Option<RawMqtt>,
 }
@@ -172,8 +178,8 @@ pub struct OciConfig {
     pub tmp_size: Bytes,
     pub image_store_max: Bytes,
     pub kill_grace: Duration,
-    pub platform: crate::image::Platform,
-    pub registries: crate::image::Registries,
+    pub platform: platform::Platform,
+    pub registries: registry::Registries,
 }
 
 #[derive(Debug, Clone)]
@@ -431,11 +437,11 @@ impl AgentConfig {
                 image_store_max: raw.oci.image_store_max.map_or(Bytes(4 << 30), |m| m.0),
                 kill_grace: Duration::from_secs(raw.oci.kill_grace_secs.unwrap_or(5)),
                 platform: match raw.oci.platform {
-                    Some(p) => crate::image::Platform::parse(&p)
+                    Some(p) => platform::Platform::parse(&p)
                         .map_err(|e| format!("oci.platform: {e}"))?,
-                    None => crate::image::Platform::host(),
+                    None => platform::Platform::host(),
                 },
-                registries: crate::image::Registries(
+                registries: registry::Registries(
                     raw.registries
                         .into_iter()
                         .map(|(host, mut r)| {
@@ -520,25 +526,6 @@ impl AgentConfig {
             spillway_proto::Event::Mqtt(m) => {
                 m.file_name.under(&self.inbox_dir().join(id.to_string()))
             }
-        }
-    }
-
-    /// Opens a job's input for reading: a bucket file beneath the data root without following
-    /// a symbolic link (one swapped in while the job was queued fails it, with the reason), a
-    /// message's payload from this node's own inbox.
-    pub fn open_input(
-        &self,
-        id: spillway_proto::JobId,
-        event: &spillway_proto::Event,
-    ) -> std::io::Result<std::fs::File> {
-        match event {
-            spillway_proto::Event::File(f) => {
-                let rel = Path::new(&f.bucket).join(f.key.as_str());
-                crate::beneath::Beneath::open(&self.data_root)
-                    .and_then(|root| root.open_file(&rel))
-                    .map_err(crate::beneath::BeneathError::into_io)
-            }
-            spillway_proto::Event::Mqtt(_) => std::fs::File::open(self.input_of(id, event)),
         }
     }
 

@@ -1,14 +1,19 @@
 //! `spillway validate` as scripts use it: diagnostics on stderr, exit 0 or 1.
 
-mod support;
-
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{bin, repo};
+fn spillway() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_spillway"))
+}
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
 
 #[test]
 fn validate_accepts_the_three_thesis_figures() {
-    let out = Command::new(bin("spillway"))
+    let out = spillway()
         .arg("validate")
         .args(
             [
@@ -35,7 +40,7 @@ fn validate_exits_1_and_points_at_the_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "functions:\n  oscar:\n  - fog:\n      name: fire\n      image: x\n      memory: 1 gigabyte\n").expect("write");
-    let out = Command::new(bin("spillway"))
+    let out = spillway()
         .arg("validate")
         .arg(&bad)
         .arg(repo("configs/quickstart/functions.yaml"))

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::api::{
+use crate::client::{Client, encode_path};
+use spillway_api::tokens::{ApiTokenListing, TokenListing};
+use spillway_api::{
     ApiTokenCreated, ApiTokenRequest, LabelChange, NodeView, TokenCreated, TokenRequest,
     TokenRevoke, TokensRevoked,
 };
-use crate::client::{Client, encode_path};
-use crate::server::store::{ApiTokenListing, TokenListing};
 
 use super::output::{Format, print};
 
@@ -237,10 +237,10 @@ pub async fn revoke_api_token(client: &Client, id: &str) -> anyhow::Result<()> {
 /// `spillway mqtt user add NAME --publish F --subscribe F`: prints the password once.
 pub async fn add_mqtt_user(
     client: &Client,
-    req: crate::api::MqttUserRequest,
+    req: spillway_api::MqttUserRequest,
     format: Format,
 ) -> anyhow::Result<()> {
-    let created: crate::api::MqttUserCreated = client.post("/v1/mqtt/users", &req).await?;
+    let created: spillway_api::MqttUserCreated = client.post("/v1/mqtt/users", &req).await?;
     match format {
         Format::Table => {
             println!("{}", created.password);
@@ -255,7 +255,7 @@ pub async fn add_mqtt_user(
 }
 
 pub async fn list_mqtt_users(client: &Client, format: Format) -> anyhow::Result<()> {
-    let users: Vec<crate::server::store::MqttUserRecord> = client.get("/v1/mqtt/users").await?;
+    let users: Vec<spillway_api::tokens::MqttUserRecord> = client.get("/v1/mqtt/users").await?;
     print(
         format,
         &users,

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use spillway_link::stream::{FrameReader, send};
-use spillway_link::token::JoinToken;
+use crate::stream::{FrameReader, send};
+use crate::token::JoinToken;
 use spillway_proto::wire::{
     COORDINATOR_SERVER_NAME, JoinReply, JoinRequest, MAX_JOIN_FRAME, PROTOCOL,
 };
@@ -22,9 +22,9 @@ pub enum JoinError {
     /// the coordinator refused to join this node: {0}
     Refused(String),
     /// {0}
-    Identity(#[from] spillway_link::identity::IdentityError),
+    Identity(#[from] crate::identity::IdentityError),
     /// {0}
-    Tls(#[from] spillway_link::tls::TlsError),
+    Tls(#[from] crate::tls::TlsError),
     /// cannot save the identity in {path}: {source}
     Save {
         path: PathBuf,
@@ -60,10 +60,10 @@ impl Membership {
         })
     }
 
-    fn save(&self, state_dir: &Path) -> std::io::Result<()> {
+    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
         let d = dir(state_dir);
         let write = |name: &str, bytes: &[u8], mode: u32| {
-            crate::atomic::write_whole(&d.join(name), bytes, mode)
+            spillway_plumbing::atomic::write_whole(&d.join(name), bytes, mode)
         };
         write("node.key.der", &self.key_der, 0o600)?;
         write("node.der", &self.cert_der, 0o644)?;
@@ -110,58 +110,6 @@ pub async fn join(
     Ok(membership)
 }
 
-/// Joins from the config's `[join]` when the node starts without an identity (a flashed card's
-/// first boot). An unreachable coordinator is retried with backoff (a board's network often comes
-/// up after its services); a refused or malformed token is not, and the node runs standalone.
-pub async fn join_at_start(
-    state_dir: &Path,
-    node: &str,
-    settings: &crate::config::JoinSettings,
-) -> Option<Membership> {
-    let token = match std::fs::read_to_string(&settings.token_file) {
-        Ok(t) => t.trim().to_owned(),
-        Err(e) => {
-            tracing::error!(
-                "cannot read the join token {} ({e}); running standalone. Put the token from `spillway token create` there and restart",
-                settings.token_file.display()
-            );
-            return None;
-        }
-    };
-    let mut wait = Duration::from_secs(1);
-    loop {
-        match join(state_dir, node, &settings.coordinator, &token).await {
-            Ok(m) => {
-                // Spent, but still a secret: remove it where the service may (ProtectSystem
-                // can make /etc read-only; then it stays, useless).
-                let removed = std::fs::remove_file(&settings.token_file).is_ok();
-                tracing::info!(
-                    "joined the mesh of {}{}",
-                    settings.coordinator,
-                    if removed {
-                        "; the spent join token was deleted"
-                    } else {
-                        ""
-                    }
-                );
-                return Some(m);
-            }
-            Err(e @ (JoinError::Connect { .. } | JoinError::Resolve(..))) => {
-                tracing::warn!("cannot join yet: {e}; trying again in {}s", wait.as_secs());
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => {
-                tracing::error!(
-                    "cannot join the mesh of {}: {e}; running standalone",
-                    settings.coordinator
-                );
-                return None;
-            }
-        }
-    }
-}
-
 /// The join exchange itself, without saving anything (load generators join thousands).
 pub async fn request_membership(
     node: &str,
@@ -169,14 +117,14 @@ pub async fn request_membership(
     token: &str,
 ) -> Result<Membership, JoinError> {
     let token = JoinToken::parse(token).map_err(JoinError::Token)?;
-    let (key, csr_der) = spillway_link::identity::new_request(node)?;
+    let (key, csr_der) = crate::identity::new_request(node)?;
     let addr = resolve(coordinator).await?;
     let connect_err = |message: String| JoinError::Connect {
         addr: coordinator.to_owned(),
         message,
     };
     let endpoint = client_endpoint(&addr).map_err(|e| connect_err(e.to_string()))?;
-    let config = spillway_link::tls::joining(token.ca_pin)?;
+    let config = crate::tls::joining(token.ca_pin)?;
     let exchange = async {
         let conn = endpoint
             .connect_with(config, addr, COORDINATOR_SERVER_NAME)

@@ -198,7 +198,7 @@ pub fn agent_config(base: Option<&str>, opts: &FlashOptions) -> Result<String, S
         opts.coordinator,
         toml::to_string(&table).map_err(|e| e.to_string())?
     );
-    spillway_agent::config::AgentConfig::from_toml(&text, std::path::Path::new("/etc/spillway"))
+    spillway_agent_config::AgentConfig::from_toml(&text, std::path::Path::new("/etc/spillway"))
         .map_err(|e| format!("the agent config would be invalid: {e}"))?;
     Ok(text)
 }
@@ -390,7 +390,7 @@ mod tests {
         };
         let text = agent_config(Some("[labels]\nzone = \"shed\"\n"), &opts).expect("valid");
         let c =
-            spillway_agent::config::AgentConfig::from_toml(&text, "/etc".as_ref()).expect("parses");
+            spillway_agent_config::AgentConfig::from_toml(&text, "/etc".as_ref()).expect("parses");
         assert_eq!(c.node_name, "pi-7");
         assert_eq!(c.labels["zone"], "shed");
         assert_eq!(c.join.map(|j| j.token_file), Some(TOKEN_ON_BOARD.into()));

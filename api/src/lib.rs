@@ -1,10 +1,18 @@
-//! The HTTP API's request and response bodies, shared by the server and the CLI.
+//! The coordinator's HTTP API as both sides see it: the request and response bodies the server
+//! sends and the CLI reads, and ([`tokens`]) the records of who holds which token or login.
+
+pub mod tokens;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use spillway_proto::load::{LoadReport, NodeHealth};
 use spillway_proto::wire::{Capacity, FileEntry, JobUpdate};
+
+/// First line of client configs the coordinator writes; a file without it is the user's own and
+/// is never overwritten.
+pub const WRITTEN_BY_MARKER: &str =
+    "# written by `spillway serve`/`spillway up`; remove this line to keep your own edits";
 
 /// `POST /v1/apply`: one FDL file as written, plus the files it names (base64), keyed by the
 /// path written in the FDL.

@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-use spillway_coordinator::cli::output::Format;
-use spillway_coordinator::cli::{self, membership, up};
-use spillway_coordinator::client::{Client, install_client_config, write_private};
+use spillway_cli::client::Client;
+use spillway_cli::commands::output::Format;
+use spillway_cli::commands::{self as cli, membership};
+#[cfg(feature = "up")]
+use spillway_cli::up;
+#[cfg(feature = "serve")]
 use spillway_coordinator::config::CoordinatorConfig;
-use spillway_coordinator::server::Coordinator;
 
 /// Exit code for an unusable configuration (EX_USAGE).
+#[cfg(feature = "serve")]
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
@@ -42,13 +45,16 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs one container job of the local agent of `spillway up` (started by it, per container).
+    #[cfg(feature = "up")]
     #[command(hide = true, name = "oci-run")]
     OciRun { bundle: PathBuf },
     /// Runs the embedded MQTT broker (started and watched by the coordinator: a broker fault
     /// stays in this process).
+    #[cfg(feature = "serve")]
     #[command(hide = true, name = "mqtt-broker")]
     MqttBroker,
     /// Run a coordinator and a local agent in one process, on embedded defaults.
+    #[cfg(feature = "up")]
     Up {
         /// Where both keep their state and the agent its data folders.
         #[arg(long, default_value = "./spillway-data")]
@@ -73,6 +79,7 @@ enum Command {
         apply: Vec<PathBuf>,
     },
     /// Run the coordinator server.
+    #[cfg(feature = "serve")]
     Serve {
         /// Coordinator configuration file (TOML).
         #[arg(long, short, default_value = "/etc/spillway/coordinator.toml")]
@@ -350,12 +357,14 @@ enum LabelCommand {
 fn main() -> ExitCode {
     restore_sigpipe();
     let cli = Cli::parse();
+    #[cfg(feature = "up")]
     if let Command::OciRun { bundle } = &cli.command {
         // The container's stdout/stderr are this process's: nothing else may write there.
         let code = spillway_agent::runtime::oci::shim::run(bundle);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
-    spillway_agent::logging::init(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    spillway_plumbing::logging::init(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    #[cfg(feature = "serve")]
     if let Command::MqttBroker = &cli.command {
         return match spillway_coordinator::server::mqtt::process::child_main() {
             Ok(()) => ExitCode::SUCCESS,
@@ -368,8 +377,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { files } => {
             let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-            return match spillway_coordinator::validate::validate_files(&files, &mut out, &mut err)
-            {
+            return match spillway_cli::validate::validate_files(&files, &mut out, &mut err) {
                 Ok(summary) if summary.invalid == 0 => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::from(1),
                 Err(e) => {
@@ -402,6 +410,7 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
+    #[cfg(feature = "serve")]
     if let Command::Serve { config } = &cli.command {
         match CoordinatorConfig::load(config) {
             Ok(c) => return finish(runtime().and_then(|rt| rt.block_on(serve(c)))),
@@ -432,8 +441,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+#[cfg(feature = "serve")]
 async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
-    let coordinator = Coordinator::start(config).await?;
+    use spillway_cli::client::{install_client_config, write_private};
+    let coordinator = spillway_coordinator::server::Coordinator::start(config).await?;
     let text = coordinator.client_config();
     let file = coordinator.state.config.state_dir.join("client.toml");
     write_private(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
@@ -445,8 +456,8 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         file.display(),
         installed.map_or(String::new(), |p| format!(" and {}", p.display()))
     );
-    use spillway_agent::service;
-    let stop = spillway_agent::shutdown_signal();
+    use spillway_plumbing::systemd as service;
+    let stop = spillway_plumbing::shutdown_signal();
     service::ready(&format!("agents on quic://{}", coordinator.quic_addr()));
     let watchdog = service::spawn_watchdog(
         coordinator.state.heartbeat.clone(),
@@ -474,6 +485,7 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
         )
     };
     match cli.command {
+        #[cfg(feature = "up")]
         Command::Up {
             dir,
             quic,
@@ -498,7 +510,7 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                     node,
                     apply,
                 },
-                spillway_agent::shutdown_signal(),
+                spillway_plumbing::shutdown_signal(),
             )
             .await
         }
@@ -589,7 +601,7 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                             anyhow::anyhow!("--wifi needs a password: --wifi-password-file FILE or $SPILLWAY_WIFI_PASSWORD")
                         })?,
                     };
-                    Some(spillway_coordinator::flash::Wifi {
+                    Some(spillway_cli::flash::Wifi {
                         ssid,
                         password,
                         country: wifi_country.unwrap_or_default(),
@@ -623,19 +635,19 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             let arch = arch
-                .map(|a| spillway_coordinator::flash::Arch::parse(&a))
+                .map(|a| spillway_cli::flash::Arch::parse(&a))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--arch: {e}"))?;
-            spillway_coordinator::cli::flash::run(
+            spillway_cli::commands::flash::run(
                 api,
-                spillway_coordinator::cli::flash::FlashArgs {
+                spillway_cli::commands::flash::FlashArgs {
                     image,
                     device,
                     new_token: new_token.then_some(token_ttl),
                     labels,
                     cluster_id,
                     yes,
-                    options: spillway_coordinator::flash::FlashOptions {
+                    options: spillway_cli::flash::FlashOptions {
                         coordinator,
                         token: join_token.unwrap_or_default(),
                         hostname,
@@ -705,7 +717,7 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                     subscribe,
                     description,
                 } => {
-                    let req = spillway_coordinator::api::MqttUserRequest {
+                    let req = spillway_api::MqttUserRequest {
                         name,
                         publish,
                         subscribe,
@@ -745,12 +757,11 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Serve { .. }
-        | Command::Validate { .. }
-        | Command::Completions { .. }
-        | Command::Sim { .. }
-        | Command::OciRun { .. }
-        | Command::MqttBroker => Ok(()),
+        #[cfg(feature = "serve")]
+        Command::Serve { .. } | Command::MqttBroker => Ok(()),
+        #[cfg(feature = "up")]
+        Command::OciRun { .. } => Ok(()),
+        Command::Validate { .. } | Command::Completions { .. } | Command::Sim { .. } => Ok(()),
     }
 }
 
