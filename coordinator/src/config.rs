@@ -54,6 +54,83 @@ pub struct CoordinatorConfig {
     pub aws: AwsSettings,
     /// Kubernetes clusters of `kubernetes` replicas, by the replica's `cluster_id`.
     pub kubernetes: BTreeMap<String, KubeCluster>,
+    /// `[placement]`: the bounds and assumptions of the placement decision.
+    pub placement: PlacementSettings,
+}
+
+/// `[placement]`: what the placement core is told about money and about replicas, which send
+/// no load reports.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSettings {
+    /// Most one job may cost on an elastic replica (USD); unset: no bound.
+    pub cost_bound_usd: Option<f64>,
+    /// Most GB-seconds elastic replicas (Lambda) may be committed in any hour; unset: none.
+    pub elastic_budget_gb_s_per_hour: Option<f64>,
+    /// Lambda's price per GB-second (x86, us-east-1 on-demand by default).
+    #[serde(default = "default_lambda_price")]
+    pub lambda_usd_per_gb_s: f64,
+    /// Jobs a cluster or endpoint replica is assumed to run at once (it reports no load: the
+    /// coordinator counts what it has placed there and not yet seen finish).
+    #[serde(default = "default_replica_slots")]
+    pub replica_slots: u32,
+    /// Expected time from placing a job on a cluster or endpoint replica to its function
+    /// running (pod scheduling, container start), and on Lambda (a start without a warm
+    /// instance).
+    #[serde(default = "default_cluster_start", with = "humantime_serde_req")]
+    pub cluster_start: Duration,
+    #[serde(default = "default_lambda_start", with = "humantime_serde_req")]
+    pub lambda_start: Duration,
+}
+
+fn default_lambda_price() -> f64 {
+    0.000_016_666_7
+}
+fn default_replica_slots() -> u32 {
+    8
+}
+fn default_cluster_start() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_lambda_start() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl Default for PlacementSettings {
+    fn default() -> Self {
+        Self {
+            cost_bound_usd: None,
+            elastic_budget_gb_s_per_hour: None,
+            lambda_usd_per_gb_s: default_lambda_price(),
+            replica_slots: default_replica_slots(),
+            cluster_start: default_cluster_start(),
+            lambda_start: default_lambda_start(),
+        }
+    }
+}
+
+impl PlacementSettings {
+    fn check(&self) -> Result<(), String> {
+        let positive = |name: &str, v: Option<f64>| match v {
+            Some(x) if !x.is_finite() || x < 0.0 => Err(format!(
+                "placement.{name} must be a number of at least 0, not {x}"
+            )),
+            _ => Ok(()),
+        };
+        positive("cost_bound_usd", self.cost_bound_usd)?;
+        positive(
+            "elastic_budget_gb_s_per_hour",
+            self.elastic_budget_gb_s_per_hour,
+        )?;
+        positive("lambda_usd_per_gb_s", Some(self.lambda_usd_per_gb_s))?;
+        if self.replica_slots == 0 || self.replica_slots > 100_000 {
+            return Err(format!(
+                "placement.replica_slots must be between 1 and 100000, not {}",
+                self.replica_slots
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[aws]`: region, endpoint and keys for Lambda.
@@ -210,6 +287,7 @@ impl Default for CoordinatorConfig {
             oscar_user: "oscar".into(),
             aws: AwsSettings::default(),
             kubernetes: BTreeMap::new(),
+            placement: PlacementSettings::default(),
         }
     }
 }
@@ -238,6 +316,7 @@ struct File {
     aws: Option<AwsSettings>,
     #[serde(default)]
     kubernetes: BTreeMap<String, KubeCluster>,
+    placement: Option<PlacementSettings>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -468,6 +547,18 @@ impl HttpTls {
 }
 
 /// `"1s"`, `"500ms"`, as humantime writes them.
+/// A duration that has a default (the field's `serde(default)`), read like the optional ones.
+mod humantime_serde_req {
+    use std::time::Duration;
+
+    use serde::{Deserializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        super::humantime_serde_opt::deserialize(d)?
+            .ok_or_else(|| D::Error::custom("a duration like \"1s\" is needed"))
+    }
+}
+
 mod humantime_serde_opt {
     use std::time::Duration;
 
@@ -585,6 +676,10 @@ impl CoordinatorConfig {
             }
             c.clusters.insert(id, creds);
         }
+        if let Some(p) = file.placement {
+            p.check()?;
+            c.placement = p;
+        }
         if let Some(user) = file.oscar.and_then(|o| o.user) {
             c.oscar_user = user;
         }
@@ -661,6 +756,41 @@ mod tests {
             CoordinatorConfig::from_toml("[replicas]\npublic_url = \"10.0.0.1\"\n", dir.path())
                 .unwrap_err();
         assert!(err.contains("public_url"), "{err}");
+    }
+
+    #[test]
+    fn placement_bounds_are_read_and_nonsense_is_refused_with_the_key() {
+        let c = CoordinatorConfig::from_toml(
+            "[placement]\ncost_bound_usd = 0.002\nelastic_budget_gb_s_per_hour = 5000\nreplica_slots = 3\nlambda_start = \"5s\"\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(c.placement.cost_bound_usd, Some(0.002));
+        assert_eq!(c.placement.elastic_budget_gb_s_per_hour, Some(5000.0));
+        assert_eq!(c.placement.replica_slots, 3);
+        assert_eq!(c.placement.lambda_start, Duration::from_secs(5));
+        assert_eq!(c.placement.cluster_start, Duration::from_secs(2), "default");
+        let defaults = CoordinatorConfig::from_toml("", Path::new("/")).unwrap();
+        assert_eq!(defaults.placement, PlacementSettings::default());
+        for (text, says) in [
+            (
+                "[placement]\ncost_bound_usd = -1\n",
+                "placement.cost_bound_usd must be",
+            ),
+            (
+                "[placement]\nelastic_budget_gb_s_per_hour = nan\n",
+                "placement.elastic_budget_gb_s_per_hour must be",
+            ),
+            (
+                "[placement]\nreplica_slots = 0\n",
+                "placement.replica_slots must be",
+            ),
+            ("[placement]\nbudget = 5\n", "unknown field `budget`"),
+            ("[placement]\ncluster_start = \"soon\"\n", "not a duration"),
+        ] {
+            let err = CoordinatorConfig::from_toml(text, Path::new("/")).unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 
     #[test]

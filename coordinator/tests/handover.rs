@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spillway_coordinator::config::CoordinatorConfig;
+use spillway_coordinator::config::{CoordinatorConfig, PlacementSettings};
 use spillway_coordinator::server::{Coordinator, State};
 use spillway_link::membership::{self as mesh, Membership};
 use spillway_link::stream::{FrameReader, request, send};
@@ -31,10 +31,15 @@ struct Running {
 }
 
 async fn start(dir: &Path, quic: SocketAddr) -> Running {
+    start_with(dir, quic, PlacementSettings::default()).await
+}
+
+async fn start_with(dir: &Path, quic: SocketAddr, placement: PlacementSettings) -> Running {
     let config = CoordinatorConfig {
         state_dir: dir.join("coordinator"),
         quic_listen: quic,
         http_listen: "127.0.0.1:0".parse().unwrap(),
+        placement,
         ..CoordinatorConfig::default()
     };
     let c = Coordinator::start(config).await.unwrap();
@@ -313,18 +318,25 @@ async fn an_offer_nobody_can_take_is_declined_and_leaves_nothing_behind() {
     busy.offer_slots(0, 1).await;
     let mut origin = connect(c.quic, &m[0]).await;
     let input = origin.put(b"image").await;
-    let offer = offer(input);
+    // The origin would start it at once (its run takes as long as the busy peer's): waiting for
+    // the peer's slot cannot beat that.
+    let offer = Offer {
+        local_wait_ms: 0,
+        run_ms: 100,
+        ..offer(input)
+    };
     origin.send(AgentFrame::Offer(offer.clone())).await;
     let Some(CoordinatorFrame::Declined { id, reason }) = origin.next_handover().await else {
         panic!("expected a refusal");
     };
     assert_eq!(id, offer.id);
-    assert!(reason.contains("no peer has a free slot"), "{reason}");
+    assert!(reason.contains("predicted to finish it sooner"), "{reason}");
     assert!(open(&c).contains("spillway_handovers_open 0"));
-    assert!(
-        open(&c).contains("spillway_blobs 0"),
-        "the input of a declined offer is not kept"
-    );
+    // Dropped right after the answer leaves (blobs go only behind the messages queued before).
+    until("the input of a declined offer is not kept", || {
+        open(&c).contains("spillway_blobs 0")
+    })
+    .await;
     assert!(busy.next_handover().await.is_none());
 }
 
@@ -421,4 +433,83 @@ async fn a_peer_that_stays_away_loses_all_its_leases_at_once_and_the_jobs_go_hom
         open(&c).contains("spillway_handovers_open 0") && open(&c).contains("spillway_blobs 0")
     })
     .await;
+}
+
+/// Applies `f` with one Lambda replica (1 GiB, so a job is predicted to bill 2 GB-s: the
+/// placement core's 1 s default run plus `[placement] lambda_start`'s 1 s).
+fn apply_lambda_function(c: &Running) {
+    let text = "functions:\n  oscar:\n  - edge:\n      name: f\n      runtime: process\n      script: f.sh\n      memory: 1Gi\n      replicas:\n      - {type: lambda, function_name: fire, region: us-east-1}\n";
+    let mut files = std::collections::BTreeMap::new();
+    files.insert("f.sh".to_owned(), "IyEvYmluL3NoCg==".to_owned());
+    let req = spillway_api::ApplyRequest {
+        file: "f.yaml".into(),
+        text: text.into(),
+        files,
+    };
+    spillway_coordinator::server::apply::apply(&c.state.store, &req, 0).unwrap();
+}
+
+/// The coordinator's answer about `id`, skipping frames about other jobs.
+async fn answer_about(origin: &mut Member, id: spillway_proto::JobId) -> CoordinatorFrame {
+    loop {
+        let frame = origin.next_handover().await.expect("an answer");
+        let about = match &frame {
+            CoordinatorFrame::Accepted(j) => *j == id,
+            CoordinatorFrame::Declined { id: j, .. } => *j == id,
+            _ => false,
+        };
+        if about {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_is_used_only_within_the_hourly_budget_and_the_cost_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for one job's 2 GB-s in the hour, not two.
+    let budget = PlacementSettings {
+        elastic_budget_gb_s_per_hour: Some(3.0),
+        ..PlacementSettings::default()
+    };
+    let c = start_with(dir.path(), "127.0.0.1:0".parse().unwrap(), budget).await;
+    apply_lambda_function(&c);
+    let m = members(&c, &["origin"]).await;
+    let mut origin = connect(c.quic, &m[0]).await;
+    let first = offer_of("in/1.jpg", origin.put(b"one").await);
+    origin.send(AgentFrame::Offer(first.clone())).await;
+    assert_eq!(
+        answer_about(&mut origin, first.id).await,
+        CoordinatorFrame::Accepted(first.id),
+        "within the budget, Lambda takes the job"
+    );
+    let second = offer_of("in/2.jpg", origin.put(b"two").await);
+    origin.send(AgentFrame::Offer(second.clone())).await;
+    let CoordinatorFrame::Declined { reason, .. } = answer_about(&mut origin, second.id).await
+    else {
+        panic!("the second job would pass the hourly budget: it must stay home");
+    };
+    assert!(reason.contains("predicted to finish it sooner"), "{reason}");
+    let _ = c.stop.send(());
+    let _ = c.done.await;
+
+    // A cost bound below one job's price keeps Lambda out altogether.
+    let dir = tempfile::tempdir().unwrap();
+    let bound = PlacementSettings {
+        cost_bound_usd: Some(0.000_01),
+        ..PlacementSettings::default()
+    };
+    let c = start_with(dir.path(), "127.0.0.1:0".parse().unwrap(), bound).await;
+    apply_lambda_function(&c);
+    let m = members(&c, &["origin"]).await;
+    let mut origin = connect(c.quic, &m[0]).await;
+    let offer = offer_of("in/1.jpg", origin.put(b"one").await);
+    origin.send(AgentFrame::Offer(offer.clone())).await;
+    assert!(
+        matches!(
+            answer_about(&mut origin, offer.id).await,
+            CoordinatorFrame::Declined { .. }
+        ),
+        "2 GB-s at $0.0000166667 is $0.000033, over the $0.00001 bound"
+    );
 }

@@ -31,13 +31,26 @@ impl RunTimes {
         *mean = *mean * (1.0 - ALPHA) + ms as f64 * ALPHA;
     }
 
-    /// The expected run time of `function` on `target`: measured there, else the function's
-    /// prior, else one second.
-    pub fn expect(&self, function: &str, target: &str) -> Millis {
+    /// Takes `mean_ms` as the mean of `function` on `target` (a peer reports its own).
+    pub fn record(&mut self, function: &str, target: &str, mean_ms: Millis) {
+        self.means
+            .entry(function.to_owned())
+            .or_default()
+            .insert(target.to_owned(), mean_ms as f64);
+    }
+
+    /// The mean measured for `function` on `target`, if any run was seen there.
+    pub fn measured(&self, function: &str, target: &str) -> Option<Millis> {
         self.means
             .get(function)
             .and_then(|by_target| by_target.get(target))
             .map(|m| *m as Millis)
+    }
+
+    /// The expected run time of `function` on `target`: measured there, else the function's
+    /// prior, else one second.
+    pub fn expect(&self, function: &str, target: &str) -> Millis {
+        self.measured(function, target)
             .or_else(|| self.priors.get(function).copied())
             .unwrap_or(1000)
     }

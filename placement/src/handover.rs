@@ -138,7 +138,10 @@ impl<Id: Copy + Ord, Out: Clone> Ledger<Id, Out> {
         let Some(peer) = choose(&visited).filter(|p| !visited.contains(p)) else {
             return vec![send(
                 origin,
-                ToAgent::Declined(id, "no peer has a free slot for it now".into()),
+                ToAgent::Declined(
+                    id,
+                    "no peer or replica is predicted to finish it sooner than here".into(),
+                ),
             )];
         };
         self.jobs.insert(

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use spillway_placement::handover::{OriginPhase, OriginStep, ToAgent, origin_step};
-use spillway_placement::policy::spillway::predicted_completion;
-use spillway_placement::{Job, Target, TargetKind, estimate::RunTimes};
+use spillway_placement::policy::spillway::predicted_wait;
+use spillway_placement::{Target, TargetKind};
 use spillway_proto::JobId;
 use spillway_proto::key::ObjectKey;
 use spillway_proto::wire::OfferReason;
@@ -21,8 +21,9 @@ use super::{Agent, AgentError, JobEvent};
 use crate::journal::{Guest, JobRecord, JobState};
 
 /// A queued job waits this long before it is offered when its function sets no
-/// `rescheduler_threshold` (OSCAR's default).
-pub const DEFAULT_RESCHEDULER_THRESHOLD: Duration = Duration::from_secs(30);
+/// `rescheduler_threshold` (OSCAR's default; the coordinator assumes the same).
+pub const DEFAULT_RESCHEDULER_THRESHOLD: Duration =
+    Duration::from_millis(spillway_placement::policy::DEFAULT_RESCHEDULER_THRESHOLD_MS);
 
 /// After the coordinator declines a function's job, its jobs are not offered again for about
 /// one run time, within these bounds.
@@ -68,36 +69,33 @@ fn origin_phase(state: &JobState) -> OriginPhase {
     }
 }
 
-/// Predicted wait before a job that queues behind `ahead` others of its function starts here:
-/// the placement core's completion estimate for this node, minus the run itself.
-pub fn predicted_local_wait_ms(ahead: u32, free_slots: u32, slots: u32, mean_run_ms: u64) -> u64 {
-    let mut times = RunTimes::default();
-    times.observe("f", "here", mean_run_ms);
-    let job = Job {
-        id: 0,
-        function: "f".into(),
-        input_bytes: 0,
-        origin: "here".into(),
-        hops: 0,
-        visited: vec![],
-        queued_at: 0,
-    };
+/// Predicted wait before a job that queues behind `ahead` others of its function starts here
+/// (no slot free), by the placement core's own rule: the jobs ahead spread over the slots, each
+/// taking the run time learned here.
+pub fn predicted_local_wait_ms(ahead: u32, slots: u32, run_ms: u64) -> u64 {
     let here = Target {
-        id: "here".into(),
+        id: String::new(),
         kind: TargetKind::Origin,
         tier: 0,
         slots: Some(slots.max(1)),
-        free_slots,
+        free_slots: 0,
         queued: ahead,
         latency_ms: 0,
         bytes_per_ms: 1.0,
         start_ms: 0,
         cost: None,
     };
-    predicted_completion(&job, &here, &times).saturating_sub(times.expect("f", "here"))
+    predicted_wait(&here, run_ms)
 }
 
 impl Agent {
+    /// The run time expected here for `function`: learned from its runs, else the placement
+    /// core's default (the coordinator assumes the same for this node).
+    fn run_ms(&self, function: &str) -> u64 {
+        self.run_times
+            .expect(function, &self.shared.config.node_name)
+    }
+
     /// The threshold past which a job of `function` should not wait here, if its jobs may be
     /// handed over at all (only functions the coordinator deployed: every peer runs the same).
     fn spill_threshold(&self, function: &str) -> Option<Duration> {
@@ -115,8 +113,7 @@ impl Agent {
     /// Whether jobs of `function` may be offered now: linked, and not just declined (a slot
     /// elsewhere frees after about one run, so that is how long the coordinator is left alone).
     fn may_offer(&self, function: &str) -> bool {
-        let run =
-            Duration::from_millis(self.run_means.get(function).copied().unwrap_or(0.0) as u64);
+        let run = Duration::from_millis(self.run_ms(function));
         let cooldown = run.clamp(MIN_DECLINE_COOLDOWN, MAX_DECLINE_COOLDOWN);
         self.shared.mesh_out().is_some()
             && self
@@ -142,9 +139,8 @@ impl Agent {
         else {
             return Ok(());
         };
-        let mean = self.run_means.get(function).copied().unwrap_or(0.0) as u64;
         let slots = self.scheduler.slots(function);
-        let wait = predicted_local_wait_ms(ahead, 0, slots, mean);
+        let wait = predicted_local_wait_ms(ahead, slots, self.run_ms(function));
         if wait > threshold.as_millis() as u64 {
             self.offer(id, OfferReason::Admission)?;
         }
@@ -200,9 +196,8 @@ impl Agent {
             .queued_of(&function)
             .find(|(_, q)| *q == id)
             .map_or(0, |(ahead, _)| (ahead + in_doubt) as u32);
-        let run_ms = self.run_means.get(&function).copied().unwrap_or(0.0) as u64;
-        let local_wait_ms =
-            predicted_local_wait_ms(ahead, 0, self.scheduler.slots(&function), run_ms);
+        let run_ms = self.run_ms(&function);
+        let local_wait_ms = predicted_local_wait_ms(ahead, self.scheduler.slots(&function), run_ms);
         // A job placed here for another node is the coordinator's already: it stays here.
         let journal = &self.shared.journal;
         if journal.was_returned(id)?
@@ -314,14 +309,9 @@ mod tests {
 
     #[test]
     fn the_local_wait_grows_with_the_queue_and_shrinks_with_slots() {
-        assert_eq!(predicted_local_wait_ms(0, 1, 1, 1000), 0, "a free slot");
-        assert_eq!(predicted_local_wait_ms(0, 0, 1, 1000), 1000);
-        assert_eq!(predicted_local_wait_ms(3, 0, 1, 1000), 4000);
-        assert_eq!(predicted_local_wait_ms(3, 0, 2, 1000), 2000);
-        assert_eq!(
-            predicted_local_wait_ms(5, 0, 1, 0),
-            0,
-            "no run time learned yet"
-        );
+        assert_eq!(predicted_local_wait_ms(0, 1, 1000), 1000);
+        assert_eq!(predicted_local_wait_ms(3, 1, 1000), 4000);
+        assert_eq!(predicted_local_wait_ms(3, 2, 1000), 2000);
+        assert_eq!(predicted_local_wait_ms(5, 1, 0), 0, "instant runs");
     }
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use spillway_placement::estimate::RunTimes;
 use spillway_proto::JobId;
 use spillway_proto::load::{FunctionLoad, LoadReport};
 use spillway_proto::quantity::{Bytes, Millicores};
@@ -133,9 +134,10 @@ pub struct Agent {
     runtimes: Runtimes,
     tasks: JoinSet<()>,
     load: watch::Sender<LoadReport>,
-    /// Start time of each running job, and a moving mean of run times per function.
+    /// Start time of each running job, and the run times learned per function (the placement
+    /// core's estimates, under this node's name: the coordinator keeps the same).
     started: HashMap<JobId, (String, Instant)>,
-    run_means: HashMap<String, f64>,
+    run_times: RunTimes,
     /// The oldest queued job and when it was queued, so load reports need no journal read.
     oldest: Option<(JobId, u64)>,
     /// When the coordinator last declined a job of each function.
@@ -319,7 +321,7 @@ impl Agent {
             tasks: JoinSet::new(),
             load: watch::channel(LoadReport::default()).0,
             started: HashMap::new(),
-            run_means: HashMap::new(),
+            run_times: RunTimes::default(),
             oldest: None,
             declined: HashMap::new(),
             in_doubt: HashMap::new(),
@@ -388,7 +390,10 @@ impl Agent {
             .function_loads()
             .into_iter()
             .map(|(name, free_slots, queued, running)| FunctionLoad {
-                mean_run_ms: self.run_means.get(&name).map_or(0, |m| *m as u32),
+                mean_run_ms: self
+                    .run_times
+                    .measured(&name, &self.shared.config.node_name)
+                    .map_or(0, |m| u32::try_from(m).unwrap_or(u32::MAX)),
                 name,
                 free_slots,
                 queued,
@@ -665,10 +670,9 @@ impl Agent {
             Msg::Done(id) => {
                 self.scheduler.finish(id);
                 if let Some((function, at)) = self.started.remove(&id) {
-                    let ms = at.elapsed().as_secs_f64() * 1000.0;
-                    let mean = self.run_means.entry(function).or_insert(ms);
-                    // Exponential moving mean: recent runs count most, one outlier does not rule.
-                    *mean = *mean * 0.8 + ms * 0.2;
+                    let ms = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    let node = &self.shared.config.node_name;
+                    self.run_times.observe(&function, node, ms);
                 }
                 self.admit()?;
             }

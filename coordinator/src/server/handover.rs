@@ -8,10 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use spillway_placement::estimate::RunTimes;
 use spillway_placement::handover::{Effect, Handover, HandoverState, Ledger, ToAgent};
-use spillway_placement::policy::spillway::predicted_completion;
-use spillway_placement::{Job, Target, TargetKind};
+use spillway_placement::{Job, Millis, Target, TargetKind};
 use spillway_proto::load::NodeHealth;
 use spillway_proto::wire::{CoordinatorFrame, GuestDone, Offer, Outcome, Placement};
 use spillway_proto::{Event, JobId};
@@ -19,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::State;
 use super::metrics::inc;
+use super::placing::{self, Placing};
 use super::replicas;
 
 /// The persisted form of one handed-over job: the ledger's record and what a peer needs to run it.
@@ -93,6 +92,8 @@ struct Inner {
     away_since: HashMap<String, Instant>,
     /// Placements not yet visible in the peer's load reports: (peer, when).
     recent: Vec<(String, Instant)>,
+    /// The placement core's budget window and run times.
+    placing: Placing,
 }
 
 /// Every handed-over job and the sessions messages about them go to.
@@ -142,6 +143,7 @@ impl Handovers {
                 next_session: 1,
                 away_since: HashMap::new(),
                 recent: Vec::new(),
+                placing: Placing::default(),
             }),
             started: Instant::now(),
         }
@@ -201,14 +203,23 @@ impl State {
         if !is_current(&inner, node, session) {
             return;
         }
-        // The origin's own prediction, when it has one: a peer must beat it.
-        let beat = (offer.run_ms > 0).then_some((
-            offer.local_wait_ms.saturating_add(offer.run_ms),
-            offer.run_ms,
-        ));
-        let choice = self
-            .choose_peer(&inner, &offer.function, offer.input_bytes, &[], beat)
-            .or_else(|| self.choose_replica(&offer.function, &[node.to_owned()]));
+        // The origin's own prediction (it knows its queue exactly): a target must beat it. An
+        // agent that has no run time to predict with sends 0 and takes any place.
+        let stay = if offer.run_ms > 0 {
+            offer.local_wait_ms.saturating_add(offer.run_ms)
+        } else {
+            Millis::MAX
+        };
+        let job = Job {
+            id: 0,
+            function: offer.function.clone(),
+            input_bytes: offer.input_bytes,
+            origin: node.to_owned(),
+            hops: 0,
+            visited: vec![node.to_owned()],
+            queued_at: 0,
+        };
+        let choice = self.place(&mut inner, &job, stay, false);
         let effects = inner
             .ledger
             .offer(offer.id, node, &offer.function, |visited| {
@@ -236,7 +247,7 @@ impl State {
             )
         }) {
             inc(&self.metrics.handovers_declined);
-            tracing::debug!(job = %offer.id.short(), origin = node, ?beat, "offer declined: no peer beats the origin's prediction");
+            tracing::debug!(job = %offer.id.short(), origin = node, stay, "offer declined: no target beats the origin's prediction");
             self.carry_out(&mut inner, effects, &[offer.input]);
             return;
         }
@@ -308,23 +319,20 @@ impl State {
                 continue;
             }
             tracing::warn!(peer = %peer, "peer away for {}s: placing its jobs again", away.as_secs());
-            let jobs: Vec<(JobId, String, Vec<String>)> = inner
+            let jobs: Vec<(JobId, Job)> = inner
                 .ledger
                 .iter()
                 .filter(
                     |(_, h)| matches!(&h.state, HandoverState::Placed { peer: p } if *p == peer),
                 )
-                .map(|(id, h)| (*id, h.function.clone(), h.visited.clone()))
+                .map(|(id, h)| (*id, ledger_job(h)))
                 .collect();
             // Each choice counts the ones before it as placements the view does not show yet;
             // the marks go again before the placements are sent, which count them for real.
             let marks = inner.recent.len();
             let mut choices: HashMap<JobId, Option<String>> = HashMap::new();
-            for (id, function, visited) in jobs {
-                // The input's size is not kept with the hand-over; peers are near each other.
-                let choice = self
-                    .choose_peer(&inner, &function, 0, &visited, None)
-                    .or_else(|| self.choose_replica(&function, &visited));
+            for (id, job) in jobs {
+                let choice = self.place(&mut inner, &job, Millis::MAX, false);
                 if let Some(p) = &choice {
                     inner.recent.push((p.clone(), Instant::now()));
                 }
@@ -339,24 +347,42 @@ impl State {
         }
     }
 
-    /// The peer predicted to finish the job first — expected wait there (its queue, its free
-    /// slots less the placements its reports do not show yet) + moving the input + its run time —
-    /// among connected, ready peers that run `function` and are not in `exclude`. With `beat`,
-    /// only a peer that beats that completion time (the origin's own prediction) will do;
-    /// without it, only a peer with a free slot.
-    fn choose_peer(
+    /// Where a job goes: the placement core's one decision
+    /// ([`spillway_placement::policy::SpillwayPolicy::place`]) over the function's peers and, unless
+    /// `peers_only`, its replicas. `stay` is the completion predicted where the job is
+    /// (`Millis::MAX`: it must move, or has no place yet).
+    fn place(
         &self,
-        inner: &Inner,
-        function: &str,
-        input_bytes: u64,
-        exclude: &[String],
-        beat: Option<(u64, u64)>,
+        inner: &mut Inner,
+        job: &Job,
+        stay: Millis,
+        peers_only: bool,
     ) -> Option<String> {
-        let nodes = self.store.nodes().unwrap_or_default();
-        let mut times = RunTimes::default();
-        if let Some((_, run_ms)) = beat {
-            times.set_prior(function, run_ms);
+        // A function deleted meanwhile keeps its jobs moving among the peers that still run it.
+        let def = self
+            .store
+            .function(&job.function)
+            .ok()
+            .flatten()
+            .map(|r| r.def);
+        let settings = &self.config.placement;
+        let max_hops = self.config.max_hops;
+        let spec = placing::function_spec(&job.function, def.as_ref(), settings, max_hops);
+        let mut view = self.peer_targets(inner, &job.function, &job.visited);
+        if let Some(def) = def.as_ref().filter(|_| !peers_only) {
+            let ledger = &inner.ledger;
+            view.extend(placing::replica_targets(def, settings, |id| {
+                in_flight(ledger, id)
+            }));
         }
+        inner.placing.place(job, &spec, &view, stay)
+    }
+
+    /// The node a new job of `function` starts on (`/job`, `/run`, bucket events): the
+    /// placement core's choice among the Ready nodes that run it. It counts at once as a job the
+    /// node's reports do not show yet.
+    pub fn place_new_job(&self, function: &str, input_bytes: u64) -> Option<String> {
+        let mut inner = self.handovers.lock();
         let job = Job {
             id: 0,
             function: function.to_owned(),
@@ -366,7 +392,17 @@ impl State {
             visited: vec![],
             queued_at: 0,
         };
-        let mut best: Option<(u64, String)> = None;
+        let node = self.place(&mut inner, &job, Millis::MAX, true)?;
+        inner.recent.push((node.clone(), Instant::now()));
+        Some(node)
+    }
+
+    /// The connected, Ready peers that run `function`, not in `exclude`, as the placement core's
+    /// targets: their load as last reported, less the placements those reports do not show yet,
+    /// and the run time each reports (a peer measures its own).
+    fn peer_targets(&self, inner: &mut Inner, function: &str, exclude: &[String]) -> Vec<Target> {
+        let nodes = self.store.nodes().unwrap_or_default();
+        let mut targets = Vec::new();
         for live in self.view.snapshot() {
             if exclude.contains(&live.name)
                 || live.health != NodeHealth::Ready
@@ -377,61 +413,48 @@ impl State {
             let deployed = nodes
                 .iter()
                 .any(|n| n.name == live.name && n.running.iter().any(|f| f == function));
-            let Some(load) = live
-                .report
-                .as_ref()
-                .and_then(|r| r.functions.iter().find(|f| f.name == function))
-            else {
-                continue;
-            };
             if !deployed {
                 continue;
             }
+            // Deployed since its last report: counted as one slot, busy, until it reports.
+            let load = live
+                .report
+                .as_ref()
+                .and_then(|r| r.functions.iter().find(|f| f.name == function))
+                .cloned()
+                .unwrap_or_default();
             let since_report = live.silent_for.unwrap_or(Duration::ZERO);
             let unseen = inner
                 .recent
                 .iter()
                 .filter(|(p, at)| *p == live.name && at.elapsed() <= since_report)
                 .count() as u32;
-            let free = load.free_slots.saturating_sub(unseen);
             // Numbers from a member's report: saturating, so a hostile report cannot wrap its
             // queue to look short.
+            let free = load.free_slots.saturating_sub(unseen);
             let queued = load
                 .queued
                 .saturating_add(unseen.saturating_sub(load.free_slots));
-            if beat.is_none() && free == 0 {
-                continue;
-            }
             if load.mean_run_ms > 0 {
-                times.observe(function, &live.name, u64::from(load.mean_run_ms));
+                inner
+                    .placing
+                    .times
+                    .record(function, &live.name, u64::from(load.mean_run_ms));
             }
-            let target = Target {
+            targets.push(Target {
                 id: live.name.clone(),
                 kind: TargetKind::Peer,
                 tier: 0,
                 slots: Some(load.free_slots.saturating_add(load.running).max(1)),
                 free_slots: free,
                 queued,
-                latency_ms: 1,
-                bytes_per_ms: 10_000.0,
+                latency_ms: PEER_LATENCY_MS,
+                bytes_per_ms: PEER_BYTES_PER_MS,
                 start_ms: 0,
                 cost: None,
-            };
-            let eta = predicted_completion(&job, &target, &times);
-            if beat.is_some_and(|(origin_eta, _)| eta >= origin_eta) {
-                continue;
-            }
-            if best.as_ref().is_none_or(|(b, _)| eta < *b) {
-                best = Some((eta, live.name.clone()));
-            }
+            });
         }
-        best.map(|(_, name)| name)
-    }
-
-    /// The function's first replica by priority that the job has not been on.
-    fn choose_replica(&self, function: &str, visited: &[String]) -> Option<String> {
-        let def = self.store.function(function).ok().flatten()?.def;
-        replicas::next_replica(&def, visited)
+        targets
     }
 
     /// What a replica attempt needs of a job: function, origin, hops, event and input — while
@@ -495,6 +518,12 @@ impl State {
     /// like a peer's result; the job's row says where it ran.
     pub fn replica_done(&self, id: JobId, replica: &str, outcome: Outcome) {
         let mut inner = self.handovers.lock();
+        // From the coordinator taking the job to the replica's answer: what placing there took.
+        if let (Some(h), Some(p)) = (inner.ledger.get(&id), inner.payloads.get(&id)) {
+            let took = super::now_ms().saturating_sub(p.accepted_at_ms);
+            let function = h.function.clone();
+            inner.placing.times.observe(&function, replica, took);
+        }
         let effects = inner.ledger.guest_done(id, replica, outcome);
         self.carry_out(&mut inner, effects, &[]);
         drop(inner);
@@ -517,11 +546,8 @@ impl State {
         if h.attempt != attempt {
             return;
         }
-        let function = h.function.clone();
-        let visited = h.visited.clone();
-        let choice = self
-            .choose_peer(&inner, &function, 0, &visited, None)
-            .or_else(|| self.choose_replica(&function, &visited));
+        let job = ledger_job(h);
+        let choice = self.place(&mut inner, &job, Millis::MAX, false);
         let effects = inner.ledger.placement_lost(id, replica, why, |_| choice);
         self.carry_out(&mut inner, effects, &[]);
     }
@@ -639,6 +665,32 @@ fn blob_in_use(inner: &Inner, d: &[u8; 32]) -> bool {
 }
 
 /// Whether `holder` holds lease `attempt` of the hand-over.
+/// Peers of a mesh are near each other: 1 ms and 10 MB/s assumed for moving an input.
+const PEER_LATENCY_MS: Millis = 1;
+const PEER_BYTES_PER_MS: f64 = 10_000.0;
+
+/// A ledger record as the placement core's job. Its input's size is not kept with it.
+fn ledger_job(h: &Handover<Outcome>) -> Job {
+    Job {
+        id: 0,
+        function: h.function.clone(),
+        input_bytes: 0,
+        origin: h.origin.clone(),
+        hops: h.hops,
+        visited: h.visited.clone(),
+        queued_at: 0,
+    }
+}
+
+/// Jobs placed on `holder` and not finished there.
+fn in_flight(ledger: &Ledger<JobId, Outcome>, holder: &str) -> u32 {
+    let n = ledger
+        .iter()
+        .filter(|(_, h)| matches!(&h.state, HandoverState::Placed { peer } if peer == holder))
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 fn holds_lease(h: &Handover<Outcome>, holder: &str, attempt: u32) -> bool {
     h.attempt == attempt && matches!(&h.state, HandoverState::Placed { peer } if peer == holder)
 }

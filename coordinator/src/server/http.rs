@@ -630,7 +630,7 @@ pub(super) async fn submit_object(
 ) -> Result<Invoked, ApiError> {
     let node = match node {
         Some(n) => n,
-        None => pick_node(state, name)?,
+        None => pick_node(state, name, body.len() as u64)?,
     };
     let size = body.len() as u64;
     let stored = store_on(state, &node, format!("{bucket}/{key}"), body.to_vec()).await?;
@@ -651,27 +651,15 @@ pub(super) async fn submit_object(
     })
 }
 
-/// The Ready node running `function` with the most free slots (then the shortest queue).
-fn pick_node(state: &State, function: &str) -> Result<String, ApiError> {
-    let running: Vec<String> = state
-        .store
-        .nodes()?
-        .into_iter()
-        .filter(|n| n.running.iter().any(|r| r == function))
-        .map(|n| n.name)
-        .collect();
-    state
-        .view
-        .snapshot()
-        .into_iter()
-        .filter(|n| n.health == NodeHealth::Ready && running.contains(&n.name))
-        .max_by_key(|n| {
-            let r = n.report.clone().unwrap_or_default();
-            let free = r.functions.iter().find(|f| f.name == function).map_or(0, |f| f.free_slots);
-            (free, std::cmp::Reverse(r.queued), std::cmp::Reverse(n.name.clone()))
-        })
-        .map(|n| n.name)
-        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("no Ready node runs `{function}`; see `spillway get nodes` and `spillway describe function {function}`")))
+/// The node a new job of `function` starts on: the placement core's choice among the Ready
+/// nodes that run it.
+fn pick_node(state: &State, function: &str, input_bytes: u64) -> Result<String, ApiError> {
+    state.place_new_job(function, input_bytes).ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no Ready node runs `{function}`; see `spillway get nodes` and `spillway describe function {function}`"),
+        )
+    })
 }
 
 async fn create_token(

@@ -17,6 +17,7 @@ pub mod listener;
 pub mod metrics;
 pub mod mqtt;
 pub mod oscar_api;
+pub mod placing;
 pub mod presign;
 pub mod quic;
 pub mod replicas;

@@ -10,6 +10,10 @@ pub use spillway::SpillwayPolicy;
 use crate::estimate::RunTimes;
 use crate::model::{Decision, Job, Millis, Target};
 
+/// A queued job waits this long before it is offered when its function sets no
+/// `rescheduler_threshold` (OSCAR's default), on agents and in the coordinator alike.
+pub const DEFAULT_RESCHEDULER_THRESHOLD_MS: Millis = 30_000;
+
 /// What a policy knows about a function.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {

@@ -24,18 +24,24 @@ pub fn predicted_gb_s(job: &Job, t: &Target, times: &RunTimes) -> f64 {
 
 const HOUR_MS: Millis = 3_600_000;
 
-/// Predicted milliseconds from now until `job` would finish on `t`.
-pub fn predicted_completion(job: &Job, t: &Target, times: &RunTimes) -> Millis {
-    let run = times.expect(&job.function, &t.id);
-    let wait = match t.slots {
+/// Predicted milliseconds before a job arriving now would start on `t`: the jobs ahead of it
+/// spread over the slots, each taking about `run`; 0 with a free slot and nobody waiting.
+/// The agent predicts its own wait with this too, so both sides of an offer count alike.
+pub fn predicted_wait(t: &Target, run: Millis) -> Millis {
+    match t.slots {
         None => 0,
         Some(_) if t.free_slots > 0 && t.queued == 0 => 0,
         Some(slots) => {
-            // Jobs ahead of this one, spread over the slots, each taking about `run`.
             let ahead = (u64::from(t.queued) + 1).saturating_sub(u64::from(t.free_slots));
             ahead.div_ceil(u64::from(slots.max(1))).saturating_mul(run)
         }
-    };
+    }
+}
+
+/// Predicted milliseconds from now until `job` would finish on `t`.
+pub fn predicted_completion(job: &Job, t: &Target, times: &RunTimes) -> Millis {
+    let run = times.expect(&job.function, &t.id);
+    let wait = predicted_wait(t, run);
     let transfer = if t.kind == TargetKind::Origin {
         0
     } else {
@@ -57,9 +63,14 @@ pub fn predicted_cost(job: &Job, t: &Target, times: &RunTimes) -> f64 {
 }
 
 impl SpillwayPolicy {
-    /// The best target in the first tier that beats staying, if any (recording what it commits
-    /// on an elastic target against the hourly budget).
-    fn best_elsewhere(
+    /// The placement decision, the one every caller makes: the simulator when a job arrives and
+    /// at each rescheduler tick, the live coordinator for an origin's offer, a lease that
+    /// expired, a replica that failed, and a new job from the API or a bucket event. It returns
+    /// the best target in the first tier that beats `stay` (the completion predicted where the
+    /// job is; `Millis::MAX` when it must move or has no place yet), within the hop limit, the
+    /// cost bound and the hourly GB-s budget, and records what it commits on an elastic target
+    /// against that budget.
+    pub fn place(
         &mut self,
         job: &Job,
         f: &FunctionSpec,
@@ -190,7 +201,7 @@ impl Policy for SpillwayPolicy {
         if wait <= f.max_local_wait_ms {
             return Decision::Stay;
         }
-        match self.best_elsewhere(job, f, view, times, stay, now) {
+        match self.place(job, f, view, times, stay, now) {
             Some(target) => Decision::Delegate {
                 target,
                 mechanism: Mechanism::Admission,
@@ -219,7 +230,7 @@ impl Policy for SpillwayPolicy {
                 continue;
             }
             let stay = predicted_completion(job, &origin, times);
-            if let Some(target) = self.best_elsewhere(job, f, &view, times, stay, now) {
+            if let Some(target) = self.place(job, f, &view, times, stay, now) {
                 if let Some(t) = view.iter_mut().find(|t| t.id == target) {
                     if t.free_slots > 0 {
                         t.free_slots -= 1;
