@@ -317,7 +317,10 @@ impl Sim<'_> {
     }
 
     fn arrive(&mut self, job: u64, node: usize) {
-        if self.spec(node).decides {
+        // A job placed here for another node is decided about again only where guests do not
+        // simply stay (as a live Spillway agent hosts them).
+        let own = self.jobs[&job].origin == node;
+        if self.spec(node).decides && (own || !self.policy.guests_stay()) {
             let rt = &self.jobs[&job];
             let f = &self.sc.functions[&rt.job.function].spec;
             let view = self.view(node);
@@ -408,6 +411,7 @@ impl Sim<'_> {
                 (j.origin, j.arrived_at, j.first_start.unwrap_or(now))
             };
             self.outstanding -= 1;
+            self.report.ran_on.insert(job, spec.id.clone());
             let lower = self.lower_bound(&function, origin);
             self.report
                 .completed(&spec.tier, started - arrived, now - arrived, lower);
@@ -430,9 +434,11 @@ impl Sim<'_> {
 
     /// One rescheduler pass; returns how long its hand-overs keep it busy.
     fn tick(&mut self, node: usize) -> Millis {
+        let guests_stay = self.policy.guests_stay();
         let queued: Vec<Job> = self.nodes[node]
             .queue
             .iter()
+            .filter(|id| !guests_stay || self.jobs[*id].origin == node)
             .map(|id| self.jobs[id].job.clone())
             .collect();
         let Some(first) = queued.first() else {

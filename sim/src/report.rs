@@ -29,6 +29,10 @@ pub struct Report {
     pub jobs: usize,
     /// Jobs by the tier that finished them first.
     pub jobs_per_tier: BTreeMap<String, u32>,
+    /// Each job (numbered in the order jobs were made: arrivals first) and the node that
+    /// finished it first, for comparing decisions one by one.
+    #[serde(skip)]
+    pub ran_on: BTreeMap<u64, String>,
     pub delegations: Delegations,
     pub queue_mean_s: f64,
     pub queue_p95_s: f64,
@@ -77,6 +81,7 @@ impl Report {
             policy: policy.into(),
             jobs: 0,
             jobs_per_tier: tiers.iter().map(|t| (t.clone(), 0)).collect(),
+            ran_on: BTreeMap::new(),
             delegations: Delegations::default(),
             queue_mean_s: 0.0,
             queue_p95_s: 0.0,

@@ -110,8 +110,9 @@ impl Agent {
         )
     }
 
-    /// Whether jobs of `function` may be offered now: linked, and not just declined (a slot
-    /// elsewhere frees after about one run, so that is how long the coordinator is left alone).
+    /// Whether the rescheduler may offer jobs of `function` now: linked, and not just declined (a
+    /// slot elsewhere frees after about one run, so that is how long the coordinator is left
+    /// alone).
     fn may_offer(&self, function: &str) -> bool {
         let run = Duration::from_millis(self.run_ms(function));
         let cooldown = run.clamp(MIN_DECLINE_COOLDOWN, MAX_DECLINE_COOLDOWN);
@@ -128,7 +129,9 @@ impl Agent {
         let Some(threshold) = self.spill_threshold(function) else {
             return Ok(());
         };
-        if !self.may_offer(function) {
+        // A new arrival is a new prediction: the cool-down after a decline holds back only the
+        // rescheduler's second tries (the simulator decides on every arrival as well).
+        if self.shared.mesh_out().is_none() {
             return Ok(());
         }
         let Some(ahead) = self

@@ -220,6 +220,7 @@ impl State {
             queued_at: 0,
         };
         let choice = self.place(&mut inner, &job, stay, false);
+        let to = choice.clone().unwrap_or_default();
         let effects = inner
             .ledger
             .offer(offer.id, node, &offer.function, |visited| {
@@ -236,7 +237,7 @@ impl State {
             );
             inc(&self.metrics.handovers_accepted);
             let why = format!("{:?}", offer.reason);
-            tracing::info!(job = %offer.id.short(), origin = node, function = %offer.function, reason = %why, "job handed over");
+            tracing::info!(job = %offer.id.short(), origin = node, to = %to, function = %offer.function, reason = %why, stay_ms = stay, "job handed over");
         } else if effects.iter().any(|e| {
             matches!(
                 e,

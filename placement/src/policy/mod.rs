@@ -50,6 +50,10 @@ pub trait Policy {
     /// (Spillway), or only once the target has accepted it (OSCAR's Rescheduler: a job that
     /// starts meanwhile runs twice).
     fn atomic_handover(&self) -> bool;
+    /// Whether a job placed on a target stays there (Spillway: the agent hosting it never offers
+    /// it again; only the coordinator moves it, when the lease expires), or is the target's to
+    /// place again like its own jobs (an OSCAR cluster treats a delegated job as a new one).
+    fn guests_stay(&self) -> bool;
     /// A job arrived.
     fn on_arrival(
         &mut self,

@@ -67,6 +67,10 @@ impl Policy for OscarPolicy {
         false
     }
 
+    fn guests_stay(&self) -> bool {
+        false
+    }
+
     fn on_arrival(
         &mut self,
         _job: &Job,

@@ -182,6 +182,10 @@ impl Policy for SpillwayPolicy {
         true
     }
 
+    fn guests_stay(&self) -> bool {
+        true
+    }
+
     fn on_arrival(
         &mut self,
         job: &Job,
@@ -222,14 +226,23 @@ impl Policy for SpillwayPolicy {
             return Vec::new();
         };
         let mut moves = Vec::new();
-        // Each job moved frees a place in the queue for the ones behind it.
-        let mut origin = origin.clone();
         let mut view = view.to_vec();
-        for job in queued {
+        // Each job's stay counts the jobs still ahead of it, as the agent predicts its own wait
+        // when it offers one: the jobs moved before it no longer wait ahead.
+        let mut moved = 0u32;
+        for (position, job) in queued.iter().enumerate() {
             if now.saturating_sub(job.queued_at) < f.rescheduler_threshold_ms {
                 continue;
             }
-            let stay = predicted_completion(job, &origin, times);
+            let ahead = u32::try_from(position)
+                .unwrap_or(u32::MAX)
+                .saturating_sub(moved);
+            let here = Target {
+                queued: ahead,
+                free_slots: 0,
+                ..origin.clone()
+            };
+            let stay = predicted_completion(job, &here, times);
             if let Some(target) = self.place(job, f, &view, times, stay, now) {
                 if let Some(t) = view.iter_mut().find(|t| t.id == target) {
                     if t.free_slots > 0 {
@@ -238,7 +251,7 @@ impl Policy for SpillwayPolicy {
                         t.queued += 1;
                     }
                 }
-                origin.queued = origin.queued.saturating_sub(1);
+                moved += 1;
                 moves.push((
                     job.id,
                     Decision::Delegate {
