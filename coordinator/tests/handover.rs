@@ -449,6 +449,15 @@ fn apply_lambda_function(c: &Running) {
     spillway_coordinator::server::apply::apply(&c.state.store, &req, 0).unwrap();
 }
 
+/// A coordinator with `placement` and [`apply_lambda_function`] applied, and an origin linked.
+async fn lambda_origin(dir: &Path, placement: PlacementSettings) -> (Running, Member) {
+    let c = start_with(dir, "127.0.0.1:0".parse().unwrap(), placement).await;
+    apply_lambda_function(&c);
+    let m = members(&c, &["origin"]).await;
+    let origin = connect(c.quic, &m[0]).await;
+    (c, origin)
+}
+
 /// The coordinator's answer about `id`, skipping frames about other jobs.
 async fn answer_about(origin: &mut Member, id: spillway_proto::JobId) -> CoordinatorFrame {
     loop {
@@ -472,10 +481,7 @@ async fn lambda_is_used_only_within_the_hourly_budget_and_the_cost_bound() {
         elastic_budget_gb_s_per_hour: Some(3.0),
         ..PlacementSettings::default()
     };
-    let c = start_with(dir.path(), "127.0.0.1:0".parse().unwrap(), budget).await;
-    apply_lambda_function(&c);
-    let m = members(&c, &["origin"]).await;
-    let mut origin = connect(c.quic, &m[0]).await;
+    let (c, mut origin) = lambda_origin(dir.path(), budget).await;
     let first = offer_of("in/1.jpg", origin.put(b"one").await);
     origin.send(AgentFrame::Offer(first.clone())).await;
     assert_eq!(
@@ -499,10 +505,7 @@ async fn lambda_is_used_only_within_the_hourly_budget_and_the_cost_bound() {
         cost_bound_usd: Some(0.000_01),
         ..PlacementSettings::default()
     };
-    let c = start_with(dir.path(), "127.0.0.1:0".parse().unwrap(), bound).await;
-    apply_lambda_function(&c);
-    let m = members(&c, &["origin"]).await;
-    let mut origin = connect(c.quic, &m[0]).await;
+    let (_c, mut origin) = lambda_origin(dir.path(), bound).await;
     let offer = offer_of("in/1.jpg", origin.put(b"one").await);
     origin.send(AgentFrame::Offer(offer.clone())).await;
     assert!(
