@@ -18,10 +18,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spillway_coordinator::server::handover::{HandoverRow, RowState};
 use spillway_coordinator::server::replicas::Backend;
 use spillway_coordinator::server::replicas::endpoint::{Callbacks, EndpointBackend};
 use spillway_coordinator::server::store::Store;
+use spillway_coordinator::server::store::{HandoverRow, RowState};
 use spillway_placement::delegation::{Attempt, Next, ReconcilePolicy};
 use spillway_proto::envelope::{ENVELOPE_VERSION, Envelope, InputRef};
 use spillway_proto::key::ObjectKey;

@@ -18,8 +18,9 @@ use spillway_proto::key::ObjectKey;
 use spillway_proto::wire::MAX_STREAM_FRAME;
 
 use super::State;
-use super::http::{ApiError, submit_object};
+use super::api_error::ApiError;
 use super::metrics::inc;
+use super::submit::submit_object;
 
 /// One object a notification says was created.
 #[derive(Debug, Clone, PartialEq, Eq)]

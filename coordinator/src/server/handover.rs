@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use spillway_placement::handover::{Effect, Handover, HandoverState, Ledger, ToAgent};
 use spillway_placement::{Job, Millis, Target, TargetKind};
 use spillway_proto::load::NodeHealth;
@@ -19,28 +18,7 @@ use super::State;
 use super::metrics::inc;
 use super::placing::{self, Placing};
 use super::replicas;
-
-/// The persisted form of one handed-over job: the ledger's record and what a peer needs to run it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HandoverRow {
-    pub id: JobId,
-    pub origin: String,
-    pub function: String,
-    pub hops: u8,
-    pub visited: Vec<String>,
-    pub attempt: u32,
-    pub state: RowState,
-    pub event: Event,
-    pub input: [u8; 32],
-    pub accepted_at_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum RowState {
-    Placed { peer: String },
-    Finished(Outcome),
-    Returning(String),
-}
+use super::store::{HandoverRow, RowState};
 
 /// What a peer needs besides the ledger's record.
 #[derive(Debug, Clone)]

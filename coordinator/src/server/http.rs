@@ -12,40 +12,20 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use spillway_link::stream::request;
 use spillway_proto::fdl::StorageRef;
-use spillway_proto::key::ObjectKey;
 use spillway_proto::load::NodeHealth;
 use spillway_proto::wire::{self, MAX_STREAM_FRAME, Response as AgentResponse};
-use spillway_proto::{Event, FileEvent};
 
+use super::api_error::{ApiError, not_found};
 use super::apply::{ApplyError, apply};
 use super::metrics::inc;
+use super::node_calls::{ask, job_log_text, job_row, store_on};
 use super::scope;
-use super::store::{FunctionRecord, JobRow, NodeRecord, StoreError};
+use super::store::{FunctionRecord, JobRow, NodeRecord};
+use super::submit::{function_record, submit};
 use super::{State, now_ms};
 use spillway_api::tokens::{ApiTokenRecord, Scope, TokenGrant, TokenListing};
 use spillway_api::*;
-
-/// An API failure: a status and a message that says what to do.
-#[derive(Debug)]
-pub struct ApiError(pub(super) StatusCode, pub(super) String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody { error: self.1 })).into_response()
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-    }
-}
-
-fn not_found(what: String) -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, what)
-}
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
@@ -356,14 +336,6 @@ async fn list_functions(AxState(state): AxState<Arc<State>>) -> ApiResult<Vec<Fu
     ))
 }
 
-pub(super) fn function_record(state: &State, name: &str) -> Result<FunctionRecord, ApiError> {
-    state.store.function(name)?.ok_or_else(|| {
-        not_found(format!(
-            "no function named `{name}`; list them with `spillway get functions`"
-        ))
-    })
-}
-
 async fn get_function(
     AxState(state): AxState<Arc<State>>,
     Path(name): Path<String>,
@@ -434,10 +406,6 @@ async fn list_jobs(
     Ok(Json(rows.into_iter().skip(skip).map(job_view).collect()))
 }
 
-fn job_row(state: &State, id: &str) -> Result<JobRow, ApiError> {
-    state.store.job(id)?.map_err(not_found)
-}
-
 async fn get_job(
     AxState(state): AxState<Arc<State>>,
     Path(id): Path<String>,
@@ -445,66 +413,11 @@ async fn get_job(
     Ok(Json(job_view(job_row(&state, &id)?)))
 }
 
-/// Sends `req` to `node` over its QUIC connection and waits for the answer.
-pub(super) async fn ask(
-    state: &State,
-    node: &str,
-    req: wire::Request,
-) -> Result<AgentResponse, ApiError> {
-    let conn = state.view.connection(node).ok_or_else(|| {
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "node `{node}` is not connected; check it with `spillway describe node {node}`"
-            ),
-        )
-    })?;
-    let answer = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        request::<_, AgentResponse>(&conn, &req, MAX_STREAM_FRAME),
-    )
-    .await
-    .map_err(|_| {
-        ApiError(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("node `{node}` did not answer within 60 s"),
-        )
-    })?
-    .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("node `{node}`: {e}")))?;
-    match answer {
-        AgentResponse::Error(message) => Err(ApiError(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("node `{node}`: {message}"),
-        )),
-        other => Ok(other),
-    }
-}
-
 async fn job_log(
     AxState(state): AxState<Arc<State>>,
     Path(id): Path<String>,
 ) -> Result<String, ApiError> {
     job_log_text(&state, &id).await
-}
-
-/// The log of a job (a unique id prefix is enough), from the node that has it.
-pub(super) async fn job_log_text(state: &State, id: &str) -> Result<String, ApiError> {
-    let row = job_row(state, id)?;
-    match ask(
-        state,
-        &row.node,
-        wire::Request::Logs {
-            job: row.update.id.to_string(),
-        },
-    )
-    .await?
-    {
-        AgentResponse::Logs(text) => Ok(text),
-        _ => Err(ApiError(
-            StatusCode::BAD_GATEWAY,
-            "unexpected answer".into(),
-        )),
-    }
 }
 
 async fn get_file(
@@ -528,25 +441,6 @@ async fn put_file(
 ) -> ApiResult<Stored> {
     node_record(&state, &node)?;
     store_on(&state, &node, path, body.to_vec()).await.map(Json)
-}
-
-async fn store_on(
-    state: &State,
-    node: &str,
-    path: String,
-    bytes: Vec<u8>,
-) -> Result<Stored, ApiError> {
-    match ask(state, node, wire::Request::PutFile { path, bytes }).await? {
-        AgentResponse::Stored { path, sha256 } => Ok(Stored {
-            node: node.to_owned(),
-            path,
-            sha256: hex::encode(sha256),
-        }),
-        _ => Err(ApiError(
-            StatusCode::BAD_GATEWAY,
-            "unexpected answer".into(),
-        )),
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -585,81 +479,6 @@ async fn invoke(
     body: Bytes,
 ) -> ApiResult<Invoked> {
     submit(&state, &name, &q.file, q.node, body).await.map(Json)
-}
-
-/// What `invoke`, `/job` and `/run` share: the body becomes the file `file` in the function's
-/// input folder on a node that runs it; the answer names the job that file makes there.
-pub(super) async fn submit(
-    state: &State,
-    name: &str,
-    file: &str,
-    node: Option<String>,
-    body: Bytes,
-) -> Result<Invoked, ApiError> {
-    let f = function_record(state, name)?;
-    let input = f
-        .def
-        .input
-        .iter()
-        .find(|i| i.provider.is_local() && f.def.s3_settings(&i.provider).is_none())
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("function `{name}` has no folder input to invoke it through"),
-            )
-        })?;
-    let file = ObjectKey::parse(file)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("file name `{file}`: {e}")))?;
-    let key = match &input.path.folder {
-        Some(folder) => ObjectKey::parse(&format!("{folder}/{file}")),
-        None => Ok(file),
-    }
-    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    submit_object(state, name, &input.path.bucket, key, node, body).await
-}
-
-/// Stores `body` as `bucket/key` under the data root of a node that runs `name` (the least
-/// busy one unless `node` is given); the answer names the job that file makes there.
-pub(super) async fn submit_object(
-    state: &State,
-    name: &str,
-    bucket: &str,
-    key: ObjectKey,
-    node: Option<String>,
-    body: Bytes,
-) -> Result<Invoked, ApiError> {
-    let node = match node {
-        Some(n) => n,
-        None => pick_node(state, name, body.len() as u64)?,
-    };
-    let size = body.len() as u64;
-    let stored = store_on(state, &node, format!("{bucket}/{key}"), body.to_vec()).await?;
-    let mut sha256 = [0u8; 32];
-    hex::decode_to_slice(&stored.sha256, &mut sha256)
-        .map_err(|_| ApiError(StatusCode::BAD_GATEWAY, "bad digest".into()))?;
-    let event = Event::File(FileEvent {
-        bucket: bucket.to_owned(),
-        key,
-        size,
-        mtime_ns: 0,
-        sha256,
-    });
-    Ok(Invoked {
-        job: event.job_id(&node, name).to_string(),
-        node,
-        input: stored.path,
-    })
-}
-
-/// The node a new job of `function` starts on: the placement core's choice among the Ready
-/// nodes that run it.
-fn pick_node(state: &State, function: &str, input_bytes: u64) -> Result<String, ApiError> {
-    state.place_new_job(function, input_bytes).ok_or_else(|| {
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no Ready node runs `{function}`; see `spillway get nodes` and `spillway describe function {function}`"),
-        )
-    })
 }
 
 async fn create_token(

@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 use spillway_proto::wire::{self, JobPhase, Response as AgentResponse};
 
 use super::State;
-use super::http::{ApiError, ask, function_record, submit};
+use super::api_error::ApiError;
+use super::node_calls::ask;
+use super::submit::{function_record, submit};
 
 #[derive(Debug, Deserialize)]
 pub struct InvokeParams {

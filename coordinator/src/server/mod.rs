@@ -2,6 +2,7 @@
 //! agents ([`quic`]), the live load view ([`view`]), deployments ([`deploy`], [`apply`]) and
 //! the HTTP API for the CLI ([`http`]).
 
+pub mod api_error;
 pub mod apply;
 pub mod blobs;
 pub mod broker;
@@ -12,10 +13,10 @@ pub mod handover;
 pub mod http;
 pub mod invoke;
 pub mod join_limit;
-pub mod journal;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;
+pub mod node_calls;
 pub mod oscar_api;
 pub mod placing;
 pub mod presign;
@@ -23,6 +24,7 @@ pub mod quic;
 pub mod replicas;
 pub mod scope;
 pub mod store;
+pub mod submit;
 pub mod view;
 
 use std::net::SocketAddr;

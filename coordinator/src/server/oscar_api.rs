@@ -26,10 +26,11 @@ use spillway_proto::fdl::{ProviderRef, ReplicaTarget, StorageRef};
 use spillway_proto::load::NodeHealth;
 use spillway_proto::wire::{JobPhase, MAX_STREAM_FRAME};
 
+use super::api_error::ApiError;
 use super::events::parse_notification;
-use super::http::{ApiError, function_record, submit};
 use super::presign::PresignError;
 use super::store::DelegatedJob;
+use super::submit::{function_record, submit};
 use super::{State, now_ms};
 
 #[derive(Debug, Deserialize)]
@@ -369,7 +370,7 @@ pub async fn job_log(
         .into_iter()
         .find(|d| d.name == name)
         .map_or(name.clone(), |d| d.job);
-    super::http::job_log_text(&state, &id).await
+    super::node_calls::job_log_text(&state, &id).await
 }
 
 /// A body of `POST /job/{service}` that is OSCAR's wrapped event.

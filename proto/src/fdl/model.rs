@@ -11,8 +11,7 @@ use super::diag::Location;
 use crate::key::ObjectKey;
 use crate::quantity::{Bytes, Millicores};
 
-/// Unknown or not-yet-supported fields, kept as written so nothing is silently dropped.
-pub type Extra = BTreeMap<String, serde_json::Value>;
+pub use super::reader::Extra;
 
 /// One FDL document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -8,6 +8,9 @@ use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 
 use super::diag::Diagnostics;
 
+/// Unknown or not-yet-supported fields, kept as written so nothing is silently dropped.
+pub type Extra = BTreeMap<String, serde_json::Value>;
+
 /// Fields of one YAML mapping, read one by one; whatever is left is reported by [`Fields::finish`].
 pub(crate) struct Fields<'n> {
     map: &'n MarkedMappingNode,

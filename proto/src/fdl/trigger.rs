@@ -6,8 +6,7 @@ use marked_yaml::types::MarkedMappingNode;
 use serde::{Deserialize, Serialize};
 
 use super::diag::Diagnostics;
-use super::model::Extra;
-use super::reader::{Fields, boolean, mapping, sequence, string, strings, unsigned};
+use super::reader::{Extra, Fields, boolean, mapping, sequence, string, strings, unsigned};
 use crate::key::ObjectKey;
 
 /// A message source that starts jobs.

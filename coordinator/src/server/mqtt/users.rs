@@ -10,7 +10,7 @@ use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
 
-use crate::server::http::ApiError;
+use crate::server::api_error::ApiError;
 use crate::server::{State, now_ms};
 use spillway_api::tokens::MqttUserRecord;
 use spillway_api::{MqttUserCreated, MqttUserRequest};

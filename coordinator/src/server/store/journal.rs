@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 
 use redb::{Database, Durability};
 
-use super::store::{HANDOVERS, StoreError};
+use super::{HANDOVERS, StoreError};
 
 /// The most entries one transaction takes, so a flood still gets answers in bounded time.
 const MAX_BATCH: usize = 4096;

@@ -17,10 +17,12 @@ use serde::{Deserialize, Serialize};
 use spillway_api::tokens::{
     ApiTokenListing, ApiTokenRecord, MqttUserRecord, TokenListing, TokenRecord,
 };
-use spillway_proto::FunctionDef;
-use spillway_proto::wire::{Artifact, Capacity, JobUpdate};
+use spillway_proto::wire::{Artifact, Capacity, JobUpdate, Outcome};
+use spillway_proto::{Event, FunctionDef, JobId};
 
-use super::journal::{Journal, Then};
+mod journal;
+
+use journal::{Journal, Then};
 
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// Certificate fingerprint (hex) → node name.
@@ -122,6 +124,28 @@ impl NodeRecord {
             proposed_cluster_id: None,
         }
     }
+}
+
+/// The persisted form of one handed-over job: the ledger's record and what a peer needs to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoverRow {
+    pub id: JobId,
+    pub origin: String,
+    pub function: String,
+    pub hops: u8,
+    pub visited: Vec<String>,
+    pub attempt: u32,
+    pub state: RowState,
+    pub event: Event,
+    pub input: [u8; 32],
+    pub accepted_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RowState {
+    Placed { peer: String },
+    Finished(Outcome),
+    Returning(String),
 }
 
 /// How many hex digits of a token's hash name it.
@@ -560,11 +584,7 @@ impl Store {
 
     /// Queues hand-over records (`None` forgets the job) to be written durably with whatever
     /// else is queued; `then` runs once they are on disk, after every entry queued before it.
-    pub fn queue_handovers(
-        &self,
-        records: Vec<(String, Option<super::handover::HandoverRow>)>,
-        then: Then,
-    ) {
+    pub fn queue_handovers(&self, records: Vec<(String, Option<HandoverRow>)>, then: Then) {
         let records = records
             .into_iter()
             .map(|(id, row)| (id, row.as_ref().map(encode)))
@@ -577,7 +597,7 @@ impl Store {
         self.journal.stats()
     }
 
-    pub fn handovers(&self) -> Result<Vec<super::handover::HandoverRow>, StoreError> {
+    pub fn handovers(&self) -> Result<Vec<HandoverRow>, StoreError> {
         self.list(HANDOVERS, "handovers")
     }
 
