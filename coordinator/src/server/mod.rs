@@ -9,7 +9,7 @@ pub mod broker;
 pub mod ca;
 pub mod deploy;
 pub mod events;
-pub mod handover;
+pub mod handovers;
 pub mod http;
 pub mod invoke;
 pub mod join_limit;
@@ -87,7 +87,7 @@ pub struct State {
     /// Bumped whenever the function set changes; every session recomputes its node's share.
     pub deployments: watch::Sender<u64>,
     /// Jobs handed over by their origins, and the sessions messages about them go to.
-    pub handovers: handover::Handovers,
+    pub handovers: handovers::Handovers,
     pub blobs: blobs::Blobs,
     /// Beats every time the lease loop goes round (it takes the hand-over lock), for the systemd
     /// watchdog.
@@ -230,7 +230,7 @@ impl Coordinator {
             path: blobs_dir,
             source,
         })?;
-        let handovers = handover::Handovers::restore(config.max_hops, store.handovers()?);
+        let handovers = handovers::Handovers::restore(config.max_hops, store.handovers()?);
         let presigner =
             presign::Presigner::load_or_create(&dir).map_err(|source| ServerError::Write {
                 path: dir.join("presign.key"),

@@ -20,9 +20,9 @@ use spillway_api::tokens::{
 use spillway_proto::wire::{Artifact, Capacity, JobUpdate, Outcome};
 use spillway_proto::{Event, FunctionDef, JobId};
 
-mod journal;
+mod group_commit;
 
-use journal::{Journal, Then};
+use group_commit::{Journal, Then};
 
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// Certificate fingerprint (hex) → node name.
