@@ -76,7 +76,9 @@ pub struct PlacementSettings {
     pub replica_slots: u32,
     /// Expected time from placing a job on a cluster or endpoint replica to its function
     /// running (pod scheduling, container start), and on Lambda (a start without a warm
-    /// instance).
+    /// instance). Equal by default, so that the FDL's `priority` alone orders the replicas; a
+    /// later tier is taken first only when it is known to start the job sooner and the first
+    /// would make it wait past its threshold.
     #[serde(default = "default_cluster_start", with = "humantime_serde_req")]
     pub cluster_start: Duration,
     #[serde(default = "default_lambda_start", with = "humantime_serde_req")]
@@ -90,7 +92,7 @@ fn default_replica_slots() -> u32 {
     8
 }
 fn default_cluster_start() -> Duration {
-    Duration::from_secs(2)
+    Duration::from_secs(1)
 }
 fn default_lambda_start() -> Duration {
     Duration::from_secs(1)
@@ -769,7 +771,7 @@ mod tests {
         assert_eq!(c.placement.elastic_budget_gb_s_per_hour, Some(5000.0));
         assert_eq!(c.placement.replica_slots, 3);
         assert_eq!(c.placement.lambda_start, Duration::from_secs(5));
-        assert_eq!(c.placement.cluster_start, Duration::from_secs(2), "default");
+        assert_eq!(c.placement.cluster_start, Duration::from_secs(1), "default");
         let defaults = CoordinatorConfig::from_toml("", Path::new("/")).unwrap();
         assert_eq!(defaults.placement, PlacementSettings::default());
         for (text, says) in [

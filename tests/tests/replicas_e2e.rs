@@ -545,9 +545,15 @@ fn a_lambda_that_stops_jobs_at_its_time_limit_spills_them_to_the_next_replica_la
         c.log()
     );
     assert!(!c.log().contains("SignatureDoesNotMatch"), "{}", c.log());
-    assert_eq!(
-        metric(&c, "spillway_replica_fallthroughs_total"),
-        ran.len() as u64
+    // The first jobs go to Lambda (the first tier) and fall through; once the endpoint has
+    // been measured faster than Lambda is assumed to be, the placement core may send later
+    // ones straight there.
+    let fallthroughs = metric(&c, "spillway_replica_fallthroughs_total");
+    assert!(
+        (1..=ran.len() as u64).contains(&fallthroughs),
+        "{fallthroughs} fall-throughs for {} jobs on the endpoint\n{}",
+        ran.len(),
+        c.log()
     );
 }
 
@@ -763,10 +769,13 @@ fn an_unreachable_kubernetes_api_passes_the_surplus_to_the_next_replica() {
     all_succeed(&origin, &c, 3);
     let ran = next.seen("ran");
     assert!(!ran.is_empty(), "nothing spilled:\n{}", c.log());
-    assert_eq!(
-        metric(&c, "spillway_replica_fallthroughs_total"),
-        ran.len() as u64,
-        "{}",
+    // The first job tries Kubernetes (the first tier) and falls through; later ones may go
+    // straight to the endpoint once it is measured faster than Kubernetes is assumed to be.
+    let fallthroughs = metric(&c, "spillway_replica_fallthroughs_total");
+    assert!(
+        (1..=ran.len() as u64).contains(&fallthroughs),
+        "{fallthroughs} fall-throughs for {} jobs on the endpoint\n{}",
+        ran.len(),
         c.log()
     );
 }
