@@ -52,7 +52,7 @@ impl Placing {
         view: &[Target],
         stay: Millis,
     ) -> Option<String> {
-        let now = Millis::try_from(self.started.elapsed().as_millis()).unwrap_or(Millis::MAX);
+        let now = millis(self.started.elapsed());
         self.policy.place(job, f, view, &self.times, stay, now)
     }
 }

@@ -72,14 +72,6 @@ pub fn by_priority(def: &FunctionDef) -> Vec<&Replica> {
     replicas
 }
 
-/// The first replica of `def` by priority that the job has not been on.
-pub fn next_replica(def: &FunctionDef, visited: &[String]) -> Option<String> {
-    by_priority(def)
-        .into_iter()
-        .map(|r| replica_id(&r.target))
-        .find(|id| !visited.contains(id))
-}
-
 /// The backend for the replica of `def` with this id.
 pub fn backend_for(
     def: &FunctionDef,
