@@ -267,6 +267,24 @@ impl Catalog {
         subs
     }
 
+    /// How long a queued job of each function may wait before it is offered: only functions
+    /// the coordinator deployed (every peer runs the same definition) are ever offered.
+    pub fn spill_thresholds(&self) -> Vec<(String, u64)> {
+        self.functions
+            .values()
+            .filter(|f| f.from_mesh)
+            .map(|f| {
+                let ms = f
+                    .def
+                    .rescheduler_threshold
+                    .map_or(crate::book::DEFAULT_RESCHEDULER_THRESHOLD_MS, |secs| {
+                        secs.saturating_mul(1000)
+                    });
+                (f.def.name.clone(), ms)
+            })
+            .collect()
+    }
+
     /// Every watched input folder.
     pub fn input_dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self

@@ -166,6 +166,71 @@ pub struct MessageSeen {
     pub connection: u64,
 }
 
+/// One change to the journal, as the engine's job book decides it; [`Journal::commit`] applies
+/// a batch of them in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A job enters (or, placed here anew by the coordinator, enters again) as it is.
+    Put(JobRecord),
+    /// A job placed here on behalf of another node, and where its input is.
+    Guest(JobId, Guest),
+    /// The coordinator has a guest job's result: only its origin is kept.
+    GuestAcked(JobId),
+    /// A file already made into a job, so a rescan need not hash it again.
+    SeenFile(String, SeenFile),
+    /// An MQTT message already made into its jobs, to tell a redelivery from a new message.
+    SeenMessage(Vec<u8>, MessageSeen),
+    /// The job moves on: `Running` counts an attempt and stamps its start, a final state its end.
+    Move { id: JobId, to: JobState, at_ms: u64 },
+    /// The coordinator returned the job: queued, and never offered again.
+    Returned { id: JobId, reason: String },
+    /// A failed job asked for again (its input delivered anew): queued at `at_ms`, attempts
+    /// from zero.
+    Retry { id: JobId, at_ms: u64 },
+}
+
+impl Change {
+    /// What this change does to the record of the job it names, checked against the job
+    /// state machine.
+    pub fn apply(&self, record: &mut JobRecord) -> Result<(), JournalError> {
+        let to = match self {
+            Change::Move { to, .. } => to.clone(),
+            Change::Returned { .. } | Change::Retry { .. } => JobState::Queued,
+            Change::Put(_)
+            | Change::Guest(..)
+            | Change::GuestAcked(_)
+            | Change::SeenFile(..)
+            | Change::SeenMessage(..) => return Ok(()),
+        };
+        if to != record.state && !record.state.can_become(&to) {
+            return Err(JournalError::IllegalTransition(
+                record.id,
+                record.state.name(),
+                to.name(),
+            ));
+        }
+        match self {
+            Change::Move { at_ms, .. } => {
+                if to == JobState::Running {
+                    record.attempt += 1;
+                    record.started_at_ms = Some(*at_ms);
+                } else if to.is_final() {
+                    record.finished_at_ms = Some(*at_ms);
+                }
+            }
+            Change::Retry { at_ms, .. } => {
+                record.attempt = 0;
+                record.queued_at_ms = *at_ms;
+                record.started_at_ms = None;
+                record.finished_at_ms = None;
+            }
+            _ => {}
+        }
+        record.state = to;
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 pub struct Journal {
     db: Database,
@@ -192,70 +257,81 @@ impl Journal {
             })
     }
 
-    /// Inserts a new job; `false` (and no change) when a job with this id already exists.
-    pub fn insert_if_new(
-        &self,
-        record: &JobRecord,
-        seen: Option<(&str, &SeenFile)>,
-    ) -> Result<bool, JournalError> {
+    /// Applies `changes` in one transaction (one fsync): all of them or, on an error, none.
+    /// Only the engine calls this, with what its job book decided.
+    pub(crate) fn commit(&self, changes: &[Change]) -> Result<(), JournalError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
-        let inserted = {
+        {
             let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
-            let exists = jobs
-                .get(record.id.as_bytes().as_slice())
-                .map_err(redb::Error::from)?
-                .is_some();
-            if !exists {
-                jobs.insert(record.id.as_bytes().as_slice(), encode(record).as_slice())
-                    .map_err(redb::Error::from)?;
-            }
-            if let Some((file_key, seen)) = seen {
-                let mut files = txn.open_table(FILES).map_err(redb::Error::from)?;
-                files
-                    .insert(file_key.as_bytes(), encode(seen).as_slice())
-                    .map_err(redb::Error::from)?;
-            }
-            !exists
-        };
-        txn.commit().map_err(redb::Error::from)?;
-        Ok(inserted)
-    }
-
-    /// Applies `change` to a job and commits it. Returns the new record.
-    pub fn update(
-        &self,
-        id: JobId,
-        change: impl FnOnce(&mut JobRecord),
-    ) -> Result<JobRecord, JournalError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
-        let record = {
-            let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
-            let mut record = match jobs
-                .get(id.as_bytes().as_slice())
-                .map_err(redb::Error::from)?
-            {
-                Some(bytes) => decode::<JobRecord>(&id.to_string(), bytes.value())?,
-                None => {
-                    return Err(JournalError::Storage(redb::Error::Corrupted(format!(
-                        "job {id} is missing"
-                    ))));
+            let mut guests = txn.open_table(GUESTS).map_err(redb::Error::from)?;
+            for change in changes {
+                match change {
+                    Change::Put(record) => {
+                        jobs.insert(record.id.as_bytes().as_slice(), encode(record).as_slice())
+                            .map_err(redb::Error::from)?;
+                    }
+                    Change::Guest(id, guest) => {
+                        guests
+                            .insert(id.as_bytes().as_slice(), encode(guest).as_slice())
+                            .map_err(redb::Error::from)?;
+                    }
+                    Change::GuestAcked(id) => {
+                        let key = id.as_bytes().as_slice();
+                        let guest = match guests.get(key).map_err(redb::Error::from)? {
+                            Some(v) => Some(decode::<Guest>(&id.to_string(), v.value())?),
+                            None => None,
+                        };
+                        if let Some(mut guest) = guest {
+                            guest.acked = true;
+                            guests
+                                .insert(key, encode(&guest).as_slice())
+                                .map_err(redb::Error::from)?;
+                        }
+                    }
+                    Change::SeenFile(key, seen) => {
+                        txn.open_table(FILES)
+                            .map_err(redb::Error::from)?
+                            .insert(key.as_bytes(), encode(seen).as_slice())
+                            .map_err(redb::Error::from)?;
+                    }
+                    Change::SeenMessage(key, seen) => {
+                        txn.open_table(MESSAGES)
+                            .map_err(redb::Error::from)?
+                            .insert(key.as_slice(), encode(seen).as_slice())
+                            .map_err(redb::Error::from)?;
+                    }
+                    Change::Move { id, .. }
+                    | Change::Returned { id, .. }
+                    | Change::Retry { id, .. } => {
+                        let key = id.as_bytes().as_slice();
+                        let bytes = jobs
+                            .get(key)
+                            .map_err(redb::Error::from)?
+                            .map(|v| v.value().to_vec());
+                        let Some(bytes) = bytes else {
+                            return Err(JournalError::Storage(redb::Error::Corrupted(format!(
+                                "job {id} is missing"
+                            ))));
+                        };
+                        let mut record: JobRecord = decode(&id.to_string(), &bytes)?;
+                        change.apply(&mut record)?;
+                        jobs.insert(key, encode(&record).as_slice())
+                            .map_err(redb::Error::from)?;
+                        if let Change::Returned { reason, .. } = change {
+                            txn.open_table(RETURNED)
+                                .map_err(redb::Error::from)?
+                                .insert(key, reason.as_str())
+                                .map_err(redb::Error::from)?;
+                        }
+                    }
                 }
-            };
-            let before = record.state.clone();
-            change(&mut record);
-            if record.state != before && !before.can_become(&record.state) {
-                return Err(JournalError::IllegalTransition(
-                    id,
-                    before.name(),
-                    record.state.name(),
-                ));
             }
-            jobs.insert(id.as_bytes().as_slice(), encode(&record).as_slice())
-                .map_err(redb::Error::from)?;
-            record
-        };
+        }
         txn.commit().map_err(redb::Error::from)?;
-        Ok(record)
+        Ok(())
     }
 
     pub fn get(&self, id: JobId) -> Result<Option<JobRecord>, JournalError> {
@@ -267,39 +343,6 @@ impl Journal {
         value
             .map(|v| decode(&id.to_string(), v.value()))
             .transpose()
-    }
-
-    /// Records a guest job (queued) and where its input is, in one commit; `false` when the
-    /// job is already here. A job that ran here before and whose result the coordinator already
-    /// took is a new placement (its origin is running it again, e.g. after it failed).
-    pub fn insert_guest(&self, record: &JobRecord, guest: &Guest) -> Result<bool, JournalError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
-        let inserted = {
-            let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
-            let mut guests = txn.open_table(GUESTS).map_err(redb::Error::from)?;
-            let key = record.id.as_bytes().as_slice();
-            let hosting = match guests.get(key).map_err(redb::Error::from)? {
-                Some(v) => !decode::<Guest>(&record.id.to_string(), v.value())?.acked,
-                None => false,
-            };
-            let done_before = match jobs.get(key).map_err(redb::Error::from)? {
-                None => true,
-                Some(v) => decode::<JobRecord>(&record.id.to_string(), v.value())?
-                    .state
-                    .is_final(),
-            };
-            let new = !hosting && done_before;
-            if new {
-                jobs.insert(key, encode(record).as_slice())
-                    .map_err(redb::Error::from)?;
-                guests
-                    .insert(key, encode(guest).as_slice())
-                    .map_err(redb::Error::from)?;
-            }
-            new
-        };
-        txn.commit().map_err(redb::Error::from)?;
-        Ok(inserted)
     }
 
     /// A job this node runs (or ran) for another node, acknowledged or not.
@@ -338,63 +381,6 @@ impl Journal {
         Ok(out)
     }
 
-    /// The coordinator has the guest job's result: its files may go (the origin is kept).
-    pub fn guest_acknowledged(&self, id: JobId) -> Result<(), JournalError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
-        {
-            let mut guests = txn.open_table(GUESTS).map_err(redb::Error::from)?;
-            let key = id.as_bytes().as_slice();
-            let guest = match guests.get(key).map_err(redb::Error::from)? {
-                Some(v) => Some(decode::<Guest>(&id.to_string(), v.value())?),
-                None => None,
-            };
-            if let Some(mut guest) = guest {
-                guest.acked = true;
-                guests
-                    .insert(key, encode(&guest).as_slice())
-                    .map_err(redb::Error::from)?;
-            }
-        }
-        txn.commit().map_err(redb::Error::from)?;
-        Ok(())
-    }
-
-    /// A job the coordinator returned goes back to `Queued` and is remembered as never to be
-    /// offered again, in one commit.
-    pub fn returned(&self, id: JobId, reason: &str) -> Result<JobRecord, JournalError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
-        let record = {
-            let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
-            let bytes = jobs
-                .get(id.as_bytes().as_slice())
-                .map_err(redb::Error::from)?
-                .map(|v| v.value().to_vec());
-            let Some(bytes) = bytes else {
-                return Err(JournalError::Storage(redb::Error::Corrupted(format!(
-                    "job {id} is missing"
-                ))));
-            };
-            let mut record: JobRecord = decode(&id.to_string(), &bytes)?;
-            if !record.state.can_become(&JobState::Queued) {
-                return Err(JournalError::IllegalTransition(
-                    id,
-                    record.state.name(),
-                    "Queued",
-                ));
-            }
-            record.state = JobState::Queued;
-            jobs.insert(id.as_bytes().as_slice(), encode(&record).as_slice())
-                .map_err(redb::Error::from)?;
-            txn.open_table(RETURNED)
-                .map_err(redb::Error::from)?
-                .insert(id.as_bytes().as_slice(), reason)
-                .map_err(redb::Error::from)?;
-            record
-        };
-        txn.commit().map_err(redb::Error::from)?;
-        Ok(record)
-    }
-
     pub fn was_returned(&self, id: JobId) -> Result<bool, JournalError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(RETURNED).map_err(redb::Error::from)?;
@@ -418,35 +404,6 @@ impl Journal {
         value
             .map(|v| decode("an MQTT message", v.value()))
             .transpose()
-    }
-
-    /// Records the jobs an MQTT message makes and that it was seen, in one commit, so a
-    /// redelivery after a crash either finds all of them or none. Returns the new jobs.
-    pub fn insert_message(
-        &self,
-        records: &[JobRecord],
-        key: &[u8],
-        seen: &MessageSeen,
-    ) -> Result<Vec<JobId>, JournalError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
-        let mut new = Vec::new();
-        {
-            let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
-            for record in records {
-                let id = record.id.as_bytes().as_slice();
-                if jobs.get(id).map_err(redb::Error::from)?.is_none() {
-                    jobs.insert(id, encode(record).as_slice())
-                        .map_err(redb::Error::from)?;
-                    new.push(record.id);
-                }
-            }
-            let mut messages = txn.open_table(MESSAGES).map_err(redb::Error::from)?;
-            messages
-                .insert(key, encode(seen).as_slice())
-                .map_err(redb::Error::from)?;
-        }
-        txn.commit().map_err(redb::Error::from)?;
-        Ok(new)
     }
 
     /// Every job not yet `Succeeded` or `Failed`, oldest first.
@@ -504,24 +461,32 @@ mod tests {
         JobRecord::new(event.job_id("node", "f"), "f".into(), event)
     }
 
+    fn to(id: JobId, state: JobState) -> Change {
+        Change::Move {
+            id,
+            to: state,
+            at_ms: 7,
+        }
+    }
+
     #[test]
-    fn a_job_is_inserted_once_and_survives_reopening() {
+    fn a_batch_is_committed_whole_and_survives_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j.redb");
         let r = record(1);
         {
             let j = Journal::open(&path).expect("open");
-            assert!(j.insert_if_new(&r, None).expect("insert"));
-            assert!(
-                !j.insert_if_new(&r, None).expect("insert again"),
-                "the same job twice is one job"
-            );
-            j.update(r.id, |x| x.state = JobState::Running)
-                .expect("update");
+            j.commit(&[Change::Put(r.clone()), to(r.id, JobState::Running)])
+                .expect("commit");
         }
         let j = Journal::open(&path).expect("reopen");
         let back = j.get(r.id).expect("get").expect("present");
         assert_eq!(back.state, JobState::Running);
+        assert_eq!(
+            (back.attempt, back.started_at_ms),
+            (1, Some(7)),
+            "one attempt"
+        );
         assert_eq!(j.unfinished().expect("list").len(), 1);
     }
 
@@ -578,7 +543,7 @@ mod tests {
     }
 
     #[test]
-    fn a_guest_is_hosted_once_and_again_only_after_its_result_was_taken() {
+    fn a_guest_is_remembered_by_its_origin_after_its_result_was_taken() {
         let dir = tempfile::tempdir().expect("tempdir");
         let j = Journal::open(&dir.path().join("j.redb")).expect("open");
         let r = record(3);
@@ -588,32 +553,14 @@ mod tests {
             dir: dir.path().join("g"),
             acked: false,
         };
-        assert!(j.insert_guest(&r, &guest).expect("host"));
-        assert!(
-            !j.insert_guest(&r, &guest).expect("again"),
-            "a repeated placement"
-        );
-        j.update(r.id, |x| x.state = JobState::Running)
-            .expect("run");
-        j.update(r.id, |x| x.state = JobState::Failed { reason: "x".into() })
-            .expect("fail");
-        assert!(
-            !j.insert_guest(&r, &guest).expect("not yet taken"),
-            "its result is still to be sent"
-        );
-        j.guest_acknowledged(r.id).expect("ack");
+        j.commit(&[Change::Put(r.clone()), Change::Guest(r.id, guest)])
+            .expect("host");
+        assert!(j.hosting(r.id).expect("read").is_some());
+        j.commit(&[Change::GuestAcked(r.id)]).expect("ack");
         assert_eq!(j.hosting(r.id).expect("read"), None);
         assert_eq!(
             j.guest(r.id).expect("read").map(|g| g.origin),
             Some("pi-1".into())
-        );
-        assert!(
-            j.insert_guest(&r, &guest).expect("retry"),
-            "the origin runs it again"
-        );
-        assert_eq!(
-            j.get(r.id).expect("get").map(|x| x.state),
-            Some(JobState::Queued)
         );
     }
 
@@ -622,27 +569,37 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let j = Journal::open(&dir.path().join("j.redb")).expect("open");
         let r = record(4);
-        j.insert_if_new(&r, None).expect("insert");
-        j.update(r.id, |x| x.state = JobState::Offered)
-            .expect("offer");
-        j.update(r.id, |x| x.state = JobState::Handed)
-            .expect("hand");
+        j.commit(&[
+            Change::Put(r.clone()),
+            to(r.id, JobState::Offered),
+            to(r.id, JobState::Handed),
+        ])
+        .expect("hand over");
         assert!(!j.was_returned(r.id).expect("read"));
+        j.commit(&[Change::Returned {
+            id: r.id,
+            reason: "hop limit".into(),
+        }])
+        .expect("return");
         assert_eq!(
-            j.returned(r.id, "hop limit").expect("return").state,
-            JobState::Queued
+            j.get(r.id).expect("get").map(|x| x.state),
+            Some(JobState::Queued)
         );
         assert!(j.was_returned(r.id).expect("read"));
     }
 
     #[test]
-    fn the_journal_refuses_an_illegal_transition() {
+    fn the_journal_refuses_an_illegal_transition_and_writes_nothing_of_the_batch() {
         let dir = tempfile::tempdir().expect("tempdir");
         let j = Journal::open(&dir.path().join("j.redb")).expect("open");
         let r = record(2);
-        j.insert_if_new(&r, None).expect("insert");
+        j.commit(&[Change::Put(r.clone())]).expect("insert");
+        let other = record(5);
         let err = j
-            .update(r.id, |x| x.state = JobState::Succeeded { outputs: vec![] })
+            .commit(&[
+                Change::Put(other.clone()),
+                to(r.id, JobState::Succeeded { outputs: vec![] }),
+            ])
             .expect_err("illegal");
         assert!(matches!(
             err,
@@ -652,6 +609,11 @@ mod tests {
             j.get(r.id).expect("get").map(|x| x.state),
             Some(JobState::Queued),
             "nothing was written"
+        );
+        assert_eq!(
+            j.get(other.id).expect("get"),
+            None,
+            "not even the first change"
         );
     }
 }

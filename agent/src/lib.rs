@@ -1,8 +1,8 @@
 //! The Spillway edge agent.
 //!
 //! [`engine::Agent`] ties the parts together: [`watch`] turns files in bucket folders into
-//! events, [`mqtt`] turns messages into them, [`journal`] records every job durably,
-//! [`scheduler`] decides (sans-IO) what may run, [`staging`] prepares each run and delivers its
+//! events, [`mqtt`] turns messages into them, [`book`] makes every per-job decision (sans-IO)
+//! and [`journal`] records them durably, [`scheduler`] is the book's admission, [`staging`] prepares each run and delivers its
 //! outputs, [`runtime`] executes functions (`process`, `wasm`, and `oci` containers through the
 //! shim program its caller names), [`joblog`] keeps per-job logs. [`catalog`] deploys the
 //! functions meant for this node; `spillway_agent_config` reads its `agent.toml`. [`mesh`]
@@ -11,6 +11,7 @@
 //! beneath their root without following symbolic links.
 
 pub mod beneath;
+pub mod book;
 pub mod capture;
 pub mod catalog;
 pub mod engine;

@@ -1,13 +1,15 @@
 //! From an MQTT message to the jobs it makes: one per function whose trigger matches, the
-//! payload stored as the input file, all journaled in one commit before the broker is told.
+//! payload stored as the input file, all journaled in one commit (the message remembered, and
+//! the jobs that start at once already `Running`) before the broker is told.
 
 use sha2::{Digest, Sha256};
 use spillway_proto::fdl::MqttTrigger;
 use spillway_proto::{Event, MqttEvent, ObjectKey};
 
 use super::identify::fail;
-use super::{Agent, AgentError, JobEvent};
-use crate::journal::{JobRecord, JobState, now_ms};
+use super::{Agent, AgentError};
+use crate::book::{self, Known};
+use crate::journal::{Change, JobRecord, now_ms};
 use crate::mqtt::Incoming;
 use crate::mqtt::arrival::{Arrival, classify, message_key, remember};
 
@@ -70,33 +72,20 @@ impl Agent {
             }
             records.push(record);
         }
-        let new = s
-            .journal
-            .insert_message(&records, &key, &remember(occurrence, m.delivery))?;
-        let _ = m.done.send(());
-        for record in records.into_iter().filter(|r| new.contains(&r.id)) {
-            if let JobState::Failed { reason } = &record.state {
-                tracing::warn!(job = %record.id.short(), function = %record.function, "refused: {reason}");
-                crate::joblog::write(&s.config.logs_dir(), &record, None, None);
-                let _ = s.events.send(JobEvent::Finished {
-                    id: record.id,
-                    function: record.function.clone(),
-                    state: record.state,
-                });
-                continue;
-            }
-            let _ = s.events.send(JobEvent::Queued {
-                id: record.id,
-                function: record.function.clone(),
+        let mut arrivals = Vec::new();
+        for record in records {
+            let known = Known::of(s.journal.get(record.id)?.map(|r| r.state).as_ref());
+            arrivals.push(book::Arrival {
+                record,
+                known,
+                guest: None,
             });
-            self.scheduler.enqueue(record.id, &record.function);
-            let admitted = self.scheduler.admit();
-            let started = admitted.iter().any(|(id, _)| *id == record.id);
-            self.launch(admitted, None)?;
-            if !started {
-                self.offer_on_arrival(record.id, &record.function)?;
-            }
         }
+        // A message is a new job even when an earlier one with the same payload failed: its
+        // occurrence makes another id. So a redelivered message is never a retry.
+        let seen = Change::SeenMessage(key, remember(occurrence, m.delivery));
+        self.arrive(arrivals, false, Some(seen))?;
+        let _ = m.done.send(());
         Ok(())
     }
 }

@@ -1,17 +1,17 @@
-//! The agent's async shell: folder events in, journaled jobs, admission by the sans-IO
-//! [`Scheduler`], runs on the function's executor, outputs delivered, logs written.
+//! The agent's async shell, the driver of the sans-IO [`JobBook`]: folder events, MQTT messages
+//! and placements in, the book's plans journaled and carried out, runs on the function's
+//! executor, outputs delivered, logs written.
 //!
-//! One task owns the scheduler and receives every message; each run is its own task. The journal
-//! is written before every step it records is acted on, so a `SIGKILL` anywhere loses nothing:
-//! queued jobs stay queued, interrupted runs run again in fresh folders, and finished runs whose
-//! outputs were not all delivered are delivered again (to the same names).
+//! One task owns the book and the journal's writes and receives every message; each run and
+//! each delivery is its own task, which reports how it ended and writes nothing. Every plan is
+//! committed before any of its acts, so a `SIGKILL` anywhere loses nothing: queued jobs stay
+//! queued, interrupted runs run again in fresh folders, and finished runs whose outputs were not
+//! all delivered are delivered again (to the same names).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use spillway_placement::estimate::RunTimes;
 use spillway_proto::JobId;
 use spillway_proto::load::{FunctionLoad, LoadReport};
 use spillway_proto::quantity::{Bytes, Millicores};
@@ -19,23 +19,24 @@ use spillway_proto::wire::{DeployAck, Deployment};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
+use crate::book::{JobBook, RunEnd};
 use crate::catalog::{Catalog, Runtimes};
 use crate::journal::{Guest, JobRecord, JobState, Journal, JournalError, SeenFile, now_ms};
 use crate::scheduler::{Demand, Scheduler};
-use crate::staging::Staging;
 use crate::watch::{FolderEvent, FolderWatch, WatchError, scan};
-use crate::{joblog, mesh, runtime};
+use crate::{mesh, runtime};
 use spillway_agent_config::AgentConfig;
 
+mod drive;
 mod handover;
 mod identify;
 mod message;
 mod run;
 
-pub use handover::{Answer, DEFAULT_RESCHEDULER_THRESHOLD, MeshOut, predicted_local_wait_ms};
+pub use crate::book::Answer;
+pub use handover::MeshOut;
 
 use identify::identify_file;
-use run::{conclude, finish_delivery, run_job};
 
 /// What can stop the agent from starting or keep it from running on.
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
@@ -95,14 +96,18 @@ enum Msg {
         seen: Option<(String, SeenFile)>,
         live: bool,
     },
-    Done(JobId),
-    Fatal(JournalError),
+    /// A run ended; its task wrote the job's log.
+    RunEnded(JobId, RunEnd),
+    /// A delivery ended (`Succeeded` or `Failed`); its task wrote the job's log.
+    Delivered(JobId, JobState),
     /// A new function set from the coordinator; answered once it is in force.
     Deploy(Box<Deployment>, oneshot::Sender<DeployAck>),
     /// The coordinator's answer about an offered job; answered with whether to acknowledge it.
     Answer(JobId, Answer, oneshot::Sender<bool>),
     /// A job placed here for another node; answered with whether it is new.
     Host(Box<JobRecord>, Guest, oneshot::Sender<bool>),
+    /// The coordinator has a guest job's result.
+    GuestAcknowledged(JobId),
 }
 
 /// Shared by the engine loop and its run tasks.
@@ -125,7 +130,8 @@ impl Shared {
 
 pub struct Agent {
     shared: Arc<Shared>,
-    scheduler: Scheduler,
+    /// Every decision about this node's jobs; the engine carries out its plans.
+    book: JobBook,
     catalog: Catalog,
     rx: mpsc::UnboundedReceiver<Msg>,
     folder_rx: mpsc::UnboundedReceiver<FolderEvent>,
@@ -134,16 +140,6 @@ pub struct Agent {
     runtimes: Runtimes,
     tasks: JoinSet<()>,
     load: watch::Sender<LoadReport>,
-    /// Start time of each running job, and the run times learned per function (the placement
-    /// core's estimates, under this node's name: the coordinator keeps the same).
-    started: HashMap<JobId, (String, Instant)>,
-    run_times: RunTimes,
-    /// The oldest queued job and when it was queued, so load reports need no journal read.
-    oldest: Option<(JobId, u64)>,
-    /// When the coordinator last declined a job of each function.
-    declined: HashMap<String, Instant>,
-    /// Offers sent and not answered yet, with their function.
-    in_doubt: HashMap<JobId, String>,
     /// Beats every time the loop goes round its timer, for the systemd watchdog.
     heartbeat: spillway_plumbing::systemd::Heartbeat,
     /// The topic filters the deployed functions' MQTT triggers want.
@@ -208,6 +204,12 @@ impl AgentHandle {
             return false;
         }
         rx.await.unwrap_or(false)
+    }
+
+    /// The coordinator has a guest job's result: its files go, and the journal remembers only
+    /// its origin.
+    pub fn guest_acknowledged(&self, id: JobId) {
+        let _ = self.shared.msgs.send(Msg::GuestAcknowledged(id));
     }
 
     /// Puts a deployment in force; resolves when the agent runs it.
@@ -285,12 +287,17 @@ impl Agent {
                 .map_err(|source| AgentError::CreateDir { path: dir, source })?;
         }
         let journal = Journal::open(&config.journal_path())?;
-        let mut scheduler = Scheduler::new(node_capacity(&config));
+        let mut book = JobBook::new(
+            &config.node_name,
+            Scheduler::new(node_capacity(&config)),
+            config.defaults.max_attempts,
+        );
         let runtimes = Runtimes::new(&config, container_shim)?;
         let mesh_functions = mesh::deployment::load(&config.state_dir)
             .map(|d| mesh::deployment::functions(&config.state_dir, &d))
             .unwrap_or_default();
-        let catalog = Catalog::load(&config, &runtimes, &mut scheduler, mesh_functions);
+        let catalog = Catalog::load(&config, &runtimes, book.admission(), mesh_functions);
+        book.set_thresholds(catalog.spill_thresholds());
         let (msgs, rx) = mpsc::unbounded_channel();
         let (folder_tx, folder_rx) = mpsc::unbounded_channel();
         let watch = FolderWatch::start(&catalog.input_dirs(), folder_tx.clone())?;
@@ -311,7 +318,7 @@ impl Agent {
         let subscriptions = watch::channel(catalog.mqtt_subscriptions()).0;
         let mut agent = Self {
             shared,
-            scheduler,
+            book,
             catalog,
             rx,
             folder_rx,
@@ -320,11 +327,6 @@ impl Agent {
             runtimes,
             tasks: JoinSet::new(),
             load: watch::channel(LoadReport::default()).0,
-            started: HashMap::new(),
-            run_times: RunTimes::default(),
-            oldest: None,
-            declined: HashMap::new(),
-            in_doubt: HashMap::new(),
             heartbeat: spillway_plumbing::systemd::Heartbeat::default(),
             subscriptions,
             mqtt_rx: None,
@@ -372,38 +374,24 @@ impl Agent {
 
     /// Publishes this node's load for the mesh link (only when it changed).
     fn publish_load(&mut self) {
-        let oldest = self.scheduler.oldest_queued();
-        if oldest != self.oldest.map(|(id, _)| id) {
-            self.oldest = oldest.map(|id| {
-                let at = self
-                    .shared
-                    .journal
-                    .get(id)
-                    .ok()
-                    .flatten()
-                    .map_or_else(now_ms, |r| r.queued_at_ms);
-                (id, at)
-            });
-        }
-        let functions = self
-            .scheduler
-            .function_loads()
+        let load = self.book.load(now_ms());
+        let functions = load
+            .functions
             .into_iter()
-            .map(|(name, free_slots, queued, running)| FunctionLoad {
-                mean_run_ms: self
-                    .run_times
-                    .measured(&name, &self.shared.config.node_name)
-                    .map_or(0, |m| u32::try_from(m).unwrap_or(u32::MAX)),
-                name,
-                free_slots,
-                queued,
-                running,
-            })
+            .map(
+                |(name, free_slots, queued, running, mean_run_ms)| FunctionLoad {
+                    name,
+                    free_slots,
+                    queued,
+                    running,
+                    mean_run_ms,
+                },
+            )
             .collect();
         let report = LoadReport {
-            queued: self.scheduler.queued() as u32,
-            running: self.scheduler.running() as u32,
-            oldest_queued_ms: self.oldest.map_or(0, |(_, at)| now_ms().saturating_sub(at)),
+            queued: load.queued,
+            running: load.running,
+            oldest_queued_ms: load.oldest_queued_ms,
             functions,
             mqtt_unwanted: self.mqtt_unwanted,
             mqtt_too_large: self.mqtt_too_large,
@@ -437,7 +425,7 @@ impl Agent {
             };
         }
         let defs = mesh::deployment::functions(&s.config.state_dir, &deployment);
-        let catalog = Catalog::load(&s.config, &self.runtimes, &mut self.scheduler, defs);
+        let catalog = Catalog::load(&s.config, &self.runtimes, self.book.admission(), defs);
         for gone in self
             .catalog
             .functions
@@ -445,8 +433,9 @@ impl Agent {
             .filter(|n| !catalog.functions.contains_key(*n))
         {
             tracing::info!(function = %gone, "function removed by the coordinator");
-            self.scheduler.remove_function(gone);
+            self.book.admission().remove_function(gone);
         }
+        self.book.set_thresholds(catalog.spill_thresholds());
         let old_dirs = self.catalog.input_dirs();
         match FolderWatch::start(&catalog.input_dirs(), self.folder_tx.clone()) {
             Ok(w) => self.watch = w,
@@ -495,7 +484,7 @@ impl Agent {
             .map(|f| FunctionSummary {
                 name: f.def.name.clone(),
                 runtime: f.def.runtime,
-                slots: self.scheduler.slots(&f.def.name),
+                slots: self.book.slots(&f.def.name),
                 inputs: f.inputs.iter().map(|(d, _)| d.clone()).collect(),
                 outputs: f
                     .def
@@ -520,7 +509,7 @@ impl Agent {
     }
 
     pub fn capacity(&self) -> Demand {
-        self.scheduler.capacity()
+        self.book.capacity()
     }
 
     /// Beats while the engine loop runs (for the systemd watchdog).
@@ -528,94 +517,11 @@ impl Agent {
         self.heartbeat.clone()
     }
 
-    /// Delivers, in the background, the outputs of a job journaled `Ran` to its function's
-    /// outputs.
-    fn spawn_delivery(
-        &mut self,
-        record: JobRecord,
-        staging: PathBuf,
-        outputs: Vec<spillway_proto::ObjectKey>,
-    ) {
-        let targets = self
-            .catalog
-            .functions
-            .get(&record.function)
-            .map(|f| run::Targets::of(&f.def))
-            .unwrap_or_default();
-        let s = self.shared.clone();
-        self.tasks.spawn(async move {
-            finish_delivery(&s, record, &staging, &outputs, &targets).await;
-        });
-    }
-
-    /// Puts every unfinished job of the journal back in motion.
-    fn recover(&mut self) -> Result<(), JournalError> {
-        let s = self.shared.clone();
-        if let Ok(entries) = std::fs::read_dir(s.config.run_dir()) {
-            for entry in entries.flatten() {
-                runtime::process::reap_orphan(&entry.path());
-            }
-        }
-        let mut keep_staging = Vec::new();
-        for record in s.journal.unfinished()? {
-            match record.state.clone() {
-                JobState::Queued => self.scheduler.enqueue(record.id, &record.function),
-                JobState::Running if record.attempt >= s.config.defaults.max_attempts => {
-                    let reason = format!(
-                        "interrupted {} times by agent restarts during its run; not retried again",
-                        record.attempt
-                    );
-                    let staging =
-                        Staging::for_attempt(&s.config.staging_dir(), record.id, record.attempt)
-                            .root;
-                    conclude(&s, record, JobState::Failed { reason }, &staging, None)?;
-                }
-                JobState::Running => {
-                    tracing::info!(job = %record.id.short(), function = %record.function, "re-running a job interrupted by a restart");
-                    s.journal
-                        .update(record.id, |r| r.state = JobState::Queued)?;
-                    self.scheduler.enqueue(record.id, &record.function);
-                }
-                JobState::Ran { staging, outputs } if s.journal.hosting(record.id)?.is_some() => {
-                    // A guest's outputs wait in its own folder for the link to send them.
-                    let outputs = outputs.iter().map(|k| k.to_string()).collect();
-                    conclude(
-                        &s,
-                        record,
-                        JobState::Succeeded { outputs },
-                        &staging.join("staging"),
-                        None,
-                    )?;
-                }
-                JobState::Ran { staging, outputs } => {
-                    keep_staging.push(staging.clone());
-                    tracing::info!(job = %record.id.short(), "delivering the outputs of a job that finished before the restart");
-                    self.spawn_delivery(record, staging, outputs);
-                }
-                // Only the coordinator's answer moves these (the link asks again when it is up).
-                JobState::Offered | JobState::Handed => {}
-                JobState::Succeeded { .. } | JobState::Failed { .. } => {}
-            }
-        }
-        // Folders of runs that will never be looked at again.
-        if let Ok(entries) = std::fs::read_dir(s.config.staging_dir()) {
-            for entry in entries
-                .flatten()
-                .filter(|e| !keep_staging.contains(&e.path()))
-            {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-        joblog::prune(&s.config.logs_dir(), s.config.logs.keep_jobs);
-        Ok(())
-    }
-
     /// Runs until `shutdown` resolves, then lets running jobs finish within the grace period.
     pub async fn run(
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AgentError> {
-        self.admit()?;
         tokio::pin!(shutdown);
         let mut rescheduler = tokio::time::interval(std::time::Duration::from_millis(500));
         rescheduler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -626,7 +532,9 @@ impl Agent {
                 Some(msg) = self.rx.recv() => self.handle(msg)?,
                 _ = rescheduler.tick() => {
                     self.heartbeat.beat();
-                    self.reschedule()?;
+                    self.book.set_linked(self.shared.mesh_out().is_some());
+                    let plan = self.book.tick(now_ms());
+                    self.carry_out(plan, drive::Logs::Driver)?;
                     self.publish_load();
                 }
                 Some(ev) = self.folder_rx.recv() => self.handle(Msg::Folder(ev))?,
@@ -639,7 +547,7 @@ impl Agent {
         }
         let grace = self.shared.config.defaults.shutdown_grace;
         tracing::info!(
-            running = self.scheduler.running(),
+            running = self.book.running(),
             "shutting down; waiting up to {}s for running jobs",
             grace.as_secs()
         );
@@ -655,6 +563,7 @@ impl Agent {
     }
 
     fn handle(&mut self, msg: Msg) -> Result<(), AgentError> {
+        let now = now_ms();
         match msg {
             Msg::Folder(FolderEvent::Ready(path)) => self.identify(path, true),
             Msg::Folder(FolderEvent::Found(path)) => self.identify(path, false),
@@ -667,29 +576,33 @@ impl Agent {
                 });
             }
             Msg::Identified { record, seen, live } => self.accept(*record, seen, live)?,
-            Msg::Done(id) => {
-                self.scheduler.finish(id);
-                if let Some((function, at)) = self.started.remove(&id) {
-                    let ms = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    let node = &self.shared.config.node_name;
-                    self.run_times.observe(&function, node, ms);
-                }
-                self.admit()?;
+            Msg::RunEnded(id, how) => {
+                let plan = self.book.run_ended(now, id, how);
+                self.carry_out(plan, drive::Logs::Reporter)?;
             }
-            Msg::Fatal(e) => return Err(e.into()),
+            Msg::Delivered(id, state) => {
+                let plan = self.book.delivered(now, id, state);
+                self.carry_out(plan, drive::Logs::Reporter)?;
+            }
             Msg::Deploy(deployment, reply) => {
                 let ack = self.apply_deployment(*deployment);
                 let _ = reply.send(ack);
-                self.admit()?;
+                let mut plan = crate::book::Plan::default();
+                self.book.admit(now, &mut plan);
+                self.carry_out(plan, drive::Logs::Driver)?;
             }
             Msg::Answer(id, answer, reply) => {
-                let ack = self.answer(id, answer)?;
+                self.book.set_linked(self.shared.mesh_out().is_some());
+                let plan = self.book.answer(now, id, answer);
+                let ack = plan.ack;
+                self.carry_out(plan, drive::Logs::Driver)?;
                 let _ = reply.send(ack);
             }
             Msg::Host(record, guest, reply) => {
                 let new = self.host(*record, guest)?;
                 let _ = reply.send(new);
             }
+            Msg::GuestAcknowledged(id) => self.guest_acknowledged(id)?,
         }
         self.publish_load();
         Ok(())
@@ -713,108 +626,5 @@ impl Agent {
                 }
             });
         }
-    }
-
-    /// Starts every job the scheduler admits, journaling `Running` before each one starts.
-    fn admit(&mut self) -> Result<(), AgentError> {
-        let admitted = self.scheduler.admit();
-        self.launch(admitted, None)
-    }
-
-    /// Journals a newly identified job. When a slot is free it is journaled straight as
-    /// `Running`: one commit (one fsync) between the file event and the function starting.
-    fn accept(
-        &mut self,
-        mut record: JobRecord,
-        seen: Option<(String, SeenFile)>,
-        live: bool,
-    ) -> Result<(), AgentError> {
-        let s = self.shared.clone();
-        if let Some(existing) = s.journal.get(record.id)? {
-            // The same event seen again is the same job. But a failed job whose input is
-            // delivered anew (copied or moved in again) is a request to run it again.
-            let retry = live
-                && matches!(existing.state, JobState::Failed { .. })
-                && !matches!(record.state, JobState::Failed { .. });
-            if retry {
-                tracing::info!(job = %record.id.short(), function = %record.function, "input delivered again: retrying the failed job");
-                s.journal.update(record.id, |r| {
-                    r.state = JobState::Queued;
-                    r.attempt = 0;
-                    r.started_at_ms = None;
-                    r.finished_at_ms = None;
-                })?;
-                let _ = s.events.send(JobEvent::Queued {
-                    id: record.id,
-                    function: record.function.clone(),
-                });
-                self.scheduler.enqueue(record.id, &record.function);
-                self.admit()?;
-            }
-            return Ok(());
-        }
-        let seen_ref = seen.as_ref().map(|(k, v)| (k.as_str(), v));
-        if let JobState::Failed { reason } = &record.state {
-            tracing::warn!(job = %record.id.short(), function = %record.function, "refused: {reason}");
-            joblog::write(&s.config.logs_dir(), &record, None, None);
-            s.journal.insert_if_new(&record, seen_ref)?;
-            let _ = s.events.send(JobEvent::Finished {
-                id: record.id,
-                function: record.function.clone(),
-                state: record.state,
-            });
-            return Ok(());
-        }
-        self.scheduler.enqueue(record.id, &record.function);
-        let admitted = self.scheduler.admit();
-        if admitted.iter().any(|(id, _)| *id == record.id) {
-            record.state = JobState::Running;
-            record.attempt = 1;
-            record.started_at_ms = Some(now_ms());
-        }
-        s.journal.insert_if_new(&record, seen_ref)?;
-        let _ = s.events.send(JobEvent::Queued {
-            id: record.id,
-            function: record.function.clone(),
-        });
-        let waiting =
-            (record.state == JobState::Queued).then(|| (record.id, record.function.clone()));
-        let started = (record.state == JobState::Running).then_some(record);
-        self.launch(admitted, started)?;
-        if let Some((id, function)) = waiting {
-            self.offer_on_arrival(id, &function)?;
-        }
-        Ok(())
-    }
-
-    /// Starts admitted jobs, journaling `Running` before each one starts (`journaled` already is).
-    fn launch(
-        &mut self,
-        admitted: Vec<(JobId, String)>,
-        mut journaled: Option<JobRecord>,
-    ) -> Result<(), AgentError> {
-        for (id, function) in admitted {
-            let s = self.shared.clone();
-            let Some(deployed) = self.catalog.functions.get(&function).cloned() else {
-                self.scheduler.finish(id);
-                continue;
-            };
-            let record = match journaled.take_if(|r| r.id == id) {
-                Some(record) => record,
-                None => s.journal.update(id, |r| {
-                    r.state = JobState::Running;
-                    r.attempt += 1;
-                    r.started_at_ms = Some(now_ms());
-                })?,
-            };
-            self.started.insert(id, (function.clone(), Instant::now()));
-            self.tasks.spawn(async move {
-                if let Err(e) = run_job(&s, &deployed, record).await {
-                    let _ = s.msgs.send(Msg::Fatal(e));
-                }
-                let _ = s.msgs.send(Msg::Done(id));
-            });
-        }
-        Ok(())
     }
 }

@@ -1,32 +1,33 @@
-//! One job's life after admission: staging, the run, the journal entry for its result,
-//! delivery of its outputs, its log.
+//! One job's life after admission: staging, the run, delivery of its outputs, its log. These
+//! tasks write no journal: they report how the run or delivery ended, and the engine's book
+//! decides what that means.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use spillway_proto::fdl::{MqttOutput, S3Settings, StorageRef};
-use spillway_proto::{Event, FunctionDef, JobId, ObjectKey};
+use spillway_proto::{FunctionDef, JobId, ObjectKey};
 
-use super::{JobEvent, Msg, Shared};
+use super::{JobEvent, Shared};
+use crate::book::RunEnd;
 use crate::capture::Captured;
 use crate::catalog::Deployed;
 use crate::joblog;
-use crate::journal::{JobRecord, JobState, JournalError, now_ms};
+use crate::journal::{JobRecord, JobState, now_ms};
 use crate::runtime::{Exit, Outcome, StagedJob};
 use crate::staging::{Staging, deliver};
 
-/// One run attempt: stage, execute, journal the result, deliver, log.
-pub(super) async fn run_job(
-    s: &Arc<Shared>,
-    f: &Deployed,
-    record: JobRecord,
-) -> Result<(), JournalError> {
+/// One run attempt: stage, execute, collect the outputs, write the log; how it ended.
+pub(super) async fn run_job(s: &Arc<Shared>, f: &Deployed, record: JobRecord) -> RunEnd {
     let config = &s.config;
     let staging = Staging::for_attempt(&config.staging_dir(), record.id, record.attempt);
     let file_name = record.event.file_name().to_owned();
     // A guest's input was fetched from the coordinator; the event still names the origin's file.
-    let guest = s.journal.hosting(record.id)?;
+    let guest = match s.journal.hosting(record.id) {
+        Ok(guest) => guest,
+        Err(e) => return failed(s, &record, format!("cannot read the journal: {e}"), None),
+    };
     let guest_input = guest.as_ref().map(|g| g.dir.join("input").join(&file_name));
     let origin = guest
         .as_ref()
@@ -50,7 +51,7 @@ pub(super) async fn run_job(
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()))
     {
-        return conclude(s, record, JobState::Failed { reason }, &staging.root, None);
+        return failed(s, &record, reason, None);
     }
     let job = StagedJob {
         job_id: record.id.to_string(),
@@ -102,87 +103,80 @@ pub(super) async fn run_job(
     };
     let streams = Some((&outcome.stdout, &outcome.stderr));
     let keys = match outcome.exit {
-        Exit::Failure(reason) => {
-            return conclude(
-                s,
-                record,
-                JobState::Failed { reason },
-                &staging.root,
-                streams,
-            );
-        }
+        Exit::Failure(reason) => return failed(s, &record, reason, streams),
         Exit::Success => match staging.collect_outputs() {
             Ok(keys) => keys,
-            Err(e) => {
-                return conclude(
-                    s,
-                    record,
-                    JobState::Failed {
-                        reason: e.to_string(),
-                    },
-                    &staging.root,
-                    streams,
-                );
-            }
+            Err(e) => return failed(s, &record, e.to_string(), streams),
         },
     };
     if let Some(g) = &guest {
         return keep_for_origin(s, record, g, &staging, keys, streams);
     }
-    let ran = s.journal.update(record.id, |r| {
-        r.state = JobState::Ran {
-            staging: staging.root.clone(),
-            outputs: keys.clone(),
-        }
-    })?;
-    // The streams are only in memory: keep them with the job before delivery can be interrupted.
+    let how = RunEnd::Ran {
+        staging: staging.root.clone(),
+        outputs: keys.clone(),
+    };
+    // The streams are only in memory: keep them with the job before its end is journaled.
+    let mut ran = record;
+    ran.state = JobState::Ran {
+        staging: staging.root.clone(),
+        outputs: keys,
+    };
+    log(s, &ran, streams);
+    how
+}
+
+/// A failed run: its log, with its streams, then its report.
+fn failed(
+    s: &Shared,
+    record: &JobRecord,
+    reason: String,
+    streams: Option<(&Captured, &Captured)>,
+) -> RunEnd {
+    let mut ended = record.clone();
+    ended.state = JobState::Failed {
+        reason: reason.clone(),
+    };
+    ended.finished_at_ms = Some(now_ms());
+    log(s, &ended, streams);
+    RunEnd::Failed { reason }
+}
+
+fn log(s: &Shared, record: &JobRecord, streams: Option<(&Captured, &Captured)>) {
     joblog::write(
-        &config.logs_dir(),
-        &ran,
+        &s.config.logs_dir(),
+        record,
         streams.map(|(o, _)| o),
         streams.map(|(_, e)| e),
     );
-    let targets = Targets::of(&f.def);
-    let state = deliver_outputs(s, &targets, record.id, &staging.output_dir, &keys).await;
-    conclude(s, ran, state, &staging.root, None)
 }
 
 /// A guest job's outputs are not delivered here: they move to the guest's folder, where the
 /// link picks them up for the coordinator (and the origin).
 fn keep_for_origin(
-    s: &Arc<Shared>,
+    s: &Shared,
     record: JobRecord,
     guest: &crate::journal::Guest,
     staging: &Staging,
     keys: Vec<ObjectKey>,
     streams: Option<(&Captured, &Captured)>,
-) -> Result<(), JournalError> {
+) -> RunEnd {
     let kept = guest.dir.join("output");
     let _ = std::fs::remove_dir_all(&kept);
     if let Err(e) = std::fs::rename(&staging.output_dir, &kept) {
         let reason = format!("cannot keep the outputs for the origin: {e}");
-        return conclude(
-            s,
-            record,
-            JobState::Failed { reason },
-            &staging.root,
-            streams,
-        );
+        return failed(s, &record, reason, streams);
     }
-    let ran = s.journal.update(record.id, |r| {
-        r.state = JobState::Ran {
-            staging: guest.dir.clone(),
-            outputs: keys.clone(),
-        }
-    })?;
-    let outputs = keys.iter().map(|k| k.to_string()).collect();
-    conclude(
-        s,
-        ran,
-        JobState::Succeeded { outputs },
-        &staging.root,
-        streams,
-    )
+    let mut ended = record;
+    ended.state = JobState::Succeeded {
+        outputs: keys.iter().map(|k| k.to_string()).collect(),
+    };
+    ended.finished_at_ms = Some(now_ms());
+    log(s, &ended, streams);
+    RunEnd::GuestRan {
+        dir: guest.dir.clone(),
+        outputs: keys,
+    }
 }
 
 /// Where a function's outputs go: folders (`output` with a storage provider) and MQTT topics.
@@ -311,61 +305,20 @@ async fn publish_outputs(
 }
 
 /// Delivers the outputs of a job journaled `Ran` (found at start-up, or fetched from the peer
-/// that ran it) from `staging_root/output` to the function's outputs, and concludes it.
+/// that ran it) from `staging_root/output` to the function's outputs; the state it ends in,
+/// its log written.
 pub(super) async fn finish_delivery(
     s: &Arc<Shared>,
-    record: JobRecord,
+    mut record: JobRecord,
     staging_root: &Path,
     keys: &[ObjectKey],
     targets: &Targets,
-) {
+) -> JobState {
     let state = deliver_outputs(s, targets, record.id, &staging_root.join("output"), keys).await;
-    if let Err(e) = conclude(s, record, state, staging_root, None) {
-        let _ = s.msgs.send(Msg::Fatal(e));
-    }
-}
-
-/// Records a job's final state. The log is written first: if the agent dies in between, the
-/// journal still says the job is unfinished, so it runs (or delivers) again and rewrites it.
-pub(super) fn conclude(
-    s: &Shared,
-    mut record: JobRecord,
-    state: JobState,
-    staging_root: &Path,
-    streams: Option<(&Captured, &Captured)>,
-) -> Result<(), JournalError> {
-    record.state = state;
+    record.state = state.clone();
     record.finished_at_ms = Some(now_ms());
-    joblog::write(
-        &s.config.logs_dir(),
-        &record,
-        streams.map(|(o, _)| o),
-        streams.map(|(_, e)| e),
-    );
-    s.journal.update(record.id, |r| {
-        r.state = record.state.clone();
-        r.finished_at_ms = record.finished_at_ms;
-    })?;
-    match &record.state {
-        JobState::Failed { reason } => {
-            tracing::warn!(job = %record.id.short(), function = %record.function, "failed: {reason}")
-        }
-        JobState::Succeeded { outputs } => {
-            tracing::info!(job = %record.id.short(), function = %record.function, outputs = outputs.len(), "succeeded")
-        }
-        _ => {}
-    }
-    let _ = std::fs::remove_dir_all(staging_root);
-    if let Event::Mqtt(_) = &record.event {
-        // The message was the input; the job is over (the log keeps what happened).
-        let _ = std::fs::remove_dir_all(s.config.inbox_dir().join(record.id.to_string()));
-    }
-    let _ = s.events.send(JobEvent::Finished {
-        id: record.id,
-        function: record.function.clone(),
-        state: record.state,
-    });
-    Ok(())
+    log(s, &record, None);
+    state
 }
 
 fn rfc3339_now() -> String {

@@ -211,13 +211,3 @@ pub async fn guest_result(
         outcome,
     })))
 }
-
-/// The coordinator has a guest job's result: forget it here.
-pub fn guest_acknowledged(agent: &AgentHandle, id: JobId) {
-    if let Ok(Some(guest)) = agent.journal().hosting(id) {
-        let _ = std::fs::remove_dir_all(&guest.dir);
-    }
-    if let Err(e) = agent.journal().guest_acknowledged(id) {
-        tracing::error!(job = %id.short(), "cannot record the coordinator's acknowledgement: {e}");
-    }
-}

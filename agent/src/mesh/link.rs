@@ -461,7 +461,7 @@ fn on_handover_frame(cx: Connected, frame: CoordinatorFrame) {
                     }
                 }
             }
-            CoordinatorFrame::GuestAck(id) => handover::guest_acknowledged(agent, id),
+            CoordinatorFrame::GuestAck(id) => agent.guest_acknowledged(id),
             _ => {}
         }
     });

@@ -1,0 +1,284 @@
+//! Carrying out the job book's plans: the journal first (one commit per plan), then the acts.
+//! Also the engine's inputs that need facts from the journal before the book can decide: start
+//! up, a job arriving, a job placed here.
+
+use spillway_proto::{Event, JobId};
+
+use super::run::{Targets, finish_delivery, run_job};
+use super::{Agent, AgentError, JobEvent, Msg};
+use crate::book::{Act, Arrival, Found, Known, Plan};
+use crate::journal::{Change, Guest, JobRecord, JobState, SeenFile, now_ms};
+use crate::staging::Staging;
+use crate::{joblog, runtime};
+
+/// Who writes the log of a job a plan ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Logs {
+    /// The run or delivery task that reported the end wrote it, with the job's streams.
+    Reporter,
+    /// The engine writes it, before the end is journaled: if the agent dies in between, the
+    /// journal still says the job is unfinished, so it runs (or delivers) again and rewrites it.
+    Driver,
+}
+
+impl Agent {
+    /// Commits the plan's changes in one transaction, then carries out its acts.
+    pub(super) fn carry_out(&mut self, plan: Plan, logs: Logs) -> Result<(), AgentError> {
+        let s = self.shared.clone();
+        if logs == Logs::Driver {
+            self.log_ends_first(&plan.changes);
+        }
+        s.journal.commit(&plan.changes)?;
+        for act in plan.acts {
+            match act {
+                Act::Queued { id, function } => {
+                    let _ = s.events.send(JobEvent::Queued { id, function });
+                }
+                Act::Start { id, function } => self.start_run(id, &function)?,
+                Act::Offer {
+                    id,
+                    reason,
+                    local_wait_ms,
+                    run_ms,
+                } => {
+                    let Some(record) = s.journal.get(id)? else {
+                        continue;
+                    };
+                    tracing::info!(job = %id.short(), function = %record.function, ?reason, "offering the job to the coordinator");
+                    // If the link went away meanwhile the job stays `Offered` and is offered
+                    // again when it comes back: only the coordinator can say whether it took it.
+                    if let Some(out) = s.mesh_out() {
+                        let _ = out.send(super::MeshOut::Offer {
+                            record: Box::new(record),
+                            reason,
+                            local_wait_ms,
+                            run_ms,
+                        });
+                    }
+                }
+                Act::Deliver { id } => {
+                    if let Some(record) = s.journal.get(id)? {
+                        self.spawn_delivery(record);
+                    }
+                }
+                Act::Ended { id } => {
+                    if let Some(record) = s.journal.get(id)? {
+                        ended(&s, record);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the log of every job the changes end (header only: no streams are in hand).
+    fn log_ends_first(&self, changes: &[Change]) {
+        let s = &self.shared;
+        for change in changes {
+            let record = match change {
+                Change::Put(record) if record.state.is_final() => Some(record.clone()),
+                Change::Move { id, to, .. } if to.is_final() => {
+                    s.journal.get(*id).ok().flatten().and_then(|mut record| {
+                        change.apply(&mut record).ok()?;
+                        Some(record)
+                    })
+                }
+                _ => None,
+            };
+            if let Some(record) = record {
+                joblog::write(&s.config.logs_dir(), &record, None, None);
+            }
+        }
+    }
+
+    /// Runs the attempt journaled `Running`, in a task of its own that reports how it ended.
+    fn start_run(&mut self, id: JobId, function: &str) -> Result<(), AgentError> {
+        let s = self.shared.clone();
+        let Some(record) = s.journal.get(id)? else {
+            return Ok(());
+        };
+        let Some(deployed) = self.catalog.functions.get(function).cloned() else {
+            let reason = format!("function `{function}` is no longer deployed here");
+            let _ = s
+                .msgs
+                .send(Msg::RunEnded(id, crate::book::RunEnd::Failed { reason }));
+            return Ok(());
+        };
+        self.tasks.spawn(async move {
+            let how = run_job(&s, &deployed, record).await;
+            let _ = s.msgs.send(Msg::RunEnded(id, how));
+        });
+        Ok(())
+    }
+
+    /// Delivers, in the background, the outputs of a job journaled `Ran` to its function's
+    /// outputs.
+    fn spawn_delivery(&mut self, record: JobRecord) {
+        let JobState::Ran { staging, outputs } = record.state.clone() else {
+            return;
+        };
+        let targets = self
+            .catalog
+            .functions
+            .get(&record.function)
+            .map(|f| Targets::of(&f.def))
+            .unwrap_or_default();
+        let s = self.shared.clone();
+        self.tasks.spawn(async move {
+            let id = record.id;
+            let state = finish_delivery(&s, record, &staging, &outputs, &targets).await;
+            let _ = s.msgs.send(Msg::Delivered(id, state));
+        });
+    }
+
+    /// Puts every unfinished job of the journal back in motion.
+    pub(super) fn recover(&mut self) -> Result<(), AgentError> {
+        let s = self.shared.clone();
+        if let Ok(entries) = std::fs::read_dir(s.config.run_dir()) {
+            for entry in entries.flatten() {
+                runtime::process::reap_orphan(&entry.path());
+            }
+        }
+        let mut found = Vec::new();
+        let mut keep_staging = Vec::new();
+        for record in s.journal.unfinished()? {
+            let guest = s.journal.hosting(record.id)?.is_some();
+            if let JobState::Ran { staging, .. } = &record.state
+                && !guest
+            {
+                keep_staging.push(staging.clone());
+                tracing::info!(job = %record.id.short(), "delivering the outputs of a job that finished before the restart");
+            }
+            if record.state == JobState::Running {
+                tracing::info!(job = %record.id.short(), function = %record.function, "re-running a job interrupted by a restart");
+            }
+            found.push(Found {
+                returned: s.journal.was_returned(record.id)?,
+                guest,
+                record,
+            });
+        }
+        let plan = self.book.recover(now_ms(), found);
+        self.carry_out(plan, Logs::Driver)?;
+        // Folders of runs that will never be looked at again.
+        if let Ok(entries) = std::fs::read_dir(s.config.staging_dir()) {
+            for entry in entries
+                .flatten()
+                .filter(|e| !keep_staging.contains(&e.path()))
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        joblog::prune(&s.config.logs_dir(), s.config.logs.keep_jobs);
+        Ok(())
+    }
+
+    /// A job a file made: the book decides, and the file is remembered in the same commit.
+    pub(super) fn accept(
+        &mut self,
+        record: JobRecord,
+        seen: Option<(String, SeenFile)>,
+        live: bool,
+    ) -> Result<(), AgentError> {
+        let known = Known::of(
+            self.shared
+                .journal
+                .get(record.id)?
+                .map(|r| r.state)
+                .as_ref(),
+        );
+        if known == Known::Failed && live && !record.state.is_final() {
+            tracing::info!(job = %record.id.short(), function = %record.function, "input delivered again: retrying the failed job");
+        }
+        let arrival = Arrival {
+            record,
+            known,
+            guest: None,
+        };
+        self.arrive(
+            vec![arrival],
+            live,
+            seen.map(|(k, v)| Change::SeenFile(k, v)),
+        )
+    }
+
+    /// Jobs arrive, whatever made them; `also` joins the same commit.
+    pub(super) fn arrive(
+        &mut self,
+        arrivals: Vec<Arrival>,
+        live: bool,
+        also: Option<Change>,
+    ) -> Result<(), AgentError> {
+        self.book.set_linked(self.shared.mesh_out().is_some());
+        let mut plan = self.book.arrive(now_ms(), arrivals, live);
+        plan.changes.extend(also);
+        self.carry_out(plan, Logs::Driver)
+    }
+
+    /// A job placed here by the coordinator, its input already fetched into `guest.dir`.
+    /// Returns whether it is new here. A job that ran here before and whose result the
+    /// coordinator already took is a new placement (its origin runs it again).
+    pub(super) fn host(&mut self, record: JobRecord, guest: Guest) -> Result<bool, AgentError> {
+        let s = self.shared.clone();
+        if !self.catalog.functions.contains_key(&record.function) {
+            return Ok(false);
+        }
+        let known = if s.journal.hosting(record.id)?.is_some() {
+            Known::Unfinished
+        } else {
+            Known::of(s.journal.get(record.id)?.map(|r| r.state).as_ref())
+        };
+        let (id, function, origin) = (record.id, record.function.clone(), guest.origin.clone());
+        self.book.set_linked(s.mesh_out().is_some());
+        let plan = self.book.arrive(
+            now_ms(),
+            vec![Arrival {
+                record,
+                known,
+                guest: Some(guest),
+            }],
+            true,
+        );
+        let new = plan.new.contains(&id);
+        self.carry_out(plan, Logs::Driver)?;
+        if new {
+            tracing::info!(job = %id.short(), %function, %origin, "running a job for another node");
+        }
+        Ok(new)
+    }
+
+    /// The coordinator has a guest job's result: forget its files, remember its origin.
+    pub(super) fn guest_acknowledged(&mut self, id: JobId) -> Result<(), AgentError> {
+        if let Some(guest) = self.shared.journal.hosting(id)? {
+            let _ = std::fs::remove_dir_all(&guest.dir);
+        }
+        let plan = self.book.guest_acknowledged(id);
+        self.carry_out(plan, Logs::Driver)
+    }
+}
+
+/// A job's end is journaled: say so, and tidy what it left.
+fn ended(s: &super::Shared, record: JobRecord) {
+    match &record.state {
+        JobState::Failed { reason } => {
+            tracing::warn!(job = %record.id.short(), function = %record.function, "failed: {reason}")
+        }
+        JobState::Succeeded { outputs } => {
+            tracing::info!(job = %record.id.short(), function = %record.function, outputs = outputs.len(), "succeeded")
+        }
+        _ => {}
+    }
+    // Its last run's folder, and the folder a peer's outputs were fetched into.
+    let staging = s.config.staging_dir();
+    let _ = std::fs::remove_dir_all(Staging::for_attempt(&staging, record.id, record.attempt).root);
+    let _ = std::fs::remove_dir_all(crate::mesh::handover::delivery_dir(&staging, record.id));
+    if let Event::Mqtt(_) = &record.event {
+        // The message was the input; the job is over (the log keeps what happened).
+        let _ = std::fs::remove_dir_all(s.config.inbox_dir().join(record.id.to_string()));
+    }
+    let _ = s.events.send(JobEvent::Finished {
+        id: record.id,
+        function: record.function.clone(),
+        state: record.state,
+    });
+}
