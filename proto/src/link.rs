@@ -4,8 +4,17 @@
 //!
 //! `Backoff → Connecting → Handshaking → Steady`, back to `Backoff` on any loss, with
 //! exponential, jittered backoff that resets once a connection has been steady for a while.
+//!
+//! Each connection attempt has a generation; what an abandoned connection still reports is
+//! ignored. The machine also says when the link becomes usable ([`Action::Linked`]: resend
+//! recent jobs, resume hand-overs, let offers out) and when it stops being so, and it puts the
+//! coordinator's deployments in force one at a time, in the order they came, acknowledging each
+//! on the connection it came on.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use crate::wire::{DeployAck, Deployment};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkConfig {
@@ -52,29 +61,54 @@ pub enum LinkState {
     },
 }
 
-/// What happened, as the shell saw it.
+/// What happened, as the shell saw it. `generation` names the connection attempt it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// The QUIC (and TLS) handshake succeeded.
-    Connected,
+    Connected { generation: u64 },
     /// The coordinator accepted our `Hello`.
-    Welcomed { report_interval: Duration },
+    Welcomed {
+        generation: u64,
+        report_interval: Duration,
+    },
     /// The coordinator refused us (version, identity); retried slowly.
-    Refused(String),
+    Refused { generation: u64, reason: String },
     /// Connecting failed or the connection broke.
-    Lost(String),
+    Lost { generation: u64, reason: String },
     /// Our load changed significantly.
     LoadChanged,
+    /// The coordinator sent a function set to put in force.
+    Deployment {
+        generation: u64,
+        deployment: Box<Deployment>,
+    },
+    /// The agent put the deployment it was given in force (or refused it, as the ack says).
+    Deployed(DeployAck),
 }
 
 /// What the shell must do now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Connect,
-    SendHello,
+    /// Open connection attempt `generation`.
+    Connect {
+        generation: u64,
+    },
+    /// Introduce this agent, naming the deployment in force.
+    SendHello {
+        deployed: [u8; 32],
+    },
     SendReport,
     /// Give up on the current connection attempt or connection.
     Close(String),
+    /// The link is usable: send the recent jobs (the coordinator may have missed updates),
+    /// offer again what is unanswered, send guest results again, let new offers out.
+    Linked,
+    /// The link is no longer usable; offers wait for the next [`Action::Linked`].
+    Unlinked(String),
+    /// Put this deployment in force; answer with [`Input::Deployed`].
+    Apply(Box<Deployment>),
+    /// Tell the coordinator a deployment is in force.
+    SendDeployAck(DeployAck),
 }
 
 #[derive(Debug)]
@@ -87,13 +121,28 @@ pub struct Link {
     report_pending: bool,
     rng: u64,
     last_error: Option<String>,
+    /// The current (or last) connection attempt.
+    generation: u64,
+    /// The deployment in force, named in every `Hello`.
+    deployed: [u8; 32],
+    /// The deployment being put in force, by the generation it came on.
+    applying: Option<u64>,
+    waiting: VecDeque<(u64, Box<Deployment>)>,
 }
+
+/// Deployments waiting to be put in force; a coordinator that sends more is resending, and
+/// only the newest matters.
+const MAX_WAITING_DEPLOYMENTS: usize = 8;
 
 impl Link {
     /// A link that connects at once. `seed` makes the jitter differ between agents (and
     /// repeatable in tests).
-    pub fn new(cfg: LinkConfig, now: Instant, seed: u64) -> Self {
+    pub fn new(cfg: LinkConfig, now: Instant, seed: u64, deployed: [u8; 32]) -> Self {
         Self {
+            generation: 0,
+            deployed,
+            applying: None,
+            waiting: VecDeque::new(),
             cfg,
             state: LinkState::Backoff { until: now },
             failures: 0,
@@ -123,33 +172,95 @@ impl Link {
         self.failures
     }
 
+    /// The connection attempt that counts now; reports about others are stale.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The deployment in force.
+    pub fn deployed(&self) -> [u8; 32] {
+        self.deployed
+    }
+
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        let current = self.generation;
         match (self.state, input) {
-            (LinkState::Connecting { .. }, Input::Connected) => {
+            (_, Input::Deployed(ack)) => self.in_force(ack),
+            (
+                _,
+                Input::Connected { generation }
+                | Input::Welcomed { generation, .. }
+                | Input::Refused { generation, .. }
+                | Input::Lost { generation, .. }
+                | Input::Deployment { generation, .. },
+            ) if generation != current => Vec::new(),
+            (LinkState::Connecting { .. }, Input::Connected { .. }) => {
                 self.state = LinkState::Handshaking { since: now };
-                vec![Action::SendHello]
+                vec![Action::SendHello {
+                    deployed: self.deployed,
+                }]
             }
-            (LinkState::Handshaking { .. }, Input::Welcomed { report_interval }) => {
+            (
+                LinkState::Handshaking { .. },
+                Input::Welcomed {
+                    report_interval, ..
+                },
+            ) => {
                 self.state = LinkState::Steady { since: now };
                 self.report_interval = report_interval.max(self.cfg.min_report_gap);
                 self.last_error = None;
                 self.last_report = Some(now);
-                vec![Action::SendReport]
+                vec![Action::SendReport, Action::Linked]
             }
-            (_, Input::Refused(reason)) => {
+            (_, Input::Refused { reason, .. }) => {
                 // Refusals do not heal by hammering: wait the longest backoff.
                 self.failures = self.failures.max(16);
-                self.fail(now, reason)
+                let mut actions = vec![Action::Close("refused".into())];
+                actions.extend(self.fail(now, reason));
+                actions
             }
-            (LinkState::Connecting { .. }, Input::Lost(reason))
-            | (LinkState::Handshaking { .. }, Input::Lost(reason))
-            | (LinkState::Steady { .. }, Input::Lost(reason)) => self.fail(now, reason),
+            (
+                LinkState::Connecting { .. }
+                | LinkState::Handshaking { .. }
+                | LinkState::Steady { .. },
+                Input::Lost { reason, .. },
+            ) => {
+                let mut actions = vec![Action::Close("lost".into())];
+                actions.extend(self.fail(now, reason));
+                actions
+            }
             (LinkState::Steady { .. }, Input::LoadChanged) => {
                 self.report_pending = true;
                 self.poll(now)
             }
+            (_, Input::Deployment { deployment, .. }) => {
+                if self.applying.is_none() {
+                    self.applying = Some(current);
+                    return vec![Action::Apply(deployment)];
+                }
+                if self.waiting.len() >= MAX_WAITING_DEPLOYMENTS {
+                    self.waiting.pop_front();
+                }
+                self.waiting.push_back((current, deployment));
+                Vec::new()
+            }
             _ => Vec::new(),
         }
+    }
+
+    /// A deployment is in force: acknowledged on the connection it came on (a later one
+    /// learns it from `Hello`), and the next one applied.
+    fn in_force(&mut self, ack: DeployAck) -> Vec<Action> {
+        self.deployed = ack.deployment;
+        let mut actions = Vec::new();
+        if self.applying.take() == Some(self.generation) && self.is_steady() {
+            actions.push(Action::SendDeployAck(ack));
+        }
+        if let Some((generation, next)) = self.waiting.pop_front() {
+            self.applying = Some(generation);
+            actions.push(Action::Apply(next));
+        }
+        actions
     }
 
     /// Timers: call when [`Link::next_wakeup`] has passed (calling earlier is harmless).
@@ -157,7 +268,10 @@ impl Link {
         match self.state {
             LinkState::Backoff { until } if now >= until => {
                 self.state = LinkState::Connecting { since: now };
-                vec![Action::Connect]
+                self.generation += 1;
+                vec![Action::Connect {
+                    generation: self.generation,
+                }]
             }
             LinkState::Connecting { since } | LinkState::Handshaking { since }
                 if now >= since + self.cfg.handshake_timeout =>
@@ -205,13 +319,18 @@ impl Link {
     }
 
     fn fail(&mut self, now: Instant, reason: String) -> Vec<Action> {
+        let was_linked = self.is_steady();
         self.failures = self.failures.saturating_add(1);
-        self.last_error = Some(reason);
+        self.last_error = Some(reason.clone());
         self.report_pending = false;
         self.state = LinkState::Backoff {
             until: now + self.backoff(),
         };
-        Vec::new()
+        if was_linked {
+            vec![Action::Unlinked(reason)]
+        } else {
+            Vec::new()
+        }
     }
 
     /// `min · 2^(failures-1)`, capped, then scaled by a jitter in [0.5, 1.0) so agents cut off
@@ -236,22 +355,40 @@ impl Link {
 mod tests {
     use super::*;
 
+    fn new(now: Instant, seed: u64) -> Link {
+        Link::new(LinkConfig::default(), now, seed, [0; 32])
+    }
+
     fn connect(link: &mut Link, now: Instant) {
-        assert_eq!(link.poll(now), vec![Action::Connect]);
-        assert_eq!(link.handle(now, Input::Connected), vec![Action::SendHello]);
+        let generation = link.generation() + 1;
+        assert_eq!(link.poll(now), vec![Action::Connect { generation }]);
+        assert_eq!(
+            link.handle(now, Input::Connected { generation }),
+            vec![Action::SendHello {
+                deployed: link.deployed()
+            }]
+        );
         let welcomed = link.handle(
             now,
             Input::Welcomed {
+                generation,
                 report_interval: Duration::from_secs(1),
             },
         );
-        assert_eq!(welcomed, vec![Action::SendReport]);
+        assert_eq!(welcomed, vec![Action::SendReport, Action::Linked]);
+    }
+
+    fn lost(link: &Link, reason: &str) -> Input {
+        Input::Lost {
+            generation: link.generation(),
+            reason: reason.into(),
+        }
     }
 
     #[test]
     fn connects_at_once_then_reports_every_interval() {
         let t0 = Instant::now();
-        let mut link = Link::new(LinkConfig::default(), t0, 7);
+        let mut link = new(t0, 7);
         connect(&mut link, t0);
         assert!(link.is_steady());
         assert!(link.poll(t0 + Duration::from_millis(999)).is_empty());
@@ -265,7 +402,7 @@ mod tests {
     #[test]
     fn significant_change_is_reported_at_once_but_rate_limited() {
         let t0 = Instant::now();
-        let mut link = Link::new(LinkConfig::default(), t0, 7);
+        let mut link = new(t0, 7);
         connect(&mut link, t0);
         // 10 ms after the last report: held back until the minimum gap has passed.
         let t = t0 + Duration::from_millis(10);
@@ -282,11 +419,11 @@ mod tests {
     fn backoff_grows_is_capped_and_jittered() {
         let cfg = LinkConfig::default();
         let mut now = Instant::now();
-        let mut link = Link::new(cfg, now, 42);
+        let mut link = Link::new(cfg, now, 42, [0; 32]);
         let mut waits = Vec::new();
         for _ in 0..12 {
-            assert_eq!(link.poll(now), vec![Action::Connect]);
-            link.handle(now, Input::Lost("connection refused".into()));
+            assert!(matches!(link.poll(now)[..], [Action::Connect { .. }]));
+            link.handle(now, lost(&link, "connection refused"));
             let LinkState::Backoff { until } = link.state() else {
                 panic!("expected backoff");
             };
@@ -304,10 +441,10 @@ mod tests {
     fn steady_connection_resets_the_backoff() {
         let cfg = LinkConfig::default();
         let mut now = Instant::now();
-        let mut link = Link::new(cfg, now, 1);
+        let mut link = Link::new(cfg, now, 1, [0; 32]);
         for _ in 0..6 {
             link.poll(now);
-            link.handle(now, Input::Lost("down".into()));
+            link.handle(now, lost(&link, "down"));
             now = link.next_wakeup();
         }
         assert_eq!(link.failures(), 6);
@@ -315,7 +452,10 @@ mod tests {
         link.poll(now + cfg.stable_after);
         assert_eq!(link.failures(), 0);
         let t = now + cfg.stable_after;
-        link.handle(t, Input::Lost("cut".into()));
+        assert_eq!(
+            link.handle(t, lost(&link, "cut")),
+            vec![Action::Close("lost".into()), Action::Unlinked("cut".into())]
+        );
         assert!(link.next_wakeup() - t < cfg.backoff_min);
     }
 
@@ -323,9 +463,9 @@ mod tests {
     fn unanswered_hello_times_out_and_retries() {
         let cfg = LinkConfig::default();
         let t0 = Instant::now();
-        let mut link = Link::new(cfg, t0, 3);
+        let mut link = Link::new(cfg, t0, 3, [0; 32]);
         link.poll(t0);
-        link.handle(t0, Input::Connected);
+        link.handle(t0, Input::Connected { generation: 1 });
         let t = t0 + cfg.handshake_timeout;
         let actions = link.poll(t);
         assert!(matches!(actions[0], Action::Close(_)));
@@ -336,10 +476,16 @@ mod tests {
     fn refusal_waits_the_longest_backoff() {
         let cfg = LinkConfig::default();
         let t0 = Instant::now();
-        let mut link = Link::new(cfg, t0, 9);
+        let mut link = Link::new(cfg, t0, 9, [0; 32]);
         link.poll(t0);
-        link.handle(t0, Input::Connected);
-        link.handle(t0, Input::Refused("protocol mismatch".into()));
+        link.handle(t0, Input::Connected { generation: 1 });
+        link.handle(
+            t0,
+            Input::Refused {
+                generation: 1,
+                reason: "protocol mismatch".into(),
+            },
+        );
         assert!(link.next_wakeup() - t0 >= cfg.backoff_max / 2);
         assert_eq!(link.last_error(), Some("protocol mismatch"));
     }
@@ -347,10 +493,85 @@ mod tests {
     #[test]
     fn no_report_is_sent_while_disconnected() {
         let t0 = Instant::now();
-        let mut link = Link::new(LinkConfig::default(), t0, 5);
+        let mut link = new(t0, 5);
         link.poll(t0);
-        link.handle(t0, Input::Lost("x".into()));
+        link.handle(t0, lost(&link, "x"));
         assert!(link.handle(t0, Input::LoadChanged).is_empty());
         assert!(link.poll(t0 + Duration::from_millis(50)).is_empty());
+    }
+
+    fn deployment(n: u8) -> Box<Deployment> {
+        Box::new(Deployment {
+            functions: vec![crate::wire::FunctionBundle {
+                name: format!("f{n}"),
+                def_json: "{}".into(),
+                files: vec![],
+            }],
+        })
+    }
+
+    fn ack(d: &Deployment) -> DeployAck {
+        DeployAck {
+            deployment: d.digest(),
+            running: vec![],
+            refused: vec![],
+        }
+    }
+
+    #[test]
+    fn what_an_abandoned_connection_reports_is_ignored() {
+        let t0 = Instant::now();
+        let mut link = new(t0, 11);
+        connect(&mut link, t0);
+        link.handle(t0, lost(&link, "cut"));
+        let t = link.next_wakeup();
+        assert_eq!(link.poll(t), vec![Action::Connect { generation: 2 }]);
+        assert!(
+            link.handle(t, Input::Connected { generation: 1 })
+                .is_empty()
+        );
+        let stale = Input::Lost {
+            generation: 1,
+            reason: "old reader ended".into(),
+        };
+        assert!(link.handle(t, stale).is_empty(), "the new attempt goes on");
+        assert!(matches!(link.state(), LinkState::Connecting { .. }));
+    }
+
+    #[test]
+    fn deployments_are_applied_one_at_a_time_in_order_and_acked_on_their_connection() {
+        let t0 = Instant::now();
+        let mut link = new(t0, 13);
+        connect(&mut link, t0);
+        let (d1, d2) = (deployment(1), deployment(2));
+        let generation = link.generation();
+        let sent = |d: &Deployment| Input::Deployment {
+            generation,
+            deployment: Box::new(d.clone()),
+        };
+        assert_eq!(link.handle(t0, sent(&d1)), vec![Action::Apply(d1.clone())]);
+        assert!(link.handle(t0, sent(&d2)).is_empty(), "waits for the first");
+        assert_eq!(
+            link.handle(t0, Input::Deployed(ack(&d1))),
+            vec![Action::SendDeployAck(ack(&d1)), Action::Apply(d2.clone())]
+        );
+        // The link breaks while the second is applied: its ack is not sent on the next
+        // connection, whose Hello names it instead.
+        link.handle(t0, lost(&link, "cut"));
+        assert!(link.handle(t0, Input::Deployed(ack(&d2))).is_empty());
+        let t = link.next_wakeup();
+        link.poll(t);
+        let hello = link.handle(
+            t,
+            Input::Connected {
+                generation: link.generation(),
+            },
+        );
+        assert_eq!(
+            hello,
+            vec![Action::SendHello {
+                deployed: d2.digest()
+            }]
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! The async shell around `spillway_proto::link::Link`: it connects with mutual TLS, says
 //! Hello, sends load reports as datagrams, job updates and deployment acks on the control
 //! stream, applies deployments and answers requests. Decisions (when to connect, when to
-//! report) are the state machine's; this file only carries them out.
+//! report, which connection counts, when the link is usable, which deployment goes next) are
+//! the state machine's; this file only carries them out. Each connection has its own task,
+//! which owns the control stream's writing half, and a reader task.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -27,12 +29,14 @@ use spillway_link::membership::{Membership, client_endpoint, resolve};
 const RESYNC_JOBS: usize = 500;
 
 /// What the connection tasks report to the link loop, tagged with the attempt they belong to so
-/// reports from an abandoned connection are ignored.
+/// the state machine can ignore reports from an abandoned connection.
 enum LinkEvent {
+    /// Connected; `out` feeds the connection's control stream (its task ends when the loop
+    /// drops it).
     Connected {
         generation: u64,
         conn: quinn::Connection,
-        tx: quinn::SendStream,
+        out: mpsc::UnboundedSender<AgentFrame>,
     },
     Frame {
         generation: u64,
@@ -42,15 +46,19 @@ enum LinkEvent {
         generation: u64,
         reason: String,
     },
-    Deployed {
-        generation: u64,
-        ack: DeployAck,
-    },
+    Deployed(DeployAck),
     /// A frame for the control stream, built by a task (hand-overs upload blobs first).
     Send {
         generation: u64,
         frame: AgentFrame,
     },
+}
+
+/// The connection in use: what the loop needs to reach its task.
+struct Current {
+    generation: u64,
+    conn: quinn::Connection,
+    out: mpsc::UnboundedSender<AgentFrame>,
 }
 
 /// The journal record of a job as the mesh sees it.
@@ -120,182 +128,144 @@ pub async fn run(
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     node.hash(&mut hasher);
-    let mut link = Link::new(LinkConfig::default(), Instant::now(), hasher.finish());
+    let deployed = super::deployment::load(&config.state_dir).map_or([0; 32], |d| d.digest());
+    let mut link = Link::new(
+        LinkConfig::default(),
+        Instant::now(),
+        hasher.finish(),
+        deployed,
+    );
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<LinkEvent>();
     let mut jobs = agent.subscribe();
     let mut load = agent.load.clone();
-    let mut generation = 0u64;
-    let mut conn: Option<quinn::Connection> = None;
-    let mut tx: Option<quinn::SendStream> = None;
-    let mut deployed = super::deployment::load(&config.state_dir).map_or([0; 32], |d| d.digest());
-    let mut last_sent = LoadReport::default();
-    let mut seq = 0u64;
-    let mut sys = sysinfo::System::new().ok();
-    let mut was_steady = false;
+    let mut current: Option<Current> = None;
+    let mut reports = Reports::default();
     let (mesh_tx, mut mesh_rx) = mpsc::unbounded_channel::<MeshOut>();
-    // Deployments are applied one after the other, in the order they came: two sent in quick
-    // succession must not be applied (and acknowledged) the other way round.
-    let (deploy_tx, mut deploy_rx) =
-        mpsc::unbounded_channel::<(u64, spillway_proto::wire::Deployment)>();
-    let deployer = {
-        let (agent, events) = (agent.clone(), events_tx.clone());
-        tokio::spawn(async move {
-            while let Some((generation, d)) = deploy_rx.recv().await {
-                if let Some(ack) = agent.deploy(d).await {
-                    let _ = events.send(LinkEvent::Deployed { generation, ack });
-                }
-            }
-        })
-    };
     tokio::pin!(shutdown);
 
     // Actions the state machine asked for, from `poll` and from every `handle`.
     let mut actions: Vec<Action> = Vec::new();
     loop {
         actions.extend(link.poll(Instant::now()));
-        actions.reverse();
-        while let Some(action) = actions.pop() {
+        for action in std::mem::take(&mut actions) {
             match action {
-                Action::Connect => {
-                    generation += 1;
-                    let (events, coordinator, tls, generation) = (
-                        events_tx.clone(),
-                        membership.coordinator.clone(),
-                        member_tls.clone(),
-                        generation,
-                    );
-                    tokio::spawn(async move {
-                        let event = match connect(&coordinator, tls).await {
-                            Ok((conn, tx, rx)) => {
-                                spawn_reader(events.clone(), generation, rx);
-                                LinkEvent::Connected {
-                                    generation,
-                                    conn,
-                                    tx,
-                                }
-                            }
-                            Err(reason) => LinkEvent::Lost { generation, reason },
-                        };
-                        let _ = events.send(event);
-                    });
+                Action::Connect { generation } => {
+                    let (coordinator, tls) = (membership.coordinator.clone(), member_tls.clone());
+                    tokio::spawn(connection(generation, coordinator, tls, events_tx.clone()));
                 }
-                Action::SendHello => {
-                    send_hello(&mut tx, &config, capacity, deployed, &mut link).await;
+                Action::SendHello { deployed } => {
+                    if let Some(c) = &current {
+                        let _ = c.out.send(hello(&config, capacity, deployed));
+                    }
                 }
                 Action::SendReport => {
-                    let mut report = load.borrow().clone();
-                    seq += 1;
-                    report.seq = seq;
-                    report.sent_at_ms = crate::journal::now_ms();
-                    if let Some(sys) = sys.as_mut() {
-                        sys.refresh_cpu_usage();
-                        sys.refresh_memory();
-                        report.cpu_permille = (sys.global_cpu_usage() * 10.0) as u16;
-                        report.memory_used = sys.used_memory();
-                        report.memory_total = sys.total_memory();
+                    if let Some(c) = &current {
+                        reports.send(&c.conn, load.borrow().clone());
                     }
-                    if let Some(c) = &conn {
-                        let budget = c
-                            .max_datagram_size()
-                            .unwrap_or(DATAGRAM_BUDGET)
-                            .min(DATAGRAM_BUDGET);
-                        let _ = c.send_datagram(report.to_datagram(budget).into());
-                    }
-                    last_sent = report;
                 }
                 Action::Close(reason) => {
-                    if let Some(c) = conn.take() {
-                        c.close(0u32.into(), reason.as_bytes());
+                    if let Some(c) = current.take() {
+                        c.conn.close(0u32.into(), reason.as_bytes());
                     }
-                    tx = None;
                 }
-            }
-        }
-        if link.is_steady() != was_steady {
-            was_steady = link.is_steady();
-            if was_steady {
-                tracing::info!(coordinator = %membership.coordinator, "linked to the coordinator");
-                resync_jobs(&agent, tx.as_mut()).await;
-                if let Some(c) = &conn {
-                    resume_handovers(Connected::new(c, &agent, &events_tx, generation));
+                Action::Linked => {
+                    tracing::info!(coordinator = %membership.coordinator, "linked to the coordinator");
+                    if let Some(c) = &current {
+                        resync_jobs(&agent, &c.out);
+                        resume_handovers(Connected::new(c, &agent, &events_tx));
+                    }
+                    agent.set_mesh(Some(mesh_tx.clone()));
                 }
-                agent.set_mesh(Some(mesh_tx.clone()));
-            } else {
-                agent.set_mesh(None);
-                tracing::warn!(coordinator = %membership.coordinator, "link to the coordinator lost ({}); working on alone and retrying", link.last_error().unwrap_or("?"));
+                Action::Unlinked(reason) => {
+                    agent.set_mesh(None);
+                    tracing::warn!(coordinator = %membership.coordinator, "link to the coordinator lost ({reason}); working on alone and retrying");
+                }
+                Action::Apply(deployment) => {
+                    let (agent, events) = (agent.clone(), events_tx.clone());
+                    tokio::spawn(async move {
+                        if let Some(ack) = agent.deploy(*deployment).await {
+                            let _ = events.send(LinkEvent::Deployed(ack));
+                        }
+                    });
+                }
+                Action::SendDeployAck(ack) => {
+                    if let Some(c) = &current {
+                        let _ = c.out.send(AgentFrame::Deployed(ack));
+                    }
+                }
             }
         }
         let wake = tokio::time::Instant::from_std(link.next_wakeup());
         tokio::select! {
             () = &mut shutdown => break,
             () = tokio::time::sleep_until(wake) => {}
-            Some(event) = events_rx.recv() => match event {
-                LinkEvent::Connected { generation: g, conn: c, tx: t } if g == generation => {
-                    spawn_requests(c.clone(), agent.clone());
-                    conn = Some(c);
-                    tx = Some(t);
-                    actions.extend(link.handle(Instant::now(), Input::Connected));
-                }
-                LinkEvent::Frame { generation: g, frame } if g == generation => match frame {
-                    CoordinatorFrame::Welcome(w) => {
-                        let interval = std::time::Duration::from_millis(w.report_interval_ms.into());
-                        actions.extend(link.handle(Instant::now(), Input::Welcomed { report_interval: interval }));
-                        last_sent = LoadReport::default();
-                    }
-                    CoordinatorFrame::Refused { reason } => {
-                        tracing::error!("the coordinator refused this agent: {reason}");
-                        actions.extend(link.handle(Instant::now(), Input::Refused(reason)));
-                        if let Some(c) = conn.take() {
-                            c.close(0u32.into(), b"refused");
+            Some(event) = events_rx.recv() => {
+                let now = Instant::now();
+                match event {
+                    LinkEvent::Connected { generation, conn, out } => {
+                        let acts = link.handle(now, Input::Connected { generation });
+                        // Only the attempt the machine waits for is kept; dropping any other
+                        // ends its task, which closes it.
+                        if acts.iter().any(|a| matches!(a, Action::SendHello { .. })) {
+                            spawn_requests(conn.clone(), agent.clone());
+                            current = Some(Current { generation, conn, out });
                         }
-                        tx = None;
+                        actions.extend(acts);
                     }
-                    CoordinatorFrame::Accepted(_)
-                    | CoordinatorFrame::Declined { .. }
-                    | CoordinatorFrame::Place(_)
-                    | CoordinatorFrame::Deliver { .. }
-                    | CoordinatorFrame::Return { .. }
-                    | CoordinatorFrame::GuestAck(_) => {
-                        if let Some(c) = &conn {
-                            on_handover_frame(Connected::new(c, &agent, &events_tx, generation), frame);
+                    LinkEvent::Frame { generation, frame } => match frame {
+                        CoordinatorFrame::Welcome(w) => {
+                            let report_interval = std::time::Duration::from_millis(w.report_interval_ms.into());
+                            actions.extend(link.handle(now, Input::Welcomed { generation, report_interval }));
+                            reports.last_sent = LoadReport::default();
+                        }
+                        CoordinatorFrame::Refused { reason } => {
+                            if generation == link.generation() {
+                                tracing::error!("the coordinator refused this agent: {reason}");
+                            }
+                            actions.extend(link.handle(now, Input::Refused { generation, reason }));
+                        }
+                        CoordinatorFrame::Deploy(d) => {
+                            let deployment = Box::new(d);
+                            actions.extend(link.handle(now, Input::Deployment { generation, deployment }));
+                        }
+                        CoordinatorFrame::Accepted(_)
+                        | CoordinatorFrame::Declined { .. }
+                        | CoordinatorFrame::Place(_)
+                        | CoordinatorFrame::Deliver { .. }
+                        | CoordinatorFrame::Return { .. }
+                        | CoordinatorFrame::GuestAck(_) => {
+                            if let Some(c) = current.as_ref().filter(|c| c.generation == generation) {
+                                on_handover_frame(Connected::new(c, &agent, &events_tx), frame);
+                            }
+                        }
+                    },
+                    LinkEvent::Deployed(ack) => actions.extend(link.handle(now, Input::Deployed(ack))),
+                    LinkEvent::Send { generation, frame } => {
+                        // An offer leaves only if its job still waits for an answer, checked by
+                        // the one task that feeds the stream: an answer that arrived while its
+                        // input was uploading (and was acknowledged) must not be followed by a
+                        // stale offer.
+                        let stale = matches!(&frame, AgentFrame::Offer(o) if !matches!(
+                            agent.journal().get(o.id).ok().flatten().map(|r| r.state),
+                            Some(JobState::Offered | JobState::Handed)
+                        ));
+                        if !stale
+                            && link.is_steady()
+                            && let Some(c) = current.as_ref().filter(|c| c.generation == generation)
+                        {
+                            let _ = c.out.send(frame);
                         }
                     }
-                    CoordinatorFrame::Deploy(d) => {
-                        let _ = deploy_tx.send((generation, d));
-                    }
-                },
-                LinkEvent::Deployed { generation: g, ack } => {
-                    deployed = ack.deployment;
-                    if g == generation && let Some(t) = tx.as_mut() {
-                        let _ = send(t, &AgentFrame::Deployed(ack)).await;
+                    LinkEvent::Lost { generation, reason } => {
+                        actions.extend(link.handle(now, Input::Lost { generation, reason }));
                     }
                 }
-                LinkEvent::Send { generation: g, frame } => {
-                    // An offer leaves only if its job still waits for an answer, checked by the
-                    // one task that writes the stream: an answer that arrived while its input was
-                    // uploading (and was acknowledged) must not be followed by a stale offer.
-                    let stale = matches!(&frame, AgentFrame::Offer(o) if !matches!(
-                        agent.journal().get(o.id).ok().flatten().map(|r| r.state),
-                        Some(JobState::Offered | JobState::Handed)
-                    ));
-                    if !stale && g == generation && link.is_steady() && let Some(t) = tx.as_mut() {
-                        let _ = send(t, &frame).await;
-                    }
-                }
-                LinkEvent::Lost { generation: g, reason } if g == generation => {
-                    actions.extend(link.handle(Instant::now(), Input::Lost(reason)));
-                    if let Some(c) = conn.take() {
-                        c.close(0u32.into(), b"lost");
-                    }
-                    tx = None;
-                }
-                _ => {}
-            },
+            }
             Some(out) = mesh_rx.recv() => {
                 let MeshOut::Offer { record, reason, local_wait_ms, run_ms } = out;
                 // Not linked: the job stays `Offered` and is offered again once the link is up.
-                if link.is_steady() && let Some(c) = &conn {
-                    let cx = Connected::new(c, &agent, &events_tx, generation);
+                if link.is_steady() && let Some(c) = &current {
+                    let cx = Connected::new(c, &agent, &events_tx);
                     tokio::spawn(async move {
                         match handover::offer(&cx.conn, &cx.agent, &record, reason, (local_wait_ms, run_ms)).await {
                             Ok(frame) => cx.send(frame),
@@ -306,10 +276,10 @@ pub async fn run(
             }
             job = jobs.recv() => match job {
                 Ok(event) => {
-                    if link.is_steady() {
-                        send_job(&agent, tx.as_mut(), &event).await;
-                        if let (JobEvent::Finished { id, .. }, Some(c)) = (&event, &conn) {
-                            send_guest_result(Connected::new(c, &agent, &events_tx, generation), *id);
+                    if link.is_steady() && let Some(c) = &current {
+                        send_job(&agent, &c.out, &event);
+                        if let JobEvent::Finished { id, .. } = &event {
+                            send_guest_result(Connected::new(c, &agent, &events_tx), *id);
                         }
                     }
                 }
@@ -318,17 +288,83 @@ pub async fn run(
             },
             changed = load.changed() => {
                 if changed.is_err() { break; }
-                if load.borrow().differs_significantly(&last_sent) {
+                if load.borrow().differs_significantly(&reports.last_sent) {
                     actions.extend(link.handle(Instant::now(), Input::LoadChanged));
                 }
             }
         }
     }
     agent.set_mesh(None);
-    deployer.abort();
-    if let Some(c) = conn {
-        c.close(0u32.into(), b"agent shutting down");
+    if let Some(c) = current {
+        c.conn.close(0u32.into(), b"agent shutting down");
     }
+}
+
+/// Load reports, sent as datagrams: numbered, stamped, with this machine's CPU and memory.
+#[derive(Default)]
+struct Reports {
+    seq: u64,
+    last_sent: LoadReport,
+    sys: Option<sysinfo::System>,
+}
+
+impl Reports {
+    fn send(&mut self, conn: &quinn::Connection, mut report: LoadReport) {
+        self.seq += 1;
+        report.seq = self.seq;
+        report.sent_at_ms = crate::journal::now_ms();
+        if self.sys.is_none() {
+            self.sys = sysinfo::System::new().ok();
+        }
+        if let Some(sys) = self.sys.as_mut() {
+            sys.refresh_cpu_usage();
+            sys.refresh_memory();
+            report.cpu_permille = (sys.global_cpu_usage() * 10.0) as u16;
+            report.memory_used = sys.used_memory();
+            report.memory_total = sys.total_memory();
+        }
+        let budget = conn
+            .max_datagram_size()
+            .unwrap_or(DATAGRAM_BUDGET)
+            .min(DATAGRAM_BUDGET);
+        let _ = conn.send_datagram(report.to_datagram(budget).into());
+        self.last_sent = report;
+    }
+}
+
+/// One connection attempt: connects, then writes the control stream from `out` until the loop
+/// lets go of it or the stream breaks. Its reader is a task of its own.
+async fn connection(
+    generation: u64,
+    coordinator: String,
+    tls: quinn::ClientConfig,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) {
+    let (conn, mut tx, rx) = match connect(&coordinator, tls).await {
+        Ok(connected) => connected,
+        Err(reason) => {
+            let _ = events.send(LinkEvent::Lost { generation, reason });
+            return;
+        }
+    };
+    spawn_reader(events.clone(), generation, rx);
+    let (out, mut frames) = mpsc::unbounded_channel();
+    let connected = LinkEvent::Connected {
+        generation,
+        conn: conn.clone(),
+        out,
+    };
+    if events.send(connected).is_err() {
+        return conn.close(0u32.into(), b"agent shutting down");
+    }
+    while let Some(frame) = frames.recv().await {
+        if let Err(e) = send(&mut tx, &frame).await {
+            let reason = format!("cannot write to the coordinator: {e}");
+            let _ = events.send(LinkEvent::Lost { generation, reason });
+            break;
+        }
+    }
+    conn.close(0u32.into(), b"closed");
 }
 
 /// What a hand-over task needs of the connection it was started on.
@@ -342,16 +378,15 @@ struct Connected {
 
 impl Connected {
     fn new(
-        conn: &quinn::Connection,
+        current: &Current,
         agent: &AgentHandle,
         events: &mpsc::UnboundedSender<LinkEvent>,
-        generation: u64,
     ) -> Self {
         Self {
-            conn: conn.clone(),
+            conn: current.conn.clone(),
             agent: agent.clone(),
             events: events.clone(),
-            generation,
+            generation: current.generation,
         }
     }
 
@@ -467,14 +502,12 @@ fn on_handover_frame(cx: Connected, frame: CoordinatorFrame) {
     });
 }
 
-async fn send_hello(
-    tx: &mut Option<quinn::SendStream>,
+fn hello(
     config: &spillway_agent_config::AgentConfig,
     capacity: Demand,
     deployed: [u8; 32],
-    link: &mut Link,
-) {
-    let hello = AgentFrame::Hello(Hello {
+) -> AgentFrame {
+    AgentFrame::Hello(Hello {
         version: PROTOCOL,
         agent_version: env!("CARGO_PKG_VERSION").into(),
         cluster_id: config.cluster_id.clone(),
@@ -485,12 +518,7 @@ async fn send_hello(
         },
         deployment: deployed,
         arch: std::env::consts::ARCH.into(),
-    });
-    if let Some(t) = tx.as_mut()
-        && let Err(e) = send(t, &hello).await
-    {
-        let _ = link.handle(Instant::now(), Input::Lost(e.to_string()));
-    }
+    })
 }
 
 async fn connect(
@@ -553,23 +581,22 @@ fn spawn_requests(conn: quinn::Connection, agent: AgentHandle) {
     });
 }
 
-async fn send_job(agent: &AgentHandle, tx: Option<&mut quinn::SendStream>, event: &JobEvent) {
+fn send_job(agent: &AgentHandle, out: &mpsc::UnboundedSender<AgentFrame>, event: &JobEvent) {
     let id = match event {
         JobEvent::Queued { id, .. }
         | JobEvent::Started { id, .. }
         | JobEvent::Finished { id, .. } => *id,
     };
-    let (Some(tx), Ok(Some(record))) = (tx, agent.journal().get(id)) else {
+    let Ok(Some(record)) = agent.journal().get(id) else {
         return;
     };
     let origin = agent.journal().guest(id).ok().flatten().map(|g| g.origin);
     let update = job_update(&record, &agent.config().data_root, origin);
-    let _ = send(tx, &AgentFrame::Job(update)).await;
+    let _ = out.send(AgentFrame::Job(update));
 }
 
 /// After a (re)connection the coordinator may have missed updates: send the recent jobs.
-async fn resync_jobs(agent: &AgentHandle, tx: Option<&mut quinn::SendStream>) {
-    let Some(tx) = tx else { return };
+fn resync_jobs(agent: &AgentHandle, out: &mpsc::UnboundedSender<AgentFrame>) {
     let Ok(mut records) = agent.journal().all() else {
         return;
     };
@@ -578,8 +605,8 @@ async fn resync_jobs(agent: &AgentHandle, tx: Option<&mut quinn::SendStream>) {
     let root = agent.config().data_root.clone();
     for r in records.iter().rev() {
         let origin = agent.journal().guest(r.id).ok().flatten().map(|g| g.origin);
-        if send(tx, &AgentFrame::Job(job_update(r, &root, origin)))
-            .await
+        if out
+            .send(AgentFrame::Job(job_update(r, &root, origin)))
             .is_err()
         {
             return;
