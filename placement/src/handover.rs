@@ -21,6 +21,44 @@
 
 use std::collections::BTreeMap;
 
+/// Who a job is on, or is sent to: an agent of the mesh, or a replica outside it. Origins are
+/// always nodes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Holder {
+    /// An agent, by its node name.
+    Node(String),
+    /// A replica, by its id (`endpoint:URL`, `oscar:CLUSTER/SERVICE`, `lambda:…`).
+    Replica(String),
+}
+
+impl Holder {
+    pub fn node(name: &str) -> Self {
+        Holder::Node(name.to_owned())
+    }
+
+    /// The node name or the replica id.
+    pub fn id(&self) -> &str {
+        match self {
+            Holder::Node(id) | Holder::Replica(id) => id,
+        }
+    }
+
+    pub fn is_replica(&self) -> bool {
+        matches!(self, Holder::Replica(_))
+    }
+
+    /// Whether this is the node called `name`.
+    pub fn is_node(&self, name: &str) -> bool {
+        matches!(self, Holder::Node(n) if n == name)
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
 /// Coordinator → agent messages of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToAgent<Id, Out> {
@@ -44,15 +82,15 @@ pub enum Effect<Id, Out> {
     /// Write the ledger's record of this job durably (or delete it, when it is gone).
     Persist(Id),
     Send {
-        to: String,
+        to: Holder,
         msg: ToAgent<Id, Out>,
     },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandoverState<Out> {
-    /// A peer holds the lease.
-    Placed { peer: String },
+    /// A peer or a replica holds the lease.
+    Placed { peer: Holder },
     /// A peer finished; the result waits for the origin's acknowledgement.
     Finished(Out),
     /// Handed back; waits for the origin's acknowledgement.
@@ -66,8 +104,8 @@ pub struct Handover<Out> {
     pub function: String,
     /// Placements so far (the origin's offer is not one).
     pub hops: u8,
-    /// Nodes the job has been on, the origin first: never placed on one of them again.
-    pub visited: Vec<String>,
+    /// Where the job has been, the origin first: never placed on one of them again.
+    pub visited: Vec<Holder>,
     pub attempt: u32,
     pub state: HandoverState<Out>,
 }
@@ -114,7 +152,7 @@ impl<Id: Copy + Ord, Out: Clone> Ledger<Id, Out> {
     }
 
     /// Leases held by `peer` now, to count against its free slots.
-    pub fn leases_of(&self, peer: &str) -> usize {
+    pub fn leases_of(&self, peer: &Holder) -> usize {
         self.jobs
             .values()
             .filter(|h| matches!(&h.state, HandoverState::Placed { peer: p } if p == peer))
@@ -128,16 +166,17 @@ impl<Id: Copy + Ord, Out: Clone> Ledger<Id, Out> {
         id: Id,
         origin: &str,
         function: &str,
-        choose: impl FnOnce(&[String]) -> Option<String>,
+        choose: impl FnOnce(&[Holder]) -> Option<Holder>,
     ) -> Vec<Effect<Id, Out>> {
+        let from = Holder::node(origin);
         if self.jobs.contains_key(&id) {
             // Already ours: the first answer was lost.
-            return vec![send(origin, ToAgent::Accepted(id))];
+            return vec![send(&from, ToAgent::Accepted(id))];
         }
-        let visited = vec![origin.to_owned()];
+        let visited = vec![from.clone()];
         let Some(peer) = choose(&visited).filter(|p| !visited.contains(p)) else {
             return vec![send(
-                origin,
+                &from,
                 ToAgent::Declined(
                     id,
                     "no peer or replica is predicted to finish it sooner than here".into(),
@@ -150,14 +189,14 @@ impl<Id: Copy + Ord, Out: Clone> Ledger<Id, Out> {
                 origin: origin.to_owned(),
                 function: function.to_owned(),
                 hops: 1,
-                visited: vec![origin.to_owned(), peer.clone()],
+                visited: vec![from.clone(), peer.clone()],
                 attempt: 1,
                 state: HandoverState::Placed { peer: peer.clone() },
             },
         );
         vec![
             Effect::Persist(id),
-            send(origin, ToAgent::Accepted(id)),
+            send(&from, ToAgent::Accepted(id)),
             send(&peer, ToAgent::Place { id, attempt: 1 }),
         ]
     }
@@ -166,8 +205,8 @@ impl<Id: Copy + Ord, Out: Clone> Ledger<Id, Out> {
     /// to another peer, or back to its origin.
     pub fn peer_lost(
         &mut self,
-        peer: &str,
-        mut choose: impl FnMut(&Id, &[String]) -> Option<String>,
+        peer: &Holder,
+        mut choose: impl FnMut(&Id, &[Holder]) -> Option<Holder>,
     ) -> Vec<Effect<Id, Out>> {
         let mut effects = Vec::new();
         let max_hops = self.max_hops;
@@ -197,9 +236,9 @@ impl<Id: Copy + Ord, Out: Clone> Ledger<Id, Out> {
     pub fn placement_lost(
         &mut self,
         id: Id,
-        holder: &str,
+        holder: &Holder,
         why: &str,
-        choose: impl FnOnce(&[String]) -> Option<String>,
+        choose: impl FnOnce(&[Holder]) -> Option<Holder>,
     ) -> Vec<Effect<Id, Out>> {
         let max_hops = self.max_hops;
         let Some(h) = self.jobs.get_mut(&id) else {
@@ -223,7 +262,7 @@ impl<Id: Copy + Ord, Out: Clone> Ledger<Id, Out> {
 
     /// A peer reports the result of a job. The first result wins; later ones (an old lease
     /// holder that came back) are acknowledged and dropped.
-    pub fn guest_done(&mut self, id: Id, peer: &str, result: Out) -> Vec<Effect<Id, Out>> {
+    pub fn guest_done(&mut self, id: Id, peer: &Holder, result: Out) -> Vec<Effect<Id, Out>> {
         let ack = send(peer, ToAgent::GuestAck(id));
         let Some(h) = self.jobs.get_mut(&id) else {
             return vec![ack];
@@ -233,7 +272,7 @@ impl<Id: Copy + Ord, Out: Clone> Ledger<Id, Out> {
             return vec![ack];
         }
         h.state = HandoverState::Finished(result.clone());
-        let origin = h.origin.clone();
+        let origin = Holder::node(&h.origin);
         vec![
             Effect::Persist(id),
             send(&origin, ToAgent::Deliver(id, result)),
@@ -257,20 +296,21 @@ impl<Id: Copy + Ord, Out: Clone> Ledger<Id, Out> {
     /// A node (re)connected: repeat what it may have missed.
     pub fn connected(&self, node: &str) -> Vec<Effect<Id, Out>> {
         let mut effects = Vec::new();
+        let to = Holder::node(node);
         for (id, h) in &self.jobs {
             match &h.state {
-                HandoverState::Placed { peer } if peer == node => effects.push(send(
-                    node,
+                HandoverState::Placed { peer } if *peer == to => effects.push(send(
+                    &to,
                     ToAgent::Place {
                         id: *id,
                         attempt: h.attempt,
                     },
                 )),
                 HandoverState::Finished(out) if h.origin == node => {
-                    effects.push(send(node, ToAgent::Deliver(*id, out.clone())));
+                    effects.push(send(&to, ToAgent::Deliver(*id, out.clone())));
                 }
                 HandoverState::Returning(reason) if h.origin == node => {
-                    effects.push(send(node, ToAgent::Return(*id, reason.clone())));
+                    effects.push(send(&to, ToAgent::Return(*id, reason.clone())));
                 }
                 _ => {}
             }
@@ -284,7 +324,7 @@ impl<Id: Copy + Ord, Out: Clone> Ledger<Id, Out> {
 fn move_on<Id: Copy, Out>(
     id: Id,
     h: &mut Handover<Out>,
-    next: Option<String>,
+    next: Option<Holder>,
     reason: String,
 ) -> [Effect<Id, Out>; 2] {
     match next {
@@ -308,15 +348,15 @@ fn move_on<Id: Copy, Out>(
             h.state = HandoverState::Returning(reason.clone());
             [
                 Effect::Persist(id),
-                send(&h.origin, ToAgent::Return(id, reason)),
+                send(&Holder::node(&h.origin), ToAgent::Return(id, reason)),
             ]
         }
     }
 }
 
-fn send<Id, Out>(to: &str, msg: ToAgent<Id, Out>) -> Effect<Id, Out> {
+fn send<Id, Out>(to: &Holder, msg: ToAgent<Id, Out>) -> Effect<Id, Out> {
     Effect::Send {
-        to: to.to_owned(),
+        to: to.clone(),
         msg,
     }
 }

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use spillway_placement::delegation::{Attempt, Found, Next, ReconcilePolicy, Submitted};
-use spillway_placement::handover::{Effect, HandoverState, Ledger, ToAgent};
+use spillway_placement::handover::{Effect, HandoverState, Holder, Ledger, ToAgent};
 
 #[derive(Debug, Clone)]
 enum Answer {
@@ -60,26 +60,29 @@ proptest! {
 
 #[test]
 fn a_lost_placement_goes_to_the_next_target_then_home() {
+    let replica = |id: &str| Holder::Replica(id.to_owned());
     let mut ledger: Ledger<u32, ()> = Ledger::new(3);
-    ledger.offer(7, "origin", "f", |_| Some("endpoint:a".into()));
+    ledger.offer(7, "origin", "f", |_| Some(replica("endpoint:a")));
     // A failure reported by someone who does not hold the lease changes nothing.
     assert!(
         ledger
-            .placement_lost(7, "endpoint:z", "HTTP 503", |_| Some("b".into()))
+            .placement_lost(7, &replica("endpoint:z"), "HTTP 503", |_| {
+                Some(Holder::node("b"))
+            })
             .is_empty()
     );
-    let effects = ledger.placement_lost(7, "endpoint:a", "HTTP 503", |visited| {
-        assert_eq!(visited, ["origin", "endpoint:a"]);
-        Some("oscar:c/f".into())
+    let effects = ledger.placement_lost(7, &replica("endpoint:a"), "HTTP 503", |visited| {
+        assert_eq!(visited, [Holder::node("origin"), replica("endpoint:a")]);
+        Some(replica("oscar:c/f"))
     });
     assert!(effects.contains(&Effect::Send {
-        to: "oscar:c/f".into(),
+        to: replica("oscar:c/f"),
         msg: ToAgent::Place { id: 7, attempt: 2 }
     }));
-    let effects = ledger.placement_lost(7, "oscar:c/f", "HTTP 401", |_| None);
+    let effects = ledger.placement_lost(7, &replica("oscar:c/f"), "HTTP 401", |_| None);
     assert!(matches!(
         effects.last(),
-        Some(Effect::Send { to, msg: ToAgent::Return(7, _) }) if to == "origin"
+        Some(Effect::Send { to, msg: ToAgent::Return(7, _) }) if to.is_node("origin")
     ));
     assert!(matches!(
         ledger.get(&7).map(|h| &h.state),

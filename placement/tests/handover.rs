@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use proptest::prelude::*;
 use spillway_placement::handover::{
-    Effect, HandoverState, Ledger, OriginPhase, OriginStep, ToAgent, origin_step,
+    Effect, HandoverState, Holder, Ledger, OriginPhase, OriginStep, ToAgent, origin_step,
 };
 
 const ORIGIN: &str = "origin";
@@ -39,6 +39,10 @@ enum Op {
     PeerFinishes(usize),
     PeerDies(usize),
     OriginRuns(u32),
+}
+
+fn node(name: &str) -> Holder {
+    Holder::node(name)
 }
 
 fn node_name(n: usize) -> &'static str {
@@ -116,22 +120,22 @@ impl World {
     }
 
     /// The first live, connected peer not yet visited: the shell's choice.
-    fn chooser(peers: &[Peer], up: &[bool; 4]) -> impl Fn(&[String]) -> Option<String> + use<> {
-        let candidates: Vec<String> = PEERS
+    fn chooser(peers: &[Peer], up: &[bool; 4]) -> impl Fn(&[Holder]) -> Option<Holder> + use<> {
+        let candidates: Vec<Holder> = PEERS
             .iter()
             .enumerate()
             .filter(|(i, _)| !peers[*i].dead && up[i + 1])
-            .map(|(_, p)| (*p).to_owned())
+            .map(|(_, p)| node(p))
             .collect();
-        move |visited: &[String]| candidates.iter().find(|c| !visited.contains(c)).cloned()
+        move |visited: &[Holder]| candidates.iter().find(|c| !visited.contains(c)).cloned()
     }
 
     fn apply(&mut self, effects: Vec<Effect<u32, Out>>) {
         for e in effects {
             if let Effect::Send { to, msg } = e {
-                let n = index(&to);
+                let n = index(to.id());
                 if let ToAgent::Place { id, attempt } = &msg {
-                    self.placements.push((*id, to.clone(), *attempt));
+                    self.placements.push((*id, to.id().to_owned(), *attempt));
                 }
                 if self.up[n] {
                     self.to_node[n].push_back(msg);
@@ -175,7 +179,7 @@ impl World {
                         let choose = Self::chooser(&self.peers, &self.up);
                         self.ledger.offer(j, name, "f", choose)
                     }
-                    ToCoordinator::GuestDone(j, out) => self.ledger.guest_done(j, name, out),
+                    ToCoordinator::GuestDone(j, out) => self.ledger.guest_done(j, &node(name), out),
                     ToCoordinator::Ack(j) => self.ledger.origin_ack(j, name),
                 };
                 self.apply(effects);
@@ -262,7 +266,7 @@ impl World {
         let candidates = Self::chooser(&self.peers, &self.up);
         let effects = self
             .ledger
-            .peer_lost(node_name(n), |_, visited| candidates(visited));
+            .peer_lost(&node(node_name(n)), |_, visited| candidates(visited));
         self.apply(effects);
     }
 
@@ -393,16 +397,16 @@ proptest! {
 #[test]
 fn a_lost_acceptance_is_repaired_by_offering_again() {
     let mut ledger: Ledger<u32, Out> = Ledger::new(3);
-    let first = ledger.offer(7, ORIGIN, "f", |_| Some("p1".into()));
+    let first = ledger.offer(7, ORIGIN, "f", |_| Some(node("p1")));
     assert!(first.contains(&Effect::Send {
-        to: "p1".into(),
+        to: node("p1"),
         msg: ToAgent::Place { id: 7, attempt: 1 }
     }));
-    let again = ledger.offer(7, ORIGIN, "f", |_| Some("p2".into()));
+    let again = ledger.offer(7, ORIGIN, "f", |_| Some(node("p2")));
     assert_eq!(
         again,
         vec![Effect::Send {
-            to: ORIGIN.into(),
+            to: node(ORIGIN),
             msg: ToAgent::Accepted(7)
         }],
         "a repeated offer is answered, not placed twice"
@@ -412,11 +416,11 @@ fn a_lost_acceptance_is_repaired_by_offering_again() {
 #[test]
 fn a_job_comes_home_when_its_hops_run_out() {
     let mut ledger: Ledger<u32, Out> = Ledger::new(2);
-    ledger.offer(1, ORIGIN, "f", |_| Some("p1".into()));
-    ledger.peer_lost("p1", |_, _| Some("p2".into()));
-    let effects = ledger.peer_lost("p2", |_, _| Some("p3".into()));
+    ledger.offer(1, ORIGIN, "f", |_| Some(node("p1")));
+    ledger.peer_lost(&node("p1"), |_, _| Some(node("p2")));
+    let effects = ledger.peer_lost(&node("p2"), |_, _| Some(node("p3")));
     assert!(
-        matches!(&effects[..], [Effect::Persist(1), Effect::Send { to, msg: ToAgent::Return(1, reason) }] if to == ORIGIN && reason.contains("hop limit")),
+        matches!(&effects[..], [Effect::Persist(1), Effect::Send { to, msg: ToAgent::Return(1, reason) }] if to.is_node(ORIGIN) && reason.contains("hop limit")),
         "{effects:?}"
     );
 }
@@ -424,18 +428,18 @@ fn a_job_comes_home_when_its_hops_run_out() {
 #[test]
 fn the_first_result_wins_and_late_ones_are_only_acknowledged() {
     let mut ledger: Ledger<u32, Out> = Ledger::new(3);
-    ledger.offer(1, ORIGIN, "f", |_| Some("p1".into()));
-    ledger.peer_lost("p1", |_, _| Some("p2".into()));
-    let first = ledger.guest_done(1, "p1", "from p1".into());
+    ledger.offer(1, ORIGIN, "f", |_| Some(node("p1")));
+    ledger.peer_lost(&node("p1"), |_, _| Some(node("p2")));
+    let first = ledger.guest_done(1, &node("p1"), "from p1".into());
     assert!(first.contains(&Effect::Send {
-        to: ORIGIN.into(),
+        to: node(ORIGIN),
         msg: ToAgent::Deliver(1, "from p1".into())
     }));
-    let late = ledger.guest_done(1, "p2", "from p2".into());
+    let late = ledger.guest_done(1, &node("p2"), "from p2".into());
     assert_eq!(
         late,
         vec![Effect::Send {
-            to: "p2".into(),
+            to: node("p2"),
             msg: ToAgent::GuestAck(1)
         }]
     );

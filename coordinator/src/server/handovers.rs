@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use spillway_placement::handover::{Effect, Handover, HandoverState, Ledger, ToAgent};
+use spillway_placement::handover::{Effect, Handover, HandoverState, Holder, Ledger, ToAgent};
 use spillway_placement::{Job, Millis, Target, TargetKind};
 use spillway_proto::load::NodeHealth;
 use spillway_proto::wire::{CoordinatorFrame, GuestDone, Offer, Outcome, Placement};
@@ -96,7 +96,9 @@ impl Handovers {
                 },
             );
             let state = match row.state {
-                RowState::Placed { peer } => HandoverState::Placed { peer },
+                RowState::Placed { peer } => HandoverState::Placed {
+                    peer: replicas::holder_of_row(&peer),
+                },
                 RowState::Finished(o) => HandoverState::Finished(o),
                 RowState::Returning(r) => HandoverState::Returning(r),
             };
@@ -106,7 +108,11 @@ impl Handovers {
                     origin: row.origin,
                     function: row.function,
                     hops: row.hops,
-                    visited: row.visited,
+                    visited: row
+                        .visited
+                        .iter()
+                        .map(|v| replicas::holder_of_row(v))
+                        .collect(),
                     attempt: row.attempt,
                     state,
                 },
@@ -198,7 +204,7 @@ impl State {
             queued_at: 0,
         };
         let choice = self.place(&mut inner, &job, stay, false);
-        let to = choice.clone().unwrap_or_default();
+        let to = choice.as_ref().map(Holder::to_string).unwrap_or_default();
         let effects = inner
             .ledger
             .offer(offer.id, node, &offer.function, |visited| {
@@ -242,7 +248,9 @@ impl State {
             Outcome::Succeeded { outputs } => outputs.iter().map(|(_, d)| *d).collect(),
             Outcome::Failed { .. } => vec![],
         };
-        let effects = inner.ledger.guest_done(done.id, node, done.outcome);
+        let effects = inner
+            .ledger
+            .guest_done(done.id, &Holder::node(node), done.outcome);
         let recorded = effects.iter().any(|e| matches!(e, Effect::Persist(_)));
         // A late result (another peer's came first): its outputs are not needed.
         let unused = if recorded { &[][..] } else { &outputs };
@@ -277,22 +285,25 @@ impl State {
         let grace = self.config.lease_grace;
         let mut inner = self.handovers.lock();
         // Each lease holder once, however many jobs it holds.
+        // Replicas hold no session: their attempts report for themselves.
         let holders: std::collections::BTreeSet<String> = inner
             .ledger
             .iter()
             .filter_map(|(_, h)| match &h.state {
-                HandoverState::Placed { peer } => Some(peer.clone()),
+                HandoverState::Placed {
+                    peer: Holder::Node(name),
+                } => Some(name.clone()),
                 _ => None,
             })
             .collect();
-        for peer in holders {
-            // Replicas hold no session: their attempts report for themselves.
-            if inner.sessions.contains_key(&peer) || replicas::is_replica(&peer) {
+        for name in holders {
+            if inner.sessions.contains_key(&name) {
                 continue;
             }
+            let peer = Holder::Node(name);
             let away = inner
                 .away_since
-                .get(&peer)
+                .get(peer.id())
                 .map_or(self.handovers.started.elapsed(), Instant::elapsed);
             if away < grace {
                 continue;
@@ -309,11 +320,11 @@ impl State {
             // Each choice counts the ones before it as placements the view does not show yet;
             // the marks go again before the placements are sent, which count them for real.
             let marks = inner.recent.len();
-            let mut choices: HashMap<JobId, Option<String>> = HashMap::new();
+            let mut choices: HashMap<JobId, Option<Holder>> = HashMap::new();
             for (id, job) in jobs {
                 let choice = self.place(&mut inner, &job, Millis::MAX, false);
                 if let Some(p) = &choice {
-                    inner.recent.push((p.clone(), Instant::now()));
+                    inner.recent.push((p.id().to_owned(), Instant::now()));
                 }
                 choices.insert(id, choice);
             }
@@ -336,7 +347,7 @@ impl State {
         job: &Job,
         stay: Millis,
         peers_only: bool,
-    ) -> Option<String> {
+    ) -> Option<Holder> {
         // A function deleted meanwhile keeps its jobs moving among the peers that still run it.
         let def = self
             .store
@@ -351,10 +362,17 @@ impl State {
         if let Some(def) = def.as_ref().filter(|_| !peers_only) {
             let ledger = &inner.ledger;
             view.extend(placing::replica_targets(def, settings, |id| {
-                in_flight(ledger, id)
+                in_flight(ledger, &Holder::Replica(id.to_owned()))
             }));
         }
-        inner.placing.place(job, &spec, &view, stay)
+        let chosen = inner.placing.place(job, &spec, &view, stay)?;
+        // The target's kind says what holds the lease: the view was built from peers and
+        // replicas apart.
+        let target = view.iter().find(|t| t.id == chosen)?;
+        Some(match target.kind {
+            TargetKind::Peer | TargetKind::Origin => Holder::Node(chosen),
+            TargetKind::Cluster | TargetKind::Elastic => Holder::Replica(chosen),
+        })
     }
 
     /// The node a new job of `function` starts on (`/job`, `/run`, bucket events): the
@@ -371,7 +389,9 @@ impl State {
             visited: vec![],
             queued_at: 0,
         };
-        let node = self.place(&mut inner, &job, Millis::MAX, true)?;
+        let Holder::Node(node) = self.place(&mut inner, &job, Millis::MAX, true)? else {
+            return None;
+        };
         inner.recent.push((node.clone(), Instant::now()));
         Some(node)
     }
@@ -447,7 +467,7 @@ impl State {
         let inner = self.handovers.lock();
         let h = inner.ledger.get(&id)?;
         let p = inner.payloads.get(&id)?;
-        holds_lease(h, replica, attempt).then(|| {
+        holds_lease(h, &Holder::Replica(replica.to_owned()), attempt).then(|| {
             (
                 h.function.clone(),
                 h.origin.clone(),
@@ -462,9 +482,7 @@ impl State {
     pub fn replica_lease_is(&self, id: JobId, attempt: u32) -> bool {
         let inner = self.handovers.lock();
         inner.ledger.get(&id).is_some_and(|h| match &h.state {
-            HandoverState::Placed { peer } => {
-                replicas::is_replica(peer) && holds_lease(h, peer, attempt)
-            }
+            HandoverState::Placed { peer } => peer.is_replica() && holds_lease(h, peer, attempt),
             _ => false,
         })
     }
@@ -475,7 +493,7 @@ impl State {
         inner
             .ledger
             .get(&id)
-            .is_some_and(|h| holds_lease(h, replica, attempt))
+            .is_some_and(|h| holds_lease(h, &Holder::Replica(replica.to_owned()), attempt))
     }
 
     /// Jobs whose lease a replica holds (to resume after a restart).
@@ -485,9 +503,9 @@ impl State {
             .ledger
             .iter()
             .filter_map(|(id, h)| match &h.state {
-                HandoverState::Placed { peer } if replicas::is_replica(peer) => {
-                    Some((*id, peer.clone(), h.attempt))
-                }
+                HandoverState::Placed {
+                    peer: Holder::Replica(replica),
+                } => Some((*id, replica.clone(), h.attempt)),
                 _ => None,
             })
             .collect()
@@ -503,7 +521,8 @@ impl State {
             let function = h.function.clone();
             inner.placing.times.observe(&function, replica, took);
         }
-        let effects = inner.ledger.guest_done(id, replica, outcome);
+        let holder = Holder::Replica(replica.to_owned());
+        let effects = inner.ledger.guest_done(id, &holder, outcome);
         self.carry_out(&mut inner, effects, &[]);
         drop(inner);
         self.delegations.callbacks.forget(id);
@@ -527,7 +546,8 @@ impl State {
         }
         let job = ledger_job(h);
         let choice = self.place(&mut inner, &job, Millis::MAX, false);
-        let effects = inner.ledger.placement_lost(id, replica, why, |_| choice);
+        let holder = Holder::Replica(replica.to_owned());
+        let effects = inner.ledger.placement_lost(id, &holder, why, |_| choice);
         self.carry_out(&mut inner, effects, &[]);
     }
 
@@ -556,7 +576,10 @@ impl State {
                     }
                     records.push((id.to_string(), row));
                 }
-                Effect::Send { to, msg } if replicas::is_replica(&to) => {
+                Effect::Send {
+                    to: Holder::Replica(to),
+                    msg,
+                } => {
                     // Replicas get placements through the delegation driver; nothing else is
                     // sent to them (a result's acknowledgement has no one to go to).
                     if let ToAgent::Place { id, attempt } = msg {
@@ -571,7 +594,10 @@ impl State {
                         ));
                     }
                 }
-                Effect::Send { to, msg } => {
+                Effect::Send {
+                    to: Holder::Node(to),
+                    msg,
+                } => {
                     if let ToAgent::Place { .. } = &msg {
                         inner.recent.push((to.clone(), now));
                     }
@@ -608,7 +634,8 @@ impl State {
         let inner = self.handovers.lock();
         inner.ledger.iter().any(|(id, h)| {
             let input = inner.payloads.get(id).is_some_and(|p| p.input == *d);
-            let placed_here = matches!(&h.state, HandoverState::Placed { peer } if peer == node);
+            let placed_here =
+                matches!(&h.state, HandoverState::Placed { peer } if peer.is_node(node));
             let output = matches!(&h.state, HandoverState::Finished(Outcome::Succeeded { outputs })
                 if outputs.iter().any(|(_, o)| o == d));
             (input && placed_here) || (output && h.origin == node)
@@ -621,7 +648,7 @@ impl State {
         inner
             .ledger
             .get(&id)
-            .is_some_and(|h| h.origin != node && h.visited.iter().any(|v| v == node))
+            .is_some_and(|h| h.origin != node && h.visited.iter().any(|v| v.is_node(node)))
     }
 
     /// Deletes blobs older than `age` that no hand-over refers to (uploads whose offer or result
@@ -656,13 +683,13 @@ fn ledger_job(h: &Handover<Outcome>) -> Job {
         input_bytes: 0,
         origin: h.origin.clone(),
         hops: h.hops,
-        visited: h.visited.clone(),
+        visited: h.visited.iter().map(|v| v.id().to_owned()).collect(),
         queued_at: 0,
     }
 }
 
 /// Jobs placed on `holder` and not finished there.
-fn in_flight(ledger: &Ledger<JobId, Outcome>, holder: &str) -> u32 {
+fn in_flight(ledger: &Ledger<JobId, Outcome>, holder: &Holder) -> u32 {
     let n = ledger
         .iter()
         .filter(|(_, h)| matches!(&h.state, HandoverState::Placed { peer } if peer == holder))
@@ -670,7 +697,7 @@ fn in_flight(ledger: &Ledger<JobId, Outcome>, holder: &str) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn holds_lease(h: &Handover<Outcome>, holder: &str, attempt: u32) -> bool {
+fn holds_lease(h: &Handover<Outcome>, holder: &Holder, attempt: u32) -> bool {
     h.attempt == attempt && matches!(&h.state, HandoverState::Placed { peer } if peer == holder)
 }
 
@@ -686,10 +713,12 @@ fn row(inner: &Inner, id: JobId) -> Option<HandoverRow> {
         origin: h.origin.clone(),
         function: h.function.clone(),
         hops: h.hops,
-        visited: h.visited.clone(),
+        visited: h.visited.iter().map(Holder::to_string).collect(),
         attempt: h.attempt,
         state: match &h.state {
-            HandoverState::Placed { peer } => RowState::Placed { peer: peer.clone() },
+            HandoverState::Placed { peer } => RowState::Placed {
+                peer: peer.to_string(),
+            },
             HandoverState::Finished(o) => RowState::Finished(o.clone()),
             HandoverState::Returning(r) => RowState::Returning(r.clone()),
         },
@@ -714,7 +743,7 @@ fn frame(inner: &Inner, msg: ToAgent<JobId, Outcome>) -> Option<CoordinatorFrame
                 input: p.input,
                 attempt,
                 hops: h.hops,
-                visited: h.visited.clone(),
+                visited: h.visited.iter().map(Holder::to_string).collect(),
             })
         }
         ToAgent::Deliver(id, outcome) => CoordinatorFrame::Deliver { id, outcome },

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use spillway_placement::delegation::{Found, Submitted};
+use spillway_placement::handover::Holder;
 use spillway_proto::FunctionDef;
 use spillway_proto::envelope::Envelope;
 use spillway_proto::fdl::{LambdaTarget, Replica, ReplicaTarget};
@@ -37,7 +38,7 @@ pub trait Backend: Send + Sync {
     fn cancel<'a>(&'a self, envelope: &'a Envelope) -> BoxFut<'a, Result<(), String>>;
 }
 
-/// The id a replica has in hand-over records. Node names never contain `:`.
+/// The id a replica has in hand-over records (as [`Holder::Replica`]).
 pub fn replica_id(target: &ReplicaTarget) -> String {
     match target {
         ReplicaTarget::Oscar {
@@ -60,9 +61,15 @@ pub fn replica_id(target: &ReplicaTarget) -> String {
     }
 }
 
-/// Whether a lease holder is a replica rather than an agent of the mesh.
-pub fn is_replica(holder: &str) -> bool {
-    holder.contains(':')
+/// A lease holder as a hand-over row names it. Rows keep the name as written since the first
+/// release, so a coordinator's state survives upgrades: a replica id always has a kind before a
+/// `:` ([`replica_id`]), and node names cannot contain one (joining refuses them).
+pub fn holder_of_row(name: &str) -> Holder {
+    if name.contains(':') {
+        Holder::Replica(name.to_owned())
+    } else {
+        Holder::Node(name.to_owned())
+    }
 }
 
 /// The function's replicas, highest priority first (the order written breaks ties).
@@ -189,4 +196,32 @@ pub use spillway_plumbing::error_chain;
 pub async fn body_excerpt(response: reqwest_tls::Response, max_chars: usize) -> String {
     let body = response.text().await.unwrap_or_default();
     body.trim().chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_name_nodes_and_replicas_apart() {
+        for node in ["pi-1", "edge.site-2", "n0"] {
+            assert!(spillway_link::identity::valid_node_name(node));
+            assert_eq!(holder_of_row(node), Holder::node(node));
+        }
+        let targets = [
+            ReplicaTarget::Endpoint {
+                url: "http://10.0.0.9:8080/run".parse().expect("url"),
+                headers: Default::default(),
+            },
+            ReplicaTarget::Oscar {
+                cluster_id: "onprem".into(),
+                service_name: "fire".into(),
+            },
+        ];
+        for target in &targets {
+            let id = replica_id(target);
+            assert!(!spillway_link::identity::valid_node_name(&id), "{id}");
+            assert_eq!(holder_of_row(&id), Holder::Replica(id.clone()));
+        }
+    }
 }
