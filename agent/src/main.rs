@@ -327,7 +327,7 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
         let link = match (Membership::load(&state_dir), join_settings) {
             (Some(membership), _) => {
                 println!("Mesh: linking to the coordinator at {}", membership.coordinator);
-                Some(tokio::spawn(mesh::link::run(membership, handle, capacity, async {
+                Some(tokio::spawn(mesh::session::run(membership, handle, capacity, async {
                     let _ = link_stopped.await;
                 })))
             }
@@ -344,7 +344,7 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
                         _ = &mut stopped => None,
                     };
                     if let Some(membership) = joined {
-                        mesh::link::run(membership, handle, capacity, async {
+                        mesh::session::run(membership, handle, capacity, async {
                             let _ = stopped.await;
                         })
                         .await;

@@ -6,15 +6,15 @@
 //!   written outside a data root.
 //! - [`job`] defines events and the deterministic job identity derived from them.
 //! - [`wire`] is the agent ↔ coordinator protocol (versions, frames, messages), [`load`] the load
-//!   reports and node health, [`link`] the agent's connection state machine. All sans-IO.
+//!   reports and node health, [`uplink`] the agent's side of its link to the coordinator as a state machine. All sans-IO.
 
 pub mod envelope;
 pub mod fdl;
 pub mod job;
 pub mod key;
-pub mod link;
 pub mod load;
 pub mod quantity;
+pub mod uplink;
 pub mod wire;
 
 pub use fdl::{Fdl, FunctionDef, Runtime};

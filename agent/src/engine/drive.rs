@@ -271,7 +271,7 @@ fn ended(s: &super::Shared, record: JobRecord) {
     // Its last run's folder, and the folder a peer's outputs were fetched into.
     let staging = s.config.staging_dir();
     let _ = std::fs::remove_dir_all(Staging::for_attempt(&staging, record.id, record.attempt).root);
-    let _ = std::fs::remove_dir_all(crate::mesh::handover::delivery_dir(&staging, record.id));
+    let _ = std::fs::remove_dir_all(crate::mesh::transfers::delivery_dir(&staging, record.id));
     if let Event::Mqtt(_) = &record.event {
         // The message was the input; the job is over (the log keeps what happened).
         let _ = std::fs::remove_dir_all(s.config.inbox_dir().join(record.id.to_string()));

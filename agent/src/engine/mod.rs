@@ -28,13 +28,11 @@ use crate::{mesh, runtime};
 use spillway_agent_config::AgentConfig;
 
 mod drive;
-mod handover;
 mod identify;
 mod message;
 mod run;
 
 pub use crate::book::Answer;
-pub use handover::MeshOut;
 
 use identify::identify_file;
 
@@ -54,6 +52,19 @@ pub enum AgentError {
     Runtime(#[from] runtime::PrepareError),
     /// {0}
     Mqtt(#[from] crate::mqtt::MqttError),
+}
+
+/// What the engine hands to the mesh session: offers of queued jobs the book decided this node
+/// cannot run soon enough.
+#[derive(Debug)]
+pub enum MeshOut {
+    Offer {
+        record: Box<JobRecord>,
+        reason: spillway_proto::wire::OfferReason,
+        /// This node's predicted wait before the job would start here, and its mean run time.
+        local_wait_ms: u64,
+        run_ms: u64,
+    },
 }
 
 /// What happened to a job, for observers (tests, benchmarks, future gossip).

@@ -1,6 +1,6 @@
 //! The bytes of a hand-over: inputs and outputs move through the coordinator's blob store on
 //! their own QUIC streams, checked against their SHA-256 on arrival. The decisions are the
-//! engine's (`engine::handover`); this file only carries files and builds frames.
+//! job book's (`crate::book`); this file only carries files and builds frames.
 
 use std::path::{Path, PathBuf};
 

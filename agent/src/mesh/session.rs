@@ -1,4 +1,4 @@
-//! The async shell around `spillway_proto::link::Link`: it connects with mutual TLS, says
+//! The async shell around `spillway_proto::uplink::Link`: it connects with mutual TLS, says
 //! Hello, sends load reports as datagrams, job updates and deployment acks on the control
 //! stream, applies deployments and answers requests. Decisions (when to connect, when to
 //! report, which connection counts, when the link is usable, which deployment goes next) are
@@ -11,15 +11,15 @@ use std::time::Instant;
 
 use spillway_link::stream::{FrameReader, send};
 use spillway_proto::JobId;
-use spillway_proto::link::{Action, Input, Link, LinkConfig};
 use spillway_proto::load::{DATAGRAM_BUDGET, LoadReport};
+use spillway_proto::uplink::{Action, Input, Link, LinkConfig};
 use spillway_proto::wire::{
     AgentFrame, COORDINATOR_SERVER_NAME, Capacity, CoordinatorFrame, DeployAck, GuestDone, Hello,
     JobPhase, JobUpdate, MAX_STREAM_FRAME, OfferReason, Outcome, PROTOCOL, Request,
 };
 use tokio::sync::{broadcast, mpsc};
 
-use super::{handover, requests};
+use super::{requests, transfers};
 use crate::engine::{AgentHandle, Answer, JobEvent, MeshOut};
 use crate::journal::{JobRecord, JobState};
 use crate::scheduler::Demand;
@@ -267,7 +267,7 @@ pub async fn run(
                 if link.is_steady() && let Some(c) = &current {
                     let cx = Connected::new(c, &agent, &events_tx);
                     tokio::spawn(async move {
-                        match handover::offer(&cx.conn, &cx.agent, &record, reason, (local_wait_ms, run_ms)).await {
+                        match transfers::offer(&cx.conn, &cx.agent, &record, reason, (local_wait_ms, run_ms)).await {
                             Ok(frame) => cx.send(frame),
                             Err(e) => tracing::warn!(job = %record.id.short(), "offer not sent ({e}); it is offered again after the next reconnection"),
                         }
@@ -416,7 +416,7 @@ fn resume_handovers(cx: Connected) {
             .collect();
         for record in offered {
             // No prediction after a reconnection: only a free slot elsewhere takes a new one.
-            let offer = handover::offer(
+            let offer = transfers::offer(
                 &cx.conn,
                 &cx.agent,
                 &record,
@@ -437,7 +437,7 @@ fn resume_handovers(cx: Connected) {
 /// Sends a guest job's result once it is final (outputs uploaded first).
 fn send_guest_result(cx: Connected, id: JobId) {
     tokio::spawn(async move {
-        match handover::guest_result(&cx.conn, &cx.agent, id).await {
+        match transfers::guest_result(&cx.conn, &cx.agent, id).await {
             Ok(Some(frame)) => cx.send(frame),
             Ok(None) => {}
             Err(e) => {
@@ -468,7 +468,7 @@ fn on_handover_frame(cx: Connected, frame: CoordinatorFrame) {
             CoordinatorFrame::Deliver { id, outcome } => {
                 let answer = match outcome {
                     Outcome::Succeeded { outputs } => {
-                        match handover::fetch_outputs(&cx.conn, agent, id, outputs).await {
+                        match transfers::fetch_outputs(&cx.conn, agent, id, outputs).await {
                             Ok(a) => a,
                             Err(e) => {
                                 tracing::warn!(job = %id.short(), "cannot fetch the outputs of a job run elsewhere ({e}); asking again after the next reconnection");
@@ -484,7 +484,7 @@ fn on_handover_frame(cx: Connected, frame: CoordinatorFrame) {
             }
             CoordinatorFrame::Place(placement) => {
                 let id = placement.id;
-                match handover::host(&cx.conn, agent, placement).await {
+                match transfers::host(&cx.conn, agent, placement).await {
                     Ok(_) => send_guest_result(cx.clone(), id),
                     Err(reason) => {
                         tracing::warn!(job = %id.short(), "cannot take a placed job: {reason}");
