@@ -395,12 +395,7 @@ impl JobBook {
         match how {
             RunEnd::Ran { staging, outputs } => {
                 held.phase = Phase::Delivering;
-                plan.changes.push(Change::Move {
-                    id,
-                    to: JobState::Ran { staging, outputs },
-                    at_ms: now,
-                });
-                plan.acts.push(Act::Deliver { id });
+                deliver(&mut plan, id, JobState::Ran { staging, outputs }, now);
             }
             RunEnd::GuestRan { dir, outputs } => {
                 let names = outputs.iter().map(|k| k.to_string()).collect();
@@ -532,12 +527,7 @@ impl JobBook {
                     }
                     Answer::Delivered { staging, outputs } => {
                         held.phase = Phase::Delivering;
-                        plan.changes.push(Change::Move {
-                            id,
-                            to: JobState::Ran { staging, outputs },
-                            at_ms: now,
-                        });
-                        plan.acts.push(Act::Deliver { id });
+                        deliver(&mut plan, id, JobState::Ran { staging, outputs }, now);
                         plan.ack = true;
                     }
                     Answer::Failed(reason) => {
@@ -656,6 +646,16 @@ impl JobBook {
             run_ms,
         });
     }
+}
+
+/// Journals that a job's outputs wait (`ran`) and has the driver deliver them.
+fn deliver(plan: &mut Plan, id: JobId, ran: JobState, now: u64) {
+    plan.changes.push(Change::Move {
+        id,
+        to: ran,
+        at_ms: now,
+    });
+    plan.acts.push(Act::Deliver { id });
 }
 
 /// Journals a job's final state and has the driver tell observers.
