@@ -158,9 +158,7 @@ impl Agent {
                 record,
             });
         }
-        let plan = self.book.recover(now_ms(), found);
-        self.carry_out(plan, Logs::Driver)?;
-        // Folders of runs that will never be looked at again.
+        // Folders of runs that will never be looked at again; gone before any run starts again.
         if let Ok(entries) = std::fs::read_dir(s.config.staging_dir()) {
             for entry in entries
                 .flatten()
@@ -169,6 +167,8 @@ impl Agent {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
+        // Carried out when the engine runs: nothing starts before [`Agent::run`].
+        self.recovered = Some(self.book.recover(now_ms(), found));
         joblog::prune(&s.config.logs_dir(), s.config.logs.keep_jobs);
         Ok(())
     }

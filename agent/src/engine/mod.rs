@@ -143,6 +143,8 @@ pub struct Agent {
     shared: Arc<Shared>,
     /// Every decision about this node's jobs; the engine carries out its plans.
     book: JobBook,
+    /// What recovery decided at start, carried out when the engine runs.
+    recovered: Option<crate::book::Plan>,
     catalog: Catalog,
     rx: mpsc::UnboundedReceiver<Msg>,
     folder_rx: mpsc::UnboundedReceiver<FolderEvent>,
@@ -330,6 +332,7 @@ impl Agent {
         let mut agent = Self {
             shared,
             book,
+            recovered: None,
             catalog,
             rx,
             folder_rx,
@@ -533,6 +536,9 @@ impl Agent {
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AgentError> {
+        if let Some(plan) = self.recovered.take() {
+            self.carry_out(plan, drive::Logs::Driver)?;
+        }
         tokio::pin!(shutdown);
         let mut rescheduler = tokio::time::interval(std::time::Duration::from_millis(500));
         rescheduler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
