@@ -92,6 +92,8 @@ if ! command -v moto_server >/dev/null || ! python3 -c 'import boto3, moto.serve
   pip_install 'moto[server]'
 fi
 python3 -c 'import kmock' 2>/dev/null || pip_install kmock
+# OSCAR's own Python client drives a coordinator in the OSCAR-compatibility tests.
+python3 -c 'import oscar_python' 2>/dev/null || pip_install oscar-python
 command -v cargo-lambda >/dev/null || pip_install cargo-lambda
 
 step "format"

@@ -49,6 +49,8 @@ pub struct CoordinatorConfig {
     pub clusters: BTreeMap<String, ClusterCreds>,
     /// The user name of the OSCAR API's basic authentication (its password is the API token).
     pub oscar_user: String,
+    /// The store OSCAR clients get as `minio.default` (`None`: there is none to give).
+    pub oscar_minio: Option<MinioProvider>,
     /// AWS access for `lambda` replicas (`[aws]`; the usual `AWS_*` variables fill what is
     /// not written).
     pub aws: AwsSettings,
@@ -287,6 +289,7 @@ impl Default for CoordinatorConfig {
             replicas: ReplicaSettings::default(),
             clusters: BTreeMap::new(),
             oscar_user: "oscar".into(),
+            oscar_minio: None,
             aws: AwsSettings::default(),
             kubernetes: BTreeMap::new(),
             placement: PlacementSettings::default(),
@@ -335,6 +338,41 @@ struct ReplicasFile {
 #[serde(deny_unknown_fields)]
 struct OscarFile {
     user: Option<String>,
+    minio_provider: Option<MinioProvider>,
+}
+
+/// `[oscar.minio_provider]`: the S3-compatible store OSCAR clients are told is `minio.default`
+/// (`GET /system/config`). Its keys are handed to every caller allowed to read the API, so they
+/// must be a user's with access to the functions' buckets, never the store's admin keys.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinioProvider {
+    pub endpoint: String,
+    #[serde(default)]
+    pub region: String,
+    #[serde(default = "yes")]
+    pub verify: bool,
+    pub access_key: String,
+    #[serde(default)]
+    pub secret_key: Option<String>,
+    /// A file holding the secret key (preferred over writing it here).
+    pub secret_key_file: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl std::fmt::Debug for MinioProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MinioProvider")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("verify", &self.verify)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[mqtt]`: the embedded broker. Every client proves who it is: agents with their mesh
@@ -682,8 +720,30 @@ impl CoordinatorConfig {
             p.check()?;
             c.placement = p;
         }
-        if let Some(user) = file.oscar.and_then(|o| o.user) {
-            c.oscar_user = user;
+        if let Some(oscar) = file.oscar {
+            if let Some(user) = oscar.user {
+                c.oscar_user = user;
+            }
+            if let Some(mut minio) = oscar.minio_provider {
+                if !minio.endpoint.starts_with("http://") && !minio.endpoint.starts_with("https://")
+                {
+                    return Err(format!(
+                        "oscar.minio_provider.endpoint `{}` must be an http:// or https:// URL",
+                        minio.endpoint
+                    ));
+                }
+                if let Some(p) = &minio.secret_key_file {
+                    let p = base.join(p);
+                    let text = std::fs::read_to_string(&p).map_err(|e| {
+                        format!("oscar.minio_provider.secret_key_file {}: {e}", p.display())
+                    })?;
+                    minio.secret_key = Some(text.trim().to_owned());
+                }
+                if minio.secret_key.is_none() {
+                    return Err("oscar.minio_provider needs secret_key_file (or secret_key)".into());
+                }
+                c.oscar_minio = Some(minio);
+            }
         }
         if let Some(mut aws) = file.aws {
             if let Some(p) = &aws.secret_access_key_file {
@@ -729,6 +789,38 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/etc/sp/st"));
         assert_eq!(c.liveness.suspect_after, Duration::from_secs(2));
         assert_eq!(c.quic_listen.port(), 9000);
+    }
+
+    #[test]
+    fn the_store_for_oscar_clients_is_read_with_its_key_file_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("minio.key"), "user-secret\n").unwrap();
+        let c = CoordinatorConfig::from_toml(
+            "[oscar.minio_provider]\nendpoint = \"https://minio.lab:9000\"\naccess_key = \"fn-user\"\nsecret_key_file = \"minio.key\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        let m = c.oscar_minio.as_ref().expect("configured");
+        assert_eq!(m.secret_key.as_deref(), Some("user-secret"));
+        assert!(m.verify, "TLS is checked unless said otherwise");
+        assert!(!format!("{c:?}").contains("user-secret"));
+        for (bad, says) in [
+            (
+                "endpoint = \"minio:9000\"\naccess_key = \"a\"\nsecret_key = \"s\"",
+                "http:// or https://",
+            ),
+            (
+                "endpoint = \"http://m\"\naccess_key = \"a\"",
+                "secret_key_file",
+            ),
+        ] {
+            let err = CoordinatorConfig::from_toml(
+                &format!("[oscar.minio_provider]\n{bad}\n"),
+                dir.path(),
+            )
+            .expect_err("refused");
+            assert!(err.contains(says), "{err}");
+        }
     }
 
     #[test]

@@ -177,6 +177,35 @@ fn newer_unwrapped_oscar_services_and_federation_members_are_understood() {
 }
 
 #[test]
+fn oscar_v4_spellings_are_read_as_oscar_reads_them() {
+    // OSCAR v4 writes `variables` and moved `rescheduler_threshold` under `federation`; its JSON
+    // decoder ignores the case of field names.
+    for spelling in ["variables", "Variables", "VARIABLES"] {
+        let parsed = parse(&format!(
+            "functions:\n  oscar:\n  - fog:\n      name: f\n      image: alpine\n      environment:\n        {spelling}:\n          MODEL: yolo\n      federation:\n        rescheduler_threshold: 45\n"
+        ));
+        assert!(
+            messages(&parsed, Severity::Warning).is_empty(),
+            "{spelling}: {:?}",
+            messages(&parsed, Severity::Warning)
+        );
+        let (fdl, _) = parsed.into_result().expect("valid");
+        let f = &fdl.functions[0];
+        assert_eq!(f.environment["MODEL"], "yolo", "{spelling}");
+        assert_eq!(f.rescheduler_threshold, Some(45));
+    }
+    let both = parse(
+        "functions:\n  oscar:\n  - fog:\n      name: f\n      image: alpine\n      rescheduler_threshold: 10\n      federation:\n        rescheduler_threshold: 45\n",
+    );
+    let (fdl, _) = both.into_result().expect("valid");
+    assert_eq!(
+        fdl.functions[0].rescheduler_threshold,
+        Some(10),
+        "the service's own wins"
+    );
+}
+
+#[test]
 fn errors_name_file_line_column_and_field_path() {
     let parsed = parse(
         "functions:\n  oscar:\n  - fog:\n      name: fire\n      image: x\n      memory: 1GB\n",

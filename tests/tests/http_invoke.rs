@@ -1,5 +1,6 @@
 //! HTTP invocation of functions through the coordinator, with a real HTTP client (curl):
-//! `POST /run/{function}` answers with the output, `POST /job/{function}` with the job id.
+//! `POST /v1/functions/{function}/run` answers with the output's bytes, `POST /run/{function}`
+//! the same in OSCAR's contract (base64 both ways), `POST /job/{function}` with the job id.
 
 mod support;
 
@@ -29,7 +30,12 @@ fn ready_mesh() -> (Coordinator, Node) {
 fn run_answers_with_the_output_and_job_with_the_job_id() {
     let (c, node) = ready_mesh();
     let token = c.api_token();
-    let (status, headers, body) = curl(&c, &token, "/run/upper?name=greeting.txt", "hello edge");
+    let (status, headers, body) = curl(
+        &c,
+        &token,
+        "/v1/functions/upper/run?name=greeting.txt",
+        "hello edge",
+    );
     assert_eq!(status, 200, "{headers}{body}\n{}", node.log());
     assert_eq!(body, "HELLO EDGE");
     assert!(headers.contains("x-spillway-job:"), "{headers}");
@@ -37,8 +43,16 @@ fn run_answers_with_the_output_and_job_with_the_job_id() {
         headers.contains("x-spillway-outputs: texts/out/greeting.txt"),
         "{headers}"
     );
+    // OSCAR's contract: base64 in ("hello oscar"), the one output in base64 out.
+    let (status, headers, body) = curl(&c, &token, "/run/upper?name=o.txt", "aGVsbG8gb3NjYXI=");
+    assert_eq!(status, 200, "{headers}{body}\n{}", node.log());
+    assert_eq!(body, "SEVMTE8gT1NDQVI=\n", "base64 of HELLO OSCAR");
+    let (status, _, body) = curl(&c, &token, "/run/upper", "not base64!");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("/v1/functions/{name}/run"), "{body}");
 
-    let (status, _, body) = curl(&c, &token, "/job/upper", "queued work");
+    // "queued work", base64-encoded as OSCAR's clients send it.
+    let (status, _, body) = curl(&c, &token, "/job/upper", "cXVldWVkIHdvcms=");
     assert_eq!(status, 202, "{body}");
     let accepted: serde_json::Value = serde_json::from_str(&body).expect("json");
     let job = accepted["job"].as_str().expect("job id").to_owned();
@@ -52,7 +66,7 @@ fn run_answers_with_the_output_and_job_with_the_job_id() {
     });
     assert!(done, "job {job} did not succeed:\n{}", node.log());
     // The same body under the same name is the same job: a retried request runs nothing new.
-    let (_, _, again) = curl(&c, &token, "/job/upper", "queued work");
+    let (_, _, again) = curl(&c, &token, "/job/upper", "cXVldWVkIHdvcms=");
     let again: serde_json::Value = serde_json::from_str(&again).expect("json");
     assert_eq!(again["job"], job.as_str());
 }
@@ -67,7 +81,7 @@ fn bad_requests_are_refused_with_what_to_do() {
     let (status, _, body) = curl(&c, &token, "/run/nosuch", "x");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("spillway get functions"), "{body}");
-    let (status, _, body) = curl(&c, &token, "/job/upper?name=../escape", "x");
+    let (status, _, body) = curl(&c, &token, "/job/upper?name=../escape", "eA==");
     assert_eq!(status, 400, "{body}");
     // A failing function: the reason comes back, not a hang.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -89,7 +103,7 @@ fn bad_requests_are_refused_with_what_to_do() {
     assert!(ok, "{err}");
     let mut answer = (0, String::new());
     let deployed = wait_until(Duration::from_secs(20), || {
-        let (status, _, body) = curl(&c, &token, "/run/fails?timeout=20", "x");
+        let (status, _, body) = curl(&c, &token, "/run/fails?timeout=20", "eA==");
         answer = (status, body);
         answer.0 != 503 && answer.0 != 404
     });

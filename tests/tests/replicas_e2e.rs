@@ -412,7 +412,7 @@ fn surplus_delegates_to_another_coordinator_through_the_oscar_api_and_runs_there
     );
     assert_eq!(status, 200);
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&body).unwrap()["cluster"]["number_nodes"],
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["cluster"]["nodes_count"],
         1
     );
     // The service token invokes its own service only.
@@ -421,7 +421,8 @@ fn surplus_delegates_to_another_coordinator_through_the_oscar_api_and_runs_there
         &["-H", &bearer],
         "POST",
         &format!("{base}/job/remote?name=direct.txt"),
-        Some("direct call"),
+        // "direct call", base64-encoded as OSCAR's clients send it.
+        Some("ZGlyZWN0IGNhbGw="),
     );
     assert_eq!(status, 202, "{body}");
     let (status, _) = curl(

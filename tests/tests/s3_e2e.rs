@@ -103,8 +103,13 @@ fn a_minio_notification_runs_the_function_on_the_object_and_its_output_lands_in_
         moto.get("photos", "out/hello world.txt").as_deref() == Some("HELLO WORLD")
     });
     assert!(uploaded, "{}", node.log());
-    // `/run` of a function whose only output is a bucket: nothing to answer with but success.
-    let (status, headers, body) = c.post(&c.api_token(), "/run/upload?name=note.txt", "quiet");
+    // A synchronous run of a function whose only output is a bucket: nothing to answer with
+    // but success.
+    let (status, headers, body) = c.post(
+        &c.api_token(),
+        "/v1/functions/upload/run?name=note.txt",
+        "quiet",
+    );
     assert_eq!(status, 204, "{headers}{body}\n{}", node.log());
     assert_eq!(moto.get("photos", "up/note.txt").as_deref(), Some("QUIET"));
     // The same notification again (MinIO retries webhooks) is the same job: nothing new runs.
@@ -139,7 +144,7 @@ fn bad_notifications_and_bad_credentials_are_refused_and_nothing_escapes_the_dat
     let (status, body) = post(&c, "/events", &minio_event("photos", "in/missing.txt"));
     assert_eq!(status, 502, "{body}");
     // Wrong secret key: moto checks the signature; the job fails and says what to check.
-    let (status, body) = post(&c, "/job/leaky?name=x.txt", "abc");
+    let (status, body) = post(&c, "/job/leaky?name=x.txt", "YWJj");
     assert_eq!(status, 202, "{body}");
     let failed = wait_until(Duration::from_secs(30), || {
         c.json(&["get", "jobs"])

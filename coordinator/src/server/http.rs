@@ -31,6 +31,8 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// The body a small JSON request may have (tokens, labels, lists).
 const CONTROL_BODY: usize = 64 << 10;
+/// An OSCAR service with its script inline: as large as an FDL file may be.
+const SERVICE_BODY: usize = 4 << 20;
 /// The body of a request that carries a file or an FDL with its scripts and modules.
 const FILE_BODY: usize = MAX_STREAM_FRAME - 4096;
 
@@ -78,17 +80,29 @@ pub fn router(state: Arc<State>) -> Router {
         )
         .route("/v1/mqtt/users/{name}", delete(super::mqtt::users::remove))
         .route("/v1/mqtt/ca", get(super::mqtt::users::ca))
-        .route("/system/services", get(super::oscar_api::list_services))
+        .route(
+            "/system/services",
+            get(super::oscar_services::list)
+                .post(super::oscar_services::create)
+                .put(super::oscar_services::update)
+                // A service carries its script: as large as an FDL file may be.
+                .layer(DefaultBodyLimit::max(SERVICE_BODY)),
+        )
         .route(
             "/system/services/{name}",
-            get(super::oscar_api::get_service),
+            get(super::oscar_services::get).delete(super::oscar_services::delete),
         )
-        .route("/system/status", get(super::oscar_api::status))
-        .route("/system/info", get(super::oscar_api::info))
-        .route("/system/logs/{service}", get(super::oscar_api::list_jobs))
+        .route("/system/config", get(super::oscar_system::config))
+        .route("/system/config/", get(super::oscar_system::config))
+        .route("/system/status", get(super::oscar_system::status))
+        .route("/system/info", get(super::oscar_system::info))
+        .route(
+            "/system/logs/{service}",
+            get(super::oscar_jobs::list).delete(super::oscar_jobs::delete_all),
+        )
         .route(
             "/system/logs/{service}/{job}",
-            get(super::oscar_api::job_log),
+            get(super::oscar_jobs::log).delete(super::oscar_jobs::delete_one),
         )
         .layer(DefaultBodyLimit::max(CONTROL_BODY))
         .layer(within(&state, limit::CONTROL));
@@ -105,6 +119,7 @@ pub fn router(state: Arc<State>) -> Router {
         .layer(within(&state, limit::TRANSFER));
     let run = Router::new()
         .route("/run/{name}", post(super::invoke::run))
+        .route("/v1/functions/{name}/run", post(super::invoke::run_raw))
         .layer(DefaultBodyLimit::max(FILE_BODY))
         .layer(within(&state, limit::RUN));
     let api = control
@@ -174,11 +189,12 @@ async fn authorize(AxState(state): AxState<Arc<State>>, req: Request, next: Next
                 .strip_prefix("/job/")
                 .or_else(|| path.strip_prefix("/run/"))
                 .filter(|f| !f.contains('/'))?;
-            // Digests compared, so the comparison's time says nothing about the token.
-            let expected = Sha256::digest(state.presigner.service_token(function).as_bytes());
-            (expected == Sha256::digest(token.as_bytes())).then(|| Scope::Invoker {
-                functions: vec![function.to_owned()],
-            })
+            state
+                .presigner
+                .is_service_token(function, token)
+                .then(|| Scope::Invoker {
+                    functions: vec![function.to_owned()],
+                })
         })
     } else if let Some(basic) = auth.strip_prefix("Basic ") {
         use base64::Engine;

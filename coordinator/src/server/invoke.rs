@@ -1,8 +1,9 @@
-//! HTTP invocation: `POST /job/{function}` (asynchronous: answers with the job id) and
-//! `POST /run/{function}` (synchronous: answers with the job's output). The request body is the
-//! input file, dropped into the function's input folder on a node that runs it, so the job is
-//! the same one a file copied there would make: journaled, retried, spilled over like any other.
-//! The same body under the same name is the same job, so a client may safely retry a request.
+//! HTTP invocation in OSCAR's contract (the input file base64-encoded, see
+//! [`super::supervisor`]): `POST /job/{function}` (asynchronous: answers with the job id) and
+//! `POST /run/{function}` (synchronous: answers with the outputs, base64-encoded); and in raw
+//! bytes: `POST /v1/functions/{function}/invoke` and `POST /v1/functions/{function}/run`. The input file is dropped into the function's input folder on a node that runs it, so
+//! the job is the same one a file copied there would make: journaled, retried, spilled over like
+//! any other. The same input under the same name is the same job, so a client may safely retry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use super::State;
 use super::api_error::ApiError;
 use super::node_calls::ask;
 use super::submit::{function_record, submit};
+use super::supervisor;
 
 #[derive(Debug, Deserialize)]
 pub struct InvokeParams {
@@ -38,7 +40,9 @@ fn file_name(params: &InvokeParams, body: &[u8]) -> String {
         .unwrap_or_else(|| format!("{}.bin", &hex::encode(Sha256::digest(body))[..16]))
 }
 
-/// `POST /job/{function}`: 202 Accepted with `{job, node, input}`.
+/// `POST /job/{function}`: OSCAR's asynchronous call, the input file in base64 (or a JSON
+/// object) as `/run` takes it; 202 Accepted with `{job, node, input}`. Raw bytes go to
+/// `POST /v1/functions/{function}/invoke`.
 pub async fn job(
     AxState(state): AxState<Arc<State>>,
     Path(function): Path<String>,
@@ -51,23 +55,87 @@ pub async fn job(
     {
         return answer;
     }
-    let name = file_name(&params, &body);
-    let invoked = submit(&state, &function, &name, params.node, body).await?;
+    function_record(&state, &function)?;
+    let input = supervisor::input_of(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let name = file_name(&params, &input);
+    let invoked = submit(&state, &function, &name, params.node, input.into()).await?;
     Ok((StatusCode::ACCEPTED, Json(invoked)).into_response())
 }
 
-/// `POST /run/{function}`: waits for the job and answers with its first output file (200), or
-/// 204 when it succeeded without output, 500 with the reason when it failed, 504 with the job
-/// id when it is still running at the deadline. Headers name the job and every output.
+/// `POST /v1/functions/{function}/run`: waits for the job and answers with its first output
+/// file (200), or 204 when it succeeded without output, 500 with the reason when it failed, 504
+/// with the job id when it is still running at the deadline. Headers name the job and every
+/// output.
+pub async fn run_raw(
+    AxState(state): AxState<Arc<State>>,
+    Path(function): Path<String>,
+    Query(params): Query<InvokeParams>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let finished = run_to_end(&state, &function, &params, body.to_vec()).await?;
+    let Some(first) = finished.files.first() else {
+        return Ok(with_headers(
+            StatusCode::NO_CONTENT.into_response(),
+            &finished.headers,
+        ));
+    };
+    let content = fetch(&state, &finished.node, first).await?;
+    Ok(with_headers(content.into_response(), &finished.headers))
+}
+
+/// `POST /run/{function}`: OSCAR's synchronous call. The body is the input file in base64 (or
+/// a JSON object); the answer is the one output in base64, several as a zip in base64, or what
+/// the script printed when it wrote none, as OSCAR's FaaS Supervisor answers.
 pub async fn run(
     AxState(state): AxState<Arc<State>>,
     Path(function): Path<String>,
     Query(params): Query<InvokeParams>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let name = file_name(&params, &body);
+    function_record(&state, &function)?;
+    let input = supervisor::input_of(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let finished = run_to_end(&state, &function, &params, input).await?;
+    let text = if finished.files.is_empty() {
+        supervisor::printed(&super::node_calls::job_log_text(&state, &finished.job).await?)
+    } else {
+        let mut files = Vec::new();
+        for path in &finished.files {
+            // Named as the script wrote them: relative to the output folder.
+            let name = finished
+                .folders
+                .iter()
+                .find_map(|f| path.strip_prefix(f.as_str()))
+                .unwrap_or(path)
+                .to_owned();
+            files.push((name, fetch(&state, &finished.node, path).await?));
+        }
+        supervisor::answer_of(files).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?
+    };
+    Ok(with_headers(text.into_response(), &finished.headers))
+}
+
+/// A finished job, as the synchronous calls answer it.
+struct Finished {
+    job: String,
+    node: String,
+    /// Its output files in the node's folder outputs (paths under the data root), and those
+    /// folders (`bucket/folder/`).
+    files: Vec<String>,
+    folders: Vec<String>,
+    headers: Vec<(&'static str, String)>,
+}
+
+/// Submits `input` and waits for its job: `Err` when it failed (500) or is still running at the
+/// deadline (504).
+async fn run_to_end(
+    state: &State,
+    function: &str,
+    params: &InvokeParams,
+    input: Vec<u8>,
+) -> Result<Finished, ApiError> {
+    let name = file_name(params, &input);
     let wait = Duration::from_secs(params.timeout.unwrap_or(300).clamp(1, 3600));
-    let invoked = submit(&state, &function, &name, params.node, body).await?;
+    let invoked = submit(state, function, &name, params.node.clone(), input.into()).await?;
     let deadline = tokio::time::Instant::now() + wait;
     // The origin reports its jobs over the link; poll what it reported.
     let row = loop {
@@ -104,51 +172,49 @@ pub async fn run(
     }
     // Only files in the node's folder outputs can be returned: outputs also name published
     // messages (`mqtt:TOPIC`) and uploaded objects (`PROVIDER:bucket/key`).
-    let def = function_record(&state, &function)?.def;
+    let def = function_record(state, function)?.def;
     let folders: Vec<String> = def
         .output
         .iter()
         .filter(|o| def.s3_settings(&o.provider).is_none())
         .map(|o| format!("{}/", o.path))
         .collect();
-    let files: Vec<&String> = row
+    let files: Vec<String> = row
         .update
         .outputs
         .iter()
         .filter(|o| folders.iter().any(|f| o.starts_with(f)))
+        .cloned()
         .collect();
     if !files.is_empty() {
-        let all = files
-            .iter()
-            .map(|f| f.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        headers.push(("x-spillway-outputs", all));
+        headers.push(("x-spillway-outputs", files.join(", ")));
     }
-    let Some(first) = files.first() else {
-        return Ok(with_headers(
-            StatusCode::NO_CONTENT.into_response(),
-            &headers,
-        ));
-    };
-    let content = match ask(
-        &state,
-        &row.node,
+    Ok(Finished {
+        job: invoked.job,
+        node: row.node,
+        files,
+        folders,
+        headers,
+    })
+}
+
+/// A file under a node's data root.
+async fn fetch(state: &State, node: &str, path: &str) -> Result<Vec<u8>, ApiError> {
+    match ask(
+        state,
+        node,
         wire::Request::GetFile {
-            path: (*first).clone(),
+            path: path.to_owned(),
         },
     )
     .await?
     {
-        AgentResponse::File(bytes) => bytes,
-        _ => {
-            return Err(ApiError(
-                StatusCode::BAD_GATEWAY,
-                "unexpected answer".into(),
-            ));
-        }
-    };
-    Ok(with_headers(content.into_response(), &headers))
+        AgentResponse::File(bytes) => Ok(bytes),
+        _ => Err(ApiError(
+            StatusCode::BAD_GATEWAY,
+            "unexpected answer".into(),
+        )),
+    }
 }
 
 fn with_headers(mut response: Response, headers: &[(&'static str, String)]) -> Response {

@@ -18,6 +18,9 @@ pub mod metrics;
 pub mod mqtt;
 pub mod node_calls;
 pub mod oscar_api;
+pub mod oscar_jobs;
+pub mod oscar_services;
+pub mod oscar_system;
 pub mod placing;
 pub mod presign;
 pub mod quic;
@@ -25,6 +28,7 @@ pub mod replicas;
 pub mod scope;
 pub mod store;
 pub mod submit;
+pub mod supervisor;
 pub mod view;
 
 use std::net::SocketAddr;

@@ -1,14 +1,10 @@
-//! The part of OSCAR's API a coordinator serves, so OSCAR clusters (and other coordinators) can
-//! delegate to Spillway and oscar-cli-style scripts work: `GET /system/services[/{name}]`
-//! (functions as OSCAR services, each with its service token), `GET /system/status`,
-//! `GET /system/info`, `GET /system/logs/{service}[/{job}]`, and delegated jobs on
-//! `POST /job/{service}` (the wrapped event OSCAR's delegation posts). `/system/*` takes the API
-//! token as a bearer or as the password of basic authentication (user `oscar` by default).
+//! Delegation from OSCAR clusters (and other coordinators) through OSCAR's API: delegated jobs
+//! on `POST /job/{service}` (the wrapped event OSCAR's delegation posts). The rest of OSCAR's
+//! API is in [`super::oscar_services`], [`super::oscar_jobs`] and [`super::oscar_system`].
 //!
 //! Also the presigned routes executors outside the mesh use: `GET /v1/blobs/{sha256}` (a job's
 //! input) and `POST /v1/callbacks/{job}/{attempt}` (its result).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +16,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use spillway_proto::FunctionDef;
 use spillway_proto::envelope::{ENVELOPE_VERSION, Envelope, ResultReport};
-use spillway_proto::fdl::{ProviderRef, ReplicaTarget, StorageRef};
-use spillway_proto::load::NodeHealth;
-use spillway_proto::wire::{JobPhase, MAX_STREAM_FRAME};
+use spillway_proto::fdl::ProviderRef;
+use spillway_proto::wire::MAX_STREAM_FRAME;
 
 use super::api_error::ApiError;
 use super::events::parse_notification;
@@ -182,195 +176,6 @@ pub async fn callback(
     tracing::info!(job = %job, status = ?report.status, "result reported by a callback");
     state.delegations.callbacks.report(id, report);
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn storage(refs: &[StorageRef]) -> Vec<Value> {
-    refs.iter()
-        .map(|r| {
-            json!({
-                "storage_provider": r.provider.to_string(),
-                "path": r.path.to_string(),
-                "suffix": r.suffix,
-                "prefix": r.prefix,
-            })
-        })
-        .collect()
-}
-
-/// A function as OSCAR describes a service.
-fn service(state: &State, def: &FunctionDef, script: Option<String>) -> Value {
-    let replicas: Vec<Value> = def
-        .replicas
-        .iter()
-        .map(|r| match &r.target {
-            ReplicaTarget::Oscar {
-                cluster_id,
-                service_name,
-            } => json!({"type": "oscar", "cluster_id": cluster_id, "service_name": service_name, "priority": r.priority}),
-            // Endpoint headers may be credentials: only their names.
-            ReplicaTarget::Endpoint { url, headers } => json!({"type": "endpoint", "url": url, "priority": r.priority, "headers": headers.keys().collect::<Vec<_>>()}),
-            ReplicaTarget::Kubernetes { cluster_id, namespace, image } => json!({"type": "kubernetes", "cluster_id": cluster_id, "namespace": namespace, "image": image, "priority": r.priority}),
-            ReplicaTarget::Lambda { target, asynchronous } => {
-                let mut v = match target {
-                    spillway_proto::fdl::LambdaTarget::Function { name, region } => json!({"type": "lambda", "function_name": name, "region": region}),
-                    spillway_proto::fdl::LambdaTarget::Url { url, iam } => json!({"type": "lambda", "function_url": url, "auth": if *iam { "iam" } else { "none" }}),
-                };
-                v["invocation_type"] = json!(if *asynchronous { "Event" } else { "RequestResponse" });
-                v["priority"] = json!(r.priority);
-                v
-            }
-        })
-        .collect();
-    let nodes: Vec<String> = state
-        .store
-        .nodes()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|n| n.running.contains(&def.name))
-        .map(|n| n.name)
-        .collect();
-    json!({
-        "name": def.name,
-        "cluster_id": def.cluster_id().unwrap_or(&state.config.name),
-        "image": def.image.clone().unwrap_or_default(),
-        "cpu": def.cpu.map(|c| c.to_string()).unwrap_or_default(),
-        "memory": def.memory.map(|m| m.to_string()).unwrap_or_default(),
-        "script": script.unwrap_or_default(),
-        "token": state.presigner.service_token(&def.name),
-        "log_level": def.log_level.clone().unwrap_or_else(|| "INFO".into()),
-        "input": storage(&def.input),
-        "output": storage(&def.output),
-        "replicas": replicas,
-        "rescheduler_threshold": def.rescheduler_threshold.unwrap_or(0),
-        "environment": {"Variables": def.environment},
-        "spillway": {"runtime": def.runtime.to_string(), "nodes": nodes},
-    })
-}
-
-/// `GET /system/services`
-pub async fn list_services(AxState(state): AxState<Arc<State>>) -> Result<Json<Value>, ApiError> {
-    let services: Vec<Value> = state
-        .store
-        .functions()?
-        .iter()
-        .map(|f| service(&state, &f.def, None))
-        .collect();
-    Ok(Json(Value::Array(services)))
-}
-
-/// `GET /system/services/{name}`: with the script's text and the service token, as OSCAR's.
-pub async fn get_service(
-    AxState(state): AxState<Arc<State>>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let record = function_record(&state, &name)?;
-    Ok(Json(service(&state, &record.def, record.script_text())))
-}
-
-/// `GET /system/status`: the nodes as OSCAR lists its cluster's.
-pub async fn status(AxState(state): AxState<Arc<State>>) -> Result<Json<Value>, ApiError> {
-    let nodes: Vec<Value> = state
-        .store
-        .nodes()?
-        .into_iter()
-        .map(|n| {
-            let live = state.view.node(&n.name);
-            let ready = live.as_ref().is_some_and(|l| l.health == NodeHealth::Ready);
-            json!({
-                "name": n.name,
-                "cpu": {"capacity_cores": n.capacity.cpu_millis as f64 / 1000.0},
-                "memory": {"capacity_bytes": n.capacity.memory_bytes},
-                "is_interlink": false,
-                "status": if ready { "Ready" } else { "NotReady" },
-                "conditions": [{"type": "Ready", "status": ready}],
-            })
-        })
-        .collect();
-    let ready = nodes.iter().filter(|n| n["status"] == "Ready").count();
-    Ok(Json(json!({
-        "cluster": {"number_nodes": nodes.len(), "ready_nodes": ready, "nodes": nodes},
-        "oscar": {"deployment_name": state.config.name, "ready": true, "serverless_backend": "spillway"},
-    })))
-}
-
-/// `GET /system/info`
-pub async fn info(AxState(state): AxState<Arc<State>>) -> Json<Value> {
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "git_commit": "",
-        "architecture": std::env::consts::ARCH,
-        "kubernetes_version": "",
-        "serverless_backend": {"name": "spillway", "version": env!("CARGO_PKG_VERSION")},
-        "name": state.config.name,
-    }))
-}
-
-fn oscar_status(phase: JobPhase) -> &'static str {
-    match phase {
-        JobPhase::Queued => "Pending",
-        JobPhase::Running => "Running",
-        JobPhase::Succeeded => "Succeeded",
-        JobPhase::Failed => "Failed",
-        _ => "Pending",
-    }
-}
-
-/// `GET /system/logs/{service}`: `{"jobs": {name: {status, …}}}`, delegated jobs under the name
-/// their cluster gave them, the others under their job id.
-pub async fn list_jobs(
-    AxState(state): AxState<Arc<State>>,
-    Path(service): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    function_record(&state, &service)?;
-    let mut jobs = BTreeMap::new();
-    let delegated = state.store.delegated(&service)?;
-    let rows = state.store.jobs()?;
-    let time = |ms: Option<u64>| {
-        ms.and_then(|ms| {
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-        })
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-    };
-    for row in rows.iter().filter(|r| r.update.function == service) {
-        let id = row.update.id.to_string();
-        let name = delegated
-            .iter()
-            .find(|d| d.job == id)
-            .map_or(id, |d| d.name.clone());
-        jobs.insert(
-            name,
-            json!({
-                "status": oscar_status(row.update.phase),
-                "creation_time": time(Some(row.update.queued_at_ms)),
-                "start_time": time(row.update.started_at_ms),
-                "finish_time": time(row.update.finished_at_ms),
-            }),
-        );
-    }
-    // Delegated jobs whose node has not reported yet.
-    for d in delegated {
-        jobs.entry(d.name.clone()).or_insert_with(
-            || json!({"status": "Pending", "creation_time": time(Some(d.received_at_ms))}),
-        );
-    }
-    Ok(Json(json!({ "jobs": jobs })))
-}
-
-/// `GET /system/logs/{service}/{job}`: the job's log, by the name its cluster gave it or its id.
-pub async fn job_log(
-    state: AxState<Arc<State>>,
-    Path((service, name)): Path<(String, String)>,
-) -> Result<String, ApiError> {
-    let id = state
-        .store
-        .delegated(&service)?
-        .into_iter()
-        .find(|d| d.name == name)
-        .map_or(name.clone(), |d| d.job);
-    super::node_calls::job_log_text(&state, &id).await
 }
 
 /// A body of `POST /job/{service}` that is OSCAR's wrapped event.

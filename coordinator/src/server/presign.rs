@@ -97,16 +97,45 @@ impl Presigner {
     }
 
     /// The bearer token of a function's OSCAR service (`GET /system/services/{name}` gives it
-    /// out to the cluster's users; `POST /job/{name}` and `/run/{name}` accept it).
+    /// out to the cluster's users; `POST /job/{name}` and `/run/{name}` accept it): 64 hex
+    /// digits, as OSCAR's, which tells a service token from an OIDC token by its length.
     pub fn service_token(&self, function: &str) -> String {
         let tag = hmac::sign(&self.key, format!("service-token\n{function}").as_bytes());
-        hex::encode(&tag.as_ref()[..24])
+        hex::encode(tag.as_ref())
+    }
+
+    /// Whether `token` is the service token of `function`: the 64-digit one, or its first 48
+    /// digits, which earlier releases handed out (and users' scripts may still hold).
+    pub fn is_service_token(&self, function: &str, token: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        let full = self.service_token(function);
+        // Digests compared, so the comparison's time says nothing about the token.
+        let given = Sha256::digest(token.as_bytes());
+        [full.as_str(), &full[..48]]
+            .iter()
+            .any(|t| Sha256::digest(t.as_bytes()) == given)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_token_has_oscars_64_digits_and_the_older_48_still_work() {
+        let p = Presigner::from_secret(&[7; 32]);
+        let token = p.service_token("detect");
+        assert_eq!(token.len(), 64);
+        assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(p.is_service_token("detect", &token));
+        assert!(p.is_service_token("detect", &token[..48]), "issued before");
+        assert!(!p.is_service_token("other", &token), "another function's");
+        assert!(!p.is_service_token("detect", &token[..40]));
+        assert_ne!(
+            token,
+            Presigner::from_secret(&[8; 32]).service_token("detect")
+        );
+    }
 
     #[test]
     fn a_presigned_url_opens_only_its_method_and_path_until_it_expires() {
@@ -145,6 +174,5 @@ mod tests {
         let b = Presigner::from_secret(&[2; 32]);
         assert_ne!(a.service_token("f"), a.service_token("g"));
         assert_ne!(a.service_token("f"), b.service_token("f"));
-        assert_eq!(a.service_token("f").len(), 48);
     }
 }

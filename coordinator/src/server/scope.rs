@@ -41,7 +41,11 @@ pub fn need(method: &Method, path: &str) -> Need {
         (&Method::POST, ["v1", "apply"]) => Need::Operate,
         (&Method::DELETE, ["v1", "functions", _]) => Need::Operate,
         (&Method::PUT, ["v1", "nodes", _, "files", ..]) => Need::Operate,
-        (&Method::POST, ["v1", "functions", f, "invoke"]) => Need::Invoke((*f).to_owned()),
+        // OSCAR's service management and job deletion: what `spillway apply` and `delete` do.
+        (&Method::POST | &Method::PUT, ["system", "services"]) => Need::Operate,
+        (&Method::DELETE, ["system", "services", _]) => Need::Operate,
+        (&Method::DELETE, ["system", "logs", ..]) => Need::Operate,
+        (&Method::POST, ["v1", "functions", f, "invoke" | "run"]) => Need::Invoke((*f).to_owned()),
         (&Method::POST, ["job" | "run", f]) => Need::Invoke((*f).to_owned()),
         (&Method::POST, ["events"]) => Need::Event,
         (&Method::GET, ["v1", "jobs", _] | ["v1", "jobs", _, "log"]) => Need::ReadJob,

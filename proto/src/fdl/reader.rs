@@ -80,6 +80,17 @@ impl<'n> Fields<'n> {
         }
     }
 
+    /// Takes a field whatever the case of its name (`Variables`, `variables`), as OSCAR's JSON
+    /// decoder matches them, with the path as written. The first spelling found wins.
+    pub fn field_any_case(&mut self, key: &str) -> Option<(&'n Node, String)> {
+        let map: &'n MarkedMappingNode = self.map;
+        let (written, _) = map
+            .iter()
+            .find(|(k, _)| k.as_str().eq_ignore_ascii_case(key))?;
+        let written: &'n str = written.as_str();
+        self.field(written)
+    }
+
     /// Takes a field together with its path (`functions.oscar[0].fog.cpu`), for diagnostics.
     pub fn field(&mut self, key: &'n str) -> Option<(&'n Node, String)> {
         let node = self.take(key)?;

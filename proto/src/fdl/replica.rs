@@ -208,13 +208,14 @@ fn read_lambda(
     })
 }
 
-pub(crate) fn read_federation(
+/// `federation:`, and its `rescheduler_threshold` (as written, for the service to read).
+pub(crate) fn read_federation<'n>(
     diags: &mut Diagnostics,
-    map: &MarkedMappingNode,
+    map: &'n MarkedMappingNode,
     path: &str,
     replicas: &mut Vec<Replica>,
     extra: &mut Extra,
-) -> Federation {
+) -> (Federation, Option<(&'n Node, String)>) {
     let mut f = Fields::new(map, path);
     let mut text = |f: &mut Fields<'_>, key: &'static str| {
         f.take(key)
@@ -226,10 +227,17 @@ pub(crate) fn read_federation(
     if let Some(members) = f.take("members") {
         replicas.extend(read_replicas(diags, members, &f.child_path("members")));
     }
+    let threshold = f.field("rescheduler_threshold");
     let mut kept = Extra::new();
     f.finish(
         diags,
-        &["group_id", "topology", "delegation", "members"],
+        &[
+            "group_id",
+            "topology",
+            "delegation",
+            "members",
+            "rescheduler_threshold",
+        ],
         &mut kept,
     );
     if !kept.is_empty() {
@@ -238,11 +246,12 @@ pub(crate) fn read_federation(
             serde_json::Value::Object(kept.into_iter().collect()),
         );
     }
-    Federation {
+    let federation = Federation {
         group_id,
         topology,
         delegation,
-    }
+    };
+    (federation, threshold)
 }
 
 pub(crate) fn is_http_url(url: &str) -> bool {

@@ -169,12 +169,18 @@ pub(crate) fn parse_service(
         .field("replicas")
         .map(|(n, p)| read_replicas(diags, n, &p))
         .unwrap_or_default();
+    let mut federated_threshold = None;
     let federation = f.field("federation").and_then(|(n, p)| {
         let m = mapping(diags, n, &p)?;
-        Some(read_federation(diags, m, &p, &mut replicas, &mut extra))
+        let (federation, threshold) = read_federation(diags, m, &p, &mut replicas, &mut extra);
+        federated_threshold = threshold;
+        Some(federation)
     });
+    // OSCAR v4.1 moved `rescheduler_threshold` under `federation`; both places are read, the
+    // service's own first.
     let rescheduler_threshold = f
         .field("rescheduler_threshold")
+        .or(federated_threshold)
         .and_then(|(n, p)| bounded(diags, n, &p, MAX_SECONDS));
     if let Some(node) = f.take("environment") {
         read_environment(
@@ -462,8 +468,8 @@ fn read_environment(
         return;
     };
     let mut f = Fields::new(map, path);
-    if let Some(vars) = f.take("Variables") {
-        let vpath = f.child_path("Variables");
+    // OSCAR wrote `Variables`, OSCAR v4 writes `variables`: its decoder ignores case, so does this.
+    if let Some((vars, vpath)) = f.field_any_case("variables") {
         let Some(vmap) = mapping(diags, vars, &vpath) else {
             return;
         };
@@ -489,7 +495,7 @@ fn read_environment(
         }
     }
     let mut kept = Extra::new();
-    f.finish(diags, &["Variables"], &mut kept);
+    f.finish(diags, &["variables"], &mut kept);
     if !kept.is_empty() {
         extra.insert(
             "environment".into(),

@@ -613,6 +613,27 @@ impl Store {
         Ok(all.into_iter().filter(|d| d.service == service).collect())
     }
 
+    /// Forgets jobs (by id) and the names delegating clusters gave them, in one commit.
+    pub fn forget_jobs(
+        &self,
+        ids: &[String],
+        delegated: &[DelegatedJob],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut jobs = tx.open_table(JOBS)?;
+            for id in ids {
+                jobs.remove(id.as_str())?;
+            }
+            let mut names = tx.open_table(DELEGATED)?;
+            for d in delegated {
+                names.remove(format!("{}/{}", d.service, d.name).as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn job_row(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
         self.get(JOBS, "jobs", id)
     }
