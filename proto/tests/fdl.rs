@@ -206,6 +206,50 @@ fn oscar_v4_spellings_are_read_as_oscar_reads_them() {
 }
 
 #[test]
+fn secrets_cluster_ids_and_kubernetes_only_fields_are_read_as_oscar_v4_writes_them() {
+    let parsed = parse(
+        "functions:\n  oscar:\n  - name: f\n    cluster_id: edge\n    image: alpine\n    ephemeral_storage_request: 1Gi\n    kserve: {type: inference}\n    environment:\n      Secrets:\n        API_KEY: s3cret\n    input:\n    - storage_provider: minio.default\n      path: f/in\n      options: --vfs-cache-mode full\n",
+    );
+    let warnings = messages(&parsed, Severity::Warning);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w.contains("not supported by Spillway yet")),
+        "known, not typos: {warnings:?}"
+    );
+    let (fdl, _) = parsed.into_result().expect("valid");
+    let f = &fdl.functions[0];
+    assert_eq!(f.cluster_id(), Some("edge"));
+    assert_eq!(f.secrets["API_KEY"].expose(), "s3cret");
+    let shown = serde_json::to_string(&f.redacted()).expect("json");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(!format!("{f:?}").contains("s3cret"));
+    let clash = parse(
+        "functions:\n  oscar:\n  - fog:\n      name: f\n      cluster_id: cloud\n      image: alpine\n",
+    );
+    let errors = messages(&clash, Severity::Error);
+    assert!(
+        errors.iter().any(|e| e.contains("`cloud` is not `fog`")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn an_output_the_nodes_cannot_write_is_an_error_not_a_silent_drop() {
+    let parsed = parse(
+        "functions:\n  oscar:\n  - edge:\n      name: f\n      image: alpine\n      output:\n      - storage_provider: onedata.hub\n        path: results\n",
+    );
+    let errors = messages(&parsed, Severity::Error);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("output to `onedata.hub`") && e.contains("cannot write")),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn errors_name_file_line_column_and_field_path() {
     let parsed = parse(
         "functions:\n  oscar:\n  - fog:\n      name: fire\n      image: x\n      memory: 1GB\n",

@@ -67,6 +67,11 @@ fn oscar_python_manages_runs_and_lists_services_as_against_oscar() {
     assert_eq!(out["services"], serde_json::json!(["echo", "shout"]));
     assert_eq!(out["token_length"], 64, "OSCAR's service tokens");
     assert_eq!(out["variables"]["GREETING"], "hello");
+    assert_eq!(
+        out["secrets"],
+        serde_json::json!({"API_KEY": ""}),
+        "names only"
+    );
     assert_eq!(out["update"], 204);
     // Synchronous: base64 in, the one output back decoded by the client; without an output,
     // what the script printed (from the updated script).

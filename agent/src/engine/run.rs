@@ -61,12 +61,7 @@ pub(super) async fn run_job(s: &Arc<Shared>, f: &Deployed, record: JobRecord) ->
         work_dir: staging.work_dir.clone(),
         file_name,
         event_json: record.event.to_json(origin, &rfc3339_now()).to_string(),
-        variables: f
-            .def
-            .environment
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        variables: StagedJob::variables_of(&f.def),
         timeout: f.def.timeout.unwrap_or(config.defaults.timeout),
         memory_limit: f.limits.demand.memory.0,
         log_limit: config.logs.max_bytes_per_stream,

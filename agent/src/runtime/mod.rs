@@ -39,7 +39,7 @@ pub enum PrepareError {
 }
 
 /// Everything a run needs, already staged on disk.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StagedJob {
     pub job_id: String,
     pub function: String,
@@ -51,7 +51,8 @@ pub struct StagedJob {
     pub work_dir: PathBuf,
     pub file_name: String,
     pub event_json: String,
-    /// The function's own `environment.Variables`.
+    /// The function's own `environment.variables`, then its `environment.secrets` (whose values
+    /// `Debug` does not show).
     pub variables: Vec<(String, String)>,
     pub timeout: Duration,
     pub memory_limit: u64,
@@ -60,7 +61,35 @@ pub struct StagedJob {
     pub pid_file: PathBuf,
 }
 
+impl std::fmt::Debug for StagedJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.variables.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("StagedJob")
+            .field("job_id", &self.job_id)
+            .field("function", &self.function)
+            .field("input_dir", &self.input_dir)
+            .field("output_dir", &self.output_dir)
+            .field("file_name", &self.file_name)
+            .field("variables", &names)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl StagedJob {
+    /// The function's variables and secrets, as the run's environment starts.
+    pub fn variables_of(def: &spillway_proto::FunctionDef) -> Vec<(String, String)> {
+        def.environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(
+                def.secrets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_owned())),
+            )
+            .collect()
+    }
+
     /// The staging-contract variables, with the folders as the function sees them.
     pub fn contract_env(&self, input_dir: &str, output_dir: &str) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = self.variables.clone();
@@ -75,6 +104,13 @@ impl StagedJob {
             ("FILE_NAME".to_owned(), self.file_name.clone()),
             ("EVENT".to_owned(), self.event_json.clone()),
             ("JOB_ID".to_owned(), self.job_id.clone()),
+        ]);
+        // SCAR's names for the same, which its users' scripts still read.
+        let input = format!("{input_dir}{sep}{}", self.file_name);
+        env.extend([
+            ("SCAR_INPUT_FILE".to_owned(), input.clone()),
+            ("INPUT_FILE".to_owned(), input),
+            ("REQUEST_ID".to_owned(), self.job_id.clone()),
         ]);
         env
     }

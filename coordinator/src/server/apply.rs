@@ -18,6 +18,37 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
+/// Functions are known by name alone on a coordinator: a name listed twice (for two clusters), or
+/// already applied for another cluster, would overwrite the other. Both places are named.
+fn same_names(store: &Store, defs: &[fdl::FunctionDef]) -> Result<Vec<String>, StoreError> {
+    let mut problems = Vec::new();
+    for (i, def) in defs.iter().enumerate() {
+        if let Some(first) = defs[..i].iter().find(|d| d.name == def.name) {
+            problems.push(format!(
+                "{}: function `{}` is defined again here; it is already defined at {} (one coordinator knows a function by its name: rename one)",
+                def.location, def.name, first.location
+            ));
+            continue;
+        }
+        if let Some(stored) = store.function(&def.name)?
+            && stored.def.cluster_id() != def.cluster_id()
+        {
+            let cluster = |d: &fdl::FunctionDef| d.cluster_id().unwrap_or("any").to_owned();
+            problems.push(format!(
+                "{}: function `{}` for cluster `{}` would replace the one applied from {} for cluster `{}` (defined at {}); delete that one first (spillway delete function {}) or rename this one",
+                def.location,
+                def.name,
+                cluster(def),
+                stored.source,
+                cluster(&stored.def),
+                stored.def.location,
+                def.name
+            ));
+        }
+    }
+    Ok(problems)
+}
+
 pub fn apply(store: &Store, req: &ApplyRequest, now_ms: u64) -> Result<ApplyOutcome, ApplyError> {
     // Paths stay as written (relative): the files travel with the request, not the path.
     let parsed = fdl::parse_str(&req.file, &req.text, Path::new(""));
@@ -36,8 +67,8 @@ pub fn apply(store: &Store, req: &ApplyRequest, now_ms: u64) -> Result<ApplyOutc
             req.file
         )));
     }
+    let mut problems = same_names(store, &doc.functions)?;
     let mut records = Vec::new();
-    let mut problems = Vec::new();
     for mut def in doc.functions {
         let mut files = Vec::new();
         let name = def.name.clone();
@@ -99,4 +130,56 @@ pub fn apply(store: &Store, req: &ApplyRequest, now_ms: u64) -> Result<ApplyOutc
     }
     store.change_functions(&changed, &[])?;
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(file: &str, text: &str) -> ApplyRequest {
+        ApplyRequest {
+            file: file.into(),
+            text: text.into(),
+            files: Default::default(),
+        }
+    }
+
+    const FOG: &str = "functions:\n  oscar:\n  - fog:\n      name: detect\n      runtime: process\n      command: [\"true\"]\n";
+
+    #[test]
+    fn one_name_for_two_clusters_is_refused_with_both_places_and_nothing_is_applied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.redb")).expect("store");
+        let both = format!(
+            "{FOG}  - cloud:\n      name: detect\n      runtime: process\n      command: [\"true\"]\n"
+        );
+        let err = apply(&store, &request("two.yaml", &both), 1).expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("two.yaml:8:11") && text.contains("two.yaml:4:11"),
+            "{text}"
+        );
+        assert!(
+            store.function("detect").expect("read").is_none(),
+            "nothing applied"
+        );
+
+        apply(&store, &request("fog.yaml", FOG), 1).expect("applied");
+        let cloud = FOG.replace("fog:", "cloud:");
+        let err = apply(&store, &request("cloud.yaml", &cloud), 2).expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("from fog.yaml for cluster `fog`")
+                && text.contains("spillway delete function detect"),
+            "{text}"
+        );
+        let kept = store.function("detect").expect("read").expect("kept");
+        assert_eq!(kept.def.cluster_id(), Some("fog"), "not overwritten");
+        // The same cluster again is an update.
+        let outcome = apply(&store, &request("fog.yaml", FOG), 3).expect("re-applied");
+        assert_eq!(
+            outcome.functions,
+            [("detect".to_owned(), "unchanged".to_owned())]
+        );
+    }
 }

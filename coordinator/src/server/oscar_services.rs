@@ -200,13 +200,7 @@ fn service(state: &State, def: &FunctionDef, script: Option<String>) -> Value {
         .filter(|n| n.running.contains(&def.name))
         .map(|n| n.name)
         .collect();
-    let secrets: Map<String, Value> = def
-        .extra
-        .get("environment")
-        .and_then(|e| e.get("secrets"))
-        .and_then(Value::as_object)
-        .map(|m| m.keys().map(|k| (k.clone(), json!(""))).collect())
-        .unwrap_or_default();
+    let secrets: Map<String, Value> = def.secrets.keys().map(|k| (k.clone(), json!(""))).collect();
     let federation = def.federation.as_ref();
     let mut v = json!({
         "name": def.name,

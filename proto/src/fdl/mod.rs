@@ -26,4 +26,7 @@ pub const STAGING_VARIABLES: &[&str] = &[
     "FILE_NAME",
     "EVENT",
     "JOB_ID",
+    "SCAR_INPUT_FILE",
+    "INPUT_FILE",
+    "REQUEST_ID",
 ];

@@ -88,8 +88,12 @@ pub struct FunctionDef {
     pub federation: Option<Federation>,
     /// Seconds a queued job may wait before it is offered elsewhere.
     pub rescheduler_threshold: Option<u64>,
-    /// `environment.Variables`, values as written.
+    /// `environment.variables` (`Variables`), values as written.
     pub environment: BTreeMap<String, String>,
+    /// `environment.secrets`: set in the function's environment like variables, but never shown
+    /// ([`FunctionDef::redacted`]) and sent only to the nodes that run the function.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, Secret>,
     pub log_level: Option<String>,
     pub timeout: Option<Duration>,
     pub max_concurrency: Option<u32>,
@@ -148,6 +152,9 @@ impl FunctionDef {
     /// `secrets` kept from OSCAR's newer FDL. Agents that run the function get the real one.
     pub fn redacted(&self) -> Self {
         let mut def = self.clone();
+        for value in def.secrets.values_mut() {
+            *value = Secret(REDACTED.into());
+        }
         for provider in &mut def.providers {
             for (key, value) in &mut provider.settings {
                 if is_secret_setting(key) {

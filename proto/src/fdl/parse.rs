@@ -470,6 +470,23 @@ fn cross_check(diags: &mut Diagnostics, fdl: &Fdl) {
                 ),
             );
         }
+        // An output the nodes cannot write would be dropped while the job reports success.
+        if matches!(f.platform, Platform::Oscar { .. }) {
+            for r in &f.output {
+                if !SUPPORTED_STORAGE.contains(&r.provider.kind.as_str()) {
+                    diags.error(
+                        &span,
+                        &format!("{}.output", f.fdl_path),
+                        format!(
+                            "output to `{}`: Spillway's nodes cannot write storage kind `{}` (they write {}); remove this output or have the script deliver it",
+                            r.provider,
+                            r.provider.kind,
+                            SUPPORTED_STORAGE.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
         for (dir, refs) in [("input", &f.input), ("output", &f.output)] {
             for r in refs.iter() {
                 let p = &r.provider;

@@ -58,6 +58,11 @@ const KNOWN_UNSUPPORTED: &[&str] = &[
     "image_file",
     "timeout_threshold",
     "runtime",
+    // OSCAR v4's Kubernetes-only features.
+    "ephemeral_storage_request",
+    "volume",
+    "kserve",
+    "bucket_list",
 ];
 
 impl<'n> Fields<'n> {

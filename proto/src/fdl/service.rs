@@ -39,6 +39,7 @@ const SERVICE_FIELDS: &[&str] = &[
     "image_prefetch",
     "network",
     "triggers",
+    "cluster_id",
 ];
 const LAMBDA_FIELDS: &[&str] = &[
     "name",
@@ -79,15 +80,42 @@ pub(crate) fn parse_service(
             None
         }
     };
+    // OSCAR v4 services name their cluster themselves; an FDL lists them under it.
+    let mut platform = platform;
+    if !aws && let Some((n, p)) = f.field("cluster_id") {
+        let named = string(diags, n, &p);
+        match (&mut platform, named) {
+            (
+                Platform::Oscar {
+                    cluster_id: wrapper @ None,
+                },
+                Some(id),
+            ) => *wrapper = Some(id),
+            (
+                Platform::Oscar {
+                    cluster_id: Some(wrapper),
+                },
+                Some(id),
+            ) if *wrapper != id => {
+                diags.error(
+                    n.span(),
+                    &p,
+                    format!("`{id}` is not `{wrapper}`, the cluster this service is listed under; keep one of them"),
+                );
+            }
+            _ => {}
+        }
+    }
     let mut image = f.field("image").and_then(|(n, p)| string(diags, n, &p));
     let mut environment = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
     if aws && let Some(node) = f.take("container") {
         read_container(
             diags,
             node,
             &f.child_path("container"),
             &mut image,
-            &mut environment,
+            (&mut environment, &mut secrets),
             &mut extra,
         );
     }
@@ -188,6 +216,7 @@ pub(crate) fn parse_service(
             node,
             &f.child_path("environment"),
             &mut environment,
+            &mut secrets,
             &mut extra,
         );
     }
@@ -264,6 +293,7 @@ pub(crate) fn parse_service(
         federation,
         rescheduler_threshold,
         environment,
+        secrets,
         log_level,
         timeout,
         max_concurrency,
@@ -462,46 +492,63 @@ fn read_environment(
     node: &Node,
     path: &str,
     environment: &mut BTreeMap<String, String>,
+    secrets: &mut BTreeMap<String, Secret>,
     extra: &mut Extra,
 ) {
     let Some(map) = mapping(diags, node, path) else {
         return;
     };
     let mut f = Fields::new(map, path);
-    // OSCAR wrote `Variables`, OSCAR v4 writes `variables`: its decoder ignores case, so does this.
+    // OSCAR wrote `Variables`, OSCAR v4 writes `variables` (and `secrets`): its decoder ignores
+    // case, so does this.
     if let Some((vars, vpath)) = f.field_any_case("variables") {
-        let Some(vmap) = mapping(diags, vars, &vpath) else {
-            return;
-        };
-        for (key, value) in vmap.iter() {
-            let kpath = format!("{vpath}.{}", key.as_str());
-            let name = key.as_str();
-            let valid = name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                diags.error(key.span(), &kpath, format!("`{name}` is not a valid environment variable name (letters, digits and '_', not starting with a digit)"));
-                continue;
-            }
-            if STAGING_VARIABLES.contains(&name) {
-                diags.warn(key.span(), &kpath, format!("`{name}` is set by the agent for every job (staging contract); this value is ignored"));
-                continue;
-            }
-            if let Some(s) = scalar(diags, value, &kpath) {
-                environment.insert(name.to_owned(), s.as_str().to_owned());
-            }
+        for (name, value) in read_variables(diags, vars, &vpath) {
+            environment.insert(name, value);
+        }
+    }
+    if let Some((vars, vpath)) = f.field_any_case("secrets") {
+        for (name, value) in read_variables(diags, vars, &vpath) {
+            secrets.insert(name, Secret(value));
         }
     }
     let mut kept = Extra::new();
-    f.finish(diags, &["variables"], &mut kept);
+    f.finish(diags, &["variables", "secrets"], &mut kept);
     if !kept.is_empty() {
         extra.insert(
             "environment".into(),
             serde_json::Value::Object(kept.into_iter().collect()),
         );
     }
+}
+
+/// `NAME: value` pairs for a function's environment: names a shell accepts, values as written,
+/// none of the names the agent sets for every job.
+fn read_variables(diags: &mut Diagnostics, node: &Node, path: &str) -> Vec<(String, String)> {
+    let Some(map) = mapping(diags, node, path) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, value) in map.iter() {
+        let kpath = format!("{path}.{}", key.as_str());
+        let name = key.as_str();
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            diags.error(key.span(), &kpath, format!("`{name}` is not a valid environment variable name (letters, digits and '_', not starting with a digit)"));
+            continue;
+        }
+        if STAGING_VARIABLES.contains(&name) {
+            diags.warn(key.span(), &kpath, format!("`{name}` is set by the agent for every job (staging contract); this value is ignored"));
+            continue;
+        }
+        if let Some(s) = scalar(diags, value, &kpath) {
+            out.push((name.to_owned(), s.as_str().to_owned()));
+        }
+    }
+    out
 }
 
 /// `node_selector: {key: value}`: the agent labels a node must have to run the function.
@@ -528,7 +575,7 @@ fn read_container(
     node: &Node,
     path: &str,
     image: &mut Option<String>,
-    environment: &mut BTreeMap<String, String>,
+    (environment, secrets): (&mut BTreeMap<String, String>, &mut BTreeMap<String, Secret>),
     extra: &mut Extra,
 ) {
     let Some(map) = mapping(diags, node, path) else {
@@ -539,7 +586,14 @@ fn read_container(
         *image = string(diags, n, &f.child_path("image"));
     }
     if let Some(n) = f.take("environment") {
-        read_environment(diags, n, &f.child_path("environment"), environment, extra);
+        read_environment(
+            diags,
+            n,
+            &f.child_path("environment"),
+            environment,
+            secrets,
+            extra,
+        );
     }
     let mut kept = Extra::new();
     f.finish(diags, &["image", "environment"], &mut kept);

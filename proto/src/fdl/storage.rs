@@ -68,10 +68,12 @@ pub(crate) fn read_storage_refs(
                 None
             }
         };
+        // rclone mount flags: OSCAR uses them only for `mount`, never for inputs and outputs.
+        let _ = f.take("options");
         let mut extra = Extra::new();
         f.finish(
             diags,
-            &["storage_provider", "path", "suffix", "prefix"],
+            &["storage_provider", "path", "suffix", "prefix", "options"],
             &mut extra,
         );
         if let (Some(provider), Some(path)) = (provider, bucket_path) {

@@ -57,6 +57,7 @@ out["services"] = sorted(s["name"] for s in client.list_services().json())
 shout = client.get_service("shout").json()
 out["token_length"] = len(shout["token"])
 out["variables"] = shout["environment"]["variables"]
+out["secrets"] = shout["environment"]["secrets"]
 echo["script"] = "#!/bin/sh\necho \"said $(cat \"$INPUT_FILE_PATH\")\"\n"
 out["update"] = client.update_service("echo", echo).status_code
 
