@@ -92,8 +92,10 @@ if ! command -v moto_server >/dev/null || ! python3 -c 'import boto3, moto.serve
   pip_install 'moto[server]'
 fi
 python3 -c 'import kmock' 2>/dev/null || pip_install kmock
-# OSCAR's own Python client drives a coordinator in the OSCAR-compatibility tests.
+# OSCAR's own Python client drives a coordinator in the OSCAR-compatibility tests, and OSCAR's
+# FaaS Supervisor (the code in every OSCAR container) is what `/run`'s answers are checked against.
 python3 -c 'import oscar_python' 2>/dev/null || pip_install oscar-python
+python3 -c 'import faassupervisor' 2>/dev/null || pip_install faas-supervisor
 command -v cargo-lambda >/dev/null || pip_install cargo-lambda
 
 step "format"

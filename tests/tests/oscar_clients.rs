@@ -76,7 +76,10 @@ fn oscar_python_manages_runs_and_lists_services_as_against_oscar() {
     // Synchronous: base64 in, the one output back decoded by the client; without an output,
     // what the script printed (from the updated script).
     assert_eq!(out["run_output"], "HELLO OSCAR");
-    assert_eq!(out["run_stdout"], "said quietly\n");
+    assert_eq!(
+        out["run_stdout"], "said quietly\n\n",
+        "printed, plus print's newline"
+    );
     assert!(
         out["run_async"]
             .as_u64()
@@ -110,6 +113,133 @@ fn oscar_python_manages_runs_and_lists_services_as_against_oscar() {
     // The service deleted through the OSCAR API is gone from the node too.
     let gone = wait_until(Duration::from_secs(20), || !c.runs("edge-1", "echo"));
     assert!(gone, "echo still deployed:\n{}", node.log());
+}
+
+/// What OSCAR's FaaS Supervisor (PyPI `faas-supervisor`, run here as OSCAR runs it in a
+/// container: the body on stdin, the script in `SCRIPT`) answers for `script` and `body`.
+fn supervisor_answer(script: &str, body: &str) -> String {
+    use std::io::Write;
+    let b64 = |s: &[u8]| {
+        let out = Command::new("base64")
+            .arg("-w0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().expect("stdin").write_all(s)?;
+                c.wait_with_output()
+            })
+            .expect("base64");
+        String::from_utf8(out.stdout).expect("ascii")
+    };
+    let mut child = Command::new("python3")
+        .args(["-m", "faassupervisor.supervisor"])
+        .env("SCRIPT", b64(script.as_bytes()))
+        .env("FUNCTION_CONFIG", b64(b"log_level: CRITICAL\n"))
+        .env("LOG_LEVEL", "CRITICAL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with faas-supervisor (pip install faas-supervisor)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("stdin");
+    let out = child.wait_with_output().expect("supervisor");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("text")
+}
+
+/// A zip's entries (name → bytes), when `answer` is one in base64.
+fn zip_entries(answer: &str) -> Option<std::collections::BTreeMap<String, Vec<u8>>> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let zip = dir.path().join("a.zip");
+    let decoded = Command::new("base64")
+        .args(["-d"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .expect("stdin")
+                .write_all(answer.trim().as_bytes())?;
+            c.wait_with_output()
+        })
+        .ok()?;
+    if !decoded.stdout.starts_with(b"PK") {
+        return None;
+    }
+    std::fs::write(&zip, &decoded.stdout).ok()?;
+    let listing = Command::new("python3")
+        .args(["-c", "import json,sys,zipfile; z=zipfile.ZipFile(sys.argv[1]); print(json.dumps({n: z.read(n).hex() for n in z.namelist()}))"])
+        .arg(&zip)
+        .output()
+        .ok()?;
+    let entries: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&listing.stdout).ok()?;
+    Some(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k, hex::decode(v).expect("hex")))
+            .collect(),
+    )
+}
+
+#[test]
+fn run_answers_what_the_faas_supervisor_answers_for_the_same_script_and_input() {
+    let (c, node) = mesh();
+    let admin = format!("oscar:{}", c.api_token());
+    let scripts = [
+        (
+            "one",
+            "echo printed\ntr '[:lower:]' '[:upper:]' < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/out.txt\"\n",
+        ),
+        ("none", "echo \"said $(cat \"$INPUT_FILE_PATH\")\"\n"),
+        (
+            "two",
+            "cp \"$INPUT_FILE_PATH\" \"$TMP_OUTPUT_DIR/a.txt\"\nmkdir -p \"$TMP_OUTPUT_DIR/d\"\necho b > \"$TMP_OUTPUT_DIR/d/b.txt\"\n",
+        ),
+    ];
+    let body = "aGVsbG8gc3VwZXJ2aXNvcg=="; // "hello supervisor"
+    for (name, script) in scripts {
+        let service = serde_json::json!({
+            "name": name,
+            "runtime": "process",
+            "cpu": "0.1",
+            "script": script,
+            "input": [{"storage_provider": "minio.default", "path": format!("{name}/in")}],
+            "output": [{"storage_provider": "minio.default", "path": format!("{name}/out")}],
+        });
+        let (status, text) = call(
+            &c,
+            &admin,
+            "POST",
+            "/system/services",
+            Some(&service.to_string()),
+        );
+        assert_eq!(status, 201, "{text}");
+        let expected = supervisor_answer(script, body);
+        let mut ours = (0, String::new());
+        let ran = wait_until(Duration::from_secs(30), || {
+            ours = call(&c, &admin, "POST", &format!("/run/{name}"), Some(body));
+            ours.0 == 200
+        });
+        assert!(ran, "{name}: {ours:?}\n{}", node.log());
+        match (zip_entries(&expected), zip_entries(&ours.1)) {
+            // Zips differ in their timestamps: their entries must not.
+            (Some(theirs), Some(mine)) => assert_eq!(mine, theirs, "{name}"),
+            _ => assert_eq!(ours.1, expected, "{name}"),
+        }
+    }
 }
 
 /// `curl -X METHOD` with basic auth `user:password` → (status, body).

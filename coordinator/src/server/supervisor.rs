@@ -60,7 +60,8 @@ fn zip(files: Vec<(String, Vec<u8>)>) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("cannot zip the outputs: {e}"))
 }
 
-/// What the script printed, from its job log (stdout, then stderr), with a final newline.
+/// What the script printed, from its job log (stdout, then stderr), and the newline the
+/// supervisor's `print` adds.
 pub fn printed(log: &str) -> String {
     let mut out = String::new();
     for stream in ["stdout", "stderr"] {
@@ -76,9 +77,7 @@ pub fn printed(log: &str) -> String {
         let end = body.find("\n--- ").map_or(body.len(), |i| i + 1);
         out.push_str(&body[..end]);
     }
-    if !out.ends_with('\n') {
-        out.push('\n');
-    }
+    out.push('\n');
     out
 }
 
@@ -127,7 +126,7 @@ mod tests {
     #[test]
     fn without_outputs_the_answer_is_what_the_script_printed() {
         let log = "job:      1\nstate:    Succeeded\n--- stdout (6 bytes) ---\nmoo\nhi\n--- stderr (4 bytes) ---\nwarn\n";
-        assert_eq!(printed(log), "moo\nhi\nwarn\n");
+        assert_eq!(printed(log), "moo\nhi\nwarn\n\n");
         assert_eq!(printed("job: 1\n"), "\n");
     }
 }
