@@ -65,10 +65,22 @@ fn run_answers_with_the_output_and_job_with_the_job_id() {
             .any(|j| j["id"] == job.as_str() && j["phase"] == "Succeeded")
     });
     assert!(done, "job {job} did not succeed:\n{}", node.log());
-    // The same body under the same name is the same job: a retried request runs nothing new.
+    // OSCAR's route: every call is a new job, as in OSCAR.
     let (_, _, again) = curl(&c, &token, "/job/upper", "cXVldWVkIHdvcms=");
     let again: serde_json::Value = serde_json::from_str(&again).expect("json");
-    assert_eq!(again["job"], job.as_str());
+    assert_ne!(again["job"], job.as_str());
+    // The raw route: the same body is the same job, so a retried request runs nothing new.
+    let raw = |c: &Coordinator| {
+        let (status, _, body) = curl(
+            c,
+            &token,
+            "/v1/functions/upper/invoke?file=raw.txt",
+            "raw work",
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["job"].clone()
+    };
+    assert_eq!(raw(&c), raw(&c));
 }
 
 #[test]

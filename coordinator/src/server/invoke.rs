@@ -3,7 +3,8 @@
 //! `POST /run/{function}` (synchronous: answers with the outputs, base64-encoded); and in raw
 //! bytes: `POST /v1/functions/{function}/invoke` and `POST /v1/functions/{function}/run`. The input file is dropped into the function's input folder on a node that runs it, so
 //! the job is the same one a file copied there would make: journaled, retried, spilled over like
-//! any other. The same input under the same name is the same job, so a client may safely retry.
+//! any other. On the raw routes the same input under the same name is the same job, so a client
+//! may safely retry; on OSCAR's every call is a new job, as it is in OSCAR.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,11 +34,23 @@ pub struct InvokeParams {
     timeout: Option<u64>,
 }
 
+/// The input's name on the raw routes: `?name=`, else named after its content, so the same
+/// body is the same job and a client may retry.
 fn file_name(params: &InvokeParams, body: &[u8]) -> String {
     params
         .name
         .clone()
         .unwrap_or_else(|| format!("{}.bin", &hex::encode(Sha256::digest(body))[..16]))
+}
+
+/// The input's name on OSCAR's routes: `?name=`, else a fresh one (as OSCAR's supervisor names
+/// it, `event-file-…`), so every call is a new job, as every call is in OSCAR.
+fn event_file_name(params: &InvokeParams) -> String {
+    params.name.clone().unwrap_or_else(|| {
+        let mut nonce = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce);
+        format!("event-file-{}", hex::encode(nonce))
+    })
 }
 
 /// `POST /job/{function}`: OSCAR's asynchronous call, the input file in base64 (or a JSON
@@ -57,7 +70,7 @@ pub async fn job(
     }
     function_record(&state, &function)?;
     let input = supervisor::input_of(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    let name = file_name(&params, &input);
+    let name = event_file_name(&params);
     let invoked = submit(&state, &function, &name, params.node, input.into()).await?;
     Ok((StatusCode::ACCEPTED, Json(invoked)).into_response())
 }
@@ -72,7 +85,8 @@ pub async fn run_raw(
     Query(params): Query<InvokeParams>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let finished = run_to_end(&state, &function, &params, body.to_vec()).await?;
+    let name = file_name(&params, &body);
+    let finished = run_to_end(&state, &function, &name, &params, body.to_vec()).await?;
     let Some(first) = finished.files.first() else {
         return Ok(with_headers(
             StatusCode::NO_CONTENT.into_response(),
@@ -94,7 +108,8 @@ pub async fn run(
 ) -> Result<Response, ApiError> {
     function_record(&state, &function)?;
     let input = supervisor::input_of(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    let finished = run_to_end(&state, &function, &params, input).await?;
+    let name = event_file_name(&params);
+    let finished = run_to_end(&state, &function, &name, &params, input).await?;
     let text = if finished.files.is_empty() {
         supervisor::printed(&super::node_calls::job_log_text(&state, &finished.job).await?)
     } else {
@@ -130,12 +145,12 @@ struct Finished {
 async fn run_to_end(
     state: &State,
     function: &str,
+    name: &str,
     params: &InvokeParams,
     input: Vec<u8>,
 ) -> Result<Finished, ApiError> {
-    let name = file_name(params, &input);
     let wait = Duration::from_secs(params.timeout.unwrap_or(300).clamp(1, 3600));
-    let invoked = submit(state, function, &name, params.node.clone(), input.into()).await?;
+    let invoked = submit(state, function, name, params.node.clone(), input.into()).await?;
     let deadline = tokio::time::Instant::now() + wait;
     // The origin reports its jobs over the link; poll what it reported.
     let row = loop {
