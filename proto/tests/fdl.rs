@@ -250,6 +250,64 @@ fn an_output_the_nodes_cannot_write_is_an_error_not_a_silent_drop() {
 }
 
 #[test]
+fn scars_own_yaml_from_before_the_fdl_is_read_with_its_buckets_as_folders() {
+    let dir = example("scar");
+    for file in ["cowsay.yaml", "scar-elixir.yaml"] {
+        let (fdl, _) = fdl::parse_file(&dir.join(file)).into_result().expect(file);
+        assert_eq!(fdl.functions.len(), 1, "{file}");
+        assert!(
+            fdl.functions[0]
+                .image
+                .as_deref()
+                .is_some_and(|i| i.starts_with("grycap/"))
+        );
+    }
+    let parsed = fdl::parse_file(&dir.join("video-workflow.yaml"));
+    let warnings = messages(&parsed, Severity::Warning);
+    assert!(
+        warnings.iter().any(|w| w.contains("SCAR's own format")),
+        "{warnings:?}"
+    );
+    let (fdl, _) = parsed.into_result().expect("valid");
+    let split = &fdl.functions[0];
+    assert_eq!(split.name, "scar-batch-ffmpeg-split");
+    assert_eq!(
+        split.platform,
+        Platform::Oscar { cluster_id: None },
+        "runs on the nodes"
+    );
+    assert_eq!(split.input[0].provider.to_string(), "minio.default");
+    assert_eq!(split.input[0].path.to_string(), "scar-ffmpeg");
+    assert_eq!(
+        split.output[0].path.to_string(),
+        "scar-ffmpeg/scar-batch-ffmpeg-split/video-output"
+    );
+    assert!(
+        split
+            .script
+            .as_ref()
+            .is_some_and(|s| s.ends_with("split-video.sh"))
+    );
+    let darknet = &fdl.functions[1];
+    assert_eq!(
+        darknet.memory,
+        Some(Bytes::from_mib(3008)),
+        "MiB, as SCAR counts"
+    );
+    assert_eq!(
+        darknet.input[0].path, split.output[0].path,
+        "a workflow by buckets"
+    );
+    // A bad name is still refused, where it is written.
+    let bad = parse("functions:\n  'no spaces':\n    image: alpine\n");
+    let errors = messages(&bad, Severity::Error);
+    assert!(
+        errors.iter().any(|e| e.contains("invalid name")),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn errors_name_file_line_column_and_field_path() {
     let parsed = parse(
         "functions:\n  oscar:\n  - fog:\n      name: fire\n      image: x\n      memory: 1GB\n",

@@ -11,7 +11,7 @@ use super::diag::{Diagnostic, Diagnostics};
 use super::model::*;
 use super::reader::{Fields, mapping, scalar_map, sequence, string};
 use super::replica::is_http_url;
-use super::service::parse_service;
+use super::service::{parse_scar_function, parse_service};
 
 /// The outcome of reading one FDL file: the model if it had no errors, and every diagnostic.
 #[derive(Debug)]
@@ -215,6 +215,30 @@ fn read_functions(diags: &mut Diagnostics, node: &Node, base_dir: &Path, fdl: &m
     };
     let mut fields = Fields::new(map, "functions");
     let mut found_any = false;
+    // SCAR's own YAML from before the FDL: `functions: {NAME: {image, …}}`.
+    let scar: Vec<_> = map
+        .iter()
+        .filter(|(k, v)| {
+            !["oscar", "aws", "storage_providers"].contains(&k.as_str())
+                && matches!(v, Node::Mapping(_))
+        })
+        .collect();
+    if !scar.is_empty() && map.get_node("oscar").is_none() && map.get_node("aws").is_none() {
+        found_any = true;
+        diags.warn(
+            map.span(),
+            "functions",
+            "SCAR's own format (before the FDL): each function runs on the mesh's nodes as an OSCAR service would",
+        );
+        for (key, value) in scar {
+            let path = format!("functions.{}", key.as_str());
+            let _ = fields.take(key.as_str());
+            if let Some(service) = mapping(diags, value, &path) {
+                fdl.functions
+                    .extend(parse_scar_function(diags, key, service, &path, base_dir));
+            }
+        }
+    }
     if let Some(list) = fields.take("oscar") {
         found_any = true;
         let Some(items) = sequence(diags, list, "functions.oscar") else {

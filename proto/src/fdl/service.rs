@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use marked_yaml::Node;
-use marked_yaml::types::MarkedMappingNode;
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 
 use super::STAGING_VARIABLES;
 use super::diag::Diagnostics;
@@ -67,15 +67,50 @@ pub(crate) fn parse_service(
     platform: Platform,
     base_dir: &Path,
 ) -> Option<FunctionDef> {
+    parse_service_as(diags, map, path, platform, base_dir, None)
+}
+
+/// A function of SCAR's own YAML, from before the FDL (`functions: {NAME: {image, init_script,
+/// memory, s3: {input_bucket, output_bucket}}}`): it runs on the mesh's nodes like an OSCAR
+/// service, its buckets as folders there.
+pub(crate) fn parse_scar_function(
+    diags: &mut Diagnostics,
+    name: &MarkedScalarNode,
+    map: &MarkedMappingNode,
+    path: &str,
+    base_dir: &Path,
+) -> Option<FunctionDef> {
+    let platform = Platform::Oscar { cluster_id: None };
+    parse_service_as(diags, map, path, platform, base_dir, Some(name))
+}
+
+/// Fields SCAR's own YAML has that an OSCAR service does not.
+const SCAR_FIELDS: &[&str] = &["init_script", "s3"];
+
+fn parse_service_as(
+    diags: &mut Diagnostics,
+    map: &MarkedMappingNode,
+    path: &str,
+    platform: Platform,
+    base_dir: &Path,
+    scar_name: Option<&MarkedScalarNode>,
+) -> Option<FunctionDef> {
     let aws = platform == Platform::Aws;
+    // SCAR's conventions (MiB memory, `init_script`) hold for its Lambda functions in an FDL and
+    // for its own older YAML.
+    let scar = aws || scar_name.is_some();
     let errors_before = diags.items.iter().filter(|d| d.is_error()).count();
     let mut f = Fields::new(map, path);
     let mut extra = Extra::new();
 
-    let name = match f.take("name") {
-        Some(n) => string(diags, n, &f.child_path("name"))
-            .filter(|name| check_name(diags, n, &f.child_path("name"), name, aws)),
-        None => {
+    let name = match (scar_name, f.take("name")) {
+        // SCAR's names are Lambda's.
+        (Some(n), _) => {
+            Some(n.as_str().to_owned()).filter(|name| check_name(diags, n.span(), path, name, true))
+        }
+        (None, Some(n)) => string(diags, n, &f.child_path("name"))
+            .filter(|name| check_name(diags, n.span(), &f.child_path("name"), name, aws)),
+        (None, None) => {
             diags.error(map.span(), path, "missing `name`: every function needs one");
             None
         }
@@ -119,7 +154,7 @@ pub(crate) fn parse_service(
             &mut extra,
         );
     }
-    let script_key = if aws && map.get_node("init_script").is_some() {
+    let script_key = if scar && map.get_node("init_script").is_some() {
         "init_script"
     } else {
         "script"
@@ -171,7 +206,7 @@ pub(crate) fn parse_service(
     });
     let memory = f
         .field("memory")
-        .and_then(|(n, p)| read_memory(diags, n, &p, aws));
+        .and_then(|(n, p)| read_memory(diags, n, &p, scar));
     // Read here (so they are checked, not warned about) and carried in `extra`: OSCAR's
     // `image_prefetch` pulls the image at deploy time; Spillway's `network: true` gives a
     // container the host's network instead of an empty private one.
@@ -180,15 +215,20 @@ pub(crate) fn parse_service(
             extra.insert(flag.into(), serde_json::Value::Bool(b));
         }
     }
-    let input = f
+    let mut input = f
         .field("input")
         .map(|(n, p)| read_storage_refs(diags, n, &p, None))
         .unwrap_or_default();
     let mut mqtt_outputs = Vec::new();
-    let output = f
+    let mut output = f
         .field("output")
         .map(|(n, p)| read_storage_refs(diags, n, &p, Some(&mut mqtt_outputs)))
         .unwrap_or_default();
+    if scar_name.is_some()
+        && let Some((n, p)) = f.field("s3")
+    {
+        read_scar_buckets(diags, n, &p, &mut input, &mut output);
+    }
     let triggers = f
         .field("triggers")
         .map(|(n, p)| read_triggers(diags, n, &p))
@@ -257,11 +297,12 @@ pub(crate) fn parse_service(
             v => Some(u32::try_from(v).unwrap_or(u32::MAX)),
         }
     });
-    f.finish(
-        diags,
-        if aws { LAMBDA_FIELDS } else { SERVICE_FIELDS },
-        &mut extra,
-    );
+    let known: Vec<&str> = match (aws, scar_name) {
+        (true, _) => LAMBDA_FIELDS.to_vec(),
+        (false, Some(_)) => SERVICE_FIELDS.iter().chain(SCAR_FIELDS).copied().collect(),
+        (false, None) => SERVICE_FIELDS.to_vec(),
+    };
+    f.finish(diags, &known, &mut extra);
 
     let runtime = resolve_runtime(
         diags,
@@ -351,7 +392,13 @@ fn resolve_runtime(
     runtime
 }
 
-fn check_name(diags: &mut Diagnostics, node: &Node, path: &str, name: &str, aws: bool) -> bool {
+fn check_name(
+    diags: &mut Diagnostics,
+    span: &marked_yaml::Span,
+    path: &str,
+    name: &str,
+    aws: bool,
+) -> bool {
     let ok = if aws {
         // AWS Lambda function names.
         name.len() <= 64
@@ -373,11 +420,7 @@ fn check_name(diags: &mut Diagnostics, node: &Node, path: &str, name: &str, aws:
         } else {
             "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters (an OSCAR service name)"
         };
-        diags.error(
-            node.span(),
-            path,
-            format!("invalid name `{name}`: use {rule}"),
-        );
+        diags.error(span, path, format!("invalid name `{name}`: use {rule}"));
     }
     ok
 }
@@ -419,6 +462,40 @@ fn read_command(diags: &mut Diagnostics, node: &Node, path: &str) -> Option<Vec<
             Some(argv)
         }
     }
+}
+
+/// SCAR's `s3: {input_bucket, output_bucket}` (each `bucket/folder…`): the function's input and
+/// output, as folders on the node that runs it.
+fn read_scar_buckets(
+    diags: &mut Diagnostics,
+    node: &Node,
+    path: &str,
+    input: &mut Vec<StorageRef>,
+    output: &mut Vec<StorageRef>,
+) {
+    let Some(map) = mapping(diags, node, path) else {
+        return;
+    };
+    let mut f = Fields::new(map, path);
+    for (key, refs) in [("input_bucket", input), ("output_bucket", output)] {
+        if let Some((n, p)) = f.field(key)
+            && let Some(path) = super::storage::read_bucket_path(diags, n, &p)
+        {
+            refs.push(StorageRef {
+                provider: ProviderRef::parse("minio.default"),
+                path,
+                suffix: Vec::new(),
+                prefix: Vec::new(),
+            });
+        }
+    }
+    diags.warn(
+        node.span(),
+        path,
+        "SCAR's S3 buckets are folders on the node that runs the function here (`minio.default`); to use a real bucket, define an `s3` storage provider and list it under `input`/`output`",
+    );
+    let mut kept = Extra::new();
+    f.finish(diags, &["input_bucket", "output_bucket"], &mut kept);
 }
 
 fn read_memory(diags: &mut Diagnostics, node: &Node, path: &str, aws: bool) -> Option<Bytes> {

@@ -88,7 +88,11 @@ pub(crate) fn read_storage_refs(
     refs
 }
 
-fn read_bucket_path(diags: &mut Diagnostics, node: &Node, path: &str) -> Option<BucketPath> {
+pub(crate) fn read_bucket_path(
+    diags: &mut Diagnostics,
+    node: &Node,
+    path: &str,
+) -> Option<BucketPath> {
     let text = string(diags, node, path)?;
     let trimmed = text.trim_matches('/');
     // The whole path obeys the object-key rules, so no bucket or folder can escape a data root.
