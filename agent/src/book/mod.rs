@@ -650,22 +650,17 @@ impl JobBook {
 
 /// Journals that a job's outputs wait (`ran`) and has the driver deliver them.
 fn deliver(plan: &mut Plan, id: JobId, ran: JobState, now: u64) {
-    plan.changes.push(Change::Move {
-        id,
-        to: ran,
-        at_ms: now,
-    });
-    plan.acts.push(Act::Deliver { id });
+    move_then(plan, id, ran, now, Act::Deliver { id });
 }
 
 /// Journals a job's final state and has the driver tell observers.
 fn end(plan: &mut Plan, id: JobId, state: JobState, now: u64) {
-    plan.changes.push(Change::Move {
-        id,
-        to: state,
-        at_ms: now,
-    });
-    plan.acts.push(Act::Ended { id });
+    move_then(plan, id, state, now, Act::Ended { id });
+}
+
+fn move_then(plan: &mut Plan, id: JobId, to: JobState, now: u64, then: Act) {
+    plan.changes.push(Change::Move { id, to, at_ms: now });
+    plan.acts.push(then);
 }
 
 /// Predicted wait before a job that queues behind `ahead` others of its function starts here
