@@ -113,7 +113,7 @@ pub async fn run(
     let text = if finished.files.is_empty() {
         supervisor::printed(&super::node_calls::job_log_text(&state, &finished.job).await?)
     } else {
-        let mut files = Vec::new();
+        let mut outputs = supervisor::Outputs::default();
         for path in &finished.files {
             // Named as the script wrote them: relative to the output folder.
             let name = finished
@@ -122,8 +122,12 @@ pub async fn run(
                 .find_map(|f| path.strip_prefix(f.as_str()))
                 .unwrap_or(path)
                 .to_owned();
-            files.push((name, fetch(&state, &finished.node, path).await?));
+            let bytes = fetch(&state, &finished.node, path).await?;
+            outputs
+                .add(name, bytes, supervisor::MAX_ANSWER_BYTES)
+                .map_err(|e| ApiError(StatusCode::PAYLOAD_TOO_LARGE, e))?;
         }
+        let files = outputs.files;
         supervisor::answer_of(files).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?
     };
     Ok(with_headers(text.into_response(), &finished.headers))

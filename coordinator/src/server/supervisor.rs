@@ -28,6 +28,32 @@ pub fn input_of(body: &[u8]) -> Result<Vec<u8>, String> {
         })
 }
 
+/// The most output bytes one synchronous answer carries (before base64): a function that writes
+/// more is answered with an error, not with the coordinator's memory.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// Output files gathered for one answer, within a byte budget.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    pub files: Vec<(String, Vec<u8>)>,
+    total: usize,
+}
+
+impl Outputs {
+    /// Adds a file, or says why the answer would be too large (then nothing more is fetched).
+    pub fn add(&mut self, name: String, bytes: Vec<u8>, limit: usize) -> Result<(), String> {
+        self.total = self.total.saturating_add(bytes.len());
+        if self.total > limit {
+            return Err(format!(
+                "the job's outputs are over {} MiB, too large for a synchronous answer; run it with POST /job and read its outputs from the node (spillway get files)",
+                limit >> 20
+            ));
+        }
+        self.files.push((name, bytes));
+        Ok(())
+    }
+}
+
 /// The answer for a job's output files (names relative to their output folder): one file's
 /// bytes, or all of them zipped (stored, not compressed, as the supervisor zips), in base64.
 pub fn answer_of(mut files: Vec<(String, Vec<u8>)>) -> Result<String, String> {
@@ -121,6 +147,26 @@ mod tests {
         std::io::Read::read_to_string(&mut archive.by_name("dir/b.txt").expect("entry"), &mut b)
             .expect("read");
         assert_eq!(b, "BB");
+    }
+
+    #[test]
+    fn outputs_over_the_budget_are_refused_before_more_is_fetched() {
+        let mut outputs = Outputs::default();
+        outputs
+            .add("a".into(), vec![0; 3 << 20], 4 << 20)
+            .expect("within");
+        let err = outputs
+            .add("b".into(), vec![0; 2 << 20], 4 << 20)
+            .expect_err("over");
+        assert!(
+            err.contains("over 4 MiB") && err.contains("POST /job"),
+            "{err}"
+        );
+        assert_eq!(
+            outputs.files.len(),
+            1,
+            "the one over the budget is not kept"
+        );
     }
 
     #[test]
