@@ -67,6 +67,7 @@ packages=(
   docker-registry skopeo umoci busybox-static                   # OCI tests: registry, pusher, image contents
   python3 python3-cryptography                                  # htpasswd hashes, the registry's token issuer
   crun runc                                                     # baselines of the OCI benchmark
+  containernetworking-plugins iptables                          # containers' own outbound network (CNI bridge, NAT)
   qemu-system-arm dosfstools mtools fdisk                       # emulated Pi booting a flashed card
   ca-certificates                                               # the CA bundle in Spillway's own images
   mosquitto mosquitto-clients curl openssl                      # MQTT against real brokers (TLS) and clients; HTTP invoke

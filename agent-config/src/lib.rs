@@ -91,6 +91,10 @@ struct RawOci {
     image_store_max: Option<Memory>,
     kill_grace_secs: Option<u64>,
     platform: Option<String>,
+    network_bridge: Option<String>,
+    network_subnet: Option<String>,
+    cni_path: Option<Vec<PathBuf>>,
+    cni_conflist: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -180,6 +184,58 @@ pub struct OciConfig {
     pub kill_grace: Duration,
     pub platform: platform::Platform,
     pub registries: registry::Registries,
+    pub network: ContainerNetwork,
+}
+
+/// How containers with `network: outbound` (the default) reach out: their own network
+/// namespace wired by the standard CNI plugins (Debian's `containernetworking-plugins`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerNetwork {
+    /// The built-in network's bridge (`oci.network_bridge`, `spillway0`).
+    pub bridge: String,
+    /// The built-in network's addresses (`oci.network_subnet`, `10.93.0.0/24`).
+    pub subnet: String,
+    /// Where CNI plugins are looked for (`oci.cni_path`).
+    pub cni_path: Vec<PathBuf>,
+    /// The operator's own CNI network list, used instead of the built-in bridge.
+    pub conflist: Option<PathBuf>,
+}
+
+impl ContainerNetwork {
+    /// Checks a bridge name (a Linux interface name) and a subnet (`A.B.C.D/N`, N from 8 to 30).
+    pub fn new(bridge: String, subnet: String) -> Result<Self, String> {
+        let ok_name = !bridge.is_empty()
+            && bridge.len() <= 15
+            && bridge
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok_name {
+            return Err(format!(
+                "oci.network_bridge `{bridge}`: an interface name of 1 to 15 letters, digits, '-' or '_'"
+            ));
+        }
+        let parsed = subnet.split_once('/').and_then(|(addr, len)| {
+            Some((
+                addr.parse::<std::net::Ipv4Addr>().ok()?,
+                len.parse::<u8>().ok()?,
+            ))
+        });
+        match parsed {
+            Some((addr, len))
+                if (8..=30).contains(&len) && u32::from(addr) & (u32::MAX >> len) == 0 => {}
+            _ => {
+                return Err(format!(
+                    "oci.network_subnet `{subnet}`: an IPv4 network such as 10.93.0.0/24 (prefix 8 to 30, no host bits set)"
+                ));
+            }
+        }
+        Ok(Self {
+            bridge,
+            subnet,
+            cni_path: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+            conflist: None,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -441,6 +497,17 @@ impl AgentConfig {
                         .map_err(|e| format!("oci.platform: {e}"))?,
                     None => platform::Platform::host(),
                 },
+                network: {
+                    let mut n = ContainerNetwork::new(
+                        raw.oci.network_bridge.unwrap_or_else(|| "spillway0".into()),
+                        raw.oci.network_subnet.unwrap_or_else(|| "10.93.0.0/24".into()),
+                    )?;
+                    if let Some(dirs) = raw.oci.cni_path {
+                        n.cni_path = dirs.iter().map(|d| abs(d)).collect();
+                    }
+                    n.conflist = raw.oci.cni_conflist.map(|p| abs(&p));
+                    n
+                },
                 registries: registry::Registries(
                     raw.registries
                         .into_iter()
@@ -510,6 +577,11 @@ impl AgentConfig {
         self.state_dir.join("containers")
     }
 
+    /// The network namespaces of this agent's running containers.
+    pub fn netns_dir(&self) -> PathBuf {
+        self.state_dir.join("netns")
+    }
+
     pub fn run_dir(&self) -> PathBuf {
         self.state_dir.join("run")
     }
@@ -576,6 +648,38 @@ mod tests {
             err.contains("line 4") && err.contains("`lots` is not a number"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_container_network_is_checked_and_its_paths_resolve_beside_the_config() {
+        let config = |oci: &str| {
+            AgentConfig::from_toml(
+                &format!("data_root = \"d\"\nstate_dir = \"s\"\n[oci]\n{oci}"),
+                Path::new("/etc/spillway"),
+            )
+        };
+        let default = config("").expect("defaults").oci.network;
+        assert_eq!(
+            (default.bridge.as_str(), default.subnet.as_str()),
+            ("spillway0", "10.93.0.0/24")
+        );
+        assert_eq!(default.conflist, None);
+        let own = config("cni_path = [\"cni\"]\ncni_conflist = \"lan.conflist\"\n")
+            .expect("own")
+            .oci
+            .network;
+        assert_eq!(own.cni_path, [PathBuf::from("/etc/spillway/cni")]);
+        assert_eq!(own.conflist, Some("/etc/spillway/lan.conflist".into()));
+        for (oci, says) in [
+            ("network_bridge = \"a-bridge-name-too-long\"", "1 to 15 letters"),
+            ("network_bridge = \"br 0\"", "oci.network_bridge"),
+            ("network_subnet = \"10.93.0.1/24\"", "no host bits"),
+            ("network_subnet = \"10.93.0.0/31\"", "prefix 8 to 30"),
+            ("network_subnet = \"fd00::/64\"", "an IPv4 network"),
+        ] {
+            let err = config(oci).expect_err(oci);
+            assert!(err.contains(says), "{oci}: {err}");
+        }
     }
 
     #[test]

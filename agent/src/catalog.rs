@@ -64,11 +64,17 @@ impl Runtimes {
             max_store_bytes: config.oci.image_store_max.0,
             kill_grace: config.oci.kill_grace,
             default_cpu: config.defaults.cpu.0,
+            network: config.oci.network.clone(),
         };
         Ok(Self {
             process: ProcessRuntime::new(&config.process_user)?,
             wasm: WasmRuntime::new(&config.wasm, config.wasm_cache_dir())?,
-            oci: OciRuntime::new(&config.images_dir(), &config.containers_dir(), oci)?,
+            oci: OciRuntime::new(
+                &config.images_dir(),
+                &config.containers_dir(),
+                &config.netns_dir(),
+                oci,
+            )?,
         })
     }
 

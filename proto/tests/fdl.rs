@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use spillway_proto::fdl::{self, LambdaTarget, Platform, ReplicaTarget, Runtime, Severity};
+use spillway_proto::fdl::{
+    self, LambdaTarget, NetworkMode, Platform, ReplicaTarget, Runtime, Severity,
+};
 use spillway_proto::quantity::{Bytes, Millicores};
 
 fn example(name: &str) -> PathBuf {
@@ -245,6 +247,55 @@ fn an_output_the_nodes_cannot_write_is_an_error_not_a_silent_drop() {
         errors
             .iter()
             .any(|e| e.contains("output to `onedata.hub`") && e.contains("cannot write")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_container_gets_outbound_network_unless_it_says_none_or_host() {
+    let entry = |extra: &str| {
+        parse(&format!(
+            "functions:\n  oscar:\n  - edge:\n      name: f\n      image: alpine\n{extra}"
+        ))
+    };
+    let mode = |extra: &str| {
+        let (fdl, _) = entry(extra).into_result().expect("valid");
+        NetworkMode::of(&fdl.functions[0].extra)
+    };
+    assert_eq!(mode(""), NetworkMode::Outbound, "OSCAR pods reach out");
+    assert_eq!(mode("      network: true\n"), NetworkMode::Outbound);
+    assert_eq!(mode("      network: outbound\n"), NetworkMode::Outbound);
+    assert_eq!(mode("      network: none\n"), NetworkMode::None);
+    assert_eq!(mode("      network: false\n"), NetworkMode::None);
+    assert_eq!(mode("      network: host\n"), NetworkMode::Host);
+
+    let errors = messages(&entry("      network: bridged\n"), Severity::Error);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("unknown network `bridged`")
+                && e.contains("outbound (the default), none, host")
+                && e.contains("test.yaml:6")),
+        "{errors:?}"
+    );
+    let process = parse(
+        "functions:\n  oscar:\n  - edge:\n      name: f\n      command: [/bin/true]\n      network: none\n",
+    );
+    let errors = messages(&process, Severity::Error);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("cannot be cut off") && e.contains("runtime: oci")),
+        "{errors:?}"
+    );
+    let wasm = parse(
+        "functions:\n  oscar:\n  - edge:\n      name: f\n      module: f.wasm\n      network: outbound\n",
+    );
+    let errors = messages(&wasm, Severity::Error);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("WASI module has no sockets")),
         "{errors:?}"
     );
 }

@@ -5,91 +5,14 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use support::containers::{assert_nothing_left, fdl, function, leftovers, reason, wait_finished};
 use support::oci::{
     ImageSpec, Registry, busybox_archive, gzip, host_arch, layer, skopeo_copy, write_docker_save,
 };
 use support::{Node, files_under, wait_until};
-
-fn function(name: &str, image: &str, script: Option<&str>, extra: &str) -> String {
-    let script = script.map_or(String::new(), |s| format!("      script: {s}\n"));
-    format!(
-        "  - edge:\n      name: {name}\n      image: {image}\n{script}      timeout: 30\n{extra}      input: [{{storage_provider: minio.default, path: {name}/in}}]\n      output: [{{storage_provider: minio.default, path: {name}/out}}]\n"
-    )
-}
-
-fn fdl(functions: &[String]) -> String {
-    format!("functions:\n  oscar:\n{}", functions.concat())
-}
-
-/// The finished job of `input` (`name/in/file`): (id prefix, state), once it has ended
-/// (`Delivering` is not the end: outputs are still being moved into place).
-fn finished(node: &Node, input: &str) -> Option<(String, String)> {
-    node.jobs().iter().find_map(|row| {
-        let cols: Vec<&str> = row.split_whitespace().collect();
-        (cols.len() >= 4 && cols[3] == input && matches!(cols[1], "Succeeded" | "Failed"))
-            .then(|| (cols[0].to_owned(), cols[1].to_owned()))
-    })
-}
-
-fn wait_finished(node: &Node, input: &str, within: Duration) -> (String, String) {
-    let mut found = None;
-    wait_until(within, || {
-        found = finished(node, input);
-        found.is_some()
-    });
-    found.unwrap_or_else(|| panic!("{input} did not finish; agent log:\n{}", node.log()))
-}
-
-fn reason(node: &Node, id: &str) -> String {
-    let (_, log, _) = node.agent_cli(&["logs", id]);
-    log.lines()
-        .find_map(|l| l.strip_prefix("reason:"))
-        .map(|r| r.trim().to_owned())
-        .unwrap_or_else(|| panic!("no reason in:\n{log}"))
-}
-
-/// Containers, cgroups and mounts of this node that still exist.
-fn leftovers(node: &Node) -> Vec<String> {
-    let containers = node.path("state/containers");
-    let mut left: Vec<String> = std::fs::read_dir(&containers)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| format!("container state {}", e.path().display()))
-        .collect();
-    // The agent's cgroup parent is /spillway/<first 12 hex of sha256(containers dir)>.
-    let key = &hex::encode(Sha256::digest(containers.as_os_str().as_encoded_bytes()))[..12];
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    for line in mounts.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2") {
-            let parent = Path::new(f[1]).join("spillway").join(key);
-            for e in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
-                if e.path().is_dir() {
-                    left.push(format!("cgroup {}", e.path().display()));
-                }
-            }
-        }
-        if line.contains(&*node.dir.path().to_string_lossy()) {
-            left.push(format!("mount {line}"));
-        }
-    }
-    left
-}
-
-/// Waits up to 10 s for the node's containers, cgroups and mounts to be gone; fails naming what
-/// is left.
-fn assert_nothing_left(node: &Node) {
-    assert!(
-        wait_until(Duration::from_secs(10), || leftovers(node).is_empty()),
-        "left behind: {:?}",
-        leftovers(node)
-    );
-}
 
 /// Pushes a three-platform busybox image to `registry` as `repo:1`; returns the image layout's
 /// manifest digests.
@@ -185,7 +108,8 @@ fn a_function_runs_in_a_container_pulled_from_a_registry_isolated_and_for_this_p
         "NoNewPrivs:1",
         "rootfs=ro",
         "input=ro",
-        "net=lo ",
+        // Its own namespace on the node's bridge (`network: outbound`, the default).
+        "net=eth0 lo ",
     ] {
         assert!(
             probe.lines().any(|l| l == want || l.starts_with(want)),
@@ -296,7 +220,7 @@ fn memory_pids_and_timeout_limits_are_enforced_by_the_kernel() {
 }
 
 #[test]
-fn an_agent_killed_mid_job_leaves_no_container_cgroup_or_mount_behind() {
+fn an_agent_killed_mid_job_leaves_no_container_cgroup_mount_or_network_behind() {
     let tmp = tempfile::tempdir().expect("tmp");
     let archive = tmp.path().join("busybox.tar");
     write_docker_save(&archive, "localhost/busybox:saved");
@@ -323,9 +247,12 @@ fn an_agent_killed_mid_job_leaves_no_container_cgroup_or_mount_behind() {
         node.log()
     );
     node.kill9();
+    let left = leftovers(&node);
     assert!(
-        !leftovers(&node).is_empty(),
-        "a SIGKILLed agent cannot clean up; the test would prove nothing"
+        left.iter().any(|l| l.starts_with("address lease"))
+            && left.iter().any(|l| l.starts_with("iptables rule"))
+            && left.iter().any(|l| l.starts_with("network namespace file")),
+        "a SIGKILLed agent cannot clean up its container's network; the test would prove nothing: {left:?}"
     );
     node.start();
     assert!(
@@ -335,7 +262,10 @@ fn an_agent_killed_mid_job_leaves_no_container_cgroup_or_mount_behind() {
     );
     assert!(
         node.log()
-            .contains("removed containers left running by a previous agent"),
+            .contains("removed containers left running by a previous agent")
+            && node
+                .log()
+                .contains("released container networks left by a previous agent"),
         "{}",
         node.log()
     );

@@ -34,6 +34,8 @@ pub enum PrepareError {
     },
     /// function `{function}`: {message}
     BadImage { function: String, message: String },
+    /// function `{function}`: {message}
+    Network { function: String, message: String },
     /// wasm engine: {0}
     Engine(String),
 }

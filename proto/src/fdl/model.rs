@@ -66,6 +66,56 @@ impl fmt::Display for Runtime {
     }
 }
 
+/// The network a container function gets (`network:` in the FDL; carried in
+/// [`FunctionDef::extra`] so older agents keep reading their deployments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// Its own network namespace with an address on the node's bridge and outbound traffic
+    /// masqueraded, as an OSCAR pod has (the default; `network: true` too).
+    Outbound,
+    /// Its own namespace with only a loopback device (`network: none`, or `false`).
+    None,
+    /// The node's own network namespace (`network: host`), only when asked.
+    Host,
+}
+
+impl NetworkMode {
+    pub const NAMES: &'static str = "outbound (the default), none, host";
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "outbound" | "true" | "yes" | "on" => Some(Self::Outbound),
+            "none" | "false" | "no" | "off" => Some(Self::None),
+            "host" => Some(Self::Host),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::None => "none",
+            Self::Host => "host",
+        }
+    }
+
+    /// What a deployment asks for: `extra.network` as a name, or as the boolean that agents
+    /// before the outbound default sent (`true` then meant the host's network; it now means the
+    /// outbound default, which reaches the same places without sharing the node's).
+    pub fn of(extra: &BTreeMap<String, serde_json::Value>) -> Self {
+        match extra.get("network") {
+            Some(serde_json::Value::String(s)) => Self::from_name(s).unwrap_or(Self::None),
+            Some(serde_json::Value::Bool(false)) => Self::None,
+            _ => Self::Outbound,
+        }
+    }
+
+    /// Whether the function said so itself (and not just took the default).
+    pub fn explicit(extra: &BTreeMap<String, serde_json::Value>) -> Option<Self> {
+        extra.contains_key("network").then(|| Self::of(extra))
+    }
+}
+
 /// One function (an OSCAR service or a SCAR Lambda function).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionDef {

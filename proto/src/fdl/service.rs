@@ -208,13 +208,31 @@ fn parse_service_as(
         .field("memory")
         .and_then(|(n, p)| read_memory(diags, n, &p, scar));
     // Read here (so they are checked, not warned about) and carried in `extra`: OSCAR's
-    // `image_prefetch` pulls the image at deploy time; Spillway's `network: true` gives a
-    // container the host's network instead of an empty private one.
-    for flag in ["image_prefetch", "network"] {
-        if let Some(b) = f.field(flag).and_then(|(n, p)| boolean(diags, n, &p)) {
-            extra.insert(flag.into(), serde_json::Value::Bool(b));
-        }
+    // `image_prefetch` pulls the image at deploy time; `network` picks a container's network.
+    if let Some(b) = f
+        .field("image_prefetch")
+        .and_then(|(n, p)| boolean(diags, n, &p))
+    {
+        extra.insert("image_prefetch".into(), serde_json::Value::Bool(b));
     }
+    let network = f.field("network").and_then(|(n, p)| {
+        let s = scalar(diags, n, &p)?;
+        match NetworkMode::from_name(s.as_str()) {
+            Some(mode) => Some((mode, n, p)),
+            None => {
+                diags.error(
+                    s.span(),
+                    &p,
+                    format!(
+                        "unknown network `{}`: expected one of {}",
+                        s.as_str(),
+                        NetworkMode::NAMES
+                    ),
+                );
+                None
+            }
+        }
+    });
     let mut input = f
         .field("input")
         .map(|(n, p)| read_storage_refs(diags, n, &p, None))
@@ -314,6 +332,13 @@ fn parse_service_as(
         &module,
         &command,
     );
+    if let (Some((mode, n, p)), Some(runtime)) = (&network, runtime) {
+        check_network(diags, n, p, *mode, runtime);
+        extra.insert(
+            "network".into(),
+            serde_json::Value::String(mode.name().to_owned()),
+        );
+    }
     let errors_after = diags.items.iter().filter(|d| d.is_error()).count();
     if errors_after > errors_before {
         return None;
@@ -390,6 +415,35 @@ fn resolve_runtime(
         return None;
     }
     runtime
+}
+
+/// Only a container can be given a network of its own: a `process` function is on the node's,
+/// a WASI module has no sockets.
+fn check_network(
+    diags: &mut Diagnostics,
+    node: &Node,
+    path: &str,
+    mode: NetworkMode,
+    runtime: Runtime,
+) {
+    match (runtime, mode) {
+        (Runtime::Oci, _) | (Runtime::Process, NetworkMode::Host) | (Runtime::Wasm, NetworkMode::None) => {}
+        (Runtime::Process, NetworkMode::None) => diags.error(
+            node.span(),
+            path,
+            "a `process` function runs in the node's own network and cannot be cut off from it; run it as `runtime: oci` (an image) to get `network: none`",
+        ),
+        (Runtime::Process, NetworkMode::Outbound) => diags.warn(
+            node.span(),
+            path,
+            "a `process` function runs in the node's own network (as `network: host`)",
+        ),
+        (Runtime::Wasm, _) => diags.error(
+            node.span(),
+            path,
+            "a WASI module has no sockets here (WASI preview 1): drop `network`, or run the function as an image",
+        ),
+    }
 }
 
 fn check_name(

@@ -331,14 +331,15 @@ impl Testbed {
     }
 
     /// Applies `checksum`: a container function (the arm64 image) whose script writes the
-    /// machine, the input's SHA-256, its cgroup, the memory limit and its seccomp state.
+    /// machine, the input's SHA-256, its cgroup, the memory limit and its seccomp state. It
+    /// needs no network (`network: none`): the busybox OS on the card has no CNI plugins.
     pub fn deploy_checksum(&self) {
         let w = self.work.path();
         let fdl = w.join("functions.yaml");
         std::fs::write(
             &fdl,
             format!(
-                "functions:\n  oscar:\n  - edge:\n      name: checksum\n      image: {}\n      script: checksum.sh\n      memory: 64Mi\n      timeout: 120\n      input: [{{storage_provider: minio.default, path: checksum/in}}]\n      output: [{{storage_provider: minio.default, path: checksum/out}}]\n",
+                "functions:\n  oscar:\n  - edge:\n      name: checksum\n      image: {}\n      script: checksum.sh\n      memory: 64Mi\n      network: none\n      timeout: 120\n      input: [{{storage_provider: minio.default, path: checksum/in}}]\n      output: [{{storage_provider: minio.default, path: checksum/out}}]\n",
                 self.image
             ),
         )

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod board;
+pub mod containers;
 pub mod kube;
 pub mod mqtt;
 pub mod netns;

@@ -7,6 +7,7 @@
 //! config (`Env`, `WorkingDir`, `User`, entrypoint). Leftovers of an agent that died mid-job
 //! are collected when the next one starts ([`collect_garbage`]).
 
+pub mod network;
 pub mod shim;
 pub mod spec;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use spillway_proto::FunctionDef;
+use spillway_proto::fdl::NetworkMode;
 use spillway_proto::quantity::Bytes;
 use tokio::process::Command;
 
@@ -26,6 +28,7 @@ use super::{Executor, Exit, Outcome, PrepareError, RunFuture, Runtime, StagedJob
 use crate::capture::Captured;
 use crate::image::store::{Lease, canonical_reference};
 use crate::image::{ImageError, ImageRecord, ImageStore, Platform, pull};
+use network::Networks;
 use shim::{CONFIG_FILE, RESULT_FILE, ShimConfig, ShimResult};
 use spillway_agent_config::registry::Registries;
 
@@ -47,6 +50,8 @@ pub struct OciSettings {
     pub kill_grace: Duration,
     /// CPU of a function that does not say (the agent's `defaults.cpu`), in millicores.
     pub default_cpu: u64,
+    /// How `network: outbound` containers are wired.
+    pub network: spillway_agent_config::ContainerNetwork,
 }
 
 #[derive(Debug)]
@@ -57,13 +62,16 @@ pub struct OciRuntime {
     state_root: PathBuf,
     /// This agent's cgroup parent (`/spillway/<key>`): two agents on one host never collide.
     cgroup_parent: String,
+    networks: Arc<Networks>,
 }
 
 impl OciRuntime {
-    /// Opens the image store and collects what a previous agent left behind.
+    /// Opens the image store and collects what a previous agent left behind (in `containers`
+    /// and in `netns`, the namespaces of its containers' networks).
     pub fn new(
         images: &Path,
         containers: &Path,
+        netns: &Path,
         settings: OciSettings,
     ) -> Result<Self, PrepareError> {
         let store = ImageStore::open(images).map_err(|e| PrepareError::Engine(e.to_string()))?;
@@ -82,11 +90,21 @@ impl OciRuntime {
                 "removed containers left running by a previous agent"
             );
         }
+        let networks =
+            Networks::new(&settings.network, netns, &key).map_err(PrepareError::Engine)?;
+        let released = networks.sweep();
+        if released > 0 {
+            tracing::warn!(
+                released,
+                "released container networks left by a previous agent"
+            );
+        }
         Ok(Self {
             store: Arc::new(store),
             settings: Arc::new(settings),
             state_root: containers.to_path_buf(),
             cgroup_parent,
+            networks: Arc::new(networks),
         })
     }
 
@@ -125,11 +143,22 @@ impl Runtime for OciRuntime {
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false)
         };
+        let network = NetworkMode::of(&function.extra);
+        if network == NetworkMode::Outbound {
+            let missing = self.networks.missing_plugins();
+            if !missing.is_empty() {
+                return Err(PrepareError::Network {
+                    function: function.name.clone(),
+                    message: self.networks.missing_message(&missing),
+                });
+            }
+        }
         let f = Arc::new(Function {
             name: function.name.clone(),
             reference,
             script: function.script.clone(),
-            network: flag("network"),
+            network,
+            networks: self.networks.clone(),
             memory: function.memory.map(|m| m.0),
             cpu_millis: function.cpu.map_or(self.settings.default_cpu, |c| c.0),
             store: self.store.clone(),
@@ -171,7 +200,8 @@ struct Function {
     name: String,
     reference: String,
     script: Option<PathBuf>,
-    network: bool,
+    network: NetworkMode,
+    networks: Arc<Networks>,
     memory: Option<u64>,
     cpu_millis: u64,
     store: Arc<ImageStore>,
@@ -318,16 +348,42 @@ impl Function {
         };
         let short = &job.job_id[..job.job_id.len().min(16)];
         let id = format!("{short}-{}", NEXT_CONTAINER.fetch_add(1, Ordering::Relaxed));
-        let cgroups_path = format!("{}/{id}", self.cgroup_parent);
         let bundle = job.work_dir.join("oci");
-        if let Err(reason) = self.write_bundle(&bundle, &id, &cgroups_path, &lower, &launch, &job) {
-            return failed(reason);
-        }
-        let supervised = supervise(&self.settings, &bundle, &job).await;
-        // The shim removes its container; if it was killed, this does.
+        let network = match self.network {
+            NetworkMode::None => spec::Network::Isolated,
+            NetworkMode::Host => spec::Network::Host,
+            NetworkMode::Outbound => {
+                let (networks, netns_id) = (self.networks.clone(), id.clone());
+                match tokio::task::spawn_blocking(move || networks.attach(&netns_id)).await {
+                    Ok(Ok(netns)) => spec::Network::Joined(netns),
+                    Ok(Err(e)) => {
+                        return failed(format!(
+                            "cannot give the container its network: {e} (`network: none` in the FDL runs it without one)"
+                        ));
+                    }
+                    Err(e) => return failed(format!("cannot give the container its network: {e}")),
+                }
+            }
+        };
+        let joined = matches!(network, spec::Network::Joined(_));
+        let supervised = match self.write_bundle(&bundle, &id, &lower, &launch, &job, network) {
+            Ok(()) => Ok(supervise(&self.settings, &bundle, &job).await),
+            Err(reason) => Err(reason),
+        };
+        // The shim removes its container; if it was killed, this does. Then its network goes.
         let (state_root, cleanup_id) = (self.state_root.clone(), id.clone());
-        let _ =
-            tokio::task::spawn_blocking(move || remove_container(&state_root, &cleanup_id)).await;
+        let networks = self.networks.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            remove_container(&state_root, &cleanup_id);
+            if joined {
+                networks.detach(&cleanup_id);
+            }
+        })
+        .await;
+        let supervised = match supervised {
+            Ok(s) => s,
+            Err(reason) => return failed(reason),
+        };
         let result: Option<ShimResult> = std::fs::read(bundle.join(RESULT_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
@@ -352,14 +408,15 @@ impl Function {
         &self,
         bundle: &Path,
         id: &str,
-        cgroups_path: &str,
         lower: &Path,
         launch: &Launch,
         job: &StagedJob,
+        network: spec::Network,
     ) -> Result<(), String> {
+        let cgroups_path = format!("{}/{id}", self.cgroup_parent);
         let plan = spec::Plan {
             hostname: self.name.clone(),
-            cgroups_path: cgroups_path.to_owned(),
+            cgroups_path: cgroups_path.clone(),
             args: launch.args.clone(),
             env: launch.env.clone(),
             cwd: launch.cwd.clone(),
@@ -371,7 +428,8 @@ impl Function {
             memory: self.memory.or(Some(job.memory_limit)).filter(|m| *m > 0),
             cpu_millis: Some(self.cpu_millis),
             pids: self.settings.pids_limit,
-            network: self.network,
+            resolv_conf: network::resolv_conf(matches!(network, spec::Network::Joined(_))),
+            network,
             tmp_size: self.settings.tmp_size,
         };
         let spec =
@@ -386,7 +444,7 @@ impl Function {
             lower: lower.to_path_buf(),
             upper: job.work_dir.join("oci-upper"),
             work: job.work_dir.join("oci-work"),
-            cgroups_path: cgroups_path.to_owned(),
+            cgroups_path: cgroups_path.clone(),
             grace_secs: self.settings.kill_grace.as_secs().max(1) as u32,
         };
         std::fs::write(

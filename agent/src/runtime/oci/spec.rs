@@ -1,5 +1,5 @@
 //! The OCI runtime spec of one job: runc's defaults (pid, mount, ipc, uts, cgroup and network
-//! namespaces; masked and read-only /proc paths; no devices) tightened for functions: read-only
+//! namespaces, the network one joined or left out as the function asks; masked and read-only /proc paths; no devices) tightened for functions: read-only
 //! root with a tmpfs `/tmp`, the job's input read-only and its output writable, the FDL script
 //! mounted where OSCAR mounts it, memory/CPU/pids limits, `no_new_privileges`, a reduced
 //! capability set and a seccomp profile that refuses what a function never needs.
@@ -103,9 +103,21 @@ pub struct Plan {
     pub memory: Option<u64>,
     pub cpu_millis: Option<u64>,
     pub pids: i64,
-    /// Share the host's network (the function asked for it) instead of a private, empty one.
-    pub network: bool,
+    pub network: Network,
+    /// Bind-mounted read-only as the container's `/etc/resolv.conf` when it has a network.
+    pub resolv_conf: Option<PathBuf>,
     pub tmp_size: u64,
+}
+
+/// The container's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// A new, empty one (`network: none`): only a loopback device.
+    Isolated,
+    /// One the agent made and had wired (`network: outbound`), a bind-mounted namespace file.
+    Joined(PathBuf),
+    /// The host's own (`network: host`).
+    Host,
 }
 
 fn mount(dest: &str, typ: &str, source: &Path, options: &[&str]) -> Result<Mount, String> {
@@ -183,13 +195,12 @@ pub fn build(plan: &Plan) -> Result<Spec, String> {
             &["bind", "ro", "nosuid", "nodev"],
         )?);
     }
-    if plan.network && Path::new("/etc/resolv.conf").exists() {
-        mounts.push(mount(
-            "/etc/resolv.conf",
-            "bind",
-            Path::new("/etc/resolv.conf"),
-            &["bind", "ro"],
-        )?);
+    if let Some(resolv) = plan
+        .resolv_conf
+        .as_deref()
+        .filter(|_| plan.network != Network::Isolated)
+    {
+        mounts.push(mount("/etc/resolv.conf", "bind", resolv, &["bind", "ro"])?);
     }
     spec.set_mounts(Some(mounts));
 
@@ -197,10 +208,19 @@ pub fn build(plan: &Plan) -> Result<Spec, String> {
         return Err("the default spec has no linux section".to_owned());
     };
     linux.set_cgroups_path(Some(PathBuf::from(&plan.cgroups_path)));
-    if plan.network
-        && let Some(ns) = linux.namespaces_mut()
-    {
-        ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
+    if let Some(ns) = linux.namespaces_mut() {
+        match &plan.network {
+            Network::Isolated => {}
+            Network::Host => ns.retain(|n| n.typ() != LinuxNamespaceType::Network),
+            Network::Joined(path) => {
+                for n in ns
+                    .iter_mut()
+                    .filter(|n| n.typ() == LinuxNamespaceType::Network)
+                {
+                    n.set_path(Some(path.clone()));
+                }
+            }
+        }
     }
     if let Some(resources) = linux.resources_mut() {
         if let Some(limit) = plan.memory {
@@ -309,7 +329,8 @@ mod tests {
             memory: Some(64 << 20),
             cpu_millis: Some(500),
             pids: 64,
-            network: false,
+            network: Network::Isolated,
+            resolv_conf: Some("/etc/resolv.conf".into()),
             tmp_size: 16 << 20,
         }
     }
@@ -386,19 +407,50 @@ mod tests {
         assert_eq!(find("/tmp").expect("tmp").typ().as_deref(), Some("tmpfs"));
     }
 
-    #[test]
-    fn a_function_that_asks_for_the_network_shares_the_hosts() {
-        let spec = build(&Plan {
-            network: true,
-            ..plan()
-        })
-        .expect("spec");
+    fn network_of(spec: &Spec) -> Option<oci_spec::runtime::LinuxNamespace> {
         let ns = spec
             .linux()
             .as_ref()
             .and_then(|l| l.namespaces().clone())
             .expect("ns");
-        assert!(!ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
         assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
+        ns.into_iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+    }
+
+    fn resolv_of(spec: &Spec) -> Option<PathBuf> {
+        spec.mounts()
+            .as_ref()
+            .expect("mounts")
+            .iter()
+            .find(|m| m.destination() == Path::new("/etc/resolv.conf"))
+            .and_then(|m| m.source().clone())
+    }
+
+    #[test]
+    fn a_function_gets_the_network_it_asked_for() {
+        let none = build(&plan()).expect("spec");
+        let private = network_of(&none).expect("a private namespace");
+        assert_eq!(private.path(), &None, "a new, empty namespace");
+        assert_eq!(resolv_of(&none), None, "no resolver without a network");
+
+        let outbound = build(&Plan {
+            network: Network::Joined("/state/netns/job-1".into()),
+            ..plan()
+        })
+        .expect("spec");
+        assert_eq!(
+            network_of(&outbound).expect("joined").path(),
+            &Some(PathBuf::from("/state/netns/job-1"))
+        );
+        assert_eq!(resolv_of(&outbound), Some("/etc/resolv.conf".into()));
+
+        let host = build(&Plan {
+            network: Network::Host,
+            ..plan()
+        })
+        .expect("spec");
+        assert!(network_of(&host).is_none(), "the host's namespace");
+        assert_eq!(resolv_of(&host), Some("/etc/resolv.conf".into()));
     }
 }
