@@ -595,6 +595,9 @@ impl AgentConfig {
     pub fn input_of(&self, id: spillway_proto::JobId, event: &spillway_proto::Event) -> PathBuf {
         match event {
             spillway_proto::Event::File(f) => f.key.under(&self.data_root.join(&f.bucket)),
+            spillway_proto::Event::FileAgain(w) => {
+                w.file.key.under(&self.data_root.join(&w.file.bucket))
+            }
             spillway_proto::Event::Mqtt(m) => {
                 m.file_name.under(&self.inbox_dir().join(id.to_string()))
             }
@@ -671,7 +674,10 @@ mod tests {
         assert_eq!(own.cni_path, [PathBuf::from("/etc/spillway/cni")]);
         assert_eq!(own.conflist, Some("/etc/spillway/lan.conflist".into()));
         for (oci, says) in [
-            ("network_bridge = \"a-bridge-name-too-long\"", "1 to 15 letters"),
+            (
+                "network_bridge = \"a-bridge-name-too-long\"",
+                "1 to 15 letters",
+            ),
             ("network_bridge = \"br 0\"", "oci.network_bridge"),
             ("network_subnet = \"10.93.0.1/24\"", "no host bits"),
             ("network_subnet = \"10.93.0.0/31\"", "prefix 8 to 30"),

@@ -18,6 +18,9 @@ const GUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("guests");
 const RETURNED: TableDefinition<&[u8], &str> = TableDefinition::new("returned");
 /// MQTT messages seen, by topic and payload hash: how many, and the last one's delivery.
 const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+/// `bucket/key` → [`WriteStamp`]: which write of a file was seen last, so that every new write
+/// is a new job and a rescan of the same write is not.
+const WRITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("writes");
 
 /// Leading byte of every encoded record, so a future layout can be told apart.
 const RECORD_VERSION: u8 = 1;
@@ -156,6 +159,36 @@ pub struct SeenFile {
     pub sha256: [u8; 32],
 }
 
+/// The last write of a file seen in a bucket folder: its size, modification time and inode
+/// (a file stored whole is a new inode, even within one tick of the clock), and how many writes
+/// of the key were seen (1 for the first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteStamp {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub inode: u64,
+    pub occurrence: u64,
+}
+
+impl WriteStamp {
+    /// The stamp of a file as it is now, given the last one seen for its key: the same write
+    /// again (a rescan, a repeated notification) keeps its occurrence; a new size, modification
+    /// time or inode is the next write, whatever the content.
+    pub fn next(last: Option<WriteStamp>, size: u64, mtime_ns: i128, inode: u64) -> WriteStamp {
+        let occurrence = match last {
+            None => 1,
+            Some(l) if (l.size, l.mtime_ns, l.inode) == (size, mtime_ns, inode) => l.occurrence,
+            Some(l) => l.occurrence.saturating_add(1),
+        };
+        WriteStamp {
+            size,
+            mtime_ns,
+            inode,
+            occurrence,
+        }
+    }
+}
+
 /// The last MQTT message with a given topic and payload: how many arrived, and how the last
 /// one was delivered (to tell a broker's redelivery from a new message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +213,8 @@ pub enum Change {
     SeenFile(String, SeenFile),
     /// An MQTT message already made into its jobs, to tell a redelivery from a new message.
     SeenMessage(Vec<u8>, MessageSeen),
+    /// The last write seen of a bucket file (`bucket/key`).
+    Written(String, WriteStamp),
     /// The job moves on: `Running` counts an attempt and stamps its start, a final state its end.
     Move { id: JobId, to: JobState, at_ms: u64 },
     /// The coordinator returned the job: queued, and never offered again.
@@ -200,7 +235,8 @@ impl Change {
             | Change::Guest(..)
             | Change::GuestAcked(_)
             | Change::SeenFile(..)
-            | Change::SeenMessage(..) => return Ok(()),
+            | Change::SeenMessage(..)
+            | Change::Written(..) => return Ok(()),
         };
         if to != record.state && !record.state.can_become(&to) {
             return Err(JournalError::IllegalTransition(
@@ -246,6 +282,7 @@ impl Journal {
             txn.open_table(GUESTS)?;
             txn.open_table(RETURNED)?;
             txn.open_table(MESSAGES)?;
+            txn.open_table(WRITES)?;
             txn.commit()?;
             Ok(db)
         };
@@ -301,6 +338,12 @@ impl Journal {
                         txn.open_table(MESSAGES)
                             .map_err(redb::Error::from)?
                             .insert(key.as_slice(), encode(seen).as_slice())
+                            .map_err(redb::Error::from)?;
+                    }
+                    Change::Written(key, stamp) => {
+                        txn.open_table(WRITES)
+                            .map_err(redb::Error::from)?
+                            .insert(key.as_bytes(), encode(stamp).as_slice())
                             .map_err(redb::Error::from)?;
                     }
                     Change::Move { id, .. }
@@ -395,6 +438,14 @@ impl Journal {
         let files = txn.open_table(FILES).map_err(redb::Error::from)?;
         let value = files.get(file_key.as_bytes()).map_err(redb::Error::from)?;
         value.map(|v| decode(file_key, v.value())).transpose()
+    }
+
+    /// The last write seen of bucket file `key` (`bucket/key`).
+    pub fn last_write(&self, key: &str) -> Result<Option<WriteStamp>, JournalError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(WRITES).map_err(redb::Error::from)?;
+        let value = table.get(key.as_bytes()).map_err(redb::Error::from)?;
+        value.map(|v| decode(key, v.value())).transpose()
     }
 
     pub fn message_seen(&self, key: &[u8]) -> Result<Option<MessageSeen>, JournalError> {

@@ -49,14 +49,14 @@ pub fn open_input(
     id: spillway_proto::JobId,
     event: &spillway_proto::Event,
 ) -> std::io::Result<std::fs::File> {
-    match event {
-        spillway_proto::Event::File(f) => {
+    match event.as_file() {
+        Some(f) => {
             let rel = Path::new(&f.bucket).join(f.key.as_str());
             Beneath::open(&config.data_root)
                 .and_then(|root| root.open_file(&rel))
                 .map_err(crate::beneath::BeneathError::into_io)
         }
-        spillway_proto::Event::Mqtt(_) => std::fs::File::open(config.input_of(id, event)),
+        None => std::fs::File::open(config.input_of(id, event)),
     }
 }
 

@@ -191,6 +191,14 @@ pub struct Stored {
     pub node: String,
     pub path: String,
     pub sha256: String,
+    /// Which write of this path the node has seen (1 for the first): every write is a new job
+    /// of the functions watching it.
+    #[serde(default = "first_write")]
+    pub write: u64,
+}
+
+fn first_write() -> u64 {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

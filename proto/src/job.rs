@@ -43,8 +43,33 @@ impl<'de> Deserialize<'de> for JobId {
 pub struct JobIdError(String);
 
 impl JobId {
-    /// The one place a job id is computed.
+    /// The id of the job an event makes (see [`JobId::derive_nth`] for writes after the first).
     pub fn derive(origin: &str, function: &str, key: &str, content_sha256: &[u8; 32]) -> Self {
+        Self::hashed(origin, function, key, content_sha256, None)
+    }
+
+    /// The id of the `occurrence`-th write of the same key with the same content (the first is
+    /// [`JobId::derive`]'s): OSCAR runs every upload, identical ones included. The occurrence
+    /// goes after the fixed-length content hash, so no id of a first write can equal it.
+    pub fn derive_nth(
+        origin: &str,
+        function: &str,
+        key: &str,
+        content_sha256: &[u8; 32],
+        occurrence: u64,
+    ) -> Self {
+        let nth = (occurrence > 1).then_some(occurrence);
+        Self::hashed(origin, function, key, content_sha256, nth)
+    }
+
+    /// The one place a job id is computed.
+    fn hashed(
+        origin: &str,
+        function: &str,
+        key: &str,
+        content_sha256: &[u8; 32],
+        occurrence: Option<u64>,
+    ) -> Self {
         let mut h = Sha256::new();
         // Length-prefix every part so ("ab","c") and ("a","bc") never collide.
         for part in [
@@ -57,6 +82,9 @@ impl JobId {
             h.update(part);
         }
         h.update(content_sha256);
+        if let Some(n) = occurrence {
+            h.update(n.to_le_bytes());
+        }
         let digest = h.finalize();
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
@@ -103,6 +131,17 @@ impl fmt::Debug for JobId {
 pub enum Event {
     File(FileEvent),
     Mqtt(Box<MqttEvent>),
+    /// A file written again under a key written before (see [`FileWrite`]).
+    FileAgain(Box<FileWrite>),
+}
+
+/// The `occurrence`-th write (2 or more) of a key into a bucket folder: a new modification time
+/// or size, whatever the content. The first write stays an [`Event::File`], so the ids of jobs
+/// made before writes were counted do not change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileWrite {
+    pub file: FileEvent,
+    pub occurrence: u64,
 }
 
 /// A message received on a function's MQTT trigger; the payload is the job's input file.
@@ -136,10 +175,29 @@ pub struct FileEvent {
 }
 
 impl Event {
+    /// The event of the `occurrence`-th write of a file (1 for the first).
+    pub fn written(file: FileEvent, occurrence: u64) -> Self {
+        if occurrence <= 1 {
+            Event::File(file)
+        } else {
+            Event::FileAgain(Box::new(FileWrite { file, occurrence }))
+        }
+    }
+
+    /// The file, for events that are files.
+    pub fn as_file(&self) -> Option<&FileEvent> {
+        match self {
+            Event::File(f) => Some(f),
+            Event::FileAgain(w) => Some(&w.file),
+            Event::Mqtt(_) => None,
+        }
+    }
+
     /// The input file's name (`FILE_NAME`).
     pub fn file_name(&self) -> &str {
         match self {
             Event::File(f) => f.key.file_name(),
+            Event::FileAgain(w) => w.file.key.file_name(),
             Event::Mqtt(m) => m.file_name.as_str(),
         }
     }
@@ -148,6 +206,7 @@ impl Event {
     pub fn source(&self) -> String {
         match self {
             Event::File(f) => format!("{}/{}", f.bucket, f.key),
+            Event::FileAgain(w) => format!("{}/{}", w.file.bucket, w.file.key),
             Event::Mqtt(m) => format!("mqtt:{}", m.topic),
         }
     }
@@ -155,6 +214,7 @@ impl Event {
     pub fn sha256(&self) -> &[u8; 32] {
         match self {
             Event::File(f) => &f.sha256,
+            Event::FileAgain(w) => &w.file.sha256,
             Event::Mqtt(m) => &m.sha256,
         }
     }
@@ -166,6 +226,13 @@ impl Event {
                 function,
                 &format!("{}/{}", f.bucket, f.key),
                 &f.sha256,
+            ),
+            Event::FileAgain(w) => JobId::derive_nth(
+                origin,
+                function,
+                &format!("{}/{}", w.file.bucket, w.file.key),
+                &w.file.sha256,
+                w.occurrence,
             ),
             Event::Mqtt(m) => JobId::derive(
                 origin,
@@ -182,28 +249,8 @@ impl Event {
     /// so scripts written for OSCAR that read `EVENT` keep working.
     pub fn to_json(&self, origin: &str, event_time_rfc3339: &str) -> serde_json::Value {
         match self {
-            Event::File(f) => {
-                let full_key = format!("{}/{}", f.bucket, f.key);
-                serde_json::json!({
-                    "EventName": "s3:ObjectCreated:Put",
-                    "Key": full_key,
-                    "Records": [{
-                        "eventVersion": "2.0",
-                        "eventSource": "spillway:folder",
-                        "eventTime": event_time_rfc3339,
-                        "eventName": "s3:ObjectCreated:Put",
-                        "s3": {
-                            "bucket": { "name": f.bucket },
-                            "object": {
-                                "key": f.key.as_str(),
-                                "size": f.size,
-                                "sha256": hex::encode(f.sha256),
-                            }
-                        },
-                        "source": { "host": origin }
-                    }]
-                })
-            }
+            Event::File(f) => file_json(f, origin, event_time_rfc3339),
+            Event::FileAgain(w) => file_json(&w.file, origin, event_time_rfc3339),
             Event::Mqtt(m) => serde_json::json!({
                 "EventName": "mqtt:Message",
                 "Key": m.topic,
@@ -225,6 +272,30 @@ impl Event {
             }),
         }
     }
+}
+
+/// A file event as the MinIO bucket notification OSCAR's supervisor passes on.
+fn file_json(f: &FileEvent, origin: &str, event_time_rfc3339: &str) -> serde_json::Value {
+    let full_key = format!("{}/{}", f.bucket, f.key);
+    serde_json::json!({
+        "EventName": "s3:ObjectCreated:Put",
+        "Key": full_key,
+        "Records": [{
+            "eventVersion": "2.0",
+            "eventSource": "spillway:folder",
+            "eventTime": event_time_rfc3339,
+            "eventName": "s3:ObjectCreated:Put",
+            "s3": {
+                "bucket": { "name": f.bucket },
+                "object": {
+                    "key": f.key.as_str(),
+                    "size": f.size,
+                    "sha256": hex::encode(f.sha256),
+                }
+            },
+            "source": { "host": origin }
+        }]
+    })
 }
 
 #[cfg(test)]
@@ -255,6 +326,41 @@ mod tests {
         assert_ne!(base, event("input/b.jpg", 1).job_id("pi-1", "fire"));
         assert_ne!(base, event("input/a.jpg", 1).job_id("pi-2", "fire"));
         assert_ne!(base, event("input/a.jpg", 1).job_id("pi-1", "smoke"));
+    }
+
+    #[test]
+    fn every_write_of_a_key_is_its_own_job_and_the_first_keeps_its_old_id() {
+        let Event::File(file) = event("input/a.jpg", 1) else {
+            unreachable!()
+        };
+        let first = Event::written(file.clone(), 1);
+        assert_eq!(
+            first,
+            Event::File(file.clone()),
+            "ids made before writes were counted stay"
+        );
+        // The id of a first write, computed as every earlier release did.
+        assert_eq!(
+            first.job_id("pi-1", "fire").to_string(),
+            JobId::derive("pi-1", "fire", "fire-detect/input/a.jpg", &[1; 32]).to_string()
+        );
+        let ids: Vec<JobId> = (1..=4)
+            .map(|n| Event::written(file.clone(), n).job_id("pi-1", "fire"))
+            .collect();
+        for (i, a) in ids.iter().enumerate() {
+            for b in &ids[i + 1..] {
+                assert_ne!(a, b, "identical content written again is a new job");
+            }
+        }
+        assert_eq!(
+            ids[2],
+            Event::written(file.clone(), 3).job_id("pi-1", "fire"),
+            "the same write seen again is the same job"
+        );
+        let again = Event::written(file.clone(), 2);
+        assert_eq!(again.as_file(), Some(&file));
+        assert_eq!(again.source(), "fire-detect/input/a.jpg");
+        assert_eq!(again.to_json("pi-1", "t"), first.to_json("pi-1", "t"));
     }
 
     #[test]

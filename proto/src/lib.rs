@@ -18,5 +18,5 @@ pub mod uplink;
 pub mod wire;
 
 pub use fdl::{Fdl, FunctionDef, Runtime};
-pub use job::{Event, FileEvent, JobId, MqttEvent};
+pub use job::{Event, FileEvent, FileWrite, JobId, MqttEvent};
 pub use key::ObjectKey;

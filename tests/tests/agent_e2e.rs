@@ -383,7 +383,7 @@ const FLAKY_FDL: &str = r#"functions:
 "#;
 
 #[test]
-fn a_failed_job_runs_again_when_its_input_is_delivered_again_but_not_on_restart() {
+fn every_new_write_of_an_input_runs_once_identical_or_not_and_restarts_rerun_nothing() {
     // The function looks for a model file on the host, as a trusted setup would (root).
     let mut node = Node::new("functions = [\"f.yaml\"]\n[process]\nuser = \"root\"\n");
     let model = node.path("model.bin");
@@ -413,7 +413,8 @@ fn a_failed_job_runs_again_when_its_input_is_delivered_again_but_not_on_restart(
         node.jobs()
     );
 
-    // Delivering the same input again is how a user asks for another try.
+    // Writing the input again, byte for byte, is a new upload: a new job runs it (as every
+    // upload does in OSCAR); the failed one stays as it was.
     node.write("data/in/frames/a.txt", "frame");
     let out = node.path("data/out/frames/a.txt");
     assert!(
@@ -422,18 +423,41 @@ fn a_failed_job_runs_again_when_its_input_is_delivered_again_but_not_on_restart(
         node.jobs(),
         node.log()
     );
-    assert!(
-        wait_until(Duration::from_secs(5), || node
+    let states = |n: &Node| {
+        let mut states: Vec<String> = n
             .jobs()
             .iter()
-            .all(|j| j.contains("Succeeded"))),
+            .filter_map(|j| j.split_whitespace().nth(1).map(str::to_owned))
+            .collect();
+        states.sort();
+        states
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || states(&node)
+            == ["Failed", "Succeeded"]),
         "{:?}",
         node.jobs()
     );
+    // Once more after it succeeded, identical again: one more job, not a remembered result.
+    std::fs::remove_file(&out).expect("rm output");
+    node.write("data/in/frames/a.txt", "frame");
+    assert!(
+        wait_until(Duration::from_secs(10), || states(&node)
+            == ["Failed", "Succeeded", "Succeeded"]),
+        "{:?}\n{}",
+        node.jobs(),
+        node.log()
+    );
+    assert!(out.exists(), "the third write ran and delivered");
+    // A restart rescans the same file, the same write: nothing runs again.
+    node.stop();
+    node.start();
+    std::thread::sleep(Duration::from_millis(800));
     assert_eq!(
-        node.jobs().len(),
-        1,
-        "the retry is the same job, not a new one"
+        states(&node),
+        ["Failed", "Succeeded", "Succeeded"],
+        "{:?}",
+        node.jobs()
     );
 }
 

@@ -69,7 +69,8 @@ fn run_answers_with_the_output_and_job_with_the_job_id() {
     let (_, _, again) = curl(&c, &token, "/job/upper", "cXVldWVkIHdvcms=");
     let again: serde_json::Value = serde_json::from_str(&again).expect("json");
     assert_ne!(again["job"], job.as_str());
-    // The raw route: the same body is the same job, so a retried request runs nothing new.
+    // The raw route too: every call writes `raw.txt` anew, and every write is a new job, the
+    // same bytes included (the node says which write it was; the id is the one it runs).
     let raw = |c: &Coordinator| {
         let (status, _, body) = curl(
             c,
@@ -80,7 +81,18 @@ fn run_answers_with_the_output_and_job_with_the_job_id() {
         assert_eq!(status, 200, "{body}");
         serde_json::from_str::<serde_json::Value>(&body).expect("json")["job"].clone()
     };
-    assert_eq!(raw(&c), raw(&c));
+    let (first, second) = (raw(&c), raw(&c));
+    assert_ne!(first, second);
+    for job in [&first, &second] {
+        let done = wait_until(Duration::from_secs(20), || {
+            c.json(&["get", "jobs"])
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|j| &j["id"] == job && j["phase"] == "Succeeded")
+        });
+        assert!(done, "job {job} did not succeed:\n{}", node.log());
+    }
 }
 
 #[test]

@@ -14,8 +14,13 @@ fn post(c: &Coordinator, path: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
-/// What MinIO posts to a webhook when `key` is created in `bucket` (key URL-encoded).
+/// The notification of the first write of `bucket/key`.
 fn minio_event(bucket: &str, key: &str) -> String {
+    minio_event_written(bucket, key, "17A2B3C4D5E6F701")
+}
+
+/// What MinIO posts to a webhook when `key` is created in `bucket` (key URL-encoded).
+fn minio_event_written(bucket: &str, key: &str, sequencer: &str) -> String {
     let encoded: String = key
         .bytes()
         .map(|b| match b {
@@ -39,7 +44,7 @@ fn minio_event(bucket: &str, key: &str) -> String {
                 "s3SchemaVersion": "1.0",
                 "configurationId": "Config",
                 "bucket": {"name": bucket, "arn": format!("arn:aws:s3:::{bucket}")},
-                "object": {"key": encoded, "size": 11, "contentType": "text/plain"}
+                "object": {"key": encoded, "size": 11, "contentType": "text/plain", "sequencer": sequencer}
             }
         }]
     })
@@ -117,6 +122,24 @@ fn a_minio_notification_runs_the_function_on_the_object_and_its_output_lands_in_
     assert_eq!(status, 202);
     let again: serde_json::Value = serde_json::from_str(&again).expect("json");
     assert_eq!(again["jobs"][0]["job"], accepted["jobs"][0]["job"]);
+    // The same bytes uploaded again are a new write (a new sequencer): a new job, as in OSCAR.
+    let (status, rewritten) = post(
+        &c,
+        "/events",
+        &minio_event_written("photos", "in/hello world.txt", "17A2B3C4D5E6F702"),
+    );
+    assert_eq!(status, 202, "{rewritten}");
+    let rewritten: serde_json::Value = serde_json::from_str(&rewritten).expect("json");
+    let job = rewritten["jobs"][0]["job"].clone();
+    assert_ne!(job, accepted["jobs"][0]["job"]);
+    let done = wait_until(Duration::from_secs(30), || {
+        c.json(&["get", "jobs"])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|j| j["id"] == job && j["phase"] == "Succeeded")
+    });
+    assert!(done, "job {job} did not succeed:\n{}", node.log());
 }
 
 #[test]

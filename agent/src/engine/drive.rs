@@ -7,7 +7,7 @@ use spillway_proto::{Event, JobId};
 use super::run::{Targets, finish_delivery, run_job};
 use super::{Agent, AgentError, JobEvent, Msg};
 use crate::book::{Act, Arrival, Found, Known, Plan};
-use crate::journal::{Change, Guest, JobRecord, JobState, SeenFile, now_ms};
+use crate::journal::{Change, Guest, JobRecord, JobState, now_ms};
 use crate::staging::Staging;
 use crate::{joblog, runtime};
 
@@ -177,7 +177,7 @@ impl Agent {
     pub(super) fn accept(
         &mut self,
         record: JobRecord,
-        seen: Option<(String, SeenFile)>,
+        learnt: Vec<Change>,
         live: bool,
     ) -> Result<(), AgentError> {
         let known = Known::of(
@@ -195,11 +195,7 @@ impl Agent {
             known,
             guest: None,
         };
-        self.arrive(
-            vec![arrival],
-            live,
-            seen.map(|(k, v)| Change::SeenFile(k, v)),
-        )
+        self.arrive(vec![arrival], live, learnt)
     }
 
     /// Jobs arrive, whatever made them; `also` joins the same commit.
@@ -207,7 +203,7 @@ impl Agent {
         &mut self,
         arrivals: Vec<Arrival>,
         live: bool,
-        also: Option<Change>,
+        also: Vec<Change>,
     ) -> Result<(), AgentError> {
         self.book.set_linked(self.shared.mesh_out().is_some());
         let mut plan = self.book.arrive(now_ms(), arrivals, live);

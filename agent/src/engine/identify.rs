@@ -2,6 +2,7 @@
 //! refusal recorded as a failed job (bad names, links leading out of the data root).
 
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -11,21 +12,22 @@ use spillway_proto::{Event, FileEvent, ObjectKey};
 use super::Shared;
 use crate::beneath::{Beneath, BeneathError};
 use crate::catalog::Deployed;
-use crate::journal::{JobRecord, JobState, SeenFile, now_ms};
+use crate::journal::{Change, JobRecord, JobState, SeenFile, WriteStamp, now_ms};
 
 pub(super) fn fail(r: &mut JobRecord, reason: String) {
     r.state = JobState::Failed { reason };
     r.finished_at_ms = Some(now_ms());
 }
 
-/// The job a file makes for a function, or `None` when the file vanished before it was read.
+/// The job a file makes for a function, with what the journal learns with it (the file's hash
+/// and which write of its key it is), or `None` when the file vanished before it was read.
 pub(super) fn identify_file(
     s: &Shared,
     function: &Deployed,
     bucket: &BucketPath,
     rel: &Path,
     path: &Path,
-) -> Option<(JobRecord, Option<(String, SeenFile)>)> {
+) -> Option<(JobRecord, Vec<Change>)> {
     let name = &function.def.name;
     let key = match ObjectKey::from_relative_path(rel) {
         Ok(rel_key) => match &bucket.folder {
@@ -76,7 +78,7 @@ pub(super) fn identify_file(
             let mut record =
                 JobRecord::new(event.job_id(&s.config.node_name, name), name.clone(), event);
             fail(&mut record, reason);
-            return Some((record, None));
+            return Some((record, Vec::new()));
         }
     };
     let file_key = format!("{name}\0{}/{key}", bucket.bucket);
@@ -95,15 +97,27 @@ pub(super) fn identify_file(
         mtime_ns,
         sha256,
     };
-    let event = Event::File(FileEvent {
-        bucket: bucket.bucket.clone(),
-        key,
-        size: meta.len(),
-        mtime_ns,
-        sha256,
-    });
+    // Every new write of the key is a new job, identical content included (as every upload is
+    // in OSCAR); the same write seen again is the same job.
+    let write_key = format!("{}/{key}", bucket.bucket);
+    let last = s.journal.last_write(&write_key).ok().flatten();
+    let stamp = WriteStamp::next(last, meta.len(), mtime_ns, meta.ino());
+    let event = Event::written(
+        FileEvent {
+            bucket: bucket.bucket.clone(),
+            key,
+            size: meta.len(),
+            mtime_ns,
+            sha256,
+        },
+        stamp.occurrence,
+    );
     let record = JobRecord::new(event.job_id(&s.config.node_name, name), name.clone(), event);
-    Some((record, Some((file_key, seen))))
+    let learnt = vec![
+        Change::SeenFile(file_key, seen),
+        Change::Written(write_key, stamp),
+    ];
+    Some((record, learnt))
 }
 
 /// A bucket file, opened beneath the data root without following links: a symbolic link may

@@ -84,7 +84,7 @@ impl Agent {
         // A message is a new job even when an earlier one with the same payload failed: its
         // occurrence makes another id. So a redelivered message is never a retry.
         let seen = Change::SeenMessage(key, remember(occurrence, m.delivery));
-        self.arrive(arrivals, false, Some(seen))?;
+        self.arrive(arrivals, false, vec![seen])?;
         let _ = m.done.send(());
         Ok(())
     }

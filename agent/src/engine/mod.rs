@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::book::{JobBook, RunEnd};
 use crate::catalog::{Catalog, Runtimes};
-use crate::journal::{Guest, JobRecord, JobState, Journal, JournalError, SeenFile, now_ms};
+use crate::journal::{Change, Guest, JobRecord, JobState, Journal, JournalError, now_ms};
 use crate::scheduler::{Demand, Scheduler};
 use crate::watch::{FolderEvent, FolderWatch, WatchError, scan};
 use crate::{mesh, runtime};
@@ -104,7 +104,8 @@ enum Msg {
     /// A job for a file; `live` when inotify just saw the file arrive (not a rescan).
     Identified {
         record: Box<JobRecord>,
-        seen: Option<(String, SeenFile)>,
+        /// What the journal learns with it (the file's hash, which write it is).
+        learnt: Vec<Change>,
         live: bool,
     },
     /// A run ended; its task wrote the job's log.
@@ -592,7 +593,11 @@ impl Agent {
                     }
                 });
             }
-            Msg::Identified { record, seen, live } => self.accept(*record, seen, live)?,
+            Msg::Identified {
+                record,
+                learnt,
+                live,
+            } => self.accept(*record, learnt, live)?,
             Msg::RunEnded(id, how) => {
                 let plan = self.book.run_ended(now, id, how);
                 self.carry_out(plan, drive::Logs::Reporter)?;
@@ -637,9 +642,13 @@ impl Agent {
             );
             tokio::task::spawn_blocking(move || {
                 let identified = identify_file(&shared, &function, &bucket, &rel, &path);
-                if let Some((record, seen)) = identified {
+                if let Some((record, learnt)) = identified {
                     let record = Box::new(record);
-                    let _ = shared.msgs.send(Msg::Identified { record, seen, live });
+                    let _ = shared.msgs.send(Msg::Identified {
+                        record,
+                        learnt,
+                        live,
+                    });
                 }
             });
         }

@@ -4,6 +4,7 @@
 //! renamed, so watchers only ever see it whole.
 
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -12,15 +13,16 @@ use spillway_proto::wire::{FileEntry, MAX_STREAM_FRAME, Request, Response};
 
 use crate::beneath::{Beneath, Kind};
 use crate::joblog;
+use crate::journal::{Journal, WriteStamp};
 use spillway_agent_config::AgentConfig;
 
 /// Answers one request (blocking file IO: call from `spawn_blocking`).
-pub fn answer(config: &AgentConfig, req: Request) -> Response {
+pub fn answer(config: &AgentConfig, journal: &Journal, req: Request) -> Response {
     let result = match req {
         Request::Logs { job } => joblog::read(&config.logs_dir(), &job)
             .map(Response::Logs)
             .map_err(|e| e.to_string()),
-        Request::PutFile { path, bytes } => put(&config.data_root, &path, &bytes),
+        Request::PutFile { path, bytes } => put(&config.data_root, journal, &path, &bytes),
         Request::GetFile { path } => get(&config.data_root, &path),
         Request::ListFiles { path } => list(&config.data_root, &path),
     };
@@ -39,7 +41,9 @@ fn data_root(data_root: &Path) -> Result<Beneath, String> {
 /// What a request may carry back: a file bigger than one frame cannot be answered.
 const MAX_FILE: u64 = (MAX_STREAM_FRAME - 4096) as u64;
 
-fn put(data_root: &Path, path: &str, bytes: &[u8]) -> Result<Response, String> {
+/// Stores a file whole and says which write of its key it is, so that the coordinator names the
+/// job it makes as the watcher will (see [`WriteStamp`]).
+fn put(data_root: &Path, journal: &Journal, path: &str, bytes: &[u8]) -> Result<Response, String> {
     let key = key(path)?;
     let root = self::data_root(data_root)?;
     let rel = Path::new(key.as_str());
@@ -48,9 +52,24 @@ fn put(data_root: &Path, path: &str, bytes: &[u8]) -> Result<Response, String> {
     }
     root.write_whole(rel, bytes, 0o644)
         .map_err(|e| e.to_string())?;
-    Ok(Response::Stored {
+    let meta = root
+        .open_file(rel)
+        .map_err(|e| e.to_string())?
+        .metadata()
+        .map_err(|e| e.to_string())?;
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128);
+    let last = journal
+        .last_write(key.as_str())
+        .map_err(|e| e.to_string())?;
+    let stamp = WriteStamp::next(last, meta.len(), mtime_ns, meta.ino());
+    Ok(Response::StoredWrite {
         path: key.to_string(),
         sha256: Sha256::digest(bytes).into(),
+        occurrence: stamp.occurrence,
     })
 }
 
@@ -134,16 +153,17 @@ mod tests {
     fn files_outside_the_data_root_are_refused_and_nothing_is_made_there() {
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("data");
+        let journal = Journal::open(&base.path().join("journal.redb")).unwrap();
         let outside = base.path().join("outside");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(outside.join("secret"), b"s").unwrap();
         for bad in ["../x", "/etc/passwd", "a/../../b", ""] {
-            let r = put(&dir, bad, b"x");
+            let r = put(&dir, &journal, bad, b"x");
             assert!(r.is_err(), "{bad}");
         }
         std::os::unix::fs::symlink(&outside, dir.join("escape")).unwrap();
-        let err = put(&dir, "escape/new/x", b"x").unwrap_err();
+        let err = put(&dir, &journal, "escape/new/x", b"x").unwrap_err();
         assert!(err.contains("symbolic link"), "{err}");
         let err = get(&dir, "escape/secret").unwrap_err();
         assert!(err.contains("symbolic link"), "{err}");
@@ -169,7 +189,9 @@ mod tests {
     #[test]
     fn a_stored_file_reads_back_and_lists_without_temporaries() {
         let dir = tempfile::tempdir().unwrap();
-        put(dir.path(), "in/a.txt", b"hello").unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&state.path().join("journal.redb")).unwrap();
+        put(dir.path(), &journal, "in/a.txt", b"hello").unwrap();
         assert_eq!(
             get(dir.path(), "in/a.txt").unwrap(),
             Response::File(b"hello".to_vec())
@@ -180,5 +202,36 @@ mod tests {
         };
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].path, "in/a.txt");
+    }
+
+    #[test]
+    fn every_stored_copy_is_a_new_write_of_its_key_even_with_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&state.path().join("journal.redb")).unwrap();
+        let write = |journal: &Journal| match put(dir.path(), journal, "in/a.txt", b"same") {
+            Ok(Response::StoredWrite { occurrence, .. }) => occurrence,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(write(&journal), 1, "nothing seen yet: a first write");
+        // The watcher saw the first write (the engine journals it with the job).
+        let meta = std::fs::metadata(dir.path().join("in/a.txt")).unwrap();
+        let mtime_ns = meta
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i128;
+        let seen = WriteStamp::next(None, meta.len(), mtime_ns, meta.ino());
+        journal
+            .commit(&[crate::journal::Change::Written("in/a.txt".into(), seen)])
+            .unwrap();
+        assert_eq!(
+            WriteStamp::next(Some(seen), meta.len(), mtime_ns, meta.ino()).occurrence,
+            1,
+            "the same write seen again keeps its number"
+        );
+        // Stored again, byte for byte: a new file, so the next write.
+        assert_eq!(write(&journal), 2);
     }
 }

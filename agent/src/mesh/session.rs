@@ -564,15 +564,17 @@ fn spawn_requests(conn: quinn::Connection, agent: AgentHandle) {
     let config = Arc::new(agent.config().clone());
     tokio::spawn(async move {
         while let Ok((mut tx, rx)) = conn.accept_bi().await {
-            let config = config.clone();
+            let (config, agent) = (config.clone(), agent.clone());
             tokio::spawn(async move {
                 let mut reader = FrameReader::new(rx, MAX_STREAM_FRAME);
                 let Ok(Some(req)) = reader.next::<Request>().await else {
                     return;
                 };
-                let answer = tokio::task::spawn_blocking(move || requests::answer(&config, req))
-                    .await
-                    .unwrap_or_else(|e| spillway_proto::wire::Response::Error(e.to_string()));
+                let answer = tokio::task::spawn_blocking(move || {
+                    requests::answer(&config, agent.journal(), req)
+                })
+                .await
+                .unwrap_or_else(|e| spillway_proto::wire::Response::Error(e.to_string()));
                 if send(&mut tx, &answer).await.is_ok() {
                     let _ = tx.finish();
                 }

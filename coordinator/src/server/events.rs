@@ -29,6 +29,9 @@ pub struct CreatedObject {
     /// Decoded (notifications URL-encode keys).
     pub key: String,
     pub event: String,
+    /// S3's and MinIO's per-write order of the object: the same on a redelivery, new on every
+    /// write (identical content included).
+    pub sequencer: Option<String>,
 }
 
 /// Why a notification is refused as a whole.
@@ -77,7 +80,16 @@ pub fn parse_notification(body: &[u8]) -> Result<Vec<CreatedObject>, Malformed> 
                 "Records[{i}].s3.object.key `{raw}` is not URL-encoded UTF-8"
             ))
         })?;
-        objects.push(CreatedObject { bucket, key, event });
+        let sequencer = r["s3"]["object"]["sequencer"]
+            .as_str()
+            .filter(|s| !s.is_empty() && s.len() <= 64)
+            .map(str::to_owned);
+        objects.push(CreatedObject {
+            bucket,
+            key,
+            event,
+            sequencer,
+        });
     }
     Ok(objects)
 }
@@ -170,6 +182,25 @@ pub async fn receive(
             ));
         }
         for (f, settings) in takers {
+            let seen = object.sequencer.as_ref().map(|sequencer| {
+                (
+                    f.name.clone(),
+                    object.bucket.clone(),
+                    object.key.clone(),
+                    sequencer.clone(),
+                )
+            });
+            if let Some((job, node)) = seen.as_ref().and_then(|s| state.notified.made(s)) {
+                inc(&state.metrics.events_redelivered);
+                jobs.push(EventJob {
+                    function: f.name.clone(),
+                    bucket: object.bucket.clone(),
+                    key: object.key.clone(),
+                    job,
+                    node,
+                });
+                continue;
+            }
             let bucket = spillway_plumbing::s3::Bucket::open(&settings, &object.bucket)
                 .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
             let bytes = bucket
@@ -189,6 +220,11 @@ pub async fn receive(
             )
             .await?;
             inc(&state.metrics.events_accepted);
+            if let Some(seen) = seen {
+                state
+                    .notified
+                    .remember(seen, invoked.job.clone(), invoked.node.clone());
+            }
             jobs.push(EventJob {
                 function: f.name.clone(),
                 bucket: object.bucket.clone(),
@@ -205,7 +241,7 @@ pub async fn receive(
 mod tests {
     use super::*;
 
-    const MINIO: &str = r#"{"EventName":"s3:ObjectCreated:Put","Key":"fire/in/cam%201+a.jpg","Records":[{"eventVersion":"2.0","eventSource":"minio:s3","eventName":"s3:ObjectCreated:Put","s3":{"bucket":{"name":"fire"},"object":{"key":"in%2Fcam%201+a.jpg","size":3}}}]}"#;
+    const MINIO: &str = r#"{"EventName":"s3:ObjectCreated:Put","Key":"fire/in/cam%201+a.jpg","Records":[{"eventVersion":"2.0","eventSource":"minio:s3","eventName":"s3:ObjectCreated:Put","s3":{"bucket":{"name":"fire"},"object":{"key":"in%2Fcam%201+a.jpg","size":3,"sequencer":"17A2B3C4D5E6F708"}}}]}"#;
 
     #[test]
     fn minio_notifications_give_bucket_and_decoded_key() {
@@ -216,6 +252,7 @@ mod tests {
                 bucket: "fire".into(),
                 key: "in/cam 1 a.jpg".into(),
                 event: "s3:ObjectCreated:Put".into(),
+                sequencer: Some("17A2B3C4D5E6F708".into()),
             }]
         );
     }
@@ -258,6 +295,7 @@ mod tests {
             bucket: bucket.into(),
             key: key.into(),
             event: "s3:ObjectCreated:Put".into(),
+            sequencer: None,
         };
         let names = |o: &CreatedObject| {
             route(&fdl.functions, o)

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub handovers_declined: AtomicU64,
     pub leases_expired: AtomicU64,
     pub events_accepted: AtomicU64,
+    pub events_redelivered: AtomicU64,
     pub events_malformed: AtomicU64,
     pub events_unrouted: AtomicU64,
     pub events_refused: AtomicU64,
@@ -161,6 +162,11 @@ impl Metrics {
                 "spillway_bucket_events_total",
                 "Objects of S3/MinIO bucket notifications turned into jobs",
                 &self.events_accepted,
+            ),
+            (
+                "spillway_bucket_events_redelivered_total",
+                "Bucket notifications seen before (same sequencer): answered with their job, not run again",
+                &self.events_redelivered,
             ),
             (
                 "spillway_bucket_events_malformed_total",

@@ -17,6 +17,7 @@ pub mod listener;
 pub mod metrics;
 pub mod mqtt;
 pub mod node_calls;
+pub mod notified;
 pub mod oscar_api;
 pub mod oscar_jobs;
 pub mod oscar_services;
@@ -113,6 +114,8 @@ pub struct State {
     pub presigner: presign::Presigner,
     /// Jobs placed on replicas outside the mesh.
     pub delegations: replicas::Delegations,
+    /// Bucket notifications made into jobs lately (a redelivery is not a second run).
+    pub notified: notified::Notified,
 }
 
 impl State {
@@ -252,6 +255,7 @@ impl Coordinator {
             http_addr,
             presigner,
             delegations,
+            notified: notified::Notified::default(),
             admin_hash: Sha256::digest(admin_token.as_bytes()).into(),
             view: View::new(config.liveness),
             metrics: Metrics::default(),

@@ -70,13 +70,17 @@ pub(super) async fn submit_object(
     let mut sha256 = [0u8; 32];
     hex::decode_to_slice(&stored.sha256, &mut sha256)
         .map_err(|_| ApiError(StatusCode::BAD_GATEWAY, "bad digest".into()))?;
-    let event = Event::File(FileEvent {
-        bucket: bucket.to_owned(),
-        key,
-        size,
-        mtime_ns: 0,
-        sha256,
-    });
+    // The job the node's watcher makes of this write (every write is a new one).
+    let event = Event::written(
+        FileEvent {
+            bucket: bucket.to_owned(),
+            key,
+            size,
+            mtime_ns: 0,
+            sha256,
+        },
+        stored.write,
+    );
     Ok(Invoked {
         job: event.job_id(&node, name).to_string(),
         node,

@@ -278,10 +278,20 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Logs(String),
-    Stored { path: String, sha256: [u8; 32] },
+    Stored {
+        path: String,
+        sha256: [u8; 32],
+    },
     File(Vec<u8>),
     Listing(Vec<FileEntry>),
     Error(String),
+    /// A file stored, and which write of its key it is (1 for the first): the job it makes is
+    /// `Event::written(.., occurrence)`'s (protocol 1.2).
+    StoredWrite {
+        path: String,
+        sha256: [u8; 32],
+        occurrence: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

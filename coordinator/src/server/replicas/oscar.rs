@@ -62,6 +62,7 @@ const KEY_ENCODING: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANU
 pub fn wrapped_event(from: &str, envelope: &Envelope) -> serde_json::Value {
     let (bucket, key) = match &envelope.event {
         Event::File(f) => (f.bucket.clone(), f.key.to_string()),
+        Event::FileAgain(w) => (w.file.bucket.clone(), w.file.key.to_string()),
         Event::Mqtt(m) => ("mqtt".to_owned(), m.file_name.to_string()),
     };
     let encoded_key = percent_encoding::utf8_percent_encode(&key, KEY_ENCODING).to_string();
