@@ -20,6 +20,13 @@ pub enum FolderEvent {
     Found(PathBuf),
     /// Events may have been lost (queue overflow, a folder moved in): scan this folder.
     Rescan(PathBuf),
+    /// What was in this folder before it was watched (at start, or newly deployed): files
+    /// changed since `watched_since` are left to the watcher, which reports them when they are
+    /// complete; a scan would find them half-written.
+    Backlog {
+        dir: PathBuf,
+        watched_since: std::time::SystemTime,
+    },
 }
 
 /// Why watching could not start.
@@ -127,8 +134,14 @@ impl FolderWatch {
     }
 }
 
-/// Every finished file under `dir`, oldest modification first (so a backlog runs in arrival order).
-pub fn scan(dir: &Path) -> Vec<PathBuf> {
+/// Every finished file under `dir`, oldest modification first (so a backlog runs in arrival
+/// order); with `before`, only files whose inode last changed before then (a write, a move in).
+pub fn scan(dir: &Path, before: Option<std::time::SystemTime>) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let before_ns = before.map(|t| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128)
+    });
     let mut found: Vec<_> = walkdir::WalkDir::new(dir)
         .min_depth(1)
         .into_iter()
@@ -136,11 +149,15 @@ pub fn scan(dir: &Path) -> Vec<PathBuf> {
         .filter_entry(|e| e.depth() == 0 || !is_temporary(&e.file_name().to_string_lossy()))
         .flatten()
         .filter(|e| e.file_type().is_file())
-        .map(|e| {
-            (
-                e.metadata().ok().and_then(|m| m.modified().ok()),
-                e.into_path(),
-            )
+        .filter_map(|e| {
+            let meta = e.metadata().ok();
+            if let (Some(before), Some(m)) = (before_ns, &meta) {
+                let changed = i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec());
+                if changed > before {
+                    return None;
+                }
+            }
+            Some((meta.and_then(|m| m.modified().ok()), e.into_path()))
         })
         .collect();
     found.sort();
@@ -189,7 +206,9 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 FolderEvent::Ready(p) => Some(p.file_name()?.to_string_lossy().into_owned()),
-                FolderEvent::Rescan(_) | FolderEvent::Found(_) => None,
+                FolderEvent::Rescan(_) | FolderEvent::Found(_) | FolderEvent::Backlog { .. } => {
+                    None
+                }
             })
             .collect();
         assert_eq!(names, vec!["a.jpg", "b.jpg", "c.jpg"]);
@@ -202,7 +221,7 @@ mod tests {
         std::fs::write(dir.path().join("day1/a.jpg"), b"x").expect("write");
         std::fs::write(dir.path().join("b.jpg"), b"x").expect("write");
         std::fs::write(dir.path().join("b.jpg.part"), b"x").expect("write");
-        let mut found: Vec<_> = scan(dir.path())
+        let mut found: Vec<_> = scan(dir.path(), None)
             .into_iter()
             .map(|p| {
                 p.strip_prefix(dir.path())
@@ -215,5 +234,27 @@ mod tests {
             found,
             vec![PathBuf::from("b.jpg"), PathBuf::from("day1/a.jpg")]
         );
+    }
+
+    #[test]
+    fn a_backlog_scan_leaves_files_changed_since_the_watch_began_to_the_watcher() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("before.jpg"), b"x").expect("write");
+        // Past the file system's timestamp granularity (a clock tick).
+        std::thread::sleep(Duration::from_millis(50));
+        let watched_since = std::time::SystemTime::now();
+        std::thread::sleep(Duration::from_millis(50));
+        // Still being written when the scan runs: its close will be reported live.
+        std::fs::write(dir.path().join("during.jpg"), b"x").expect("write");
+        let names = |before| -> Vec<String> {
+            scan(dir.path(), before)
+                .iter()
+                .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+                .collect()
+        };
+        assert_eq!(names(Some(watched_since)), ["before.jpg"]);
+        let mut all = names(None);
+        all.sort();
+        assert_eq!(all, ["before.jpg", "during.jpg"], "a full rescan sees both");
     }
 }

@@ -328,7 +328,11 @@ fn scars_own_yaml_from_before_the_fdl_is_read_with_its_buckets_as_folders() {
         "runs on the nodes"
     );
     assert_eq!(split.input[0].provider.to_string(), "minio.default");
-    assert_eq!(split.input[0].path.to_string(), "scar-ffmpeg");
+    assert_eq!(
+        split.input[0].path.to_string(),
+        "scar-ffmpeg/scar-batch-ffmpeg-split/input",
+        "a bare bucket is read where SCAR read it: BUCKET/FUNCTION/input"
+    );
     assert_eq!(
         split.output[0].path.to_string(),
         "scar-ffmpeg/scar-batch-ffmpeg-split/video-output"
@@ -348,6 +352,26 @@ fn scars_own_yaml_from_before_the_fdl_is_read_with_its_buckets_as_folders() {
     assert_eq!(
         darknet.input[0].path, split.output[0].path,
         "a workflow by buckets"
+    );
+    // No output bucket: SCAR's supervisor uploaded into the input bucket's FUNCTION/output.
+    let (fdl, _) = fdl::parse_file(&dir.join("scar-darknet-s3.yaml"))
+        .into_result()
+        .expect("listing 6.6");
+    let f = &fdl.functions[0];
+    assert_eq!(
+        (f.input[0].path.to_string(), f.output[0].path.to_string()),
+        (
+            "scar-darknet/scar-darknet-s3/input".to_owned(),
+            "scar-darknet/scar-darknet-s3/output".to_owned()
+        )
+    );
+    // No bucket at all (listing 3.1): invoked through its own folder, as `scar run` invokes it.
+    let (fdl, _) = fdl::parse_file(&dir.join("cowsay.yaml"))
+        .into_result()
+        .expect("listing 3.1");
+    assert_eq!(
+        fdl.functions[0].input[0].path.to_string(),
+        "scar-cowsay/invoke"
     );
     // A bad name is still refused, where it is written.
     let bad = parse("functions:\n  'no spaces':\n    image: alpine\n");

@@ -492,3 +492,34 @@ fn a_bad_config_exits_64_with_the_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn a_wasm_module_finds_its_output_folder_where_scar_put_it() {
+    let mut node = Node::new("functions = [\"f.yaml\"]\n");
+    let module = node.path("scar_output.wasm");
+    let built = std::process::Command::new("clang")
+        .args(["--target=wasm32-wasi", "-O2", "-o"])
+        .arg(&module)
+        .arg(repo("tests/fixtures/probes/scar_output.c"))
+        .status()
+        .expect("clang (Debian's, with wasi-libc)");
+    assert!(built.success(), "clang --target=wasm32-wasi");
+    node.write(
+        "f.yaml",
+        "functions:\n  oscar:\n  - edge:\n      name: ported\n      runtime: wasm\n      module: scar_output.wasm\n      input: [{storage_provider: minio, path: ported/in}]\n      output: [{storage_provider: minio, path: ported/out}]\n",
+    );
+    node.start();
+    node.write("data/ported/in/a.txt", "a");
+    let out = node.path("data/ported/out/scar.txt");
+    assert!(
+        wait_until(Duration::from_secs(30), || out.exists()),
+        "{:?}\n{}",
+        node.jobs(),
+        node.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(out).expect("output"),
+        "via SCAR's folder\n"
+    );
+    node.stop();
+}

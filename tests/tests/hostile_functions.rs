@@ -96,7 +96,12 @@ done
 if echo x >> "$INPUT_FILE_PATH" 2>/dev/null; then echo "input writable" >> "$out"; else echo "input read-only" >> "$out"; fi
 if touch "$SPY_STATE/../written-by-job" 2>/dev/null; then echo "host writable" >> "$out"; else echo "host read-only" >> "$out"; fi
 echo "tmp $(ls -A /tmp | tr '\n' ' ')" >> "$out"
+echo "request $REQUEST_ID" >> "$out"
 echo "marker" > /tmp/left-by-job
+# SCAR's name for the output folder (in the private /tmp only: root runs on the host's).
+if [ -d "/tmp/$REQUEST_ID/output" ]; then
+  echo "via SCAR's folder" > "/tmp/$REQUEST_ID/output/scar.txt"
+fi
 "#;
     let fdl = "functions:\n  oscar:\n  - edge:\n      name: spy\n      runtime: process\n      script: spy.sh\n      input: [{storage_provider: minio, path: spy/in}]\n      output: [{storage_provider: minio, path: spy/out}]\n";
     let mut node = Node::new("functions = [\"fn.yaml\"]\n");
@@ -145,8 +150,18 @@ echo "marker" > /tmp/left-by-job
         node.log()
     );
     let text = std::fs::read_to_string(&second).unwrap();
-    assert!(text.contains("tmp spillway"), "{text}");
+    let request = text
+        .lines()
+        .find_map(|l| l.strip_prefix("request "))
+        .unwrap_or_else(|| panic!("{text}"));
+    // Its own folders only: Spillway's, and SCAR's `/tmp/$REQUEST_ID` (the output again).
+    let own = format!("tmp {request} spillway ");
+    assert!(text.lines().any(|l| l == own), "{text}");
     assert!(!text.contains("left-by-job"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(node.path("data/spy/out/scar.txt")).unwrap(),
+        "via SCAR's folder\n"
+    );
     assert!(node.stop().success());
 
     // The node's explicit choice: root, as before, and the log says so.
@@ -165,6 +180,7 @@ echo "marker" > /tmp/left-by-job
         root.log()
     );
     assert!(std::fs::read_to_string(&report).unwrap().contains("uid 0"));
+    assert!(!root.path("data/spy/out/scar.txt").exists());
     assert!(
         root.log()
             .contains("process functions run as the agent's own user")

@@ -43,6 +43,8 @@ gzip -c "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$FILE_NAME.gz"
   if touch "$TMP_INPUT_DIR/written" 2>/dev/null; then echo input=rw; else echo input=ro; fi
   echo "net=$(ls /sys/class/net | tr '\n' ' ')"
 } > "$TMP_OUTPUT_DIR/probe.txt"
+# SCAR's name for the output folder.
+echo "via SCAR's folder" > "/tmp/$REQUEST_ID/output/scar.txt"
 "#;
 
 #[test]
@@ -98,6 +100,7 @@ fn a_function_runs_in_a_container_pulled_from_a_registry_isolated_and_for_this_p
     )
     .expect("gunzip");
     assert_eq!(unzipped, input, "gzip output is the input");
+    assert_eq!(out("scar.txt"), b"via SCAR's folder\n");
     let probe = String::from_utf8(out("probe.txt")).expect("utf8");
     for want in [
         "user=0",

@@ -315,6 +315,8 @@ impl Agent {
         let (msgs, rx) = mpsc::unbounded_channel();
         let (folder_tx, folder_rx) = mpsc::unbounded_channel();
         let watch = FolderWatch::start(&catalog.input_dirs(), folder_tx.clone())?;
+        // After the watches are in place: what changes from now on is reported by them.
+        let watched_since = std::time::SystemTime::now();
         let (events, _) = broadcast::channel(4096);
         // Inputs are opened beneath the data root: it must be there to open.
         crate::beneath::Beneath::open(&config.data_root).map_err(|e| AgentError::CreateDir {
@@ -373,7 +375,7 @@ impl Agent {
         agent.recover()?;
         // Files that arrived while the agent was down.
         for dir in agent.catalog.input_dirs() {
-            let _ = folder_tx.send(FolderEvent::Rescan(dir));
+            let _ = folder_tx.send(FolderEvent::Backlog { dir, watched_since });
         }
         agent.publish_load();
         Ok(agent)
@@ -456,12 +458,15 @@ impl Agent {
             Ok(w) => self.watch = w,
             Err(e) => tracing::error!("cannot watch the new input folders: {e}"),
         }
+        let watched_since = std::time::SystemTime::now();
         for dir in catalog
             .input_dirs()
             .into_iter()
             .filter(|d| !old_dirs.contains(d))
         {
-            let _ = self.folder_tx.send(FolderEvent::Rescan(dir));
+            let _ = self
+                .folder_tx
+                .send(FolderEvent::Backlog { dir, watched_since });
         }
         self.catalog = catalog;
         self.subscriptions
@@ -585,13 +590,9 @@ impl Agent {
         match msg {
             Msg::Folder(FolderEvent::Ready(path)) => self.identify(path, true),
             Msg::Folder(FolderEvent::Found(path)) => self.identify(path, false),
-            Msg::Folder(FolderEvent::Rescan(dir)) => {
-                let tx = self.shared.msgs.clone();
-                tokio::task::spawn_blocking(move || {
-                    for path in scan(&dir) {
-                        let _ = tx.send(Msg::Folder(FolderEvent::Found(path)));
-                    }
-                });
+            Msg::Folder(FolderEvent::Rescan(dir)) => self.scan(dir, None),
+            Msg::Folder(FolderEvent::Backlog { dir, watched_since }) => {
+                self.scan(dir, Some(watched_since))
             }
             Msg::Identified {
                 record,
@@ -628,6 +629,16 @@ impl Agent {
         }
         self.publish_load();
         Ok(())
+    }
+
+    /// Reports the files of a folder as found, off the async workers.
+    fn scan(&self, dir: PathBuf, before: Option<std::time::SystemTime>) {
+        let tx = self.shared.msgs.clone();
+        tokio::task::spawn_blocking(move || {
+            for path in scan(&dir, before) {
+                let _ = tx.send(Msg::Folder(FolderEvent::Found(path)));
+            }
+        });
     }
 
     /// Hashes a new file off the async workers and reports the job it makes, per function.

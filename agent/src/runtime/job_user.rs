@@ -113,6 +113,8 @@ pub struct Jail {
     output: Source,
     work: Source,
     script: Option<Source>,
+    /// SCAR's `/tmp/$REQUEST_ID` and `/tmp/$REQUEST_ID/output` (the output folder again).
+    scar: (CString, CString),
 }
 
 /// A folder or file to bind into the jail. The child opens it (`O_PATH`, closed at exec) in
@@ -169,6 +171,14 @@ impl Jail {
             output: Source::new(&job.output_dir, FIRST_FD + 1)?,
             work: Source::new(&job.work_dir, FIRST_FD + 2)?,
             script: script.map(|s| Source::new(s, FIRST_FD + 3)).transpose()?,
+            scar: {
+                let output = job.scar_output_dir();
+                let parent = output.trim_end_matches("/output").to_owned();
+                let c = |s: String| {
+                    CString::new(s).map_err(|_| std::io::Error::other("a job id has no NUL"))
+                };
+                (c(parent)?, c(output)?)
+            },
         })
     }
 
@@ -225,6 +235,10 @@ impl Jail {
         bind(&self.input.path, input, true)?;
         bind(&self.output.path, output, false)?;
         bind(&self.work.path, work, false)?;
+        for path in [&self.scar.0, &self.scar.1] {
+            nix::unistd::mkdir(path.as_c_str(), dir)?;
+        }
+        bind(&self.output.path, &self.scar.1, false)?;
         if let Some(host) = &self.script {
             drop(nix::fcntl::open(
                 script,

@@ -107,7 +107,8 @@ impl StagedJob {
             ("EVENT".to_owned(), self.event_json.clone()),
             ("JOB_ID".to_owned(), self.job_id.clone()),
         ]);
-        // SCAR's names for the same, which its users' scripts still read.
+        // SCAR's names for the same, which its users' scripts still read (each runtime also
+        // shows the output folder at SCAR's `/tmp/$REQUEST_ID/output`, see `scar_output_dir`).
         let input = format!("{input_dir}{sep}{}", self.file_name);
         env.extend([
             ("SCAR_INPUT_FILE".to_owned(), input.clone()),
@@ -115,6 +116,12 @@ impl StagedJob {
             ("REQUEST_ID".to_owned(), self.job_id.clone()),
         ]);
         env
+    }
+
+    /// Where SCAR's supervisor put the output folder, `/tmp/$REQUEST_ID/output`: scripts written
+    /// for SCAR that name it instead of `$TMP_OUTPUT_DIR` find the job's output folder there.
+    pub fn scar_output_dir(&self) -> String {
+        format!("/tmp/{}/output", self.job_id)
     }
 }
 

@@ -249,7 +249,9 @@ fn run_instance(
         .allow_blocking_current_thread(true);
     let preopens = builder
         .preopened_dir(&job.input_dir, GUEST_INPUT_DIR, FsPerms::ReadOnly)
-        .and_then(|b| b.preopened_dir(&job.output_dir, GUEST_OUTPUT_DIR, FsPerms::ReadWrite));
+        .and_then(|b| b.preopened_dir(&job.output_dir, GUEST_OUTPUT_DIR, FsPerms::ReadWrite))
+        // SCAR's name for the output folder, for modules ported from SCAR functions.
+        .and_then(|b| b.preopened_dir(&job.output_dir, job.scar_output_dir(), FsPerms::ReadWrite));
     if let Err(e) = preopens {
         return outcome(Exit::Failure(format!(
             "cannot open the staging folders: {e}"

@@ -1,5 +1,9 @@
-#!/bin/sh
-# Stand-in for the thesis' YOLO script (the darknet weights are not available here): reports the
-# image it was given.
-echo "SCRIPT: analyzing file '$INPUT_FILE_PATH'"
-echo "detected: $(basename "$INPUT_FILE_PATH")" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH").out"
+#!/bin/bash
+
+RESULT="$TMP_OUTPUT_DIR/$FILE_NAME.out"
+OUTPUT_IMAGE="$TMP_OUTPUT_DIR/`basename $INPUT_FILE_PATH .jpg`"
+
+echo "SCRIPT: Analyzing file '$INPUT_FILE_PATH', saving the result in '$RESULT' and the output image in '$OUTPUT_IMAGE.png'"
+
+cd /opt/darknet
+./darknet detect cfg/yolo.cfg yolo.weights $INPUT_FILE_PATH -out $OUTPUT_IMAGE > $RESULT

@@ -1,5 +1,5 @@
-#!/bin/sh
-# Stand-in for the thesis' YOLO script (the darknet weights are not available here): reports the
-# image it was given.
-echo "SCRIPT: analyzing file '$INPUT_FILE_PATH'"
-echo "detected: $(basename "$INPUT_FILE_PATH")" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH").out"
+#! /bin/sh
+
+echo "SCRIPT: Splitting video file $INPUT_FILE_PATH in images and storing them in $TMP_OUTPUT_DIR. One image taken each second"
+
+ffmpeg -loglevel info -nostats -i $INPUT_FILE_PATH -q:v 1 -vf fps=1 $TMP_OUTPUT_DIR/out%03d.jpg < /dev/null

@@ -15,6 +15,7 @@ use super::reader::{Fields, boolean, bounded, mapping, scalar, string, strings};
 use super::replica::{read_federation, read_replicas};
 use super::storage::read_storage_refs;
 use super::trigger::read_triggers;
+use crate::key::ObjectKey;
 use crate::quantity::{Bytes, Millicores};
 
 const SERVICE_FIELDS: &[&str] = &[
@@ -245,7 +246,8 @@ fn parse_service_as(
     if scar_name.is_some()
         && let Some((n, p)) = f.field("s3")
     {
-        read_scar_buckets(diags, n, &p, &mut input, &mut output);
+        let function = name.as_deref().unwrap_or_default();
+        read_scar_buckets(diags, n, &p, function, &mut input, &mut output);
     }
     let triggers = f
         .field("triggers")
@@ -343,9 +345,15 @@ fn parse_service_as(
     if errors_after > errors_before {
         return None;
     }
+    let name = name?;
+    if input.is_empty()
+        && let Some(folder) = invocation_folder(&name)
+    {
+        input.push(folder);
+    }
     Some(FunctionDef {
         platform,
-        name: name?,
+        name,
         runtime: runtime?,
         image,
         script,
@@ -371,6 +379,29 @@ fn parse_service_as(
         extra,
         location: diags.location(map.span()),
         fdl_path: path.to_owned(),
+    })
+}
+
+/// OSCAR runs any service through `/run` and `/job`, and SCAR any function through `scar run`,
+/// with or without a bucket: a function with no input gets a folder to be invoked through,
+/// `NAME/invoke` on the nodes that run it (what `/run`, `/job` and `spillway invoke` write to).
+/// `None` for a name that cannot be a folder (a SCAR name with capitals or `_`).
+pub fn invocation_folder(name: &str) -> Option<StorageRef> {
+    let bucket_like = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if !bucket_like {
+        return None;
+    }
+    Some(StorageRef {
+        provider: ProviderRef::parse("minio.default"),
+        path: BucketPath {
+            bucket: name.to_owned(),
+            folder: ObjectKey::parse("invoke").ok(),
+        },
+        suffix: Vec::new(),
+        prefix: Vec::new(),
     })
 }
 
@@ -520,10 +551,16 @@ fn read_command(diags: &mut Diagnostics, node: &Node, path: &str) -> Option<Vec<
 
 /// SCAR's `s3: {input_bucket, output_bucket}` (each `bucket/folder…`): the function's input and
 /// output, as folders on the node that runs it.
+/// SCAR's `s3` (its YAML before the FDL): buckets become folders on the node, laid out as SCAR
+/// laid them out in S3. A bare input bucket is read from `BUCKET/FUNCTION/input`; outputs go to
+/// the output bucket's folder, or to `BUCKET/FUNCTION/output` when it names no folder or there is
+/// no output bucket (into the input bucket then), as SCAR's supervisor uploads them (less its
+/// per-request folder).
 fn read_scar_buckets(
     diags: &mut Diagnostics,
     node: &Node,
     path: &str,
+    function: &str,
     input: &mut Vec<StorageRef>,
     output: &mut Vec<StorageRef>,
 ) {
@@ -531,17 +568,34 @@ fn read_scar_buckets(
         return;
     };
     let mut f = Fields::new(map, path);
-    for (key, refs) in [("input_bucket", input), ("output_bucket", output)] {
-        if let Some((n, p)) = f.field(key)
-            && let Some(path) = super::storage::read_bucket_path(diags, n, &p)
-        {
-            refs.push(StorageRef {
-                provider: ProviderRef::parse("minio.default"),
-                path,
-                suffix: Vec::new(),
-                prefix: Vec::new(),
-            });
+    let on_node = |mut path: BucketPath, default: &str| {
+        if path.folder.is_none() {
+            path.folder = ObjectKey::parse(&format!("{function}/{default}")).ok();
         }
+        StorageRef {
+            provider: ProviderRef::parse("minio.default"),
+            path,
+            suffix: Vec::new(),
+            prefix: Vec::new(),
+        }
+    };
+    let input_bucket = f
+        .field("input_bucket")
+        .and_then(|(n, p)| super::storage::read_bucket_path(diags, n, &p));
+    let output_bucket = f
+        .field("output_bucket")
+        .and_then(|(n, p)| super::storage::read_bucket_path(diags, n, &p));
+    if let Some(bucket) = &input_bucket {
+        input.push(on_node(bucket.clone(), "input"));
+    }
+    let output_bucket = output_bucket.or_else(|| {
+        input_bucket.map(|b| BucketPath {
+            bucket: b.bucket,
+            folder: None,
+        })
+    });
+    if let Some(bucket) = output_bucket {
+        output.push(on_node(bucket, "output"));
     }
     diags.warn(
         node.span(),

@@ -122,6 +122,7 @@ pub struct ImageSpec {
     pub env: Vec<String>,
     pub user: Option<String>,
     pub cmd: Vec<String>,
+    pub working_dir: String,
 }
 
 impl ImageSpec {
@@ -141,6 +142,7 @@ impl ImageSpec {
             ],
             user: None,
             cmd: vec!["/bin/sh".into()],
+            working_dir: "/".into(),
         }
     }
 }
@@ -181,7 +183,7 @@ pub fn write_layout(dir: &Path, tag: &str, images: &[ImageSpec]) -> Vec<String> 
         let mut config = serde_json::json!({
             "architecture": image.arch,
             "os": image.os,
-            "config": {"Env": image.env, "Cmd": image.cmd, "WorkingDir": "/"},
+            "config": {"Env": image.env, "Cmd": image.cmd, "WorkingDir": image.working_dir},
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         });
         if let Some(v) = image.variant {

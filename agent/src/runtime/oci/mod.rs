@@ -424,6 +424,7 @@ impl Function {
             gid: launch.gid,
             input_dir: job.input_dir.clone(),
             output_dir: job.output_dir.clone(),
+            scar_output: Some(job.scar_output_dir()),
             script: self.script.clone(),
             memory: self.memory.or(Some(job.memory_limit)).filter(|m| *m > 0),
             cpu_millis: Some(self.cpu_millis),

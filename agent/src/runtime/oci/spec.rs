@@ -99,6 +99,8 @@ pub struct Plan {
     pub gid: u32,
     pub input_dir: PathBuf,
     pub output_dir: PathBuf,
+    /// The output folder again at SCAR's `/tmp/$REQUEST_ID/output`.
+    pub scar_output: Option<String>,
     pub script: Option<PathBuf>,
     pub memory: Option<u64>,
     pub cpu_millis: Option<u64>,
@@ -187,6 +189,14 @@ pub fn build(plan: &Plan) -> Result<Spec, String> {
         &plan.output_dir,
         &["rbind", "rw", "nosuid", "nodev"],
     )?);
+    if let Some(scar) = &plan.scar_output {
+        mounts.push(mount(
+            scar,
+            "bind",
+            &plan.output_dir,
+            &["rbind", "rw", "nosuid", "nodev"],
+        )?);
+    }
     if let Some(script) = &plan.script {
         mounts.push(mount(
             SCRIPT_PATH,
@@ -325,6 +335,7 @@ mod tests {
             gid: 0,
             input_dir: "/state/in".into(),
             output_dir: "/state/out".into(),
+            scar_output: Some("/tmp/0123abcd/output".into()),
             script: Some("/fdl/script.sh".into()),
             memory: Some(64 << 20),
             cpu_millis: Some(500),
@@ -395,6 +406,8 @@ mod tests {
                 .expect("opts")
                 .contains(&"ro".to_string())
         );
+        let scar = find("/tmp/0123abcd/output").expect("SCAR's output folder");
+        assert_eq!(scar.source().as_deref(), Some(Path::new("/state/out")));
         let output = find(OUTPUT_DIR).expect("output mount");
         assert!(
             output
