@@ -226,6 +226,7 @@ fn envelope(i: usize) -> Envelope {
         expires_at: 0,
         upload: None,
         script: None,
+        variables: Default::default(),
     }
 }
 

@@ -387,6 +387,7 @@ fn oscar_event() -> Target {
         expires_at: 1,
         upload: None,
         script: Some("echo".into()),
+        variables: Default::default(),
     };
     let inner = serde_json::json!({ "spillway": envelope }).to_string();
     let wrapped = serde_json::json!({"storage_provider": "minio.default", "event": inner});

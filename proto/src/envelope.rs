@@ -35,6 +35,12 @@ pub struct Envelope {
     /// The function's script (the FDL `script`'s text), for a runner inside the user's image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<String>,
+    /// The function's `environment.variables`, set for the script wherever it runs, as on the
+    /// nodes (over the executor's own environment). Secrets never travel here: an executor gets
+    /// them from its own platform (a Kubernetes Secret the coordinator keeps, a Lambda's
+    /// configuration).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub variables: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

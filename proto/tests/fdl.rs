@@ -301,6 +301,24 @@ fn a_container_gets_outbound_network_unless_it_says_none_or_host() {
 }
 
 #[test]
+fn secrets_that_cannot_follow_a_job_to_a_replica_are_said_at_apply_time() {
+    let parsed = parse(
+        "functions:\n  oscar:\n  - edge:\n      name: f\n      image: alpine\n      environment:\n        secrets: {TOKEN: s3cr3t}\n      replicas:\n      - {type: kubernetes, cluster_id: k, priority: 0}\n      - {type: endpoint, url: 'https://faas.example/run', priority: 1}\n",
+    );
+    let warnings = messages(&parsed, Severity::Warning);
+    let about: Vec<&String> = warnings
+        .iter()
+        .filter(|w| w.contains("are not sent to"))
+        .collect();
+    assert_eq!(about.len(), 1, "only the endpoint: {warnings:?}");
+    assert!(
+        about[0].contains("`endpoint` replica (https://faas.example/run)")
+            && !about[0].contains("s3cr3t"),
+        "{about:?}"
+    );
+}
+
+#[test]
 fn scars_own_yaml_from_before_the_fdl_is_read_with_its_buckets_as_folders() {
     let dir = example("scar");
     for file in ["cowsay.yaml", "scar-elixir.yaml"] {

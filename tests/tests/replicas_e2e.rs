@@ -718,10 +718,44 @@ fn surplus_runs_as_kubernetes_jobs_whose_runner_brings_the_outputs_back() {
     kube.run_kubelet("spillway-jobs");
     let dir = tempfile::tempdir().unwrap();
     let replicas = "      - {type: kubernetes, cluster_id: edge, image: 'docker.io/library/debian:bookworm-slim', priority: 0}\n";
-    let (c, origin) = origin_configured(dir.path(), replicas, &kube_cluster(&kube));
+    // The function's variables and secrets go wherever it runs: on the node, and in the Jobs
+    // (variables in the envelope, secrets through a Secret the Job takes as `envFrom`).
+    let fdl = slow_fdl(dir.path(), replicas, "");
+    let text = std::fs::read_to_string(&fdl).unwrap().replace(
+        "      replicas:\n",
+        "      environment:\n        variables: {GREETING: hello}\n        secrets: {TOKEN: s3cr3t}\n      replicas:\n",
+    );
+    std::fs::write(&fdl, text).unwrap();
+    let script = std::fs::read_to_string(dir.path().join("slow.sh")).unwrap();
+    std::fs::write(
+        dir.path().join("slow.sh"),
+        format!("{script}echo \"$GREETING $TOKEN\" >> \"$TMP_OUTPUT_DIR/$name\"\n"),
+    )
+    .unwrap();
+    let (c, origin) = origin_under(
+        &format!(
+            "max_hops = 6\n[replicas]\ntimeout = \"2s\"\n{}",
+            kube_cluster(&kube)
+        ),
+        &fdl,
+    );
 
     let inputs = all_succeed(&origin, &c, 4);
     assert_every_output_at_origin(&origin, &inputs);
+    for input in &inputs {
+        let out = std::fs::read_to_string(origin.path(&format!("data/frames/out/{input}")))
+            .unwrap_or_default();
+        assert!(out.ends_with("hello s3cr3t\n"), "{input}: {out:?}");
+    }
+    let secrets = kube.secrets("spillway-jobs");
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    let secret_name = secrets[0]["metadata"]["name"].as_str().unwrap().to_owned();
+    assert!(secret_name.starts_with("spillway-slow-"), "{secret_name}");
+    assert_eq!(
+        secrets[0]["metadata"]["labels"]["spillway.io/function"],
+        "slow"
+    );
+    assert_eq!(secrets[0]["immutable"], true);
     let jobs = kube.jobs();
     assert!(!jobs.is_empty(), "nothing spilled:\n{}", c.log());
     let runner = support::bin("spillway-agent").display().to_string();
@@ -729,6 +763,12 @@ fn surplus_runs_as_kubernetes_jobs_whose_runner_brings_the_outputs_back() {
     for (job, code) in &jobs {
         assert_eq!(*code, 0, "{job}");
         assert_job_manifest(job, &runner);
+        let container = &job["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["envFrom"][0]["secretRef"]["name"], secret_name);
+        assert!(
+            !job.to_string().contains("s3cr3t"),
+            "a secret's value in a Job: {job}"
+        );
         names.push(job["metadata"]["name"].as_str().unwrap());
     }
     names.sort();

@@ -173,6 +173,7 @@ pub(super) mod tests {
             expires_at: 9,
             upload: None,
             script: Some("echo hi".into()),
+            variables: [("GREETING".to_owned(), "from the FDL".to_owned())].into(),
         }
     }
 

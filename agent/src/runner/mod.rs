@@ -163,10 +163,7 @@ async fn execute(
         work_dir: staging.work_dir.clone(),
         file_name: envelope.input.name.clone(),
         event_json: serde_json::to_string(&envelope.event).unwrap_or_default(),
-        // The executor's environment is the function's (a Job's `env`, a Lambda's variables).
-        variables: std::env::vars()
-            .filter(|(k, _)| k != "SPILLWAY_ENVELOPE")
-            .collect(),
+        variables: variables_of(envelope),
         timeout,
         memory_limit: 0,
         log_limit: LOG_LIMIT,
@@ -361,9 +358,40 @@ pub fn http_client() -> Result<reqwest_tls::Client, String> {
         .map_err(|e| format!("cannot make an HTTP client: {e}"))
 }
 
+/// The function's environment where the runner runs it: the executor's own (a Job's `env` and
+/// Secret, a Lambda's configuration), then the FDL's `environment.variables` from the envelope
+/// over it, as the nodes set them.
+fn variables_of(envelope: &Envelope) -> Vec<(String, String)> {
+    let mut variables: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k != "SPILLWAY_ENVELOPE" && !envelope.variables.contains_key(k))
+        .collect();
+    variables.extend(
+        envelope
+            .variables
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    variables
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fdls_variables_are_set_over_the_executors_environment() {
+        let envelope = super::lambda::tests::envelope();
+        let vars = variables_of(&envelope);
+        let greeting: Vec<&(String, String)> =
+            vars.iter().filter(|(k, _)| k == "GREETING").collect();
+        assert_eq!(
+            greeting,
+            [&("GREETING".to_owned(), "from the FDL".to_owned())],
+            "once, the FDL's value"
+        );
+        assert!(vars.iter().all(|(k, _)| k != "SPILLWAY_ENVELOPE"));
+        assert!(vars.iter().any(|(k, _)| k == "PATH"), "the executor's own stay");
+    }
 
     #[test]
     fn the_deadline_shortens_the_timeout_and_keeps_a_margin() {

@@ -345,6 +345,9 @@ fn parse_service_as(
     if errors_after > errors_before {
         return None;
     }
+    if !secrets.is_empty() {
+        warn_secrets_stay_home(diags, map, path, &replicas);
+    }
     let name = name?;
     if input.is_empty()
         && let Some(folder) = invocation_folder(&name)
@@ -380,6 +383,38 @@ fn parse_service_as(
         location: diags.location(map.span()),
         fdl_path: path.to_owned(),
     })
+}
+
+/// Secrets go to the nodes and, as a Kubernetes Secret, to `kubernetes` replicas; they are
+/// never sent to an HTTP endpoint, a Lambda function or another cluster, which must hold them in
+/// their own configuration. Said at apply time rather than found out from a failing job.
+fn warn_secrets_stay_home(
+    diags: &mut Diagnostics,
+    map: &MarkedMappingNode,
+    path: &str,
+    replicas: &[Replica],
+) {
+    for r in replicas {
+        let (kind, who) = match &r.target {
+            ReplicaTarget::Kubernetes { .. } => continue,
+            ReplicaTarget::Endpoint { url, .. } => ("endpoint", url.clone()),
+            ReplicaTarget::Lambda { .. } => ("lambda", "its Lambda function".to_owned()),
+            ReplicaTarget::Oscar {
+                cluster_id,
+                service_name,
+            } => (
+                "oscar",
+                format!("service `{service_name}` on `{cluster_id}`"),
+            ),
+        };
+        diags.warn(
+            map.span(),
+            path,
+            format!(
+                "`environment.secrets` are not sent to the `{kind}` replica ({who}): jobs placed there run without them unless its own configuration sets them"
+            ),
+        );
+    }
 }
 
 /// OSCAR runs any service through `/run` and `/job`, and SCAR any function through `scar run`,

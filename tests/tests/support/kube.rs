@@ -85,6 +85,7 @@ impl KubeEmulator {
     /// Starts the kubelet stand-in for the Jobs of `namespace`.
     pub fn run_kubelet(&mut self, namespace: &str) {
         let base = format!("{}/apis/batch/v1/namespaces/{namespace}/jobs", self.url());
+        let secrets = format!("{}/api/v1/namespaces/{namespace}/secrets", self.url());
         let stop = self.stop.clone();
         let ran = self.ran.clone();
         let pods = self.dir.path().to_owned();
@@ -102,11 +103,11 @@ impl KubeEmulator {
                         continue;
                     }
                     let url = format!("{base}/{name}/status");
-                    let (ran, pods) = (ran.clone(), pods.join(&name));
+                    let (ran, pods, secrets) = (ran.clone(), pods.join(&name), secrets.clone());
                     started.insert(
                         name,
                         std::thread::spawn(move || {
-                            let code = run_pod(&job, &url, &pods);
+                            let code = run_pod(&job, &url, &pods, &secrets);
                             ran.lock()
                                 .expect("the Kubernetes emulator harness")
                                 .push((job, code));
@@ -119,6 +120,16 @@ impl KubeEmulator {
                 let _ = pod.join();
             }
         }));
+    }
+
+    /// The Secrets of `namespace`, as the API lists them.
+    pub fn secrets(&self, namespace: &str) -> Vec<serde_json::Value> {
+        let list = curl_json(
+            "GET",
+            &format!("{}/api/v1/namespaces/{namespace}/secrets", self.url()),
+            None,
+        );
+        list["items"].as_array().cloned().unwrap_or_default()
     }
 
     /// The Jobs the kubelet stand-in ran.
@@ -141,9 +152,43 @@ impl Drop for KubeEmulator {
     }
 }
 
+/// The variables of a container's `envFrom` Secrets, read from the API (`secrets`: the
+/// namespace's Secrets URL) and base64-decoded, as the kubelet sets them.
+fn env_from(container: &serde_json::Value, secrets: &str) -> Vec<(String, String)> {
+    let mut vars = Vec::new();
+    for source in container["envFrom"].as_array().into_iter().flatten() {
+        let Some(name) = source["secretRef"]["name"].as_str() else {
+            continue;
+        };
+        let secret = curl_json("GET", &format!("{secrets}/{name}"), None);
+        for (key, value) in secret["data"].as_object().into_iter().flatten() {
+            let decoded = Command::new("base64")
+                .arg("-d")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .and_then(|mut child| {
+                    use std::io::Write;
+                    child
+                        .stdin
+                        .take()
+                        .expect("the Kubernetes emulator harness")
+                        .write_all(value.as_str().unwrap_or("").as_bytes())?;
+                    child.wait_with_output()
+                })
+                .expect("the Kubernetes emulator harness");
+            vars.push((
+                key.clone(),
+                String::from_utf8_lossy(&decoded.stdout).into_owned(),
+            ));
+        }
+    }
+    vars
+}
+
 /// Runs one Job's pod on this machine and reports it through the Job's status; returns the
 /// container's exit code.
-fn run_pod(job: &serde_json::Value, status_url: &str, pod_dir: &Path) -> i32 {
+fn run_pod(job: &serde_json::Value, status_url: &str, pod_dir: &Path, secrets: &str) -> i32 {
     let spec = &job["spec"]["template"]["spec"];
     std::fs::create_dir_all(pod_dir).expect("the Kubernetes emulator harness");
     let mounts: Vec<(String, PathBuf)> = spec["volumes"]
@@ -196,6 +241,9 @@ fn run_pod(job: &serde_json::Value, status_url: &str, pod_dir: &Path) -> i32 {
         cmd.args(&argv[1..])
             .env_clear()
             .env("PATH", "/usr/bin:/bin");
+        for (k, v) in env_from(container, secrets) {
+            cmd.env(k, v);
+        }
         for e in container["env"].as_array().into_iter().flatten() {
             cmd.env(
                 e["name"].as_str().expect("the Kubernetes emulator harness"),

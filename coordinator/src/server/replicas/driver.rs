@@ -282,6 +282,7 @@ impl State {
                 self.presigner.query("PUT", &upload_prefix, expires_at)
             )),
             script: record.script_text(),
+            variables: record.def.environment.clone().into_iter().collect(),
         };
         Some((record.def, envelope))
     }

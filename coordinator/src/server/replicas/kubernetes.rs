@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use spillway_placement::delegation::{Found, Submitted};
@@ -25,6 +26,7 @@ use spillway_proto::FunctionDef;
 use spillway_proto::envelope::Envelope;
 
 use super::endpoint::Callbacks;
+use super::kube_secrets::FunctionSecret;
 use super::{Backend, BoxFut, error_chain};
 use crate::config::KubeCluster;
 
@@ -123,6 +125,8 @@ pub struct KubernetesBackend {
     pub memory: Option<u64>,
     pub function: String,
     pub function_timeout: Option<Duration>,
+    /// The function's secrets, as a Secret its Jobs read (`None` without secrets).
+    pub secret: Option<FunctionSecret>,
     /// The longest one API request may take.
     pub timeout: Duration,
     pub clients: Arc<KubeClients>,
@@ -196,6 +200,7 @@ impl KubernetesBackend {
             memory: def.memory.map(|m| m.0),
             function: def.name.clone(),
             function_timeout: def.timeout,
+            secret: FunctionSecret::of(def),
             timeout,
             clients,
             callbacks,
@@ -249,6 +254,10 @@ impl KubernetesBackend {
                 "resources": {"requests": resources.clone(), "limits": resources},
             }],
         });
+        if let Some(secret) = &self.secret {
+            pod["containers"][0]["envFrom"] =
+                serde_json::json!([{"secretRef": {"name": secret.name}}]);
+        }
         if let Some(sa) = &self.cluster.service_account {
             pod["serviceAccountName"] = sa.as_str().into();
         }
@@ -482,6 +491,28 @@ impl Backend for KubernetesBackend {
                 Ok(j) => j,
                 Err(why) => return Submitted::Refused(format!("cannot build the Job: {why}")),
             };
+            if let Some(secret) = &self.secret {
+                let secrets: Api<Secret> =
+                    Api::namespaced(api.clone().into_client(), &self.namespace);
+                match tokio::time::timeout(self.timeout, secret.ensure(&secrets, &self.namespace))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(kube::Error::Api(s))) => {
+                        return Submitted::Refused(format!(
+                            "the API server refused Secret `{}` (the function's secrets) in namespace `{}`: {} {} ({}); the coordinator needs to create Secrets there",
+                            secret.name, self.namespace, s.code, s.reason, s.message
+                        ));
+                    }
+                    Ok(Err(e)) => return Submitted::NotSent(error_chain(&e)),
+                    Err(_) => {
+                        return Submitted::NotSent(format!(
+                            "the API server gave no answer within {}s",
+                            self.timeout.as_secs()
+                        ));
+                    }
+                }
+            }
             self.callbacks.submitting(envelope.job);
             let created =
                 tokio::time::timeout(self.timeout, api.create(&PostParams::default(), &job)).await;

@@ -5,6 +5,7 @@
 
 pub mod driver;
 pub mod endpoint;
+pub mod kube_secrets;
 pub mod kubernetes;
 pub mod lambda;
 pub mod oscar;

@@ -323,6 +323,7 @@ mod tests {
             expires_at: 0,
             upload: None,
             script: None,
+            variables: Default::default(),
         };
         let body = wrapped_event("coord", &envelope);
         assert_eq!(body["storage_provider"], "spillway.coord");
