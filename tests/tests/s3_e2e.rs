@@ -140,6 +140,38 @@ fn a_minio_notification_runs_the_function_on_the_object_and_its_output_lands_in_
             .any(|j| j["id"] == job && j["phase"] == "Succeeded")
     });
     assert!(done, "job {job} did not succeed:\n{}", node.log());
+
+    // MinIO's webhook for an OSCAR service posts to /job/SERVICE: the object it names is the
+    // input, fetched for that function only, not the notification taken as an input file.
+    moto.put("photos", "in/via job.txt", "via job");
+    let (status, body) = post(
+        &c,
+        "/job/shout",
+        &minio_event_written("photos", "in/via job.txt", "17A2B3C4D5E6F703"),
+    );
+    assert_eq!(status, 202, "{body}");
+    let accepted: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(accepted["jobs"][0]["function"], "shout", "{body}");
+    assert!(
+        wait_until(Duration::from_secs(30), || moto
+            .get("photos", "out/via job.txt")
+            .as_deref()
+            == Some("VIA JOB")),
+        "{}",
+        node.log()
+    );
+    // A function whose input is a folder on the nodes has no bucket to fetch from: said.
+    let (status, body) = post(
+        &c,
+        "/job/upload",
+        &minio_event_written("texts", "up/a.txt", "17A2B3C4D5E6F704"),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("function `upload` takes no objects from bucket `texts`")
+            && body.contains("`minio.default` is a folder on the nodes"),
+        "{body}"
+    );
 }
 
 #[test]

@@ -390,7 +390,10 @@ mod tests {
             "once, the FDL's value"
         );
         assert!(vars.iter().all(|(k, _)| k != "SPILLWAY_ENVELOPE"));
-        assert!(vars.iter().any(|(k, _)| k == "PATH"), "the executor's own stay");
+        assert!(
+            vars.iter().any(|(k, _)| k == "PATH"),
+            "the executor's own stay"
+        );
     }
 
     #[test]

@@ -152,14 +152,35 @@ pub async fn receive(
         inc(&state.metrics.events_malformed);
         ApiError(StatusCode::BAD_REQUEST, why)
     })?;
+    let jobs = accept(&state, &objects, None).await?;
+    Ok((StatusCode::ACCEPTED, Json(EventsAccepted { jobs })))
+}
+
+/// Whether a body is a bucket notification (S3's or MinIO's `Records`), as MinIO's webhook posts
+/// it to OSCAR's `POST /job/{service}`.
+pub fn is_notification(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| {
+        v.get("Records").is_some_and(|r| r.is_array())
+            || v.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent")
+    })
+}
+
+/// The jobs the created objects make: for every function that takes each, or only for
+/// `function` (a notification posted to `/job/{function}`).
+pub async fn accept(
+    state: &State,
+    objects: &[CreatedObject],
+    function: Option<&str>,
+) -> Result<Vec<EventJob>, ApiError> {
     let functions: Vec<FunctionDef> = state
         .store
         .functions()?
         .into_iter()
         .map(|f| f.def)
+        .filter(|f| function.is_none_or(|name| f.name == name))
         .collect();
     let mut jobs = Vec::new();
-    for object in &objects {
+    for object in objects {
         let key = ObjectKey::parse(&object.key).map_err(|e| {
             inc(&state.metrics.events_refused);
             ApiError(
@@ -171,6 +192,16 @@ pub async fn receive(
             )
         })?;
         let takers = route(&functions, object);
+        if let (true, Some(name)) = (takers.is_empty(), function) {
+            inc(&state.metrics.events_unrouted);
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "function `{name}` takes no objects from bucket `{}` (key `{}`) of an S3-compatible store: a notification posted to /job/{name} fetches the object from the store of an input with that bucket on an `s3` or `minio.ID` provider with an `endpoint` (`minio.default` is a folder on the nodes here, not a bucket)",
+                    object.bucket, object.key
+                ),
+            ));
+        }
         if takers.is_empty() {
             inc(&state.metrics.events_unrouted);
             return Err(ApiError(
@@ -211,7 +242,7 @@ pub async fn receive(
                     ApiError(StatusCode::BAD_GATEWAY, e)
                 })?;
             let invoked = submit_object(
-                &state,
+                state,
                 &f.name,
                 &object.bucket,
                 key.clone(),
@@ -234,7 +265,7 @@ pub async fn receive(
             });
         }
     }
-    Ok((StatusCode::ACCEPTED, Json(EventsAccepted { jobs })))
+    Ok(jobs)
 }
 
 #[cfg(test)]

@@ -69,6 +69,18 @@ pub async fn job(
         return answer;
     }
     function_record(&state, &function)?;
+    // MinIO's webhook posts its notifications here in OSCAR: the objects it names are the
+    // inputs, fetched as `POST /events` fetches them (for this function only).
+    if super::events::is_notification(&body) {
+        let objects = super::events::parse_notification(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.0))?;
+        let jobs = super::events::accept(&state, &objects, Some(&function)).await?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(super::events::EventsAccepted { jobs }),
+        )
+            .into_response());
+    }
     let input = supervisor::input_of(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     let name = event_file_name(&params);
     let invoked = submit(&state, &function, &name, params.node, input.into()).await?;
