@@ -12,7 +12,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::oci::{ImageSpec, busybox_layer, gzip, host_arch, layer, skopeo_copy, write_layout};
+use support::oci::{ImageSpec, busybox_layer, gzip, host_arch, image_archive, layer};
 use support::{Node, repo, wait_until};
 
 #[test]
@@ -34,14 +34,7 @@ fn a_function_cannot_make_namespaces_or_use_the_new_mount_api() {
             &[],
         )),
     ];
-    let layout = tmp.path().join("layout");
-    write_layout(&layout, "1", &[image]);
-    let archive = tmp.path().join("probe.tar");
-    skopeo_copy(
-        &format!("oci:{}:1", layout.display()),
-        &format!("oci-archive:{}:localhost/probe:1", archive.display()),
-        &[],
-    );
+    let archive = image_archive(tmp.path(), "localhost/probe:1", image);
 
     let mut node = Node::new("functions = [\"fn.yaml\"]\n");
     let (ok, out, err) = node.agent_cli(&["load", &archive.display().to_string()]);

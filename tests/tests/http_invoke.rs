@@ -57,13 +57,7 @@ fn run_answers_with_the_output_and_job_with_the_job_id() {
     let accepted: serde_json::Value = serde_json::from_str(&body).expect("json");
     let job = accepted["job"].as_str().expect("job id").to_owned();
     assert_eq!(accepted["node"], "edge-1");
-    let done = wait_until(Duration::from_secs(20), || {
-        c.json(&["get", "jobs"])
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|j| j["id"] == job.as_str() && j["phase"] == "Succeeded")
-    });
+    let done = c.job_succeeded(&job, Duration::from_secs(20));
     assert!(done, "job {job} did not succeed:\n{}", node.log());
     // OSCAR's route: every call is a new job, as in OSCAR.
     let (_, _, again) = curl(&c, &token, "/job/upper", "cXVldWVkIHdvcms=");
@@ -84,13 +78,8 @@ fn run_answers_with_the_output_and_job_with_the_job_id() {
     let (first, second) = (raw(&c), raw(&c));
     assert_ne!(first, second);
     for job in [&first, &second] {
-        let done = wait_until(Duration::from_secs(20), || {
-            c.json(&["get", "jobs"])
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|j| &j["id"] == job && j["phase"] == "Succeeded")
-        });
+        let id = job.as_str().unwrap_or_default();
+        let done = c.job_succeeded(id, Duration::from_secs(20));
         assert!(done, "job {job} did not succeed:\n{}", node.log());
     }
 }

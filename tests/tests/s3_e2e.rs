@@ -130,15 +130,9 @@ fn a_minio_notification_runs_the_function_on_the_object_and_its_output_lands_in_
     );
     assert_eq!(status, 202, "{rewritten}");
     let rewritten: serde_json::Value = serde_json::from_str(&rewritten).expect("json");
-    let job = rewritten["jobs"][0]["job"].clone();
+    let job = rewritten["jobs"][0]["job"].as_str().unwrap_or_default();
     assert_ne!(job, accepted["jobs"][0]["job"]);
-    let done = wait_until(Duration::from_secs(30), || {
-        c.json(&["get", "jobs"])
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|j| j["id"] == job && j["phase"] == "Succeeded")
-    });
+    let done = c.job_succeeded(job, Duration::from_secs(30));
     assert!(done, "job {job} did not succeed:\n{}", node.log());
 
     // MinIO's webhook for an OSCAR service posts to /job/SERVICE: the object it names is the

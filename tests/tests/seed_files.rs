@@ -11,7 +11,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::oci::{ImageSpec, busybox_layer, gzip, host_arch, layer, skopeo_copy, write_layout};
+use support::oci::{ImageSpec, busybox_layer, gzip, host_arch, image_archive, layer};
 use support::{Coordinator, Node, repo, wait_until};
 
 /// An executable shell script in an image.
@@ -28,7 +28,6 @@ fn load_stand_in(
     working_dir: &str,
 ) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let layout = tmp.path().join("layout");
     let mut image = ImageSpec::busybox("linux", host_arch(), None);
     image.layers = vec![
         gzip(&busybox_layer(&format!("linux/{}", host_arch()))),
@@ -37,13 +36,7 @@ fn load_stand_in(
     image.env = vec!["PATH=/usr/local/bin:/usr/bin:/bin".into()];
     image.cmd = cmd.iter().map(|s| s.to_string()).collect();
     image.working_dir = working_dir.into();
-    write_layout(&layout, "1", &[image]);
-    let archive = tmp.path().join("image.tar");
-    skopeo_copy(
-        &format!("oci:{}:1", layout.display()),
-        &format!("oci-archive:{}:{name}", archive.display()),
-        &[],
-    );
+    let archive = image_archive(tmp.path(), name, image);
     let (ok, out, err) = node.agent_cli(&["load", &archive.display().to_string()]);
     assert!(ok && out.contains(name), "load {name}: {out}{err}");
 }

@@ -180,13 +180,7 @@ impl Agent {
         learnt: Vec<Change>,
         live: bool,
     ) -> Result<(), AgentError> {
-        let known = Known::of(
-            self.shared
-                .journal
-                .get(record.id)?
-                .map(|r| r.state)
-                .as_ref(),
-        );
+        let known = known(&self.shared.journal, record.id)?;
         if known == Known::Failed && live && !record.state.is_final() {
             tracing::info!(job = %record.id.short(), function = %record.function, "input delivered again: retrying the failed job");
         }
@@ -222,7 +216,7 @@ impl Agent {
         let known = if s.journal.hosting(record.id)?.is_some() {
             Known::Unfinished
         } else {
-            Known::of(s.journal.get(record.id)?.map(|r| r.state).as_ref())
+            known(&s.journal, record.id)?
         };
         let (id, function, origin) = (record.id, record.function.clone(), guest.origin.clone());
         self.book.set_linked(s.mesh_out().is_some());
@@ -277,4 +271,12 @@ fn ended(s: &super::Shared, record: JobRecord) {
         function: record.function.clone(),
         state: record.state,
     });
+}
+
+/// What the journal knows of job `id`, for the book to decide an arrival.
+pub(super) fn known(
+    journal: &crate::journal::Journal,
+    id: spillway_proto::JobId,
+) -> Result<Known, crate::journal::JournalError> {
+    Ok(Known::of(journal.get(id)?.map(|r| r.state).as_ref()))
 }

@@ -8,7 +8,7 @@ use spillway_proto::{Event, MqttEvent, ObjectKey};
 
 use super::identify::fail;
 use super::{Agent, AgentError};
-use crate::book::{self, Known};
+use crate::book;
 use crate::journal::{Change, JobRecord, now_ms};
 use crate::mqtt::Incoming;
 use crate::mqtt::arrival::{Arrival, classify, message_key, remember};
@@ -74,7 +74,7 @@ impl Agent {
         }
         let mut arrivals = Vec::new();
         for record in records {
-            let known = Known::of(s.journal.get(record.id)?.map(|r| r.state).as_ref());
+            let known = super::drive::known(&s.journal, record.id)?;
             arrivals.push(book::Arrival {
                 record,
                 known,

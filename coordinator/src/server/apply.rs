@@ -132,6 +132,28 @@ pub fn apply(store: &Store, req: &ApplyRequest, now_ms: u64) -> Result<ApplyOutc
     Ok(outcome)
 }
 
+impl super::State {
+    /// Applies functions and, when any changed, has every session recompute its node's
+    /// deployment: what `spillway apply` and OSCAR's `POST`/`PUT /system/services` do.
+    pub fn apply_functions(&self, req: &ApplyRequest) -> Result<ApplyOutcome, ApplyError> {
+        let outcome = apply(&self.store, req, super::now_ms())?;
+        if outcome.functions.iter().any(|(_, v)| v != "unchanged") {
+            self.deployments.send_modify(|g| *g += 1);
+        }
+        Ok(outcome)
+    }
+
+    /// Deletes function `name` and takes it off the nodes; `false` when there is none.
+    pub fn delete_function(&self, name: &str) -> Result<bool, StoreError> {
+        if self.store.function(name)?.is_none() {
+            return Ok(false);
+        }
+        self.store.change_functions(&[], &[name.to_owned()])?;
+        self.deployments.send_modify(|g| *g += 1);
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use spillway_proto::load::NodeHealth;
 use spillway_proto::wire::{self, MAX_STREAM_FRAME, Response as AgentResponse};
 
 use super::api_error::{ApiError, not_found};
-use super::apply::{ApplyError, apply};
+use super::apply::ApplyError;
 use super::metrics::inc;
 use super::node_calls::{ask, job_log_text, job_row, store_on};
 use super::scope;
@@ -364,23 +364,21 @@ async fn delete_function(
     AxState(state): AxState<Arc<State>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    function_record(&state, &name)?;
-    state.store.change_functions(&[], &[name])?;
-    state.deployments.send_modify(|g| *g += 1);
-    Ok(StatusCode::NO_CONTENT)
+    if state.delete_function(&name)? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        function_record(&state, &name).map(|_| StatusCode::NO_CONTENT)
+    }
 }
 
 async fn apply_fdl(
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<ApplyRequest>,
 ) -> ApiResult<ApplyOutcome> {
-    let outcome = apply(&state.store, &req, now_ms()).map_err(|e| match e {
+    let outcome = state.apply_functions(&req).map_err(|e| match e {
         ApplyError::Invalid(m) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, m),
         ApplyError::Store(e) => e.into(),
     })?;
-    if outcome.functions.iter().any(|(_, v)| v != "unchanged") {
-        state.deployments.send_modify(|g| *g += 1);
-    }
     Ok(Json(outcome))
 }
 

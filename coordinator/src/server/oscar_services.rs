@@ -22,7 +22,7 @@ use spillway_proto::fdl::{LambdaTarget, ReplicaTarget, StorageRef};
 
 use super::State;
 use super::api_error::ApiError;
-use super::apply::{ApplyError, apply};
+use super::apply::ApplyError;
 use super::submit::function_record;
 
 /// The name the bundled script gets in the document made from a service.
@@ -59,20 +59,14 @@ pub async fn update(AxState(state): AxState<Arc<State>>, body: Bytes) -> Respons
 
 /// `DELETE /system/services/{name}`: 204, or 404.
 pub async fn delete(AxState(state): AxState<Arc<State>>, Path(name): Path<String>) -> Response {
-    match state.store.function(&name) {
-        Ok(Some(_)) => {}
-        Ok(None) => return StatusCode::NOT_FOUND.into_response(),
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match state.delete_function(&name) {
+        Ok(true) => {
+            tracing::info!(service = %name, "service deleted through the OSCAR API");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-    if let Err(e) = state
-        .store
-        .change_functions(&[], std::slice::from_ref(&name))
-    {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    }
-    state.deployments.send_modify(|g| *g += 1);
-    tracing::info!(service = %name, "service deleted through the OSCAR API");
-    StatusCode::NO_CONTENT.into_response()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,16 +98,13 @@ fn put_service(state: &State, body: &[u8], mode: Mode) -> Response {
         (Mode::Update, false) => return StatusCode::NOT_FOUND.into_response(),
         _ => {}
     }
-    let outcome = match apply(&state.store, &request, super::now_ms()) {
+    let outcome = match state.apply_functions(&request) {
         Ok(outcome) => outcome,
         Err(ApplyError::Invalid(why)) => return invalid(why),
         Err(ApplyError::Store(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     for warning in &outcome.warnings {
         tracing::warn!(service = %name, "{warning}");
-    }
-    if outcome.functions.iter().any(|(_, v)| v != "unchanged") {
-        state.deployments.send_modify(|g| *g += 1);
     }
     tracing::info!(service = %name, ?mode, "service applied through the OSCAR API");
     match mode {

@@ -396,6 +396,17 @@ impl Coordinator {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
+    /// Waits up to `within` for job `id` (its full id) to have succeeded; whether it did.
+    pub fn job_succeeded(&self, id: &str, within: Duration) -> bool {
+        wait_until(within, || {
+            self.json(&["get", "jobs"])
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|j| j["id"] == id && j["phase"] == "Succeeded")
+        })
+    }
+
     /// Joins `node` with a fresh one-time token (the agent is not started).
     pub fn join(&self, node: &Node) {
         let (ok, out, err) = node.agent_cli(&[

@@ -295,6 +295,19 @@ pub fn busybox_archive(dir: &Path, name: &str) -> PathBuf {
     archive
 }
 
+/// `image` as an oci-archive named `name` at `dir/image.tar` (its layout in `dir/layout`).
+pub fn image_archive(dir: &Path, name: &str, image: ImageSpec) -> PathBuf {
+    let layout = dir.join("layout");
+    write_layout(&layout, "1", &[image]);
+    let archive = dir.join("image.tar");
+    skopeo_copy(
+        &format!("oci:{}:1", layout.display()),
+        &format!("oci-archive:{}:{name}", archive.display()),
+        &[],
+    );
+    archive
+}
+
 /// `skopeo copy` (Debian), the independent client that pushes our layouts.
 pub fn skopeo_copy(from: &str, to: &str, extra: &[&str]) {
     let out = Command::new("skopeo")
