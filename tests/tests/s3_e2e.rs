@@ -219,3 +219,60 @@ fn bad_notifications_and_bad_credentials_are_refused_and_nothing_escapes_the_dat
         assert!(metrics.contains(line), "{line} in:\n{metrics}");
     }
 }
+
+/// With `[oscar.minio_provider]`, `minio.default` is the operator's store, as OSCAR's clients
+/// are told: an OSCAR FDL written for it runs unchanged, its input fetched from the store when
+/// the store's webhook posts to `/job/NAME`, and its output uploaded back there.
+#[test]
+fn with_a_default_store_an_oscar_fdl_reads_and_writes_minio_default_there() {
+    let moto = Moto::start();
+    moto.python("client('s3').create_bucket(Bucket='ingest')");
+    let c = Coordinator::with_config(&format!(
+        "[oscar.minio_provider]\nendpoint = \"{}\"\naccess_key = \"{}\"\nsecret_key = \"{}\"\n",
+        moto.endpoint(),
+        moto.access_key,
+        moto.secret_key
+    ));
+    let mut node = Node::new("node_name = \"edge-1\"\n");
+    c.join(&node);
+    node.start();
+    let dir = c.dir.path();
+    std::fs::write(
+        dir.join("shout.sh"),
+        "tr a-z A-Z < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/$FILE_NAME\"\n",
+    )
+    .expect("script");
+    std::fs::write(
+        dir.join("functions.yaml"),
+        "functions:\n  oscar:\n  - edge:\n      name: oscarish\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {storage_provider: minio.default, path: ingest/in}\n      output:\n      - {storage_provider: minio.default, path: ingest/out}\n",
+    )
+    .expect("fdl");
+    let (ok, _, err) = c.cli(&[
+        "apply",
+        "-f",
+        dir.join("functions.yaml").to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "apply: {err}");
+    assert!(
+        wait_until(Duration::from_secs(20), || c.runs("edge-1", "oscarish")),
+        "{}",
+        node.log()
+    );
+    moto.put("ingest", "in/report.txt", "from the store");
+    let (status, body) = post(
+        &c,
+        "/job/oscarish",
+        &minio_event_written("ingest", "in/report.txt", "17A2B3C4D5E6F7A1"),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        wait_until(Duration::from_secs(30), || moto
+            .get("ingest", "out/report.txt")
+            .as_deref()
+            == Some("FROM THE STORE")),
+        "{}",
+        node.log()
+    );
+    // Not also left in a folder on the node: minio.default is the store here.
+    assert!(!node.path("data/ingest/out/report.txt").exists());
+}

@@ -176,7 +176,7 @@ pub async fn accept(
         .store
         .functions()?
         .into_iter()
-        .map(|f| f.def)
+        .map(|f| super::deploy::with_default_store(f.def, state.config.oscar_minio.as_ref()))
         .filter(|f| function.is_none_or(|name| f.name == name))
         .collect();
     let mut jobs = Vec::new();
@@ -197,7 +197,7 @@ pub async fn accept(
             return Err(ApiError(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "function `{name}` takes no objects from bucket `{}` (key `{}`) of an S3-compatible store: a notification posted to /job/{name} fetches the object from the store of an input with that bucket on an `s3` or `minio.ID` provider with an `endpoint` (`minio.default` is a folder on the nodes here, not a bucket)",
+                    "function `{name}` takes no objects from bucket `{}` (key `{}`) of an S3-compatible store: a notification posted to /job/{name} fetches the object from the store of an input with that bucket on an `s3` or `minio.ID` provider with an `endpoint`, or on `minio.default` when the coordinator names its store ([oscar.minio_provider]); without one, `minio.default` is a folder on the nodes",
                     object.bucket, object.key
                 ),
             ));

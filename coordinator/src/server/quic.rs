@@ -255,7 +255,7 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
                     if changed.is_err() { break; }
                     let node = state.store.node(&name).ok().flatten().unwrap_or_else(|| record.clone());
                     let functions = state.store.functions().unwrap_or_default();
-                    let deployment = deploy::for_node(&node, &functions);
+                    let deployment = deploy::for_node(&node, &functions, state.config.oscar_minio.as_ref());
                     let digest = deployment.digest();
                     if digest != deployed {
                         tracing::info!(node = %name, functions = deployment.functions.len(), "deploying");
