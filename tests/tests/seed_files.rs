@@ -143,11 +143,19 @@ fn the_scar_thesis_listings_run_unchanged_with_stand_in_images() {
     );
     node.start();
     let scar = repo("configs/examples/scar");
-    for listing in ["cowsay.yaml", "scar-darknet-s3.yaml", "video-workflow.yaml"] {
+    // Listing 6.2 deploys too; it is run with `scar run -s SCRIPT` (listing 6.4), a script sent
+    // with the call, which Spillway does not serve (a caller's code in the function's image).
+    for listing in [
+        "cowsay.yaml",
+        "scar-elixir.yaml",
+        "scar-darknet-s3.yaml",
+        "video-workflow.yaml",
+    ] {
         apply(&c, &scar.join(listing));
     }
     for f in [
         "scar-cowsay",
+        "scar-elixir",
         "scar-darknet-s3",
         "scar-batch-ffmpeg-split",
         "scar-lambda-darknet",
