@@ -273,16 +273,16 @@ const JOB_SH: &str = "sha256sum \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/$FILE_N
 fn warm_job(jobs: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let archive = busybox_archive(tmp.path(), "localhost/busybox:1");
-    let fdl = "functions:\n  oscar:\n  - edge:\n      name: c\n      image: localhost/busybox:1\n      script: job.sh\n      input: [{storage_provider: minio.default, path: c/in}]\n      output: [{storage_provider: minio.default, path: c/out}]\n  - edge:\n      name: p\n      runtime: process\n      script: job.sh\n      input: [{storage_provider: minio.default, path: p/in}]\n      output: [{storage_provider: minio.default, path: p/out}]\n";
+    let fdl = "functions:\n  oscar:\n  - edge:\n      name: c\n      image: localhost/busybox:1\n      script: job.sh\n      input: [{storage_provider: minio.default, path: c/in}]\n      output: [{storage_provider: minio.default, path: c/out}]\n  - edge:\n      name: n\n      image: localhost/busybox:1\n      script: job.sh\n      network: none\n      input: [{storage_provider: minio.default, path: n/in}]\n      output: [{storage_provider: minio.default, path: n/out}]\n  - edge:\n      name: p\n      runtime: process\n      script: job.sh\n      input: [{storage_provider: minio.default, path: p/in}]\n      output: [{storage_provider: minio.default, path: p/out}]\n";
     let mut node = Node::new("functions = [\"fn.yaml\"]\n");
     node.write("fn.yaml", fdl);
     node.write("job.sh", JOB_SH);
     let (ok, _, err) = node.agent_cli(&["load", &archive.display().to_string()]);
     assert!(ok, "{err}");
     node.start();
-    let mut times: [Vec<Duration>; 2] = Default::default();
+    let mut times: [Vec<Duration>; 3] = Default::default();
     for i in 0..jobs + 2 {
-        for (k, f) in ["c", "p"].iter().enumerate() {
+        for (k, f) in ["c", "n", "p"].iter().enumerate() {
             let out = node.path(&format!("data/{f}/out/j{i}.sha256"));
             let start = Instant::now();
             node.write(&format!("data/{f}/in/j{i}"), format!("job {i}"));
@@ -297,21 +297,27 @@ fn warm_job(jobs: usize) {
         }
     }
     node.stop();
-    let [c, p] = times.map(|mut t| {
+    let [c, n, p] = times.map(|mut t| {
         t.sort();
         t
     });
     println!("\nwarm job, file dropped -> output written, {jobs} jobs each, alternating:");
     println!(
-        "  oci runtime (cached image)  median {:>6.1} ms",
+        "  oci runtime (cached image, own network: CNI bridge + NAT)  median {:>6.1} ms",
         ms(c[c.len() / 2])
     );
     println!(
-        "  process runtime (same sh)   median {:>6.1} ms",
+        "  oci runtime (cached image, network: none)                  median {:>6.1} ms",
+        ms(n[n.len() / 2])
+    );
+    println!(
+        "  process runtime (same sh)                                  median {:>6.1} ms",
         ms(p[p.len() / 2])
     );
     println!(
-        "  ratio oci / process = {:.2}x",
-        ms(c[c.len() / 2]) / ms(p[p.len() / 2])
+        "  ratio oci / process = {:.2}x, oci network none / process = {:.2}x; the network costs {:.1} ms a job",
+        ms(c[c.len() / 2]) / ms(p[p.len() / 2]),
+        ms(n[n.len() / 2]) / ms(p[p.len() / 2]),
+        ms(c[c.len() / 2]) - ms(n[n.len() / 2])
     );
 }

@@ -9,7 +9,8 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use support::containers::{
-    assert_nothing_left, container_key, fdl, function, network_leftovers, wait_finished,
+    assert_nothing_left, container_key, fdl, function, network_leftovers, ready_networks,
+    wait_finished,
 };
 use support::oci::write_docker_save;
 use support::{Node, wait_until};
@@ -191,9 +192,18 @@ fn a_container_reaches_out_from_its_own_namespace_and_is_cut_off_or_on_the_host_
         shared.contains(&outside.host_if) && shared.contains("\nreached\n"),
         "{shared}"
     );
-    // Every namespace, address, NAT rule and firewall rule went with its job.
+    // Every namespace, address, NAT rule and firewall rule went with its job; the agent keeps
+    // namespaces made ahead for the next jobs, and releases them when it stops.
     assert_nothing_left(&node);
+    assert!(!ready_networks(&node).is_empty(), "none made ahead");
     node.stop();
+    assert!(ready_networks(&node).is_empty());
+    let key = container_key(&node);
+    assert!(
+        network_leftovers(&key, &[]).is_empty(),
+        "{:?}",
+        network_leftovers(&key, &[])
+    );
 }
 
 #[test]
@@ -236,7 +246,11 @@ fn without_cni_plugins_an_outbound_function_is_not_deployed_and_says_what_to_ins
         "{:?}",
         node.jobs()
     );
-    assert!(network_leftovers(&container_key(&node)).is_empty());
+    assert!(network_leftovers(&container_key(&node), &[]).is_empty());
+    assert!(
+        ready_networks(&node).is_empty(),
+        "no namespaces made ahead without the plugins"
+    );
     assert_nothing_left(&node);
     node.stop();
 }

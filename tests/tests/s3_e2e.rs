@@ -57,13 +57,10 @@ struct Setup {
     node: Node,
 }
 
-/// moto with a `photos` bucket; a coordinator; one node; the `shout` function reading
-/// `photos/in` and writing `photos/out` through a MinIO-style provider pointing at moto, and
-/// `leaky`, whose output provider has a wrong secret.
-fn setup() -> Setup {
-    let moto = Moto::start();
-    moto.python("client('s3').create_bucket(Bucket='photos')");
-    let c = Coordinator::new();
+/// A coordinator with `config`, one node `edge-1`, and `fdl` (with the upper-casing `shout.sh`
+/// beside it) applied and running `functions` there.
+fn mesh_running(config: &str, fdl: &str, functions: &[&str]) -> (Coordinator, Node) {
+    let c = Coordinator::with_config(config);
     let mut node = Node::new("node_name = \"edge-1\"\n");
     c.join(&node);
     node.start();
@@ -73,12 +70,6 @@ fn setup() -> Setup {
         "tr a-z A-Z < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/$FILE_NAME\"\n",
     )
     .expect("script");
-    let fdl = format!(
-        "functions:\n  oscar:\n  - edge:\n      name: shout\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {{storage_provider: minio.lab, path: photos/in, suffix: [.txt]}}\n      output:\n      - {{storage_provider: minio.lab, path: photos/out}}\n  - edge:\n      name: leaky\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {{storage_provider: minio.default, path: texts/in}}\n      output:\n      - {{storage_provider: minio.wrong, path: photos/out}}\n  - edge:\n      name: upload\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {{storage_provider: minio.default, path: texts/up}}\n      output:\n      - {{storage_provider: minio.lab, path: photos/up}}\nstorage_providers:\n  minio:\n    lab: {{endpoint: \"{e}\", region: us-east-1, access_key: {ak}, secret_key: {sk}}}\n    wrong: {{endpoint: \"{e}\", region: us-east-1, access_key: {ak}, secret_key: not-the-secret}}\n",
-        e = moto.endpoint(),
-        ak = moto.access_key,
-        sk = moto.secret_key
-    );
     std::fs::write(dir.join("functions.yaml"), fdl).expect("fdl");
     let (ok, _, err) = c.cli(&[
         "apply",
@@ -87,11 +78,25 @@ fn setup() -> Setup {
     ]);
     assert!(ok, "apply: {err}");
     let deployed = wait_until(Duration::from_secs(20), || {
-        ["shout", "leaky", "upload"]
-            .iter()
-            .all(|f| c.runs("edge-1", f))
+        functions.iter().all(|f| c.runs("edge-1", f))
     });
     assert!(deployed, "{}", node.log());
+    (c, node)
+}
+
+/// moto with a `photos` bucket; a coordinator; one node; the `shout` function reading
+/// `photos/in` and writing `photos/out` through a MinIO-style provider pointing at moto, and
+/// `leaky`, whose output provider has a wrong secret.
+fn setup() -> Setup {
+    let moto = Moto::start();
+    moto.python("client('s3').create_bucket(Bucket='photos')");
+    let fdl = format!(
+        "functions:\n  oscar:\n  - edge:\n      name: shout\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {{storage_provider: minio.lab, path: photos/in, suffix: [.txt]}}\n      output:\n      - {{storage_provider: minio.lab, path: photos/out}}\n  - edge:\n      name: leaky\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {{storage_provider: minio.default, path: texts/in}}\n      output:\n      - {{storage_provider: minio.wrong, path: photos/out}}\n  - edge:\n      name: upload\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {{storage_provider: minio.default, path: texts/up}}\n      output:\n      - {{storage_provider: minio.lab, path: photos/up}}\nstorage_providers:\n  minio:\n    lab: {{endpoint: \"{e}\", region: us-east-1, access_key: {ak}, secret_key: {sk}}}\n    wrong: {{endpoint: \"{e}\", region: us-east-1, access_key: {ak}, secret_key: not-the-secret}}\n",
+        e = moto.endpoint(),
+        ak = moto.access_key,
+        sk = moto.secret_key
+    );
+    let (c, node) = mesh_running("", &fdl, &["shout", "leaky", "upload"]);
     Setup { moto, c, node }
 }
 
@@ -227,36 +232,16 @@ fn bad_notifications_and_bad_credentials_are_refused_and_nothing_escapes_the_dat
 fn with_a_default_store_an_oscar_fdl_reads_and_writes_minio_default_there() {
     let moto = Moto::start();
     moto.python("client('s3').create_bucket(Bucket='ingest')");
-    let c = Coordinator::with_config(&format!(
+    let config = format!(
         "[oscar.minio_provider]\nendpoint = \"{}\"\naccess_key = \"{}\"\nsecret_key = \"{}\"\n",
         moto.endpoint(),
         moto.access_key,
         moto.secret_key
-    ));
-    let mut node = Node::new("node_name = \"edge-1\"\n");
-    c.join(&node);
-    node.start();
-    let dir = c.dir.path();
-    std::fs::write(
-        dir.join("shout.sh"),
-        "tr a-z A-Z < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/$FILE_NAME\"\n",
-    )
-    .expect("script");
-    std::fs::write(
-        dir.join("functions.yaml"),
+    );
+    let (c, node) = mesh_running(
+        &config,
         "functions:\n  oscar:\n  - edge:\n      name: oscarish\n      runtime: process\n      script: shout.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - {storage_provider: minio.default, path: ingest/in}\n      output:\n      - {storage_provider: minio.default, path: ingest/out}\n",
-    )
-    .expect("fdl");
-    let (ok, _, err) = c.cli(&[
-        "apply",
-        "-f",
-        dir.join("functions.yaml").to_str().expect("utf-8"),
-    ]);
-    assert!(ok, "apply: {err}");
-    assert!(
-        wait_until(Duration::from_secs(20), || c.runs("edge-1", "oscarish")),
-        "{}",
-        node.log()
+        &["oscarish"],
     );
     moto.put("ingest", "in/report.txt", "from the store");
     let (status, body) = post(

@@ -582,6 +582,8 @@ impl Agent {
             tracing::warn!("jobs still running after the grace period run again at the next start");
             self.tasks.shutdown().await;
         }
+        let ready = self.runtimes.oci.ready_networks();
+        let _ = tokio::task::spawn_blocking(move || ready.release()).await;
         Ok(())
     }
 

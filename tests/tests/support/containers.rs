@@ -57,6 +57,8 @@ pub fn leftovers(node: &Node) -> Vec<String> {
         .map(|e| format!("container state {}", e.path().display()))
         .collect();
     let key = container_key(node);
+    // Namespaces the agent made ahead of jobs (`ID.ready` beside them) are its own, not left.
+    let ready = ready_networks(node);
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     for line in mounts.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -68,7 +70,11 @@ pub fn leftovers(node: &Node) -> Vec<String> {
                 }
             }
         }
-        if line.contains(&*node.dir.path().to_string_lossy()) {
+        let of_ready = ready.iter().any(|id| {
+            f.get(1)
+                .is_some_and(|at| Path::new(at) == node.path(&format!("state/netns/{id}")))
+        });
+        if line.contains(&*node.dir.path().to_string_lossy()) && !of_ready {
             left.push(format!("mount {line}"));
         }
     }
@@ -77,18 +83,38 @@ pub fn leftovers(node: &Node) -> Vec<String> {
         .flatten()
         .flatten()
     {
-        left.push(format!("network namespace file {}", e.path().display()));
+        let name = e.file_name().to_string_lossy().into_owned();
+        let id = name.strip_suffix(".json").unwrap_or(&name);
+        let id = id.strip_suffix(".ready").unwrap_or(id);
+        if !ready.iter().any(|r| r == id) {
+            left.push(format!("network namespace file {}", e.path().display()));
+        }
     }
-    left.extend(network_leftovers(&key));
+    left.extend(network_leftovers(&key, &ready));
     left
+}
+
+/// The ids of the namespaces `node`'s agent holds ready for coming jobs.
+pub fn ready_networks(node: &Node) -> Vec<String> {
+    std::fs::read_dir(node.path("state/netns"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".ready").map(str::to_owned)
+        })
+        .collect()
 }
 
 /// Where the built-in container network's `host-local` plugin keeps its leases.
 pub const LEASES: &str = "/run/spillway/cni/spillway";
 
-/// Address leases and NAT rules of containers whose CNI id starts with `key`, and firewall
-/// rules for addresses nobody leases (the firewall plugin's rules name no container).
-pub fn network_leftovers(key: &str) -> Vec<String> {
+/// Address leases and NAT rules of containers whose CNI id starts with `key` (except the
+/// namespaces held `ready`), and firewall rules for addresses nobody leases (the firewall
+/// plugin's rules name no container).
+pub fn network_leftovers(key: &str, ready: &[String]) -> Vec<String> {
+    let held = |owner: &str| ready.iter().any(|id| owner == format!("{key}-{id}"));
     let mut left = Vec::new();
     let mut leased = Vec::new();
     for e in std::fs::read_dir(LEASES).into_iter().flatten().flatten() {
@@ -97,7 +123,8 @@ pub fn network_leftovers(key: &str) -> Vec<String> {
             continue;
         }
         let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
-        if owner.starts_with(&format!("{key}-")) {
+        let owner_id = owner.lines().next().unwrap_or_default().trim();
+        if owner.starts_with(&format!("{key}-")) && !held(owner_id) {
             left.push(format!("address lease {name} ({})", owner.trim()));
         }
         leased.push(format!("{name}/32"));
@@ -107,8 +134,11 @@ pub fn network_leftovers(key: &str) -> Vec<String> {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     for rule in rules.lines() {
-        // The bridge plugin's NAT rules name the container in a comment.
-        if rule.contains(&format!("{key}-")) {
+        // The bridge plugin's NAT rules name the container in a comment (`id: \"KEY-ID\"`).
+        let of_ready = ready
+            .iter()
+            .any(|id| rule.contains(&format!("{key}-{id}\\\"")));
+        if rule.contains(&format!("{key}-")) && !of_ready {
             left.push(format!("iptables rule {rule}"));
         }
         let unleased = rule.starts_with("-A CNI-FORWARD")

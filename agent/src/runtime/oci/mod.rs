@@ -8,6 +8,7 @@
 //! are collected when the next one starts ([`collect_garbage`]).
 
 pub mod network;
+pub mod ready;
 pub mod shim;
 pub mod spec;
 
@@ -29,6 +30,7 @@ use crate::capture::Captured;
 use crate::image::store::{Lease, canonical_reference};
 use crate::image::{ImageError, ImageRecord, ImageStore, Platform, pull};
 use network::Networks;
+use ready::ReadyNetworks;
 use shim::{CONFIG_FILE, RESULT_FILE, ShimConfig, ShimResult};
 use spillway_agent_config::registry::Registries;
 
@@ -62,7 +64,7 @@ pub struct OciRuntime {
     state_root: PathBuf,
     /// This agent's cgroup parent (`/spillway/<key>`): two agents on one host never collide.
     cgroup_parent: String,
-    networks: Arc<Networks>,
+    networks: Arc<ReadyNetworks>,
 }
 
 impl OciRuntime {
@@ -104,12 +106,17 @@ impl OciRuntime {
             settings: Arc::new(settings),
             state_root: containers.to_path_buf(),
             cgroup_parent,
-            networks: Arc::new(networks),
+            networks: Arc::new(ReadyNetworks::new(networks)),
         })
     }
 
     pub fn store(&self) -> &Arc<ImageStore> {
         &self.store
+    }
+
+    /// The container networks made ahead of jobs (released at stop).
+    pub fn ready_networks(&self) -> Arc<ReadyNetworks> {
+        self.networks.clone()
     }
 }
 
@@ -145,13 +152,14 @@ impl Runtime for OciRuntime {
         };
         let network = NetworkMode::of(&function.extra);
         if network == NetworkMode::Outbound {
-            let missing = self.networks.missing_plugins();
+            let missing = self.networks.networks().missing_plugins();
             if !missing.is_empty() {
                 return Err(PrepareError::Network {
                     function: function.name.clone(),
-                    message: self.networks.missing_message(&missing),
+                    message: self.networks.networks().missing_message(&missing),
                 });
             }
+            self.networks.refill();
         }
         let f = Arc::new(Function {
             name: function.name.clone(),
@@ -201,7 +209,7 @@ struct Function {
     reference: String,
     script: Option<PathBuf>,
     network: NetworkMode,
-    networks: Arc<Networks>,
+    networks: Arc<ReadyNetworks>,
     memory: Option<u64>,
     cpu_millis: u64,
     store: Arc<ImageStore>,
@@ -349,13 +357,17 @@ impl Function {
         let short = &job.job_id[..job.job_id.len().min(16)];
         let id = format!("{short}-{}", NEXT_CONTAINER.fetch_add(1, Ordering::Relaxed));
         let bundle = job.work_dir.join("oci");
+        let mut joined = None;
         let network = match self.network {
             NetworkMode::None => spec::Network::Isolated,
             NetworkMode::Host => spec::Network::Host,
             NetworkMode::Outbound => {
-                let (networks, netns_id) = (self.networks.clone(), id.clone());
-                match tokio::task::spawn_blocking(move || networks.attach(&netns_id)).await {
-                    Ok(Ok(netns)) => spec::Network::Joined(netns),
+                let networks = self.networks.clone();
+                match tokio::task::spawn_blocking(move || networks.take()).await {
+                    Ok(Ok((netns_id, netns))) => {
+                        joined = Some(netns_id);
+                        spec::Network::Joined(netns)
+                    }
                     Ok(Err(e)) => {
                         return failed(format!(
                             "cannot give the container its network: {e} (`network: none` in the FDL runs it without one)"
@@ -365,21 +377,21 @@ impl Function {
                 }
             }
         };
-        let joined = matches!(network, spec::Network::Joined(_));
         let supervised = match self.write_bundle(&bundle, &id, &lower, &launch, &job, network) {
             Ok(()) => Ok(supervise(&self.settings, &bundle, &job).await),
             Err(reason) => Err(reason),
         };
-        // The shim removes its container; if it was killed, this does. Then its network goes.
+        // The shim removes its container; if it was killed, this does. Its network goes after,
+        // off the job's path (the next start releases it if the agent dies first).
         let (state_root, cleanup_id) = (self.state_root.clone(), id.clone());
-        let networks = self.networks.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            remove_container(&state_root, &cleanup_id);
-            if joined {
-                networks.detach(&cleanup_id);
-            }
-        })
-        .await;
+        let _ =
+            tokio::task::spawn_blocking(move || remove_container(&state_root, &cleanup_id)).await;
+        if let Some(netns_id) = joined {
+            let networks = self.networks.clone();
+            drop(tokio::task::spawn_blocking(move || {
+                networks.networks().detach(&netns_id)
+            }));
+        }
         let supervised = match supervised {
             Ok(s) => s,
             Err(reason) => return failed(reason),

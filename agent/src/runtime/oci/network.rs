@@ -96,6 +96,16 @@ impl Networks {
         )
     }
 
+    /// Where the namespace `id` is (a bind-mounted nsfs file).
+    pub fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    /// Beside a namespace made ahead of its job while it waits ([`super::ready`]).
+    pub fn marker(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.ready"))
+    }
+
     /// Makes the namespace of container `id` and wires it; its path for the container's spec.
     /// On failure nothing is left behind.
     pub fn attach(&self, id: &str) -> Result<PathBuf, String> {
@@ -152,6 +162,7 @@ impl Networks {
         }
         let _ = nix::mount::umount2(&netns, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(&netns);
+        let _ = std::fs::remove_file(self.marker(id));
         if clean {
             let _ = std::fs::remove_file(&state);
         }
@@ -166,7 +177,8 @@ impl Networks {
             .flatten()
             .map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_suffix(".json").unwrap_or(&name).to_owned()
+                let id = name.strip_suffix(".json").unwrap_or(&name);
+                id.strip_suffix(".ready").unwrap_or(id).to_owned()
             })
             .collect();
         ids.sort();
