@@ -98,6 +98,9 @@ pub struct Arrival {
     pub known: Known,
     /// Set when the coordinator placed it here on behalf of another node.
     pub guest: Option<Guest>,
+    /// The coordinator returned it once (the journal remembers): a failed job asked for again
+    /// is still never offered.
+    pub returned: bool,
 }
 
 /// How a run ended, as its task reports it.
@@ -305,6 +308,7 @@ impl JobBook {
             mut record,
             known,
             guest,
+            returned,
         } in arrivals
         {
             let refused = record.state.is_final();
@@ -335,7 +339,7 @@ impl JobBook {
                     attempt: record.attempt,
                     queued_at_ms: record.queued_at_ms,
                     guest: guest.is_some(),
-                    returned: false,
+                    returned: returned && guest.is_none(),
                 },
             );
             self.admission.enqueue(record.id, &record.function);

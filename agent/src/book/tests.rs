@@ -275,6 +275,8 @@ impl World {
                 let mut plan = self.book.arrive(
                     now,
                     vec![Arrival {
+                        returned: known == Known::Failed
+                            && self.journal().was_returned(r.id).expect("read"),
                         record: r,
                         known,
                         guest: None,
@@ -304,6 +306,7 @@ impl World {
                         record: r,
                         known,
                         guest: Some(guest),
+                        returned: false,
                     }],
                     true,
                 );
@@ -498,6 +501,7 @@ fn a_job_admitted_on_arrival_enters_running_in_one_commit() {
             record: r.clone(),
             known: Known::New,
             guest: None,
+            returned: false,
         }],
         true,
     );
@@ -524,6 +528,7 @@ fn a_job_that_would_wait_past_its_threshold_is_offered_on_arrival() {
             record: record(n, "f", 5),
             known: Known::New,
             guest: None,
+            returned: false,
         };
         plans.push(b.arrive(5, vec![arrival], true));
     }
@@ -547,6 +552,7 @@ fn an_unlinked_node_never_offers_and_a_declined_function_cools_down() {
             record: record(n, "f", 5),
             known: Known::New,
             guest: None,
+            returned: false,
         };
         let plan = b.arrive(5, vec![arrival], true);
         assert!(!plan.acts.iter().any(|a| matches!(a, Act::Offer { .. })));
@@ -571,4 +577,41 @@ fn the_local_wait_grows_with_the_queue_and_shrinks_with_slots() {
     assert_eq!(predicted_local_wait_ms(3, 1, 1000), 4000);
     assert_eq!(predicted_local_wait_ms(3, 2, 1000), 2000);
     assert_eq!(predicted_local_wait_ms(5, 1, 0), 0, "instant runs");
+}
+
+/// The case the property test shrank to on armv7 in CI (stop 35), replayed on every platform:
+/// a job the coordinator returned fails here, its file is delivered again, and the retry must
+/// still never be offered (the book used to forget that it was returned).
+#[test]
+fn a_returned_job_retried_after_failing_is_still_never_offered() {
+    let file = |n, live| Op::File {
+        n,
+        g: false,
+        live,
+        refused: false,
+    };
+    let mut world = World::new();
+    for op in [
+        file(0, false),
+        file(0, false),
+        file(1, false),
+        file(4, false),
+        Op::Answer { pick: 0, how: 2 },
+        file(0, false),
+        file(0, false),
+        Op::Guest { n: 0 },
+        Op::EndRun {
+            pick: 631_486_663,
+            how: 0,
+        },
+        Op::EndRun {
+            pick: 1_193_321_839,
+            how: 0,
+        },
+        file(4, true),
+        Op::Tick { ms: 99 },
+    ] {
+        world.step(op);
+    }
+    world.settle();
 }

@@ -184,10 +184,12 @@ impl Agent {
         if known == Known::Failed && live && !record.state.is_final() {
             tracing::info!(job = %record.id.short(), function = %record.function, "input delivered again: retrying the failed job");
         }
+        let returned = known == Known::Failed && self.shared.journal.was_returned(record.id)?;
         let arrival = Arrival {
             record,
             known,
             guest: None,
+            returned,
         };
         self.arrive(vec![arrival], live, learnt)
     }
@@ -226,6 +228,7 @@ impl Agent {
                 record,
                 known,
                 guest: Some(guest),
+                returned: false,
             }],
             true,
         );

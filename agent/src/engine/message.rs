@@ -75,10 +75,12 @@ impl Agent {
         let mut arrivals = Vec::new();
         for record in records {
             let known = super::drive::known(&s.journal, record.id)?;
+            // Never a retry (below), so never one the coordinator returned.
             arrivals.push(book::Arrival {
                 record,
                 known,
                 guest: None,
+                returned: false,
             });
         }
         // A message is a new job even when an earlier one with the same payload failed: its
