@@ -170,11 +170,21 @@ pub struct WriteStamp {
     pub occurrence: u64,
 }
 
+/// A file's modification time in nanoseconds since the Unix epoch (0 when unknown).
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
 impl WriteStamp {
-    /// The stamp of a file as it is now, given the last one seen for its key: the same write
-    /// again (a rescan, a repeated notification) keeps its occurrence; a new size, modification
-    /// time or inode is the next write, whatever the content.
-    pub fn next(last: Option<WriteStamp>, size: u64, mtime_ns: i128, inode: u64) -> WriteStamp {
+    /// The stamp of the file `meta` describes, given the last one seen for its key: the same
+    /// write again (a rescan, a repeated notification) keeps its occurrence; a new size,
+    /// modification time or inode is the next write, whatever the content.
+    pub fn next(last: Option<WriteStamp>, meta: &std::fs::Metadata) -> WriteStamp {
+        use std::os::unix::fs::MetadataExt;
+        let (size, mtime_ns, inode) = (meta.len(), mtime_ns(meta), meta.ino());
         let occurrence = match last {
             None => 1,
             Some(l) if (l.size, l.mtime_ns, l.inode) == (size, mtime_ns, inode) => l.occurrence,

@@ -2,7 +2,6 @@
 //! refusal recorded as a failed job (bad names, links leading out of the data root).
 
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -12,7 +11,7 @@ use spillway_proto::{Event, FileEvent, ObjectKey};
 use super::Shared;
 use crate::beneath::{Beneath, BeneathError};
 use crate::catalog::Deployed;
-use crate::journal::{Change, JobRecord, JobState, SeenFile, WriteStamp, now_ms};
+use crate::journal::{Change, JobRecord, JobState, SeenFile, WriteStamp, mtime_ns, now_ms};
 
 pub(super) fn fail(r: &mut JobRecord, reason: String) {
     r.state = JobState::Failed { reason };
@@ -41,11 +40,7 @@ pub(super) fn identify_file(
         Opened::File(file, meta) => (Some(file), meta, None),
         Opened::Refused(reason, meta) => (None, meta, Some(reason)),
     };
-    let mtime_ns = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i128);
+    let mtime_ns = mtime_ns(&meta);
     let key = match (key, refusal) {
         (Err(e), _) => Err(format!("input file name refused: {e}")),
         (Ok(_), Some(reason)) => Err(reason),
@@ -101,7 +96,7 @@ pub(super) fn identify_file(
     // in OSCAR); the same write seen again is the same job.
     let write_key = format!("{}/{key}", bucket.bucket);
     let last = s.journal.last_write(&write_key).ok().flatten();
-    let stamp = WriteStamp::next(last, meta.len(), mtime_ns, meta.ino());
+    let stamp = WriteStamp::next(last, &meta);
     let event = Event::written(
         FileEvent {
             bucket: bucket.bucket.clone(),

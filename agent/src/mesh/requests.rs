@@ -4,7 +4,6 @@
 //! renamed, so watchers only ever see it whole.
 
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -57,15 +56,10 @@ fn put(data_root: &Path, journal: &Journal, path: &str, bytes: &[u8]) -> Result<
         .map_err(|e| e.to_string())?
         .metadata()
         .map_err(|e| e.to_string())?;
-    let mtime_ns = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i128);
     let last = journal
         .last_write(key.as_str())
         .map_err(|e| e.to_string())?;
-    let stamp = WriteStamp::next(last, meta.len(), mtime_ns, meta.ino());
+    let stamp = WriteStamp::next(last, &meta);
     Ok(Response::StoredWrite {
         path: key.to_string(),
         sha256: Sha256::digest(bytes).into(),
@@ -216,18 +210,12 @@ mod tests {
         assert_eq!(write(&journal), 1, "nothing seen yet: a first write");
         // The watcher saw the first write (the engine journals it with the job).
         let meta = std::fs::metadata(dir.path().join("in/a.txt")).unwrap();
-        let mtime_ns = meta
-            .modified()
-            .unwrap()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as i128;
-        let seen = WriteStamp::next(None, meta.len(), mtime_ns, meta.ino());
+        let seen = WriteStamp::next(None, &meta);
         journal
             .commit(&[crate::journal::Change::Written("in/a.txt".into(), seen)])
             .unwrap();
         assert_eq!(
-            WriteStamp::next(Some(seen), meta.len(), mtime_ns, meta.ino()).occurrence,
+            WriteStamp::next(Some(seen), &meta).occurrence,
             1,
             "the same write seen again keeps its number"
         );

@@ -176,8 +176,8 @@ pub async fn accept(
         .store
         .functions()?
         .into_iter()
+        .filter(|f| function.is_none_or(|name| f.def.name == name))
         .map(|f| super::deploy::with_default_store(f.def, state.config.oscar_minio.as_ref()))
-        .filter(|f| function.is_none_or(|name| f.name == name))
         .collect();
     let mut jobs = Vec::new();
     for object in objects {
@@ -192,25 +192,19 @@ pub async fn accept(
             )
         })?;
         let takers = route(&functions, object);
-        if let (true, Some(name)) = (takers.is_empty(), function) {
+        if takers.is_empty() {
             inc(&state.metrics.events_unrouted);
-            return Err(ApiError(
-                StatusCode::NOT_FOUND,
-                format!(
+            let why = match function {
+                Some(name) => format!(
                     "function `{name}` takes no objects from bucket `{}` (key `{}`) of an S3-compatible store: a notification posted to /job/{name} fetches the object from the store of an input with that bucket on an `s3` or `minio.ID` provider with an `endpoint`, or on `minio.default` when the coordinator names its store ([oscar.minio_provider]); without one, `minio.default` is a folder on the nodes",
                     object.bucket, object.key
                 ),
-            ));
-        }
-        if takers.is_empty() {
-            inc(&state.metrics.events_unrouted);
-            return Err(ApiError(
-                StatusCode::NOT_FOUND,
-                format!(
+                None => format!(
                     "no function takes objects from bucket `{}` (key `{}`): give a function an input with `path: {}/…` on an s3 storage provider, or stop the bucket's notifications",
                     object.bucket, object.key, object.bucket
                 ),
-            ));
+            };
+            return Err(ApiError(StatusCode::NOT_FOUND, why));
         }
         for (f, settings) in takers {
             let seen = object.sequencer.as_ref().map(|sequencer| {
@@ -221,47 +215,45 @@ pub async fn accept(
                     sequencer.clone(),
                 )
             });
-            if let Some((job, node)) = seen.as_ref().and_then(|s| state.notified.made(s)) {
-                inc(&state.metrics.events_redelivered);
-                jobs.push(EventJob {
-                    function: f.name.clone(),
-                    bucket: object.bucket.clone(),
-                    key: object.key.clone(),
-                    job,
-                    node,
-                });
-                continue;
-            }
-            let bucket = spillway_plumbing::s3::Bucket::open(&settings, &object.bucket)
-                .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
-            let bytes = bucket
-                .get(&object.key, (MAX_STREAM_FRAME - 4096) as u64)
-                .await
-                .map_err(|e| {
-                    inc(&state.metrics.events_refused);
-                    ApiError(StatusCode::BAD_GATEWAY, e)
-                })?;
-            let invoked = submit_object(
-                state,
-                &f.name,
-                &object.bucket,
-                key.clone(),
-                None,
-                Bytes::from(bytes),
-            )
-            .await?;
-            inc(&state.metrics.events_accepted);
-            if let Some(seen) = seen {
-                state
-                    .notified
-                    .remember(seen, invoked.job.clone(), invoked.node.clone());
-            }
+            let (job, node) = match seen.as_ref().and_then(|s| state.notified.made(s)) {
+                Some(made) => {
+                    inc(&state.metrics.events_redelivered);
+                    made
+                }
+                None => {
+                    let bucket = spillway_plumbing::s3::Bucket::open(&settings, &object.bucket)
+                        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+                    let bytes = bucket
+                        .get(&object.key, (MAX_STREAM_FRAME - 4096) as u64)
+                        .await
+                        .map_err(|e| {
+                            inc(&state.metrics.events_refused);
+                            ApiError(StatusCode::BAD_GATEWAY, e)
+                        })?;
+                    let invoked = submit_object(
+                        state,
+                        &f.name,
+                        &object.bucket,
+                        key.clone(),
+                        None,
+                        Bytes::from(bytes),
+                    )
+                    .await?;
+                    inc(&state.metrics.events_accepted);
+                    if let Some(seen) = seen {
+                        state
+                            .notified
+                            .remember(seen, invoked.job.clone(), invoked.node.clone());
+                    }
+                    (invoked.job, invoked.node)
+                }
+            };
             jobs.push(EventJob {
                 function: f.name.clone(),
                 bucket: object.bucket.clone(),
                 key: object.key.clone(),
-                job: invoked.job,
-                node: invoked.node,
+                job,
+                node,
             });
         }
     }

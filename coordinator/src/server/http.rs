@@ -22,7 +22,7 @@ use super::metrics::inc;
 use super::node_calls::{ask, job_log_text, job_row, store_on};
 use super::scope;
 use super::store::{FunctionRecord, JobRow, NodeRecord};
-use super::submit::{function_record, submit};
+use super::submit::{function_record, no_function, submit};
 use super::{State, now_ms};
 use spillway_api::tokens::{ApiTokenRecord, Scope, TokenGrant, TokenListing};
 use spillway_api::*;
@@ -367,7 +367,7 @@ async fn delete_function(
     if state.delete_function(&name)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        function_record(&state, &name).map(|_| StatusCode::NO_CONTENT)
+        Err(no_function(&name))
     }
 }
 

@@ -75,27 +75,26 @@ pub(super) async fn store_on(
     path: String,
     bytes: Vec<u8>,
 ) -> Result<Stored, ApiError> {
-    match ask(state, node, wire::Request::PutFile { path, bytes }).await? {
-        // Agents before protocol 1.2 do not count writes: every file is a first write there.
-        AgentResponse::Stored { path, sha256 } => Ok(Stored {
-            node: node.to_owned(),
-            path,
-            sha256: hex::encode(sha256),
-            write: 1,
-        }),
-        AgentResponse::StoredWrite {
-            path,
-            sha256,
-            occurrence,
-        } => Ok(Stored {
-            node: node.to_owned(),
-            path,
-            sha256: hex::encode(sha256),
-            write: occurrence,
-        }),
-        _ => Err(ApiError(
-            StatusCode::BAD_GATEWAY,
-            "unexpected answer".into(),
-        )),
-    }
+    let (path, sha256, write) =
+        match ask(state, node, wire::Request::PutFile { path, bytes }).await? {
+            // Agents before protocol 1.2 do not count writes: every file is a first write there.
+            AgentResponse::Stored { path, sha256 } => (path, sha256, 1),
+            AgentResponse::StoredWrite {
+                path,
+                sha256,
+                occurrence,
+            } => (path, sha256, occurrence),
+            _ => {
+                return Err(ApiError(
+                    StatusCode::BAD_GATEWAY,
+                    "unexpected answer".into(),
+                ));
+            }
+        };
+    Ok(Stored {
+        node: node.to_owned(),
+        path,
+        sha256: hex::encode(sha256),
+        write,
+    })
 }

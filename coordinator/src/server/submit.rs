@@ -13,11 +13,14 @@ use super::node_calls::store_on;
 use super::store::FunctionRecord;
 
 pub(super) fn function_record(state: &State, name: &str) -> Result<FunctionRecord, ApiError> {
-    state.store.function(name)?.ok_or_else(|| {
-        not_found(format!(
-            "no function named `{name}`; list them with `spillway get functions`"
-        ))
-    })
+    state.store.function(name)?.ok_or_else(|| no_function(name))
+}
+
+/// What a caller naming a function that does not exist is told.
+pub(super) fn no_function(name: &str) -> ApiError {
+    not_found(format!(
+        "no function named `{name}`; list them with `spillway get functions`"
+    ))
 }
 
 /// What `invoke`, `/job` and `/run` share: the body becomes the file `file` in the function's

@@ -307,6 +307,17 @@ pub struct StorageRef {
 }
 
 impl StorageRef {
+    /// `path` on `minio.default`, unfiltered: a folder on the nodes that run the function (or
+    /// the operator's store, when the coordinator names one).
+    pub fn on_nodes(path: BucketPath) -> Self {
+        Self {
+            provider: ProviderRef::parse("minio.default"),
+            path,
+            suffix: Vec::new(),
+            prefix: Vec::new(),
+        }
+    }
+
     /// Whether a file with this name passes the `suffix`/`prefix` filters (empty = any).
     pub fn accepts(&self, file_name: &str) -> bool {
         let suffix_ok =

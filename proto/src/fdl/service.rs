@@ -429,15 +429,10 @@ pub fn invocation_folder(name: &str) -> Option<StorageRef> {
     if !bucket_like {
         return None;
     }
-    Some(StorageRef {
-        provider: ProviderRef::parse("minio.default"),
-        path: BucketPath {
-            bucket: name.to_owned(),
-            folder: ObjectKey::parse("invoke").ok(),
-        },
-        suffix: Vec::new(),
-        prefix: Vec::new(),
-    })
+    Some(StorageRef::on_nodes(BucketPath {
+        bucket: name.to_owned(),
+        folder: ObjectKey::parse("invoke").ok(),
+    }))
 }
 
 /// `runtime` when written; otherwise inferred from what the entry gives to run.
@@ -584,9 +579,7 @@ fn read_command(diags: &mut Diagnostics, node: &Node, path: &str) -> Option<Vec<
     }
 }
 
-/// SCAR's `s3: {input_bucket, output_bucket}` (each `bucket/folder…`): the function's input and
-/// output, as folders on the node that runs it.
-/// SCAR's `s3` (its YAML before the FDL): buckets become folders on the node, laid out as SCAR
+/// SCAR's `s3: {input_bucket, output_bucket}` (its YAML before the FDL): buckets become folders on the node, laid out as SCAR
 /// laid them out in S3. A bare input bucket is read from `BUCKET/FUNCTION/input`; outputs go to
 /// the output bucket's folder, or to `BUCKET/FUNCTION/output` when it names no folder or there is
 /// no output bucket (into the input bucket then), as SCAR's supervisor uploads them (less its
@@ -607,12 +600,7 @@ fn read_scar_buckets(
         if path.folder.is_none() {
             path.folder = ObjectKey::parse(&format!("{function}/{default}")).ok();
         }
-        StorageRef {
-            provider: ProviderRef::parse("minio.default"),
-            path,
-            suffix: Vec::new(),
-            prefix: Vec::new(),
-        }
+        StorageRef::on_nodes(path)
     };
     let input_bucket = f
         .field("input_bucket")

@@ -101,6 +101,11 @@ impl Networks {
         self.dir.join(id)
     }
 
+    /// Beside a namespace: the CNI result its `DEL` needs.
+    fn result_file(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
     /// Beside a namespace made ahead of its job while it waits ([`super::ready`]).
     pub fn marker(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.ready"))
@@ -109,7 +114,7 @@ impl Networks {
     /// Makes the namespace of container `id` and wires it; its path for the container's spec.
     /// On failure nothing is left behind.
     pub fn attach(&self, id: &str) -> Result<PathBuf, String> {
-        let netns = self.dir.join(id);
+        let netns = self.path(id);
         make_namespace(&netns)?;
         let wired = self.wire(id, &netns);
         if wired.is_err() {
@@ -127,7 +132,7 @@ impl Networks {
             result = Some(self.invoke("ADD", id, netns, &conf)?);
             // Written after each plugin: a crash between two leaves what the DEL needs.
             let saved = serde_json::to_vec(&result).unwrap_or_default();
-            std::fs::write(self.dir.join(format!("{id}.json")), saved)
+            std::fs::write(self.result_file(id), saved)
                 .map_err(|e| format!("cannot save the network's state: {e}"))?;
         }
         if let Some(address) = result
@@ -142,8 +147,8 @@ impl Networks {
     /// Unwires and removes the namespace of container `id` (plugins in reverse order, as CNI
     /// asks); failures are logged, and the next start tries again.
     pub fn detach(&self, id: &str) {
-        let netns = self.dir.join(id);
-        let state = self.dir.join(format!("{id}.json"));
+        let netns = self.path(id);
+        let state = self.result_file(id);
         let result: Option<Value> = std::fs::File::open(&state).ok().and_then(|f| {
             let mut text = Vec::new();
             f.take(MAX_PLUGIN_OUTPUT).read_to_end(&mut text).ok()?;
