@@ -282,10 +282,33 @@ pub struct Journal {
     db: Database,
 }
 
+/// How long start-up waits for the journal's lock. A killed agent's lock outlives it for a
+/// moment: a job process it was forking holds a copy of the descriptor until that child execs
+/// or dies of its parent-death signal. Another live agent holds it for good.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `Database::create`, retried while another process holds the file's lock, for up to `wait`.
+fn create_waiting_for_lock(
+    path: &Path,
+    wait: std::time::Duration,
+) -> Result<Database, redb::DatabaseError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Journal {
     pub fn open(path: &Path) -> Result<Self, JournalError> {
         let open = || -> Result<Database, redb::Error> {
-            let db = Database::create(path)?;
+            let db = create_waiting_for_lock(path, LOCK_WAIT)?;
             let txn = db.begin_write()?;
             txn.open_table(JOBS)?;
             txn.open_table(FILES)?;
@@ -528,6 +551,41 @@ mod tests {
             to: state,
             at_ms: 7,
         }
+    }
+
+    #[test]
+    fn start_up_waits_for_a_lock_a_dying_predecessor_still_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.redb");
+        let held = Journal::open(&path).expect("first holder");
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let waited = std::time::Instant::now();
+        create_waiting_for_lock(&path, std::time::Duration::from_secs(5))
+            .expect("opened once the lock was released");
+        assert!(waited.elapsed() >= std::time::Duration::from_millis(250));
+        releaser.join().expect("releaser");
+    }
+
+    #[test]
+    fn a_lock_held_for_good_is_refused_naming_the_other_agent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.redb");
+        let _held = Journal::open(&path).expect("first holder");
+        let refused = create_waiting_for_lock(&path, std::time::Duration::from_millis(200))
+            .expect_err("the lock is never released");
+        assert!(matches!(refused, redb::DatabaseError::DatabaseAlreadyOpen));
+        let message = JournalError::Open {
+            path: path.clone(),
+            source: refused.into(),
+        }
+        .to_string();
+        assert!(
+            message.contains("is another agent using this state_dir?"),
+            "{message}"
+        );
     }
 
     #[test]

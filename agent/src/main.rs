@@ -195,7 +195,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("spillway-agent: {e:#}");
+            eprintln!(
+                "spillway-agent: {}",
+                spillway_plumbing::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
@@ -410,7 +413,10 @@ fn install(root: &std::path::Path, config: &std::path::Path, now: bool) -> ExitC
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("spillway-agent: {e:#}");
+            eprintln!(
+                "spillway-agent: {}",
+                spillway_plumbing::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

@@ -427,7 +427,7 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("spillway: {e:#}");
+            eprintln!("spillway: {}", spillway_plumbing::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
