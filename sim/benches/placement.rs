@@ -9,7 +9,6 @@ use spillway_placement::estimate::RunTimes;
 use spillway_placement::model::Cost;
 use spillway_placement::policy::{FunctionSpec, OscarPolicy, SpillwayPolicy};
 use spillway_placement::{Job, Policy, Target, TargetKind};
-use spillway_sim::{Workload, run};
 
 fn decisions_per_second() {
     // An origin, 30 peers, 3 clusters and Lambda: a mid-sized mesh.
@@ -100,32 +99,37 @@ fn decisions_per_second() {
     }
 }
 
-fn fire_replay(lambda: bool) {
-    let w = Workload::Fire { lambda };
+/// The calibration (recorded fit, replayed), both policies on the thesis' set-up, the fair
+/// comparison and Spillway's cost/queue curve, timed.
+fn fire() {
+    use spillway_sim::calibrate::{self, Grid};
+    use spillway_sim::compare;
+    use spillway_sim::scenario::FireCase;
     let t = Instant::now();
-    let oscar = run(&w.build("oscar"), &mut OscarPolicy::default());
-    let spillway = run(&w.build("spillway"), &mut SpillwayPolicy::default());
-    let secs = t.elapsed().as_secs_f64();
-    println!("\n{}\n\n{}\n", oscar.table(), spillway.table());
+    for fitted in [
+        calibrate::recorded(calibrate::THESIS_THRESHOLD_MS),
+        calibrate::recorded_at_15s(),
+    ] {
+        println!("\n{}", calibrate::explain(&fitted, &Grid::standard()));
+    }
+    for lambda in [false, true] {
+        let case = FireCase::thesis(lambda);
+        println!(
+            "\n{}\n\n{}",
+            case.run("oscar").table(),
+            case.run("spillway").table()
+        );
+    }
+    let rows = compare::fair(FireCase::thesis(true));
+    println!("\n{}", compare::table(&rows));
+    let curve = compare::curve(compare::curve_case());
+    let oscar = compare::side(&compare::curve_case().run("oscar"));
+    println!("{}", compare::curve_table(&curve, &oscar));
     println!(
-        "{} replay (two simulated hours per policy) in {secs:.2} s of real time\n\
-         mean queue time spillway/oscar = {:.1}/{:.1} s = {:.3} (target <= 0.5)\n\
-         mean completion spillway/oscar = {:.1}/{:.1} s = {:.3}\n\
-         Lambda cost spillway/oscar = ${:.4}/${:.4}\n\
-         duplicates spillway {} / oscar {}; lost spillway {} / oscar {}",
-        w.name(),
-        spillway.queue_mean_s,
-        oscar.queue_mean_s,
-        spillway.queue_mean_s / oscar.queue_mean_s.max(1e-9),
-        spillway.completion_mean_s,
-        oscar.completion_mean_s,
-        spillway.completion_mean_s / oscar.completion_mean_s.max(1e-9),
-        spillway.lambda_usd,
-        oscar.lambda_usd,
-        spillway.duplicate_runs,
-        oscar.duplicate_runs,
-        spillway.lost_jobs,
-        oscar.lost_jobs
+        "\ncalibration replays, {} comparisons and {} curve points in {:.2} s of real time",
+        rows.len(),
+        curve.len(),
+        t.elapsed().as_secs_f64()
     );
 }
 
@@ -135,9 +139,8 @@ fn main() {
     }
     decisions_per_second();
     println!(
-        "\nassumptions (the thesis gives no numbers for these): {}",
-        spillway_sim::scenario::FIRE_ASSUMPTIONS
+        "\npriors (not fitted): {}",
+        spillway_sim::scenario::FIRE_PRIORS
     );
-    fire_replay(false);
-    fire_replay(true);
+    fire();
 }

@@ -8,10 +8,8 @@ use spillway_placement::estimate::RunTimes;
 use spillway_placement::{Decision, Job, Mechanism, Millis, Policy, Target, TargetKind};
 
 use crate::report::{Report, Sample};
-use crate::scenario::{NodeSpec, Scenario};
+use crate::scenario::{Answer, NodeSpec, Scenario};
 
-/// OSCAR's delegation is a synchronous HTTP call per job; the local copy goes only after it.
-const ACCEPT_DELAY_MS: Millis = 500;
 /// Nothing in these workloads should take longer; a job not done by then is lost.
 const HORIZON_AFTER_LAST_ARRIVAL_MS: Millis = 6 * 3_600_000;
 
@@ -35,6 +33,10 @@ enum Ev {
         job: u64,
         node: usize,
     },
+    /// A pending pod's back-off ended while a slot was free.
+    Retry {
+        node: usize,
+    },
     Sample,
 }
 
@@ -46,6 +48,10 @@ struct JobRt {
     first_start: Option<Millis>,
     first_finish: Option<(Millis, usize)>,
     runs: u32,
+    /// Failed scheduling attempts where it waits (Kubernetes backs a pending pod off).
+    attempts: u32,
+    /// When it may be tried again.
+    eligible_at: Millis,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -80,6 +86,11 @@ struct Sim<'a> {
     /// Jobs not finished yet (chained jobs are created before their parent counts as done).
     outstanding: usize,
     next_job: u64,
+    /// The pending `Finish` event of each run in progress, by (job, node): a deleted job's run
+    /// is stopped by dropping it.
+    runs: HashMap<(u64, usize), u64>,
+    /// The `Retry` event pending for each node, if any.
+    retry_at: Vec<Option<Millis>>,
 }
 
 /// Runs `scenario` under `policy` to completion.
@@ -109,6 +120,8 @@ pub fn run(scenario: &Scenario, policy: &mut dyn Policy) -> Report {
         times,
         outstanding: 0,
         next_job: 0,
+        runs: HashMap::new(),
+        retry_at: vec![None; scenario.nodes.len()],
     };
     sim.refresh();
     for a in &scenario.arrivals {
@@ -151,10 +164,11 @@ pub fn run(scenario: &Scenario, policy: &mut dyn Policy) -> Report {
 }
 
 impl Sim<'_> {
-    fn push(&mut self, at: Millis, ev: Ev) {
+    fn push(&mut self, at: Millis, ev: Ev) -> u64 {
         self.seq += 1;
         self.events.insert(self.seq, ev);
         self.heap.push(Reverse((at, self.seq)));
+        self.seq
     }
 
     fn done(&self) -> bool {
@@ -186,6 +200,8 @@ impl Sim<'_> {
                 first_start: None,
                 first_finish: None,
                 runs: 0,
+                attempts: 0,
+                eligible_at: at,
             },
         );
         self.outstanding += 1;
@@ -218,8 +234,22 @@ impl Sim<'_> {
                 }
             }
             Ev::Delete { job, node } => {
-                // Gone from the queue if it had not started; if it had, it simply runs (twice).
+                // Gone from the queue if it had not started. If it had, deleting its Kubernetes
+                // Job kills the pod: the run stops, its slot frees, and it still counts as run
+                // twice (it started on two targets).
                 self.nodes[node].queue.retain(|j| *j != job);
+                if let Some(seq) = self.runs.remove(&(job, node)) {
+                    self.events.remove(&seq);
+                    self.nodes[node].running -= 1;
+                    self.report.killed();
+                    self.try_start(node);
+                }
+            }
+            Ev::Retry { node } => {
+                if self.retry_at[node] == Some(self.now) {
+                    self.retry_at[node] = None;
+                }
+                self.try_start(node);
             }
             Ev::Sample => {
                 self.sample();
@@ -336,6 +366,8 @@ impl Sim<'_> {
         }
         if let Some(j) = self.jobs.get_mut(&job) {
             j.job.queued_at = self.now;
+            j.attempts = 0;
+            j.eligible_at = self.now;
         }
         self.nodes[node].queue.push_back(job);
         self.try_start(node);
@@ -345,13 +377,15 @@ impl Sim<'_> {
         let spec = self.sc.nodes[node].clone();
         loop {
             if spec.slots.is_some_and(|s| self.nodes[node].running >= s) {
+                self.back_off(node);
                 return;
             }
-            let Some(job) = self.nodes[node].queue.pop_front() else {
+            let Some(job) = self.next_pending(node) else {
                 return;
             };
             let function = self.jobs[&job].job.function.clone();
-            let run_ms = spec.run_ms.get(&function).copied().unwrap_or(1000);
+            let runs_before = self.jobs[&job].runs;
+            let run_ms = run_time(&spec, &function, job, runs_before);
             let mut start = spec.start_ms;
             if spec.slots.is_none() {
                 let now = self.now;
@@ -378,7 +412,7 @@ impl Sim<'_> {
                 }
             }
             let billed = run_ms + start.saturating_sub(spec.start_ms);
-            self.push(
+            let seq = self.push(
                 now + start + run_ms,
                 Ev::Finish {
                     job,
@@ -387,10 +421,54 @@ impl Sim<'_> {
                     billed_ms: billed,
                 },
             );
+            self.runs.insert((job, node), seq);
+        }
+    }
+
+    /// The job to start next: the oldest, or under Kubernetes' back-off the oldest whose
+    /// back-off has ended (a `Retry` is set for the earliest end when none has).
+    fn next_pending(&mut self, node: usize) -> Option<u64> {
+        if self.spec(node).backoff_max_ms == 0 {
+            return self.nodes[node].queue.pop_front();
+        }
+        let now = self.now;
+        let jobs = &self.jobs;
+        let queue = &mut self.nodes[node].queue;
+        if let Some(i) = queue.iter().position(|j| jobs[j].eligible_at <= now) {
+            return queue.remove(i);
+        }
+        let next = queue.iter().map(|j| jobs[j].eligible_at).min()?;
+        if self.retry_at[node].is_none_or(|at| next < at) {
+            self.retry_at[node] = Some(next);
+            self.push(next, Ev::Retry { node });
+        }
+        None
+    }
+
+    /// The cluster is full: every pending pod tried now fails and backs off (1 s, doubling, up
+    /// to the node's maximum), as kube-scheduler does; a long-pending pod is then tried rarely
+    /// and loses free slots to newer ones, which is how jobs come to pend past the threshold.
+    fn back_off(&mut self, node: usize) {
+        let max = self.spec(node).backoff_max_ms;
+        if max == 0 {
+            return;
+        }
+        let now = self.now;
+        for id in &self.nodes[node].queue {
+            if let Some(j) = self.jobs.get_mut(id)
+                && j.eligible_at <= now
+            {
+                j.attempts += 1;
+                let backoff = 1_000u64
+                    .checked_shl(j.attempts.saturating_sub(1).min(20))
+                    .unwrap_or(max);
+                j.eligible_at = now + backoff.min(max);
+            }
         }
     }
 
     fn finish_run(&mut self, job: u64, node: usize, run_ms: Millis, billed_ms: Millis) {
+        self.runs.remove(&(job, node));
         let spec = self.sc.nodes[node].clone();
         self.nodes[node].running -= 1;
         if spec.slots.is_none() {
@@ -403,6 +481,9 @@ impl Sim<'_> {
         let function = self.jobs[&job].job.function.clone();
         self.times.observe(&function, &spec.id, run_ms);
         let first = self.jobs[&job].first_finish.is_none();
+        if !first {
+            self.report.finished_again();
+        }
         if first {
             let now = self.now;
             let (origin, arrived, started) = {
@@ -450,20 +531,46 @@ impl Sim<'_> {
             .policy
             .on_tick(&queued, &f, &view, &self.times, self.now);
         let atomic = self.policy.atomic_handover();
-        let count = moves.len() as Millis;
-        for (k, (job, decision)) in moves.into_iter().enumerate() {
+        // OSCAR's Rescheduler calls the replicas one job at a time and deletes the local copy
+        // only once the call answered; a call that times out leaves the local copy queued.
+        let mut busy: Millis = 0;
+        for (job, decision) in moves {
             let Decision::Delegate { target, mechanism } = decision else {
                 continue;
             };
             if atomic {
                 self.nodes[node].queue.retain(|j| *j != job);
             } else {
-                let at = self.now + ACCEPT_DELAY_MS * (k as Millis + 1);
-                self.push(at, Ev::Delete { job, node });
+                let (call, answered) = self.call_ms(job, self.index[&target]);
+                busy += call;
+                if answered {
+                    self.push(self.now + busy, Ev::Delete { job, node });
+                }
             }
             self.send(job, node, &target, mechanism);
         }
-        if atomic { 0 } else { count * ACCEPT_DELAY_MS }
+        busy
+    }
+
+    /// How long a delegation call to `to` keeps the caller waiting, and whether it answered
+    /// before the caller's timeout.
+    fn call_ms(&self, job: u64, to: usize) -> (Millis, bool) {
+        let spec = self.spec(to);
+        match spec.answer {
+            Answer::Accepted { after_ms } => (after_ms, true),
+            Answer::WhenDone { timeout_ms } => {
+                let warm = self.nodes[to]
+                    .warm
+                    .iter()
+                    .any(|t| self.now.saturating_sub(*t) < spec.keep_warm_ms);
+                let function = &self.jobs[&job].job.function;
+                let done = self.transfer_ms(job, to)
+                    + spec.start_ms
+                    + if warm { 0 } else { spec.cold_start_ms }
+                    + spec.run_ms.get(function).copied().unwrap_or(1000);
+                (done.min(timeout_ms), done <= timeout_ms)
+            }
+        }
     }
 
     /// No queueing anywhere: the fastest target's transfer + start + run.
@@ -506,4 +613,23 @@ impl Sim<'_> {
         self.report.close(self.jobs.len(), lost, self.now);
         self.report
     }
+}
+
+/// A run's duration: the node's time for the function, spread by `spread_pct` either way by a
+/// hash of the job and the attempt (deterministic: the same job runs as long in every replay).
+fn run_time(spec: &NodeSpec, function: &str, job: u64, attempt: u32) -> Millis {
+    let base = spec.run_ms.get(function).copied().unwrap_or(1000);
+    if spec.spread_pct == 0 {
+        return base;
+    }
+    let mut z = job
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(u64::from(attempt).wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    // u in [-1, 1]
+    let u = (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+    let factor = 1.0 + f64::from(spec.spread_pct) / 100.0 * u;
+    (base as f64 * factor).round().max(1.0) as Millis
 }

@@ -4,8 +4,11 @@
 //! OSCAR's) can be compared on one workload.
 //!
 //! [`scenario`] describes tiers, functions and arrivals (the thesis' fire-detection case, a
-//! burst, the video workflow); [`engine`] runs one; [`report`] summarises and plots it.
+//! burst, the video workflow); [`engine`] runs one; [`report`] summarises and plots it;
+//! [`calibrate`] fits the fire case's unknowns to the thesis' counts.
 
+pub mod calibrate;
+pub mod compare;
 pub mod engine;
 pub mod report;
 pub mod scenario;

@@ -20,6 +20,21 @@ pub struct Delegations {
     pub rescheduler: u32,
     /// "fog → on-prem" and the like, with counts.
     pub routes: BTreeMap<String, u32>,
+    /// The same routes, split by mechanism (the thesis counts them apart).
+    pub by_mechanism: BTreeMap<String, Route>,
+}
+
+/// Hand-overs on one route: at admission (OSCAR's Resource Manager) and by the rescheduler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Route {
+    pub admission: u32,
+    pub rescheduler: u32,
+}
+
+impl Route {
+    pub fn total(&self) -> u32 {
+        self.admission + self.rescheduler
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,8 +55,13 @@ pub struct Report {
     pub completion_p95_s: f64,
     /// Mean completion if every job had run at once on its fastest target (no queueing anywhere).
     pub lower_bound_mean_s: f64,
-    /// Runs beyond the first of the same job.
+    /// Runs beyond the first of the same job (started on a second target).
     pub duplicate_runs: u32,
+    /// Jobs that finished more than once (each extra finish counted): work done twice.
+    pub duplicate_completions: u32,
+    /// Runs stopped when their job was deleted (OSCAR's Rescheduler deleting a local copy that
+    /// had started meanwhile); each is also a duplicate run.
+    pub killed_runs: u32,
     pub lost_jobs: usize,
     pub lambda_gb_s: f64,
     pub lambda_usd: f64,
@@ -89,6 +109,8 @@ impl Report {
             completion_p95_s: 0.0,
             lower_bound_mean_s: 0.0,
             duplicate_runs: 0,
+            killed_runs: 0,
+            duplicate_completions: 0,
             lost_jobs: 0,
             lambda_gb_s: 0.0,
             lambda_usd: 0.0,
@@ -102,15 +124,32 @@ impl Report {
     }
 
     pub(crate) fn delegated(&mut self, m: Mechanism, from: &str, to: &str) {
-        match m {
-            Mechanism::Admission => self.delegations.admission += 1,
-            Mechanism::Rescheduler => self.delegations.rescheduler += 1,
-        }
-        *self
+        let route = format!("{from} → {to}");
+        let split = self
             .delegations
-            .routes
-            .entry(format!("{from} → {to}"))
-            .or_default() += 1;
+            .by_mechanism
+            .entry(route.clone())
+            .or_default();
+        match m {
+            Mechanism::Admission => {
+                self.delegations.admission += 1;
+                split.admission += 1;
+            }
+            Mechanism::Rescheduler => {
+                self.delegations.rescheduler += 1;
+                split.rescheduler += 1;
+            }
+        }
+        *self.delegations.routes.entry(route).or_default() += 1;
+    }
+
+    /// Hand-overs from tier `from` to tier `to`.
+    pub fn route(&self, from: &str, to: &str) -> Route {
+        self.delegations
+            .by_mechanism
+            .get(&format!("{from} → {to}"))
+            .copied()
+            .unwrap_or_default()
     }
 
     pub(crate) fn completed(
@@ -128,6 +167,14 @@ impl Report {
 
     pub(crate) fn duplicate(&mut self) {
         self.duplicate_runs += 1;
+    }
+
+    pub(crate) fn finished_again(&mut self) {
+        self.duplicate_completions += 1;
+    }
+
+    pub(crate) fn killed(&mut self) {
+        self.killed_runs += 1;
     }
 
     pub(crate) fn bill(&mut self, gb_s: f64, usd_per_gb_s: f64) {
@@ -166,9 +213,9 @@ impl Report {
         let _ = writeln!(out, "  jobs per tier        {}", tiers.join(", "));
         let routes: Vec<String> = self
             .delegations
-            .routes
+            .by_mechanism
             .iter()
-            .map(|(r, n)| format!("{r} {n}"))
+            .map(|(r, n)| format!("{r} {} = {} + {}", n.total(), n.admission, n.rescheduler))
             .collect();
         let _ = writeln!(
             out,
@@ -191,7 +238,11 @@ impl Report {
             "  completion time      mean {:.1} s, p95 {:.1} s (no-queueing lower bound: mean {:.1} s)",
             self.completion_mean_s, self.completion_p95_s, self.lower_bound_mean_s
         );
-        let _ = writeln!(out, "  duplicate runs       {}", self.duplicate_runs);
+        let _ = writeln!(
+            out,
+            "  duplicate runs       {} started twice, {} finished twice, {} stopped when the local copy was deleted",
+            self.duplicate_runs, self.duplicate_completions, self.killed_runs
+        );
         let _ = writeln!(out, "  lost jobs            {}", self.lost_jobs);
         let _ = writeln!(
             out,

@@ -2,10 +2,14 @@
 //!
 //! The thesis (OSCAR, ch. 5) gives the fire-detection set-up: a fog k3s cluster of Raspberry Pi 4
 //! workers with 9 one-CPU job slots, an on-premises cluster with 7, optionally AWS Lambda at 1 GB;
-//! 3 images every 30 s for 30 min, then 3 every 5 s for 30 min. It gives no run, transfer or
-//! start-up times (only figures), so these are chosen, and stated in [`FIRE_ASSUMPTIONS`].
+//! 3 images every 30 s for 30 min, then 3 every 5 s for 30 min (1005 and 1028 arrived, not 1080).
+//! It gives no run, transfer or start-up times (only figures): the run times and the Resource
+//! Manager's interval are fitted to its counts ([`crate::calibrate`]), the rest are the priors in
+//! [`FIRE_PRIORS`].
 
 use std::collections::BTreeMap;
+
+use serde::Serialize;
 
 use spillway_placement::model::Cost;
 use spillway_placement::policy::FunctionSpec;
@@ -35,7 +39,30 @@ pub struct NodeSpec {
     pub decides: bool,
     /// Where it may hand jobs: (target id, kind as seen from here, preference tier).
     pub sees: Vec<(String, TargetKind, u32)>,
+    /// Each run lasts `run_ms` ± this percent (inputs differ), deterministically per job.
+    pub spread_pct: u32,
+    /// How a delegation call to it answers the caller.
+    pub answer: Answer,
+    /// Pending jobs are bound by kube-scheduler with back-off up to this long (0: first come,
+    /// first served, as an agent's queue).
+    pub backoff_max_ms: Millis,
 }
+
+/// How a target answers a delegation call (the caller's rescheduler waits for the answer
+/// before it deletes its own copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Accepted after this long (an OSCAR cluster's `POST /job`).
+    Accepted { after_ms: Millis },
+    /// Only when the run is done (a synchronous HTTP endpoint, such as a Lambda function behind
+    /// API Gateway); a call longer than `timeout_ms` fails and the caller keeps its copy.
+    WhenDone { timeout_ms: Millis },
+}
+
+/// OSCAR's delegation is an HTTP call per job: half a second until a cluster accepts it.
+pub const CLUSTER_ACCEPTS_MS: Millis = 500;
+/// OSCAR's HTTP client gives a replica this long to answer (its delegation code).
+pub const DELEGATION_TIMEOUT_MS: Millis = 20_000;
 
 /// A function and what its completion triggers.
 #[derive(Debug, Clone)]
@@ -77,18 +104,104 @@ pub enum Workload {
     Video { frames: u32 },
 }
 
-/// The values the thesis does not give, and why they were chosen.
-pub const FIRE_ASSUMPTIONS: &str = "\
-run time per image: Raspberry Pi 4 core 40 s, on-prem vCPU 12 s, Lambda 1 GB 20 s (thesis: fog \
-noticeably slowest, on-prem fastest, Lambda in between since 1 GB buys ~0.6 vCPU; chosen so that \
-fog + on-prem can just absorb phase 2's 0.6 images/s, as the thesis' saturation suggests); start-up per \
-job: OSCAR pod on k3s/Pi 4 s, OSCAR pod on-prem 2 s, Spillway agent container 0.2 s; Lambda cold \
-start 5 s (container image), warm for 10 min; image 150 KB over 20 Mbit/s with 20 ms latency to \
-on-prem and 50 ms to Lambda; Lambda $0.0000166667 per GB-s; Spillway's fog is the same 9 slots as \
-3 agents of 3 slots, with the 3 cameras' images spread over them; Spillway's Lambda budget 5000 GB-s per hour (OSCAR has none and spends what its Rescheduler sends)";
+/// The phase-2 images the thesis counted (ch. 5): the upload script lost time to uploads, so
+/// fewer than the nominal 1080 arrived; scenario 1 (no Lambda) and scenario 2 (Lambda).
+pub const PHASE2_IMAGES: [u32; 2] = [1005, 1028];
 
-/// Spillway's hourly Lambda budget in the fire case: set a little below what OSCAR's policy spends
-/// in the run, so the two are compared at equal or lower cost.
+/// The thesis' unknowns in the fire case, fitted so that OSCAR's policy reproduces its counts
+/// ([`crate::calibrate`] finds them; `spillway sim fire --fit` searches again).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FireFit {
+    /// One image on one Raspberry Pi 4 job slot (1 CPU, 1 GiB).
+    pub fog_run_ms: Millis,
+    /// One image on one on-premises job slot (1 vCPU, 1 GiB).
+    pub onprem_run_ms: Millis,
+    /// One image on Lambda at 1 GB (about 0.6 vCPU), warm.
+    pub lambda_run_ms: Millis,
+    /// Each run lasts its tier's time ± this percent: images differ.
+    pub spread_pct: u32,
+    /// How often OSCAR's Resource Manager refreshes its snapshot of free resources (the thesis
+    /// does not say; OSCAR's default is 15 s).
+    pub resource_manager_interval_ms: Millis,
+    /// Start-up of a job on the on-premises cluster (pod scheduling, container start).
+    pub onprem_start_ms: Millis,
+    /// kube-scheduler's longest back-off for a pod it could not bind (10 s by default; 0: the
+    /// clusters bind pending jobs first come, first served).
+    pub backoff_max_ms: Millis,
+}
+
+/// What the fit does not vary, and why.
+pub const FIRE_PRIORS: &str = "\
+start-up per job: OSCAR pod on k3s/Raspberry Pi 4 s, Spillway agent container 0.2 s; \
+kube-scheduler back-off 1 s doubling to 10 s (its defaults); Lambda cold start 5 s (container image), warm for 10 min; image 150 KB over \
+20 Mbit/s with 20 ms latency to on-prem and 50 ms to Lambda; OSCAR's Rescheduler every 15 s \
+(its default, as the thesis says); a delegation call to a cluster answers in 0.5 s, one to \
+Lambda through API Gateway when the run is done (20 s client timeout); a deleted Kubernetes \
+Job stops its pod; Lambda $0.0000166667 per GB-s; Spillway's fog is the same 9 slots as 3 \
+agents of 3 slots, the 3 cameras' images spread over them";
+
+/// Start-up of an OSCAR job on the Raspberry Pi cluster (pod scheduling, container start).
+pub const FOG_POD_START_MS: Millis = 4_000;
+/// A Spillway agent starting a prepared container.
+pub const AGENT_START_MS: Millis = 200;
+/// OSCAR's Rescheduler interval (the thesis: the default, 15 s).
+pub const RESCHEDULER_INTERVAL_MS: Millis = 15_000;
+
+/// One run of the fire case: which scenario, the fit, and the knobs both policies are given.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FireCase {
+    /// Scenario 2 (Lambda behind the on-prem cluster) or 1.
+    pub lambda: bool,
+    pub fit: FireFit,
+    /// The function's `rescheduler_threshold`, the same for both: OSCAR's Rescheduler moves
+    /// jobs pending longer; a Spillway agent keeps a job whose predicted wait is within it
+    /// (the live agent and coordinator read the same field).
+    pub threshold_ms: Millis,
+    /// Spillway's hourly Lambda budget in GB-s (`None`: unbounded).
+    pub spillway_budget_gb_s: Option<f64>,
+    /// OSCAR's Resource Manager interval when it is offered Spillway's reporting interval in its
+    /// own terms; `None`: the fitted one.
+    pub oscar_resource_manager_ms: Option<Millis>,
+}
+
+impl FireCase {
+    /// The thesis' set-up with the calibrated fit and its threshold.
+    pub fn thesis(lambda: bool) -> Self {
+        Self {
+            lambda,
+            fit: crate::calibrate::CALIBRATED,
+            threshold_ms: crate::calibrate::THESIS_THRESHOLD_MS,
+            spillway_budget_gb_s: Some(FIRE_LAMBDA_BUDGET_GB_S),
+            oscar_resource_manager_ms: None,
+        }
+    }
+
+    pub fn phase2_images(&self) -> u32 {
+        PHASE2_IMAGES[usize::from(self.lambda)]
+    }
+
+    /// The policy object `policy` ("oscar" or "spillway") runs with in this case.
+    pub fn policy(&self, policy: &str) -> Box<dyn spillway_placement::Policy> {
+        if policy == "oscar" {
+            Box::new(spillway_placement::policy::OscarPolicy {
+                resource_manager_interval_ms: self
+                    .oscar_resource_manager_ms
+                    .unwrap_or(self.fit.resource_manager_interval_ms),
+                rescheduler_interval_ms: RESCHEDULER_INTERVAL_MS,
+            })
+        } else {
+            Box::new(spillway_placement::policy::SpillwayPolicy::default())
+        }
+    }
+
+    /// Runs this case under `policy`.
+    pub fn run(&self, policy: &str) -> crate::Report {
+        crate::run(&fire(policy == "oscar", self), self.policy(policy).as_mut())
+    }
+}
+
+/// Spillway's hourly Lambda budget in the thesis comparison: at most what OSCAR's policy spends
+/// in the same run, so the two are compared at equal or lower cost.
 pub const FIRE_LAMBDA_BUDGET_GB_S: f64 = 5_000.0;
 
 const MB: f64 = 1_000_000.0;
@@ -107,6 +220,11 @@ fn node(id: &str, tier: &str, slots: Option<u32>, start_ms: Millis, decides: boo
         cost: None,
         decides,
         sees: Vec::new(),
+        spread_pct: 0,
+        answer: Answer::Accepted {
+            after_ms: CLUSTER_ACCEPTS_MS,
+        },
+        backoff_max_ms: 0,
     }
 }
 
@@ -119,6 +237,11 @@ fn lambda(run: &[(&str, Millis)]) -> NodeSpec {
         usd_per_gb_s: 0.000_016_666_7,
         memory_gb: 1.0,
     });
+    // The thesis reaches Lambda as an `endpoint` replica through API Gateway, which answers
+    // when the function returns.
+    l.answer = Answer::WhenDone {
+        timeout_ms: DELEGATION_TIMEOUT_MS,
+    };
     l.run_ms = run.iter().map(|(f, ms)| (f.to_string(), *ms)).collect();
     l
 }
@@ -127,7 +250,8 @@ fn function(name: &str, input_bytes: u64, prior_ms: Millis, threshold_ms: Millis
     FunctionSim {
         spec: FunctionSpec {
             name: name.into(),
-            max_local_wait_ms: 2_000,
+            // The live agent and coordinator read both from the one FDL field.
+            max_local_wait_ms: threshold_ms,
             rescheduler_threshold_ms: threshold_ms,
             cost_bound_usd: None,
             elastic_budget_gb_s_per_hour: None,
@@ -149,14 +273,26 @@ impl Workload {
         }
     }
 
+    /// The policy object `policy` ("oscar" or "spillway") runs with on this workload.
+    pub fn policy(&self, policy: &str) -> Box<dyn spillway_placement::Policy> {
+        match *self {
+            Workload::Fire { lambda } => FireCase::thesis(lambda).policy(policy),
+            _ if policy == "oscar" => Box::new(spillway_placement::policy::OscarPolicy::default()),
+            _ => Box::new(spillway_placement::policy::SpillwayPolicy::default()),
+        }
+    }
+
+    /// Runs this workload under `policy`.
+    pub fn run(&self, policy: &str) -> crate::Report {
+        crate::run(&self.build(policy), self.policy(policy).as_mut())
+    }
+
     /// The scenario as `policy` deploys it: OSCAR as clusters with replicas, Spillway as agents
     /// that see each other and the same replicas.
     pub fn build(&self, policy: &str) -> Scenario {
         let oscar = policy == "oscar";
         match *self {
-            Workload::Fire {
-                lambda: with_lambda,
-            } => fire(oscar, with_lambda),
+            Workload::Fire { lambda } => fire(oscar, &FireCase::thesis(lambda)),
             Workload::Burst { files } => burst(oscar, files),
             Workload::Video { frames } => video(oscar, frames),
         }
@@ -216,42 +352,43 @@ fn three_tiers(
     nodes
 }
 
-fn fire(oscar: bool, with_lambda: bool) -> Scenario {
+fn fire(oscar: bool, case: &FireCase) -> Scenario {
     let edge: &[(&str, u32)] = if oscar {
         &[("fog", 9)]
     } else {
         &[("pi-1", 3), ("pi-2", 3), ("pi-3", 3)]
     };
-    let fire_fn = [("fire-detection", 40_000)];
-    let nodes = three_tiers(
+    let fit = case.fit;
+    let fire_fn = [("fire-detection", fit.fog_run_ms)];
+    let mut nodes = three_tiers(
         oscar,
         edge,
         &fire_fn,
         7,
-        &[("fire-detection", 12_000)],
-        with_lambda.then_some(&[("fire-detection", 20_000)][..]),
+        &[("fire-detection", fit.onprem_run_ms)],
+        case.lambda
+            .then_some(&[("fire-detection", fit.lambda_run_ms)][..]),
     );
-    let mut arrivals = Vec::new();
-    // Three cameras: 3 images every 30 s for 30 min, then every 5 s for 30 min.
-    let mut t = 0;
-    while t < 3_600_000 {
-        for camera in 0..3 {
-            let node = edge[camera % edge.len()].0.to_string();
-            arrivals.push(Arrival {
-                at: t,
-                node,
-                function: "fire-detection".into(),
-            });
+    for n in &mut nodes {
+        n.spread_pct = fit.spread_pct;
+        if n.slots.is_some() && (oscar || n.tier == "on-prem") {
+            n.backoff_max_ms = fit.backoff_max_ms;
         }
-        t += if t < 1_800_000 { 30_000 } else { 5_000 };
+        match n.tier.as_str() {
+            "fog" if oscar => n.start_ms = FOG_POD_START_MS,
+            "fog" => n.start_ms = AGENT_START_MS,
+            "on-prem" => n.start_ms = fit.onprem_start_ms,
+            _ => {}
+        }
     }
+    let arrivals = fire_arrivals(edge, case.phase2_images());
     let mut functions = BTreeMap::new();
-    let mut fire = function("fire-detection", 150_000, 40_000, 30_000);
-    fire.spec.elastic_budget_gb_s_per_hour = Some(FIRE_LAMBDA_BUDGET_GB_S);
+    let mut fire = function("fire-detection", 150_000, fit.fog_run_ms, case.threshold_ms);
+    fire.spec.elastic_budget_gb_s_per_hour = case.spillway_budget_gb_s;
     functions.insert("fire-detection".into(), fire);
     Scenario {
         name: Workload::Fire {
-            lambda: with_lambda,
+            lambda: case.lambda,
         }
         .name(),
         nodes,
@@ -259,6 +396,33 @@ fn fire(oscar: bool, with_lambda: bool) -> Scenario {
         arrivals,
         tiers: ["fog", "on-prem", "lambda"].map(String::from).to_vec(),
     }
+}
+
+/// Three cameras: 3 images every 30 s for 30 min (180), then `phase2` images in rounds of 3
+/// spread evenly over the next 30 min (the last round short if `phase2` is not a multiple of 3).
+pub fn fire_arrivals(edge: &[(&str, u32)], phase2: u32) -> Vec<Arrival> {
+    let mut arrivals = Vec::new();
+    let mut push = |at: Millis, camera: usize| {
+        arrivals.push(Arrival {
+            at,
+            node: edge[camera % edge.len()].0.to_string(),
+            function: "fire-detection".into(),
+        });
+    };
+    for round in 0..60u64 {
+        for camera in 0..3 {
+            push(round * 30_000, camera);
+        }
+    }
+    let rounds = u64::from(phase2.div_ceil(3));
+    for i in 0..u64::from(phase2) {
+        let round = i / 3;
+        push(
+            1_800_000 + round * 1_800_000 / rounds.max(1),
+            (i % 3) as usize,
+        );
+    }
+    arrivals
 }
 
 fn burst(oscar: bool, files: u32) -> Scenario {

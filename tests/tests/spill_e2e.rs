@@ -259,7 +259,7 @@ fn cutting_the_origins_link_mid_hand_over_leaves_each_job_existing_once() {
 fn simulated_trace(jobs: usize, gap_ms: u64) -> spillway_sim::report::Report {
     use spillway_placement::TargetKind;
     use spillway_placement::policy::{FunctionSpec, SpillwayPolicy};
-    use spillway_sim::scenario::{Arrival, FunctionSim, NodeSpec, Scenario};
+    use spillway_sim::scenario::{Answer, Arrival, FunctionSim, NodeSpec, Scenario};
     let names = ["small", "big-1", "big-2"];
     let nodes = names
         .iter()
@@ -280,6 +280,9 @@ fn simulated_trace(jobs: usize, gap_ms: u64) -> spillway_sim::report::Report {
                 .filter(|n| *n != name)
                 .map(|n| ((*n).to_owned(), TargetKind::Peer, 0))
                 .collect(),
+            spread_pct: 0,
+            answer: Answer::Accepted { after_ms: 0 },
+            backoff_max_ms: 0,
         })
         .collect();
     let function = FunctionSim {

@@ -585,14 +585,13 @@ impl JobBook {
         self.run_times.expect(function, &self.node)
     }
 
-    /// Admission's second half: a job that did not start at once is offered when its
-    /// predicted wait here is over its function's threshold. A new arrival is a new
+    /// Admission's second half: a job of a function that may spill and did not start at once
+    /// is offered, as OSCAR's Resource Manager sends a job on when its cluster is full; the
+    /// coordinator keeps it here unless a target is predicted to finish it sooner (the
+    /// simulator's `SpillwayPolicy::on_arrival` decides the same). A new arrival is a new
     /// prediction, so the cool-down after a decline does not hold it back.
     fn offer_on_arrival(&mut self, now: u64, id: JobId, function: &str, plan: &mut Plan) {
-        let Some(&threshold) = self.thresholds.get(function) else {
-            return;
-        };
-        if !self.linked {
+        if !self.thresholds.contains_key(function) || !self.linked {
             return;
         }
         let Some(ahead) = self
@@ -604,7 +603,7 @@ impl JobBook {
             return;
         };
         let wait = predicted_local_wait_ms(ahead, self.slots(function), self.run_ms(function));
-        if wait > threshold {
+        if wait > 0 {
             self.offer(now, id, OfferReason::Admission, plan);
         }
     }

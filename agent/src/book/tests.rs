@@ -520,7 +520,7 @@ fn a_job_admitted_on_arrival_enters_running_in_one_commit() {
 }
 
 #[test]
-fn a_job_that_would_wait_past_its_threshold_is_offered_on_arrival() {
+fn a_job_that_cannot_start_at_once_is_offered_on_arrival() {
     let mut b = book(true);
     let mut plans = Vec::new();
     for n in 0..4 {
@@ -540,7 +540,7 @@ fn a_job_that_would_wait_past_its_threshold_is_offered_on_arrival() {
             _ => None,
         })
         .collect();
-    // Two start at once; with the default run time the next ones would wait past 100 ms.
+    // Two start at once; the next two would queue, so the coordinator is asked about them.
     assert_eq!(offered, vec![OfferReason::Admission; 2]);
 }
 

@@ -200,11 +200,11 @@ impl Policy for SpillwayPolicy {
         if origin.free_slots > origin.queued {
             return Decision::Stay;
         }
+        // It cannot start at once: it goes wherever it is predicted to finish sooner, as OSCAR's
+        // Resource Manager sends a job on when its cluster is full (the live agent offers it).
+        // The threshold is the rescheduler's, and bounds how long the chosen target may keep
+        // it waiting.
         let stay = predicted_completion(job, origin, times);
-        let wait = stay.saturating_sub(times.expect(&job.function, &origin.id) + origin.start_ms);
-        if wait <= f.max_local_wait_ms {
-            return Decision::Stay;
-        }
         match self.place(job, f, view, times, stay, now) {
             Some(target) => Decision::Delegate {
                 target,

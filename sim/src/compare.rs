@@ -1,0 +1,338 @@
+//! The fire case compared fairly: both policies with the same threshold, OSCAR also offered
+//! Spillway's one extra advantage (a fresh view) in its own terms, and Spillway held to no more
+//! Lambda spend than OSCAR's; then Spillway's whole cost/queue curve.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use serde::Serialize;
+use spillway_placement::Millis;
+
+use crate::report::Report;
+use crate::scenario::FireCase;
+
+/// Spillway's agents report load every second; offered to OSCAR in its own terms, that is a
+/// `RESOURCE_MANAGER_INTERVAL` of 1 s.
+pub const SPILLWAY_REPORT_MS: Millis = 1_000;
+
+/// One side of a comparison row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Side {
+    pub policy: String,
+    pub queue_mean_s: f64,
+    pub queue_p95_s: f64,
+    pub completion_mean_s: f64,
+    pub completion_p95_s: f64,
+    pub lambda_gb_s: f64,
+    pub lambda_usd: f64,
+    pub duplicates: u32,
+    pub lost: usize,
+    /// Spillway's hourly Lambda budget (GB-s) in this run; `None` for OSCAR or unbounded.
+    pub budget_gb_s: Option<f64>,
+}
+
+/// A report's figures as one side of a row.
+pub fn side(r: &Report) -> Side {
+    Side::of(r, None)
+}
+
+impl Side {
+    fn of(r: &Report, budget: Option<f64>) -> Self {
+        Self {
+            policy: r.policy.clone(),
+            queue_mean_s: r.queue_mean_s,
+            queue_p95_s: r.queue_p95_s,
+            completion_mean_s: r.completion_mean_s,
+            completion_p95_s: r.completion_p95_s,
+            lambda_gb_s: r.lambda_gb_s,
+            lambda_usd: r.lambda_usd,
+            duplicates: r.duplicate_runs,
+            lost: r.lost_jobs,
+            budget_gb_s: budget,
+        }
+    }
+}
+
+/// Spillway against OSCAR on one set-up.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub setup: String,
+    pub threshold_ms: Millis,
+    pub oscar: Side,
+    pub spillway: Side,
+}
+
+impl Row {
+    pub fn queue_ratio(&self) -> f64 {
+        self.spillway.queue_mean_s / self.oscar.queue_mean_s.max(1e-9)
+    }
+
+    pub fn completion_ratio(&self) -> f64 {
+        self.spillway.completion_mean_s / self.oscar.completion_mean_s.max(1e-9)
+    }
+}
+
+/// Spillway at no more Lambda spend than OSCAR's on `case`: its hourly budget starts at what
+/// OSCAR billed and shrinks until Spillway's bill (cold starts included) is not above it.
+pub fn at_oscars_spend(case: FireCase, setup: &str) -> Row {
+    let oscar = case.run("oscar");
+    let mut budget = oscar.lambda_gb_s;
+    let mut spillway = FireCase {
+        spillway_budget_gb_s: Some(budget),
+        ..case
+    }
+    .run("spillway");
+    for _ in 0..40 {
+        if spillway.lambda_gb_s <= oscar.lambda_gb_s {
+            break;
+        }
+        budget *= 0.95;
+        spillway = FireCase {
+            spillway_budget_gb_s: Some(budget),
+            ..case
+        }
+        .run("spillway");
+    }
+    Row {
+        setup: setup.to_owned(),
+        threshold_ms: case.threshold_ms,
+        oscar: Side::of(&oscar, None),
+        spillway: Side::of(&spillway, Some(budget)),
+    }
+}
+
+/// The comparisons `spillway sim fire` prints: both scenarios at the thesis' threshold; OSCAR
+/// also with a 1 s Resource Manager; and both at shorter thresholds.
+pub fn fair(thesis: FireCase) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for lambda in [false, true] {
+        let case = FireCase { lambda, ..thesis };
+        let name = if lambda { "scenario 2" } else { "scenario 1" };
+        rows.push(at_oscars_spend(
+            case,
+            &format!("{name}, as the thesis ran it"),
+        ));
+        rows.push(at_oscars_spend(
+            FireCase {
+                oscar_resource_manager_ms: Some(SPILLWAY_REPORT_MS),
+                ..case
+            },
+            &format!("{name}, OSCAR's Resource Manager every 1 s"),
+        ));
+        for threshold_ms in [15_000, 5_000, 2_000] {
+            if threshold_ms == thesis.threshold_ms {
+                continue;
+            }
+            rows.push(at_oscars_spend(
+                FireCase {
+                    threshold_ms,
+                    oscar_resource_manager_ms: Some(SPILLWAY_REPORT_MS),
+                    ..case
+                },
+                &format!(
+                    "{name}, both at threshold {} s, Resource Manager every 1 s",
+                    threshold_ms / 1000
+                ),
+            ));
+        }
+    }
+    rows
+}
+
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<58} {:>8} {:>17} {:>17} {:>15} {:>6}",
+        "set-up (same threshold for both)",
+        "policy",
+        "queue mean/p95 s",
+        "compl. mean/p95 s",
+        "Lambda GB-s ($)",
+        "dup."
+    );
+    for r in rows {
+        for (i, s) in [&r.oscar, &r.spillway].into_iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{:<58} {:>8} {:>8.1}/{:<8.1} {:>8.1}/{:<8.1} {:>6.0} ({:.3}) {:>6}",
+                if i == 0 { r.setup.as_str() } else { "" },
+                s.policy,
+                s.queue_mean_s,
+                s.queue_p95_s,
+                s.completion_mean_s,
+                s.completion_p95_s,
+                s.lambda_gb_s,
+                s.lambda_usd,
+                s.duplicates
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{:<58} {:>8} queue ×{:.2}, completion ×{:.2}",
+            "",
+            "ratio",
+            r.queue_ratio(),
+            r.completion_ratio()
+        );
+    }
+    out
+}
+
+/// One point of Spillway's cost/queue curve.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurvePoint {
+    /// Hourly budget in GB-s; `None`: unbounded.
+    pub budget_gb_s: Option<f64>,
+    pub spent_gb_s: f64,
+    pub usd: f64,
+    pub queue_mean_s: f64,
+    pub queue_p95_s: f64,
+    pub completion_mean_s: f64,
+}
+
+/// The set-up of the cost curve: scenario 2 with both at a 5 s threshold and OSCAR's Resource
+/// Manager every second (at the thesis' 30 s Spillway needs no Lambda at all, so the curve
+/// would be flat).
+pub fn curve_case() -> FireCase {
+    FireCase {
+        lambda: true,
+        threshold_ms: 5_000,
+        oscar_resource_manager_ms: Some(SPILLWAY_REPORT_MS),
+        ..FireCase::thesis(true)
+    }
+}
+
+/// Spillway's queue time as its Lambda budget goes from nothing to unbounded (scenario 2).
+pub fn curve(case: FireCase) -> Vec<CurvePoint> {
+    let budgets = [
+        Some(0.0),
+        Some(250.0),
+        Some(500.0),
+        Some(1_000.0),
+        Some(1_500.0),
+        Some(2_000.0),
+        Some(3_000.0),
+        Some(4_000.0),
+        Some(6_000.0),
+        Some(8_000.0),
+        Some(12_000.0),
+        Some(16_000.0),
+        None,
+    ];
+    budgets
+        .into_iter()
+        .map(|budget| {
+            let r = FireCase {
+                lambda: true,
+                spillway_budget_gb_s: budget,
+                ..case
+            }
+            .run("spillway");
+            CurvePoint {
+                budget_gb_s: budget,
+                spent_gb_s: r.lambda_gb_s,
+                usd: r.lambda_usd,
+                queue_mean_s: r.queue_mean_s,
+                queue_p95_s: r.queue_p95_s,
+                completion_mean_s: r.completion_mean_s,
+            }
+        })
+        .collect()
+}
+
+pub fn curve_table(points: &[CurvePoint], oscar: &Side) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>14} {:>10} {:>9} {:>16} {:>16}",
+        "budget GB-s/h", "spent GB-s", "$", "queue mean/p95 s", "completion mean"
+    );
+    for p in points {
+        let _ = writeln!(
+            out,
+            "{:>14} {:>10.0} {:>9.4} {:>7.1}/{:<8.1} {:>16.1}",
+            p.budget_gb_s
+                .map_or("unbounded".to_owned(), |b| format!("{b:.0}")),
+            p.spent_gb_s,
+            p.usd,
+            p.queue_mean_s,
+            p.queue_p95_s,
+            p.completion_mean_s
+        );
+    }
+    let _ = write!(
+        out,
+        "{:>14} {:>10.0} {:>9.4} {:>7.1}/{:<8.1} {:>16.1}",
+        "OSCAR",
+        oscar.lambda_gb_s,
+        oscar.lambda_usd,
+        oscar.queue_mean_s,
+        oscar.queue_p95_s,
+        oscar.completion_mean_s
+    );
+    out
+}
+
+/// The curve as an SVG: mean queue time against Lambda GB-s, with OSCAR's point.
+pub fn plot_curve(points: &[CurvePoint], oscar: &Side, path: &Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let x_max = points
+        .iter()
+        .map(|p| p.spent_gb_s)
+        .chain([oscar.lambda_gb_s])
+        .fold(1.0, f64::max)
+        * 1.1;
+    let y_max = points
+        .iter()
+        .map(|p| p.queue_mean_s)
+        .chain([oscar.queue_mean_s])
+        .fold(1.0, f64::max)
+        * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "fire detection, scenario 2, threshold 5 s: mean queue time against Lambda spend",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("Lambda GB-s billed (1 GB functions)")
+        .y_desc("mean queue time, s")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let line: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| (p.spent_gb_s, p.queue_mean_s))
+        .collect();
+    chart
+        .draw_series(LineSeries::new(line.clone(), &BLUE))
+        .map_err(|e| e.to_string())?
+        .label("Spillway, budget from 0 to unbounded")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    chart
+        .draw_series(line.into_iter().map(|p| Circle::new(p, 3, BLUE.filled())))
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series([Cross::new(
+            (oscar.lambda_gb_s, oscar.queue_mean_s),
+            7,
+            RED.stroke_width(2),
+        )])
+        .map_err(|e| e.to_string())?
+        .label("OSCAR (calibrated, Resource Manager every 1 s)")
+        .legend(|(x, y)| Cross::new((x + 10, y), 5, RED.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
