@@ -856,6 +856,11 @@ fn simulate_fire(lambda: bool, fit: bool, plot: Option<&std::path::Path>) -> any
         "Spillway's cost/queue curve, scenario 2, both at threshold 5 s, OSCAR's Resource Manager every 1 s\n{}",
         compare::curve_table(&curve, &oscar_side)
     );
+    println!(
+        "\nAgainst the exact optimum on small traces (the linear relaxation of the whole trace: \
+         `cargo bench -p spillway-sim --features bound --bench bound`)\n{}",
+        compare::limits_table(&compare::small_limits(FireCase::thesis(true), &[2, 3, 4]))
+    );
     if let Some(path) = plot {
         spillway
             .plot(path)

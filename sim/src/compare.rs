@@ -336,3 +336,102 @@ pub fn plot_curve(points: &[CurvePoint], oscar: &Side, path: &Path) -> Result<()
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
 }
+
+/// A policy's mean completion against the offline bound on one trace.
+#[derive(Debug, Clone, Serialize)]
+pub struct Limit {
+    pub trace: String,
+    pub policy: String,
+    pub completion_mean_s: f64,
+    pub lambda_gb_s: f64,
+    /// "exact optimum" (small traces) or "LP relaxation" (the full trace).
+    pub bound_kind: &'static str,
+    pub bound_mean_s: f64,
+}
+
+impl Limit {
+    pub fn ratio(&self) -> f64 {
+        self.completion_mean_s / self.bound_mean_s.max(1e-9)
+    }
+}
+
+/// Lambda's memory in the fire case (GB).
+const LAMBDA_GB: f64 = 1.0;
+
+/// Both policies on small traces of the fire case (`rounds` rounds of 3 images 5.25 s apart
+/// on one 3-slot fog node, a 2-slot on-prem cluster and Lambda), against the exact optimum at
+/// each policy's own Lambda spend.
+pub fn small_limits(case: FireCase, rounds: &[u32]) -> Vec<Limit> {
+    use crate::bound::{elastic_jobs_for, exact_mean_s, relax};
+    use crate::scenario::small_fire;
+    let mut out = Vec::new();
+    for &n in rounds {
+        let scenarios = [
+            small_fire(true, &case, n, 5_250),
+            small_fire(false, &case, n, 5_250),
+        ];
+        let relaxed = relax(&[&scenarios[0], &scenarios[1]]);
+        for (policy, sc) in ["oscar", "spillway"].into_iter().zip(&scenarios) {
+            let r = crate::run(sc, case.policy(policy).as_mut());
+            let jobs = elastic_jobs_for(&relaxed, r.lambda_gb_s, LAMBDA_GB);
+            if let Some(bound) = exact_mean_s(&relaxed, jobs) {
+                out.push(Limit {
+                    trace: format!("{} images in {} rounds", n * 3, n),
+                    policy: policy.to_owned(),
+                    completion_mean_s: r.completion_mean_s,
+                    lambda_gb_s: r.lambda_gb_s,
+                    bound_kind: "exact optimum",
+                    bound_mean_s: bound,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Both policies on the whole trace of `case` against the linear relaxation at each policy's
+/// own Lambda spend (2 s buckets: a start counts from its bucket's beginning).
+#[cfg(feature = "bound")]
+pub fn full_limits(case: FireCase, label: &str) -> Result<Vec<Limit>, String> {
+    use crate::bound::{elastic_jobs_for, lp_mean_s, relax};
+    let scenarios = [case.scenario("oscar"), case.scenario("spillway")];
+    let relaxed = relax(&[&scenarios[0], &scenarios[1]]);
+    let mut out = Vec::new();
+    for (policy, sc) in ["oscar", "spillway"].into_iter().zip(&scenarios) {
+        let r = crate::run(sc, case.policy(policy).as_mut());
+        let jobs = elastic_jobs_for(&relaxed, r.lambda_gb_s, LAMBDA_GB);
+        let bound = lp_mean_s(&relaxed, jobs, 2_000, 300_000)?;
+        out.push(Limit {
+            trace: label.to_owned(),
+            policy: policy.to_owned(),
+            completion_mean_s: r.completion_mean_s,
+            lambda_gb_s: r.lambda_gb_s,
+            bound_kind: "LP relaxation",
+            bound_mean_s: bound,
+        });
+    }
+    Ok(out)
+}
+
+pub fn limits_table(limits: &[Limit]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<46} {:>8} {:>11} {:>8} {:>15} {:>10} {:>7}",
+        "trace", "policy", "Lambda GB-s", "mean s", "bound", "bound s", "ratio"
+    );
+    for l in limits {
+        let _ = writeln!(
+            out,
+            "{:<46} {:>8} {:>11.0} {:>8.2} {:>15} {:>10.2} {:>7.2}",
+            l.trace,
+            l.policy,
+            l.lambda_gb_s,
+            l.completion_mean_s,
+            l.bound_kind,
+            l.bound_mean_s,
+            l.ratio()
+        );
+    }
+    out
+}

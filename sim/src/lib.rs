@@ -7,6 +7,7 @@
 //! burst, the video workflow); [`engine`] runs one; [`report`] summarises and plots it;
 //! [`calibrate`] fits the fire case's unknowns to the thesis' counts.
 
+pub mod bound;
 pub mod calibrate;
 pub mod compare;
 pub mod engine;

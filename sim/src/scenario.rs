@@ -196,7 +196,12 @@ impl FireCase {
 
     /// Runs this case under `policy`.
     pub fn run(&self, policy: &str) -> crate::Report {
-        crate::run(&fire(policy == "oscar", self), self.policy(policy).as_mut())
+        crate::run(&self.scenario(policy), self.policy(policy).as_mut())
+    }
+
+    /// The scenario `policy` runs in this case.
+    pub fn scenario(&self, policy: &str) -> Scenario {
+        fire(policy == "oscar", self)
     }
 }
 
@@ -358,13 +363,44 @@ fn fire(oscar: bool, case: &FireCase) -> Scenario {
     } else {
         &[("pi-1", 3), ("pi-2", 3), ("pi-3", 3)]
     };
+    fire_shaped(
+        oscar,
+        case,
+        edge,
+        7,
+        fire_arrivals(edge, case.phase2_images()),
+    )
+}
+
+/// A small trace of the fire case, for comparing with an exact optimum: one fog node of 3
+/// slots (an OSCAR cluster, or one agent), an on-prem cluster of 2 and Lambda, and `rounds`
+/// rounds of 3 images `gap_ms` apart.
+pub fn small_fire(oscar: bool, case: &FireCase, rounds: u32, gap_ms: Millis) -> Scenario {
+    let edge: &[(&str, u32)] = if oscar { &[("fog", 3)] } else { &[("pi-1", 3)] };
+    let arrivals = (0..rounds * 3)
+        .map(|i| Arrival {
+            at: u64::from(i / 3) * gap_ms,
+            node: edge[0].0.to_owned(),
+            function: "fire-detection".into(),
+        })
+        .collect();
+    fire_shaped(oscar, case, edge, 2, arrivals)
+}
+
+fn fire_shaped(
+    oscar: bool,
+    case: &FireCase,
+    edge: &[(&str, u32)],
+    onprem_slots: u32,
+    arrivals: Vec<Arrival>,
+) -> Scenario {
     let fit = case.fit;
     let fire_fn = [("fire-detection", fit.fog_run_ms)];
     let mut nodes = three_tiers(
         oscar,
         edge,
         &fire_fn,
-        7,
+        onprem_slots,
         &[("fire-detection", fit.onprem_run_ms)],
         case.lambda
             .then_some(&[("fire-detection", fit.lambda_run_ms)][..]),
@@ -381,7 +417,6 @@ fn fire(oscar: bool, case: &FireCase) -> Scenario {
             _ => {}
         }
     }
-    let arrivals = fire_arrivals(edge, case.phase2_images());
     let mut functions = BTreeMap::new();
     let mut fire = function("fire-detection", 150_000, fit.fog_run_ms, case.threshold_ms);
     fire.spec.elastic_budget_gb_s_per_hour = case.spillway_budget_gb_s;

@@ -211,11 +211,14 @@ fn the_scar_thesis_listings_run_unchanged_with_stand_in_images() {
         for object in objects.split(' ') {
             assert!(out.contains(&format!("{object}: 90%")), "{out}");
         }
+        // A job's outputs are delivered one by one: the picture may land just after the text.
+        let picture = node.path(&format!(
+            "data/scar-ffmpeg/scar-batch-ffmpeg-split/image-output/out{frame:03}.png"
+        ));
         assert!(
-            node.path(&format!(
-                "data/scar-ffmpeg/scar-batch-ffmpeg-split/image-output/out{frame:03}.png"
-            ))
-            .exists()
+            wait_until(Duration::from_secs(10), || picture.exists()),
+            "{} never appeared",
+            picture.display()
         );
         seen.push(frame);
     }
