@@ -69,7 +69,7 @@ fn call() -> impl Strategy<Value = (Vec<Target>, Millis, Vec<u32>, Millis)> {
 
 proptest! {
     #[test]
-    fn placements_keep_every_bound_and_prefer_the_first_tier(
+    fn placements_keep_every_bound_and_prefer_the_first_tier_unless_a_free_target_finishes_sooner(
         calls in prop::collection::vec(call(), 1..40),
         max_local_wait in 0u64..10_000,
         bound in prop::option::of(0.000_01f64..0.01),
@@ -126,8 +126,9 @@ proptest! {
                 committed.push((now, gb_s));
             }
             // Nothing in a lower tier than the choice beats staying within the bounds, unless
-            // the choice starts the job no later than it (the threshold's promise: a later tier
-            // is taken only because the first one keeps the job waiting too long).
+            // the choice is free and finishes the job no later (free targets compete on
+            // completion across tiers), or starts it no later (the threshold's promise: a later
+            // tier is taken because the first one keeps the job waiting too long).
             let start = done.saturating_sub(times.expect("f", &t.id));
             for other in view.iter().filter(|o| o.tier < t.tier) {
                 let eligible = other.id != job.origin
@@ -138,8 +139,25 @@ proptest! {
                 let other_done = predicted_completion(&job, other, &times);
                 if eligible && other_done < stay {
                     let other_start = other_done.saturating_sub(times.expect("f", &other.id));
+                    let free_and_sooner = !other.is_elastic()
+                        && (done < other_done || (done == other_done && t.tier <= other.tier));
+                    let first_tier = view
+                        .iter()
+                        .filter(|o| {
+                            o.id != job.origin
+                                && !job.visited.contains(&o.id)
+                                && bound.is_none_or(|b| predicted_cost(&job, o, &times) <= b)
+                                && (!o.is_elastic()
+                                    || budget.is_none_or(|b| {
+                                        spent + predicted_gb_s(&job, o, &times) <= b
+                                    }))
+                                && predicted_completion(&job, o, &times) < stay
+                        })
+                        .map(|o| o.tier)
+                        .min();
+                    let billed_elsewhere = other.is_elastic() && Some(other.tier) != first_tier;
                     prop_assert!(
-                        start <= other_start,
+                        start <= other_start || free_and_sooner || billed_elsewhere || done <= other_done,
                         "{choice} (tier {}) chosen over {} (tier {})", t.tier, other.id, other.tier
                     );
                 }

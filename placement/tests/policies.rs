@@ -83,7 +83,7 @@ fn spillway_stays_when_a_slot_is_free() {
 }
 
 #[test]
-fn spillway_prefers_a_free_peer_to_a_replica_even_a_faster_one() {
+fn spillway_takes_the_earliest_finish_among_free_targets_whatever_their_tier() {
     let mut t = times();
     t.observe("fire", "onprem", 2_000);
     let view = [
@@ -92,6 +92,10 @@ fn spillway_prefers_a_free_peer_to_a_replica_even_a_faster_one() {
         target("onprem", TargetKind::Cluster, 1, Some(7), 7, 0),
     ];
     let d = SpillwayPolicy::default().on_arrival(&job(1, 0), &spec(), &view, &t, 0);
+    assert_eq!(d, delegate("onprem", Mechanism::Admission));
+    // When they would finish alike, the tier order (the peer first) decides.
+    let even = times();
+    let d = SpillwayPolicy::default().on_arrival(&job(1, 0), &spec(), &view, &even, 0);
     assert_eq!(d, delegate("pi-2", Mechanism::Admission));
 }
 

@@ -54,7 +54,8 @@ fn no_policy_beats_the_exact_optimum_on_small_fire_traces() {
     for l in &limits {
         assert!(l.ratio() >= 1.0, "{}", compare::limits_table(&limits));
     }
-    // Regression guard on BENCHMARKS.md: Spillway within 1.3× of the optimum on each.
+    // Regression guard on BENCHMARKS.md: Spillway within 1.3× of the optimum on each (1.28 at
+    // worst, the 1.25 target missed on 12 images).
     for l in limits.iter().filter(|l| l.policy == "spillway") {
         assert!(l.ratio() <= 1.3, "{}", compare::limits_table(&limits));
     }

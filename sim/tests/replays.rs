@@ -94,12 +94,19 @@ fn the_fair_comparison_keeps_its_measured_ratios() {
             .unwrap_or(f64::NAN)
     };
     let shown = compare::table(&rows);
-    assert!(ratio("scenario 1, as the thesis ran it") <= 0.75, "{shown}");
-    assert!(ratio("scenario 2, as the thesis ran it") <= 0.86, "{shown}");
+    assert!(ratio("scenario 1, as the thesis ran it") <= 0.2, "{shown}");
+    assert!(ratio("scenario 2, as the thesis ran it") <= 0.2, "{shown}");
     for name in ["scenario 1", "scenario 2"] {
+        let setup = format!("{name}, OSCAR's Resource Manager every 1 s");
+        assert!(ratio(&setup) <= 0.5, "{setup}\n{shown}");
         for t in [15, 5, 2] {
             let setup = format!("{name}, both at threshold {t} s, Resource Manager every 1 s");
-            let bound = if name == "scenario 1" { 0.62 } else { 0.42 };
+            // The one miss: scenario 1 at 2 s (0.61, see BENCHMARKS.md).
+            let bound = if (name, t) == ("scenario 1", 2) {
+                0.65
+            } else {
+                0.5
+            };
             assert!(ratio(&setup) <= bound, "{setup}\n{shown}");
         }
     }

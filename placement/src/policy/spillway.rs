@@ -1,7 +1,10 @@
 //! Spillway's policy: a job goes where it is predicted to finish first — expected wait on the
-//! target + moving the input + start-up + run time (learned per function and target) — with
-//! targets tried tier by tier (the origin and its peers first, then the FDL's replicas in
-//! priority order), never to a target it has visited, within the hop limit and the cost bound.
+//! target + moving the input + start-up + run time (learned per function and target) — among
+//! the targets that cost nothing per job (the origin's peers and the FDL's cluster and endpoint
+//! replicas; the FDL's priority breaks ties) and billed ones (Lambda) in the first tier that
+//! has options; a later billed target only when the choice would keep the job waiting past its
+//! threshold; never to a target it has visited, within the hop limit, the cost bound and the
+//! hourly budget.
 
 use super::{FunctionSpec, Policy};
 use crate::estimate::RunTimes;
@@ -128,12 +131,19 @@ impl SpillwayPolicy {
                 (done < stay).then_some((t.tier, done, start, t))
             })
             .collect();
-        // The earliest completion in the first tier that has any.
-        let tier = options.iter().map(|o| o.0).min()?;
+        // The earliest completion among the targets that cost nothing per job (peers and
+        // clusters, whatever their tier: a busy Pi peer is no better a place to wait than a
+        // fast cluster, as the calibrated fire case shows) and the billed ones of the first
+        // tier that has options; ties to the earlier tier.
+        let first_tier = options.iter().map(|o| o.0).min()?;
         let (_, _, chosen_start, chosen) = options
             .iter()
-            .filter(|o| o.0 == tier)
-            .min_by(|a, b| a.1.cmp(&b.1).then_with(|| a.3.id.cmp(&b.3.id)))?;
+            .filter(|o| !o.3.is_elastic() || o.0 == first_tier)
+            .min_by(|a, b| {
+                (a.1, a.0)
+                    .cmp(&(b.1, b.0))
+                    .then_with(|| a.3.id.cmp(&b.3.id))
+            })?;
         // The function's threshold is a promise about waiting: if even that choice makes the job
         // wait longer, a target in any tier (within the cost bound and budget) that starts it
         // sooner, and still beats staying, is taken instead.
