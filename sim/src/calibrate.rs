@@ -101,45 +101,40 @@ pub struct Check {
 /// Manager's is their difference).
 pub fn checks(c: &Counts) -> Vec<Check> {
     let t = THESIS;
-    let pairs = [
+    let routes = [
         (
             "scenario 1, fog → on-prem",
-            t.s1_fog_onprem.total(),
-            c.s1_fog_onprem.total(),
-        ),
-        (
-            "  of which by the Rescheduler",
-            t.s1_fog_onprem.rescheduler,
-            c.s1_fog_onprem.rescheduler,
+            t.s1_fog_onprem,
+            c.s1_fog_onprem,
         ),
         (
             "scenario 2, fog → on-prem",
-            t.s2_fog_onprem.total(),
-            c.s2_fog_onprem.total(),
-        ),
-        (
-            "  of which by the Rescheduler",
-            t.s2_fog_onprem.rescheduler,
-            c.s2_fog_onprem.rescheduler,
+            t.s2_fog_onprem,
+            c.s2_fog_onprem,
         ),
         (
             "scenario 2, on-prem → Lambda",
-            t.s2_onprem_lambda.total(),
-            c.s2_onprem_lambda.total(),
-        ),
-        (
-            "  of which by the Rescheduler",
-            t.s2_onprem_lambda.rescheduler,
-            c.s2_onprem_lambda.rescheduler,
+            t.s2_onprem_lambda,
+            c.s2_onprem_lambda,
         ),
     ];
-    pairs
+    let check = |what, thesis, simulated| Check {
+        what,
+        thesis,
+        simulated,
+        error: error(thesis, simulated),
+    };
+    routes
         .into_iter()
-        .map(|(what, thesis, simulated)| Check {
-            what,
-            thesis,
-            simulated,
-            error: error(thesis, simulated),
+        .flat_map(|(what, thesis, sim)| {
+            [
+                check(what, thesis.total(), sim.total()),
+                check(
+                    "  of which by the Rescheduler",
+                    thesis.rescheduler,
+                    sim.rescheduler,
+                ),
+            ]
         })
         .collect()
 }

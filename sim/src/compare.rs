@@ -291,22 +291,12 @@ pub fn plot_curve(points: &[CurvePoint], oscar: &Side, path: &Path) -> Result<()
         .chain([oscar.queue_mean_s])
         .fold(1.0, f64::max)
         * 1.15;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "fire detection, scenario 2, threshold 5 s: mean queue time against Lambda spend",
-            ("sans-serif", 20),
-        )
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-        .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc("Lambda GB-s billed (1 GB functions)")
-        .y_desc("mean queue time, s")
-        .draw()
-        .map_err(|e| e.to_string())?;
+    let mut chart = crate::report::chart(
+        &root,
+        "fire detection, scenario 2, threshold 5 s: mean queue time against Lambda spend",
+        (x_max, y_max),
+        ("Lambda GB-s billed (1 GB functions)", "mean queue time, s"),
+    )?;
     let line: Vec<(f64, f64)> = points
         .iter()
         .map(|p| (p.spent_gb_s, p.queue_mean_s))

@@ -278,22 +278,8 @@ impl Report {
                 .map(|p| p.1)
                 .fold(1.0, f64::max)
                 * 1.1;
-            let mut chart = ChartBuilder::on(&panel)
-                .caption(
-                    format!("{} — {} ({})", tier, self.policy, self.workload),
-                    ("sans-serif", 18),
-                )
-                .margin(10)
-                .x_label_area_size(30)
-                .y_label_area_size(40)
-                .build_cartesian_2d(0.0..end, 0.0..top)
-                .map_err(|e| e.to_string())?;
-            chart
-                .configure_mesh()
-                .x_desc("seconds")
-                .y_desc("jobs")
-                .draw()
-                .map_err(|e| e.to_string())?;
+            let caption = format!("{} — {} ({})", tier, self.policy, self.workload);
+            let mut chart = chart(&panel, &caption, (end, top), ("seconds", "jobs"))?;
             chart
                 .draw_series(LineSeries::new(running, &BLUE))
                 .map_err(|e| e.to_string())?
@@ -313,4 +299,38 @@ impl Report {
         }
         root.present().map_err(|e| e.to_string())
     }
+}
+
+/// A chart with a caption and labelled axes from 0 to `(x, y)` on `area`.
+pub(crate) fn chart<'a, DB: plotters::prelude::DrawingBackend + 'a>(
+    area: &'a plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    (x, y): (f64, f64),
+    (x_desc, y_desc): (&str, &str),
+) -> Result<
+    plotters::prelude::ChartContext<
+        'a,
+        DB,
+        plotters::prelude::Cartesian2d<
+            plotters::coord::types::RangedCoordf64,
+            plotters::coord::types::RangedCoordf64,
+        >,
+    >,
+    String,
+> {
+    use plotters::prelude::*;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..x, 0.0..y)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
 }
