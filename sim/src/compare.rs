@@ -318,12 +318,7 @@ pub fn plot_curve(points: &[CurvePoint], oscar: &Side, path: &Path) -> Result<()
         .map_err(|e| e.to_string())?
         .label("OSCAR (calibrated, Resource Manager every 1 s)")
         .legend(|(x, y)| Cross::new((x + 10, y), 5, RED.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(|e| e.to_string())?;
+    crate::report::legend(&mut chart)?;
     root.present().map_err(|e| e.to_string())
 }
 

@@ -290,12 +290,7 @@ impl Report {
                 .map_err(|e| e.to_string())?
                 .label("queued")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-            chart
-                .configure_series_labels()
-                .border_style(BLACK)
-                .background_style(WHITE.mix(0.8))
-                .draw()
-                .map_err(|e| e.to_string())?;
+            legend(&mut chart)?;
         }
         root.present().map_err(|e| e.to_string())
     }
@@ -333,4 +328,24 @@ pub(crate) fn chart<'a, DB: plotters::prelude::DrawingBackend + 'a>(
         .draw()
         .map_err(|e| e.to_string())?;
     Ok(chart)
+}
+
+/// The series' labels in a framed box.
+pub(crate) fn legend<'a, DB: plotters::prelude::DrawingBackend + 'a>(
+    chart: &mut plotters::prelude::ChartContext<
+        'a,
+        DB,
+        plotters::prelude::Cartesian2d<
+            plotters::coord::types::RangedCoordf64,
+            plotters::coord::types::RangedCoordf64,
+        >,
+    >,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| e.to_string())
 }
