@@ -255,45 +255,56 @@ impl Report {
 
     /// Queued and running jobs per tier over time, as an SVG file.
     pub fn plot(&self, path: &Path) -> Result<(), String> {
-        use plotters::prelude::*;
-        let root = SVGBackend::new(path, (1100, 360 * self.tiers.len() as u32)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let panels = root.split_evenly((self.tiers.len(), 1));
-        let end = self
-            .series
-            .last()
-            .map_or(1.0, |(t, _)| *t as f64 / 1000.0)
-            .max(1.0);
-        for (tier, panel) in self.tiers.iter().zip(panels) {
-            let point = |f: fn(&Sample) -> u32| -> Vec<(f64, f64)> {
-                self.series
-                    .iter()
-                    .map(|(t, by)| (*t as f64 / 1000.0, by.get(tier).map_or(0, f) as f64))
-                    .collect()
-            };
-            let (queued, running) = (point(|s| s.queued), point(|s| s.running));
-            let top = queued
-                .iter()
-                .chain(&running)
-                .map(|p| p.1)
-                .fold(1.0, f64::max)
-                * 1.1;
-            let caption = format!("{} — {} ({})", tier, self.policy, self.workload);
-            let mut chart = chart(&panel, &caption, (end, top), ("seconds", "jobs"))?;
-            chart
-                .draw_series(LineSeries::new(running, &BLUE))
-                .map_err(|e| e.to_string())?
-                .label("running")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-            chart
-                .draw_series(LineSeries::new(queued, &RED))
-                .map_err(|e| e.to_string())?
-                .label("queued")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-            legend(&mut chart)?;
-        }
-        root.present().map_err(|e| e.to_string())
+        let title = format!("{} ({})", self.policy, self.workload);
+        plot_series(path, &title, &self.tiers, &self.series)
     }
+}
+
+/// Queued and running jobs per tier over time (`series`: when, and per tier), one panel per
+/// tier, as an SVG file; the simulator's runs and the live replay draw alike.
+pub fn plot_series(
+    path: &Path,
+    title: &str,
+    tiers: &[String],
+    series: &[(Millis, BTreeMap<String, Sample>)],
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (1100, 360 * tiers.len().max(1) as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let panels = root.split_evenly((tiers.len().max(1), 1));
+    let end = series
+        .last()
+        .map_or(1.0, |(t, _)| *t as f64 / 1000.0)
+        .max(1.0);
+    for (tier, panel) in tiers.iter().zip(panels) {
+        let point = |f: fn(&Sample) -> u32| -> Vec<(f64, f64)> {
+            series
+                .iter()
+                .map(|(t, by)| (*t as f64 / 1000.0, by.get(tier).map_or(0, f) as f64))
+                .collect()
+        };
+        let (queued, running) = (point(|s| s.queued), point(|s| s.running));
+        let top = queued
+            .iter()
+            .chain(&running)
+            .map(|p| p.1)
+            .fold(1.0, f64::max)
+            * 1.1;
+        let caption = format!("{tier} — {title}");
+        let mut chart = chart(&panel, &caption, (end, top), ("seconds", "jobs"))?;
+        chart
+            .draw_series(LineSeries::new(running, &BLUE))
+            .map_err(|e| e.to_string())?
+            .label("running")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        chart
+            .draw_series(LineSeries::new(queued, &RED))
+            .map_err(|e| e.to_string())?
+            .label("queued")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        legend(&mut chart)?;
+    }
+    root.present().map_err(|e| e.to_string())
 }
 
 /// A chart with a caption and labelled axes from 0 to `(x, y)` on `area`.

@@ -387,6 +387,49 @@ pub fn small_fire(oscar: bool, case: &FireCase, rounds: u32, gap_ms: Millis) -> 
     fire_shaped(oscar, case, edge, 2, arrivals)
 }
 
+/// The fire case as the live replay runs it (`cargo bench -p spillway-tests --bench fire_live`):
+/// agents only, under Spillway's policy. Three fog agents of 3 slots and an on-prem pool as one
+/// agent of 7 slots (a peer: its runs include the fitted pod start), each agent starting a job
+/// in `agent_start_ms`; phase 2 of `case` alone (phase 1 never spills); the function's
+/// run-time prior `prior_ms`, as the live placement core starts from.
+pub fn fire_on_agents(case: &FireCase, agent_start_ms: Millis, prior_ms: Millis) -> Scenario {
+    let edge: &[(&str, u32)] = &[("pi-1", 3), ("pi-2", 3), ("pi-3", 3)];
+    let mut sc = fire_shaped(false, case, edge, 7, Vec::new());
+    let onprem_run = case.fit.onprem_start_ms + case.fit.onprem_run_ms;
+    for n in &mut sc.nodes {
+        n.start_ms = agent_start_ms;
+        n.sees.retain(|(id, _, _)| id != "lambda");
+        if n.tier == "on-prem" {
+            n.run_ms.insert("fire-detection".into(), onprem_run);
+            n.backoff_max_ms = 0;
+            n.decides = true;
+            n.sees = edge
+                .iter()
+                .map(|(id, _)| ((*id).to_owned(), TargetKind::Peer, 0))
+                .collect();
+        }
+        for seen in &mut n.sees {
+            if seen.0 == "on-prem" {
+                *seen = ("on-prem".into(), TargetKind::Peer, 0);
+            }
+        }
+    }
+    sc.nodes.retain(|n| n.tier != "lambda");
+    sc.arrivals = fire_arrivals(edge, case.phase2_images())
+        .into_iter()
+        .filter(|a| a.at >= 1_800_000)
+        .map(|a| Arrival {
+            at: a.at - 1_800_000,
+            ..a
+        })
+        .collect();
+    if let Some(f) = sc.functions.get_mut("fire-detection") {
+        f.prior_ms = prior_ms;
+    }
+    sc.tiers = vec!["fog".into(), "on-prem".into()];
+    sc
+}
+
 fn fire_shaped(
     oscar: bool,
     case: &FireCase,

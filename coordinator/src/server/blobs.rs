@@ -3,7 +3,9 @@
 //! under a temporary name, synced and renamed, so a reader never sees half a blob and the same
 //! bytes stored twice are one file.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use sha2::{Digest, Sha256};
 
@@ -15,6 +17,11 @@ pub fn parse_digest(hex_text: &str) -> Option<[u8; 32]> {
 #[derive(Debug, Clone)]
 pub struct Blobs {
     dir: PathBuf,
+    /// Held shared while storing and exclusively while deciding a removal, so a blob stored
+    /// again is never removed under the upload that just refreshed it.
+    store: Arc<RwLock<()>>,
+    /// Blobs no hand-over refers to any more, removed once idle ([`Blobs::remove_idle`]).
+    unused: Arc<Mutex<HashSet<[u8; 32]>>>,
 }
 
 impl Blobs {
@@ -22,6 +29,8 @@ impl Blobs {
         std::fs::create_dir_all(dir)?;
         Ok(Self {
             dir: dir.to_owned(),
+            store: Arc::default(),
+            unused: Arc::default(),
         })
     }
 
@@ -38,7 +47,13 @@ impl Blobs {
     pub fn put(&self, bytes: &[u8]) -> std::io::Result<[u8; 32]> {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let target = self.path(&digest);
+        let _storing = self.store.read().unwrap_or_else(PoisonError::into_inner);
         if target.exists() {
+            // The same bytes again (identical outputs of two jobs are one blob): fresh again,
+            // so a drop decided for the other job's sake leaves it (see `remove_if_idle`).
+            if let Ok(f) = std::fs::File::options().write(true).open(&target) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
             return Ok(digest);
         }
         spillway_plumbing::atomic::write_whole(&target, bytes, 0o644)?;
@@ -66,12 +81,52 @@ impl Blobs {
         let _ = std::fs::remove_file(self.path(digest));
     }
 
+    /// Marks a blob no hand-over refers to any more (once the record saying so is durable).
+    pub fn unused(&self, digest: [u8; 32]) {
+        self.unused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(digest);
+    }
+
+    /// Removes the unused blobs stored longer than `idle` ago that `in_use` does not claim
+    /// again. One blob is every job's whose output has the same bytes: another job may have
+    /// uploaded it just now, its result not recorded yet, so a blob stored within `idle` waits.
+    /// Returns how many went.
+    pub fn remove_idle(
+        &self,
+        idle: std::time::Duration,
+        in_use: impl Fn(&[u8; 32]) -> bool,
+    ) -> usize {
+        let mut unused = self.unused.lock().unwrap_or_else(PoisonError::into_inner);
+        let _deciding = self.store.write().unwrap_or_else(PoisonError::into_inner);
+        let mut removed = 0;
+        unused.retain(|d| {
+            if in_use(d) {
+                return false;
+            }
+            let path = self.path(d);
+            let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
+                return false;
+            };
+            if modified.elapsed().is_ok_and(|e| e >= idle) {
+                if std::fs::remove_file(&path).is_ok() {
+                    removed += 1;
+                }
+                return false;
+            }
+            true
+        });
+        removed
+    }
+
     /// Deletes blobs older than `age` that `in_use` does not claim: uploads whose offer or
     /// result never arrived (the link died in between). Returns how many went.
     pub fn sweep(&self, age: std::time::Duration, in_use: impl Fn(&[u8; 32]) -> bool) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;
         };
+        let _deciding = self.store.write().unwrap_or_else(PoisonError::into_inner);
         let mut swept = 0;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -119,6 +174,38 @@ mod tests {
         assert!(blobs.get(&a).unwrap_err().contains("corrupt"));
         blobs.remove(&a);
         assert!(blobs.get(&a).unwrap_err().contains("no blob"));
+    }
+
+    #[test]
+    fn a_blob_stored_again_just_now_survives_a_drop_decided_for_an_earlier_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
+        let d = blobs.put(b"ok\n").unwrap();
+        let age = |b: &Blobs, ago: u64| {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(b.path(&d))
+                .unwrap();
+            f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(ago))
+                .unwrap();
+        };
+        // An hour old: the first job's output, acknowledged and no longer needed.
+        age(&blobs, 3600);
+        blobs.unused(d);
+        // Another job uploads the same bytes before the removal happens.
+        assert_eq!(blobs.put(b"ok\n").unwrap(), d);
+        let idle = std::time::Duration::from_secs(5);
+        assert_eq!(blobs.remove_idle(idle, |_| false), 0);
+        assert_eq!(blobs.get(&d).unwrap(), b"ok\n");
+        // Claimed again by a hand-over: forgotten as unused, kept however old.
+        age(&blobs, 3600);
+        assert_eq!(blobs.remove_idle(idle, |_| true), 0);
+        assert_eq!(blobs.remove_idle(idle, |_| false), 0);
+        assert_eq!(blobs.get(&d).unwrap(), b"ok\n");
+        // Unused again and idle: it goes.
+        blobs.unused(d);
+        assert_eq!(blobs.remove_idle(idle, |_| false), 1);
+        assert!(blobs.get(&d).is_err());
     }
 
     #[test]

@@ -36,9 +36,14 @@ enum After {
         replicas::driver::Placed,
     ),
     /// A blob no hand-over refers to any more (deleted only when the record saying so is safe,
-    /// so a restart never restores a record whose blobs are gone).
+    /// so a restart never restores a record whose blobs are gone, and only if nobody stored the
+    /// same bytes again meanwhile: another job's identical output may be on its way).
     DropBlob(super::blobs::Blobs, [u8; 32]),
 }
+
+/// A blob stored this recently is not removed yet: its bytes may be another job's upload whose
+/// offer or result is not recorded yet.
+const BLOB_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl After {
     fn happen(self) {
@@ -49,7 +54,7 @@ impl After {
             After::Replica(tx, placed) => {
                 let _ = tx.send(placed);
             }
-            After::DropBlob(blobs, d) => blobs.remove(&d),
+            After::DropBlob(blobs, d) => blobs.unused(d),
         }
     }
 }
@@ -649,6 +654,14 @@ impl State {
             .ledger
             .get(&id)
             .is_some_and(|h| h.origin != node && h.visited.iter().any(|v| v.is_node(node)))
+    }
+
+    /// Removes the blobs hand-overs stopped referring to, once nobody stored them for a while
+    /// (identical bytes are one blob). Returns how many went.
+    pub fn remove_unused_blobs(&self) -> usize {
+        let inner = self.handovers.lock();
+        self.blobs
+            .remove_idle(BLOB_IDLE, |d| blob_in_use(&inner, d))
     }
 
     /// Deletes blobs older than `age` that no hand-over refers to (uploads whose offer or result

@@ -345,6 +345,7 @@ async fn expire_leases(state: Arc<State>) {
     loop {
         tick.tick().await;
         state.expire_leases();
+        state.remove_unused_blobs();
         state.heartbeat.beat();
         rounds += 1;
         if rounds.is_multiple_of(120) {
