@@ -807,69 +807,21 @@ fn simulate(
 /// `spillway sim fire`: the calibration against the thesis (recorded, or searched again with
 /// `--fit`), both policies on the thesis' set-up, the fair comparison and the cost curve.
 fn simulate_fire(lambda: bool, fit: bool, plot: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use spillway_sim::calibrate::{self, Grid};
-    use spillway_sim::compare;
-    use spillway_sim::scenario::{FIRE_PRIORS, FireCase};
-    let grid = Grid::standard();
+    use spillway_sim::{calibrate, compare};
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("Calibration of OSCAR's policy against the thesis (ch. 5)\n");
-    let thesis_threshold = calibrate::THESIS_THRESHOLD_MS;
-    let mut scores = Vec::new();
-    for threshold_ms in [thesis_threshold, 15_000] {
-        let fitted = if fit {
-            calibrate::search(&grid, threshold_ms, threads)
-        } else if threshold_ms == thesis_threshold {
-            calibrate::recorded(threshold_ms)
-        } else {
-            // The other threshold's fit, as `--fit` finds it.
-            calibrate::recorded_at_15s()
-        };
-        println!("{}\n", calibrate::explain(&fitted, &grid));
-        scores.push((fitted.score, threshold_ms / 1000));
-    }
-    let closer = scores
-        .iter()
-        .min_by(|a, b| a.0.total_cmp(&b.0))
-        .map_or(0, |s| s.1);
-    println!(
-        "The thesis' text says the default 30 s threshold ran; Fig. 5.4's FDL says 15 s. The \
-         {closer} s fit is the closer one; the replays below use the recorded 30 s fit.\n\
-         priors (not fitted): {FIRE_PRIORS}\n"
-    );
-    let case = FireCase::thesis(lambda);
-    let oscar = case.run("oscar");
-    let spillway = case.run("spillway");
-    println!("{}\n\n{}\n", oscar.table(), spillway.table());
-    println!("Fair comparison: the same threshold for both; Spillway at no more Lambda spend\n");
-    let rows = compare::fair(FireCase::thesis(true));
-    println!("{}", compare::table(&rows));
-    let curve = compare::curve(compare::curve_case());
-    let as_ran = compare::curve_case().run("oscar");
-    let oscar_side = compare::Row {
-        setup: String::new(),
-        threshold_ms: thesis_threshold,
-        oscar: compare::side(&as_ran),
-        spillway: compare::side(&as_ran),
-    }
-    .oscar;
-    println!(
-        "Spillway's cost/queue curve, scenario 2, both at threshold 5 s, OSCAR's Resource Manager every 1 s\n{}",
-        compare::curve_table(&curve, &oscar_side)
-    );
-    println!(
-        "\nAgainst the exact optimum on small traces (the linear relaxation of the whole trace: \
-         `cargo bench -p spillway-sim --features bound --bench bound`)\n{}",
-        compare::limits_table(&compare::small_limits(FireCase::thesis(true), &[2, 3, 4]))
-    );
+    let fits = calibrate::fits(fit.then_some(threads));
+    let summary = compare::fire_summary(&fits, lambda);
+    println!("{}", summary.text);
     if let Some(path) = plot {
-        spillway
+        summary
+            .spillway
             .plot(path)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
         let curve_path = path.with_file_name(format!(
             "{}-curve.svg",
             path.file_stem().and_then(|s| s.to_str()).unwrap_or("fire")
         ));
-        compare::plot_curve(&curve, &oscar_side, &curve_path)
+        compare::plot_curve(&summary.curve, &summary.curve_oscar, &curve_path)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", curve_path.display()))?;
         eprintln!(
             "plots written to {} and {}",

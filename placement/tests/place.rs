@@ -130,37 +130,24 @@ proptest! {
             // completion across tiers), or starts it no later (the threshold's promise: a later
             // tier is taken because the first one keeps the job waiting too long).
             let start = done.saturating_sub(times.expect("f", &t.id));
-            for other in view.iter().filter(|o| o.tier < t.tier) {
-                let eligible = other.id != job.origin
-                    && !job.visited.contains(&other.id)
-                    && bound.is_none_or(|b| predicted_cost(&job, other, &times) <= b)
-                    && (!other.is_elastic()
-                        || budget.is_none_or(|b| spent + predicted_gb_s(&job, other, &times) <= b));
+            // A target the choice could have been: within the bounds, and beating staying.
+            let option = |o: &Target| {
+                o.id != job.origin
+                    && !job.visited.contains(&o.id)
+                    && bound.is_none_or(|b| predicted_cost(&job, o, &times) <= b)
+                    && (!o.is_elastic()
+                        || budget.is_none_or(|b| spent + predicted_gb_s(&job, o, &times) <= b))
+                    && predicted_completion(&job, o, &times) < stay
+            };
+            let first_tier = view.iter().filter(|o| option(o)).map(|o| o.tier).min();
+            for other in view.iter().filter(|o| o.tier < t.tier && option(o)) {
                 let other_done = predicted_completion(&job, other, &times);
-                if eligible && other_done < stay {
-                    let other_start = other_done.saturating_sub(times.expect("f", &other.id));
-                    let free_and_sooner = !other.is_elastic()
-                        && (done < other_done || (done == other_done && t.tier <= other.tier));
-                    let first_tier = view
-                        .iter()
-                        .filter(|o| {
-                            o.id != job.origin
-                                && !job.visited.contains(&o.id)
-                                && bound.is_none_or(|b| predicted_cost(&job, o, &times) <= b)
-                                && (!o.is_elastic()
-                                    || budget.is_none_or(|b| {
-                                        spent + predicted_gb_s(&job, o, &times) <= b
-                                    }))
-                                && predicted_completion(&job, o, &times) < stay
-                        })
-                        .map(|o| o.tier)
-                        .min();
-                    let billed_elsewhere = other.is_elastic() && Some(other.tier) != first_tier;
-                    prop_assert!(
-                        start <= other_start || free_and_sooner || billed_elsewhere || done <= other_done,
-                        "{choice} (tier {}) chosen over {} (tier {})", t.tier, other.id, other.tier
-                    );
-                }
+                let other_start = other_done.saturating_sub(times.expect("f", &other.id));
+                let billed_elsewhere = other.is_elastic() && Some(other.tier) != first_tier;
+                prop_assert!(
+                    start <= other_start || billed_elsewhere || done <= other_done,
+                    "{choice} (tier {}) chosen over {} (tier {})", t.tier, other.id, other.tier
+                );
             }
         }
     }

@@ -99,36 +99,25 @@ fn decisions_per_second() {
     }
 }
 
-/// The calibration (recorded fit, replayed), both policies on the thesis' set-up, the fair
-/// comparison and Spillway's cost/queue curve, timed.
+/// What `spillway sim fire` prints (the recorded fits, replayed), and scenario 1's runs too,
+/// timed.
 fn fire() {
-    use spillway_sim::calibrate::{self, Grid};
+    use spillway_sim::calibrate;
     use spillway_sim::compare;
     use spillway_sim::scenario::FireCase;
     let t = Instant::now();
-    for fitted in [
-        calibrate::recorded(calibrate::THESIS_THRESHOLD_MS),
-        calibrate::recorded_at_15s(),
-    ] {
-        println!("\n{}", calibrate::explain(&fitted, &Grid::standard()));
-    }
-    for lambda in [false, true] {
-        let case = FireCase::thesis(lambda);
-        println!(
-            "\n{}\n\n{}",
-            case.run("oscar").table(),
-            case.run("spillway").table()
-        );
-    }
-    let rows = compare::fair(FireCase::thesis(true));
-    println!("\n{}", compare::table(&rows));
-    let curve = compare::curve(compare::curve_case());
-    let oscar = compare::side(&compare::curve_case().run("oscar"));
-    println!("{}", compare::curve_table(&curve, &oscar));
+    let summary = compare::fire_summary(&calibrate::fits(None), true);
+    let case = FireCase::thesis(false);
     println!(
-        "\ncalibration replays, {} comparisons and {} curve points in {:.2} s of real time",
-        rows.len(),
-        curve.len(),
+        "\n{}\n\n{}\n\n{}",
+        case.run("oscar").table(),
+        case.run("spillway").table(),
+        summary.text
+    );
+    println!(
+        "\ncalibration replays, fair comparison, {} curve points and small traces in {:.2} s \
+         of real time",
+        summary.curve.len(),
         t.elapsed().as_secs_f64()
     );
 }
@@ -138,9 +127,5 @@ fn main() {
         return;
     }
     decisions_per_second();
-    println!(
-        "\npriors (not fitted): {}",
-        spillway_sim::scenario::FIRE_PRIORS
-    );
     fire();
 }

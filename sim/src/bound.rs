@@ -86,7 +86,8 @@ pub fn relax(scenarios: &[&Scenario]) -> Relaxed {
                 order.push(n.tier.clone());
                 Tier {
                     name: n.tier.clone(),
-                    slots: n.slots,
+                    // Pooled over the tier's nodes below.
+                    slots: n.slots.map(|_| 0),
                     transfer_ms: transfer,
                     busy_ms: n.start_ms + fastest,
                 }

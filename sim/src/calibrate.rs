@@ -188,7 +188,9 @@ pub struct Grid {
 }
 
 impl Grid {
-    /// Fog 12–40 s and on-prem 12–24 s in 0.5 s steps, on-prem pod start 1–3 s, Lambda (its run 1–1.5× the on-prem one, below the fog's), spread 0–40 % in 5 % steps, Resource Manager every 5–30 s.
+    /// Fog 12–40 s and on-prem 12–24 s in 0.5 s steps, on-prem pod start 1–3 s, Lambda (its
+    /// run 1–1.5× the on-prem one, below the fog's), spread 0–40 % in 5 % steps, Resource
+    /// Manager every 5–30 s.
     pub fn standard() -> Self {
         Self {
             fog_run_ms: (24..=80).map(|h| h * 500).collect(),
@@ -203,6 +205,7 @@ impl Grid {
     }
 
     pub fn describe(&self) -> String {
+        let secs = |v: &[Millis]| v.iter().map(|m| *m as f64 / 1000.0).collect::<Vec<_>>();
         let span = |v: &[Millis]| {
             format!(
                 "{}–{} s ({} values)",
@@ -217,16 +220,10 @@ impl Grid {
              the fog's)",
             span(&self.fog_run_ms),
             self.spread_pct,
-            self.resource_manager_interval_ms
-                .iter()
-                .map(|m| *m as f64 / 1000.0)
-                .collect::<Vec<_>>(),
+            secs(&self.resource_manager_interval_ms),
             FOG_CANDIDATES,
             span(&self.onprem_run_ms),
-            self.onprem_start_ms
-                .iter()
-                .map(|m| *m as f64 / 1000.0)
-                .collect::<Vec<_>>(),
+            secs(&self.onprem_start_ms),
             self.lambda_vs_onprem_pct,
         )
     }
@@ -247,7 +244,6 @@ pub struct Fitted {
 /// are fitted first, on both scenarios; then the on-premises and Lambda run times on scenario
 /// 2. Ties go to the earlier grid point, so the result does not depend on `threads`.
 pub fn search(grid: &Grid, threshold_ms: Millis, threads: usize) -> Fitted {
-    let start = CALIBRATED;
     let mut fog_points = Vec::new();
     for &rm in &grid.resource_manager_interval_ms {
         for &spread in &grid.spread_pct {
@@ -256,7 +252,7 @@ pub fn search(grid: &Grid, threshold_ms: Millis, threads: usize) -> Fitted {
                     fog_run_ms: fog,
                     spread_pct: spread,
                     resource_manager_interval_ms: rm,
-                    ..start
+                    ..CALIBRATED
                 });
             }
         }
@@ -312,6 +308,18 @@ pub fn search(grid: &Grid, threshold_ms: Millis, threads: usize) -> Fitted {
 /// The recorded fit at `threshold_ms`, replayed (no search).
 pub fn recorded(threshold_ms: Millis) -> Fitted {
     fitted(CALIBRATED, threshold_ms)
+}
+
+/// The fits at the text's 30 s and Fig. 5.4's 15 s thresholds: searched on `search_threads`
+/// workers, or the recorded ones replayed.
+pub fn fits(search_threads: Option<usize>) -> Vec<Fitted> {
+    match search_threads {
+        Some(threads) => [THESIS_THRESHOLD_MS, 15_000]
+            .into_iter()
+            .map(|t| search(&Grid::standard(), t, threads))
+            .collect(),
+        None => vec![recorded(THESIS_THRESHOLD_MS), recorded_at_15s()],
+    }
 }
 
 /// The fit [`search`] finds at Fig. 5.4's 15 s threshold, replayed.

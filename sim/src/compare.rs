@@ -76,22 +76,21 @@ impl Row {
 /// OSCAR billed and shrinks until Spillway's bill (cold starts included) is not above it.
 pub fn at_oscars_spend(case: FireCase, setup: &str) -> Row {
     let oscar = case.run("oscar");
+    let within = |budget: f64| {
+        FireCase {
+            spillway_budget_gb_s: Some(budget),
+            ..case
+        }
+        .run("spillway")
+    };
     let mut budget = oscar.lambda_gb_s;
-    let mut spillway = FireCase {
-        spillway_budget_gb_s: Some(budget),
-        ..case
-    }
-    .run("spillway");
+    let mut spillway = within(budget);
     for _ in 0..40 {
         if spillway.lambda_gb_s <= oscar.lambda_gb_s {
             break;
         }
         budget *= 0.95;
-        spillway = FireCase {
-            spillway_budget_gb_s: Some(budget),
-            ..case
-        }
-        .run("spillway");
+        spillway = within(budget);
     }
     Row {
         setup: setup.to_owned(),
@@ -419,4 +418,74 @@ pub fn limits_table(limits: &[Limit]) -> String {
         );
     }
     out
+}
+
+/// What `spillway sim fire` and the placement bench print, and what `--plot` draws.
+#[derive(Debug)]
+pub struct FireSummary {
+    pub text: String,
+    /// Spillway's run on the thesis' set-up (scenario 2 if `lambda`).
+    pub spillway: Report,
+    pub curve: Vec<CurvePoint>,
+    /// OSCAR on the curve's set-up, the point the curve is drawn against.
+    pub curve_oscar: Side,
+}
+
+/// The fits next to the thesis (`fits`: at 30 s, then 15 s) and which is closer, the priors,
+/// both policies on the thesis' set-up, the fair comparison, Spillway's cost/queue curve and
+/// the small traces against their exact optimum.
+pub fn fire_summary(fits: &[crate::calibrate::Fitted], lambda: bool) -> FireSummary {
+    use crate::calibrate;
+    let mut text = String::from("Calibration of OSCAR's policy against the thesis (ch. 5)\n\n");
+    for fitted in fits {
+        let _ = writeln!(
+            text,
+            "{}\n",
+            calibrate::explain(fitted, &calibrate::Grid::standard())
+        );
+    }
+    let closer = fits
+        .iter()
+        .min_by(|a, b| a.score.total_cmp(&b.score))
+        .map_or(0, |f| f.threshold_ms / 1000);
+    let _ = writeln!(
+        text,
+        "The thesis' text says the default 30 s threshold ran; Fig. 5.4's FDL says 15 s. The \
+         {closer} s fit is the closer one; the replays below use the recorded 30 s fit.\n\
+         priors (not fitted): {}\n",
+        crate::scenario::FIRE_PRIORS
+    );
+    let case = FireCase::thesis(lambda);
+    let spillway = case.run("spillway");
+    let _ = writeln!(
+        text,
+        "{}\n\n{}\n",
+        case.run("oscar").table(),
+        spillway.table()
+    );
+    let _ = writeln!(
+        text,
+        "Fair comparison: the same threshold for both; Spillway at no more Lambda spend\n\n{}",
+        table(&fair(FireCase::thesis(true)))
+    );
+    let curve = curve(curve_case());
+    let curve_oscar = side(&curve_case().run("oscar"));
+    let _ = writeln!(
+        text,
+        "Spillway's cost/queue curve, scenario 2, both at threshold 5 s, OSCAR's Resource \
+         Manager every 1 s\n{}\n",
+        curve_table(&curve, &curve_oscar)
+    );
+    let _ = write!(
+        text,
+        "Against the exact optimum on small traces (the linear relaxation of the whole trace: \
+         `cargo bench -p spillway-sim --features bound --bench bound`)\n{}",
+        limits_table(&small_limits(FireCase::thesis(true), &[2, 3, 4]))
+    );
+    FireSummary {
+        text,
+        spillway,
+        curve,
+        curve_oscar,
+    }
 }

@@ -260,34 +260,31 @@ impl Sim<'_> {
         }
     }
 
+    /// What node `i` looks like at this moment.
+    fn seen_now(&self, i: usize) -> Seen {
+        let (spec, n) = (&self.sc.nodes[i], &self.nodes[i]);
+        Seen {
+            free: spec.slots.map_or(0, |s| s.saturating_sub(n.running)),
+            queued: n.queue.len() as u32,
+            warm: n
+                .warm
+                .iter()
+                .any(|t| self.now.saturating_sub(*t) < spec.keep_warm_ms),
+        }
+    }
+
     fn refresh(&mut self) {
-        for (i, n) in self.nodes.iter().enumerate() {
-            let spec = &self.sc.nodes[i];
-            self.seen[i] = Seen {
-                free: spec.slots.map_or(0, |s| s.saturating_sub(n.running)),
-                queued: n.queue.len() as u32,
-                warm: n
-                    .warm
-                    .iter()
-                    .any(|t| self.now.saturating_sub(*t) < spec.keep_warm_ms),
-            };
+        for i in 0..self.nodes.len() {
+            self.seen[i] = self.seen_now(i);
         }
     }
 
     fn target(&self, of: usize, kind: TargetKind, tier: u32, live: bool) -> Target {
         let spec = self.spec(of);
-        let (free, queued, warm) = if live {
-            let n = &self.nodes[of];
-            (
-                spec.slots.map_or(0, |s| s.saturating_sub(n.running)),
-                n.queue.len() as u32,
-                n.warm
-                    .iter()
-                    .any(|t| self.now.saturating_sub(*t) < spec.keep_warm_ms),
-            )
+        let Seen { free, queued, warm } = if live {
+            self.seen_now(of)
         } else {
-            let s = self.seen[of];
-            (s.free, s.queued, s.warm)
+            self.seen[of]
         };
         Target {
             id: spec.id.clone(),
@@ -480,11 +477,9 @@ impl Sim<'_> {
         }
         let function = self.jobs[&job].job.function.clone();
         self.times.observe(&function, &spec.id, run_ms);
-        let first = self.jobs[&job].first_finish.is_none();
-        if !first {
+        if self.jobs[&job].first_finish.is_some() {
             self.report.finished_again();
-        }
-        if first {
+        } else {
             let now = self.now;
             let (origin, arrived, started) = {
                 let j = self.jobs.get_mut(&job).expect("known job");
@@ -559,15 +554,15 @@ impl Sim<'_> {
         match spec.answer {
             Answer::Accepted { after_ms } => (after_ms, true),
             Answer::WhenDone { timeout_ms } => {
-                let warm = self.nodes[to]
-                    .warm
-                    .iter()
-                    .any(|t| self.now.saturating_sub(*t) < spec.keep_warm_ms);
                 let function = &self.jobs[&job].job.function;
                 let done = self.transfer_ms(job, to)
                     + spec.start_ms
-                    + if warm { 0 } else { spec.cold_start_ms }
-                    + spec.run_ms.get(function).copied().unwrap_or(1000);
+                    + if self.seen_now(to).warm {
+                        0
+                    } else {
+                        spec.cold_start_ms
+                    }
+                    + base_run_ms(spec, function);
                 (done.min(timeout_ms), done <= timeout_ms)
             }
         }
@@ -615,10 +610,15 @@ impl Sim<'_> {
     }
 }
 
+/// The node's time for the function before any spread (1 s if the scenario gives none).
+fn base_run_ms(spec: &NodeSpec, function: &str) -> Millis {
+    spec.run_ms.get(function).copied().unwrap_or(1000)
+}
+
 /// A run's duration: the node's time for the function, spread by `spread_pct` either way by a
 /// hash of the job and the attempt (deterministic: the same job runs as long in every replay).
 fn run_time(spec: &NodeSpec, function: &str, job: u64, attempt: u32) -> Millis {
-    let base = spec.run_ms.get(function).copied().unwrap_or(1000);
+    let base = base_run_ms(spec, function);
     if spec.spread_pct == 0 {
         return base;
     }

@@ -205,8 +205,9 @@ impl FireCase {
     }
 }
 
-/// Spillway's hourly Lambda budget in the thesis comparison: at most what OSCAR's policy spends
-/// in the same run, so the two are compared at equal or lower cost.
+/// Spillway's hourly Lambda budget in [`FireCase::thesis`]. The fair comparison
+/// (`compare::at_oscars_spend`) replaces it with what OSCAR billed in the same run, so the two
+/// are compared at equal or lower cost; this one only bounds the other replays.
 pub const FIRE_LAMBDA_BUDGET_GB_S: f64 = 5_000.0;
 
 const MB: f64 = 1_000_000.0;
