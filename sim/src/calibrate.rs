@@ -170,6 +170,7 @@ pub fn observe(fit: FireFit, threshold_ms: Millis) -> Counts {
         threshold_ms,
         spillway_budget_gb_s: None,
         oscar_resource_manager_ms: None,
+        trace: crate::scenario::Trace::Thesis,
     };
     Counts::of(&case(false).run("oscar"), &case(true).run("oscar"))
 }

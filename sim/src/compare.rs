@@ -9,7 +9,7 @@ use serde::Serialize;
 use spillway_placement::Millis;
 
 use crate::report::Report;
-use crate::scenario::FireCase;
+use crate::scenario::{FireCase, Trace};
 
 /// Spillway's agents report load every second; offered to OSCAR in its own terms, that is a
 /// `RESOURCE_MANAGER_INTERVAL` of 1 s.
@@ -73,7 +73,8 @@ impl Row {
 }
 
 /// Spillway at no more Lambda spend than OSCAR's on `case`: its hourly budget starts at what
-/// OSCAR billed and shrinks until Spillway's bill (cold starts included) is not above it.
+/// OSCAR billed per hour of the trace and shrinks until Spillway's whole bill (cold starts
+/// included) is not above OSCAR's.
 pub fn at_oscars_spend(case: FireCase, setup: &str) -> Row {
     let oscar = case.run("oscar");
     let within = |budget: f64| {
@@ -83,7 +84,7 @@ pub fn at_oscars_spend(case: FireCase, setup: &str) -> Row {
         }
         .run("spillway")
     };
-    let mut budget = oscar.lambda_gb_s;
+    let mut budget = oscar.lambda_gb_s / f64::from(case.trace.hours().max(1));
     let mut spillway = within(budget);
     for _ in 0..40 {
         if spillway.lambda_gb_s <= oscar.lambda_gb_s {
@@ -176,6 +177,34 @@ pub fn table(rows: &[Row]) -> String {
         );
     }
     out
+}
+
+/// Loads beyond the seeds on the calibrated scenario-2 tiers (fog, on-prem, Lambda), both
+/// policies set up as the thesis ran them, Spillway at no more than OSCAR's spend: a fire seen by
+/// one camera (150 images at once every 10 minutes for 2 hours, over the phase-1 rate), and a
+/// day that follows the sun (up to 36 images a minute, the thesis' phase-2 rate, at noon).
+pub fn beyond() -> Vec<Row> {
+    let traces = [
+        Trace::Bursts {
+            hours: 2,
+            every_min: 10,
+            burst: 150,
+        },
+        Trace::Diurnal {
+            hours: 24,
+            peak_per_min: 36,
+        },
+    ];
+    traces
+        .into_iter()
+        .map(|trace| {
+            let case = FireCase {
+                trace,
+                ..FireCase::thesis(true)
+            };
+            at_oscars_spend(case, &trace.name(true))
+        })
+        .collect()
 }
 
 /// One point of Spillway's cost/queue curve.
@@ -273,10 +302,18 @@ pub fn curve_table(points: &[CurvePoint], oscar: &Side) -> String {
     out
 }
 
-/// The curve as an SVG: mean queue time against Lambda GB-s, with OSCAR's point.
+/// The curve as an SVG or PNG (by `path`'s extension): mean queue time against Lambda GB-s,
+/// with OSCAR's point.
 pub fn plot_curve(points: &[CurvePoint], oscar: &Side, path: &Path) -> Result<(), String> {
+    crate::on_canvas!(path, (900, 520), |root| draw_curve(root, points, oscar))
+}
+
+fn draw_curve<DB: plotters::prelude::DrawingBackend>(
+    root: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    points: &[CurvePoint],
+    oscar: &Side,
+) -> Result<(), String> {
     use plotters::prelude::*;
-    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let x_max = points
         .iter()
@@ -291,7 +328,7 @@ pub fn plot_curve(points: &[CurvePoint], oscar: &Side, path: &Path) -> Result<()
         .fold(1.0, f64::max)
         * 1.15;
     let mut chart = crate::report::chart(
-        &root,
+        root,
         "fire detection, scenario 2, threshold 5 s: mean queue time against Lambda spend",
         (x_max, y_max),
         ("Lambda GB-s billed (1 GB functions)", "mean queue time, s"),
@@ -317,8 +354,7 @@ pub fn plot_curve(points: &[CurvePoint], oscar: &Side, path: &Path) -> Result<()
         .map_err(|e| e.to_string())?
         .label("OSCAR (calibrated, Resource Manager every 1 s)")
         .legend(|(x, y)| Cross::new((x + 10, y), 5, RED.stroke_width(2)));
-    crate::report::legend(&mut chart)?;
-    root.present().map_err(|e| e.to_string())
+    crate::report::legend(&mut chart)
 }
 
 /// A policy's mean completion against the offline bound on one trace.

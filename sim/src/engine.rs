@@ -37,6 +37,14 @@ enum Ev {
     Retry {
         node: usize,
     },
+    /// CLUES looks at an elastic cluster.
+    Clues {
+        node: usize,
+    },
+    /// A worker node powered on by CLUES is ready.
+    NodeUp {
+        node: usize,
+    },
     Sample,
 }
 
@@ -52,6 +60,8 @@ struct JobRt {
     attempts: u32,
     /// When it may be tried again.
     eligible_at: Millis,
+    /// The node whose front end has taken it in (see `NodeSpec::admit_ms`).
+    admitted_on: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -60,6 +70,13 @@ struct NodeRt {
     queue: VecDeque<u64>,
     /// When each warm elastic instance became idle.
     warm: Vec<Millis>,
+    /// When its front end is free to take the next job in.
+    admit_free_at: Millis,
+    /// CLUES: worker nodes up, when each booting one will be ready, and since when each idle
+    /// one has been idle (most recent last).
+    up: u32,
+    booting: Vec<Millis>,
+    idle_since: Vec<Millis>,
 }
 
 /// What the refreshed view last saw of a node.
@@ -135,6 +152,12 @@ pub fn run(scenario: &Scenario, policy: &mut dyn Policy) -> Report {
             sim.push(tick, Ev::Tick { node: i });
         }
     }
+    for (i, n) in scenario.nodes.iter().enumerate() {
+        if let Some(c) = n.clues {
+            sim.nodes[i].up = c.min_nodes;
+            sim.push(c.period_ms, Ev::Clues { node: i });
+        }
+    }
     let refresh = sim.policy.view_refresh_ms();
     sim.push(refresh, Ev::Refresh);
     sim.push(0, Ev::Sample);
@@ -202,6 +225,7 @@ impl Sim<'_> {
                 runs: 0,
                 attempts: 0,
                 eligible_at: at,
+                admitted_on: None,
             },
         );
         self.outstanding += 1;
@@ -245,6 +269,22 @@ impl Sim<'_> {
                     self.try_start(node);
                 }
             }
+            Ev::Clues { node } => {
+                self.clues(node);
+                if !self.done() {
+                    let period = self.spec(node).clues.map_or(1_000, |c| c.period_ms);
+                    self.push(self.now + period, Ev::Clues { node });
+                }
+            }
+            Ev::NodeUp { node } => {
+                let now = self.now;
+                let n = &mut self.nodes[node];
+                if let Some(i) = n.booting.iter().position(|t| *t == now) {
+                    n.booting.swap_remove(i);
+                    n.up += 1;
+                }
+                self.try_start(node);
+            }
             Ev::Retry { node } => {
                 if self.retry_at[node] == Some(self.now) {
                     self.retry_at[node] = None;
@@ -260,11 +300,78 @@ impl Sim<'_> {
         }
     }
 
+    /// The job slots node `i` has now: its slots, or those of the worker nodes up (`None`:
+    /// elastic without limit).
+    fn capacity(&self, i: usize) -> Option<u32> {
+        let spec = &self.sc.nodes[i];
+        match spec.clues {
+            Some(c) => Some(self.nodes[i].up * c.slots_per_node),
+            None => spec.slots,
+        }
+    }
+
+    /// What an elastic cluster with no worker node up adds before a job can start there: a
+    /// node's boot (its status says it has no nodes; a caller weighs that as Lambda's cold
+    /// start).
+    fn boot_ms(&self, i: usize) -> Millis {
+        match self.sc.nodes[i].clues {
+            Some(c) if self.nodes[i].up == 0 => c.boot_ms,
+            _ => 0,
+        }
+    }
+
+    /// One CLUES pass: power on nodes for the jobs that pend (one per `slots_per_node` of them,
+    /// counting those already booting), and off those idle long enough, down to the minimum.
+    fn clues(&mut self, node: usize) {
+        let Some(c) = self.spec(node).clues else {
+            return;
+        };
+        let now = self.now;
+        let free = self
+            .capacity(node)
+            .unwrap_or(0)
+            .saturating_sub(self.nodes[node].running);
+        let n = &mut self.nodes[node];
+        let pending = (n.queue.len() as u32).saturating_sub(free);
+        let wanted = pending
+            .div_ceil(c.slots_per_node.max(1))
+            .saturating_sub(n.booting.len() as u32)
+            .min(c.max_nodes.saturating_sub(n.up + n.booting.len() as u32));
+        let after = n.booting.iter().copied().max().unwrap_or(0);
+        let mut ready = Vec::new();
+        for k in 0..wanted {
+            let at = (now + c.boot_ms + Millis::from(k) * c.stagger_ms).max(after + c.stagger_ms);
+            n.booting.push(at);
+            ready.push(at);
+        }
+        // A node is idle when no job runs on it: kube-scheduler spreads pods over nodes, so
+        // nodes idle are those beyond one per running job.
+        let idle = n.up.saturating_sub(n.running) as usize;
+        if idle < n.idle_since.len() {
+            n.idle_since.truncate(idle);
+        }
+        while n.idle_since.len() < idle {
+            n.idle_since.push(now);
+        }
+        while n.up > c.min_nodes
+            && n.idle_since
+                .first()
+                .is_some_and(|t| now.saturating_sub(*t) >= c.idle_off_ms)
+        {
+            n.idle_since.remove(0);
+            n.up -= 1;
+        }
+        for at in ready {
+            self.push(at, Ev::NodeUp { node });
+        }
+    }
+
     /// What node `i` looks like at this moment.
     fn seen_now(&self, i: usize) -> Seen {
-        let (spec, n) = (&self.sc.nodes[i], &self.nodes[i]);
+        let n = &self.nodes[i];
+        let spec = &self.sc.nodes[i];
         Seen {
-            free: spec.slots.map_or(0, |s| s.saturating_sub(n.running)),
+            free: self.capacity(i).map_or(0, |s| s.saturating_sub(n.running)),
             queued: n.queue.len() as u32,
             warm: n
                 .warm
@@ -290,7 +397,7 @@ impl Sim<'_> {
             id: spec.id.clone(),
             kind,
             tier,
-            slots: spec.slots,
+            slots: self.capacity(of),
             free_slots: free,
             queued,
             latency_ms: spec.latency_ms,
@@ -300,7 +407,8 @@ impl Sim<'_> {
                     spec.cold_start_ms
                 } else {
                     0
-                },
+                }
+                + self.boot_ms(of),
             cost: spec.cost,
         }
     }
@@ -344,6 +452,16 @@ impl Sim<'_> {
     }
 
     fn arrive(&mut self, job: u64, node: usize) {
+        let admit_ms = self.spec(node).admit_ms;
+        if admit_ms > 0 && self.jobs[&job].admitted_on != Some(node) {
+            let at = self.now.max(self.nodes[node].admit_free_at) + admit_ms;
+            self.nodes[node].admit_free_at = at;
+            if let Some(j) = self.jobs.get_mut(&job) {
+                j.admitted_on = Some(node);
+            }
+            self.push(at, Ev::Arrive { job, node });
+            return;
+        }
         // A job placed here for another node is decided about again only where guests do not
         // simply stay (as a live Spillway agent hosts them).
         let own = self.jobs[&job].origin == node;
@@ -373,7 +491,10 @@ impl Sim<'_> {
     fn try_start(&mut self, node: usize) {
         let spec = self.sc.nodes[node].clone();
         loop {
-            if spec.slots.is_some_and(|s| self.nodes[node].running >= s) {
+            if self
+                .capacity(node)
+                .is_some_and(|s| self.nodes[node].running >= s)
+            {
                 self.back_off(node);
                 return;
             }
@@ -489,8 +610,14 @@ impl Sim<'_> {
             self.outstanding -= 1;
             self.report.ran_on.insert(job, spec.id.clone());
             let lower = self.lower_bound(&function, origin);
-            self.report
-                .completed(&spec.tier, started - arrived, now - arrived, lower);
+            self.report.completed(
+                &function,
+                now,
+                &spec.tier,
+                started - arrived,
+                now - arrived,
+                lower,
+            );
             if let Some((next, fan)) = self.sc.functions[&function].then.clone() {
                 let back = if node == origin { 0 } else { spec.latency_ms };
                 for _ in 0..fan {

@@ -4,15 +4,17 @@
 //! OSCAR's) can be compared on one workload.
 //!
 //! [`scenario`] describes tiers, functions and arrivals (the thesis' fire-detection case, a
-//! burst, the video workflow); [`engine`] runs one; [`report`] summarises and plots it;
+//! burst, the video workflow); [`engine`] runs one; [`report`] summarises and plots it (SVG or PNG, [`canvas`]);
 //! [`calibrate`] fits the fire case's unknowns to the thesis' counts.
 
 pub mod bound;
 pub mod calibrate;
+pub mod canvas;
 pub mod compare;
 pub mod engine;
 pub mod report;
 pub mod scenario;
+pub mod seeds;
 
 pub use engine::run;
 pub use report::Report;

@@ -66,6 +66,9 @@ pub struct Report {
     pub lambda_gb_s: f64,
     pub lambda_usd: f64,
     pub makespan_s: f64,
+    /// When the last job of each function first finished (ms from the start): a workflow's
+    /// end, when each stage is its own function.
+    pub last_finish_ms: BTreeMap<String, Millis>,
     #[serde(skip)]
     tiers: Vec<String>,
     #[serde(skip)]
@@ -115,6 +118,7 @@ impl Report {
             lambda_gb_s: 0.0,
             lambda_usd: 0.0,
             makespan_s: 0.0,
+            last_finish_ms: BTreeMap::new(),
             tiers: tiers.to_vec(),
             queue: Vec::new(),
             completion: Vec::new(),
@@ -154,12 +158,16 @@ impl Report {
 
     pub(crate) fn completed(
         &mut self,
+        function: &str,
+        at: Millis,
         tier: &str,
         queue: Millis,
         completion: Millis,
         lower: Millis,
     ) {
         *self.jobs_per_tier.entry(tier.to_owned()).or_default() += 1;
+        let last = self.last_finish_ms.entry(function.to_owned()).or_default();
+        *last = (*last).max(at);
         self.queue.push(queue);
         self.completion.push(completion);
         self.lower.push(lower);
@@ -253,7 +261,7 @@ impl Report {
         out
     }
 
-    /// Queued and running jobs per tier over time, as an SVG file.
+    /// Queued and running jobs per tier over time, as an SVG or PNG file.
     pub fn plot(&self, path: &Path) -> Result<(), String> {
         let title = format!("{} ({})", self.policy, self.workload);
         plot_series(path, &title, &self.tiers, &self.series)
@@ -261,15 +269,25 @@ impl Report {
 }
 
 /// Queued and running jobs per tier over time (`series`: when, and per tier), one panel per
-/// tier, as an SVG file; the simulator's runs and the live replay draw alike.
+/// tier, as an SVG or PNG file by `path`'s extension; the simulator's runs and the live replay
+/// draw alike.
 pub fn plot_series(
     path: &Path,
     title: &str,
     tiers: &[String],
     series: &[(Millis, BTreeMap<String, Sample>)],
 ) -> Result<(), String> {
+    let size = (1100, 360 * tiers.len().max(1) as u32);
+    crate::on_canvas!(path, size, |root| draw_series(root, title, tiers, series))
+}
+
+fn draw_series<DB: plotters::prelude::DrawingBackend>(
+    root: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    tiers: &[String],
+    series: &[(Millis, BTreeMap<String, Sample>)],
+) -> Result<(), String> {
     use plotters::prelude::*;
-    let root = SVGBackend::new(path, (1100, 360 * tiers.len().max(1) as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let panels = root.split_evenly((tiers.len().max(1), 1));
     let end = series
@@ -304,7 +322,7 @@ pub fn plot_series(
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
         legend(&mut chart)?;
     }
-    root.present().map_err(|e| e.to_string())
+    Ok(())
 }
 
 /// A chart with a caption and labelled axes from 0 to `(x, y)` on `area`.

@@ -46,6 +46,29 @@ pub struct NodeSpec {
     /// Pending jobs are bound by kube-scheduler with back-off up to this long (0: first come,
     /// first served, as an agent's queue).
     pub backoff_max_ms: Millis,
+    /// Jobs reaching it are taken in one at a time, each this long (0: at once): the front end
+    /// that turns each event into a Kubernetes Job, or a client invoking Lambda file by file.
+    pub admit_ms: Millis,
+    /// Worker nodes powered on and off with the load (CLUES); `slots` is then the most it can
+    /// have, and what it has is the nodes that are up.
+    pub clues: Option<Clues>,
+}
+
+/// An elastic cluster as OSCAR deploys it with CLUES: worker VMs powered on when jobs pend and
+/// off once idle (OSCAR paper, seed 001: up to 10 nodes of 3 job slots, one always on, 3 min
+/// to boot, off after 5 idle minutes).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Clues {
+    pub slots_per_node: u32,
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    pub boot_ms: Millis,
+    pub idle_off_ms: Millis,
+    /// How often CLUES looks at pending jobs and idle nodes.
+    pub period_ms: Millis,
+    /// Nodes powered on together become ready this far apart (the paper's power-on area spans
+    /// 8 minutes for a 3-minute boot: the VMs are deployed one after another).
+    pub stagger_ms: Millis,
 }
 
 /// How a target answers a delegation call (the caller's rescheduler waits for the answer
@@ -162,6 +185,105 @@ pub struct FireCase {
     /// OSCAR's Resource Manager interval when it is offered Spillway's reporting interval in its
     /// own terms; `None`: the fitted one.
     pub oscar_resource_manager_ms: Option<Millis>,
+    /// Which images arrive.
+    pub trace: Trace,
+}
+
+/// Which images arrive in a fire case: the thesis' trace, or loads beyond the seeds on the
+/// same calibrated tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Trace {
+    /// The thesis' two phases (ch. 5): 180 images in 30 min, then 1005 or 1028 in 30 min.
+    Thesis,
+    /// The thesis' phase-1 rate (3 images every 30 s) for `hours`, and every `every_min`
+    /// minutes `burst` images at once on one camera (the cameras in turn): a fire seen by one.
+    Bursts {
+        hours: u32,
+        every_min: u32,
+        burst: u32,
+    },
+    /// A day that follows the sun: the rate rises from none at midnight to `peak_per_min`
+    /// images a minute at noon and falls again (a raised cosine), spread over the cameras in
+    /// turn, deterministically.
+    Diurnal { hours: u32, peak_per_min: u32 },
+}
+
+impl Trace {
+    /// How many hours of arrivals it spans.
+    pub fn hours(&self) -> u32 {
+        match *self {
+            Trace::Thesis => 1,
+            Trace::Bursts { hours, .. } | Trace::Diurnal { hours, .. } => hours,
+        }
+    }
+
+    pub fn name(&self, lambda: bool) -> String {
+        let tiers = if lambda { "" } else { ", no Lambda" };
+        match *self {
+            Trace::Thesis => Workload::Fire { lambda }.name(),
+            Trace::Bursts {
+                hours,
+                every_min,
+                burst,
+            } => format!("fire, {burst}-image bursts every {every_min} min for {hours} h{tiers}"),
+            Trace::Diurnal {
+                hours,
+                peak_per_min,
+            } => format!("fire, a diurnal {hours} h peaking at {peak_per_min} images/min{tiers}"),
+        }
+    }
+
+    /// The arrivals on `edge` (camera `i` uploads to `edge[i % len]`).
+    pub fn arrivals(&self, edge: &[(&str, u32)], phase2: u32) -> Vec<Arrival> {
+        let on = |at: Millis, camera: u64| Arrival {
+            at,
+            node: edge[(camera % edge.len() as u64) as usize].0.to_string(),
+            function: "fire-detection".into(),
+        };
+        match *self {
+            Trace::Thesis => fire_arrivals(edge, phase2),
+            Trace::Bursts {
+                hours,
+                every_min,
+                burst,
+            } => {
+                let end = u64::from(hours) * 3_600_000;
+                let mut out: Vec<Arrival> = (0..end / 30_000)
+                    .flat_map(|round| (0..3).map(move |camera| (round * 30_000, camera)))
+                    .map(|(at, camera)| on(at, camera))
+                    .collect();
+                let every = u64::from(every_min.max(1)) * 60_000;
+                for (i, at) in (1..)
+                    .map(|k| k * every)
+                    .take_while(|at| *at < end)
+                    .enumerate()
+                {
+                    out.extend((0..burst).map(|_| on(at, i as u64)));
+                }
+                out.sort_by_key(|a| a.at);
+                out
+            }
+            Trace::Diurnal {
+                hours,
+                peak_per_min,
+            } => {
+                // One image each time the rate's integral passes a whole number, checked every
+                // second: no randomness, the same day in every replay.
+                let day = 24.0 * 3_600.0;
+                let mut owed = 0.0;
+                let mut out = Vec::new();
+                for second in 0..u64::from(hours) * 3_600 {
+                    let phase = 2.0 * std::f64::consts::PI * second as f64 / day;
+                    owed += f64::from(peak_per_min) / 60.0 * (1.0 - phase.cos()) / 2.0;
+                    while owed >= 1.0 {
+                        owed -= 1.0;
+                        out.push(on(second * 1_000, out.len() as u64));
+                    }
+                }
+                out
+            }
+        }
+    }
 }
 
 impl FireCase {
@@ -173,6 +295,7 @@ impl FireCase {
             threshold_ms: crate::calibrate::THESIS_THRESHOLD_MS,
             spillway_budget_gb_s: Some(FIRE_LAMBDA_BUDGET_GB_S),
             oscar_resource_manager_ms: None,
+            trace: Trace::Thesis,
         }
     }
 
@@ -212,7 +335,13 @@ pub const FIRE_LAMBDA_BUDGET_GB_S: f64 = 5_000.0;
 
 const MB: f64 = 1_000_000.0;
 
-fn node(id: &str, tier: &str, slots: Option<u32>, start_ms: Millis, decides: bool) -> NodeSpec {
+pub(crate) fn node(
+    id: &str,
+    tier: &str,
+    slots: Option<u32>,
+    start_ms: Millis,
+    decides: bool,
+) -> NodeSpec {
     NodeSpec {
         id: id.into(),
         tier: tier.into(),
@@ -231,10 +360,12 @@ fn node(id: &str, tier: &str, slots: Option<u32>, start_ms: Millis, decides: boo
             after_ms: CLUSTER_ACCEPTS_MS,
         },
         backoff_max_ms: 0,
+        admit_ms: 0,
+        clues: None,
     }
 }
 
-fn lambda(run: &[(&str, Millis)]) -> NodeSpec {
+pub(crate) fn lambda(run: &[(&str, Millis)]) -> NodeSpec {
     let mut l = node("lambda", "lambda", None, 100, false);
     l.cold_start_ms = 5_000;
     l.keep_warm_ms = 600_000;
@@ -252,7 +383,12 @@ fn lambda(run: &[(&str, Millis)]) -> NodeSpec {
     l
 }
 
-fn function(name: &str, input_bytes: u64, prior_ms: Millis, threshold_ms: Millis) -> FunctionSim {
+pub(crate) fn function(
+    name: &str,
+    input_bytes: u64,
+    prior_ms: Millis,
+    threshold_ms: Millis,
+) -> FunctionSim {
     FunctionSim {
         spec: FunctionSpec {
             name: name.into(),
@@ -364,13 +500,12 @@ fn fire(oscar: bool, case: &FireCase) -> Scenario {
     } else {
         &[("pi-1", 3), ("pi-2", 3), ("pi-3", 3)]
     };
-    fire_shaped(
-        oscar,
-        case,
-        edge,
-        7,
-        fire_arrivals(edge, case.phase2_images()),
-    )
+    let arrivals = case.trace.arrivals(edge, case.phase2_images());
+    let mut sc = fire_shaped(oscar, case, edge, 7, arrivals);
+    if case.trace != Trace::Thesis {
+        sc.name = case.trace.name(case.lambda);
+    }
+    sc
 }
 
 /// A small trace of the fire case, for comparing with an exact optimum: one fog node of 3

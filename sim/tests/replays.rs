@@ -181,5 +181,25 @@ fn a_run_plots_queued_and_running_jobs_per_tier() {
     r.plot(&path).unwrap();
     let svg = std::fs::read_to_string(&path).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("queued") && svg.contains("on-prem"));
+
+    // The same plot as a PNG: a real image of the canvas' size, with more than the white
+    // background drawn on it (lines and text in the embedded font).
+    let png_path = dir.join("video.png");
+    r.plot(&png_path).unwrap();
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&png_path).unwrap(),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!((frame.width, frame.height), (1100, 360 * 3));
+    let inked = pixels.chunks(3).filter(|p| p != &[255, 255, 255]).count();
+    assert!(inked > 10_000, "only {inked} pixels drawn");
+
+    // Any other extension is refused before anything is written.
+    let jpg = dir.join("video.jpg");
+    let err = r.plot(&jpg).unwrap_err();
+    assert!(err.contains("must end in .svg or .png"), "{err}");
+    assert!(!jpg.exists());
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -5,7 +5,7 @@
 //! (`spillway_sim::scenario::fire_on_agents`), and the two are compared in thesis time.
 //!
 //! `cargo bench -p spillway-tests --bench fire_live [-- OUT_DIR]` (about 4 minutes; writes
-//! `fire-live.svg` and `fire-live-sim.svg` to OUT_DIR, default the system's temp folder).
+//! `fire-live.{svg,png}` and `fire-live-sim.{svg,png}` to OUT_DIR, default the system's temp folder).
 
 #![allow(clippy::unwrap_used)]
 
@@ -280,17 +280,19 @@ fn main() {
         t += step_ns;
     }
     let tiers = vec!["fog".to_owned(), "on-prem".to_owned()];
-    let live_svg = out_dir.join("fire-live.svg");
-    let sim_svg = out_dir.join("fire-live-sim.svg");
-    plot_series(
-        &live_svg,
-        "live, Spillway (fire, scenario 1, phase 2)",
-        &tiers,
-        &series,
-    )
-    .unwrap();
-    sim.plot(&sim_svg).unwrap();
-    println!("plots: {} and {}", live_svg.display(), sim_svg.display());
+    for ext in ["svg", "png"] {
+        let live = out_dir.join(format!("fire-live.{ext}"));
+        let simulated = out_dir.join(format!("fire-live-sim.{ext}"));
+        plot_series(
+            &live,
+            "live, Spillway (fire, scenario 1, phase 2)",
+            &tiers,
+            &series,
+        )
+        .unwrap();
+        sim.plot(&simulated).unwrap();
+        println!("plots: {} and {}", live.display(), simulated.display());
+    }
     if std::env::var_os("FIRE_LIVE_LOGS").is_some() {
         eprintln!("{}", c.log());
     }

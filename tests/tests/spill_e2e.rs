@@ -283,6 +283,8 @@ fn simulated_trace(jobs: usize, gap_ms: u64) -> spillway_sim::report::Report {
             spread_pct: 0,
             answer: Answer::Accepted { after_ms: 0 },
             backoff_max_ms: 0,
+            admit_ms: 0,
+            clues: None,
         })
         .collect();
     let function = FunctionSim {
