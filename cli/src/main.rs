@@ -258,7 +258,8 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         files: u32,
         /// Write queued/running jobs per tier over time to this file, SVG or PNG by its
-        /// extension (fire: also the cost/queue curve, next to it as NAME-curve.svg|png).
+        /// extension (fire and seeds: Spillway's run there, OSCAR's next to it as
+        /// NAME-oscar.svg|png; fire: also the cost/queue curve as NAME-curve.svg|png).
         #[arg(long)]
         plot: Option<PathBuf>,
         /// fire, seeds: search for the calibration again (about a minute each on 2 cores)
@@ -414,7 +415,7 @@ fn main() -> ExitCode {
         } => {
             let plot = plot.as_deref();
             if workload == "seeds" {
-                return finish(simulate_seeds(fit));
+                return finish(simulate_seeds(fit, plot));
             }
             if workload == "beyond" {
                 println!(
@@ -826,16 +827,23 @@ fn simulate_fire(lambda: bool, fit: bool, plot: Option<&std::path::Path>) -> any
     let summary = compare::fire_summary(&fits, lambda);
     println!("{}", summary.text);
     if let Some(path) = plot {
-        summary
-            .spillway
-            .plot(path)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        let oscar_path = spillway_sim::canvas::beside(path, "-oscar");
         let curve_path = spillway_sim::canvas::beside(path, "-curve");
-        compare::plot_curve(&summary.curve, &summary.curve_oscar, &curve_path)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", curve_path.display()))?;
+        let written = [
+            (path, summary.spillway.plot(path)),
+            (oscar_path.as_path(), summary.oscar.plot(&oscar_path)),
+            (
+                curve_path.as_path(),
+                compare::plot_curve(&summary.curve, &summary.curve_oscar, &curve_path),
+            ),
+        ];
+        for (at, result) in written {
+            result.map_err(|e| anyhow::anyhow!("cannot write {}: {e}", at.display()))?;
+        }
         eprintln!(
-            "plots written to {} and {}",
+            "plots written to {} (Spillway), {} (OSCAR) and {} (the cost/queue curve)",
             path.display(),
+            oscar_path.display(),
             curve_path.display()
         );
     }
@@ -844,8 +852,9 @@ fn simulate_fire(lambda: bool, fit: bool, plot: Option<&std::path::Path>) -> any
 
 /// `spillway sim seeds`: the seeds' other workloads next to what they reported, with the
 /// recorded fit or (`--fit`) one searched again.
-fn simulate_seeds(fit: bool) -> anyhow::Result<()> {
+fn simulate_seeds(fit: bool, plot: Option<&std::path::Path>) -> anyhow::Result<()> {
     use spillway_sim::seeds;
+    let mut video = seeds::VIDEO_CALIBRATED;
     if fit {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let found = seeds::search_video(threads);
@@ -857,9 +866,22 @@ fn simulate_seeds(fit: bool) -> anyhow::Result<()> {
             found.score * 100.0,
             found.longest_100_ms as f64 / 6e4
         );
-        print!("{}", seeds::summary_with(found.fit));
-    } else {
-        print!("{}", seeds::summary());
+        video = found.fit;
+    }
+    print!("{}", seeds::summary(video));
+    if let Some(path) = plot {
+        // The video timeline under each policy: the cluster's nodes filling and emptying.
+        let oscar_path = spillway_sim::canvas::beside(path, "-oscar");
+        for (at, policy) in [(path, "spillway"), (oscar_path.as_path(), "oscar")] {
+            seeds::run_video(policy, video)
+                .plot(at)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", at.display()))?;
+        }
+        eprintln!(
+            "plots written to {} (Spillway) and {} (OSCAR)",
+            path.display(),
+            oscar_path.display()
+        );
     }
     Ok(())
 }

@@ -460,7 +460,8 @@ pub fn limits_table(limits: &[Limit]) -> String {
 #[derive(Debug)]
 pub struct FireSummary {
     pub text: String,
-    /// Spillway's run on the thesis' set-up (scenario 2 if `lambda`).
+    /// Each policy's run on the thesis' set-up (scenario 2 if `lambda`).
+    pub oscar: Report,
     pub spillway: Report,
     pub curve: Vec<CurvePoint>,
     /// OSCAR on the curve's set-up, the point the curve is drawn against.
@@ -492,13 +493,8 @@ pub fn fire_summary(fits: &[crate::calibrate::Fitted], lambda: bool) -> FireSumm
         crate::scenario::FIRE_PRIORS
     );
     let case = FireCase::thesis(lambda);
-    let spillway = case.run("spillway");
-    let _ = writeln!(
-        text,
-        "{}\n\n{}\n",
-        case.run("oscar").table(),
-        spillway.table()
-    );
+    let (oscar, spillway) = (case.run("oscar"), case.run("spillway"));
+    let _ = writeln!(text, "{}\n\n{}\n", oscar.table(), spillway.table());
     let _ = writeln!(
         text,
         "Fair comparison: the same threshold for both; Spillway at no more Lambda spend\n\n{}",
@@ -520,6 +516,7 @@ pub fn fire_summary(fits: &[crate::calibrate::Fitted], lambda: bool) -> FireSumm
     );
     FireSummary {
         text,
+        oscar,
         spillway,
         curve,
         curve_oscar,

@@ -527,14 +527,19 @@ pub fn small_fire(oscar: bool, case: &FireCase, rounds: u32, gap_ms: Millis) -> 
 /// agents only, under Spillway's policy. Three fog agents of 3 slots and an on-prem pool as one
 /// agent of 7 slots (a peer: its runs include the fitted pod start), each agent starting a job
 /// in `agent_start_ms`; phase 2 of `case` alone (phase 1 never spills); the function's
-/// run-time prior `prior_ms`, as the live placement core starts from.
+/// run-time prior `prior_ms`, as the live placement core starts from. In scenario 2 every agent
+/// also sees Lambda as the live coordinator's `lambda` replica does: the Lambda Runtime API
+/// emulator's instances are started ahead, so warm (no cold start), and a run there starts in
+/// `agent_start_ms` too (the runner fetching the input and spawning the script).
 pub fn fire_on_agents(case: &FireCase, agent_start_ms: Millis, prior_ms: Millis) -> Scenario {
     let edge: &[(&str, u32)] = &[("pi-1", 3), ("pi-2", 3), ("pi-3", 3)];
     let mut sc = fire_shaped(false, case, edge, 7, Vec::new());
     let onprem_run = case.fit.onprem_start_ms + case.fit.onprem_run_ms;
     for n in &mut sc.nodes {
         n.start_ms = agent_start_ms;
-        n.sees.retain(|(id, _, _)| id != "lambda");
+        if n.tier == "lambda" {
+            n.cold_start_ms = 0;
+        }
         if n.tier == "on-prem" {
             n.run_ms.insert("fire-detection".into(), onprem_run);
             n.backoff_max_ms = 0;
@@ -543,6 +548,9 @@ pub fn fire_on_agents(case: &FireCase, agent_start_ms: Millis, prior_ms: Millis)
                 .iter()
                 .map(|(id, _)| ((*id).to_owned(), TargetKind::Peer, 0))
                 .collect();
+            if case.lambda {
+                n.sees.push(("lambda".into(), TargetKind::Elastic, 2));
+            }
         }
         for seen in &mut n.sees {
             if seen.0 == "on-prem" {
@@ -550,7 +558,6 @@ pub fn fire_on_agents(case: &FireCase, agent_start_ms: Millis, prior_ms: Millis)
             }
         }
     }
-    sc.nodes.retain(|n| n.tier != "lambda");
     sc.arrivals = fire_arrivals(edge, case.phase2_images())
         .into_iter()
         .filter(|a| a.at >= 1_800_000)
@@ -562,7 +569,9 @@ pub fn fire_on_agents(case: &FireCase, agent_start_ms: Millis, prior_ms: Millis)
     if let Some(f) = sc.functions.get_mut("fire-detection") {
         f.prior_ms = prior_ms;
     }
-    sc.tiers = vec!["fog".into(), "on-prem".into()];
+    if !case.lambda {
+        sc.tiers.retain(|t| t != "lambda");
+    }
     sc
 }
 

@@ -351,13 +351,9 @@ pub fn run_scar(policy: &str, fit: ScarFit) -> Report {
     }
 }
 
-/// What `spillway sim seeds` prints, with the recorded fit.
-pub fn summary() -> String {
-    summary_with(VIDEO_CALIBRATED)
-}
-
-/// The seeds' workloads with video fit `fit`.
-pub fn summary_with(fit: VideoFit) -> String {
+/// What `spillway sim seeds` prints: the seeds' workloads with video fit `fit` (the recorded
+/// one is [`VIDEO_CALIBRATED`]).
+pub fn summary(fit: VideoFit) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,

@@ -1,11 +1,16 @@
-//! The thesis' fire case, phase 2 of scenario 1, replayed live and ten times faster: a
-//! coordinator, three fog agents of 3 slots and an on-prem pool as one agent of 7 slots, all
-//! real processes over QUIC, running a process function that takes the calibrated run time of
-//! the node it runs on. The same trace then goes through the simulator with the same shape
-//! (`spillway_sim::scenario::fire_on_agents`), and the two are compared in thesis time.
+//! The thesis' fire case, phase 2, replayed live and ten times faster: a coordinator, three fog
+//! agents of 3 slots and an on-prem pool as one agent of 7 slots, all real processes over QUIC,
+//! running a process function that takes the calibrated run time of the node it runs on. In
+//! scenario 2 the coordinator also has a `lambda` replica: Lambda's Invoke API is cargo-lambda's
+//! Runtime API emulator on loopback, and each invocation runs in the real runner
+//! (`spillway-agent` as the function's `bootstrap`), which fetches the input through the
+//! coordinator's presigned URL, runs the same script and uploads the output. The same trace
+//! then goes through the simulator with the same shape (`spillway_sim::scenario::fire_on_agents`),
+//! and the two are compared in thesis time.
 //!
-//! `cargo bench -p spillway-tests --bench fire_live [-- OUT_DIR]` (about 4 minutes; writes
-//! `fire-live.{svg,png}` and `fire-live-sim.{svg,png}` to OUT_DIR, default the system's temp folder).
+//! `cargo bench -p spillway-tests --bench fire_live [-- [--scenario 1|2] OUT_DIR]` (both
+//! scenarios by default, about 4 minutes each; writes `fire-live-sN.{svg,png}` and
+//! `fire-live-sN-sim.{svg,png}` to OUT_DIR, default the system's temp folder).
 
 #![allow(clippy::unwrap_used)]
 
@@ -27,7 +32,7 @@ const AGENT_START_MS: u64 = 200;
 /// The run-time prior the live placement core starts from (1 s), in thesis time.
 const PRIOR_MS: u64 = 1_000 * SPEED;
 
-fn fdl(threshold_s: u64) -> String {
+fn fdl(threshold_s: u64, replicas: &str) -> String {
     format!(
         "functions:
   oscar:
@@ -45,16 +50,21 @@ fn fdl(threshold_s: u64) -> String {
       output:
       - storage_provider: minio.default
         path: frames/out
-"
+{replicas}"
     )
 }
 
-/// Sleeps the run time of the node it runs on (told apart by its work folder's path) and
-/// writes when it started and ended to `ledger`.
-fn script(ledger: &str, fog_s: f64, onprem_s: f64) -> String {
+/// Lambda instances the emulator keeps warm in scenario 2 (the simulator's busiest moment
+/// there needs fewer).
+const LAMBDA_INSTANCES: usize = 16;
+
+/// Sleeps the run time of the node it runs on (told apart by its work folder's path: the
+/// runner's on Lambda, the on-prem agent's, or a fog agent's) and writes when it started and
+/// ended to `ledger`.
+fn script(ledger: &str, fog_s: f64, onprem_s: f64, lambda_s: f64) -> String {
     format!(
         "#!/bin/sh\nset -eu\nname=$(basename \"$INPUT_FILE_PATH\")\n\
-         case \"$PWD\" in *spillway-onprem*) t={onprem_s}; tier=on-prem;; *) t={fog_s}; tier=fog;; esac\n\
+         case \"$PWD\" in *spillway-runner-*) t={lambda_s}; tier=lambda;; *spillway-onprem*) t={onprem_s}; tier=on-prem;; *) t={fog_s}; tier=fog;; esac\n\
          echo \"start $name $tier $(date +%s%N)\" >> {ledger}\nsleep $t\n\
          echo \"end $name $tier $(date +%s%N)\" >> {ledger}\n\
          echo ok > \"$TMP_OUTPUT_DIR/$name.out\"\n"
@@ -78,30 +88,78 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
         return;
     }
-    let out_dir: PathBuf = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .map_or_else(std::env::temp_dir, PathBuf::from);
+    let scenarios: Vec<u32> = match args.iter().position(|a| a == "--scenario") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .into_iter()
+            .collect(),
+        None => vec![1, 2],
+    };
+    let out_dir: PathBuf = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "--scenario"))
+        .map_or_else(std::env::temp_dir, |(_, a)| PathBuf::from(a));
     support::build_release_binaries();
-    let case = FireCase::thesis(false);
+    for scenario in scenarios {
+        replay(scenario == 2, &out_dir);
+    }
+}
+
+/// The case each scenario replays: scenario 1 as the thesis ran it; scenario 2 at a 10 s
+/// threshold with no Lambda budget (at the thesis' 30 s only 2 of 1028 images go to Lambda, too
+/// few to compare).
+fn case_of(lambda: bool) -> FireCase {
+    if lambda {
+        FireCase {
+            threshold_ms: 10_000,
+            spillway_budget_gb_s: None,
+            ..FireCase::thesis(true)
+        }
+    } else {
+        FireCase::thesis(false)
+    }
+}
+
+fn replay(lambda: bool, out_dir: &std::path::Path) {
+    let n = if lambda { 2 } else { 1 };
+    let case = case_of(lambda);
     let fit = case.fit;
     let sim_scenario = fire_on_agents(&case, AGENT_START_MS, PRIOR_MS);
     let fog_s = fit.fog_run_ms as f64 / 1000.0 / SPEED as f64;
     let onprem_s = (fit.onprem_start_ms + fit.onprem_run_ms) as f64 / 1000.0 / SPEED as f64;
+    let lambda_s = fit.lambda_run_ms as f64 / 1000.0 / SPEED as f64;
     println!(
-        "machine: {} cores; fire case, scenario 1, phase 2: {} images over 30 thesis minutes, \
-         {SPEED}x faster: fog runs {fog_s:.3} s, on-prem {onprem_s:.3} s, threshold {} s, \
+        "\nmachine: {} cores; fire case, scenario {n}, phase 2: {} images over 30 thesis minutes, \
+         {SPEED}x faster: fog runs {fog_s:.3} s, on-prem {onprem_s:.3} s{}, threshold {} s, \
          reports every {} ms",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         sim_scenario.arrivals.len(),
+        if lambda {
+            format!(", Lambda {lambda_s:.3} s ({LAMBDA_INSTANCES} warm instances)")
+        } else {
+            String::new()
+        },
         case.threshold_ms / 1000 / SPEED,
         1000 / SPEED
     );
 
-    let c = Coordinator::with_config(&format!("report_interval = \"{}ms\"", 1000 / SPEED));
+    let emulator =
+        lambda.then(|| support::lambda::LambdaEmulator::start("spillway", LAMBDA_INSTANCES));
+    let aws = emulator.as_ref().map_or(String::new(), |e| {
+        format!(
+            "[placement]\nlambda_start = \"{}ms\"\n[replicas]\ntimeout = \"30s\"\n[aws]\nendpoint_url = \"{}\"\naccess_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = \"emulator-does-not-check\"\n",
+            // The simulator's start on a warm instance, in live time.
+            AGENT_START_MS / SPEED,
+            e.endpoint()
+        )
+    });
+    let c = Coordinator::with_config(&format!("report_interval = \"{}ms\"\n{aws}", 1000 / SPEED));
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
     for (name, prefix, cpus) in [
         ("pi-1", "spillway-fog-", 3),
@@ -127,12 +185,19 @@ fn main() {
     std::fs::create_dir_all(&fdl_dir).unwrap();
     std::fs::write(
         fdl_dir.join("functions.yaml"),
-        fdl(case.threshold_ms / 1000 / SPEED),
+        fdl(
+            case.threshold_ms / 1000 / SPEED,
+            if lambda {
+                "      replicas:\n      - {type: lambda, function_name: spillway, priority: 0}\n"
+            } else {
+                ""
+            },
+        ),
     )
     .unwrap();
     std::fs::write(
         fdl_dir.join("fire.sh"),
-        script(ledger.to_str().unwrap(), fog_s, onprem_s),
+        script(ledger.to_str().unwrap(), fog_s, onprem_s, lambda_s),
     )
     .unwrap();
     let (ok, _, err) = c.cli(&[
@@ -249,7 +314,17 @@ fn main() {
     println!("thesis-time figures (live × {SPEED}):");
     row("mean queue time, s", live_q, sim.queue_mean_s);
     row("mean completion time, s", live_c, sim.completion_mean_s);
-    for tier in ["fog", "on-prem"] {
+    if lambda {
+        // What Lambda would bill at 1 GB: the runs' own durations, in thesis time.
+        let gb_s: f64 = runs
+            .values()
+            .filter(|r| r.tier == "lambda")
+            .map(|r| thesis_s(r.end_ns.saturating_sub(r.start_ns)))
+            .sum();
+        row("Lambda GB-s (1 GB)", gb_s, sim.lambda_gb_s);
+    }
+    let tiers: Vec<String> = sim_scenario.tiers.clone();
+    for tier in &tiers {
         row(
             &format!("jobs run on {tier}"),
             f64::from(per_tier.get(tier).copied().unwrap_or(0)),
@@ -279,13 +354,12 @@ fn main() {
         series.push(((t - start_ns) / 1_000_000 * SPEED, by));
         t += step_ns;
     }
-    let tiers = vec!["fog".to_owned(), "on-prem".to_owned()];
     for ext in ["svg", "png"] {
-        let live = out_dir.join(format!("fire-live.{ext}"));
-        let simulated = out_dir.join(format!("fire-live-sim.{ext}"));
+        let live = out_dir.join(format!("fire-live-s{n}.{ext}"));
+        let simulated = out_dir.join(format!("fire-live-s{n}-sim.{ext}"));
         plot_series(
             &live,
-            "live, Spillway (fire, scenario 1, phase 2)",
+            &format!("live, Spillway (fire, scenario {n}, phase 2)"),
             &tiers,
             &series,
         )

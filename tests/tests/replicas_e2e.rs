@@ -568,86 +568,9 @@ fn a_lambda_invoke_with_a_wrong_secret_is_refused_by_signature_and_falls_through
     );
 }
 
-/// cargo-lambda's Runtime API emulator with the real runner as the function's `bootstrap`.
-struct LambdaEmulator {
-    child: Child,
-    runner: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl LambdaEmulator {
-    fn start(function: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        // It reads a Cargo manifest for the function names it serves; nothing is built.
-        std::fs::write(
-            dir.path().join("Cargo.toml"),
-            format!("[package]\nname = \"stub\"\nversion = \"0.0.0\"\nedition = \"2021\"\n[[bin]]\nname = \"{function}\"\npath = \"none.rs\"\n"),
-        )
-        .unwrap();
-        let port = free_port();
-        let log = dir.path().join("emulator.log");
-        let child = Command::new("cargo-lambda")
-            .args([
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "--invoke-address",
-                "127.0.0.1",
-                "--invoke-port",
-            ])
-            .arg(port.to_string())
-            .current_dir(dir.path())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cargo-lambda (pip install cargo-lambda) must be installed");
-        let up = wait_until(Duration::from_secs(30), || {
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("starting Runtime server"))
-        });
-        assert!(
-            up,
-            "cargo-lambda did not start: {:?}",
-            std::fs::read_to_string(&log)
-        );
-        // A custom runtime starts `bootstrap` with no arguments.
-        let bootstrap = dir.path().join("bootstrap");
-        std::os::unix::fs::symlink(support::bin("spillway-agent"), &bootstrap).unwrap();
-        let runner = Command::new(&bootstrap)
-            .env(
-                "AWS_LAMBDA_RUNTIME_API",
-                format!("127.0.0.1:{port}/.rt/{function}"),
-            )
-            .env("AWS_LAMBDA_FUNCTION_NAME", function)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            runner,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for LambdaEmulator {
-    fn drop(&mut self) {
-        let _ = self.runner.kill();
-        let _ = self.runner.wait();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn the_runner_as_a_lambda_bootstrap_runs_invoked_jobs_and_their_outputs_reach_the_origin() {
-    let lambda = LambdaEmulator::start("spillway");
+    let lambda = support::lambda::LambdaEmulator::start("spillway", 1);
     let dir = tempfile::tempdir().unwrap();
     let replicas = "      - {type: lambda, function_name: spillway, priority: 0}\n";
     let aws = format!(

@@ -5,6 +5,7 @@
 pub mod board;
 pub mod containers;
 pub mod kube;
+pub mod lambda;
 pub mod mqtt;
 pub mod netns;
 pub mod oci;
