@@ -148,6 +148,12 @@ pub struct NodeView {
     pub refused: Vec<(String, String)>,
     pub joined_at_ms: u64,
     pub last_seen_ms: u64,
+    /// When its certificate expires (ms since the epoch); agents renew it over the mesh
+    /// `[certificates] renew_before` ahead.
+    #[serde(default)]
+    pub cert_expires_at_ms: u64,
+    #[serde(default)]
+    pub certificate_renewals: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

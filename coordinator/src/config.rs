@@ -58,6 +58,56 @@ pub struct CoordinatorConfig {
     pub kubernetes: BTreeMap<String, KubeCluster>,
     /// `[placement]`: the bounds and assumptions of the placement decision.
     pub placement: PlacementSettings,
+    /// `[certificates]`: how long node certificates last and when agents renew them.
+    pub certificates: CertificateSettings,
+}
+
+/// `[certificates]`: node certificates last `node_lifetime`; a connected agent whose
+/// certificate has less than `renew_before` left is asked to renew it over the mesh (a new key
+/// and a new certificate, the old one valid until the agent has switched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSettings {
+    #[serde(default = "default_node_lifetime", with = "humantime_years")]
+    pub node_lifetime: Duration,
+    #[serde(default = "default_renew_before", with = "humantime_years")]
+    pub renew_before: Duration,
+}
+
+fn default_node_lifetime() -> Duration {
+    Duration::from_secs(365 * 86_400)
+}
+
+fn default_renew_before() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
+impl Default for CertificateSettings {
+    fn default() -> Self {
+        Self {
+            node_lifetime: default_node_lifetime(),
+            renew_before: default_renew_before(),
+        }
+    }
+}
+
+impl CertificateSettings {
+    fn check(&self) -> Result<(), String> {
+        if self.node_lifetime < Duration::from_secs(10) {
+            return Err(format!(
+                "certificates.node_lifetime must be at least 10s, not {}",
+                humantime::format_duration(self.node_lifetime)
+            ));
+        }
+        if self.renew_before.is_zero() || self.renew_before >= self.node_lifetime {
+            return Err(format!(
+                "certificates.renew_before ({}) must be more than 0 and less than certificates.node_lifetime ({}): agents renew that long before expiry",
+                humantime::format_duration(self.renew_before),
+                humantime::format_duration(self.node_lifetime)
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[placement]`: what the placement core is told about money and about replicas, which send
@@ -293,6 +343,7 @@ impl Default for CoordinatorConfig {
             aws: AwsSettings::default(),
             kubernetes: BTreeMap::new(),
             placement: PlacementSettings::default(),
+            certificates: CertificateSettings::default(),
         }
     }
 }
@@ -322,6 +373,7 @@ struct File {
     #[serde(default)]
     kubernetes: BTreeMap<String, KubeCluster>,
     placement: Option<PlacementSettings>,
+    certificates: Option<CertificateSettings>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -588,6 +640,30 @@ impl HttpTls {
 
 /// `"1s"`, `"500ms"`, as humantime writes them.
 /// A duration that has a default (the field's `serde(default)`), read like the optional ones.
+/// Durations of up to ten years (certificate lifetimes), which no timer waits for whole.
+mod humantime_years {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    const MAX: Duration = Duration::from_secs(3_650 * 86_400);
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let t = String::deserialize(d)?;
+        let d = humantime::parse_duration(&t).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{t}` is not a duration like \"365d\" or \"30d\": {e}"
+            ))
+        })?;
+        if d > MAX {
+            return Err(serde::de::Error::custom(format!(
+                "`{t}` is too long: at most 3650 days"
+            )));
+        }
+        Ok(d)
+    }
+}
+
 mod humantime_serde_req {
     use std::time::Duration;
 
@@ -720,6 +796,10 @@ impl CoordinatorConfig {
             p.check()?;
             c.placement = p;
         }
+        if let Some(certs) = file.certificates {
+            certs.check()?;
+            c.certificates = certs;
+        }
         if let Some(oscar) = file.oscar {
             if let Some(user) = oscar.user {
                 c.oscar_user = user;
@@ -778,6 +858,38 @@ impl CoordinatorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_lifetimes_are_read_and_a_window_as_long_as_the_lifetime_is_refused() {
+        let c = CoordinatorConfig::from_toml(
+            "[certificates]\nnode_lifetime = \"90d\"\nrenew_before = \"10d\"\n",
+            Path::new("/etc/sp"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.certificates.node_lifetime,
+            Duration::from_secs(90 * 86_400)
+        );
+        assert_eq!(
+            c.certificates.renew_before,
+            Duration::from_secs(10 * 86_400)
+        );
+        let d = CoordinatorConfig::from_toml("", Path::new("/etc/sp")).unwrap();
+        assert_eq!(d.certificates, CertificateSettings::default());
+        for (toml, says) in [
+            (
+                "[certificates]\nnode_lifetime = \"1h\"\nrenew_before = \"1h\"\n",
+                "certificates.renew_before (1h) must be more than 0 and less than certificates.node_lifetime (1h)",
+            ),
+            (
+                "[certificates]\nnode_lifetime = \"5s\"\nrenew_before = \"1s\"\n",
+                "certificates.node_lifetime must be at least 10s, not 5s",
+            ),
+        ] {
+            let err = CoordinatorConfig::from_toml(toml, Path::new("/etc/sp")).unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
+    }
 
     #[test]
     fn durations_and_listen_addresses_are_read() {

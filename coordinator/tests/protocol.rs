@@ -16,7 +16,7 @@ use spillway_coordinator::server::{Coordinator, State};
 use spillway_link::membership::{self as mesh, JoinError, Membership};
 use spillway_link::stream::{FrameReader, send};
 use spillway_proto::wire::{
-    COORDINATOR_SERVER_NAME, CoordinatorFrame, MAX_STREAM_FRAME, PROTOCOL, Version,
+    AgentFrame, COORDINATOR_SERVER_NAME, CoordinatorFrame, MAX_STREAM_FRAME, PROTOCOL, Version,
 };
 
 struct Running {
@@ -158,6 +158,109 @@ async fn another_major_version_is_refused_naming_both() {
         reason.contains(&PROTOCOL.to_string()) && reason.contains("2.0"),
         "{reason}"
     );
+}
+
+/// A coordinator whose certificates last 20 s and renew in their last 19 s.
+async fn short_lived() -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = CoordinatorConfig {
+        state_dir: dir.path().join("coordinator"),
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        ..CoordinatorConfig::default()
+    };
+    config.certificates.node_lifetime = Duration::from_secs(20);
+    config.certificates.renew_before = Duration::from_secs(19);
+    let c = Coordinator::start(config).await.unwrap();
+    let (state, quic) = (c.state.clone(), c.quic_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(c.run(async {
+        let _ = stopped.await;
+    }));
+    Running {
+        _dir: dir,
+        state,
+        quic,
+        _stop: stop,
+    }
+}
+
+/// The next frame on `reader` that is not a deployment, within `within`.
+async fn next_but_deploys(reader: &mut FrameReader, within: Duration) -> Option<CoordinatorFrame> {
+    tokio::time::timeout(within, async {
+        loop {
+            match reader.next::<CoordinatorFrame>().await {
+                Ok(Some(CoordinatorFrame::Deploy(_))) => continue,
+                Ok(other) => return other,
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_nobody_asked_for_is_refused_and_signs_nothing() {
+    let c = coordinator().await;
+    let (token, _) = c.state.create_token(60, "").unwrap();
+    let m = join(&c, "pi-1", &token).await.unwrap();
+    let conn = member_connection(&c, &m).await;
+    let (mut tx, rx) = conn.open_bi().await.unwrap();
+    send(&mut tx, &common::hello(PROTOCOL)).await.unwrap();
+    let mut reader = FrameReader::new(rx, MAX_STREAM_FRAME);
+    let welcome = next_but_deploys(&mut reader, Duration::from_secs(5)).await;
+    assert!(
+        matches!(welcome, Some(CoordinatorFrame::Welcome(_))),
+        "{welcome:?}"
+    );
+    let (_, csr_der) = spillway_link::identity::new_request("pi-1").unwrap();
+    send(&mut tx, &AgentFrame::RenewCertificate { csr_der })
+        .await
+        .unwrap();
+    let answer = next_but_deploys(&mut reader, Duration::from_secs(5)).await;
+    let Some(CoordinatorFrame::RenewRefused { reason }) = answer else {
+        panic!("expected a refusal, got {answer:?}");
+    };
+    assert!(reason.contains("not asked to renew"), "{reason}");
+    let node = c.state.store.node("pi-1").unwrap().unwrap();
+    assert_eq!(node.renewals, 0);
+    assert_eq!(
+        node.fingerprint,
+        hex::encode(spillway_link::identity::fingerprint(&m.cert_der))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_agents_that_speak_1_3_are_asked_to_renew() {
+    let c = short_lived().await;
+    for (minor, asked) in [(2, false), (3, true)] {
+        let (token, _) = c.state.create_token(60, "").unwrap();
+        let name = format!("pi-{minor}");
+        let m = join(&c, &name, &token).await.unwrap();
+        let conn = member_connection(&c, &m).await;
+        let (mut tx, rx) = conn.open_bi().await.unwrap();
+        let version = Version {
+            major: PROTOCOL.major,
+            minor,
+        };
+        send(&mut tx, &common::hello(version)).await.unwrap();
+        let mut reader = FrameReader::new(rx, MAX_STREAM_FRAME);
+        let welcome = next_but_deploys(&mut reader, Duration::from_secs(5)).await;
+        assert!(
+            matches!(welcome, Some(CoordinatorFrame::Welcome(_))),
+            "{welcome:?}"
+        );
+        // Due a second after joining; checked every 4.75 s.
+        let frame = next_but_deploys(&mut reader, Duration::from_secs(8)).await;
+        assert_eq!(
+            matches!(frame, Some(CoordinatorFrame::RenewCertificate)),
+            asked,
+            "1.{minor}: {frame:?}"
+        );
+        conn.close(0u32.into(), b"done");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

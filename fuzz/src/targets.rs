@@ -213,7 +213,9 @@ fn join(scratch: &Path) -> anyhow::Result<Target> {
             let name = spillway_link::identity::valid_node_name(&req.node);
             // The coordinator signs only for a valid token and name; the CSR's parser is fuzzed
             // under a fixed name so every mutated request reaches it.
-            let signed = ca.sign_node("pi-1", &req.csr_der).is_ok();
+            let signed = ca
+                .sign_node("pi-1", &req.csr_der, std::time::Duration::from_secs(86_400))
+                .is_ok();
             token && name && signed
         }),
     })

@@ -113,7 +113,10 @@ pub async fn run(
 ) {
     let config = agent.config().clone();
     let node = config.node_name.clone();
-    let member_tls = match spillway_link::tls::member(
+    let mut membership = membership;
+    // The key of a certificate renewal under way, with the connection it was asked on.
+    let mut renewal: Option<(u64, rcgen::KeyPair)> = None;
+    let mut member_tls = match spillway_link::tls::member(
         &membership.ca_der,
         membership.cert_der.clone(),
         membership.key_der.clone(),
@@ -228,6 +231,38 @@ pub async fn run(
                             let deployment = Box::new(d);
                             actions.extend(link.handle(now, Input::Deployment { generation, deployment }));
                         }
+                        CoordinatorFrame::RenewCertificate => {
+                            if let Some(c) = current.as_ref().filter(|c| c.generation == generation) {
+                                match spillway_link::identity::new_request(&node) {
+                                    Ok((key, csr_der)) => {
+                                        renewal = Some((generation, key));
+                                        let _ = c.out.send(AgentFrame::RenewCertificate { csr_der });
+                                    }
+                                    Err(e) => tracing::warn!("cannot make a key to renew this node's certificate: {e}"),
+                                }
+                            }
+                        }
+                        CoordinatorFrame::Renewed { cert_der, expires_at_ms } => {
+                            let key = renewal.take().filter(|(g, _)| *g == generation).map(|(_, k)| k);
+                            match key.map(|k| adopt_renewal(&config.state_dir, &membership, cert_der, &k)) {
+                                Some(Ok((renewed, tls))) => {
+                                    membership = renewed;
+                                    member_tls = tls;
+                                    tracing::info!(expires_at_ms, "certificate renewed; connecting again with it");
+                                    // The coordinator retires the old certificate once this
+                                    // one connects.
+                                    if let Some(c) = current.as_ref().filter(|c| c.generation == generation) {
+                                        c.conn.close(0u32.into(), b"certificate renewed");
+                                    }
+                                }
+                                Some(Err(why)) => tracing::warn!("keeping the current certificate: {why}"),
+                                None => tracing::warn!("a renewed certificate arrived that this agent did not ask for on this connection; ignored"),
+                            }
+                        }
+                        CoordinatorFrame::RenewRefused { reason } => {
+                            renewal = None;
+                            tracing::warn!("the coordinator refused to renew this node's certificate: {reason}");
+                        }
                         CoordinatorFrame::Accepted(_)
                         | CoordinatorFrame::Declined { .. }
                         | CoordinatorFrame::Place(_)
@@ -298,6 +333,36 @@ pub async fn run(
     if let Some(c) = current {
         c.conn.close(0u32.into(), b"agent shutting down");
     }
+}
+
+/// Checks a renewed certificate (it must certify the key this agent made for it, and make a
+/// working client configuration), then stores it with that key; the membership and client
+/// configuration to connect with from now on.
+fn adopt_renewal(
+    state_dir: &std::path::Path,
+    current: &Membership,
+    cert_der: Vec<u8>,
+    key: &rcgen::KeyPair,
+) -> Result<(Membership, quinn::ClientConfig), String> {
+    use rcgen::PublicKeyData;
+    if !spillway_link::membership::certifies(&cert_der, &key.subject_public_key_info()) {
+        return Err("the renewed certificate is not for the key this agent sent".into());
+    }
+    let renewed = Membership {
+        cert_der,
+        key_der: key.serialize_der(),
+        ..current.clone()
+    };
+    let tls = spillway_link::tls::member(
+        &renewed.ca_der,
+        renewed.cert_der.clone(),
+        renewed.key_der.clone(),
+    )
+    .map_err(|e| format!("the renewed certificate is unusable: {e}"))?;
+    renewed
+        .save_renewed(state_dir)
+        .map_err(|e| format!("cannot store the renewed certificate: {e}"))?;
+    Ok((renewed, tls))
 }
 
 /// Load reports, sent as datagrams: numbered, stamped, with this machine's CPU and memory.

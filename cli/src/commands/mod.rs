@@ -144,6 +144,7 @@ pub async fn get_nodes(client: &Client, format: Format) -> anyhow::Result<()> {
             "FUNCTIONS",
             "ARCH",
             "LAST SEEN",
+            "CERT LEFT",
         ],
         || {
             nodes
@@ -161,6 +162,7 @@ pub async fn get_nodes(client: &Client, format: Format) -> anyhow::Result<()> {
                         n.arch.clone(),
                         n.silent_for_ms
                             .map_or_else(|| since(n.last_seen_ms), output::age),
+                        output::left(n.cert_expires_at_ms),
                     ]
                 })
                 .collect()

@@ -48,6 +48,16 @@ pub fn since(at_ms: u64) -> String {
     age(spillway_plumbing::now_ms().saturating_sub(at_ms))
 }
 
+/// Time left until `at_ms` ("30d"), "expired", or "-" when unknown (0).
+pub fn left(at_ms: u64) -> String {
+    let now = spillway_plumbing::now_ms();
+    match at_ms {
+        0 => "-".into(),
+        t if t <= now => "expired".into(),
+        t => age(t - now),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,9 +25,6 @@ pub enum CaError {
     Request(String),
 }
 
-/// How long node certificates are valid. Agents re-join with a new token after that.
-pub const NODE_CERT_DAYS: i64 = 365;
-
 #[derive(Debug)]
 pub struct Ca {
     cert_der: Vec<u8>,
@@ -180,9 +177,16 @@ impl Ca {
         pem
     }
 
-    /// Certifies the key in `csr_der` for `node`. Names and usages come from us, never from the
-    /// request: an agent cannot ask for another node's name or for a server certificate.
-    pub fn sign_node(&self, node: &str, csr_der: &[u8]) -> Result<Vec<u8>, CaError> {
+    /// Certifies the key in `csr_der` for `node` for `lifetime` (`[certificates]
+    /// node_lifetime`); returns the certificate and when it expires (ms since the epoch). Names
+    /// and usages come from us, never from the request: an agent cannot ask for another node's
+    /// name or for a server certificate.
+    pub fn sign_node(
+        &self,
+        node: &str,
+        csr_der: &[u8],
+        lifetime: std::time::Duration,
+    ) -> Result<(Vec<u8>, u64), CaError> {
         let mut csr =
             CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
                 .map_err(|e| CaError::Request(format!("not a certificate signing request: {e}")))?;
@@ -197,12 +201,17 @@ impl Ca {
         // An hour of slack for boards whose clock is behind (no RTC on a Pi until NTP syncs).
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + time::Duration::days(NODE_CERT_DAYS);
+        let lifetime = time::Duration::try_from(lifetime)
+            .map_err(|e| CaError::Request(format!("certificate lifetime: {e}")))?;
+        let not_after = now + lifetime;
+        params.not_after = not_after;
         csr.params = params;
         let cert = csr
             .signed_by(&self.issuer()?)
             .map_err(|e| CaError::Request(e.to_string()))?;
-        Ok(cert.der().to_vec())
+        // Whole seconds, as the certificate holds them.
+        let expires_ms = u64::try_from(not_after.unix_timestamp()).unwrap_or(0) * 1000;
+        Ok((cert.der().to_vec(), expires_ms))
     }
 }
 

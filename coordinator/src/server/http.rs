@@ -253,7 +253,26 @@ fn caller_of(state: &State, token: &str) -> Option<Scope> {
 async fn metrics(AxState(state): AxState<Arc<State>>) -> String {
     let mut text = state.metrics.render(&state.view);
     text.push_str(&state.handover_gauges());
+    text.push_str(&certificate_gauges(&state));
     text
+}
+
+/// When each node's certificate expires, for alerts well before a fleet drops off at once.
+fn certificate_gauges(state: &State) -> String {
+    use std::fmt::Write;
+    let mut out = String::from(
+        "# HELP spillway_node_certificate_expiry_seconds When each node's certificate expires (seconds since the epoch)\n# TYPE spillway_node_certificate_expiry_seconds gauge\n",
+    );
+    for n in state.store.nodes().unwrap_or_default() {
+        // Node names are DNS labels: nothing in them needs escaping.
+        let _ = writeln!(
+            out,
+            "spillway_node_certificate_expiry_seconds{{node=\"{}\"}} {}",
+            n.name,
+            n.cert_expires_at_ms / 1000
+        );
+    }
+    out
 }
 
 fn node_view(state: &State, r: NodeRecord) -> NodeView {
@@ -279,6 +298,8 @@ fn node_view(state: &State, r: NodeRecord) -> NodeView {
         refused: r.refused,
         joined_at_ms: r.joined_at_ms,
         last_seen_ms: r.last_seen_ms,
+        cert_expires_at_ms: r.cert_expires_at_ms,
+        certificate_renewals: r.renewals,
     }
 }
 

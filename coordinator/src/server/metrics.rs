@@ -16,6 +16,8 @@ pub struct Metrics {
     pub frames_refused: AtomicU64,
     pub joins: AtomicU64,
     pub joins_refused: AtomicU64,
+    pub certificate_renewals: AtomicU64,
+    pub certificate_renewals_refused: AtomicU64,
     pub connections_refused: AtomicU64,
     pub job_updates: AtomicU64,
     pub api_unauthorized: AtomicU64,
@@ -102,6 +104,16 @@ impl Metrics {
                 "spillway_joins_refused_total",
                 "Join attempts refused (bad, expired, revoked or reused token, taken name, rate limit, version)",
                 &self.joins_refused,
+            ),
+            (
+                "spillway_certificate_renewals_total",
+                "Node certificates renewed over the mesh",
+                &self.certificate_renewals,
+            ),
+            (
+                "spillway_certificate_renewals_refused_total",
+                "Certificate renewals refused (bad request, node removed, store error)",
+                &self.certificate_renewals_refused,
             ),
             (
                 "spillway_connections_refused_total",

@@ -122,7 +122,8 @@ fn decide_join(state: &State, req: JoinRequest, remote: &str) -> JoinReply {
         Ok(other) => return refuse(token_refusal(other, &req.node)),
         Err(e) => return refuse(format!("the coordinator could not check the token: {e}")),
     }
-    let cert_der = match state.ca.sign_node(&req.node, &req.csr_der) {
+    let lifetime = state.config.certificates.node_lifetime;
+    let (cert_der, expires_ms) = match state.ca.sign_node(&req.node, &req.csr_der, lifetime) {
         Ok(c) => c,
         Err(e) => return refuse(e.to_string()),
     };
@@ -130,7 +131,7 @@ fn decide_join(state: &State, req: JoinRequest, remote: &str) -> JoinReply {
         &req.node,
         hex::encode(fingerprint(&cert_der)),
         now,
-        now.saturating_add(super::ca::NODE_CERT_DAYS as u64 * 86_400_000),
+        expires_ms,
     );
     node.last_address = remote.to_owned();
     match state.store.join(&hash, now, node) {
@@ -206,6 +207,21 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
     }
     let name = record.name.clone();
     let mut record = record;
+    let connected_with = hex::encode(fp);
+    if record.previous_fingerprint.is_some() && record.fingerprint == connected_with {
+        match state.store.adopt_cert(&name) {
+            Ok(()) => {
+                tracing::info!(node = %name, "node connected with its renewed certificate; the previous one is retired");
+                record.previous_fingerprint = None;
+            }
+            Err(e) => tracing::error!(node = %name, "cannot retire the previous certificate: {e}"),
+        }
+    }
+    // Renewal frames exist since 1.3; older agents are not asked.
+    let renews = hello.version.major == PROTOCOL.major && hello.version.minor >= 3;
+    let mut renew_check = tokio::time::interval(renew_check_period(&state));
+    renew_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renew_asked: Option<std::time::Instant> = None;
     // Labels and the cluster decide which functions (and secrets) a node receives: they are the
     // operator's (from the token or `spillway label node`). The agent's config only proposes.
     record.proposed_cluster_id = hello.cluster_id.clone();
@@ -237,6 +253,17 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
         loop {
             tokio::select! {
                 frame = reader.next::<AgentFrame>() => match frame {
+                    Ok(Some(AgentFrame::RenewCertificate { csr_der })) => {
+                        // Signed only when asked: a member cannot make the CA sign (and the
+                        // store commit) at its own pace.
+                        let reply = if renew_asked.take().is_some() {
+                            renew(&state, &name, &connected_with, &csr_der)
+                        } else {
+                            inc(&state.metrics.frames_refused);
+                            CoordinatorFrame::RenewRefused { reason: "this node was not asked to renew its certificate".into() }
+                        };
+                        if send(&mut tx, &reply).await.is_err() { break control_lost(&conn); }
+                    }
                     Ok(Some(frame)) => handle_frame(&state, &name, session, frame),
                     Ok(None) => break,
                     Err(StreamError::Frame(e)) => {
@@ -250,6 +277,14 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
                 },
                 Some(frame) = out_rx.recv() => {
                     if send(&mut tx, &frame).await.is_err() { break control_lost(&conn); }
+                }
+                _ = renew_check.tick(), if renews => {
+                    let waiting = renew_asked.is_some_and(|at| at.elapsed() < RENEW_ANSWER_WAIT);
+                    if !waiting && renewal_due(&state, &name, &connected_with) {
+                        renew_asked = Some(std::time::Instant::now());
+                        tracing::info!(node = %name, "asking the node to renew its certificate");
+                        if send(&mut tx, &CoordinatorFrame::RenewCertificate).await.is_err() { break control_lost(&conn); }
+                    }
                 }
                 changed = deploy_rx.changed() => {
                     if changed.is_err() { break; }
@@ -277,6 +312,58 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
     tracing::info!(node = %name, "node disconnected: {}", conn.close_reason().map(|r| r.to_string()).unwrap_or_default());
 }
 
+/// How long an agent has to answer a renewal request before it is asked again.
+const RENEW_ANSWER_WAIT: Duration = Duration::from_secs(60);
+
+/// How often a connection checks whether its node's certificate is due: a quarter of the
+/// renewal window, between a second and an hour.
+fn renew_check_period(state: &State) -> Duration {
+    (state.config.certificates.renew_before / 4)
+        .clamp(Duration::from_secs(1), Duration::from_secs(3600))
+}
+
+/// Whether the node connected with `connected_with` (hex) should renew: its certificate
+/// expires within `[certificates] renew_before`, or it connected with the previous one (a
+/// renewal it never stored).
+fn renewal_due(state: &State, name: &str, connected_with: &str) -> bool {
+    let Ok(Some(node)) = state.store.node(name) else {
+        return false;
+    };
+    let window = state.config.certificates.renew_before.as_millis() as u64;
+    node.fingerprint != connected_with || node.cert_expires_at_ms.saturating_sub(now_ms()) < window
+}
+
+/// Signs a renewal request from `name` (connected with `connected_with`), records the new
+/// certificate durably, and only then answers with it.
+fn renew(state: &State, name: &str, connected_with: &str, csr_der: &[u8]) -> CoordinatorFrame {
+    let refused = |reason: String| {
+        inc(&state.metrics.certificate_renewals_refused);
+        tracing::warn!(node = %name, "certificate renewal refused: {reason}");
+        CoordinatorFrame::RenewRefused { reason }
+    };
+    let lifetime = state.config.certificates.node_lifetime;
+    let (cert_der, expires_at_ms) = match state.ca.sign_node(name, csr_der, lifetime) {
+        Ok(c) => c,
+        Err(e) => return refused(e.to_string()),
+    };
+    let renewed = hex::encode(fingerprint(&cert_der));
+    match state
+        .store
+        .renew_cert(name, connected_with, &renewed, expires_at_ms)
+    {
+        Ok(Some(_)) => {
+            inc(&state.metrics.certificate_renewals);
+            tracing::info!(node = %name, expires_at_ms, "node certificate renewed");
+            CoordinatorFrame::Renewed {
+                cert_der,
+                expires_at_ms,
+            }
+        }
+        Ok(None) => refused("the node is no longer a member".into()),
+        Err(e) => refused(format!("cannot record the new certificate: {e}")),
+    }
+}
+
 /// The agent stopped reading its control stream (or the link died mid-write): the session is
 /// over, and the close says so, rather than the bare close of dropped handles.
 fn control_lost(conn: &quinn::Connection) {
@@ -301,7 +388,8 @@ fn handle_frame(state: &State, node: &str, session: u64, frame: AgentFrame) {
         AgentFrame::Offer(offer) => state.offer(node, session, offer),
         AgentFrame::GuestDone(done) => state.guest_done(node, session, done),
         AgentFrame::HandoverAck(id) => state.handover_ack(node, session, id),
-        AgentFrame::Hello(_) => {
+        // A second Hello; a renewal request is answered by the session loop, never here.
+        AgentFrame::Hello(_) | AgentFrame::RenewCertificate { .. } => {
             inc(&state.metrics.frames_malformed);
         }
         AgentFrame::Deployed(ack) => {

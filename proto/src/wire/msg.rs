@@ -43,6 +43,11 @@ pub enum AgentFrame {
     GuestDone(GuestDone),
     /// The origin journaled a delivery or a return: the coordinator may forget the job.
     HandoverAck(JobId),
+    /// Since 1.3, answering [`CoordinatorFrame::RenewCertificate`]: a certificate request (DER)
+    /// for a new key, under the node's own name.
+    RenewCertificate {
+        csr_der: Vec<u8>,
+    },
 }
 
 /// Coordinator → agent on the control stream.
@@ -75,6 +80,20 @@ pub enum CoordinatorFrame {
     },
     /// To a peer: its result was recorded; it may forget the job.
     GuestAck(JobId),
+    /// Since 1.3, to an agent of 1.3 or later whose certificate expires soon: send a request
+    /// for a new one.
+    RenewCertificate,
+    /// Since 1.3: the new certificate (DER) and when it expires. The agent keeps its old one
+    /// until it has stored this one with its key, and connects again with it; the coordinator
+    /// accepts both until then.
+    Renewed {
+        cert_der: Vec<u8>,
+        expires_at_ms: u64,
+    },
+    /// Since 1.3: renewal failed; the agent keeps its certificate and is asked again later.
+    RenewRefused {
+        reason: String,
+    },
 }
 
 /// Why a job is offered.

@@ -100,6 +100,14 @@ pub struct NodeRecord {
     pub proposed_labels: BTreeMap<String, String>,
     #[serde(default)]
     pub proposed_cluster_id: Option<String>,
+    /// The certificate (fingerprint, hex) the node connected with when it was last renewed,
+    /// still a member until the node connects with the new one: an agent that lost the renewal
+    /// (a crash before it stored the new certificate) is never locked out.
+    #[serde(default)]
+    pub previous_fingerprint: Option<String>,
+    /// How many times its certificate was renewed over the mesh.
+    #[serde(default)]
+    pub renewals: u32,
 }
 
 impl NodeRecord {
@@ -122,6 +130,8 @@ impl NodeRecord {
             refused: vec![],
             proposed_labels: BTreeMap::new(),
             proposed_cluster_id: None,
+            previous_fingerprint: None,
+            renewals: 0,
         }
     }
 }
@@ -328,6 +338,9 @@ impl Store {
             // A node joining again (new SD card, lost key) replaces its old certificate.
             if let Some(old) = &existing {
                 certs.remove(old.fingerprint.as_str())?;
+                if let Some(previous) = &old.previous_fingerprint {
+                    certs.remove(previous.as_str())?;
+                }
                 node.labels = old.labels.clone();
                 node.cluster_id = old.cluster_id.clone();
             }
@@ -525,6 +538,62 @@ impl Store {
         self.put(NODES, &node.name, node, Durability::Immediate)
     }
 
+    /// Records a renewed certificate for `name`, durably and before the agent is given it: the
+    /// certificate it is connected with (`current`, hex) stays a member as the previous one;
+    /// any other (a renewal it never adopted) stops being one. `None` if the node is gone.
+    pub fn renew_cert(
+        &self,
+        name: &str,
+        current: &str,
+        renewed: &str,
+        expires_at_ms: u64,
+    ) -> Result<Option<NodeRecord>, StoreError> {
+        let tx = self.db.begin_write()?;
+        let node = {
+            let mut nodes = tx.open_table(NODES)?;
+            let Some(raw) = nodes.get(name)?.map(|v| v.value().to_vec()) else {
+                return Ok(None);
+            };
+            let mut node: NodeRecord = decode("nodes", &raw)?;
+            let mut certs = tx.open_table(CERTS)?;
+            for fp in [Some(&node.fingerprint), node.previous_fingerprint.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                if fp != current {
+                    certs.remove(fp.as_str())?;
+                }
+            }
+            certs.insert(renewed, name)?;
+            node.previous_fingerprint = Some(current.to_owned());
+            node.fingerprint = renewed.to_owned();
+            node.cert_expires_at_ms = expires_at_ms;
+            node.renewals = node.renewals.saturating_add(1);
+            nodes.insert(name, encode(&node).as_slice())?;
+            node
+        };
+        tx.commit()?;
+        Ok(Some(node))
+    }
+
+    /// The node connected with its renewed certificate: the previous one is retired.
+    pub fn adopt_cert(&self, name: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut nodes = tx.open_table(NODES)?;
+            let Some(raw) = nodes.get(name)?.map(|v| v.value().to_vec()) else {
+                return Ok(());
+            };
+            let mut node: NodeRecord = decode("nodes", &raw)?;
+            if let Some(old) = node.previous_fingerprint.take() {
+                tx.open_table(CERTS)?.remove(old.as_str())?;
+                nodes.insert(name, encode(&node).as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Removes a node and revokes its certificate: it can no longer connect.
     pub fn remove_node(&self, name: &str) -> Result<bool, StoreError> {
         let tx = self.db.begin_write()?;
@@ -533,7 +602,11 @@ impl Store {
             let old = nodes.remove(name)?.map(|v| v.value().to_vec());
             if let Some(old) = &old {
                 let old: NodeRecord = decode("nodes", old)?;
-                tx.open_table(CERTS)?.remove(old.fingerprint.as_str())?;
+                let mut certs = tx.open_table(CERTS)?;
+                certs.remove(old.fingerprint.as_str())?;
+                if let Some(previous) = &old.previous_fingerprint {
+                    certs.remove(previous.as_str())?;
+                }
             }
             old.is_some()
         };
@@ -753,6 +826,40 @@ mod tests {
         );
         assert_eq!(store.node_by_cert("f1").unwrap().unwrap().name, "a");
         assert!(store.node_by_cert("f2").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_renewed_certificate_joins_the_old_one_until_adopted_and_a_lost_renewal_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.put_token("h1", &token(100)).unwrap();
+        store.join("h1", 1, node("a", "f1")).unwrap();
+        let member = |fp: &str| store.node_by_cert(fp).unwrap().map(|n| n.name);
+        // Renewed while connected with f1: both are members until the node uses f2.
+        let n = store.renew_cert("a", "f1", "f2", 5_000).unwrap().unwrap();
+        assert_eq!(
+            (n.fingerprint.as_str(), n.cert_expires_at_ms, n.renewals),
+            ("f2", 5_000, 1)
+        );
+        assert_eq!(
+            (member("f1"), member("f2")),
+            (Some("a".into()), Some("a".into()))
+        );
+        // The agent lost f2 (a crash before storing it) and renews again with f1: f2 goes.
+        store.renew_cert("a", "f1", "f3", 6_000).unwrap();
+        assert_eq!(
+            (member("f1"), member("f2"), member("f3")),
+            (Some("a".into()), None, Some("a".into()))
+        );
+        // It connects with f3: f1 is retired.
+        store.adopt_cert("a").unwrap();
+        assert_eq!((member("f1"), member("f3")), (None, Some("a".into())));
+        assert_eq!(store.node("a").unwrap().unwrap().previous_fingerprint, None);
+        // Removing the node revokes every certificate it had.
+        store.renew_cert("a", "f3", "f4", 7_000).unwrap();
+        assert!(store.remove_node("a").unwrap());
+        assert_eq!((member("f3"), member("f4")), (None, None));
+        assert!(store.renew_cert("a", "f4", "f5", 8_000).unwrap().is_none());
     }
 
     #[test]
