@@ -146,11 +146,34 @@ pub struct Found {
     pub returned: bool,
 }
 
+/// When something happens, on two clocks: the wall clock for what is recorded (the journal's
+/// times, which people read) and a monotonic one for what is measured (waits, run times,
+/// cooldowns). A clock step, common on boards without a real-time clock when NTP first syncs,
+/// moves the first and never the second, so it cannot offer every queued job at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub wall_ms: u64,
+    pub mono_ms: u64,
+}
+
+/// Both clocks at `ms`: simulations and tests where they agree.
+impl From<u64> for Now {
+    fn from(ms: u64) -> Self {
+        Self {
+            wall_ms: ms,
+            mono_ms: ms,
+        }
+    }
+}
+
 /// Where an unfinished job is, as the book holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Queued,
-    Running { since_ms: u64 },
+    /// Since when, on the monotonic clock.
+    Running {
+        since_ms: u64,
+    },
     Offered,
     Handed,
     Delivering,
@@ -161,7 +184,9 @@ struct Held {
     function: String,
     phase: Phase,
     attempt: u32,
-    queued_at_ms: u64,
+    /// Since when it waits here, on the monotonic clock: the rescheduler's measure. Restarts
+    /// count from the recovery (the clock does not survive them).
+    waiting_since_ms: u64,
     guest: bool,
     returned: bool,
 }
@@ -178,7 +203,7 @@ pub struct JobBook {
     run_times: RunTimes,
     /// Per function deployed by the coordinator: how long a job may wait before it is offered.
     thresholds: HashMap<String, u64>,
-    /// When the coordinator last declined a job of each function.
+    /// When the coordinator last declined a job of each function (monotonic).
     declined: HashMap<String, u64>,
     /// Offers not answered yet, with their function.
     in_doubt: HashMap<JobId, String>,
@@ -241,7 +266,8 @@ impl JobBook {
     /// Puts the journal's unfinished jobs back in motion: queued jobs queue again, interrupted
     /// runs run again (or fail once they were interrupted `max_attempts` times), finished runs
     /// deliver again, and offers wait for the coordinator's answer.
-    pub fn recover(&mut self, now: u64, found: Vec<Found>) -> Plan {
+    pub fn recover(&mut self, now: impl Into<Now>, found: Vec<Found>) -> Plan {
+        let now = now.into();
         let mut plan = Plan::default();
         for Found {
             record,
@@ -253,7 +279,7 @@ impl JobBook {
                 function: record.function.clone(),
                 phase: Phase::Queued,
                 attempt: record.attempt,
-                queued_at_ms: record.queued_at_ms,
+                waiting_since_ms: now.mono_ms,
                 guest,
                 returned,
             };
@@ -264,21 +290,31 @@ impl JobBook {
                         "interrupted {} times by agent restarts during its run; not retried again",
                         record.attempt
                     );
-                    end(&mut plan, record.id, JobState::Failed { reason }, now);
+                    end(
+                        &mut plan,
+                        record.id,
+                        JobState::Failed { reason },
+                        now.wall_ms,
+                    );
                     continue;
                 }
                 JobState::Running => {
                     plan.changes.push(Change::Move {
                         id: record.id,
                         to: JobState::Queued,
-                        at_ms: now,
+                        at_ms: now.wall_ms,
                     });
                     self.admission.enqueue(record.id, &record.function);
                 }
                 JobState::Ran { outputs, .. } if guest => {
                     // A guest's outputs wait in its own folder for the link to send them.
                     let outputs = outputs.iter().map(|k| k.to_string()).collect();
-                    end(&mut plan, record.id, JobState::Succeeded { outputs }, now);
+                    end(
+                        &mut plan,
+                        record.id,
+                        JobState::Succeeded { outputs },
+                        now.wall_ms,
+                    );
                     continue;
                 }
                 JobState::Ran { .. } => {
@@ -301,7 +337,8 @@ impl JobBook {
     ///
     /// `live`: the input was just delivered (not found by a rescan), so a job that failed
     /// before is a request to run it again.
-    pub fn arrive(&mut self, now: u64, arrivals: Vec<Arrival>, live: bool) -> Plan {
+    pub fn arrive(&mut self, now: impl Into<Now>, arrivals: Vec<Arrival>, live: bool) -> Plan {
+        let now = now.into();
         let mut plan = Plan::default();
         let mut entered = Vec::new();
         for Arrival {
@@ -316,10 +353,10 @@ impl JobBook {
                 Known::Failed if live && !refused && guest.is_none() => {
                     plan.changes.push(Change::Retry {
                         id: record.id,
-                        at_ms: now,
+                        at_ms: now.wall_ms,
                     });
                     record.attempt = 0;
-                    record.queued_at_ms = now;
+                    record.queued_at_ms = now.wall_ms;
                 }
                 Known::New => {}
                 Known::Succeeded | Known::Failed if guest.is_some() => {}
@@ -337,7 +374,7 @@ impl JobBook {
                     function: record.function.clone(),
                     phase: Phase::Queued,
                     attempt: record.attempt,
-                    queued_at_ms: record.queued_at_ms,
+                    waiting_since_ms: now.mono_ms,
                     guest: guest.is_some(),
                     returned: returned && guest.is_none(),
                 },
@@ -366,26 +403,30 @@ impl JobBook {
     }
 
     /// Starts every job that fits, journaling `Running` before each one starts.
-    pub fn admit(&mut self, now: u64, plan: &mut Plan) {
+    pub fn admit(&mut self, now: impl Into<Now>, plan: &mut Plan) {
+        let now = now.into();
         for (id, function) in self.admission.admit() {
             let Some(held) = self.jobs.get_mut(&id) else {
                 // Queued without being held cannot happen; free what admission took.
                 self.admission.finish(id);
                 continue;
             };
-            held.phase = Phase::Running { since_ms: now };
+            held.phase = Phase::Running {
+                since_ms: now.mono_ms,
+            };
             held.attempt += 1;
             plan.changes.push(Change::Move {
                 id,
                 to: JobState::Running,
-                at_ms: now,
+                at_ms: now.wall_ms,
             });
             plan.acts.push(Act::Start { id, function });
         }
     }
 
     /// A run ended; its slot is free, and its run time teaches the estimate.
-    pub fn run_ended(&mut self, now: u64, id: JobId, how: RunEnd) -> Plan {
+    pub fn run_ended(&mut self, now: impl Into<Now>, id: JobId, how: RunEnd) -> Plan {
+        let now = now.into();
         let mut plan = Plan::default();
         let Some(held) = self.jobs.get_mut(&id) else {
             return plan;
@@ -394,12 +435,20 @@ impl JobBook {
             return plan;
         };
         self.admission.finish(id);
-        self.run_times
-            .observe(&held.function, &self.node, now.saturating_sub(since_ms));
+        self.run_times.observe(
+            &held.function,
+            &self.node,
+            now.mono_ms.saturating_sub(since_ms),
+        );
         match how {
             RunEnd::Ran { staging, outputs } => {
                 held.phase = Phase::Delivering;
-                deliver(&mut plan, id, JobState::Ran { staging, outputs }, now);
+                deliver(
+                    &mut plan,
+                    id,
+                    JobState::Ran { staging, outputs },
+                    now.wall_ms,
+                );
             }
             RunEnd::GuestRan { dir, outputs } => {
                 let names = outputs.iter().map(|k| k.to_string()).collect();
@@ -409,14 +458,19 @@ impl JobBook {
                         staging: dir,
                         outputs,
                     },
-                    at_ms: now,
+                    at_ms: now.wall_ms,
                 });
                 self.jobs.remove(&id);
-                end(&mut plan, id, JobState::Succeeded { outputs: names }, now);
+                end(
+                    &mut plan,
+                    id,
+                    JobState::Succeeded { outputs: names },
+                    now.wall_ms,
+                );
             }
             RunEnd::Failed { reason } => {
                 self.jobs.remove(&id);
-                end(&mut plan, id, JobState::Failed { reason }, now);
+                end(&mut plan, id, JobState::Failed { reason }, now.wall_ms);
             }
         }
         self.admit(now, &mut plan);
@@ -424,19 +478,21 @@ impl JobBook {
     }
 
     /// A delivery ended (`Succeeded` or `Failed`).
-    pub fn delivered(&mut self, now: u64, id: JobId, state: JobState) -> Plan {
+    pub fn delivered(&mut self, now: impl Into<Now>, id: JobId, state: JobState) -> Plan {
+        let now = now.into();
         let mut plan = Plan::default();
         if self.jobs.get(&id).map(|h| h.phase) != Some(Phase::Delivering) || !state.is_final() {
             return plan;
         }
         self.jobs.remove(&id);
-        end(&mut plan, id, state, now);
+        end(&mut plan, id, state, now.wall_ms);
         plan
     }
 
     /// The rescheduler: queued (never started) jobs that waited longer than their function's
     /// threshold are offered, unless the coordinator just declined one of that function.
-    pub fn tick(&mut self, now: u64) -> Plan {
+    pub fn tick(&mut self, now: impl Into<Now>) -> Plan {
+        let now = now.into();
         let mut plan = Plan::default();
         if !self.linked || self.admission.queued() == 0 {
             return plan;
@@ -454,7 +510,7 @@ impl JobBook {
             if self
                 .declined
                 .get(&function)
-                .is_some_and(|at| now.saturating_sub(*at) < cooldown)
+                .is_some_and(|at| now.mono_ms.saturating_sub(*at) < cooldown)
             {
                 continue;
             }
@@ -467,7 +523,7 @@ impl JobBook {
                 let Some(held) = self.jobs.get(&id) else {
                     continue;
                 };
-                if now.saturating_sub(held.queued_at_ms) < threshold {
+                if now.mono_ms.saturating_sub(held.waiting_since_ms) < threshold {
                     // Oldest first: the rest waited less.
                     break;
                 }
@@ -478,7 +534,8 @@ impl JobBook {
     }
 
     /// The coordinator's answer about an offered job.
-    pub fn answer(&mut self, now: u64, id: JobId, answer: Answer) -> Plan {
+    pub fn answer(&mut self, now: impl Into<Now>, id: JobId, answer: Answer) -> Plan {
+        let now = now.into();
         let mut plan = Plan::default();
         self.in_doubt.remove(&id);
         let phase = match self.jobs.get(&id).map(|h| h.phase) {
@@ -507,7 +564,7 @@ impl JobBook {
                         plan.changes.push(Change::Move {
                             id,
                             to: JobState::Handed,
-                            at_ms: now,
+                            at_ms: now.wall_ms,
                         });
                     }
                     Answer::Declined(_) => {
@@ -515,9 +572,9 @@ impl JobBook {
                         plan.changes.push(Change::Move {
                             id,
                             to: JobState::Queued,
-                            at_ms: now,
+                            at_ms: now.wall_ms,
                         });
-                        self.declined.insert(function.clone(), now);
+                        self.declined.insert(function.clone(), now.mono_ms);
                         self.admission.enqueue_front(id, &function);
                         self.admit(now, &mut plan);
                     }
@@ -531,12 +588,17 @@ impl JobBook {
                     }
                     Answer::Delivered { staging, outputs } => {
                         held.phase = Phase::Delivering;
-                        deliver(&mut plan, id, JobState::Ran { staging, outputs }, now);
+                        deliver(
+                            &mut plan,
+                            id,
+                            JobState::Ran { staging, outputs },
+                            now.wall_ms,
+                        );
                         plan.ack = true;
                     }
                     Answer::Failed(reason) => {
                         self.jobs.remove(&id);
-                        end(&mut plan, id, JobState::Failed { reason }, now);
+                        end(&mut plan, id, JobState::Failed { reason }, now.wall_ms);
                         plan.ack = true;
                     }
                 }
@@ -554,12 +616,13 @@ impl JobBook {
     }
 
     /// The load this node reports.
-    pub fn load(&self, now: u64) -> BookLoad {
+    pub fn load(&self, now: impl Into<Now>) -> BookLoad {
+        let now = now.into();
         let oldest = self
             .admission
             .oldest_queued()
             .and_then(|id| self.jobs.get(&id))
-            .map_or(0, |h| now.saturating_sub(h.queued_at_ms));
+            .map_or(0, |h| now.mono_ms.saturating_sub(h.waiting_since_ms));
         BookLoad {
             queued: self.admission.queued() as u32,
             running: self.admission.running() as u32,
@@ -590,7 +653,7 @@ impl JobBook {
     /// coordinator keeps it here unless a target is predicted to finish it sooner (the
     /// simulator's `SpillwayPolicy::on_arrival` decides the same). A new arrival is a new
     /// prediction, so the cool-down after a decline does not hold it back.
-    fn offer_on_arrival(&mut self, now: u64, id: JobId, function: &str, plan: &mut Plan) {
+    fn offer_on_arrival(&mut self, now: Now, id: JobId, function: &str, plan: &mut Plan) {
         if !self.thresholds.contains_key(function) || !self.linked {
             return;
         }
@@ -611,7 +674,7 @@ impl JobBook {
     /// Journals `Offered`, takes the job out of the queue and has the driver send the offer.
     /// If the link is gone by then, the job stays `Offered` and is offered again when it comes
     /// back: only the coordinator can say whether it already took it.
-    fn offer(&mut self, now: u64, id: JobId, reason: OfferReason, plan: &mut Plan) {
+    fn offer(&mut self, now: Now, id: JobId, reason: OfferReason, plan: &mut Plan) {
         let Some(held) = self.jobs.get(&id) else {
             return;
         };
@@ -640,7 +703,7 @@ impl JobBook {
         plan.changes.push(Change::Move {
             id,
             to: JobState::Offered,
-            at_ms: now,
+            at_ms: now.wall_ms,
         });
         plan.acts.push(Act::Offer {
             id,

@@ -572,6 +572,51 @@ fn an_unlinked_node_never_offers_and_a_declined_function_cools_down() {
 }
 
 #[test]
+fn a_wall_clock_step_neither_offers_queued_jobs_early_nor_holds_them_back() {
+    let at = |wall_ms, mono_ms| Now { wall_ms, mono_ms };
+    let mut b = book(false);
+    for n in 0..4 {
+        let arrival = Arrival {
+            record: record(n, "f", 1_000),
+            known: Known::New,
+            guest: None,
+            returned: false,
+        };
+        b.arrive(at(1_000, 1_000), vec![arrival], true);
+    }
+    b.set_linked(true);
+    // NTP's first sync on a board without a real-time clock: ten hours ahead, while 50 ms of
+    // real time passed, under f's 100 ms threshold. Nothing is offered.
+    let ahead = at(1_000 + 36_000_000, 1_050);
+    assert!(b.tick(ahead).acts.is_empty());
+    assert_eq!(b.load(ahead).oldest_queued_ms, 50);
+    // Then back before the arrivals: the two queued jobs still come due on time.
+    let offers = b.tick(at(0, 1_101));
+    let offered = offers
+        .acts
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Act::Offer {
+                    reason: OfferReason::Rescheduler,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(offered, 2, "{offers:?}");
+    // What is recorded keeps the wall clock, as people read it.
+    assert!(
+        offers
+            .changes
+            .iter()
+            .all(|c| !matches!(c, Change::Move { at_ms, .. } if *at_ms != 0)),
+        "{offers:?}"
+    );
+}
+
+#[test]
 fn the_local_wait_grows_with_the_queue_and_shrinks_with_slots() {
     assert_eq!(predicted_local_wait_ms(0, 1, 1000), 1000);
     assert_eq!(predicted_local_wait_ms(3, 1, 1000), 4000);

@@ -7,7 +7,7 @@ use spillway_proto::{Event, JobId};
 use super::run::{Targets, finish_delivery, run_job};
 use super::{Agent, AgentError, JobEvent, Msg};
 use crate::book::{Act, Arrival, Found, Known, Plan};
-use crate::journal::{Change, Guest, JobRecord, JobState, now_ms};
+use crate::journal::{Change, Guest, JobRecord, JobState};
 use crate::staging::Staging;
 use crate::{joblog, runtime};
 
@@ -168,7 +168,7 @@ impl Agent {
             }
         }
         // Carried out when the engine runs: nothing starts before [`Agent::run`].
-        self.recovered = Some(self.book.recover(now_ms(), found));
+        self.recovered = Some(self.book.recover(super::book_now(), found));
         joblog::prune(&s.config.logs_dir(), s.config.logs.keep_jobs);
         Ok(())
     }
@@ -202,7 +202,7 @@ impl Agent {
         also: Vec<Change>,
     ) -> Result<(), AgentError> {
         self.book.set_linked(self.shared.mesh_out().is_some());
-        let mut plan = self.book.arrive(now_ms(), arrivals, live);
+        let mut plan = self.book.arrive(super::book_now(), arrivals, live);
         plan.changes.extend(also);
         self.carry_out(plan, Logs::Driver)
     }
@@ -223,7 +223,7 @@ impl Agent {
         let (id, function, origin) = (record.id, record.function.clone(), guest.origin.clone());
         self.book.set_linked(s.mesh_out().is_some());
         let plan = self.book.arrive(
-            now_ms(),
+            super::book_now(),
             vec![Arrival {
                 record,
                 known,

@@ -34,6 +34,17 @@ mod run;
 
 pub use crate::book::Answer;
 
+/// The book's clocks now: the journal's wall clock for what is recorded, and a monotonic one,
+/// counted from the agent's start, for what is measured (see [`crate::book::Now`]).
+pub(crate) fn book_now() -> crate::book::Now {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    crate::book::Now {
+        wall_ms: now_ms(),
+        mono_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
 use identify::identify_file;
 
 /// What can stop the agent from starting or keep it from running on.
@@ -391,7 +402,7 @@ impl Agent {
 
     /// Publishes this node's load for the mesh link (only when it changed).
     fn publish_load(&mut self) {
-        let load = self.book.load(now_ms());
+        let load = self.book.load(book_now());
         let functions = load
             .functions
             .into_iter()
@@ -556,7 +567,7 @@ impl Agent {
                 _ = rescheduler.tick() => {
                     self.heartbeat.beat();
                     self.book.set_linked(self.shared.mesh_out().is_some());
-                    let plan = self.book.tick(now_ms());
+                    let plan = self.book.tick(book_now());
                     self.carry_out(plan, drive::Logs::Driver)?;
                     self.publish_load();
                 }
@@ -588,7 +599,7 @@ impl Agent {
     }
 
     fn handle(&mut self, msg: Msg) -> Result<(), AgentError> {
-        let now = now_ms();
+        let now = book_now();
         match msg {
             Msg::Folder(FolderEvent::Ready(path)) => self.identify(path, true),
             Msg::Folder(FolderEvent::Found(path)) => self.identify(path, false),
