@@ -289,7 +289,15 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
                 changed = deploy_rx.changed() => {
                     if changed.is_err() { break; }
                     let node = state.store.node(&name).ok().flatten().unwrap_or_else(|| record.clone());
-                    let functions = state.store.functions().unwrap_or_default();
+                    // A store that cannot be read must never look like "no functions": that
+                    // would take every function off the node.
+                    let functions = match state.store.functions() {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::error!(node = %name, "cannot read the functions to deploy ({e}); the node keeps what it runs");
+                            continue;
+                        }
+                    };
                     let deployment = deploy::for_node(&node, &functions, state.config.oscar_minio.as_ref());
                     let digest = deployment.digest();
                     if digest != deployed {

@@ -53,11 +53,11 @@ pub struct DelegatedJob {
 
 #[derive(Debug, Clone, thiserror::Error, displaydoc::Display)]
 pub enum StoreError {
-    /// cannot open the coordinator state {path}: {message} (is another coordinator using it?)
+    /// cannot open the coordinator state {path}: {message}
     Open { path: PathBuf, message: String },
     /// coordinator state: {0}
     Db(String),
-    /// coordinator state has an unreadable record in `{table}`: {message}
+    /// coordinator state has an unreadable record in `{table}` ({message}); the coordinator will not start on it, since a table read as empty would take every node's functions away: restore the state folder from a backup, or move the database aside to start an empty mesh (every agent then joins again)
     Corrupt {
         table: &'static str,
         message: String,
@@ -249,10 +249,20 @@ fn check_token(
 }
 
 impl Store {
+    /// Opens (or creates) the state at `path` and reads every record the coordinator acts on
+    /// at start: a damaged database or record refuses the start, and the file is left as it
+    /// was for a restore.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|e| StoreError::Open {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    "another coordinator is using it (one `spillway serve` per state folder)".into()
+                }
+                other => format!(
+                    "{other}; the file is damaged or not a Spillway state: restore the state folder from a backup, or move the file aside to start an empty mesh (every agent then joins again)"
+                ),
+            },
         })?;
         let tx = db.begin_write()?;
         for t in [
@@ -263,10 +273,16 @@ impl Store {
         tx.open_table(CERTS)?;
         tx.commit()?;
         let db = Arc::new(db);
-        Ok(Self {
+        let store = Self {
             journal: Journal::start(db.clone()),
             db,
-        })
+        };
+        store.nodes()?;
+        store.functions()?;
+        store.tokens()?;
+        store.mqtt_users()?;
+        store.api_token_listing()?;
+        Ok(store)
     }
 
     pub fn put_token(&self, hash: &str, record: &TokenRecord) -> Result<(), StoreError> {
