@@ -638,32 +638,30 @@ impl HttpTls {
     }
 }
 
-/// `"1s"`, `"500ms"`, as humantime writes them.
-/// A duration that has a default (the field's `serde(default)`), read like the optional ones.
+/// `text` as a duration of at most `max_days`; `like` shows the form in the error.
+fn bounded_duration(text: &str, max_days: u64, like: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like {like}: {e}"))?;
+    if d > Duration::from_secs(max_days * 86_400) {
+        return Err(format!("`{text}` is too long: at most {max_days} days"));
+    }
+    Ok(d)
+}
+
 /// Durations of up to ten years (certificate lifetimes), which no timer waits for whole.
 mod humantime_years {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
 
-    const MAX: Duration = Duration::from_secs(3_650 * 86_400);
-
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let t = String::deserialize(d)?;
-        let d = humantime::parse_duration(&t).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "`{t}` is not a duration like \"365d\" or \"30d\": {e}"
-            ))
-        })?;
-        if d > MAX {
-            return Err(serde::de::Error::custom(format!(
-                "`{t}` is too long: at most 3650 days"
-            )));
-        }
-        Ok(d)
+        let text = String::deserialize(d)?;
+        super::bounded_duration(&text, 3_650, "\"365d\" or \"30d\"")
+            .map_err(serde::de::Error::custom)
     }
 }
 
+/// A duration that has a default (the field's `serde(default)`), read like the optional ones.
 mod humantime_serde_req {
     use std::time::Duration;
 
@@ -675,28 +673,17 @@ mod humantime_serde_req {
     }
 }
 
+/// `"1s"`, `"500ms"`, as humantime writes them, up to a month: no setting of this file needs
+/// more, and beyond, timers overflow.
 mod humantime_serde_opt {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
 
-    /// No setting of this file needs more than a month; beyond, timers overflow.
-    const MAX: Duration = Duration::from_secs(31 * 86_400);
-
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let text: Option<String> = Option::deserialize(d)?;
         text.map(|t| {
-            let d = humantime::parse_duration(&t).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "`{t}` is not a duration like \"1s\" or \"500ms\": {e}"
-                ))
-            })?;
-            if d > MAX {
-                return Err(serde::de::Error::custom(format!(
-                    "`{t}` is too long: at most 31 days"
-                )));
-            }
-            Ok(d)
+            super::bounded_duration(&t, 31, "\"1s\" or \"500ms\"").map_err(serde::de::Error::custom)
         })
         .transpose()
     }

@@ -27,13 +27,19 @@ struct Running {
 }
 
 async fn coordinator() -> Running {
+    coordinator_with(|_| {}).await
+}
+
+/// A coordinator on loopback with its defaults changed by `tune`.
+async fn coordinator_with(tune: impl FnOnce(&mut CoordinatorConfig)) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let config = CoordinatorConfig {
+    let mut config = CoordinatorConfig {
         state_dir: dir.path().join("coordinator"),
         quic_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         ..CoordinatorConfig::default()
     };
+    tune(&mut config);
     let c = Coordinator::start(config).await.unwrap();
     let (state, quic) = (c.state.clone(), c.quic_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -162,27 +168,11 @@ async fn another_major_version_is_refused_naming_both() {
 
 /// A coordinator whose certificates last 20 s and renew in their last 19 s.
 async fn short_lived() -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = CoordinatorConfig {
-        state_dir: dir.path().join("coordinator"),
-        quic_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        ..CoordinatorConfig::default()
-    };
-    config.certificates.node_lifetime = Duration::from_secs(20);
-    config.certificates.renew_before = Duration::from_secs(19);
-    let c = Coordinator::start(config).await.unwrap();
-    let (state, quic) = (c.state.clone(), c.quic_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(c.run(async {
-        let _ = stopped.await;
-    }));
-    Running {
-        _dir: dir,
-        state,
-        quic,
-        _stop: stop,
-    }
+    coordinator_with(|c| {
+        c.certificates.node_lifetime = Duration::from_secs(20);
+        c.certificates.renew_before = Duration::from_secs(19);
+    })
+    .await
 }
 
 /// The next frame on `reader` that is not a deployment, within `within`.

@@ -10,16 +10,6 @@ use std::time::{Duration, Instant};
 
 use support::{Coordinator, Node, wait_until};
 
-fn view(c: &Coordinator, name: &str) -> serde_json::Value {
-    c.json(&["get", "nodes"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == name)
-        .cloned()
-        .unwrap_or_default()
-}
-
 fn ready(c: &Coordinator, name: &str, within: Duration) -> bool {
     wait_until(within, || c.health(name).as_deref() == Some("Ready"))
 }
@@ -40,7 +30,7 @@ fn an_agent_renews_its_certificate_before_expiry_and_outlives_its_first_one() {
     c.join(&node);
     node.start();
     assert!(ready(&c, "pi-1", Duration::from_secs(20)), "{}", node.log());
-    let first_expiry = view(&c, "pi-1")["cert_expires_at_ms"].as_u64().unwrap();
+    let first_expiry = c.node_view("pi-1")["cert_expires_at_ms"].as_u64().unwrap();
     assert!(first_expiry > now_ms() && first_expiry <= now_ms() + 21_000);
 
     // Past the first certificate's end, with a margin: the node is never taken for dead.
@@ -50,7 +40,7 @@ fn an_agent_renews_its_certificate_before_expiry_and_outlives_its_first_one() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(first_expiry < now_ms());
-    let v = view(&c, "pi-1");
+    let v = c.node_view("pi-1");
     assert!(v["certificate_renewals"].as_u64().unwrap() >= 2, "{v}");
     assert!(v["cert_expires_at_ms"].as_u64().unwrap() > now_ms(), "{v}");
     assert!(ready(&c, "pi-1", Duration::from_secs(10)), "{}", node.log());
@@ -99,7 +89,7 @@ fn the_certificate_a_node_renewed_away_from_is_no_longer_a_member() {
     assert!(
         wait_until(
             Duration::from_secs(30),
-            || view(&c, "pi-1")["certificate_renewals"]
+            || c.node_view("pi-1")["certificate_renewals"]
                 .as_u64()
                 .unwrap_or(0)
                 >= 1

@@ -19,16 +19,6 @@ fn ready(c: &Coordinator, name: &str) -> bool {
     })
 }
 
-fn node_view(c: &Coordinator, name: &str) -> serde_json::Value {
-    c.json(&["get", "nodes"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == name)
-        .cloned()
-        .unwrap()
-}
-
 fn join(c: &Coordinator, node: &Node, token: &str) -> (bool, String) {
     let (ok, out, err) = node.agent_cli(&["join", "--coordinator", &c.quic(), "--token", token]);
     (ok, format!("{out}{err}"))
@@ -119,7 +109,7 @@ fn labels_come_from_the_token_and_the_operator_not_from_the_agent() {
         "{}",
         c.log()
     );
-    let view = node_view(&c, "pi-1");
+    let view = c.node_view("pi-1");
     assert_eq!(
         view["labels"],
         serde_json::json!({"zone": "shed"}),
@@ -144,7 +134,7 @@ fn labels_come_from_the_token_and_the_operator_not_from_the_agent() {
     let (ok, _, err) = c.cli(&["apply", "-f", fdl.to_str().unwrap()]);
     assert!(ok, "{err}");
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!c.runs("pi-1", "infer"), "{}", node_view(&c, "pi-1"));
+    assert!(!c.runs("pi-1", "infer"), "{}", c.node_view("pi-1"));
 
     // The operator adopts what the agent proposed: now it is deployed.
     let (ok, out, err) = c.cli(&["label", "node", "pi-1", "--adopt-proposed", "zone=shed"]);
@@ -156,7 +146,7 @@ fn labels_come_from_the_token_and_the_operator_not_from_the_agent() {
     assert!(
         wait_until(Duration::from_secs(20), || c.runs("pi-1", "infer")),
         "{}",
-        node_view(&c, "pi-1")
+        c.node_view("pi-1")
     );
     // And takes a label away again.
     let (ok, _, err) = c.cli(&["label", "node", "pi-1", "gpu-"]);
@@ -164,7 +154,7 @@ fn labels_come_from_the_token_and_the_operator_not_from_the_agent() {
     assert!(
         wait_until(Duration::from_secs(20), || !c.runs("pi-1", "infer")),
         "{}",
-        node_view(&c, "pi-1")
+        c.node_view("pi-1")
     );
 }
 

@@ -529,14 +529,19 @@ impl Coordinator {
         })
     }
 
-    /// The health of `node` as `get nodes` shows it.
-    pub fn health(&self, node: &str) -> Option<String> {
+    /// `node` as `get nodes -o json` shows it (`Null` when it is not listed).
+    pub fn node_view(&self, node: &str) -> serde_json::Value {
         let nodes = self.json(&["get", "nodes"]);
         nodes
-            .as_array()?
-            .iter()
-            .find(|n| n["name"] == node)
-            .map(|n| n["health"].as_str().unwrap_or("").to_owned())
+            .as_array()
+            .and_then(|all| all.iter().find(|n| n["name"] == node))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The health of `node` as `get nodes` shows it.
+    pub fn health(&self, node: &str) -> Option<String> {
+        self.node_view(node)["health"].as_str().map(str::to_owned)
     }
 }
 
