@@ -133,15 +133,20 @@ pub fn stream_server(
         .with_single_cert(chain.into_iter().map(CertificateDer::from).collect(), key)?)
 }
 
+/// The member's certificate and key (DER) as they are now.
+pub type CurrentIdentity = dyn Fn() -> Option<(Vec<u8>, Vec<u8>)> + Send + Sync;
+
 /// A member's TLS stream client to the coordinator (its MQTT broker): trusts only the CA,
 /// proves itself with its certificate, and checks the coordinator's certificate under the
 /// coordinator's fixed name, whatever host name or address the broker was reached at.
+///
+/// The certificate is `current()` at each handshake, not the one the client started with: a
+/// long-lived client (one that reconnects for months) picks up a certificate renewed over the
+/// mesh, after which the coordinator stops accepting the old one.
 pub fn stream_member(
     ca_der: &[u8],
-    cert_der: Vec<u8>,
-    key_der: Vec<u8>,
+    current: Box<CurrentIdentity>,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let key = PrivateKeyDer::try_from(key_der).map_err(|e| TlsError::Anchor(e.to_string()))?;
     let inner = WebPkiServerVerifier::builder_with_provider(roots(ca_der)?, provider())
         .build()
         .map_err(|e| TlsError::Anchor(e.to_string()))?;
@@ -151,7 +156,42 @@ pub fn stream_member(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(CoordinatorName { inner, name }))
-        .with_client_auth_cert(vec![CertificateDer::from(cert_der)], key)?)
+        .with_client_cert_resolver(Arc::new(Renewable {
+            current,
+            provider: provider(),
+        })))
+}
+
+/// Resolves the client certificate afresh at each handshake (see [`stream_member`]).
+struct Renewable {
+    current: Box<CurrentIdentity>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl std::fmt::Debug for Renewable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Renewable")
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Renewable {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let (cert_der, key_der) = (self.current)()?;
+        let key = PrivateKeyDer::try_from(key_der).ok()?;
+        let signer = self.provider.key_provider.load_private_key(key).ok()?;
+        Some(Arc::new(rustls::sign::CertifiedKey::new(
+            vec![CertificateDer::from(cert_der)],
+            signer,
+        )))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// WebPKI verification under the coordinator's fixed name.
@@ -256,5 +296,48 @@ impl ServerCertVerifier for PinnedCa {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn pair(name: &str) -> (Vec<u8>, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.der().to_vec(), key.serialize_der())
+    }
+
+    #[test]
+    fn a_stream_client_presents_the_certificate_current_at_each_handshake() {
+        let (ca, _) = pair("ca");
+        let now = Arc::new(Mutex::new(Some(pair("pi-1"))));
+        let seen = now.clone();
+        let config = stream_member(
+            &ca,
+            Box::new(move || seen.lock().ok().and_then(|p| p.clone())),
+        )
+        .unwrap();
+        let presented = || {
+            config
+                .client_auth_cert_resolver
+                .resolve(&[], &[])
+                .map(|k| k.cert[0].to_vec())
+        };
+        let first = now.lock().unwrap().clone().unwrap().0;
+        assert_eq!(presented(), Some(first));
+        // Renewed on disk: the next handshake presents the new one.
+        let renewed = pair("pi-1");
+        *now.lock().unwrap() = Some(renewed.clone());
+        assert_eq!(presented(), Some(renewed.0));
+        // Unreadable: no certificate, and the broker refuses the handshake.
+        *now.lock().unwrap() = None;
+        assert_eq!(presented(), None);
     }
 }

@@ -424,3 +424,59 @@ fn a_broker_fault_takes_only_the_broker_which_comes_back() {
         c.log()
     );
 }
+
+#[test]
+fn an_agents_mqtt_triggers_outlive_its_certificate_renewal_and_a_broker_restart() {
+    // Renewal comes due seconds after joining; the coordinator then accepts only the new
+    // certificate, on QUIC and on its MQTT gateway alike.
+    let (plain, tls) = (free_port(), free_port());
+    let mut c = Coordinator::with_config(&format!(
+        "[certificates]\nnode_lifetime = \"40s\"\nrenew_before = \"35s\"\n[mqtt]\nlisten = \"127.0.0.1:{plain}\"\ntls_listen = \"127.0.0.1:{tls}\"\n"
+    ));
+    let mut node = Node::new(&format!(
+        "node_name = \"edge-1\"\n[mqtt]\nbroker = \"mqtts://127.0.0.1:{tls}\"\nmesh_identity = true\n"
+    ));
+    c.join(&node);
+    node.start();
+    let (ok, _, err) = c.cli(&["apply", "-f", repo(FIRE_FDL).to_str().unwrap()]);
+    assert!(ok, "apply: {err}");
+    let camera = add_user(&c, "camera", &["--publish", "cameras/+/frames"]);
+    let ops = add_user(&c, "ops", &["--subscribe", "alerts/#"]);
+    assert!(
+        wait_until(Duration::from_secs(40), || c
+            .log()
+            .contains("previous one is retired")),
+        "{}",
+        c.log()
+    );
+    // The broker goes away and comes back: the agent's MQTT client connects again, with a new
+    // handshake, which only the renewed certificate passes.
+    c.kill9();
+    c.start();
+    let port = plain.to_string();
+    let as_camera = ["-p", port.as_str(), "-u", "camera", "-P", camera.as_str()];
+    let alerts = Subscriber::start_as(plain, &["-u", "ops", "-P", &ops], "alerts/fire");
+    let delivered = wait_until(Duration::from_secs(60), || {
+        mosquitto(
+            "mosquitto_pub",
+            &[
+                &as_camera[..],
+                &["-q", "1", "-t", "cameras/cam1/frames", "-m", "88"],
+            ]
+            .concat(),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        alerts
+            .lines()
+            .iter()
+            .any(|l| l == "alerts/fire cam1 FIRE 88")
+    });
+    assert!(
+        delivered,
+        "{:?}\n{}\n{}",
+        alerts.lines(),
+        node.log(),
+        c.log()
+    );
+    node.stop();
+}

@@ -372,6 +372,7 @@ impl Agent {
             let publisher = crate::mqtt::start(
                 settings,
                 identity.as_ref(),
+                &agent.shared.config.state_dir,
                 agent
                     .shared
                     .config

@@ -139,6 +139,7 @@ pub enum MqttError {
 pub fn start(
     settings: &MqttSettings,
     identity: Option<&crate::mesh::Membership>,
+    state_dir: &std::path::Path,
     subscribed_file: std::path::PathBuf,
     subscriptions: watch::Receiver<Subscriptions>,
     incoming: mpsc::Sender<Incoming>,
@@ -155,10 +156,14 @@ pub fn start(
     }
     match (settings.mesh_identity, identity) {
         (true, Some(me)) => {
+            // Read at each handshake: after a renewal over the mesh, the coordinator accepts
+            // only the new certificate, and this client reconnects for as long as the agent runs.
+            let state_dir = state_dir.to_owned();
             let config = spillway_link::tls::stream_member(
                 &me.ca_der,
-                me.cert_der.clone(),
-                me.key_der.clone(),
+                Box::new(move || {
+                    crate::mesh::Membership::load(&state_dir).map(|m| (m.cert_der, m.key_der))
+                }),
             )
             .map_err(|e| MqttError::Settings(format!("mqtt.mesh_identity: {e}")))?;
             options.set_transport(rumqttc::Transport::tls_with_config(
