@@ -71,6 +71,66 @@ fn reading_gets_its_verdict(
     })
 }
 
+/// Publishes `reading` from camera `cam1` every half second until its verdict reaches `alerts`
+/// (the agent's subscription may not be in place yet), for at most `within`.
+fn published_until_verdict(
+    camera: &[&str],
+    alerts: &Subscriber,
+    reading: &str,
+    within: Duration,
+) -> bool {
+    let verdict = format!("alerts/fire cam1 FIRE {reading}");
+    wait_until(within, || {
+        mosquitto(
+            "mosquitto_pub",
+            &[
+                camera,
+                &["-q", "1", "-t", "cameras/cam1/frames", "-m", reading],
+            ]
+            .concat(),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        alerts.lines().contains(&verdict)
+    })
+}
+
+/// A coordinator with a plain and a TLS MQTT listener, an agent proving itself there with its
+/// mesh certificate and running the fire-alert function, and the passwords of a camera (may
+/// publish frames) and of ops (may read alerts).
+struct Edge {
+    c: Coordinator,
+    node: Node,
+    plain: u16,
+    tls: u16,
+    camera: String,
+    ops: String,
+}
+
+/// [`Edge`] with `before` (sections) and `mqtt` (lines of `[mqtt]`) in the coordinator's config.
+fn edge_with_mesh_identity(before: &str, mqtt: &str) -> Edge {
+    let (plain, tls) = (free_port(), free_port());
+    let c = Coordinator::with_config(&format!(
+        "{before}[mqtt]\nlisten = \"127.0.0.1:{plain}\"\ntls_listen = \"127.0.0.1:{tls}\"\n{mqtt}"
+    ));
+    let mut node = Node::new(&format!(
+        "node_name = \"edge-1\"\n[mqtt]\nbroker = \"mqtts://127.0.0.1:{tls}\"\nmesh_identity = true\n"
+    ));
+    c.join(&node);
+    node.start();
+    let (ok, _, err) = c.cli(&["apply", "-f", repo(FIRE_FDL).to_str().unwrap()]);
+    assert!(ok, "apply: {err}");
+    let camera = add_user(&c, "camera", &["--publish", "cameras/+/frames"]);
+    let ops = add_user(&c, "ops", &["--subscribe", "alerts/#"]);
+    Edge {
+        c,
+        node,
+        plain,
+        tls,
+        camera,
+        ops,
+    }
+}
+
 fn add_user(c: &Coordinator, name: &str, grants: &[&str]) -> String {
     let mut args = vec!["mqtt", "user", "add", name];
     args.extend_from_slice(grants);
@@ -106,19 +166,14 @@ fn pem_identity(node: &Node) -> (String, String, String) {
 
 #[test]
 fn strangers_wrong_passwords_hijackers_and_over_reaching_clients_are_refused_and_work_goes_on() {
-    let (plain, tls) = (free_port(), free_port());
-    let c = Coordinator::with_config(&format!(
-        "[mqtt]\nlisten = \"127.0.0.1:{plain}\"\ntls_listen = \"127.0.0.1:{tls}\"\nmax_retained = 2\nmax_payload = \"4Ki\"\n"
-    ));
-    let mut node = Node::new(&format!(
-        "node_name = \"edge-1\"\n[mqtt]\nbroker = \"mqtts://127.0.0.1:{tls}\"\nmesh_identity = true\n"
-    ));
-    c.join(&node);
-    node.start();
-    let (ok, _, err) = c.cli(&["apply", "-f", repo(FIRE_FDL).to_str().unwrap()]);
-    assert!(ok, "apply: {err}");
-    let camera = add_user(&c, "camera", &["--publish", "cameras/+/frames"]);
-    let ops = add_user(&c, "ops", &["--subscribe", "alerts/#"]);
+    let Edge {
+        c,
+        node,
+        plain,
+        tls,
+        camera,
+        ops,
+    } = edge_with_mesh_identity("", "max_retained = 2\nmax_payload = \"4Ki\"\n");
     let status = add_user(&c, "status", &["--publish", "status/#"]);
     let port = plain.to_string();
     let as_camera = ["-p", &port, "-u", "camera", "-P", &camera];
@@ -148,23 +203,8 @@ fn strangers_wrong_passwords_hijackers_and_over_reaching_clients_are_refused_and
 
     // The path that is granted works: a camera's frame becomes a verdict ops can read.
     let alerts = Subscriber::start_as(plain, &["-u", "ops", "-P", &ops], "alerts/fire");
-    let delivered = wait_until(Duration::from_secs(40), || {
-        mosquitto(
-            "mosquitto_pub",
-            &[
-                &as_camera[..],
-                &["-q", "1", "-t", "cameras/cam1/frames", "-m", "77"],
-            ]
-            .concat(),
-        );
-        std::thread::sleep(Duration::from_millis(500));
-        alerts
-            .lines()
-            .iter()
-            .any(|l| l == "alerts/fire cam1 FIRE 77")
-    });
     assert!(
-        delivered,
+        published_until_verdict(&as_camera, &alerts, "77", Duration::from_secs(40)),
         "{:?}\n{}\n{}",
         alerts.lines(),
         node.log(),
@@ -429,19 +469,17 @@ fn a_broker_fault_takes_only_the_broker_which_comes_back() {
 fn an_agents_mqtt_triggers_outlive_its_certificate_renewal_and_a_broker_restart() {
     // Renewal comes due seconds after joining; the coordinator then accepts only the new
     // certificate, on QUIC and on its MQTT gateway alike.
-    let (plain, tls) = (free_port(), free_port());
-    let mut c = Coordinator::with_config(&format!(
-        "[certificates]\nnode_lifetime = \"40s\"\nrenew_before = \"35s\"\n[mqtt]\nlisten = \"127.0.0.1:{plain}\"\ntls_listen = \"127.0.0.1:{tls}\"\n"
-    ));
-    let mut node = Node::new(&format!(
-        "node_name = \"edge-1\"\n[mqtt]\nbroker = \"mqtts://127.0.0.1:{tls}\"\nmesh_identity = true\n"
-    ));
-    c.join(&node);
-    node.start();
-    let (ok, _, err) = c.cli(&["apply", "-f", repo(FIRE_FDL).to_str().unwrap()]);
-    assert!(ok, "apply: {err}");
-    let camera = add_user(&c, "camera", &["--publish", "cameras/+/frames"]);
-    let ops = add_user(&c, "ops", &["--subscribe", "alerts/#"]);
+    let Edge {
+        mut c,
+        mut node,
+        plain,
+        camera,
+        ops,
+        ..
+    } = edge_with_mesh_identity(
+        "[certificates]\nnode_lifetime = \"40s\"\nrenew_before = \"35s\"\n",
+        "",
+    );
     assert!(
         wait_until(Duration::from_secs(40), || c
             .log()
@@ -456,23 +494,8 @@ fn an_agents_mqtt_triggers_outlive_its_certificate_renewal_and_a_broker_restart(
     let port = plain.to_string();
     let as_camera = ["-p", port.as_str(), "-u", "camera", "-P", camera.as_str()];
     let alerts = Subscriber::start_as(plain, &["-u", "ops", "-P", &ops], "alerts/fire");
-    let delivered = wait_until(Duration::from_secs(60), || {
-        mosquitto(
-            "mosquitto_pub",
-            &[
-                &as_camera[..],
-                &["-q", "1", "-t", "cameras/cam1/frames", "-m", "88"],
-            ]
-            .concat(),
-        );
-        std::thread::sleep(Duration::from_millis(500));
-        alerts
-            .lines()
-            .iter()
-            .any(|l| l == "alerts/fire cam1 FIRE 88")
-    });
     assert!(
-        delivered,
+        published_until_verdict(&as_camera, &alerts, "88", Duration::from_secs(60)),
         "{:?}\n{}\n{}",
         alerts.lines(),
         node.log(),
