@@ -267,7 +267,7 @@ pub fn search(grid: &Grid, threshold_ms: Millis, threads: usize) -> Fitted {
             .map(|k| k.error)
             .fold(0.0, f64::max)
     };
-    let scored = scores(&fog_points, threads, fog_score);
+    let scored = on_threads(&fog_points, threads, fog_score);
     let mut order: Vec<usize> = (0..fog_points.len()).collect();
     order.sort_by(|a, b| scored[*a].total_cmp(&scored[*b]).then(a.cmp(b)));
     // Stage 2 on each of the best fog fits: the on-prem cluster's load depends on them.
@@ -290,7 +290,7 @@ pub fn search(grid: &Grid, threshold_ms: Millis, threads: usize) -> Fitted {
             }
         }
     }
-    let all = scores(&rest, threads, |fit| score(&observe(*fit, threshold_ms)));
+    let all = on_threads(&rest, threads, |fit| score(&observe(*fit, threshold_ms)));
     let (i, score) = all
         .iter()
         .copied()
@@ -342,16 +342,21 @@ fn fitted(fit: FireFit, threshold_ms: Millis) -> Fitted {
 /// The fog fits carried into the second stage.
 const FOG_CANDIDATES: usize = 40;
 
-/// `score` of every point, computed on `threads` workers, in the points' order.
-fn scores(points: &[FireFit], threads: usize, score: impl Fn(&FireFit) -> f64 + Sync) -> Vec<f64> {
+/// `f` of every item, computed on `threads` workers (at most 16), in the items' order: the
+/// grid searches of the fire and seed fits.
+pub(crate) fn on_threads<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let threads = threads.clamp(1, 16);
-    let chunk = points.len().div_ceil(threads).max(1);
+    let chunk = items.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
-        let handles: Vec<_> = points
+        let handles: Vec<_> = items
             .chunks(chunk)
             .map(|part| {
-                let score = &score;
-                s.spawn(move || part.iter().map(score).collect::<Vec<f64>>())
+                let f = &f;
+                s.spawn(move || part.iter().map(f).collect::<Vec<R>>())
             })
             .collect();
         handles

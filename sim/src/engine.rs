@@ -347,9 +347,7 @@ impl Sim<'_> {
         // A node is idle when no job runs on it: kube-scheduler spreads pods over nodes, so
         // nodes idle are those beyond one per running job.
         let idle = n.up.saturating_sub(n.running) as usize;
-        if idle < n.idle_since.len() {
-            n.idle_since.truncate(idle);
-        }
+        n.idle_since.truncate(idle);
         while n.idle_since.len() < idle {
             n.idle_since.push(now);
         }

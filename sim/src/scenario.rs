@@ -419,8 +419,7 @@ impl Workload {
     pub fn policy(&self, policy: &str) -> Box<dyn spillway_placement::Policy> {
         match *self {
             Workload::Fire { lambda } => FireCase::thesis(lambda).policy(policy),
-            _ if policy == "oscar" => Box::new(spillway_placement::policy::OscarPolicy::default()),
-            _ => Box::new(spillway_placement::policy::SpillwayPolicy::default()),
+            _ => default_policy(policy == "oscar"),
         }
     }
 
@@ -438,6 +437,16 @@ impl Workload {
             Workload::Burst { files } => burst(oscar, files),
             Workload::Video { frames } => video(oscar, frames),
         }
+    }
+}
+
+/// OSCAR's policy (`oscar`) or Spillway's, each with its defaults: workloads without a fit of
+/// their own.
+pub(crate) fn default_policy(oscar: bool) -> Box<dyn spillway_placement::Policy> {
+    if oscar {
+        Box::new(spillway_placement::policy::OscarPolicy::default())
+    } else {
+        Box::new(spillway_placement::policy::SpillwayPolicy::default())
     }
 }
 
@@ -502,9 +511,7 @@ fn fire(oscar: bool, case: &FireCase) -> Scenario {
     };
     let arrivals = case.trace.arrivals(edge, case.phase2_images());
     let mut sc = fire_shaped(oscar, case, edge, 7, arrivals);
-    if case.trace != Trace::Thesis {
-        sc.name = case.trace.name(case.lambda);
-    }
+    sc.name = case.trace.name(case.lambda);
     sc
 }
 

@@ -12,11 +12,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::Serialize;
-use spillway_placement::policy::{OscarPolicy, SpillwayPolicy};
 use spillway_placement::{Millis, TargetKind};
 
 use crate::report::Report;
-use crate::scenario::{Arrival, Clues, Scenario, function, lambda, node};
+use crate::scenario::{Arrival, Clues, Scenario, default_policy, function, lambda, node};
 
 const MIN: Millis = 60_000;
 
@@ -181,11 +180,7 @@ pub fn video_times(r: &Report) -> [Millis; 3] {
 /// Runs the video timeline under `policy`.
 pub fn run_video(policy: &str, fit: VideoFit) -> Report {
     let sc = video_timeline(policy, fit);
-    if policy == "oscar" {
-        crate::run(&sc, &mut OscarPolicy::default())
-    } else {
-        crate::run(&sc, &mut SpillwayPolicy::default())
-    }
+    crate::run(&sc, default_policy(policy == "oscar").as_mut())
 }
 
 /// Each workload's relative error against the paper.
@@ -235,22 +230,8 @@ pub fn search_video(threads: usize) -> VideoSearch {
             }
         }
     }
-    let chunk = grid.len().div_ceil(threads.max(1)).max(1);
-    let scored: Vec<(VideoFit, [Millis; 3])> = std::thread::scope(|s| {
-        let handles: Vec<_> = grid
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|fit| (*fit, video_times(&run_video("oscar", *fit))))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+    let scored = crate::calibrate::on_threads(&grid, threads, |fit| {
+        (*fit, video_times(&run_video("oscar", *fit)))
     });
     let longest_100_ms = scored.iter().map(|(_, t)| t[1]).max().unwrap_or(0);
     let (fit, times) = scored
@@ -344,11 +325,7 @@ pub fn scar_run(policy: &str, fit: ScarFit) -> Scenario {
 
 pub fn run_scar(policy: &str, fit: ScarFit) -> Report {
     let sc = scar_run(policy, fit);
-    if policy == "scar" {
-        crate::run(&sc, &mut OscarPolicy::default())
-    } else {
-        crate::run(&sc, &mut SpillwayPolicy::default())
-    }
+    crate::run(&sc, default_policy(policy == "scar").as_mut())
 }
 
 /// What `spillway sim seeds` prints: the seeds' workloads with video fit `fit` (the recorded

@@ -34,6 +34,8 @@ mod run;
 
 pub use crate::book::Answer;
 
+use identify::identify_file;
+
 /// The book's clocks now: the journal's wall clock for what is recorded, and a monotonic one,
 /// counted from the agent's start, for what is measured (see [`crate::book::Now`]).
 pub(crate) fn book_now() -> crate::book::Now {
@@ -44,8 +46,6 @@ pub(crate) fn book_now() -> crate::book::Now {
         mono_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
     }
 }
-
-use identify::identify_file;
 
 /// What can stop the agent from starting or keep it from running on.
 #[derive(Debug, thiserror::Error, displaydoc::Display)]

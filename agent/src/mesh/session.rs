@@ -106,14 +106,13 @@ pub fn job_update(
 /// Keeps this agent linked to its coordinator until `shutdown` resolves. Never fails: a
 /// coordinator that is away is retried with backoff while the agent works on.
 pub async fn run(
-    membership: Membership,
+    mut membership: Membership,
     agent: AgentHandle,
     capacity: Demand,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let config = agent.config().clone();
     let node = config.node_name.clone();
-    let mut membership = membership;
     // The key of a certificate renewal under way, with the connection it was asked on.
     let mut renewal: Option<(u64, rcgen::KeyPair)> = None;
     let mut member_tls = match spillway_link::tls::member(
