@@ -43,6 +43,8 @@ struct RawConfig {
     #[serde(default)]
     logs: RawLogs,
     #[serde(default)]
+    journal: RawJournal,
+    #[serde(default)]
     wasm: RawWasm,
     #[serde(default)]
     oci: RawOci,
@@ -120,6 +122,12 @@ struct RawDefaults {
 struct RawLogs {
     max_bytes_per_stream: Option<usize>,
     keep_jobs: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJournal {
+    max_batch: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -251,6 +259,7 @@ pub struct AgentConfig {
     pub resources: Resources,
     pub defaults: Defaults,
     pub logs: LogLimits,
+    pub journal: JournalSettings,
     pub wasm: WasmSettings,
     pub oci: OciConfig,
     /// `[process] user`: who `process` functions run as (`nobody` unless set; `root` keeps
@@ -360,6 +369,26 @@ pub struct LogLimits {
     pub keep_jobs: usize,
 }
 
+/// How the journal groups its commits.
+#[derive(Debug, Clone)]
+pub struct JournalSettings {
+    /// The most inputs (messages, files, run ends, answers) one durable commit covers: what
+    /// arrived while the last fsync ran is journaled with one more. 1 gives every input an
+    /// fsync of its own.
+    pub max_batch: usize,
+}
+
+impl JournalSettings {
+    /// The bounds of `[journal] max_batch`.
+    pub const MAX_BATCH: std::ops::RangeInclusive<usize> = 1..=65_536;
+}
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        Self { max_batch: 512 }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct WasmSettings {
     pub memory_reservation: Bytes,
@@ -467,6 +496,19 @@ impl AgentConfig {
                     .max_bytes_per_stream
                     .unwrap_or(l.max_bytes_per_stream),
                 keep_jobs: raw.logs.keep_jobs.unwrap_or(l.keep_jobs),
+            },
+            journal: JournalSettings {
+                max_batch: match raw.journal.max_batch {
+                    None => JournalSettings::default().max_batch,
+                    Some(n) if JournalSettings::MAX_BATCH.contains(&n) => n,
+                    Some(n) => {
+                        return Err(format!(
+                            "journal.max_batch = {n}: it must be between {} and {} (inputs per durable commit)",
+                            JournalSettings::MAX_BATCH.start(),
+                            JournalSettings::MAX_BATCH.end()
+                        ));
+                    }
+                },
             },
             wasm: WasmSettings {
                 memory_reservation: raw
@@ -651,6 +693,32 @@ mod tests {
             err.contains("line 4") && err.contains("`lots` is not a number"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_journal_batch_is_bounded_and_named_when_out_of_bounds() {
+        let config = |extra: &str| {
+            AgentConfig::from_toml(
+                &format!("data_root = \"d\"\nstate_dir = \"s\"\n{extra}"),
+                Path::new("/"),
+            )
+        };
+        assert_eq!(config("").expect("default").journal.max_batch, 512);
+        assert_eq!(
+            config("[journal]\nmax_batch = 1\n")
+                .expect("one fsync per input")
+                .journal
+                .max_batch,
+            1
+        );
+        for bad in ["0", "65537"] {
+            let err =
+                config(&format!("[journal]\nmax_batch = {bad}\n")).expect_err("out of bounds");
+            assert!(
+                err.contains("journal.max_batch") && err.contains("between 1 and 65536"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub mod scheduler;
 pub mod staging;
 pub mod watch;
 
-pub use engine::{Agent, AgentHandle, JobEvent};
+pub use engine::{Agent, AgentHandle, DiskSyncs, JobEvent};
 pub use spillway_agent_config::AgentConfig;
 
 /// Hands freed heap back to the system. glibc keeps what a burst freed (compiling modules at

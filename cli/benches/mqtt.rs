@@ -1,10 +1,16 @@
-//! MQTT trigger benchmarks: `cargo bench -p spillway-cli --bench mqtt [-- N]`.
+//! Trigger benchmarks: `cargo bench -p spillway-cli --bench mqtt [-- N]`.
 //!
 //! The same in-process agent (a no-op wasm function triggered by `bench/+/in`, QoS 1) behind
 //! two brokers in one run, side by side: the coordinator's embedded rumqttd and Debian's
 //! Mosquitto (a subprocess on loopback). A separate rumqttc client publishes.
 //! - message published → function running and → job Succeeded, p50/p99 (one at a time);
-//! - sustained rate: N messages published back to back, time until all N jobs have finished.
+//! - sustained rate: N messages published back to back, time until all N jobs have finished;
+//! - a file burst: N files dropped into a watched folder at once, time until all N jobs have
+//!   finished.
+//!
+//! Each sustained figure runs twice, side by side: with the journal's group commit (the
+//! default `[journal] max_batch`) and with one durable commit per input (`max_batch = 1`), and
+//! counts the agent's fsyncs (durable journal commits and inbox `syncfs` calls) per job.
 
 use std::time::{Duration, Instant};
 
@@ -23,9 +29,10 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(3000);
     println!(
-        "machine: {} cores, {}",
+        "machine: {} cores, {}; state and data under {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model()
+        cpu_model(),
+        bench_dir().display()
     );
     let mosquitto = Mosquitto::start();
     let embedded =
@@ -37,27 +44,82 @@ fn main() {
     ];
     let mut results = Vec::new();
     for (name, port) in brokers {
-        println!("\n{name} (127.0.0.1:{port}):");
-        results.push(run(port, burst));
+        for max_batch in [DEFAULT_BATCH, 1] {
+            println!("\n{name} (127.0.0.1:{port}), [journal] max_batch = {max_batch}:");
+            results.push(run(port, burst, max_batch));
+        }
     }
-    let (e, m) = (&results[0], &results[1]);
-    println!("\nratios embedded / mosquitto:");
+    let mut files = Vec::new();
+    for max_batch in [DEFAULT_BATCH, 1] {
+        println!("\nfile burst, [journal] max_batch = {max_batch}:");
+        files.push(file_burst(burst, max_batch));
+    }
+    let (e, e1, m, m1) = (&results[0], &results[1], &results[2], &results[3]);
+    println!("\nratios embedded / mosquitto (group commit):");
     println!(
         "  publish -> running p50 {:.2}, p99 {:.2}; sustained rate {:.2}",
         e.start_p50.as_secs_f64() / m.start_p50.as_secs_f64(),
         e.start_p99.as_secs_f64() / m.start_p99.as_secs_f64(),
         e.rate / m.rate
     );
+    println!("ratios group commit / one commit per input:");
+    println!(
+        "  sustained MQTT rate: embedded {:.2}, mosquitto {:.2}; file burst rate {:.2}",
+        e.rate / e1.rate,
+        m.rate / m1.rate,
+        files[0].rate / files[1].rate
+    );
+    println!(
+        "  fsyncs per job: embedded {:.3} / {:.3}, mosquitto {:.3} / {:.3}, file burst {:.3} / {:.3}",
+        e.fsyncs_per_job,
+        e1.fsyncs_per_job,
+        m.fsyncs_per_job,
+        m1.fsyncs_per_job,
+        files[0].fsyncs_per_job,
+        files[1].fsyncs_per_job
+    );
 }
+
+/// Where the agents' state and data go: `$SPILLWAY_BENCH_DIR`, else `/var/tmp` (a disk, not
+/// a tmpfs: the journal's fsyncs must reach one).
+fn bench_dir() -> std::path::PathBuf {
+    std::env::var_os("SPILLWAY_BENCH_DIR").map_or_else(|| "/var/tmp".into(), Into::into)
+}
+
+/// `[journal] max_batch` when the config does not set it.
+const DEFAULT_BATCH: usize = 512;
 
 struct Figures {
     start_p50: Duration,
     start_p99: Duration,
     rate: f64,
+    fsyncs_per_job: f64,
 }
 
-fn run(port: u16, burst: usize) -> Figures {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+struct Rate {
+    rate: f64,
+    fsyncs_per_job: f64,
+}
+
+/// The agent's fsyncs (durable journal commits and inbox syncs) from `before` to now, per job.
+fn fsyncs_per_job(
+    handle: &spillway_agent::AgentHandle,
+    before: spillway_agent::DiskSyncs,
+    jobs: usize,
+) -> f64 {
+    let after = handle.disk_syncs();
+    let fsyncs = after.total() - before.total();
+    let staged = after.journal.staged_commits - before.journal.staged_commits;
+    println!(
+        "  fsyncs: {fsyncs} ({} journal commits covering {staged} staged ones, {} inbox syncs) for {jobs} jobs",
+        after.journal.durable_commits - before.journal.durable_commits,
+        after.filesystem - before.filesystem
+    );
+    fsyncs as f64 / jobs as f64
+}
+
+fn run(port: u16, burst: usize, max_batch: usize) -> Figures {
+    let dir = tempfile::tempdir_in(bench_dir()).expect("tempdir");
     std::fs::write(
         dir.path().join("noop.wasm"),
         wat::parse_str(NOOP_WAT).expect("wat"),
@@ -70,7 +132,7 @@ fn run(port: u16, burst: usize) -> Figures {
     .expect("fdl");
     let config = AgentConfig::from_toml(
         &format!(
-            "node_name = \"bench-{port}\"\ndata_root = \"data\"\nstate_dir = \"state\"\nfunctions = [\"fns.yaml\"]\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n"
+            "node_name = \"bench-{port}\"\ndata_root = \"data\"\nstate_dir = \"state\"\nfunctions = [\"fns.yaml\"]\n[journal]\nmax_batch = {max_batch}\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n"
         ),
         dir.path(),
     )
@@ -85,6 +147,7 @@ fn run(port: u16, burst: usize) -> Figures {
         let agent = Agent::start(config, std::path::Path::new("/nonexistent/no-container-shim"))
             .expect("agent");
         let mut events = agent.subscribe();
+        let handle = agent.mesh_handle();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let running = tokio::spawn(agent.run(async {
             let _ = stop_rx.await;
@@ -137,6 +200,7 @@ fn run(port: u16, burst: usize) -> Figures {
         let (start_p50, start_p99) = report("published -> function running", to_start);
         report("published -> job Succeeded (journaled)", to_finish);
 
+        let syncs = handle.disk_syncs();
         let t0 = Instant::now();
         let publisher = client.clone();
         tokio::spawn(async move {
@@ -163,12 +227,91 @@ fn run(port: u16, burst: usize) -> Figures {
             "  sustained: {burst} messages published back to back -> {burst} jobs finished in {:.2?}: {rate:.0} msg/s",
             elapsed
         );
+        let fsyncs_per_job = fsyncs_per_job(&handle, syncs, burst);
         let _ = stop_tx.send(());
         let _ = running.await;
         Figures {
             start_p50,
             start_p99,
             rate,
+            fsyncs_per_job,
+        }
+    })
+}
+
+/// `burst` files written into the watched folder at once (each whole, by rename), until every
+/// job has finished.
+fn file_burst(burst: usize, max_batch: usize) -> Rate {
+    let dir = tempfile::tempdir_in(bench_dir()).expect("tempdir");
+    std::fs::write(
+        dir.path().join("noop.wasm"),
+        wat::parse_str(NOOP_WAT).expect("wat"),
+    )
+    .expect("module");
+    std::fs::write(
+        dir.path().join("fns.yaml"),
+        "functions:\n  oscar:\n  - edge:\n      name: noop\n      module: noop.wasm\n      cpu: '0.1'\n      memory: 16Mi\n      input: [{storage_provider: minio, path: bench/in}]\n",
+    )
+    .expect("fdl");
+    let config = AgentConfig::from_toml(
+        &format!(
+            "node_name = \"bench-files\"\ndata_root = \"data\"\nstate_dir = \"state\"\nfunctions = [\"fns.yaml\"]\n[journal]\nmax_batch = {max_batch}\n"
+        ),
+        dir.path(),
+    )
+    .expect("config");
+    let input = dir.path().join("data/bench/in");
+    let staged = dir.path().join("data/bench/.staged");
+    std::fs::create_dir_all(&staged).expect("staging folder");
+    for i in 0..burst {
+        std::fs::write(staged.join(format!("f{i:06}")), format!("file-{i}")).expect("file");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let agent = Agent::start(config, std::path::Path::new("/nonexistent/no-container-shim"))
+            .expect("agent");
+        let mut events = agent.subscribe();
+        let handle = agent.mesh_handle();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(agent.run(async {
+            let _ = stop_rx.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let syncs = handle.disk_syncs();
+        let t0 = Instant::now();
+        let (from, to) = (staged.clone(), input.clone());
+        tokio::task::spawn_blocking(move || {
+            for i in 0..burst {
+                let name = format!("f{i:06}");
+                std::fs::rename(from.join(&name), to.join(&name)).expect("rename");
+            }
+        });
+        let mut finished = 0;
+        while finished < burst {
+            match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
+                Ok(Ok(JobEvent::Finished { .. })) => finished += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                    panic!("fell {n} events behind; the figures would be wrong")
+                }
+                other => panic!("file burst stalled after {finished} jobs: {other:?}"),
+            }
+        }
+        let elapsed = t0.elapsed();
+        let rate = burst as f64 / elapsed.as_secs_f64();
+        println!(
+            "  {burst} files dropped at once -> {burst} jobs finished in {elapsed:.2?}: {rate:.0} files/s"
+        );
+        let fsyncs_per_job = fsyncs_per_job(&handle, syncs, burst);
+        let _ = stop_tx.send(());
+        let _ = running.await;
+        Rate {
+            rate,
+            fsyncs_per_job,
         }
     })
 }

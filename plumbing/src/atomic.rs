@@ -10,6 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Writes `bytes` to `path` whole, with permissions `mode`, creating its folder if needed.
 /// Concurrent writers of the same path each use their own temporary file; the last rename wins.
 pub fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write(path, bytes, mode, true)
+}
+
+/// [`write_whole`] without the sync: the file appears whole or not at all to readers, but may
+/// be lost in a power cut until the caller syncs it (one `syncfs` for many files, say).
+pub fn write_whole_unsynced(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write(path, bytes, mode, false)
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> std::io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
     let tmp = temporary_name(path);
@@ -21,7 +31,9 @@ pub fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> 
             .mode(mode)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     };
     write().inspect_err(|_| {

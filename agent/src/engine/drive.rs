@@ -1,8 +1,14 @@
-//! Carrying out the job book's plans: the journal first (one commit per plan), then the acts.
+//! Carrying out the job book's plans: the journal first, then the acts. Each plan's changes are
+//! staged at once (later decisions read them); its acts, and the answers that promise it is on
+//! disk (an MQTT `PUBACK`, a coordinator's acknowledgement), wait in [`After`] until one durable
+//! commit covers every plan staged meanwhile ([`Agent::settle`]).
 //! Also the engine's inputs that need facts from the journal before the book can decide: start
 //! up, a job arriving, a job placed here.
 
+use std::sync::atomic::Ordering;
+
 use spillway_proto::{Event, JobId};
+use tokio::sync::oneshot;
 
 use super::run::{Targets, finish_delivery, run_job};
 use super::{Agent, AgentError, JobEvent, Msg};
@@ -21,15 +27,61 @@ pub(super) enum Logs {
     Driver,
 }
 
+/// What may happen only once the journal's next durable commit is done, in the order it was
+/// decided.
+pub(super) enum After {
+    /// A plan's acts.
+    Acts(Vec<Act>),
+    /// An MQTT message's jobs are journaled: the broker may have its `PUBACK`.
+    Acknowledge(oneshot::Sender<()>),
+    /// A caller's answer (the coordinator's, about an offer or a placement).
+    Reply(oneshot::Sender<bool>, bool),
+}
+
 impl Agent {
-    /// Commits the plan's changes in one transaction, then carries out its acts.
+    /// Stages the plan's changes in one transaction; its acts wait for [`Agent::settle`].
     pub(super) fn carry_out(&mut self, plan: Plan, logs: Logs) -> Result<(), AgentError> {
-        let s = self.shared.clone();
         if logs == Logs::Driver {
             self.log_ends_first(&plan.changes);
         }
-        s.journal.commit(&plan.changes)?;
-        for act in plan.acts {
+        self.shared.journal.stage(&plan.changes)?;
+        if !plan.acts.is_empty() {
+            self.after.push(After::Acts(plan.acts));
+        }
+        Ok(())
+    }
+
+    /// Makes everything staged durable (the MQTT inbox's files, then the journal: one sync
+    /// each, for every plan staged since the last), then carries out what waited for it.
+    pub(super) fn settle(&mut self) -> Result<(), AgentError> {
+        let s = self.shared.clone();
+        if std::mem::take(&mut self.inbox_unsynced) {
+            let inbox = s.config.inbox_dir();
+            sync_filesystem(&inbox).map_err(|source| AgentError::Sync {
+                path: inbox,
+                source,
+            })?;
+            s.filesystem_syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        s.journal.flush()?;
+        for after in std::mem::take(&mut self.after) {
+            match after {
+                After::Acts(acts) => self.act(acts)?,
+                After::Acknowledge(done) => {
+                    let _ = done.send(());
+                }
+                After::Reply(reply, answer) => {
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out a plan's acts, its changes durable.
+    fn act(&mut self, acts: Vec<Act>) -> Result<(), AgentError> {
+        let s = self.shared.clone();
+        for act in acts {
             match act {
                 Act::Queued { id, function } => {
                     let _ = s.events.send(JobEvent::Queued { id, function });
@@ -248,6 +300,14 @@ impl Agent {
         let plan = self.book.guest_acknowledged(id);
         self.carry_out(plan, Logs::Driver)
     }
+}
+
+/// Flushes the filesystem holding `dir` (`syncfs`): one flush for every file written there
+/// since, instead of one fsync per file.
+fn sync_filesystem(dir: &std::path::Path) -> std::io::Result<()> {
+    let dir = std::fs::File::open(dir)?;
+    rustix::fs::syncfs(&dir)?;
+    Ok(())
 }
 
 /// A job's end is journaled: say so, and tidy what it left.

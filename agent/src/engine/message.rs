@@ -22,7 +22,7 @@ impl Agent {
             // Left over from a function deleted while the broker kept the session's messages.
             self.mqtt_unwanted += 1;
             tracing::warn!(topic = %m.topic, "MQTT message on a topic no deployed function wants: dropped");
-            let _ = m.done.send(());
+            self.after.push(super::drive::After::Acknowledge(m.done));
             return Ok(());
         }
         let sha256: [u8; 32] = Sha256::digest(&m.payload).into();
@@ -30,7 +30,8 @@ impl Agent {
         let occurrence = match classify(s.journal.message_seen(&key)?, m.delivery) {
             Arrival::Redelivery => {
                 tracing::debug!(topic = %m.topic, "MQTT redelivery of a journaled message");
-                let _ = m.done.send(());
+                // Its first delivery may be staged, not yet durable: acknowledged in turn.
+                self.after.push(super::drive::After::Acknowledge(m.done));
                 return Ok(());
             }
             Arrival::New { occurrence } => occurrence,
@@ -63,7 +64,11 @@ impl Agent {
                 );
             } else {
                 let path = s.config.input_of(record.id, &record.event);
-                if let Err(e) = spillway_plumbing::atomic::write_whole(&path, &m.payload, 0o644) {
+                // Synced with the other inputs of this batch, before its durable commit.
+                self.inbox_unsynced = true;
+                if let Err(e) =
+                    spillway_plumbing::atomic::write_whole_unsynced(&path, &m.payload, 0o644)
+                {
                     fail(
                         &mut record,
                         format!("cannot store the MQTT message as {}: {e}", path.display()),
@@ -87,7 +92,7 @@ impl Agent {
         // occurrence makes another id. So a redelivered message is never a retry.
         let seen = Change::SeenMessage(key, remember(occurrence, m.delivery));
         self.arrive(arrivals, false, vec![seen])?;
-        let _ = m.done.send(());
+        self.after.push(super::drive::After::Acknowledge(m.done));
         Ok(())
     }
 }

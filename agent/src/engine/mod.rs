@@ -63,6 +63,11 @@ pub enum AgentError {
     Runtime(#[from] runtime::PrepareError),
     /// {0}
     Mqtt(#[from] crate::mqtt::MqttError),
+    /// cannot flush the files under {path} to disk: {source} (check the disk and its free space)
+    Sync {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What the engine hands to the mesh session: offers of queued jobs the book decided this node
@@ -143,6 +148,8 @@ struct Shared {
     mesh: std::sync::Mutex<Option<mpsc::UnboundedSender<MeshOut>>>,
     /// Publishes MQTT outputs, once the MQTT client runs (`[mqtt]` set).
     mqtt: std::sync::OnceLock<crate::mqtt::Publisher>,
+    /// `syncfs` calls made for the MQTT inbox (one per durable commit that needed one).
+    filesystem_syncs: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -174,6 +181,26 @@ pub struct Agent {
     /// MQTT messages no function wanted, and messages over `[mqtt] max_payload`.
     mqtt_unwanted: u64,
     mqtt_too_large: u64,
+    /// What waits for the journal's next durable commit.
+    after: Vec<drive::After>,
+    /// MQTT inputs written since the last durable commit, not yet synced.
+    inbox_unsynced: bool,
+}
+
+/// How often the agent made its state durable, for fsyncs per job (see
+/// [`AgentHandle::disk_syncs`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskSyncs {
+    pub journal: crate::journal::JournalCounts,
+    /// `syncfs` calls for the MQTT inbox.
+    pub filesystem: u64,
+}
+
+impl DiskSyncs {
+    /// Durable commits and filesystem syncs together: what reaches the disk's cache flush.
+    pub fn total(&self) -> u64 {
+        self.journal.durable_commits + self.filesystem
+    }
 }
 
 /// What the mesh link needs from a running agent: its load, its jobs, and a way to deploy.
@@ -196,6 +223,17 @@ impl AgentHandle {
 
     pub fn journal(&self) -> &Journal {
         &self.shared.journal
+    }
+
+    /// How often the agent has made its state durable since it started.
+    pub fn disk_syncs(&self) -> DiskSyncs {
+        DiskSyncs {
+            journal: self.shared.journal.counts(),
+            filesystem: self
+                .shared
+                .filesystem_syncs
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
@@ -341,6 +379,7 @@ impl Agent {
             msgs,
             mesh: std::sync::Mutex::new(None),
             mqtt: std::sync::OnceLock::new(),
+            filesystem_syncs: std::sync::atomic::AtomicU64::new(0),
         });
         let subscriptions = watch::channel(catalog.mqtt_subscriptions()).0;
         let mut agent = Self {
@@ -360,6 +399,8 @@ impl Agent {
             mqtt_rx: None,
             mqtt_unwanted: 0,
             mqtt_too_large: 0,
+            after: Vec::new(),
+            inbox_unsynced: false,
         };
         // Before recovery: a recovered delivery may have MQTT outputs to publish. Messages
         // wait in the channel (and, beyond it, at the broker) until `run` takes them.
@@ -556,11 +597,14 @@ impl Agent {
     ) -> Result<(), AgentError> {
         if let Some(plan) = self.recovered.take() {
             self.carry_out(plan, drive::Logs::Driver)?;
+            self.settle()?;
         }
         tokio::pin!(shutdown);
         let mut rescheduler = tokio::time::interval(std::time::Duration::from_millis(500));
         rescheduler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // One input, then whatever else is waiting (up to `[journal] max_batch`), then one
+            // durable commit for all of it before any of it is acted on.
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -570,15 +614,14 @@ impl Agent {
                     self.book.set_linked(self.shared.mesh_out().is_some());
                     let plan = self.book.tick(book_now());
                     self.carry_out(plan, drive::Logs::Driver)?;
-                    self.publish_load();
                 }
                 Some(ev) = self.folder_rx.recv() => self.handle(Msg::Folder(ev))?,
-                Some(m) = next_message(&mut self.mqtt_rx) => {
-                    self.on_message(m)?;
-                    self.publish_load();
-                }
+                Some(m) = next_message(&mut self.mqtt_rx) => self.on_message(m)?,
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
+            self.take_waiting()?;
+            self.settle()?;
+            self.publish_load();
         }
         let grace = self.shared.config.defaults.shutdown_grace;
         tracing::info!(
@@ -596,6 +639,23 @@ impl Agent {
         }
         let ready = self.runtimes.oci.ready_networks();
         let _ = tokio::task::spawn_blocking(move || ready.release()).await;
+        Ok(())
+    }
+
+    /// Handles inputs already waiting, without waiting for more, until `[journal] max_batch`
+    /// inputs (the one the loop took included) share the next durable commit.
+    fn take_waiting(&mut self) -> Result<(), AgentError> {
+        for _ in 1..self.shared.config.journal.max_batch {
+            if let Ok(msg) = self.rx.try_recv() {
+                self.handle(msg)?;
+            } else if let Ok(ev) = self.folder_rx.try_recv() {
+                self.handle(Msg::Folder(ev))?;
+            } else if let Some(m) = self.mqtt_rx.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                self.on_message(m)?;
+            } else {
+                break;
+            }
+        }
         Ok(())
     }
 
@@ -633,15 +693,14 @@ impl Agent {
                 let plan = self.book.answer(now, id, answer);
                 let ack = plan.ack;
                 self.carry_out(plan, drive::Logs::Driver)?;
-                let _ = reply.send(ack);
+                self.after.push(drive::After::Reply(reply, ack));
             }
             Msg::Host(record, guest, reply) => {
                 let new = self.host(*record, guest)?;
-                let _ = reply.send(new);
+                self.after.push(drive::After::Reply(reply, new));
             }
             Msg::GuestAcknowledged(id) => self.guest_acknowledged(id)?,
         }
-        self.publish_load();
         Ok(())
     }
 
