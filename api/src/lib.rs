@@ -31,6 +31,19 @@ pub struct ApplyOutcome {
     pub warnings: Vec<String>,
 }
 
+/// `POST /v1/admin/backup`: the answer is the encrypted backup (an age file).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct BackupRequest {
+    /// What the backup is encrypted under (12 to 1024 characters).
+    pub passphrase: String,
+}
+
+impl std::fmt::Debug for BackupRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackupRequest { passphrase: .. }")
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRequest {
     pub ttl_secs: u64,

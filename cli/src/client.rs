@@ -250,6 +250,31 @@ impl Client {
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// Posts `body` as JSON and writes the answer's bytes to `out` as they arrive; returns how
+    /// many. An answer cut off midway is an error, never a short file taken for whole.
+    pub async fn post_to_writer<B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        out: &mut impl std::io::Write,
+    ) -> Result<u64, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let req = self
+            .request(reqwest_tls::Method::POST, path)
+            .header(reqwest_tls::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let mut resp = self.send(req).await?;
+        let mut written = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
+            ClientError::Decode(format!("the answer was cut off after {written} bytes: {e}"))
+        })? {
+            out.write_all(&chunk)
+                .map_err(|e| ClientError::Decode(format!("cannot write what arrived: {e}")))?;
+            written += chunk.len() as u64;
+        }
+        Ok(written)
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         self.send(self.request(reqwest_tls::Method::DELETE, path))
             .await?;

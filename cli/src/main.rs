@@ -205,6 +205,12 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// The coordinator's state: encrypted backups, and their restore.
+    #[cfg(feature = "serve")]
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Join tokens for new nodes.
     Token {
         #[command(subcommand)]
@@ -266,6 +272,41 @@ enum Command {
         /// instead of printing the recorded one.
         #[arg(long)]
         fit: bool,
+    },
+}
+
+#[cfg(feature = "serve")]
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Back up the running coordinator's state: its CA, nodes, tokens, functions, jobs, the
+    /// hand-over ledger and its blobs, in one consistent cut, encrypted under a passphrase (an
+    /// age file: `age -d` opens it too). The file is read back and checked before it is kept.
+    ///
+    /// spillway admin backup coordinator-2026-12-07.age --passphrase-file /root/backup.pass
+    Backup {
+        /// Where to write the backup.
+        file: PathBuf,
+        /// A file whose first line is the passphrase (12 characters or more); else
+        /// $SPILLWAY_BACKUP_PASSPHRASE.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Restore a backup into a coordinator's state folder, with the coordinator stopped.
+    /// Nothing changes unless the whole backup decrypts and checks out. Agents keep their
+    /// certificates and reconnect to the restored coordinator without joining again.
+    Restore {
+        backup: PathBuf,
+        /// The state folder (default: state_dir of --config).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// The coordinator config naming the state folder.
+        #[arg(long, short, default_value = "/etc/spillway/coordinator.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// Move what the folder holds aside first (it is kept, never deleted).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -700,6 +741,35 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        #[cfg(feature = "serve")]
+        Command::Admin { command } => match command {
+            AdminCommand::Backup {
+                file,
+                passphrase_file,
+            } => cli::admin::backup(&client()?, &file, passphrase_file.as_deref()).await,
+            AdminCommand::Restore {
+                backup,
+                state_dir,
+                config,
+                passphrase_file,
+                force,
+            } => {
+                let state_dir = match state_dir {
+                    Some(d) => d,
+                    None => {
+                        CoordinatorConfig::load(&config)
+                            .map_err(|e| {
+                                anyhow::anyhow!("{e} (or name the folder: --state-dir DIR)")
+                            })?
+                            .state_dir
+                    }
+                };
+                tokio::task::spawn_blocking(move || {
+                    cli::admin::restore(&backup, &state_dir, passphrase_file.as_deref(), force)
+                })
+                .await?
+            }
+        },
         Command::Token { command } => match command {
             TokenCommand::Create {
                 ttl,

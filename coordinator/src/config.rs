@@ -64,7 +64,11 @@ pub struct CoordinatorConfig {
 
 /// `[certificates]`: node certificates last `node_lifetime`; a connected agent whose
 /// certificate has less than `renew_before` left is asked to renew it over the mesh (a new key
-/// and a new certificate, the old one valid until the agent has switched).
+/// and a new certificate, the old one valid until the agent has switched). An agent that was
+/// away past its certificate's end (stored, shipped, powered off) is renewed when it comes back
+/// within `renew_expired` of that end, and does nothing else until it has: the certificate must
+/// still chain to the CA and name a member (a removed node stays removed). `"0s"`: never; such
+/// agents join again with a token made for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateSettings {
@@ -72,6 +76,8 @@ pub struct CertificateSettings {
     pub node_lifetime: Duration,
     #[serde(default = "default_renew_before", with = "humantime_years")]
     pub renew_before: Duration,
+    #[serde(default = "default_renew_expired", with = "humantime_years")]
+    pub renew_expired: Duration,
 }
 
 fn default_node_lifetime() -> Duration {
@@ -82,11 +88,16 @@ fn default_renew_before() -> Duration {
     Duration::from_secs(30 * 86_400)
 }
 
+fn default_renew_expired() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
 impl Default for CertificateSettings {
     fn default() -> Self {
         Self {
             node_lifetime: default_node_lifetime(),
             renew_before: default_renew_before(),
+            renew_expired: default_renew_expired(),
         }
     }
 }
@@ -849,10 +860,11 @@ mod tests {
     #[test]
     fn certificate_lifetimes_are_read_and_a_window_as_long_as_the_lifetime_is_refused() {
         let c = CoordinatorConfig::from_toml(
-            "[certificates]\nnode_lifetime = \"90d\"\nrenew_before = \"10d\"\n",
+            "[certificates]\nnode_lifetime = \"90d\"\nrenew_before = \"10d\"\nrenew_expired = \"0s\"\n",
             Path::new("/etc/sp"),
         )
         .unwrap();
+        assert_eq!(c.certificates.renew_expired, Duration::ZERO, "never");
         assert_eq!(
             c.certificates.node_lifetime,
             Duration::from_secs(90 * 86_400)

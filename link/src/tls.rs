@@ -13,7 +13,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 use spillway_proto::wire::ALPN;
 
 use crate::identity::fingerprint;
@@ -64,13 +67,15 @@ fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
 
 /// The coordinator's endpoint: presents `chain` (its certificate, then the CA's), verifies
 /// client certificates against the CA but also lets certificate-less clients in — they may only
-/// join (the coordinator checks which kind each connection is).
+/// join (the coordinator checks which kind each connection is). A member certificate that has
+/// ended, but is valid in every other way, is let in too: the coordinator renews it or says why
+/// not, and lets that connection do nothing else ([`peer_certificate`] tells them apart).
 pub fn server(
     ca_der: &[u8],
     chain: Vec<Vec<u8>>,
     key_der: Vec<u8>,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let mut tls = stream_server(ca_der, chain, key_der)?;
+    let mut tls = server_tls(ca_der, chain, key_der, true)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -122,10 +127,24 @@ pub fn stream_server(
     chain: Vec<Vec<u8>>,
     key_der: Vec<u8>,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider())
+    server_tls(ca_der, chain, key_der, false)
+}
+
+fn server_tls(
+    ca_der: &[u8],
+    chain: Vec<Vec<u8>>,
+    key_der: Vec<u8>,
+    ended_too: bool,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let webpki = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider())
         .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Anchor(e.to_string()))?;
+    let verifier: Arc<dyn ClientCertVerifier> = if ended_too {
+        Arc::new(Ended { inner: webpki })
+    } else {
+        webpki
+    };
     let key = PrivateKeyDer::try_from(key_der).map_err(|e| TlsError::Anchor(e.to_string()))?;
     Ok(rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -237,6 +256,79 @@ impl ServerCertVerifier for CoordinatorName {
     }
 }
 
+/// Member certificates as WebPKI checks them, and besides, ones that have ended but are valid
+/// in every other way as of their last second: they chain to the CA, are signed by it and are
+/// meant for client authentication. For agents that were away past their certificate's end;
+/// the coordinator lets such a connection do nothing but renew (within its policy) or hear why
+/// not.
+#[derive(Debug)]
+struct Ended {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for Ended {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Err(rustls::Error::InvalidCertificate(CertificateError::ExpiredContext {
+                not_after,
+                ..
+            })) => self
+                .inner
+                .verify_client_cert(end_entity, intermediates, not_after),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The certificate a peer proved it holds (DER), if it presented one.
+pub fn peer_certificate(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.first().map(|c| c.to_vec())
+}
+
 /// The fingerprint of the certificate a peer proved it holds, if it presented one.
 pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<[u8; 32]> {
     let identity = conn.peer_identity()?;
@@ -339,5 +431,58 @@ mod tests {
         // Unreadable: no certificate, and the broker refuses the handshake.
         *now.lock().unwrap() = None;
         assert_eq!(presented(), None);
+    }
+
+    /// A CA, and a client certificate it signed that ended at the start of 2021.
+    fn ca_and_ended(name: &str) -> (Vec<u8>, Vec<u8>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name.push(rcgen::DnType::CommonName, name);
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let ca_der = ca.self_signed(&ca_key).unwrap().der().to_vec();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(vec!["pi-1".to_owned()]).unwrap();
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        leaf.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        leaf.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let leaf_der = leaf
+            .signed_by(&KeyPair::generate().unwrap(), &issuer)
+            .unwrap()
+            .der()
+            .to_vec();
+        (ca_der, leaf_der)
+    }
+
+    #[test]
+    fn an_ended_member_certificate_is_let_in_only_by_the_mesh_endpoint_and_only_from_the_ca() {
+        let (ca, ended) = ca_and_ended("mesh");
+        let (_, foreign) = ca_and_ended("someone else");
+        let webpki = || {
+            WebPkiClientVerifier::builder_with_provider(roots(&ca).unwrap(), provider())
+                .allow_unauthenticated()
+                .build()
+                .unwrap()
+        };
+        let verify = |v: &dyn ClientCertVerifier, cert: &[u8]| {
+            v.verify_client_cert(&CertificateDer::from(cert.to_vec()), &[], UnixTime::now())
+        };
+        // TLS streams (the MQTT broker): an ended certificate is refused as such.
+        assert!(matches!(
+            verify(webpki().as_ref(), &ended),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ExpiredContext { .. }
+            ))
+        ));
+        // The mesh endpoint lets it in, for the coordinator to renew it or say why not...
+        let mesh = Ended { inner: webpki() };
+        assert!(verify(&mesh, &ended).is_ok());
+        // ...but never one another CA signed, ended or not.
+        assert!(matches!(
+            verify(&mesh, &foreign),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer
+            ))
+        ));
     }
 }

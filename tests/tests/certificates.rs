@@ -119,3 +119,85 @@ fn the_certificate_a_node_renewed_away_from_is_no_longer_a_member() {
     assert!(ready(&c, "pi-1", Duration::from_secs(20)), "{}", node.log());
     node.stop();
 }
+
+/// A node away past its certificate's end: renewed when it comes back within the coordinator's
+/// `renew_expired`, and nothing else happens on that connection.
+#[test]
+fn a_node_back_after_its_certificate_ended_is_renewed_within_the_operators_window() {
+    let c = Coordinator::with_config(
+        "[certificates]\nnode_lifetime = \"12s\"\nrenew_before = \"3s\"\nrenew_expired = \"1h\"\n",
+    );
+    let mut node = Node::new("node_name = \"pi-1\"\n");
+    c.join(&node);
+    node.start();
+    assert!(ready(&c, "pi-1", Duration::from_secs(20)), "{}", node.log());
+    node.stop();
+    let ended = c.node_view("pi-1")["cert_expires_at_ms"].as_u64().unwrap();
+    // Off until well past the end (a board in a drawer).
+    while now_ms() < ended + 2_000 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    node.start();
+    assert!(
+        ready(&c, "pi-1", Duration::from_secs(30)),
+        "{}\n{}",
+        node.log(),
+        c.log()
+    );
+    let v = c.node_view("pi-1");
+    assert!(v["cert_expires_at_ms"].as_u64().unwrap() > now_ms(), "{v}");
+    assert!(
+        c.log().contains("renewing it before anything else"),
+        "{}",
+        c.log()
+    );
+    assert!(node.log().contains("certificate renewed"), "{}", node.log());
+    node.stop();
+}
+
+#[test]
+fn a_node_back_later_than_the_window_is_told_to_join_again_and_does_nothing() {
+    let c = Coordinator::with_config(
+        "[certificates]\nnode_lifetime = \"10s\"\nrenew_before = \"2s\"\nrenew_expired = \"0s\"\n",
+    );
+    let mut node = Node::new("node_name = \"pi-1\"\n");
+    c.join(&node);
+    node.start();
+    assert!(ready(&c, "pi-1", Duration::from_secs(20)), "{}", node.log());
+    node.stop();
+    let ended = c.node_view("pi-1")["cert_expires_at_ms"].as_u64().unwrap();
+    while now_ms() < ended + 2_000 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    node.start();
+    assert!(
+        wait_until(Duration::from_secs(20), || node
+            .log()
+            .contains("spillway token create --node pi-1")),
+        "{}",
+        node.log()
+    );
+    assert!(
+        node.log().contains("certificates.renew_expired"),
+        "{}",
+        node.log()
+    );
+    assert_ne!(c.health("pi-1").as_deref(), Some("Ready"));
+    assert_eq!(
+        c.node_view("pi-1")["certificate_renewals"]
+            .as_u64()
+            .unwrap(),
+        0,
+        "not renewed"
+    );
+    // What the operator does: a token for that node, and a join.
+    node.stop();
+    let (ok, token, err) = c.cli(&["token", "create", "--node", "pi-1"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) =
+        node.agent_cli(&["join", "--coordinator", &c.quic(), "--token", token.trim()]);
+    assert!(ok, "{out}{err}");
+    node.start();
+    assert!(ready(&c, "pi-1", Duration::from_secs(20)), "{}", node.log());
+    node.stop();
+}

@@ -1,5 +1,7 @@
 //! The `spillway` commands that talk to a coordinator. `main.rs` parses; this module does.
 
+#[cfg(feature = "serve")]
+pub mod admin;
 pub mod flash;
 pub mod membership;
 pub mod output;

@@ -233,3 +233,11 @@ fn pem_to_der(pem: &str) -> Result<Vec<u8>, String> {
         .map(|c| c.to_vec())
         .map_err(|e| e.to_string())
 }
+
+/// When a certificate (DER) ends, in ms since the epoch; `None` when it cannot be read.
+pub fn not_after_ms(cert_der: &[u8]) -> Option<u64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    u64::try_from(cert.validity().not_after.timestamp())
+        .ok()?
+        .checked_mul(1000)
+}

@@ -45,6 +45,8 @@ mod limit {
     pub const TRANSFER: Duration = Duration::from_secs(600);
     /// `/run` waits for the job (at most an hour, see `invoke::run`).
     pub const RUN: Duration = Duration::from_secs(3_700);
+    /// A backup of a large state (many blobs) to a slow client.
+    pub const BACKUP: Duration = Duration::from_secs(3_600);
 }
 
 pub fn router(state: Arc<State>) -> Router {
@@ -122,9 +124,14 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/functions/{name}/run", post(super::invoke::run_raw))
         .layer(DefaultBodyLimit::max(FILE_BODY))
         .layer(within(&state, limit::RUN));
+    let backups = Router::new()
+        .route("/v1/admin/backup", post(super::backup_api::backup))
+        .layer(DefaultBodyLimit::max(CONTROL_BODY))
+        .layer(within(&state, limit::BACKUP));
     let api = control
         .merge(transfers)
         .merge(run)
+        .merge(backups)
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     // Presigned: the signature in the query is the credential, checked before any body is read
     // (each handler reads its body itself, within its own bound).

@@ -4,6 +4,7 @@
 
 pub mod api_error;
 pub mod apply;
+pub mod backup_api;
 pub mod blobs;
 pub mod broker;
 pub mod ca;

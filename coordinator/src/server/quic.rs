@@ -208,6 +208,25 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
     let name = record.name.clone();
     let mut record = record;
     let connected_with = hex::encode(fp);
+    // Renewal frames exist since 1.3; older agents are not asked.
+    let renews = hello.version.major == PROTOCOL.major && hello.version.minor >= 3;
+    let ended_at = spillway_link::tls::peer_certificate(&conn)
+        .and_then(|der| super::ca::not_after_ms(&der))
+        .filter(|end| *end < now_ms());
+    if let Some(ended_at) = ended_at {
+        // Renewal, within `[certificates] renew_expired`, and nothing else.
+        return renew_late(
+            &state,
+            &conn,
+            tx,
+            reader,
+            &name,
+            &connected_with,
+            ended_at,
+            renews,
+        )
+        .await;
+    }
     if record.previous_fingerprint.is_some() && record.fingerprint == connected_with {
         match state.store.adopt_cert(&name) {
             Ok(()) => {
@@ -217,8 +236,6 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
             Err(e) => tracing::error!(node = %name, "cannot retire the previous certificate: {e}"),
         }
     }
-    // Renewal frames exist since 1.3; older agents are not asked.
-    let renews = hello.version.major == PROTOCOL.major && hello.version.minor >= 3;
     let mut renew_check = tokio::time::interval(renew_check_period(&state));
     renew_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renew_asked: Option<std::time::Instant> = None;
@@ -379,6 +396,76 @@ fn control_lost(conn: &quinn::Connection) {
 }
 
 /// Tells a connected agent why it is refused (counted), and lets it hang up first.
+/// A member back with a certificate that ended `ended_at` (ms). Within `[certificates]
+/// renew_expired` of that end it is asked to renew at once and may do nothing else: no job is
+/// placed on it, none of its frames is acted on, it is not counted connected, and once it has
+/// its new certificate it connects again with it, as any member. Later than that, it is told
+/// to join again.
+#[allow(clippy::too_many_arguments)]
+async fn renew_late(
+    state: &State,
+    conn: &quinn::Connection,
+    mut tx: quinn::SendStream,
+    mut reader: FrameReader,
+    name: &str,
+    connected_with: &str,
+    ended_at: u64,
+    renews: bool,
+) {
+    let ago = Duration::from_millis(now_ms().saturating_sub(ended_at) / 1000 * 1000);
+    let window = state.config.certificates.renew_expired;
+    if ago > window {
+        let reason = format!(
+            "this node's certificate ended {} ago, and the coordinator renews certificates only up to {} after their end (certificates.renew_expired): join again with a token made for this node (on the coordinator: spillway token create --node {name}; here: spillway-agent join --token …)",
+            humantime::format_duration(ago),
+            humantime::format_duration(window)
+        );
+        tracing::warn!(node = %name, "{reason}");
+        inc(&state.metrics.certificate_renewals_refused);
+        return refuse_member(state, conn, tx, reason).await;
+    }
+    if !renews {
+        let reason = format!(
+            "this node's certificate ended {} ago and this agent is too old to renew it over the mesh: upgrade it, or join again with a token made for it (spillway token create --node {name})",
+            humantime::format_duration(ago)
+        );
+        return refuse_member(state, conn, tx, reason).await;
+    }
+    tracing::info!(node = %name, "node is back with a certificate that ended {} ago; renewing it before anything else (certificates.renew_expired)", humantime::format_duration(ago));
+    let welcome = CoordinatorFrame::Welcome(Welcome {
+        version: PROTOCOL,
+        coordinator_version: env!("CARGO_PKG_VERSION").into(),
+        report_interval_ms: state.config.report_interval.as_millis() as u32,
+    });
+    if send(&mut tx, &welcome).await.is_err()
+        || send(&mut tx, &CoordinatorFrame::RenewCertificate)
+            .await
+            .is_err()
+    {
+        return;
+    }
+    let answered = tokio::time::timeout(RENEW_ANSWER_WAIT, async {
+        loop {
+            match reader.next::<AgentFrame>().await {
+                Ok(Some(AgentFrame::RenewCertificate { csr_der })) => return Some(csr_der),
+                // Reports, offers, results: not from a certificate that has ended.
+                Ok(Some(_)) => inc(&state.metrics.frames_refused),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    })
+    .await;
+    let Ok(Some(csr_der)) = answered else {
+        conn.close(3u32.into(), b"certificate ended: renewal not answered");
+        return;
+    };
+    let reply = renew(state, name, connected_with, &csr_der);
+    let _ = send(&mut tx, &reply).await;
+    let _ = tx.finish();
+    // The agent connects again with its new certificate; give it a moment to read the answer.
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+}
+
 async fn refuse_member(
     state: &State,
     conn: &quinn::Connection,

@@ -36,6 +36,8 @@ pub fn need(method: &Method, path: &str) -> Need {
         (_, ["v1", "tokens", ..] | ["v1", "api-tokens", ..] | ["v1", "mqtt", "users", ..]) => {
             Need::Admin
         }
+        // A backup holds the CA's key and every token.
+        (_, ["v1", "admin", ..]) => Need::Admin,
         (&Method::DELETE, ["v1", "nodes", _]) => Need::Admin,
         (_, ["v1", "nodes", _, "labels"]) => Need::Admin,
         (&Method::POST, ["v1", "apply"]) => Need::Operate,
@@ -90,6 +92,13 @@ mod tests {
                 [true, false, false, false],
             ),
             (Method::POST, "/v1/api-tokens", [true, false, false, false]),
+            // A backup holds the CA's key: not even a read for others.
+            (
+                Method::POST,
+                "/v1/admin/backup",
+                [true, false, false, false],
+            ),
+            (Method::GET, "/v1/admin/backup", [true, false, false, false]),
             (Method::POST, "/v1/apply", [true, true, false, false]),
             (
                 Method::DELETE,

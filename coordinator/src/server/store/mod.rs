@@ -285,6 +285,35 @@ impl Store {
         Ok(store)
     }
 
+    /// Copies every table, as one read transaction sees them (a consistent cut, taken while
+    /// the coordinator runs), into a new database at `dest`, made durable there.
+    pub fn snapshot(&self, dest: &Path) -> Result<(), StoreError> {
+        let read = self.db.begin_read()?;
+        let out = Database::create(dest).map_err(|e| StoreError::Open {
+            path: dest.to_owned(),
+            message: e.to_string(),
+        })?;
+        let write = out.begin_write()?;
+        for def in [
+            NODES, TOKENS, API_TOKENS, FUNCTIONS, JOBS, HANDOVERS, DELEGATED, MQTT_USERS,
+        ] {
+            let (from, mut to) = (read.open_table(def)?, write.open_table(def)?);
+            for entry in from.iter()? {
+                let (k, v) = entry?;
+                to.insert(k.value(), v.value())?;
+            }
+        }
+        {
+            let (from, mut to) = (read.open_table(CERTS)?, write.open_table(CERTS)?);
+            for entry in from.iter()? {
+                let (k, v) = entry?;
+                to.insert(k.value(), v.value())?;
+            }
+        }
+        write.commit()?;
+        Ok(())
+    }
+
     pub fn put_token(&self, hash: &str, record: &TokenRecord) -> Result<(), StoreError> {
         self.put_tokens(&[(hash.to_owned(), record.clone())])
     }
