@@ -71,6 +71,7 @@ packages=(
   qemu-system-arm dosfstools mtools fdisk                       # emulated Pi booting a flashed card
   ca-certificates                                               # the CA bundle in Spillway's own images
   mosquitto mosquitto-clients curl openssl                      # MQTT against real brokers (TLS) and clients; HTTP invoke
+  age                                                           # opens coordinator backups as an operator would
 )
 step "checking build and test dependencies"
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then

@@ -13,6 +13,35 @@ use support::{Coordinator, Node, repo, wait_until};
 const FDL: &str = "tests/fixtures/mesh/functions.yaml";
 const PASSPHRASE: &str = "correct horse battery staple";
 
+/// `age -d FILE` with `passphrase` typed at the terminal it asks on.
+fn age_decrypt(file: &std::path::Path, passphrase: &str) -> Vec<u8> {
+    let out = file.with_extension("tar");
+    let script = r#"
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("age", ["age", "-d", "-o", sys.argv[1], sys.argv[2]])
+time.sleep(0.5)
+os.write(fd, (sys.argv[3] + "\n").encode())
+try:
+    while os.read(fd, 1024):
+        pass
+except OSError:
+    pass
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let status = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&out)
+        .arg(file)
+        .arg(passphrase)
+        .status()
+        .expect("python3 (apt-get install python3 age)");
+    assert!(status.success(), "age -d failed");
+    std::fs::read(out).unwrap()
+}
+
 fn invoke(c: &Coordinator, text: &str) -> (bool, String) {
     let input = c.dir.path().join(format!("{text}.txt"));
     std::fs::write(&input, text).unwrap();
@@ -68,6 +97,15 @@ fn a_coordinator_restored_from_an_online_backup_keeps_its_agents_without_rejoini
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&backup).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the backup is its owner's only");
+
+    // An operator opens it with the age tool (Debian's `age`, which reads the passphrase from a
+    // terminal): a tar of the state with a manifest.
+    let opened = age_decrypt(&backup, PASSPHRASE);
+    assert!(
+        opened.windows(ca_key.len()).any(|w| w == ca_key.as_slice())
+            && opened.windows(20).any(|w| w == b"spillway-backup.json"),
+        "age -d opens it"
+    );
 
     // A scoped token cannot take one: it holds the CA's key.
     let (ok, operator, err) = c.cli(&["api-token", "create", "--scope", "operator"]);
