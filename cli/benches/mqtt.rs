@@ -118,7 +118,14 @@ fn fsyncs_per_job(
     fsyncs as f64 / jobs as f64
 }
 
-fn run(port: u16, burst: usize, max_batch: usize) -> Figures {
+/// A folder under [`bench_dir`] with the no-op module, a function triggered by `trigger` (an
+/// FDL line) and the config of an agent `name` with `[journal] max_batch` and `extra`.
+fn noop_agent(
+    name: &str,
+    trigger: &str,
+    max_batch: usize,
+    extra: &str,
+) -> (tempfile::TempDir, AgentConfig) {
     let dir = tempfile::tempdir_in(bench_dir()).expect("tempdir");
     std::fs::write(
         dir.path().join("noop.wasm"),
@@ -127,16 +134,26 @@ fn run(port: u16, burst: usize, max_batch: usize) -> Figures {
     .expect("module");
     std::fs::write(
         dir.path().join("fns.yaml"),
-        "functions:\n  oscar:\n  - edge:\n      name: noop\n      module: noop.wasm\n      cpu: '0.1'\n      memory: 16Mi\n      triggers: [{mqtt: {topic: bench/+/in, qos: 1}}]\n",
+        format!("functions:\n  oscar:\n  - edge:\n      name: noop\n      module: noop.wasm\n      cpu: '0.1'\n      memory: 16Mi\n      {trigger}\n"),
     )
     .expect("fdl");
     let config = AgentConfig::from_toml(
         &format!(
-            "node_name = \"bench-{port}\"\ndata_root = \"data\"\nstate_dir = \"state\"\nfunctions = [\"fns.yaml\"]\n[journal]\nmax_batch = {max_batch}\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n"
+            "node_name = \"{name}\"\ndata_root = \"data\"\nstate_dir = \"state\"\nfunctions = [\"fns.yaml\"]\n[journal]\nmax_batch = {max_batch}\n{extra}"
         ),
         dir.path(),
     )
     .expect("config");
+    (dir, config)
+}
+
+fn run(port: u16, burst: usize, max_batch: usize) -> Figures {
+    let (_dir, config) = noop_agent(
+        &format!("bench-{port}"),
+        "triggers: [{mqtt: {topic: bench/+/in, qos: 1}}]",
+        max_batch,
+        &format!("[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n"),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -242,24 +259,12 @@ fn run(port: u16, burst: usize, max_batch: usize) -> Figures {
 /// `burst` files written into the watched folder at once (each whole, by rename), until every
 /// job has finished.
 fn file_burst(burst: usize, max_batch: usize) -> Rate {
-    let dir = tempfile::tempdir_in(bench_dir()).expect("tempdir");
-    std::fs::write(
-        dir.path().join("noop.wasm"),
-        wat::parse_str(NOOP_WAT).expect("wat"),
-    )
-    .expect("module");
-    std::fs::write(
-        dir.path().join("fns.yaml"),
-        "functions:\n  oscar:\n  - edge:\n      name: noop\n      module: noop.wasm\n      cpu: '0.1'\n      memory: 16Mi\n      input: [{storage_provider: minio, path: bench/in}]\n",
-    )
-    .expect("fdl");
-    let config = AgentConfig::from_toml(
-        &format!(
-            "node_name = \"bench-files\"\ndata_root = \"data\"\nstate_dir = \"state\"\nfunctions = [\"fns.yaml\"]\n[journal]\nmax_batch = {max_batch}\n"
-        ),
-        dir.path(),
-    )
-    .expect("config");
+    let (dir, config) = noop_agent(
+        "bench-files",
+        "input: [{storage_provider: minio, path: bench/in}]",
+        max_batch,
+        "",
+    );
     let input = dir.path().join("data/bench/in");
     let staged = dir.path().join("data/bench/.staged");
     std::fs::create_dir_all(&staged).expect("staging folder");

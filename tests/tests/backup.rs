@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::time::Duration;
 
 use support::{Coordinator, Node, repo, wait_until};
@@ -14,7 +15,7 @@ const FDL: &str = "tests/fixtures/mesh/functions.yaml";
 const PASSPHRASE: &str = "correct horse battery staple";
 
 /// `age -d FILE` with `passphrase` typed at the terminal it asks on.
-fn age_decrypt(file: &std::path::Path, passphrase: &str) -> Vec<u8> {
+fn age_decrypt(file: &Path, passphrase: &str) -> Vec<u8> {
     let out = file.with_extension("tar");
     let script = r#"
 import os, pty, sys, time
@@ -40,6 +41,27 @@ sys.exit(os.waitstatus_to_exitcode(status))
         .expect("python3 (apt-get install python3 age)");
     assert!(status.success(), "age -d failed");
     std::fs::read(out).unwrap()
+}
+
+/// `spillway admin restore BACKUP --state-dir STATE --passphrase-file PASS EXTRA…`.
+fn restore(
+    c: &Coordinator,
+    backup: &Path,
+    state: &Path,
+    pass: &Path,
+    extra: &[&str],
+) -> (bool, String, String) {
+    let mut args = vec![
+        "admin",
+        "restore",
+        backup.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    c.cli(&args)
 }
 
 fn invoke(c: &Coordinator, text: &str) -> (bool, String) {
@@ -125,27 +147,11 @@ fn a_coordinator_restored_from_an_online_backup_keeps_its_agents_without_rejoini
     // A wrong passphrase restores nothing.
     let wrong = c.dir.path().join("wrong.pass");
     std::fs::write(&wrong, "not the right passphrase\n").unwrap();
-    let (ok, _, err) = c.cli(&[
-        "admin",
-        "restore",
-        backup.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--passphrase-file",
-        wrong.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = restore(&c, &backup, &state, &wrong, &[]);
     assert!(!ok && err.contains("a wrong passphrase"), "{err}");
     assert!(!state.exists(), "nothing restored");
 
-    let (ok, out, err) = c.cli(&[
-        "admin",
-        "restore",
-        backup.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]);
+    let (ok, out, err) = restore(&c, &backup, &state, &pass, &[]);
     assert!(ok && out.contains("restored coordinator"), "{out}{err}");
     c.start();
 
@@ -170,16 +176,7 @@ fn a_coordinator_restored_from_an_online_backup_keeps_its_agents_without_rejoini
     );
 
     // Never under a running coordinator, even forced.
-    let (ok, _, err) = c.cli(&[
-        "admin",
-        "restore",
-        backup.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-        "--force",
-    ]);
+    let (ok, _, err) = restore(&c, &backup, &state, &pass, &["--force"]);
     assert!(!ok && err.contains("a coordinator is running on"), "{err}");
     assert!(
         c.cli(&["get", "nodes"]).0,

@@ -120,24 +120,30 @@ fn the_certificate_a_node_renewed_away_from_is_no_longer_a_member() {
     node.stop();
 }
 
-/// A node away past its certificate's end: renewed when it comes back within the coordinator's
-/// `renew_expired`, and nothing else happens on that connection.
-#[test]
-fn a_node_back_after_its_certificate_ended_is_renewed_within_the_operators_window() {
-    let c = Coordinator::with_config(
-        "[certificates]\nnode_lifetime = \"12s\"\nrenew_before = \"3s\"\nrenew_expired = \"1h\"\n",
-    );
+/// A member of a coordinator with `certificates` settings, stopped until two seconds past its
+/// certificate's end (a board in a drawer), then started again.
+fn back_after_its_certificate_ended(certificates: &str) -> (Coordinator, Node) {
+    let c = Coordinator::with_config(&format!("[certificates]\n{certificates}"));
     let mut node = Node::new("node_name = \"pi-1\"\n");
     c.join(&node);
     node.start();
     assert!(ready(&c, "pi-1", Duration::from_secs(20)), "{}", node.log());
     node.stop();
     let ended = c.node_view("pi-1")["cert_expires_at_ms"].as_u64().unwrap();
-    // Off until well past the end (a board in a drawer).
     while now_ms() < ended + 2_000 {
         std::thread::sleep(Duration::from_millis(200));
     }
     node.start();
+    (c, node)
+}
+
+/// A node away past its certificate's end: renewed when it comes back within the coordinator's
+/// `renew_expired`, and nothing else happens on that connection.
+#[test]
+fn a_node_back_after_its_certificate_ended_is_renewed_within_the_operators_window() {
+    let (c, mut node) = back_after_its_certificate_ended(
+        "node_lifetime = \"12s\"\nrenew_before = \"3s\"\nrenew_expired = \"1h\"\n",
+    );
     assert!(
         ready(&c, "pi-1", Duration::from_secs(30)),
         "{}\n{}",
@@ -157,19 +163,9 @@ fn a_node_back_after_its_certificate_ended_is_renewed_within_the_operators_windo
 
 #[test]
 fn a_node_back_later_than_the_window_is_told_to_join_again_and_does_nothing() {
-    let c = Coordinator::with_config(
-        "[certificates]\nnode_lifetime = \"10s\"\nrenew_before = \"2s\"\nrenew_expired = \"0s\"\n",
+    let (c, mut node) = back_after_its_certificate_ended(
+        "node_lifetime = \"10s\"\nrenew_before = \"2s\"\nrenew_expired = \"0s\"\n",
     );
-    let mut node = Node::new("node_name = \"pi-1\"\n");
-    c.join(&node);
-    node.start();
-    assert!(ready(&c, "pi-1", Duration::from_secs(20)), "{}", node.log());
-    node.stop();
-    let ended = c.node_view("pi-1")["cert_expires_at_ms"].as_u64().unwrap();
-    while now_ms() < ended + 2_000 {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    node.start();
     assert!(
         wait_until(Duration::from_secs(20), || node
             .log()
