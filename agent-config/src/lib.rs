@@ -45,6 +45,8 @@ struct RawConfig {
     #[serde(default)]
     journal: RawJournal,
     #[serde(default)]
+    disk: RawDisk,
+    #[serde(default)]
     wasm: RawWasm,
     #[serde(default)]
     oci: RawOci,
@@ -128,6 +130,12 @@ struct RawLogs {
 #[serde(deny_unknown_fields)]
 struct RawJournal {
     max_batch: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    min_free: Option<Memory>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -260,6 +268,9 @@ pub struct AgentConfig {
     pub defaults: Defaults,
     pub logs: LogLimits,
     pub journal: JournalSettings,
+    /// `[disk] min_free`: below this much free space (on the state folder's or the data
+    /// root's file system) the agent takes no new inputs; 0: never.
+    pub disk_min_free: Bytes,
     pub wasm: WasmSettings,
     pub oci: OciConfig,
     /// `[process] user`: who `process` functions run as (`nobody` unless set; `root` keeps
@@ -497,6 +508,7 @@ impl AgentConfig {
                     .unwrap_or(l.max_bytes_per_stream),
                 keep_jobs: raw.logs.keep_jobs.unwrap_or(l.keep_jobs),
             },
+            disk_min_free: raw.disk.min_free.map_or(Bytes(64 << 20), |m| m.0),
             journal: JournalSettings {
                 max_batch: match raw.journal.max_batch {
                     None => JournalSettings::default().max_batch,

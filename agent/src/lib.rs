@@ -14,6 +14,7 @@ pub mod beneath;
 pub mod book;
 pub mod capture;
 pub mod catalog;
+pub mod disk;
 pub mod engine;
 pub mod image;
 pub mod install;

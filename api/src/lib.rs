@@ -167,6 +167,12 @@ pub struct NodeView {
     pub cert_expires_at_ms: u64,
     #[serde(default)]
     pub certificate_renewals: u32,
+    /// Under `[disk] min_free` on the node: it takes no new inputs and no placements.
+    #[serde(default)]
+    pub disk_full: bool,
+    /// Free bytes on the node's state or data file system, as it last said (agents of 1.4 on).
+    #[serde(default)]
+    pub disk_free_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

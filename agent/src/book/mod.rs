@@ -208,6 +208,8 @@ pub struct JobBook {
     /// Offers not answered yet, with their function.
     in_doubt: HashMap<JobId, String>,
     linked: bool,
+    /// No run starts (see [`JobBook::set_paused`]).
+    paused: bool,
 }
 
 /// The load this node reports, from the book alone.
@@ -232,6 +234,7 @@ impl JobBook {
             declined: HashMap::new(),
             in_doubt: HashMap::new(),
             linked: false,
+            paused: false,
         }
     }
 
@@ -257,6 +260,17 @@ impl JobBook {
     /// Whether offers can reach the coordinator now.
     pub fn set_linked(&mut self, linked: bool) {
         self.linked = linked;
+    }
+
+    /// Whether runs may start (the disk is nearly full: what runs finishes, nothing new starts,
+    /// and the load shows no free slot, so nothing is placed here). Unpausing does not start
+    /// anything by itself: the next [`JobBook::admit`] does.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     pub fn running(&self) -> usize {
@@ -404,6 +418,9 @@ impl JobBook {
 
     /// Starts every job that fits, journaling `Running` before each one starts.
     pub fn admit(&mut self, now: impl Into<Now>, plan: &mut Plan) {
+        if self.paused {
+            return;
+        }
         let now = now.into();
         for (id, function) in self.admission.admit() {
             let Some(held) = self.jobs.get_mut(&id) else {
@@ -632,6 +649,7 @@ impl JobBook {
                 .function_loads()
                 .into_iter()
                 .map(|(name, free, queued, running)| {
+                    let free = if self.paused { 0 } else { free };
                     let mean = self
                         .run_times
                         .measured(&name, &self.node)

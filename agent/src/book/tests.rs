@@ -51,6 +51,16 @@ fn record(n: u8, function: &str, now: u64) -> JobRecord {
     r
 }
 
+/// `r` arriving for the first time, made here.
+fn new_arrival(r: &JobRecord) -> Arrival {
+    Arrival {
+        record: r.clone(),
+        known: Known::New,
+        guest: None,
+        returned: false,
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     /// A file arrives (`n` picks which, so the same file comes again).
@@ -495,16 +505,7 @@ proptest! {
 fn a_job_admitted_on_arrival_enters_running_in_one_commit() {
     let mut b = book(true);
     let r = record(1, "f", 5);
-    let plan = b.arrive(
-        5,
-        vec![Arrival {
-            record: r.clone(),
-            known: Known::New,
-            guest: None,
-            returned: false,
-        }],
-        true,
-    );
+    let plan = b.arrive(5, vec![new_arrival(&r)], true);
     assert_eq!(
         plan.changes,
         vec![
@@ -524,12 +525,7 @@ fn a_job_that_cannot_start_at_once_is_offered_on_arrival() {
     let mut b = book(true);
     let mut plans = Vec::new();
     for n in 0..4 {
-        let arrival = Arrival {
-            record: record(n, "f", 5),
-            known: Known::New,
-            guest: None,
-            returned: false,
-        };
+        let arrival = new_arrival(&record(n, "f", 5));
         plans.push(b.arrive(5, vec![arrival], true));
     }
     let offered: Vec<_> = plans
@@ -548,12 +544,7 @@ fn a_job_that_cannot_start_at_once_is_offered_on_arrival() {
 fn an_unlinked_node_never_offers_and_a_declined_function_cools_down() {
     let mut b = book(false);
     for n in 0..4 {
-        let arrival = Arrival {
-            record: record(n, "f", 5),
-            known: Known::New,
-            guest: None,
-            returned: false,
-        };
+        let arrival = new_arrival(&record(n, "f", 5));
         let plan = b.arrive(5, vec![arrival], true);
         assert!(!plan.acts.iter().any(|a| matches!(a, Act::Offer { .. })));
     }
@@ -576,12 +567,7 @@ fn a_wall_clock_step_neither_offers_queued_jobs_early_nor_holds_them_back() {
     let at = |wall_ms, mono_ms| Now { wall_ms, mono_ms };
     let mut b = book(false);
     for n in 0..4 {
-        let arrival = Arrival {
-            record: record(n, "f", 1_000),
-            known: Known::New,
-            guest: None,
-            returned: false,
-        };
+        let arrival = new_arrival(&record(n, "f", 1_000));
         b.arrive(at(1_000, 1_000), vec![arrival], true);
     }
     b.set_linked(true);
@@ -659,4 +645,30 @@ fn a_returned_job_retried_after_failing_is_still_never_offered() {
         world.step(op);
     }
     world.settle();
+}
+
+#[test]
+fn a_paused_node_starts_nothing_shows_no_free_slot_and_starts_on_the_next_admission() {
+    let mut b = book(false);
+    b.set_paused(true);
+    let r = record(1, "f", 5);
+    let plan = b.arrive(5, vec![new_arrival(&r)], true);
+    assert_eq!(
+        plan.changes,
+        vec![Change::Put(r.clone())],
+        "queued, not running"
+    );
+    assert!(!plan.acts.iter().any(|a| matches!(a, Act::Start { .. })));
+    assert!(
+        b.load(6).functions.iter().all(|f| f.1 == 0),
+        "no free slot shown"
+    );
+    let plan = b.tick(1_000);
+    assert!(!plan.acts.iter().any(|a| matches!(a, Act::Start { .. })));
+
+    b.set_paused(false);
+    let mut plan = Plan::default();
+    b.admit(2_000, &mut plan);
+    assert!(matches!(plan.acts.as_slice(), [Act::Start { id, .. }] if *id == r.id));
+    assert!(b.load(2_001).functions.iter().any(|f| f.1 > 0));
 }

@@ -150,6 +150,8 @@ struct Shared {
     mqtt: std::sync::OnceLock<crate::mqtt::Publisher>,
     /// `syncfs` calls made for the MQTT inbox (one per durable commit that needed one).
     filesystem_syncs: std::sync::atomic::AtomicU64,
+    /// The disk is nearly full: no new inputs (see [`crate::disk`]).
+    disk_full: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -172,6 +174,8 @@ pub struct Agent {
     runtimes: Runtimes,
     tasks: JoinSet<()>,
     load: watch::Sender<LoadReport>,
+    /// What keeps this node from taking work besides its load, for the coordinator.
+    condition: watch::Sender<spillway_proto::wire::NodeCondition>,
     /// Beats every time the loop goes round its timer, for the systemd watchdog.
     heartbeat: spillway_plumbing::systemd::Heartbeat,
     /// The topic filters the deployed functions' MQTT triggers want.
@@ -185,6 +189,12 @@ pub struct Agent {
     after: Vec<drive::After>,
     /// MQTT inputs written since the last durable commit, not yet synced.
     inbox_unsynced: bool,
+    /// Whether there is room on disk for new inputs, and when it was last measured.
+    disk: crate::disk::DiskGuard,
+    disk_checked: Option<Instant>,
+    /// Folder events dropped while the disk was full: the input folders are scanned again
+    /// once there is room.
+    rescan_on_room: bool,
 }
 
 /// How often the agent made its state durable, for fsyncs per job (see
@@ -208,6 +218,7 @@ impl DiskSyncs {
 pub struct AgentHandle {
     shared: Arc<Shared>,
     pub load: watch::Receiver<LoadReport>,
+    pub condition: watch::Receiver<spillway_proto::wire::NodeCondition>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -223,6 +234,13 @@ impl AgentHandle {
 
     pub fn journal(&self) -> &Journal {
         &self.shared.journal
+    }
+
+    /// Whether the disk is too full to take new inputs (placements included).
+    pub fn disk_full(&self) -> bool {
+        self.shared
+            .disk_full
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How often the agent has made its state durable since it started.
@@ -294,6 +312,10 @@ impl std::fmt::Debug for Agent {
     }
 }
 
+/// How often the free space is measured while inputs arrive (the rescheduler's tick measures
+/// too).
+const DISK_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The next MQTT message, or never when there is no MQTT client.
 async fn next_message(
     rx: &mut Option<mpsc::Receiver<crate::mqtt::Incoming>>,
@@ -350,6 +372,7 @@ impl Agent {
                 .map_err(|source| AgentError::CreateDir { path: dir, source })?;
         }
         let journal = Journal::open(&config.journal_path())?;
+        let disk_min_free = config.disk_min_free.0;
         let mut book = JobBook::new(
             &config.node_name,
             Scheduler::new(node_capacity(&config)),
@@ -380,6 +403,7 @@ impl Agent {
             mesh: std::sync::Mutex::new(None),
             mqtt: std::sync::OnceLock::new(),
             filesystem_syncs: std::sync::atomic::AtomicU64::new(0),
+            disk_full: std::sync::atomic::AtomicBool::new(false),
         });
         let subscriptions = watch::channel(catalog.mqtt_subscriptions()).0;
         let mut agent = Self {
@@ -394,6 +418,7 @@ impl Agent {
             runtimes,
             tasks: JoinSet::new(),
             load: watch::channel(LoadReport::default()).0,
+            condition: watch::channel(Default::default()).0,
             heartbeat: spillway_plumbing::systemd::Heartbeat::default(),
             subscriptions,
             mqtt_rx: None,
@@ -401,6 +426,9 @@ impl Agent {
             mqtt_too_large: 0,
             after: Vec::new(),
             inbox_unsynced: false,
+            disk: crate::disk::DiskGuard::new(disk_min_free),
+            disk_checked: None,
+            rescan_on_room: false,
         };
         // Before recovery: a recovered delivery may have MQTT outputs to publish. Messages
         // wait in the channel (and, beyond it, at the broker) until `run` takes them.
@@ -439,6 +467,7 @@ impl Agent {
         AgentHandle {
             shared: self.shared.clone(),
             load: self.load.subscribe(),
+            condition: self.condition.subscribe(),
         }
     }
 
@@ -611,14 +640,17 @@ impl Agent {
                 Some(msg) = self.rx.recv() => self.handle(msg)?,
                 _ = rescheduler.tick() => {
                     self.heartbeat.beat();
+                    self.check_disk(true)?;
                     self.book.set_linked(self.shared.mesh_out().is_some());
                     let plan = self.book.tick(book_now());
                     self.carry_out(plan, drive::Logs::Driver)?;
                 }
                 Some(ev) = self.folder_rx.recv() => self.handle(Msg::Folder(ev))?,
-                Some(m) = next_message(&mut self.mqtt_rx) => self.on_message(m)?,
+                // A full disk leaves messages at the broker, unacknowledged.
+                Some(m) = next_message(&mut self.mqtt_rx), if !self.disk.is_full() => self.on_message(m)?,
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
+            self.check_disk(false)?;
             self.take_waiting()?;
             self.settle()?;
             self.publish_load();
@@ -650,7 +682,12 @@ impl Agent {
                 self.handle(msg)?;
             } else if let Ok(ev) = self.folder_rx.try_recv() {
                 self.handle(Msg::Folder(ev))?;
-            } else if let Some(m) = self.mqtt_rx.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            } else if let Some(m) = self
+                .mqtt_rx
+                .as_mut()
+                .filter(|_| !self.disk.is_full())
+                .and_then(|rx| rx.try_recv().ok())
+            {
                 self.on_message(m)?;
             } else {
                 break;
@@ -659,8 +696,85 @@ impl Agent {
         Ok(())
     }
 
+    /// Measures the free space (at most every 200 ms unless `now`) and turns input on or off
+    /// when the verdict turns. The coordinator hears of each turn, and of the free space when
+    /// it moved by a tenth (or 64 MiB).
+    fn check_disk(&mut self, now: bool) -> Result<(), AgentError> {
+        if !now && self.disk_checked.is_some_and(|t| t.elapsed() < DISK_CHECK) {
+            return Ok(());
+        }
+        self.disk_checked = Some(Instant::now());
+        let config = &self.shared.config;
+        let free =
+            match crate::disk::free_bytes([config.state_dir.as_path(), config.data_root.as_path()])
+            {
+                Ok(free) => free,
+                Err(e) => {
+                    tracing::debug!("cannot measure the free space: {e}");
+                    return Ok(());
+                }
+            };
+        let turn = self.disk.observe(free);
+        let told = *self.condition.borrow();
+        if turn.is_some()
+            || free.abs_diff(told.disk_free_bytes) > (told.disk_free_bytes / 10).max(64 << 20)
+        {
+            self.condition
+                .send_replace(spillway_proto::wire::NodeCondition {
+                    disk_full: self.disk.is_full(),
+                    disk_free_bytes: free,
+                });
+        }
+        match turn {
+            Some(crate::disk::Turn::Full { free, min_free }) => {
+                tracing::warn!(
+                    free_mib = free >> 20,
+                    min_free_mib = min_free >> 20,
+                    "disk nearly full: {} MiB free under {} or {}, less than [disk] min_free ({} MiB); taking no new inputs until there is room (MQTT messages wait at the broker, new files are picked up later, placements go elsewhere); running jobs finish",
+                    free >> 20,
+                    config.state_dir.display(),
+                    config.data_root.display(),
+                    min_free >> 20
+                );
+                self.book.set_paused(true);
+                self.shared
+                    .disk_full
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Some(crate::disk::Turn::Room { free }) => {
+                tracing::info!(
+                    free_mib = free >> 20,
+                    "room on disk again ({} MiB free): taking inputs",
+                    free >> 20
+                );
+                self.book.set_paused(false);
+                self.shared
+                    .disk_full
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+
+                let mut plan = crate::book::Plan::default();
+                self.book.admit(book_now(), &mut plan);
+                self.carry_out(plan, drive::Logs::Driver)?;
+                if std::mem::take(&mut self.rescan_on_room) {
+                    for dir in self.catalog.input_dirs() {
+                        let _ = self.folder_tx.send(FolderEvent::Rescan(dir));
+                    }
+                }
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, msg: Msg) -> Result<(), AgentError> {
         let now = book_now();
+        if self.disk.is_full()
+            && let Msg::Folder(FolderEvent::Ready(_) | FolderEvent::Found(_)) = &msg
+        {
+            // Not even hashed: the folders are scanned again once there is room.
+            self.rescan_on_room = true;
+            return Ok(());
+        }
         match msg {
             Msg::Folder(FolderEvent::Ready(path)) => self.identify(path, true),
             Msg::Folder(FolderEvent::Found(path)) => self.identify(path, false),

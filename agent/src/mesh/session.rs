@@ -140,6 +140,9 @@ pub async fn run(
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<LinkEvent>();
     let mut jobs = agent.subscribe();
     let mut load = agent.load.clone();
+    let mut condition = agent.condition.clone();
+    // Whether the coordinator reads `Condition` frames (1.4 and later), from its `Welcome`.
+    let mut takes_condition = false;
     let mut current: Option<Current> = None;
     let mut reports = Reports::default();
     let (mesh_tx, mut mesh_rx) = mpsc::unbounded_channel::<MeshOut>();
@@ -175,6 +178,11 @@ pub async fn run(
                     if let Some(c) = &current {
                         resync_jobs(&agent, &c.out);
                         resume_handovers(Connected::new(c, &agent, &events_tx));
+                        if takes_condition {
+                            let _ = c
+                                .out
+                                .send(AgentFrame::Condition(*condition.borrow_and_update()));
+                        }
                     }
                     agent.set_mesh(Some(mesh_tx.clone()));
                 }
@@ -216,6 +224,7 @@ pub async fn run(
                     }
                     LinkEvent::Frame { generation, frame } => match frame {
                         CoordinatorFrame::Welcome(w) => {
+                            takes_condition = w.version.major == PROTOCOL.major && w.version.minor >= 4;
                             let report_interval = std::time::Duration::from_millis(w.report_interval_ms.into());
                             actions.extend(link.handle(now, Input::Welcomed { generation, report_interval }));
                             reports.last_sent = LoadReport::default();
@@ -320,6 +329,13 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => break,
             },
+            changed = condition.changed() => {
+                if changed.is_err() { break; }
+                let now = *condition.borrow_and_update();
+                if takes_condition && link.is_steady() && let Some(c) = &current {
+                    let _ = c.out.send(AgentFrame::Condition(now));
+                }
+            }
             changed = load.changed() => {
                 if changed.is_err() { break; }
                 if load.borrow().differs_significantly(&reports.last_sent) {

@@ -140,6 +140,12 @@ pub async fn host(
     {
         return Ok(false);
     }
+    if agent.disk_full() {
+        return Err(format!(
+            "{}'s disk is nearly full ([disk] min_free): it takes no jobs until there is room",
+            agent.config().node_name
+        ));
+    }
     let bytes = get_blob(conn, placement.input).await?;
     let dir = guest_dir(&agent.config().state_dir, placement.id);
     let input = dir.join("input").join(placement.event.file_name());

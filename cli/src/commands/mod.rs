@@ -155,7 +155,11 @@ pub async fn get_nodes(client: &Client, format: Format) -> anyhow::Result<()> {
                     let (q, r, cpu, mem) = load_cols(n);
                     vec![
                         n.name.clone(),
-                        n.health.to_string(),
+                        if n.disk_full {
+                            format!("{},DiskFull", n.health)
+                        } else {
+                            n.health.to_string()
+                        },
                         q,
                         r,
                         cpu,

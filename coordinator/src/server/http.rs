@@ -261,7 +261,25 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> String {
     let mut text = state.metrics.render(&state.view);
     text.push_str(&state.handover_gauges());
     text.push_str(&certificate_gauges(&state));
+    text.push_str(&disk_gauges(&state));
     text
+}
+
+/// Nodes whose disk is nearly full (they take no work until it has room).
+fn disk_gauges(state: &State) -> String {
+    use std::fmt::Write;
+    let mut out = String::from(
+        "# HELP spillway_node_disk_full Whether a node's disk is under its [disk] min_free (1: it takes no new inputs)\n# TYPE spillway_node_disk_full gauge\n",
+    );
+    for n in state.view.snapshot() {
+        let _ = writeln!(
+            out,
+            "spillway_node_disk_full{{node=\"{}\"}} {}",
+            n.name,
+            u8::from(n.condition.disk_full)
+        );
+    }
+    out
 }
 
 /// When each node's certificate expires, for alerts well before a fleet drops off at once.
@@ -284,7 +302,10 @@ fn certificate_gauges(state: &State) -> String {
 
 fn node_view(state: &State, r: NodeRecord) -> NodeView {
     let live = state.view.node(&r.name);
+    let condition = live.as_ref().map(|l| l.condition).unwrap_or_default();
     NodeView {
+        disk_full: condition.disk_full,
+        disk_free_bytes: (condition != Default::default()).then_some(condition.disk_free_bytes),
         health: live.as_ref().map_or(NodeHealth::Down, |l| l.health),
         connected: live.as_ref().is_some_and(|l| l.connected),
         silent_for_ms: live

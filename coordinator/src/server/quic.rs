@@ -487,6 +487,20 @@ fn handle_frame(state: &State, node: &str, session: u64, frame: AgentFrame) {
         AgentFrame::Hello(_) | AgentFrame::RenewCertificate { .. } => {
             inc(&state.metrics.frames_malformed);
         }
+        AgentFrame::Condition(condition) => {
+            let was = state.view.condition(node, condition);
+            if was.disk_full != condition.disk_full {
+                if condition.disk_full {
+                    tracing::warn!(
+                        node,
+                        free_mib = condition.disk_free_bytes >> 20,
+                        "node's disk is nearly full: it takes no new inputs and no placements"
+                    );
+                } else {
+                    tracing::info!(node, "node has room on disk again");
+                }
+            }
+        }
         AgentFrame::Deployed(ack) => {
             if let Ok(Some(mut r)) = state.store.node(node) {
                 r.running = ack.running;

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use spillway_proto::load::{Liveness, LoadReport, NodeHealth};
+use spillway_proto::wire::NodeCondition;
 
 /// How old reports are when they reach the view, over a sliding window.
 #[derive(Debug)]
@@ -58,6 +59,8 @@ impl Staleness {
 #[derive(Debug)]
 struct Live {
     report: Option<LoadReport>,
+    /// What the agent last said keeps it from taking work (1.4 and later).
+    condition: NodeCondition,
     /// When the last report (or the connection) was heard.
     heard_at: Instant,
     connection: Option<quinn::Connection>,
@@ -77,6 +80,7 @@ pub struct NodeLive {
     pub connected: bool,
     pub silent_for: Option<Duration>,
     pub report: Option<LoadReport>,
+    pub condition: NodeCondition,
 }
 
 #[derive(Debug)]
@@ -112,6 +116,7 @@ impl View {
         let mut inner = self.lock();
         let live = inner.nodes.entry(node.to_owned()).or_insert(Live {
             report: None,
+            condition: NodeCondition::default(),
             heard_at: Instant::now(),
             connection: None,
         });
@@ -154,6 +159,15 @@ impl View {
         true
     }
 
+    /// Records what a node says keeps it from taking work; returns what it said before.
+    pub fn condition(&self, node: &str, condition: NodeCondition) -> NodeCondition {
+        let mut inner = self.lock();
+        match inner.nodes.get_mut(node) {
+            Some(live) => std::mem::replace(&mut live.condition, condition),
+            None => NodeCondition::default(),
+        }
+    }
+
     pub fn connection(&self, node: &str) -> Option<quinn::Connection> {
         self.lock()
             .nodes
@@ -190,6 +204,7 @@ impl View {
             connected: l.connection.is_some(),
             silent_for: Some(silent_for),
             report: l.report.clone(),
+            condition: l.condition,
         }
     }
 

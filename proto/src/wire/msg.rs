@@ -48,6 +48,18 @@ pub enum AgentFrame {
     RenewCertificate {
         csr_der: Vec<u8>,
     },
+    /// Since 1.4, to a coordinator of 1.4 or later, when linked and at each change: what keeps
+    /// the node from taking work besides its load.
+    Condition(NodeCondition),
+}
+
+/// What keeps a node from taking work besides its load (see [`AgentFrame::Condition`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCondition {
+    /// Under `[disk] min_free`: it takes no new inputs and no placements.
+    pub disk_full: bool,
+    /// Free bytes on its state folder's or data root's file system, whichever has fewer.
+    pub disk_free_bytes: u64,
 }
 
 /// Coordinator → agent on the control stream.

@@ -92,12 +92,19 @@ impl Node {
 
     /// Like `new`, in a folder whose name starts with `prefix` (odd characters included).
     pub fn new_named(prefix: &str, config: &str) -> Self {
+        Self::bare(
+            prefix,
+            &format!("data_root = \"data\"\nstate_dir = \"state\"\n{config}"),
+        )
+    }
+
+    /// A node whose `agent.toml` is `config` as it is (it names its own paths).
+    pub fn bare(prefix: &str, config: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(prefix)
             .tempdir()
             .expect("tempdir");
-        let text = format!("data_root = \"data\"\nstate_dir = \"state\"\n{config}");
-        std::fs::write(dir.path().join("agent.toml"), text).expect("write config");
+        std::fs::write(dir.path().join("agent.toml"), config).expect("write config");
         Self {
             dir,
             child: None,
