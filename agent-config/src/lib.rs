@@ -47,6 +47,8 @@ struct RawConfig {
     #[serde(default)]
     disk: RawDisk,
     #[serde(default)]
+    retention: RawRetention,
+    #[serde(default)]
     wasm: RawWasm,
     #[serde(default)]
     oci: RawOci,
@@ -130,6 +132,13 @@ struct RawLogs {
 #[serde(deny_unknown_fields)]
 struct RawJournal {
     max_batch: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_finished_days: Option<u64>,
+    keep_finished_jobs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -271,6 +280,8 @@ pub struct AgentConfig {
     /// `[disk] min_free`: below this much free space (on the state folder's or the data
     /// root's file system) the agent takes no new inputs; 0: never.
     pub disk_min_free: Bytes,
+    /// `[retention]`: how long, and how many, finished jobs the journal keeps.
+    pub retention: RetentionSettings,
     pub wasm: WasmSettings,
     pub oci: OciConfig,
     /// `[process] user`: who `process` functions run as (`nobody` unless set; `root` keeps
@@ -378,6 +389,23 @@ pub struct Defaults {
 pub struct LogLimits {
     pub max_bytes_per_stream: usize,
     pub keep_jobs: usize,
+}
+
+/// How long the journal keeps finished jobs, and how many at most (`[retention]`): the oldest
+/// go first, with their logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionSettings {
+    pub keep_finished: Duration,
+    pub keep_finished_jobs: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            keep_finished: Duration::from_secs(30 * 86_400),
+            keep_finished_jobs: 100_000,
+        }
+    }
 }
 
 /// How the journal groups its commits.
@@ -509,6 +537,25 @@ impl AgentConfig {
                 keep_jobs: raw.logs.keep_jobs.unwrap_or(l.keep_jobs),
             },
             disk_min_free: raw.disk.min_free.map_or(Bytes(64 << 20), |m| m.0),
+            retention: {
+                let d = RetentionSettings::default();
+                let days = raw
+                    .retention
+                    .keep_finished_days
+                    .unwrap_or(d.keep_finished.as_secs() / 86_400);
+                if days > 3_650 {
+                    return Err(format!(
+                        "retention.keep_finished_days = {days}: at most 3650 (ten years)"
+                    ));
+                }
+                RetentionSettings {
+                    keep_finished: Duration::from_secs(days * 86_400),
+                    keep_finished_jobs: raw
+                        .retention
+                        .keep_finished_jobs
+                        .unwrap_or(d.keep_finished_jobs),
+                }
+            },
             journal: JournalSettings {
                 max_batch: match raw.journal.max_batch {
                     None => JournalSettings::default().max_batch,
@@ -705,6 +752,26 @@ mod tests {
             err.contains("line 4") && err.contains("`lots` is not a number"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn retention_defaults_to_a_month_or_a_hundred_thousand_jobs_and_is_bounded() {
+        let config = |extra: &str| {
+            AgentConfig::from_toml(
+                &format!("data_root = \"d\"\nstate_dir = \"s\"\n{extra}"),
+                Path::new("/"),
+            )
+        };
+        let d = config("").expect("default").retention;
+        assert_eq!(d.keep_finished, Duration::from_secs(30 * 86_400));
+        assert_eq!(d.keep_finished_jobs, 100_000);
+        let r = config("[retention]\nkeep_finished_days = 7\nkeep_finished_jobs = 5000\n")
+            .expect("set")
+            .retention;
+        assert_eq!(r.keep_finished, Duration::from_secs(7 * 86_400));
+        assert_eq!(r.keep_finished_jobs, 5_000);
+        let err = config("[retention]\nkeep_finished_days = 4000\n").expect_err("too long");
+        assert!(err.contains("retention.keep_finished_days = 4000"), "{err}");
     }
 
     #[test]

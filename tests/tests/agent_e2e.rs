@@ -523,3 +523,44 @@ fn a_wasm_module_finds_its_output_folder_where_scar_put_it() {
     );
     node.stop();
 }
+
+#[test]
+fn the_journal_keeps_only_its_retention_and_a_removed_jobs_input_never_runs_again() {
+    let mut node = Node::new("functions = [\"copy.yaml\"]\n[retention]\nkeep_finished_jobs = 5\n");
+    node.write(
+        "copy.yaml",
+        "functions:\n  oscar:\n  - edge:\n      name: copy\n      runtime: process\n      script: copy.sh\n      cpu: '0.1'\n      memory: 16Mi\n      input:\n      - storage_provider: minio.default\n        path: files/in\n      output:\n      - storage_provider: minio.default\n        path: files/out\n",
+    );
+    node.write("copy.sh", "cp \"$INPUT_FILE_PATH\" \"$TMP_OUTPUT_DIR/\"\n");
+    node.start();
+    for i in 0..12 {
+        node.write(&format!("data/files/in/f{i:02}.txt"), format!("{i}"));
+    }
+    let out = node.path("data/files/out");
+    assert!(
+        wait_until(Duration::from_secs(30), || files_under(&out).len() == 12),
+        "{}",
+        node.log()
+    );
+    assert!(node.stop().success());
+    let before = node.jobs().len();
+    // A restart removes what is past the retention (here: all but the last 5 finished).
+    node.start();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(node.stop().success());
+    assert!(
+        node.log()
+            .contains("finished jobs past [retention] removed"),
+        "{}",
+        node.log()
+    );
+    assert_eq!(before - node.jobs().len(), 7, "{:?}", node.jobs());
+    // Their inputs are still in the folder, seen again at every start: none runs again.
+    assert_eq!(files_under(&out).len(), 12);
+    assert_eq!(
+        node.log().matches("succeeded").count(),
+        12,
+        "{}",
+        node.log()
+    );
+}

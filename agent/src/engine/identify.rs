@@ -108,6 +108,11 @@ pub(super) fn identify_file(
         stamp.occurrence,
     );
     let record = JobRecord::new(event.job_id(&s.config.node_name, name), name.clone(), event);
+    if last == Some(stamp) && matches!(s.journal.get(record.id), Ok(None)) {
+        // This write made a job long ago, and `[retention]` has removed its record since (the
+        // write is remembered apart): it ran, and does not run again.
+        return None;
+    }
     let learnt = vec![
         Change::SeenFile(file_key, seen),
         Change::Written(write_key, stamp),

@@ -195,6 +195,8 @@ pub struct Agent {
     /// Folder events dropped while the disk was full: the input folders are scanned again
     /// once there is room.
     rescan_on_room: bool,
+    /// When finished jobs past `[retention]` were last removed.
+    pruned_at: Instant,
 }
 
 /// How often the agent made its state durable, for fsyncs per job (see
@@ -312,6 +314,49 @@ impl std::fmt::Debug for Agent {
     }
 }
 
+/// How often finished jobs past `[retention]` are looked for while the agent runs, and how many
+/// go at once (a commit of their own; the engine is never held long).
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+const PRUNE_AT_ONCE: usize = 2_000;
+
+fn retention_of(config: &AgentConfig) -> crate::journal::Retention {
+    crate::journal::Retention {
+        max_age_ms: u64::try_from(config.retention.keep_finished.as_millis()).unwrap_or(u64::MAX),
+        max_jobs: config.retention.keep_finished_jobs,
+    }
+}
+
+/// Removes, before anything runs, the finished jobs past `[retention]` (with their logs), and
+/// gives their space back to the file system when they were many (an agent upgraded onto a
+/// journal that grew for years).
+fn prune_at_start(journal: &mut Journal, config: &AgentConfig) -> Result<(), AgentError> {
+    let started = Instant::now();
+    let mut removed = 0usize;
+    loop {
+        let ids = journal.prune(now_ms(), retention_of(config), 50_000)?;
+        if ids.is_empty() {
+            break;
+        }
+        removed += ids.len();
+        for id in ids {
+            let _ = std::fs::remove_file(crate::joblog::path_for(&config.logs_dir(), id));
+        }
+        // Durable chunk by chunk: staged pages are held in memory until flushed.
+        journal.flush()?;
+    }
+    if removed >= 10_000 {
+        journal.compact()?;
+    }
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            ms = started.elapsed().as_millis() as u64,
+            "finished jobs past [retention] removed from the journal"
+        );
+    }
+    Ok(())
+}
+
 /// How often the free space is measured while inputs arrive (the rescheduler's tick measures
 /// too).
 const DISK_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
@@ -371,7 +416,8 @@ impl Agent {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| AgentError::CreateDir { path: dir, source })?;
         }
-        let journal = Journal::open(&config.journal_path())?;
+        let mut journal = Journal::open(&config.journal_path())?;
+        prune_at_start(&mut journal, &config)?;
         let disk_min_free = config.disk_min_free.0;
         let mut book = JobBook::new(
             &config.node_name,
@@ -429,6 +475,7 @@ impl Agent {
             disk: crate::disk::DiskGuard::new(disk_min_free),
             disk_checked: None,
             rescan_on_room: false,
+            pruned_at: Instant::now(),
         };
         // Before recovery: a recovered delivery may have MQTT outputs to publish. Messages
         // wait in the channel (and, beyond it, at the broker) until `run` takes them.
@@ -641,6 +688,7 @@ impl Agent {
                 _ = rescheduler.tick() => {
                     self.heartbeat.beat();
                     self.check_disk(true)?;
+                    self.prune()?;
                     self.book.set_linked(self.shared.mesh_out().is_some());
                     let plan = self.book.tick(book_now());
                     self.carry_out(plan, drive::Logs::Driver)?;
@@ -692,6 +740,28 @@ impl Agent {
             } else {
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// Removes finished jobs past `[retention]`, a bounded number each minute, with their logs.
+    fn prune(&mut self) -> Result<(), AgentError> {
+        if self.pruned_at.elapsed() < PRUNE_EVERY {
+            return Ok(());
+        }
+        self.pruned_at = Instant::now();
+        let s = self.shared.clone();
+        let ids = s
+            .journal
+            .prune(now_ms(), retention_of(&s.config), PRUNE_AT_ONCE)?;
+        for id in &ids {
+            let _ = std::fs::remove_file(crate::joblog::path_for(&s.config.logs_dir(), *id));
+        }
+        if !ids.is_empty() {
+            tracing::debug!(
+                removed = ids.len(),
+                "finished jobs past [retention] removed"
+            );
         }
         Ok(())
     }

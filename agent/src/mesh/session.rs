@@ -679,9 +679,14 @@ fn send_job(agent: &AgentHandle, out: &mpsc::UnboundedSender<AgentFrame>, event:
 
 /// After a (re)connection the coordinator may have missed updates: send the recent jobs.
 fn resync_jobs(agent: &AgentHandle, out: &mpsc::UnboundedSender<AgentFrame>) {
-    let Ok(mut records) = agent.journal().all() else {
+    // Through the journal's indexes: what is under way and what ended last, never every job.
+    let (Ok(mut records), Ok(ended)) = (
+        agent.journal().unfinished(),
+        agent.journal().recently_finished(RESYNC_JOBS),
+    ) else {
         return;
     };
+    records.extend(ended);
     records.sort_by_key(|r| std::cmp::Reverse(r.queued_at_ms));
     records.truncate(RESYNC_JOBS);
     let root = agent.config().data_root.clone();

@@ -30,6 +30,19 @@ const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages")
 /// is a new job and a rescan of the same write is not.
 const WRITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("writes");
 
+mod retention;
+
+pub use retention::Retention;
+
+/// Job ids of jobs not yet `Succeeded` or `Failed`: what a restart puts back in motion, read
+/// without the finished ones.
+const UNFINISHED: TableDefinition<&[u8], ()> = TableDefinition::new("unfinished");
+/// `finished_at_ms` (big-endian) then the job id, of every finished job: oldest first for
+/// retention, newest first for a resync.
+const ENDED: TableDefinition<&[u8], ()> = TableDefinition::new("ended");
+/// The journal's layout: `indexes` is 1 once [`UNFINISHED`] and [`ENDED`] cover every job.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
 /// Leading byte of every encoded record, so a future layout can be told apart.
 const RECORD_VERSION: u8 = 1;
 
@@ -310,6 +323,10 @@ pub struct JournalCounts {
     pub changes: u64,
 }
 
+/// redb's page cache (1 GiB unless told): a 1 GB board's journal gets a few MiB, which holds
+/// the indexes and the jobs under way; the file's bulk (finished jobs) is read rarely.
+const CACHE: usize = 16 << 20;
+
 /// How long start-up waits for the journal's lock. A killed agent's lock outlives it for a
 /// moment: a job process it was forking holds a copy of the descriptor until that child execs
 /// or dies of its parent-death signal. Another live agent holds it for good.
@@ -322,7 +339,7 @@ fn create_waiting_for_lock(
 ) -> Result<Database, redb::DatabaseError> {
     let deadline = std::time::Instant::now() + wait;
     loop {
-        match Database::create(path) {
+        match redb::Builder::new().set_cache_size(CACHE).create(path) {
             Err(redb::DatabaseError::DatabaseAlreadyOpen)
                 if std::time::Instant::now() < deadline =>
             {
@@ -344,6 +361,8 @@ impl Journal {
             txn.open_table(RETURNED)?;
             txn.open_table(MESSAGES)?;
             txn.open_table(WRITES)?;
+            // Journals written before the indexes existed get them once, from a full read.
+            retention::build_indexes(&txn)?;
             txn.commit()?;
             Ok(db)
         };
@@ -369,22 +388,27 @@ impl Journal {
     /// Applies `changes` in one transaction that later reads see but that is not on disk until
     /// the next [`Journal::flush`]: all of them or, on an error, none. Only the engine calls
     /// this, with what its job book decided, and acts on none of it before flushing.
-    pub(crate) fn stage(&self, changes: &[Change]) -> Result<(), JournalError> {
+    pub fn stage(&self, changes: &[Change]) -> Result<(), JournalError> {
         if changes.is_empty() {
             return Ok(());
         }
         self.write(changes, Durability::None)?;
+        self.note_staged(changes.len());
+        Ok(())
+    }
+
+    /// Counts a staged commit of `changes` changes, for the next flush to make durable.
+    fn note_staged(&self, changes: usize) {
         self.stats.staged.fetch_add(1, Ordering::Relaxed);
         self.stats
             .changes
-            .fetch_add(changes.len() as u64, Ordering::Relaxed);
+            .fetch_add(changes as u64, Ordering::Relaxed);
         self.stats.pending.store(true, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Makes everything staged durable, with one fsynced commit; nothing to do when nothing is
     /// staged.
-    pub(crate) fn flush(&self) -> Result<(), JournalError> {
+    pub fn flush(&self) -> Result<(), JournalError> {
         if !self.stats.pending.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -413,8 +437,13 @@ impl Journal {
             for change in changes {
                 match change {
                     Change::Put(record) => {
-                        jobs.insert(record.id.as_bytes().as_slice(), encode(record).as_slice())
-                            .map_err(redb::Error::from)?;
+                        let key = record.id.as_bytes();
+                        let before = jobs
+                            .insert(key.as_slice(), encode(record).as_slice())
+                            .map_err(redb::Error::from)?
+                            .map(|v| decode::<JobRecord>(&record.id.to_string(), v.value()))
+                            .transpose()?;
+                        retention::index(&txn, before.as_ref(), record)?;
                     }
                     Change::Guest(id, guest) => {
                         guests
@@ -466,7 +495,9 @@ impl Journal {
                             ))));
                         };
                         let mut record: JobRecord = decode(&id.to_string(), &bytes)?;
+                        let before = record.clone();
                         change.apply(&mut record)?;
+                        retention::index(&txn, Some(&before), &record)?;
                         jobs.insert(key, encode(&record).as_slice())
                             .map_err(redb::Error::from)?;
                         if let Change::Returned { reason, .. } = change {
@@ -563,14 +594,44 @@ impl Journal {
             .transpose()
     }
 
-    /// Every job not yet `Succeeded` or `Failed`, oldest first.
+    /// Every job not yet `Succeeded` or `Failed`, oldest first; read through their index,
+    /// however many finished jobs the journal holds.
     pub fn unfinished(&self) -> Result<Vec<JobRecord>, JournalError> {
-        let mut jobs = self.all()?;
-        jobs.retain(|j| !j.state.is_final());
-        jobs.sort_by_key(|j| (j.queued_at_ms, j.id));
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let (index, table) = (
+            txn.open_table(UNFINISHED).map_err(redb::Error::from)?,
+            txn.open_table(JOBS).map_err(redb::Error::from)?,
+        );
+        let mut jobs = Vec::new();
+        for item in index.iter().map_err(redb::Error::from)? {
+            let (key, _) = item.map_err(redb::Error::from)?;
+            if let Some(v) = table.get(key.value()).map_err(redb::Error::from)? {
+                jobs.push(decode(&hex::encode(key.value()), v.value())?);
+            }
+        }
+        jobs.sort_by_key(|j: &JobRecord| (j.queued_at_ms, j.id));
         Ok(jobs)
     }
 
+    /// The `n` jobs that finished last, newest first, through their index.
+    pub fn recently_finished(&self, n: usize) -> Result<Vec<JobRecord>, JournalError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let (index, table) = (
+            txn.open_table(ENDED).map_err(redb::Error::from)?,
+            txn.open_table(JOBS).map_err(redb::Error::from)?,
+        );
+        let mut jobs = Vec::new();
+        for item in index.iter().map_err(redb::Error::from)?.rev().take(n) {
+            let (key, _) = item.map_err(redb::Error::from)?;
+            let id = key.value().get(8..).unwrap_or_default();
+            if let Some(v) = table.get(id).map_err(redb::Error::from)? {
+                jobs.push(decode(&hex::encode(id), v.value())?);
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Every job, decoded: a full read (tools and tests; the agent reads through the indexes).
     pub fn all(&self) -> Result<Vec<JobRecord>, JournalError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(JOBS).map_err(redb::Error::from)?;

@@ -1,0 +1,155 @@
+//! What keeps the journal bounded: two indexes kept in the same transactions as the records
+//! (jobs not yet finished; finished jobs by when they ended), so a restart and a resync read
+//! what they need and not every job ever run, and retention that removes the oldest finished
+//! jobs past an age or a count.
+
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+
+use super::{
+    ENDED, GUESTS, Guest, JOBS, JobRecord, Journal, JournalError, META, RETURNED, UNFINISHED,
+    decode,
+};
+
+/// How long finished jobs are kept, and how many at most (`[retention]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age_ms: u64,
+    pub max_jobs: u64,
+}
+
+/// The key of a finished job in [`ENDED`].
+fn ended_key(record: &JobRecord) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&record.finished_at_ms.unwrap_or(0).to_be_bytes());
+    key[8..].copy_from_slice(record.id.as_bytes());
+    key
+}
+
+/// Keeps the indexes true of a job going from `before` (absent: new) to `after`.
+pub(super) fn index(
+    txn: &WriteTransaction,
+    before: Option<&JobRecord>,
+    after: &JobRecord,
+) -> Result<(), JournalError> {
+    let mut unfinished = txn.open_table(UNFINISHED).map_err(redb::Error::from)?;
+    let mut ended = txn.open_table(ENDED).map_err(redb::Error::from)?;
+    if let Some(b) = before.filter(|b| b.state.is_final()) {
+        ended
+            .remove(ended_key(b).as_slice())
+            .map_err(redb::Error::from)?;
+    }
+    let id = after.id.as_bytes();
+    if after.state.is_final() {
+        unfinished
+            .remove(id.as_slice())
+            .map_err(redb::Error::from)?;
+        ended
+            .insert(ended_key(after).as_slice(), ())
+            .map_err(redb::Error::from)?;
+    } else {
+        unfinished
+            .insert(id.as_slice(), ())
+            .map_err(redb::Error::from)?;
+    }
+    Ok(())
+}
+
+/// Builds the indexes from every record, once, for a journal written before they existed.
+pub(super) fn build_indexes(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get("indexes")?.is_some_and(|v| v.value() >= 1) {
+        return Ok(());
+    }
+    let jobs = txn.open_table(JOBS)?;
+    let (mut unfinished, mut ended) = (txn.open_table(UNFINISHED)?, txn.open_table(ENDED)?);
+    for item in jobs.iter()? {
+        let (key, value) = item?;
+        // An unreadable record is reported when it is read, not here.
+        let Ok(record) = decode::<JobRecord>("", value.value()) else {
+            continue;
+        };
+        if record.state.is_final() {
+            ended.insert(ended_key(&record).as_slice(), ())?;
+        } else {
+            unfinished.insert(key.value(), ())?;
+        }
+    }
+    meta.insert("indexes", 1)?;
+    Ok(())
+}
+
+impl Journal {
+    /// Removes finished jobs that ended before `now_ms - max_age_ms`, and the oldest beyond
+    /// `max_jobs`, at most `limit` of them (so the engine is never held long), staged like any
+    /// change. A guest job whose result the coordinator has not taken is kept. Returns the ids
+    /// removed, for their logs to go too.
+    pub fn prune(
+        &self,
+        now_ms: u64,
+        retention: Retention,
+        limit: usize,
+    ) -> Result<Vec<spillway_proto::JobId>, JournalError> {
+        let mut txn = self.db.begin_write().map_err(redb::Error::from)?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(redb::Error::from)?;
+        let mut removed = Vec::new();
+        {
+            let mut ended = txn.open_table(ENDED).map_err(redb::Error::from)?;
+            let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
+            let mut guests = txn.open_table(GUESTS).map_err(redb::Error::from)?;
+            let mut returned = txn.open_table(RETURNED).map_err(redb::Error::from)?;
+            let total = ended.len().map_err(redb::Error::from)?;
+            let cutoff = now_ms.saturating_sub(retention.max_age_ms);
+            let mut doomed = Vec::new();
+            for item in ended.iter().map_err(redb::Error::from)? {
+                let (key, _) = item.map_err(redb::Error::from)?;
+                let key = key.value().to_vec();
+                let at = key
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_be_bytes);
+                let over = total - doomed.len() as u64 > retention.max_jobs;
+                if (at >= cutoff && !over) || doomed.len() >= limit {
+                    break;
+                }
+                doomed.push(key);
+            }
+            for key in doomed {
+                let Some(id) = key.get(8..24) else { continue };
+                let waiting_guest = guests
+                    .get(id)
+                    .map_err(redb::Error::from)?
+                    .map(|v| decode::<Guest>("a guest", v.value()))
+                    .transpose()?
+                    .is_some_and(|g| !g.acked);
+                if waiting_guest {
+                    continue;
+                }
+                ended.remove(key.as_slice()).map_err(redb::Error::from)?;
+                jobs.remove(id).map_err(redb::Error::from)?;
+                guests.remove(id).map_err(redb::Error::from)?;
+                returned.remove(id).map_err(redb::Error::from)?;
+                let mut raw = [0u8; 16];
+                raw.copy_from_slice(id);
+                removed.push(spillway_proto::JobId::from_bytes(raw));
+            }
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        if !removed.is_empty() {
+            self.note_staged(removed.len());
+        }
+        Ok(removed)
+    }
+
+    /// Gives the file's free pages back to the file system (after a large prune, at start-up:
+    /// it needs the journal to itself). Returns whether it changed anything.
+    pub fn compact(&mut self) -> Result<bool, JournalError> {
+        self.flush()?;
+        self.db
+            .compact()
+            .map_err(|e| JournalError::Storage(redb::Error::from(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests;
