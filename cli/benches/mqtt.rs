@@ -227,17 +227,7 @@ fn run(port: u16, burst: usize, max_batch: usize) -> Figures {
                     .await;
             }
         });
-        let mut finished = 0;
-        while finished < burst {
-            match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
-                Ok(Ok(JobEvent::Finished { .. })) => finished += 1,
-                Ok(Ok(_)) => {}
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
-                    panic!("fell {n} events behind; the figures would be wrong")
-                }
-                other => panic!("burst stalled after {finished} jobs: {other:?}"),
-            }
-        }
+        all_finished(&mut events, burst, Duration::from_secs(30), "burst").await;
         let elapsed = t0.elapsed();
         let rate = burst as f64 / elapsed.as_secs_f64();
         println!(
@@ -295,17 +285,7 @@ fn file_burst(burst: usize, max_batch: usize) -> Rate {
                 std::fs::rename(from.join(&name), to.join(&name)).expect("rename");
             }
         });
-        let mut finished = 0;
-        while finished < burst {
-            match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
-                Ok(Ok(JobEvent::Finished { .. })) => finished += 1,
-                Ok(Ok(_)) => {}
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
-                    panic!("fell {n} events behind; the figures would be wrong")
-                }
-                other => panic!("file burst stalled after {finished} jobs: {other:?}"),
-            }
-        }
+        all_finished(&mut events, burst, Duration::from_secs(60), "file burst").await;
         let elapsed = t0.elapsed();
         let rate = burst as f64 / elapsed.as_secs_f64();
         println!(
@@ -319,6 +299,26 @@ fn file_burst(burst: usize, max_batch: usize) -> Rate {
             fsyncs_per_job,
         }
     })
+}
+
+/// Waits for `jobs` jobs to finish, none of them further than `quiet` apart.
+async fn all_finished(
+    events: &mut tokio::sync::broadcast::Receiver<JobEvent>,
+    jobs: usize,
+    quiet: Duration,
+    what: &str,
+) {
+    let mut finished = 0;
+    while finished < jobs {
+        match tokio::time::timeout(quiet, events.recv()).await {
+            Ok(Ok(JobEvent::Finished { .. })) => finished += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                panic!("fell {n} events behind; the figures would be wrong")
+            }
+            other => panic!("{what} stalled after {finished} jobs: {other:?}"),
+        }
+    }
 }
 
 async fn drain(events: &mut tokio::sync::broadcast::Receiver<JobEvent>, quiet: Duration) {

@@ -60,6 +60,37 @@ pub struct CoordinatorConfig {
     pub placement: PlacementSettings,
     /// `[certificates]`: how long node certificates last and when agents renew them.
     pub certificates: CertificateSettings,
+    /// `[retention]`: how long, and how many, finished jobs the coordinator remembers.
+    pub retention: RetentionSettings,
+}
+
+/// `[retention]`: finished jobs' rows (what `get jobs`, `logs` and OSCAR's job listing show)
+/// are kept `keep_finished` and at most `keep_finished_jobs`, the oldest going first; the nodes
+/// keep their own (the agent's `[retention]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    #[serde(default = "default_keep_finished", with = "humantime_years")]
+    pub keep_finished: Duration,
+    #[serde(default = "default_keep_finished_jobs")]
+    pub keep_finished_jobs: usize,
+}
+
+fn default_keep_finished() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
+fn default_keep_finished_jobs() -> usize {
+    1_000_000
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            keep_finished: default_keep_finished(),
+            keep_finished_jobs: default_keep_finished_jobs(),
+        }
+    }
 }
 
 /// `[certificates]`: node certificates last `node_lifetime`; a connected agent whose
@@ -355,6 +386,7 @@ impl Default for CoordinatorConfig {
             kubernetes: BTreeMap::new(),
             placement: PlacementSettings::default(),
             certificates: CertificateSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -385,6 +417,7 @@ struct File {
     kubernetes: BTreeMap<String, KubeCluster>,
     placement: Option<PlacementSettings>,
     certificates: Option<CertificateSettings>,
+    retention: Option<RetentionSettings>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -797,6 +830,9 @@ impl CoordinatorConfig {
         if let Some(certs) = file.certificates {
             certs.check()?;
             c.certificates = certs;
+        }
+        if let Some(retention) = file.retention {
+            c.retention = retention;
         }
         if let Some(oscar) = file.oscar {
             if let Some(user) = oscar.user {

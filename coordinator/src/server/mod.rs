@@ -349,6 +349,23 @@ async fn expire_leases(state: Arc<State>) {
         state.remove_unused_blobs();
         state.heartbeat.beat();
         rounds += 1;
+        // Hourly, and soon after start: finished jobs past `[retention]`.
+        if rounds % 7_200 == 1 {
+            let state = state.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let r = state.config.retention;
+                let max_age = u64::try_from(r.keep_finished.as_millis()).unwrap_or(u64::MAX);
+                match state
+                    .store
+                    .prune_jobs(now_ms(), max_age, r.keep_finished_jobs)
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("{n} finished jobs past [retention] forgotten"),
+                    Err(e) => tracing::warn!("cannot forget finished jobs past [retention]: {e}"),
+                }
+            })
+            .await;
+        }
         if rounds.is_multiple_of(120) {
             let swept = state.sweep_blobs(BLOB_SWEEP_AGE);
             if swept > 0 {

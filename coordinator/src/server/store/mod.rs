@@ -752,6 +752,66 @@ impl Store {
         Ok(())
     }
 
+    /// Removes the rows of finished jobs last updated before `now_ms - max_age_ms`, and the
+    /// oldest finished beyond `max_rows`, with the names OSCAR clients gave them; one durable
+    /// commit. Unfinished jobs always stay. Returns how many went.
+    pub fn prune_jobs(
+        &self,
+        now_ms: u64,
+        max_age_ms: u64,
+        max_rows: usize,
+    ) -> Result<usize, StoreError> {
+        let mut finished: Vec<(u64, String)> = Vec::new();
+        {
+            let tx = self.db.begin_read()?;
+            let t = tx.open_table(JOBS)?;
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                // An unreadable row is left for `get jobs` to report.
+                let Ok(row) = decode::<JobRow>("jobs", v.value()) else {
+                    continue;
+                };
+                if row.update.phase.is_final() {
+                    finished.push((row.updated_at_ms, k.value().to_owned()));
+                }
+            }
+        }
+        finished.sort();
+        let cutoff = now_ms.saturating_sub(max_age_ms);
+        let over = finished.len().saturating_sub(max_rows);
+        let doomed: std::collections::HashSet<String> = finished
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (at, _))| *i < over || *at < cutoff)
+            .map(|(_, (_, id))| id)
+            .collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut jobs = tx.open_table(JOBS)?;
+            for id in &doomed {
+                jobs.remove(id.as_str())?;
+            }
+            let mut names = tx.open_table(DELEGATED)?;
+            let mut gone = Vec::new();
+            for entry in names.iter()? {
+                let (k, v) = entry?;
+                if decode::<DelegatedJob>("delegated", v.value())
+                    .is_ok_and(|d| doomed.contains(&d.job))
+                {
+                    gone.push(k.value().to_owned());
+                }
+            }
+            for name in gone {
+                names.remove(name.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(doomed.len())
+    }
+
     pub fn job_row(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
         self.get(JOBS, "jobs", id)
     }
@@ -845,6 +905,69 @@ mod tests {
         let mut t = token(100);
         t.grant.node = Some(node.into());
         t
+    }
+
+    fn row(n: u8, phase: spillway_proto::wire::JobPhase, at_ms: u64) -> JobRow {
+        JobRow {
+            node: "pi-1".into(),
+            update: spillway_proto::wire::JobUpdate {
+                id: spillway_proto::JobId::from_bytes([n; 16]),
+                function: "f".into(),
+                phase,
+                input: None,
+                outputs: vec![],
+                reason: None,
+                attempt: 1,
+                queued_at_ms: at_ms,
+                started_at_ms: None,
+                finished_at_ms: None,
+                origin: None,
+            },
+            updated_at_ms: at_ms,
+            ran_on: None,
+        }
+    }
+
+    #[test]
+    fn retention_forgets_old_finished_jobs_and_their_oscar_names_but_never_unfinished_ones() {
+        use spillway_proto::wire::JobPhase::{Running, Succeeded};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let mut rows: Vec<JobRow> = (0..10)
+            .map(|n| row(n, Succeeded, u64::from(n) * 1_000))
+            .collect();
+        rows.push(row(99, Running, 0));
+        store.put_jobs(&rows).unwrap();
+        let old = rows[0].update.id.to_string();
+        store
+            .put_delegated(&DelegatedJob {
+                service: "svc".into(),
+                name: "first".into(),
+                job: old.clone(),
+                from: None,
+                received_at_ms: 0,
+            })
+            .unwrap();
+        // Older than 5 s at t = 8 s: those updated at 0..2 s.
+        assert_eq!(store.prune_jobs(8_000, 5_000, usize::MAX).unwrap(), 3);
+        assert!(store.job_row(&old).unwrap().is_none());
+        assert!(
+            store.delegated("svc").unwrap().is_empty(),
+            "its name goes too"
+        );
+        // Then at most 4 finished.
+        assert_eq!(store.prune_jobs(8_000, u64::MAX, 4).unwrap(), 3);
+        assert_eq!(store.prune_jobs(8_000, u64::MAX, 4).unwrap(), 0);
+        let left = store.jobs().unwrap();
+        assert_eq!(left.len(), 5);
+        assert!(
+            left.iter().any(|r| r.update.phase == Running),
+            "never an unfinished one"
+        );
+        assert!(
+            left.iter()
+                .all(|r| r.update.phase == Running || r.updated_at_ms >= 6_000)
+        );
     }
 
     #[test]
