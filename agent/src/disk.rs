@@ -12,8 +12,6 @@ use std::path::Path;
 pub struct DiskGuard {
     min_free: u64,
     full: bool,
-    /// The free space last seen (bytes).
-    free: u64,
 }
 
 /// A change of [`DiskGuard`]'s verdict.
@@ -31,7 +29,6 @@ impl DiskGuard {
         Self {
             min_free,
             full: false,
-            free: u64::MAX,
         }
     }
 
@@ -39,13 +36,8 @@ impl DiskGuard {
         self.full
     }
 
-    pub fn free(&self) -> u64 {
-        self.free
-    }
-
     /// Takes a measurement of the free space; says when the verdict turns.
     pub fn observe(&mut self, free: u64) -> Option<Turn> {
-        self.free = free;
         if self.min_free == 0 {
             return None;
         }

@@ -150,8 +150,6 @@ struct Shared {
     mqtt: std::sync::OnceLock<crate::mqtt::Publisher>,
     /// `syncfs` calls made for the MQTT inbox (one per durable commit that needed one).
     filesystem_syncs: std::sync::atomic::AtomicU64,
-    /// The disk is nearly full: no new inputs (see [`crate::disk`]).
-    disk_full: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -240,9 +238,7 @@ impl AgentHandle {
 
     /// Whether the disk is too full to take new inputs (placements included).
     pub fn disk_full(&self) -> bool {
-        self.shared
-            .disk_full
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.condition.borrow().disk_full
     }
 
     /// How often the agent has made its state durable since it started.
@@ -326,6 +322,15 @@ fn retention_of(config: &AgentConfig) -> crate::journal::Retention {
     }
 }
 
+/// Removes up to `limit` finished jobs past `[retention]`, staged, and their logs; how many.
+fn prune_some(journal: &Journal, config: &AgentConfig, limit: usize) -> Result<usize, AgentError> {
+    let ids = journal.prune(now_ms(), retention_of(config), limit)?;
+    for id in &ids {
+        let _ = std::fs::remove_file(crate::joblog::path_for(&config.logs_dir(), *id));
+    }
+    Ok(ids.len())
+}
+
 /// Removes, before anything runs, the finished jobs past `[retention]` (with their logs), and
 /// gives their space back to the file system when they were many (an agent upgraded onto a
 /// journal that grew for years).
@@ -333,14 +338,11 @@ fn prune_at_start(journal: &mut Journal, config: &AgentConfig) -> Result<(), Age
     let started = Instant::now();
     let mut removed = 0usize;
     loop {
-        let ids = journal.prune(now_ms(), retention_of(config), 50_000)?;
-        if ids.is_empty() {
+        let n = prune_some(journal, config, 50_000)?;
+        if n == 0 {
             break;
         }
-        removed += ids.len();
-        for id in ids {
-            let _ = std::fs::remove_file(crate::joblog::path_for(&config.logs_dir(), id));
-        }
+        removed += n;
         // Durable chunk by chunk: staged pages are held in memory until flushed.
         journal.flush()?;
     }
@@ -449,7 +451,6 @@ impl Agent {
             mesh: std::sync::Mutex::new(None),
             mqtt: std::sync::OnceLock::new(),
             filesystem_syncs: std::sync::atomic::AtomicU64::new(0),
-            disk_full: std::sync::atomic::AtomicBool::new(false),
         });
         let subscriptions = watch::channel(catalog.mqtt_subscriptions()).0;
         let mut agent = Self {
@@ -750,18 +751,9 @@ impl Agent {
             return Ok(());
         }
         self.pruned_at = Instant::now();
-        let s = self.shared.clone();
-        let ids = s
-            .journal
-            .prune(now_ms(), retention_of(&s.config), PRUNE_AT_ONCE)?;
-        for id in &ids {
-            let _ = std::fs::remove_file(crate::joblog::path_for(&s.config.logs_dir(), *id));
-        }
-        if !ids.is_empty() {
-            tracing::debug!(
-                removed = ids.len(),
-                "finished jobs past [retention] removed"
-            );
+        let removed = prune_some(&self.shared.journal, &self.shared.config, PRUNE_AT_ONCE)?;
+        if removed > 0 {
+            tracing::debug!(removed, "finished jobs past [retention] removed");
         }
         Ok(())
     }
@@ -807,9 +799,6 @@ impl Agent {
                     min_free >> 20
                 );
                 self.book.set_paused(true);
-                self.shared
-                    .disk_full
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             Some(crate::disk::Turn::Room { free }) => {
                 tracing::info!(
@@ -818,10 +807,6 @@ impl Agent {
                     free >> 20
                 );
                 self.book.set_paused(false);
-                self.shared
-                    .disk_full
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-
                 let mut plan = crate::book::Plan::default();
                 self.book.admit(book_now(), &mut plan);
                 self.carry_out(plan, drive::Logs::Driver)?;

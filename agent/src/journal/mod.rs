@@ -434,16 +434,19 @@ impl Journal {
         {
             let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
             let mut guests = txn.open_table(GUESTS).map_err(redb::Error::from)?;
+            let mut indexes = retention::Indexes::open(&txn)?;
             for change in changes {
                 match change {
                     Change::Put(record) => {
                         let key = record.id.as_bytes();
-                        let before = jobs
+                        let was = jobs
                             .insert(key.as_slice(), encode(record).as_slice())
                             .map_err(redb::Error::from)?
                             .map(|v| decode::<JobRecord>(&record.id.to_string(), v.value()))
-                            .transpose()?;
-                        retention::index(&txn, before.as_ref(), record)?;
+                            .transpose()?
+                            .as_ref()
+                            .and_then(retention::ended_key);
+                        indexes.update(was, record)?;
                     }
                     Change::Guest(id, guest) => {
                         guests
@@ -495,9 +498,9 @@ impl Journal {
                             ))));
                         };
                         let mut record: JobRecord = decode(&id.to_string(), &bytes)?;
-                        let before = record.clone();
+                        let was = retention::ended_key(&record);
                         change.apply(&mut record)?;
-                        retention::index(&txn, Some(&before), &record)?;
+                        indexes.update(was, &record)?;
                         jobs.insert(key, encode(&record).as_slice())
                             .map_err(redb::Error::from)?;
                         if let Change::Returned { reason, .. } = change {
@@ -598,17 +601,14 @@ impl Journal {
     /// however many finished jobs the journal holds.
     pub fn unfinished(&self) -> Result<Vec<JobRecord>, JournalError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let (index, table) = (
-            txn.open_table(UNFINISHED).map_err(redb::Error::from)?,
-            txn.open_table(JOBS).map_err(redb::Error::from)?,
-        );
-        let mut jobs = Vec::new();
-        for item in index.iter().map_err(redb::Error::from)? {
-            let (key, _) = item.map_err(redb::Error::from)?;
-            if let Some(v) = table.get(key.value()).map_err(redb::Error::from)? {
-                jobs.push(decode(&hex::encode(key.value()), v.value())?);
-            }
-        }
+        let index = txn.open_table(UNFINISHED).map_err(redb::Error::from)?;
+        let ids = index
+            .iter()
+            .map_err(redb::Error::from)?
+            .map(|item| item.map(|(key, _)| key.value().to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(redb::Error::from)?;
+        let mut jobs = lookup(&txn, ids)?;
         jobs.sort_by_key(|j: &JobRecord| (j.queued_at_ms, j.id));
         Ok(jobs)
     }
@@ -616,19 +616,17 @@ impl Journal {
     /// The `n` jobs that finished last, newest first, through their index.
     pub fn recently_finished(&self, n: usize) -> Result<Vec<JobRecord>, JournalError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let (index, table) = (
-            txn.open_table(ENDED).map_err(redb::Error::from)?,
-            txn.open_table(JOBS).map_err(redb::Error::from)?,
-        );
-        let mut jobs = Vec::new();
-        for item in index.iter().map_err(redb::Error::from)?.rev().take(n) {
-            let (key, _) = item.map_err(redb::Error::from)?;
-            let id = key.value().get(8..).unwrap_or_default();
-            if let Some(v) = table.get(id).map_err(redb::Error::from)? {
-                jobs.push(decode(&hex::encode(id), v.value())?);
-            }
-        }
-        Ok(jobs)
+        let index = txn.open_table(ENDED).map_err(redb::Error::from)?;
+        // Its keys are the end time, then the job id.
+        let ids = index
+            .iter()
+            .map_err(redb::Error::from)?
+            .rev()
+            .take(n)
+            .map(|item| item.map(|(key, _)| key.value().get(8..).unwrap_or_default().to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(redb::Error::from)?;
+        lookup(&txn, ids)
     }
 
     /// Every job, decoded: a full read (tools and tests; the agent reads through the indexes).
@@ -642,6 +640,18 @@ impl Journal {
         }
         Ok(out)
     }
+}
+
+/// The records of the jobs `ids` names (in that order) that the journal holds.
+fn lookup(txn: &redb::ReadTransaction, ids: Vec<Vec<u8>>) -> Result<Vec<JobRecord>, JournalError> {
+    let table = txn.open_table(JOBS).map_err(redb::Error::from)?;
+    let mut jobs = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(v) = table.get(id.as_slice()).map_err(redb::Error::from)? {
+            jobs.push(decode(&hex::encode(&id), v.value())?);
+        }
+    }
+    Ok(jobs)
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

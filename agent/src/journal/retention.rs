@@ -17,41 +17,53 @@ pub struct Retention {
     pub max_jobs: u64,
 }
 
-/// The key of a finished job in [`ENDED`].
-fn ended_key(record: &JobRecord) -> [u8; 24] {
+/// The key of a job in [`ENDED`]: `None` while it is not finished.
+pub(super) fn ended_key(record: &JobRecord) -> Option<[u8; 24]> {
+    if !record.state.is_final() {
+        return None;
+    }
     let mut key = [0u8; 24];
     key[..8].copy_from_slice(&record.finished_at_ms.unwrap_or(0).to_be_bytes());
     key[8..].copy_from_slice(record.id.as_bytes());
-    key
+    Some(key)
 }
 
-/// Keeps the indexes true of a job going from `before` (absent: new) to `after`.
-pub(super) fn index(
-    txn: &WriteTransaction,
-    before: Option<&JobRecord>,
-    after: &JobRecord,
-) -> Result<(), JournalError> {
-    let mut unfinished = txn.open_table(UNFINISHED).map_err(redb::Error::from)?;
-    let mut ended = txn.open_table(ENDED).map_err(redb::Error::from)?;
-    if let Some(b) = before.filter(|b| b.state.is_final()) {
-        ended
-            .remove(ended_key(b).as_slice())
-            .map_err(redb::Error::from)?;
+/// Both indexes, open in one write transaction (once for all its changes).
+pub(super) struct Indexes<'txn> {
+    unfinished: redb::Table<'txn, &'static [u8], ()>,
+    ended: redb::Table<'txn, &'static [u8], ()>,
+}
+
+impl<'txn> Indexes<'txn> {
+    pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Self {
+            unfinished: txn.open_table(UNFINISHED)?,
+            ended: txn.open_table(ENDED)?,
+        })
     }
-    let id = after.id.as_bytes();
-    if after.state.is_final() {
-        unfinished
-            .remove(id.as_slice())
-            .map_err(redb::Error::from)?;
-        ended
-            .insert(ended_key(after).as_slice(), ())
-            .map_err(redb::Error::from)?;
-    } else {
-        unfinished
-            .insert(id.as_slice(), ())
-            .map_err(redb::Error::from)?;
+
+    /// Keeps the indexes true of a job that was finished under `was` ([`ended_key`] of its
+    /// record before; `None`: new, or not finished) and is now `after`.
+    pub(super) fn update(
+        &mut self,
+        was: Option<[u8; 24]>,
+        after: &JobRecord,
+    ) -> Result<(), redb::Error> {
+        if let Some(was) = was {
+            self.ended.remove(was.as_slice())?;
+        }
+        let id = after.id.as_bytes();
+        match ended_key(after) {
+            Some(key) => {
+                self.unfinished.remove(id.as_slice())?;
+                self.ended.insert(key.as_slice(), ())?;
+            }
+            None => {
+                self.unfinished.insert(id.as_slice(), ())?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Builds the indexes from every record, once, for a journal written before they existed.
@@ -61,17 +73,12 @@ pub(super) fn build_indexes(txn: &WriteTransaction) -> Result<(), redb::Error> {
         return Ok(());
     }
     let jobs = txn.open_table(JOBS)?;
-    let (mut unfinished, mut ended) = (txn.open_table(UNFINISHED)?, txn.open_table(ENDED)?);
+    let mut indexes = Indexes::open(txn)?;
     for item in jobs.iter()? {
-        let (key, value) = item?;
+        let (_, value) = item?;
         // An unreadable record is reported when it is read, not here.
-        let Ok(record) = decode::<JobRecord>("", value.value()) else {
-            continue;
-        };
-        if record.state.is_final() {
-            ended.insert(ended_key(&record).as_slice(), ())?;
-        } else {
-            unfinished.insert(key.value(), ())?;
+        if let Ok(record) = decode::<JobRecord>("", value.value()) {
+            indexes.update(None, &record)?;
         }
     }
     meta.insert("indexes", 1)?;
