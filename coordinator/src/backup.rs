@@ -159,10 +159,7 @@ pub fn write(
             source,
         };
         let size = file.metadata().map_err(read_err)?.len();
-        let mut header = tar::Header::new_gnu();
-        header.set_size(size);
-        header.set_mode(0o600);
-        header.set_mtime(manifest.created_at_ms / 1000);
+        let mut header = entry_header(size, manifest.created_at_ms);
         let mut hashed = Hashing::new(file.take(size));
         tar.append_data(&mut header, &name, &mut hashed)
             .map_err(BackupError::Output)?;
@@ -181,10 +178,7 @@ pub fn write(
         );
     }
     let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-    let mut header = tar::Header::new_gnu();
-    header.set_size(json.len() as u64);
-    header.set_mode(0o600);
-    header.set_mtime(manifest.created_at_ms / 1000);
+    let mut header = entry_header(json.len() as u64, manifest.created_at_ms);
     tar.append_data(&mut header, MANIFEST, json.as_slice())
         .map_err(BackupError::Output)?;
     let sealed = tar.into_inner().map_err(BackupError::Output)?;
@@ -214,6 +208,15 @@ fn decrypt<'a>(
     decryptor
         .decrypt(std::iter::once(&identity as &dyn age::Identity))
         .map_err(|e| BackupError::Decrypt(e.to_string()))
+}
+
+/// The header of a private file of `size` bytes in the archive.
+fn entry_header(size: u64, created_at_ms: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(0o600);
+    header.set_mtime(created_at_ms / 1000);
+    header
 }
 
 /// What a restore did.

@@ -331,9 +331,7 @@ pub fn peer_certificate(conn: &quinn::Connection) -> Option<Vec<u8>> {
 
 /// The fingerprint of the certificate a peer proved it holds, if it presented one.
 pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<[u8; 32]> {
-    let identity = conn.peer_identity()?;
-    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    chain.first().map(|c| fingerprint(c))
+    peer_certificate(conn).map(|cert| fingerprint(&cert))
 }
 
 /// Verifies the coordinator against the CA named by a pin instead of a trust store.

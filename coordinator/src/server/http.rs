@@ -267,35 +267,38 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> String {
 
 /// Nodes whose disk is nearly full (they take no work until it has room).
 fn disk_gauges(state: &State) -> String {
-    use std::fmt::Write;
-    let mut out = String::from(
-        "# HELP spillway_node_disk_full Whether a node's disk is under its [disk] min_free (1: it takes no new inputs)\n# TYPE spillway_node_disk_full gauge\n",
-    );
-    for n in state.view.snapshot() {
-        let _ = writeln!(
-            out,
-            "spillway_node_disk_full{{node=\"{}\"}} {}",
-            n.name,
-            u8::from(n.condition.disk_full)
-        );
-    }
-    out
+    node_gauge(
+        "spillway_node_disk_full",
+        "Whether a node's disk is under its [disk] min_free (1: it takes no new inputs)",
+        state
+            .view
+            .snapshot()
+            .into_iter()
+            .map(|n| (n.name, u64::from(n.condition.disk_full))),
+    )
 }
 
 /// When each node's certificate expires, for alerts well before a fleet drops off at once.
 fn certificate_gauges(state: &State) -> String {
+    node_gauge(
+        "spillway_node_certificate_expiry_seconds",
+        "When each node's certificate expires (seconds since the epoch)",
+        state
+            .store
+            .nodes()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| (n.name, n.cert_expires_at_ms / 1000)),
+    )
+}
+
+/// A gauge with one series per node.
+fn node_gauge(name: &str, help: &str, values: impl Iterator<Item = (String, u64)>) -> String {
     use std::fmt::Write;
-    let mut out = String::from(
-        "# HELP spillway_node_certificate_expiry_seconds When each node's certificate expires (seconds since the epoch)\n# TYPE spillway_node_certificate_expiry_seconds gauge\n",
-    );
-    for n in state.store.nodes().unwrap_or_default() {
+    let mut out = format!("# HELP {name} {help}\n# TYPE {name} gauge\n");
+    for (node, value) in values {
         // Node names are DNS labels: nothing in them needs escaping.
-        let _ = writeln!(
-            out,
-            "spillway_node_certificate_expiry_seconds{{node=\"{}\"}} {}",
-            n.name,
-            n.cert_expires_at_ms / 1000
-        );
+        let _ = writeln!(out, "{name}{{node=\"{node}\"}} {value}");
     }
     out
 }

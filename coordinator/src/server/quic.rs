@@ -253,11 +253,7 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
     }
     state.view.connected(&name, conn.clone());
     tracing::info!(node = %name, %remote, "node connected");
-    let welcome = CoordinatorFrame::Welcome(Welcome {
-        version: PROTOCOL,
-        coordinator_version: env!("CARGO_PKG_VERSION").into(),
-        report_interval_ms: state.config.report_interval.as_millis() as u32,
-    });
+    let welcome = welcome(&state);
     let mut deployed = hello.deployment;
     let datagrams = tokio::spawn(read_reports(state.clone(), conn.clone(), name.clone()));
     let mut deploy_rx = state.deployments.subscribe();
@@ -395,7 +391,15 @@ fn control_lost(conn: &quinn::Connection) {
     conn.close(5u32.into(), b"the agent stopped reading its control stream");
 }
 
-/// Tells a connected agent why it is refused (counted), and lets it hang up first.
+/// The first frame a member gets once its Hello is taken.
+fn welcome(state: &State) -> CoordinatorFrame {
+    CoordinatorFrame::Welcome(Welcome {
+        version: PROTOCOL,
+        coordinator_version: env!("CARGO_PKG_VERSION").into(),
+        report_interval_ms: state.config.report_interval.as_millis() as u32,
+    })
+}
+
 /// A member back with a certificate that ended `ended_at` (ms). Within `[certificates]
 /// renew_expired` of that end it is asked to renew at once and may do nothing else: no job is
 /// placed on it, none of its frames is acted on, it is not counted connected, and once it has
@@ -432,11 +436,7 @@ async fn renew_late(
         return refuse_member(state, conn, tx, reason).await;
     }
     tracing::info!(node = %name, "node is back with a certificate that ended {} ago; renewing it before anything else (certificates.renew_expired)", humantime::format_duration(ago));
-    let welcome = CoordinatorFrame::Welcome(Welcome {
-        version: PROTOCOL,
-        coordinator_version: env!("CARGO_PKG_VERSION").into(),
-        report_interval_ms: state.config.report_interval.as_millis() as u32,
-    });
+    let welcome = welcome(state);
     if send(&mut tx, &welcome).await.is_err()
         || send(&mut tx, &CoordinatorFrame::RenewCertificate)
             .await
@@ -466,6 +466,7 @@ async fn renew_late(
     let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
 }
 
+/// Tells a connected agent why it is refused (counted), and lets it hang up first.
 async fn refuse_member(
     state: &State,
     conn: &quinn::Connection,

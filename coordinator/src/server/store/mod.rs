@@ -788,28 +788,14 @@ impl Store {
         if doomed.is_empty() {
             return Ok(0);
         }
-        let tx = self.db.begin_write()?;
-        {
-            let mut jobs = tx.open_table(JOBS)?;
-            for id in &doomed {
-                jobs.remove(id.as_str())?;
-            }
-            let mut names = tx.open_table(DELEGATED)?;
-            let mut gone = Vec::new();
-            for entry in names.iter()? {
-                let (k, v) = entry?;
-                if decode::<DelegatedJob>("delegated", v.value())
-                    .is_ok_and(|d| doomed.contains(&d.job))
-                {
-                    gone.push(k.value().to_owned());
-                }
-            }
-            for name in gone {
-                names.remove(name.as_str())?;
-            }
-        }
-        tx.commit()?;
-        Ok(doomed.len())
+        let names: Vec<DelegatedJob> = self
+            .list::<DelegatedJob>(DELEGATED, "delegated")?
+            .into_iter()
+            .filter(|d| doomed.contains(&d.job))
+            .collect();
+        let ids: Vec<String> = doomed.into_iter().collect();
+        self.forget_jobs(&ids, &names)?;
+        Ok(ids.len())
     }
 
     pub fn job_row(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
