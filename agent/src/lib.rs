@@ -26,6 +26,7 @@ pub mod runner;
 pub mod runtime;
 pub mod scheduler;
 pub mod staging;
+pub mod upgrade;
 pub mod watch;
 
 pub use engine::{Agent, AgentHandle, DiskSyncs, JobEvent};

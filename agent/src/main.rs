@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use spillway_agent::mesh::{self, Membership};
-use spillway_agent::{Agent, AgentConfig, install, joblog};
+use spillway_agent::{Agent, AgentConfig, install, joblog, upgrade};
 use spillway_plumbing::systemd as service;
 
 mod image_cmd;
@@ -168,11 +168,21 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if matches!(cli.command, Command::Run) {
+        // Before anything else: the binary an upgrade stored may be the one to run.
+        if let upgrade::launch::Start::Exit(code) = upgrade::launch::at_start(&config.state_dir) {
+            return ExitCode::from(code);
+        }
+    }
     if matches!(cli.command, Command::Run | Command::Pull { .. }) {
         spillway_agent::image::pull::ensure_trust_store(&config.state_dir);
     }
     let result = match cli.command {
-        Command::Run => run(config, &cli.config),
+        Command::Run => match run(config, &cli.config) {
+            Ok(Stopped::ForUpgrade) => return ExitCode::from(upgrade::launch::restart()),
+            Ok(Stopped::Done) => Ok(()),
+            Err(e) => Err(e),
+        },
         Command::Join { coordinator, token } => join(&config, &coordinator, &token),
         Command::Logs { job } => joblog::read(&config.logs_dir(), &job)
             .map(|text| print!("{text}"))
@@ -299,7 +309,14 @@ fn run_job(
     }
 }
 
-fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()> {
+/// Why `run` returned.
+enum Stopped {
+    Done,
+    /// An upgrade stored a new binary: start again on it.
+    ForUpgrade,
+}
+
+fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<Stopped> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // Two workers are plenty for moving bytes; functions run in their own processes/threads.
         .worker_threads(2)
@@ -325,12 +342,14 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
         // The engine beats every half second; ten missed beats mean it is wedged.
         let watchdog = service::spawn_watchdog(agent.heartbeat(), std::time::Duration::from_secs(5));
         let (stop_link, link_stopped) = tokio::sync::oneshot::channel::<()>();
+        let restart = upgrade::RestartRequest::default();
+        let restart_for_link = Some(restart.clone());
         let (handle, capacity) = (agent.mesh_handle(), agent.capacity());
         let node = agent.node_name().to_owned();
         let link = match (Membership::load(&state_dir), join_settings) {
             (Some(membership), _) => {
                 println!("Mesh: linking to the coordinator at {}", membership.coordinator);
-                Some(tokio::spawn(mesh::session::run(membership, handle, capacity, async {
+                Some(tokio::spawn(mesh::session::run(membership, handle, capacity, restart_for_link, async {
                     let _ = link_stopped.await;
                 })))
             }
@@ -347,7 +366,7 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
                         _ = &mut stopped => None,
                     };
                     if let Some(membership) = joined {
-                        mesh::session::run(membership, handle, capacity, async {
+                        mesh::session::run(membership, handle, capacity, restart_for_link, async {
                             let _ = stopped.await;
                         })
                         .await;
@@ -361,7 +380,10 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
         };
         let result = agent
             .run(async {
-                stop.await;
+                tokio::select! {
+                    () = stop => {}
+                    () = restart.wait() => tracing::info!("stopping to start the new binary"),
+                }
                 service::stopping();
             })
             .await
@@ -373,7 +395,13 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<()>
         if let Some(link) = link {
             let _ = link.await;
         }
-        result
+        result.map(|()| {
+            if restart.requested() {
+                Stopped::ForUpgrade
+            } else {
+                Stopped::Done
+            }
+        })
     });
     // A wasm run past the grace period must not hold the exit: its job runs again at next start.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

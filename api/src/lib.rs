@@ -1,7 +1,10 @@
 //! The coordinator's HTTP API as both sides see it: the request and response bodies the server
-//! sends and the CLI reads, and ([`tokens`]) the records of who holds which token or login.
+//! sends and the CLI reads, ([`tokens`]) the records of who holds which token or login,
+//! ([`upgrades`]) agent releases and rollouts, and ([`selector`]) label selectors.
 
+pub mod selector;
 pub mod tokens;
+pub mod upgrades;
 
 use std::collections::BTreeMap;
 

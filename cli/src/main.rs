@@ -100,7 +100,7 @@ enum Command {
     },
     /// List nodes, functions, jobs or a node's files; or download NODE:PATH.
     ///
-    /// spillway get nodes | functions | jobs [--node N] [--function F] | files NODE [PREFIX]
+    /// spillway get nodes | functions | jobs [--node N] [--function F] | upgrades [ID] | files NODE [PREFIX]
     /// spillway get NODE:bucket/key [DEST]
     Get {
         what: String,
@@ -227,6 +227,15 @@ enum Command {
         #[command(subcommand)]
         command: MqttCommand,
     },
+    /// Upgrade agents over the mesh: the coordinator signs the binaries and orders each node in
+    /// batches; a node keeps its previous binary and goes back to it by itself when the new one
+    /// does not link again in time. The rollout stops at the first failure.
+    ///
+    /// spillway upgrade nodes -l zone=kitchen --binary spillway-agent-aarch64 --binary spillway-agent-armv7 --version 0.2.0 --wait
+    Upgrade {
+        #[command(subcommand)]
+        command: UpgradeCommand,
+    },
     /// The operator's labels and cluster ids of nodes.
     Label {
         #[command(subcommand)]
@@ -308,6 +317,37 @@ enum AdminCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum UpgradeCommand {
+    /// Ship an agent release to the selected nodes (every node by default).
+    Nodes {
+        /// Label selector: KEY=VALUE, KEY!=VALUE or KEY, comma-separated.
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        /// An agent binary (static, for the architecture its ELF header names); one per
+        /// architecture, uploaded as release --version.
+        #[arg(long = "binary", value_name = "FILE")]
+        binaries: Vec<PathBuf>,
+        /// The release to roll out (uploaded now with --binary, or earlier).
+        #[arg(long)]
+        version: Option<String>,
+        /// Nodes upgraded at once; the next batch starts when these are done.
+        #[arg(long, default_value_t = 1)]
+        batch: u32,
+        /// How long a new binary has to link again before the node rolls back by itself.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        ready_within: Duration,
+        /// How long a node has from its order to be done before the rollout stops.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Follow the rollout to its end; fail when it stops.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop ordering nodes in a rollout (nodes already ordered finish).
+    Cancel { id: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -615,6 +655,9 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             match what.as_str() {
                 "nodes" | "node" | "no" => cli::get_nodes(&c, format).await,
                 "functions" | "function" | "fn" => cli::get_functions(&c, format).await,
+                "upgrades" | "upgrade" => {
+                    cli::upgrade::get(&c, format, args.first().map(String::as_str)).await
+                }
                 "jobs" | "job" => {
                     cli::get_jobs(&c, format, node.as_deref(), function.as_deref(), limit).await
                 }
@@ -628,7 +671,7 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                     cli::download(&c, spec, args.first().map(std::path::Path::new)).await
                 }
                 other => anyhow::bail!(
-                    "cannot get `{other}`: use nodes, functions, jobs, files NODE, or NODE:PATH to download"
+                    "cannot get `{other}`: use nodes, functions, jobs, upgrades [ID], files NODE, or NODE:PATH to download"
                 ),
             }
         }
@@ -828,6 +871,29 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", String::from_utf8_lossy(&pem));
                 Ok(())
             }
+        },
+        Command::Upgrade { command } => match command {
+            UpgradeCommand::Nodes {
+                selector,
+                binaries,
+                version,
+                batch,
+                ready_within,
+                timeout,
+                wait,
+            } => {
+                let plan = cli::upgrade::Plan {
+                    selector,
+                    binaries,
+                    version,
+                    batch,
+                    ready_within,
+                    timeout,
+                    wait,
+                };
+                cli::upgrade::nodes(&client()?, plan).await
+            }
+            UpgradeCommand::Cancel { id } => cli::upgrade::cancel(&client()?, id).await,
         },
         Command::Label {
             command:

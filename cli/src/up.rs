@@ -155,7 +155,7 @@ pub async fn up(
     let (handle, capacity) = (agent.mesh_handle(), agent.capacity());
     let link = tokio::spawn({
         let mut rx = stop_rx.clone();
-        mesh::session::run(membership, handle, capacity, async move {
+        mesh::session::run(membership, handle, capacity, None, async move {
             let _ = rx.wait_for(|s| *s).await;
         })
     });

@@ -5,10 +5,12 @@
 //! coordinator only through the CA pin in its token) and the member agent (mutual TLS).
 //! [`identity`] makes keys, certificate requests and fingerprints; [`stream`] moves
 //! `spillway_proto::wire` frames over QUIC streams; [`token`] is the one-time join token and
-//! [`membership`] the join that spends it, and the identity an agent keeps from it.
+//! [`membership`] the join that spends it, and the identity an agent keeps from it. [`signing`]
+//! signs what the CA vouches for besides certificates (agent binaries) and checks it.
 
 pub mod identity;
 pub mod membership;
+pub mod signing;
 pub mod stream;
 pub mod tls;
 pub mod token;

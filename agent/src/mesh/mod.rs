@@ -3,7 +3,7 @@
 //! ([`session`], driven by the sans-IO `spillway_proto::uplink` state machine), the files that
 //! move with hand-overs ([`transfers`]: offered inputs, fetched outputs, placed jobs, guest
 //! results), the deployment it receives ([`deployment`]) and the requests it answers
-//! ([`requests`]).
+//! ([`requests`]), and the upgrade orders it carries out ([`upgrades`]).
 //!
 //! None of this is needed to run: an agent without a coordinator, or cut off from it, keeps
 //! processing its folders with the functions it last had.
@@ -13,6 +13,7 @@ pub mod first_join;
 pub mod requests;
 pub mod session;
 pub mod transfers;
+pub mod upgrades;
 
 pub use first_join::join_at_start;
 pub use spillway_link::membership::{JoinError, Membership, join};

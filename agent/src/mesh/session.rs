@@ -109,9 +109,11 @@ pub async fn run(
     mut membership: Membership,
     agent: AgentHandle,
     capacity: Demand,
+    restart: Option<crate::upgrade::RestartRequest>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let config = agent.config().clone();
+    let mut upgrades = super::upgrades::Upgrades::new(config.state_dir.clone(), restart);
     let node = config.node_name.clone();
     // The key of a certificate renewal under way, with the connection it was asked on.
     let mut renewal: Option<(u64, rcgen::KeyPair)> = None;
@@ -143,6 +145,8 @@ pub async fn run(
     let mut condition = agent.condition.clone();
     // Whether the coordinator reads `Condition` frames (1.4 and later), from its `Welcome`.
     let mut takes_condition = false;
+    // Whether it orders upgrades and reads their reports (1.5 and later).
+    let mut takes_upgrades = false;
     let mut current: Option<Current> = None;
     let mut reports = Reports::default();
     let (mesh_tx, mut mesh_rx) = mpsc::unbounded_channel::<MeshOut>();
@@ -184,6 +188,11 @@ pub async fn run(
                                 .send(AgentFrame::Condition(*condition.borrow_and_update()));
                         }
                     }
+                    // A binary on trial is committed by the link, whoever the coordinator is.
+                    let report = upgrades.linked();
+                    if let (Some(c), Some(report), true) = (&current, report, takes_upgrades) {
+                        let _ = c.out.send(report);
+                    }
                     agent.set_mesh(Some(mesh_tx.clone()));
                 }
                 Action::Unlinked(reason) => {
@@ -206,9 +215,13 @@ pub async fn run(
             }
         }
         let wake = tokio::time::Instant::from_std(link.next_wakeup());
+        let trial_ends = upgrades.trial_ends().map(tokio::time::Instant::from_std);
         tokio::select! {
             () = &mut shutdown => break,
             () = tokio::time::sleep_until(wake) => {}
+            () = async { tokio::time::sleep_until(trial_ends.unwrap_or(wake)).await }, if trial_ends.is_some() => {
+                upgrades.trial_failed();
+            }
             Some(event) = events_rx.recv() => {
                 let now = Instant::now();
                 match event {
@@ -224,7 +237,8 @@ pub async fn run(
                     }
                     LinkEvent::Frame { generation, frame } => match frame {
                         CoordinatorFrame::Welcome(w) => {
-                            takes_condition = w.version.major == PROTOCOL.major && w.version.minor >= 4;
+                            takes_condition = w.version.has(PROTOCOL.major, 4);
+                            takes_upgrades = w.version.has(PROTOCOL.major, 5);
                             let report_interval = std::time::Duration::from_millis(w.report_interval_ms.into());
                             actions.extend(link.handle(now, Input::Welcomed { generation, report_interval }));
                             reports.last_sent = LoadReport::default();
@@ -265,6 +279,13 @@ pub async fn run(
                                 }
                                 Some(Err(why)) => tracing::warn!("keeping the current certificate: {why}"),
                                 None => tracing::warn!("a renewed certificate arrived that this agent did not ask for on this connection; ignored"),
+                            }
+                        }
+                        CoordinatorFrame::Upgrade(order) => {
+                            if let Some(c) = current.as_ref().filter(|c| c.generation == generation) {
+                                let cx = Connected::new(c, &agent, &events_tx);
+                                tracing::info!(version = %order.version, "the coordinator orders an upgrade");
+                                upgrades.order(c.conn.clone(), membership.ca_der.clone(), order, move |f| cx.send(f));
                             }
                         }
                         CoordinatorFrame::RenewRefused { reason } => {

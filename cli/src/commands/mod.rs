@@ -5,6 +5,7 @@ pub mod admin;
 pub mod flash;
 pub mod membership;
 pub mod output;
+pub mod upgrade;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -22,6 +22,8 @@ pub struct Blobs {
     store: Arc<RwLock<()>>,
     /// Blobs no hand-over refers to any more, removed once idle ([`Blobs::remove_idle`]).
     unused: Arc<Mutex<HashSet<[u8; 32]>>>,
+    /// Blobs kept whatever their age and whoever stops using them: agent release binaries.
+    pinned: Arc<Mutex<HashSet<[u8; 32]>>>,
 }
 
 impl Blobs {
@@ -31,6 +33,7 @@ impl Blobs {
             dir: dir.to_owned(),
             store: Arc::default(),
             unused: Arc::default(),
+            pinned: Arc::default(),
         })
     }
 
@@ -77,8 +80,58 @@ impl Blobs {
         Ok(bytes)
     }
 
+    /// Up to `len` bytes of a blob from `offset` (fewer at its end); the reader checks the
+    /// whole against its digest (blocking IO).
+    pub fn get_range(&self, digest: &[u8; 32], offset: u64, len: u32) -> Result<Vec<u8>, String> {
+        use std::io::{Read, Seek};
+        let missing = |e: std::io::Error| {
+            format!(
+                "the coordinator has no blob {}: {e}",
+                hex::encode(&digest[..8])
+            )
+        };
+        let mut file = std::fs::File::open(self.path(digest)).map_err(missing)?;
+        file.seek(std::io::SeekFrom::Start(offset))
+            .map_err(missing)?;
+        let mut out = Vec::new();
+        file.take(u64::from(len))
+            .read_to_end(&mut out)
+            .map_err(missing)?;
+        Ok(out)
+    }
+
+    /// Takes a whole file (written beside the blobs, under a name starting with a dot) in as
+    /// the blob `digest` (blocking IO).
+    pub fn adopt(&self, temporary: &Path, digest: &[u8; 32]) -> std::io::Result<()> {
+        let _storing = self.store.read().unwrap_or_else(PoisonError::into_inner);
+        std::fs::rename(temporary, self.path(digest))?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    /// Where to write a blob before [`Blobs::adopt`] (swept if a crash leaves it).
+    pub fn temporary(&self, name: &str) -> PathBuf {
+        self.dir.join(format!(".{name}"))
+    }
+
     pub fn remove(&self, digest: &[u8; 32]) {
-        let _ = std::fs::remove_file(self.path(digest));
+        if !self.is_pinned(digest) {
+            let _ = std::fs::remove_file(self.path(digest));
+        }
+    }
+
+    /// Keeps a blob from every removal (an agent release's binary).
+    pub fn pin(&self, digest: [u8; 32]) {
+        self.pinned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(digest);
+    }
+
+    fn is_pinned(&self, digest: &[u8; 32]) -> bool {
+        self.pinned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(digest)
     }
 
     /// Marks a blob no hand-over refers to any more (once the record saying so is durable).
@@ -102,7 +155,7 @@ impl Blobs {
         let _deciding = self.store.write().unwrap_or_else(PoisonError::into_inner);
         let mut removed = 0;
         unused.retain(|d| {
-            if in_use(d) {
+            if in_use(d) || self.is_pinned(d) {
                 return false;
             }
             let path = self.path(d);
@@ -133,7 +186,10 @@ impl Blobs {
             let mut digest = [0u8; 32];
             // Temporary files of a crashed write are swept too; they start with a dot.
             let orphan_tmp = name.starts_with('.');
-            if !orphan_tmp && (hex::decode_to_slice(&name, &mut digest).is_err() || in_use(&digest))
+            if !orphan_tmp
+                && (hex::decode_to_slice(&name, &mut digest).is_err()
+                    || in_use(&digest)
+                    || self.is_pinned(&digest))
             {
                 continue;
             }

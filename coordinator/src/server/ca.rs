@@ -77,6 +77,13 @@ impl Ca {
         Ok(ca)
     }
 
+    /// Signs `message` with the CA's key: agent binaries shipped over the mesh, which agents
+    /// check with the CA certificate they pinned when they joined.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CaError> {
+        spillway_link::signing::sign(&self.key, message)
+            .map_err(|e| CaError::Request(e.to_string()))
+    }
+
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
     }

@@ -58,6 +58,15 @@ pub fn router(state: Arc<State>) -> Router {
     };
     let control = Router::new()
         .route("/v1/nodes", get(list_nodes))
+        .route("/v1/releases", get(super::upgrades::api::list_releases))
+        .route(
+            "/v1/upgrades",
+            get(super::upgrades::api::list).post(super::upgrades::api::start),
+        )
+        .route(
+            "/v1/upgrades/{id}/cancel",
+            post(super::upgrades::api::cancel),
+        )
         .route("/v1/nodes/{name}", get(get_node).delete(delete_node))
         .route("/v1/nodes/{name}/files", get(list_files))
         .route("/v1/nodes/{name}/labels", put(label_node))
@@ -124,6 +133,14 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/functions/{name}/run", post(super::invoke::run_raw))
         .layer(DefaultBodyLimit::max(FILE_BODY))
         .layer(within(&state, limit::RUN));
+    // Streamed to disk within its own bound (`upgrades::api::receive`).
+    let releases = Router::new()
+        .route(
+            "/v1/releases/{version}",
+            put(super::upgrades::api::put_binary),
+        )
+        .layer(DefaultBodyLimit::disable())
+        .layer(within(&state, limit::TRANSFER));
     let backups = Router::new()
         .route("/v1/admin/backup", post(super::backup_api::backup))
         .layer(DefaultBodyLimit::max(CONTROL_BODY))
@@ -131,6 +148,7 @@ pub fn router(state: Arc<State>) -> Router {
     let api = control
         .merge(transfers)
         .merge(run)
+        .merge(releases)
         .merge(backups)
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     // Presigned: the signature in the query is the credential, checked before any body is read

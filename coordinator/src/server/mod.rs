@@ -31,6 +31,7 @@ pub mod scope;
 pub mod store;
 pub mod submit;
 pub mod supervisor;
+pub mod upgrades;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -117,6 +118,8 @@ pub struct State {
     pub delegations: replicas::Delegations,
     /// Bucket notifications made into jobs lately (a redelivery is not a second run).
     pub notified: notified::Notified,
+    /// Agent releases and their rollouts.
+    pub upgrades: upgrades::Upgrades,
 }
 
 impl State {
@@ -239,6 +242,10 @@ impl Coordinator {
             source,
         })?;
         let handovers = handovers::Handovers::restore(config.max_hops, store.handovers()?);
+        let upgrades = upgrades::Upgrades::load(&store)?;
+        for digest in upgrades.blobs() {
+            blobs.pin(digest);
+        }
         let presigner =
             presign::Presigner::load_or_create(&dir).map_err(|source| ServerError::Write {
                 path: dir.join("presign.key"),
@@ -257,6 +264,7 @@ impl Coordinator {
             presigner,
             delegations,
             notified: notified::Notified::default(),
+            upgrades,
             admin_hash: Sha256::digest(admin_token.as_bytes()).into(),
             view: View::new(config.liveness),
             metrics: Metrics::default(),
@@ -320,6 +328,7 @@ impl Coordinator {
         let quic = tokio::spawn(quic::serve(self.state.clone(), self.endpoint.clone()));
         let leases = tokio::spawn(expire_leases(self.state.clone()));
         let delegations = tokio::spawn(replicas::driver::run(self.state.clone()));
+        let rollouts = tokio::spawn(upgrades::drive(self.state.clone()));
         let app = http::router(self.state.clone());
         listener::serve(self.state.clone(), self.http, self.http_tls, app, shutdown).await;
         self.endpoint
@@ -327,6 +336,7 @@ impl Coordinator {
         quic.abort();
         leases.abort();
         delegations.abort();
+        rollouts.abort();
         for task in mqtt {
             task.abort();
         }

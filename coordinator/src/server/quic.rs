@@ -10,7 +10,7 @@ use spillway_link::token::JoinToken;
 use spillway_proto::load::LoadReport;
 use spillway_proto::wire::{
     AgentFrame, BlobRequest, BlobResponse, CoordinatorFrame, JoinReply, JoinRequest,
-    MAX_JOIN_FRAME, MAX_STREAM_FRAME, PROTOCOL, Welcome,
+    MAX_BLOB_RANGE, MAX_JOIN_FRAME, MAX_STREAM_FRAME, PROTOCOL, Welcome,
 };
 
 use super::metrics::inc;
@@ -258,6 +258,11 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
     let datagrams = tokio::spawn(read_reports(state.clone(), conn.clone(), name.clone()));
     let mut deploy_rx = state.deployments.subscribe();
     deploy_rx.mark_changed();
+    // Upgrade orders (1.5 and later), each sent once per connection while it stands.
+    let takes_upgrades = hello.version.has(PROTOCOL.major, 5);
+    let mut upgrades_rx = state.upgrades.subscribe();
+    upgrades_rx.mark_changed();
+    let mut order_sent: Option<u64> = None;
     let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel();
     let blobs = tokio::spawn(serve_blobs(state.clone(), conn.clone(), name.clone()));
     let mut session = 0;
@@ -297,6 +302,22 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
                         renew_asked = Some(std::time::Instant::now());
                         tracing::info!(node = %name, "asking the node to renew its certificate");
                         if send(&mut tx, &CoordinatorFrame::RenewCertificate).await.is_err() { break control_lost(&conn); }
+                    }
+                }
+                changed = upgrades_rx.changed() => {
+                    if changed.is_err() { break; }
+                    let Some(order) = state.upgrades.order_for(&name) else { continue };
+                    if order_sent == Some(order.rollout) { continue; }
+                    order_sent = Some(order.rollout);
+                    if takes_upgrades {
+                        tracing::info!(node = %name, version = %order.version, "ordering an upgrade");
+                        if send(&mut tx, &CoordinatorFrame::Upgrade(order)).await.is_err() { break control_lost(&conn); }
+                    } else {
+                        let reason = format!(
+                            "its agent {} speaks protocol {}; upgrades over the mesh need 1.5 or later: upgrade it by hand once",
+                            hello.agent_version, hello.version
+                        );
+                        state.upgrades.cannot_order(&state, &name, order.rollout, &reason);
                     }
                 }
                 changed = deploy_rx.changed() => {
@@ -488,6 +509,7 @@ fn handle_frame(state: &State, node: &str, session: u64, frame: AgentFrame) {
         AgentFrame::Hello(_) | AgentFrame::RenewCertificate { .. } => {
             inc(&state.metrics.frames_malformed);
         }
+        AgentFrame::Upgrade(report) => state.upgrades.report(state, node, &report),
         AgentFrame::Condition(condition) => {
             let was = state.view.condition(node, condition);
             if was.disk_full != condition.disk_full {
@@ -577,9 +599,16 @@ async fn serve_blobs(state: Arc<State>, conn: quinn::Connection, node: String) {
                     return;
                 }
             };
-            if let BlobRequest::Get(digest) = &request
-                && !state.member_may_read(&node, digest)
-            {
+            let allowed = match &request {
+                BlobRequest::Get(digest) => state.member_may_read(&node, digest),
+                // Ranges serve upgrades: the binary of the order that stands for this node.
+                BlobRequest::GetRange { digest, .. } => state
+                    .upgrades
+                    .order_for(&node)
+                    .is_some_and(|o| o.sha256 == *digest),
+                BlobRequest::Put(_) => true,
+            };
+            if !allowed {
                 inc(&state.metrics.frames_refused);
                 tracing::warn!(node = %node, "refused a blob the node has no job for");
                 let answer =
@@ -599,6 +628,14 @@ async fn serve_blobs(state: Arc<State>, conn: quinn::Connection, node: String) {
                     }),
                 BlobRequest::Get(digest) => blobs
                     .get(&digest)
+                    .map(BlobResponse::Blob)
+                    .unwrap_or_else(BlobResponse::Error),
+                BlobRequest::GetRange {
+                    digest,
+                    offset,
+                    len,
+                } => blobs
+                    .get_range(&digest, offset, len.min(MAX_BLOB_RANGE))
                     .map(BlobResponse::Blob)
                     .unwrap_or_else(BlobResponse::Error),
             })

@@ -99,6 +99,19 @@ mod tests {
                 [true, false, false, false],
             ),
             (Method::GET, "/v1/admin/backup", [true, false, false, false]),
+            // An agent binary runs as root on every node it reaches.
+            (
+                Method::PUT,
+                "/v1/releases/1.2.0",
+                [true, false, false, false],
+            ),
+            (Method::POST, "/v1/upgrades", [true, false, false, false]),
+            (
+                Method::POST,
+                "/v1/upgrades/3/cancel",
+                [true, false, false, false],
+            ),
+            (Method::GET, "/v1/upgrades", [true, true, false, false]),
             (Method::POST, "/v1/apply", [true, true, false, false]),
             (
                 Method::DELETE,

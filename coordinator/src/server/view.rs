@@ -64,6 +64,9 @@ struct Live {
     /// When the last report (or the connection) was heard.
     heard_at: Instant,
     connection: Option<quinn::Connection>,
+    /// The last report's number on the current connection: an agent numbers its reports from
+    /// 1 each time it starts, so a restarted one (an upgrade, a crash) starts over.
+    last_seq: u64,
 }
 
 #[derive(Debug)]
@@ -119,6 +122,7 @@ impl View {
             condition: NodeCondition::default(),
             heard_at: Instant::now(),
             connection: None,
+            last_seq: 0,
         });
         if let Some(old) = live.connection.replace(connection) {
             old.close(
@@ -127,6 +131,7 @@ impl View {
             );
         }
         live.heard_at = Instant::now();
+        live.last_seq = 0;
     }
 
     /// A node's connection ended; its last report stays (aging) until it returns.
@@ -150,9 +155,10 @@ impl View {
         let Some(live) = inner.nodes.get_mut(node) else {
             return false;
         };
-        if live.report.as_ref().is_some_and(|r| r.seq >= report.seq) {
+        if report.seq <= live.last_seq {
             return false;
         }
+        live.last_seq = report.seq;
         live.report = Some(report);
         live.heard_at = now;
         inner.staleness.record(now, delay);

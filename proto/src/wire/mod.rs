@@ -30,7 +30,7 @@ pub struct Version {
 }
 
 /// The protocol this build speaks.
-pub const PROTOCOL: Version = Version { major: 1, minor: 4 };
+pub const PROTOCOL: Version = Version { major: 1, minor: 5 };
 
 impl std::fmt::Display for Version {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -39,6 +39,11 @@ impl std::fmt::Display for Version {
 }
 
 impl Version {
+    /// Whether a peer speaking this version understands what was added in `major.minor`.
+    pub fn has(self, major: u16, minor: u16) -> bool {
+        self.major == major && self.minor >= minor
+    }
+
     /// Whether a peer speaking `theirs` can talk to us; the refusal names both versions and who
     /// has to move.
     pub fn check_peer(self, theirs: Version, we_are: &str, they_are: &str) -> Result<(), String> {

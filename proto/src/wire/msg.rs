@@ -51,6 +51,9 @@ pub enum AgentFrame {
     /// Since 1.4, to a coordinator of 1.4 or later, when linked and at each change: what keeps
     /// the node from taking work besides its load.
     Condition(NodeCondition),
+    /// Since 1.5, to a coordinator of 1.5 or later: how an upgrade order went. Sent when it
+    /// changes and again at every link until the next order, so none is lost to a restart.
+    Upgrade(UpgradeReport),
 }
 
 /// What keeps a node from taking work besides its load (see [`AgentFrame::Condition`]).
@@ -60,6 +63,84 @@ pub struct NodeCondition {
     pub disk_full: bool,
     /// Free bytes on its state folder's or data root's file system, whichever has fewer.
     pub disk_free_bytes: u64,
+}
+
+/// Since 1.5: run another agent binary. The agent checks `signature` (made with the mesh CA's
+/// key over [`UpgradeOrder::signed_message`]) before it fetches the binary, by its digest, from
+/// the coordinator's blob store; then its size, digest and architecture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeOrder {
+    pub rollout: u64,
+    pub version: String,
+    /// The architecture the binary is for, as `std::env::consts::ARCH` names it.
+    pub arch: String,
+    pub sha256: [u8; 32],
+    pub size: u64,
+    pub signature: Vec<u8>,
+    /// How long the new binary has, from its start, to link again and report Ready before it
+    /// rolls back by itself.
+    pub ready_within_ms: u64,
+}
+
+/// The largest agent binary shipped over the mesh (release builds are 12 to 20 MiB).
+pub const MAX_AGENT_BINARY: u64 = 128 << 20;
+
+impl UpgradeOrder {
+    /// What the CA signs: every field the agent acts on, each one length-prefixed so that no
+    /// two orders sign the same bytes.
+    pub fn signed_message(version: &str, arch: &str, sha256: &[u8; 32], size: u64) -> Vec<u8> {
+        let mut m = b"spillway agent binary v1\n".to_vec();
+        for field in [version.as_bytes(), arch.as_bytes(), &sha256[..]] {
+            m.extend_from_slice(&(field.len() as u64).to_be_bytes());
+            m.extend_from_slice(field);
+        }
+        m.extend_from_slice(&size.to_be_bytes());
+        m
+    }
+
+    /// [`UpgradeOrder::signed_message`] of this order.
+    pub fn message(&self) -> Vec<u8> {
+        Self::signed_message(&self.version, &self.arch, &self.sha256, self.size)
+    }
+}
+
+/// The architecture (as `std::env::consts::ARCH` names it) a Linux executable is built for,
+/// from its ELF header: 64-bit x86-64 and AArch64, 32-bit ARM, all little-endian.
+pub fn binary_arch(bytes: &[u8]) -> Result<&'static str, String> {
+    let header = bytes.get(..20).ok_or("too short for an ELF header")?;
+    if header[..4] != *b"\x7fELF" {
+        return Err("no ELF magic number".into());
+    }
+    let machine = u16::from_le_bytes([header[18], header[19]]);
+    match (header[4], header[5], machine) {
+        (2, 1, 62) => Ok("x86_64"),
+        (2, 1, 183) => Ok("aarch64"),
+        (1, 1, 40) => Ok("arm"),
+        (class, data, machine) => Err(format!(
+            "ELF class {class}, data encoding {data} and machine {machine} are no architecture Spillway runs on"
+        )),
+    }
+}
+
+/// Agent → coordinator: where an upgrade order stands on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeReport {
+    pub rollout: u64,
+    pub sha256: [u8; 32],
+    pub status: UpgradeStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpgradeStatus {
+    /// The binary was checked and stored; the agent stops its work and restarts on it.
+    Restarting,
+    /// The new binary runs and is linked: the upgrade is done.
+    Ready,
+    /// The new binary did not report Ready in time, or stopped: the previous one runs again.
+    RolledBack { reason: String },
+    /// The order was not carried out (bad signature, wrong architecture, damaged binary, no
+    /// room): the agent runs what it ran.
+    Refused { reason: String },
 }
 
 /// Coordinator → agent on the control stream.
@@ -106,6 +187,8 @@ pub enum CoordinatorFrame {
     RenewRefused {
         reason: String,
     },
+    /// Since 1.5, to an agent of 1.5 or later: run another binary (see [`UpgradeOrder`]).
+    Upgrade(UpgradeOrder),
 }
 
 /// Why a job is offered.
@@ -174,7 +257,17 @@ pub struct GuestDone {
 pub enum BlobRequest {
     Put(Vec<u8>),
     Get([u8; 32]),
+    /// Since 1.5: `len` bytes (at most [`MAX_BLOB_RANGE`]) from `offset`, for blobs too large
+    /// for one frame (agent binaries); the whole is checked against `digest` once assembled.
+    GetRange {
+        digest: [u8; 32],
+        offset: u64,
+        len: u32,
+    },
 }
+
+/// The largest range one [`BlobRequest::GetRange`] asks for.
+pub const MAX_BLOB_RANGE: u32 = 4 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlobResponse {

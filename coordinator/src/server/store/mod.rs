@@ -40,6 +40,10 @@ pub(super) const HANDOVERS: TableDefinition<&str, &[u8]> = TableDefinition::new(
 /// `service/name` of a job another cluster delegated here (its `X-Delegated-Job-ID`) → the
 /// job's record, so it can ask about the job by the name it gave.
 const DELEGATED: TableDefinition<&str, &[u8]> = TableDefinition::new("delegated");
+/// Agent release version → its signed binaries (the bytes are blobs).
+const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
+/// Rollout id (zero-padded, so they list in order) → the rollout and every node's phase.
+const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 
 /// A job another cluster delegated to this coordinator, under the name it gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,7 +270,8 @@ impl Store {
         })?;
         let tx = db.begin_write()?;
         for t in [
-            NODES, TOKENS, API_TOKENS, FUNCTIONS, JOBS, HANDOVERS, DELEGATED, MQTT_USERS,
+            NODES, TOKENS, API_TOKENS, FUNCTIONS, JOBS, HANDOVERS, DELEGATED, MQTT_USERS, RELEASES,
+            ROLLOUTS,
         ] {
             tx.open_table(t)?;
         }
@@ -282,6 +287,8 @@ impl Store {
         store.tokens()?;
         store.mqtt_users()?;
         store.api_token_listing()?;
+        store.releases()?;
+        store.rollouts()?;
         Ok(store)
     }
 
@@ -295,7 +302,8 @@ impl Store {
         })?;
         let write = out.begin_write()?;
         for def in [
-            NODES, TOKENS, API_TOKENS, FUNCTIONS, JOBS, HANDOVERS, DELEGATED, MQTT_USERS,
+            NODES, TOKENS, API_TOKENS, FUNCTIONS, JOBS, HANDOVERS, DELEGATED, MQTT_USERS, RELEASES,
+            ROLLOUTS,
         ] {
             let (from, mut to) = (read.open_table(def)?, write.open_table(def)?);
             for entry in from.iter()? {
@@ -827,6 +835,53 @@ impl Store {
         })
     }
 
+    /// Adds or replaces a release, durably (orders are signed from it).
+    pub fn put_release(&self, release: &spillway_api::upgrades::Release) -> Result<(), StoreError> {
+        self.put(RELEASES, &release.version, release, Durability::Immediate)
+    }
+
+    pub fn releases(&self) -> Result<Vec<spillway_api::upgrades::Release>, StoreError> {
+        self.list(RELEASES, "releases")
+    }
+
+    /// Records a rollout's state, durably: nothing is ordered before it is on disk.
+    pub fn put_rollout(&self, rollout: &spillway_api::upgrades::Rollout) -> Result<(), StoreError> {
+        self.put(
+            ROLLOUTS,
+            &rollout_key(rollout.id),
+            rollout,
+            Durability::Immediate,
+        )
+    }
+
+    /// Every rollout, oldest first.
+    pub fn rollouts(&self) -> Result<Vec<spillway_api::upgrades::Rollout>, StoreError> {
+        self.list(ROLLOUTS, "rollouts")
+    }
+
+    /// Forgets finished rollouts but the newest `keep`; how many went.
+    pub fn prune_rollouts(&self, keep: usize) -> Result<usize, StoreError> {
+        let all = self.rollouts()?;
+        let done: Vec<u64> = all
+            .iter()
+            .filter(|r| !r.is_running())
+            .map(|r| r.id)
+            .collect();
+        let gone = &done[..done.len().saturating_sub(keep)];
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(ROLLOUTS)?;
+            for id in gone {
+                t.remove(rollout_key(*id).as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(gone.len())
+    }
+
     fn get<T: DeserializeOwned>(
         &self,
         def: TableDefinition<&str, &[u8]>,
@@ -866,6 +921,10 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn rollout_key(id: u64) -> String {
+    format!("{id:020}")
 }
 
 #[cfg(test)]
