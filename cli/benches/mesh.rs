@@ -10,171 +10,18 @@
 // A benchmark harness: a failure is a panic with the reason.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use spillway_cli::loadgen::{FleetStats, enroll, run_fleet};
+use support::{cpu_seconds, http, metric, release_bin, rss_kib, start_coordinator, tokens};
+
+mod support;
 
 const WARMUP: Duration = Duration::from_secs(5);
 const MEASURE: Duration = Duration::from_secs(10);
-
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_owned()
-}
-
-/// The release binaries, built if missing.
-fn release_bin(name: &str) -> PathBuf {
-    let path = target_dir().join(name);
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "spillway-cli",
-                "-p",
-                "spillway-agent",
-            ])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "release build failed");
-    }
-    path
-}
-
-fn free_port() -> u16 {
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) } as f64;
-    ticks / hz
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn http(port: u16, method: &str, path: &str, token: &str, body: &str) -> String {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
-        .map_or(out.clone(), |(_, b)| b.to_owned())
-}
-
-struct Server {
-    child: Child,
-    _dir: tempfile::TempDir,
-    quic: u16,
-    http: u16,
-    token: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_coordinator() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let (quic, http_port) = (free_port(), free_port());
-    std::fs::write(
-        dir.path().join("c.toml"),
-        format!(
-            "state_dir = \"state\"\n[quic]\nlisten = \"127.0.0.1:{quic}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\ntls = \"off\"\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(release_bin("spillway"))
-        .args(["serve", "--config"])
-        .arg(dir.path().join("c.toml"))
-        .env("HOME", dir.path())
-        .env("SPILLWAY_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let token_file = dir.path().join("state/admin.token");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(token_file.exists() && std::net::TcpStream::connect(("127.0.0.1", http_port)).is_ok()) {
-        assert!(Instant::now() < deadline, "coordinator did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let token = std::fs::read_to_string(token_file)
-        .unwrap()
-        .trim()
-        .to_owned();
-    Server {
-        child,
-        _dir: dir,
-        quic,
-        http: http_port,
-        token,
-    }
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn tokens(server: &Server, count: usize) -> Vec<String> {
-    let body = format!("{{\"ttl_secs\":3600,\"description\":\"bench\",\"count\":{count}}}");
-    let created: serde_json::Value = serde_json::from_str(&http(
-        server.http,
-        "POST",
-        "/v1/tokens",
-        &server.token,
-        &body,
-    ))
-    .unwrap();
-    let mut out = vec![created["token"].as_str().unwrap().to_owned()];
-    out.extend(
-        created["more"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|t| t.as_str().unwrap().to_owned()),
-    );
-    out
-}
 
 fn fleet_round(rt: &tokio::runtime::Runtime, agents: usize) {
     let server = start_coordinator();

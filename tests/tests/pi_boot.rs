@@ -101,6 +101,8 @@ fn a_flashed_card_boots_joins_the_mesh_and_runs_a_container_on_arm64() {
         pi.agent_rss_kib().unwrap_or(0)
     );
 
+    upgrades_over_the_mesh(&bed, &mut pi);
+
     // After first boot the card no longer runs the script and no longer holds the token.
     pi.power_off();
     let cmdline = board::mtype(card, "cmdline.txt").expect("cmdline.txt");
@@ -111,4 +113,82 @@ fn a_flashed_card_boots_joins_the_mesh_and_runs_a_container_on_arm64() {
         ours.iter().all(|f| !files.iter().any(|n| n == f)),
         "{files:?}"
     );
+}
+
+/// The board's agent is upgraded over the mesh to a new arm64 build (the same program with
+/// bytes appended: another digest), then ordered onto a binary that cannot run (the first 4 MiB
+/// of the agent: a valid arm64 ELF header, its code cut off). The board has no systemd (its
+/// `systemctl` test double starts the unit's command), so the agent restarts under its own
+/// supervisor, and goes back to the good build by itself.
+fn upgrades_over_the_mesh(bed: &Testbed, pi: &mut board::Board) {
+    let c = &bed.coordinator;
+    let builds = tempfile::tempdir().unwrap();
+    let mut good = std::fs::read(board::aarch64_agent()).unwrap();
+    good.extend_from_slice(b"\nspillway test build arm64-good\n");
+    let good_path = builds.path().join("spillway-agent-arm64-good");
+    std::fs::write(&good_path, &good).unwrap();
+    let started = std::time::Instant::now();
+    let (ok, out, err) = c.cli(&[
+        "upgrade",
+        "nodes",
+        "--binary",
+        good_path.to_str().unwrap(),
+        "--version",
+        "9.0.0-arm64",
+        "--ready-within",
+        "3m",
+        "--timeout",
+        "10m",
+        "--wait",
+    ]);
+    assert!(ok, "{out}\n{err}\n{}\n{}", pi.console(), c.log());
+    println!(
+        "upgrade of the board's agent ({:.1} MiB) over the mesh, order to Ready: {:.1?}",
+        good.len() as f64 / 1_048_576.0,
+        started.elapsed()
+    );
+    let console = pi.console();
+    assert!(
+        console.contains("upgrade done: this binary is the current one now"),
+        "{console}"
+    );
+    let nodes = c.json(&["get", "nodes"]);
+    assert_eq!(nodes[0]["health"], "Ready", "{nodes}");
+
+    let broken = &good[..4 << 20];
+    let broken_path = builds.path().join("spillway-agent-arm64-cut");
+    std::fs::write(&broken_path, broken).unwrap();
+    let (ok, out, err) = c.cli(&[
+        "upgrade",
+        "nodes",
+        "--binary",
+        broken_path.to_str().unwrap(),
+        "--version",
+        "9.1.0-cut",
+        "--ready-within",
+        "1m",
+        "--timeout",
+        "10m",
+        "--wait",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains(&format!("rollout 2 stopped: {NODE}: the new binary")),
+        "{out}\n{err}\n{}",
+        pi.console()
+    );
+    let rollout = c.json(&["get", "upgrades", "2"]);
+    assert_eq!(rollout["nodes"][0]["phase"], "rolled_back", "{rollout}");
+    assert!(
+        support::wait_until(
+            Duration::from_secs(60),
+            || c.json(&["get", "nodes"])[0]["health"] == "Ready"
+        ),
+        "{}",
+        pi.console()
+    );
+    // Back on the good build, it still runs containers.
+    let bytes = b"after the rollback".to_vec();
+    let (ok, out, _) = bed.invoke("after-rollback.bin", &bytes);
+    assert!(ok, "no job after the rollback: {out}\n{}", pi.console());
 }

@@ -286,3 +286,172 @@ fn a_fleet_upgrades_in_batches_and_a_broken_or_unlinked_binary_rolls_back_by_its
         n.kill9();
     }
 }
+
+/// Plays systemd for one agent as the shipped unit sets it up (`Type=notify`,
+/// `Restart=on-failure`, `RestartPreventExitStatus=64`): a notify socket, and a restart whenever
+/// the service exits with a failure. Test double: no systemd runs here.
+struct ServiceManager {
+    socket: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+    restarts: Vec<Option<i32>>,
+}
+
+impl ServiceManager {
+    fn new(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        Self {
+            socket,
+            path,
+            restarts: Vec::new(),
+        }
+    }
+
+    /// Every notification since the last call.
+    fn notifications(&self) -> String {
+        let mut all = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+            all.push('\n');
+        }
+        all
+    }
+
+    /// Restarts the service if it exited with a failure (not 64); whether it did.
+    fn restart_if_failed(&mut self, node: &mut Node) -> bool {
+        let Some(child) = node.child.as_mut() else {
+            return false;
+        };
+        let Ok(Some(status)) = child.try_wait() else {
+            return false;
+        };
+        node.child = None;
+        self.restarts.push(status.code());
+        if status.success() || status.code() == Some(64) {
+            return false;
+        }
+        node.spawn();
+        true
+    }
+
+    /// Runs the service until `done` holds (restarting it as systemd would) or `within` passes.
+    fn run_until(
+        &mut self,
+        node: &mut Node,
+        within: Duration,
+        mut done: impl FnMut() -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            self.restart_if_failed(node);
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+fn exe_of(node: &Node) -> String {
+    let pid = node.child.as_ref().unwrap().id();
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn under_systemd_the_restarted_service_execs_the_new_binary_and_a_broken_one_rolls_back() {
+    let c = Coordinator::new();
+    let builds = tempfile::tempdir().unwrap();
+    let mut systemd = ServiceManager::new(builds.path());
+    let mut node = Node::new("node_name = \"unit-1\"\n");
+    node.env
+        .push(("NOTIFY_SOCKET".into(), systemd.path.display().to_string()));
+    c.join(&node);
+    node.start();
+    assert!(
+        wait_until(Duration::from_secs(30), || all_ready(&c, 1)),
+        "{}",
+        c.log()
+    );
+    assert!(systemd.notifications().contains("READY=1"));
+
+    let (good, good_sha) = agent_variant(builds.path(), "unit");
+    let (ok, out, err) = c.cli(&[
+        "upgrade",
+        "nodes",
+        "--binary",
+        good.to_str().unwrap(),
+        "--version",
+        "9.0.0-unit",
+        "--ready-within",
+        "60s",
+    ]);
+    assert!(ok, "{out}{err}");
+    let done = systemd.run_until(&mut node, Duration::from_secs(120), || {
+        c.json(&["get", "upgrades", "1"])["state"] == "succeeded"
+    });
+    assert!(
+        done,
+        "{}\n{}",
+        c.json(&["get", "upgrades", "1"]),
+        node.log()
+    );
+    // The agent asked for the restart with exit status 75 (not a crash); the installed binary
+    // that systemd started replaced itself with the stored one: same process, so systemd's
+    // notify socket and watchdog still see their main process.
+    assert_eq!(systemd.restarts, [Some(75)]);
+    assert!(
+        exe_of(&node).ends_with(&format!("upgrade/slots/{good_sha}")),
+        "{}",
+        exe_of(&node)
+    );
+    assert!(
+        systemd.notifications().contains("READY=1"),
+        "the new binary reports ready to systemd"
+    );
+
+    // A binary that exits at once: systemd restarts the unit, and the installed binary, seeing
+    // the trial was started once already, goes back to the good build by itself.
+    let broken = builds.path().join("false");
+    std::fs::copy("/bin/false", &broken).unwrap();
+    let (ok, out, err) = c.cli(&[
+        "upgrade",
+        "nodes",
+        "--binary",
+        broken.to_str().unwrap(),
+        "--version",
+        "9.1.0-broken",
+        "--ready-within",
+        "30s",
+    ]);
+    assert!(ok, "{out}{err}");
+    let stopped = systemd.run_until(&mut node, Duration::from_secs(120), || {
+        c.json(&["get", "upgrades", "2"])["nodes"][0]["phase"] == "rolled_back"
+    });
+    assert!(
+        stopped,
+        "{}\n{}",
+        c.json(&["get", "upgrades", "2"]),
+        node.log()
+    );
+    assert_eq!(
+        systemd.restarts,
+        [Some(75), Some(75), Some(1)],
+        "75 to upgrade, 1 from /bin/false"
+    );
+    assert!(
+        exe_of(&node).ends_with(&format!("upgrade/slots/{good_sha}")),
+        "{}",
+        exe_of(&node)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || all_ready(&c, 1)),
+        "{}",
+        c.log()
+    );
+    node.kill9();
+}

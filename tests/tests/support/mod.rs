@@ -70,6 +70,10 @@ pub struct Node {
     pub banner: Vec<String>,
     /// The network namespace the agent runs in (a separate host), if any.
     pub netns: Option<String>,
+    /// Extra environment of the agent process.
+    pub env: Vec<(String, String)>,
+    /// Its output lines, until the banner ends (in a mutex: a node is shared across threads).
+    lines: Option<std::sync::Mutex<mpsc::Receiver<String>>>,
 }
 
 /// `program`, run inside `netns` when one is given.
@@ -110,6 +114,8 @@ impl Node {
             child: None,
             banner: Vec::new(),
             netns: None,
+            env: Vec::new(),
+            lines: None,
         }
     }
 
@@ -125,10 +131,39 @@ impl Node {
 
     /// Starts the agent and waits for its start-up banner to end.
     pub fn start(&mut self) {
+        self.spawn();
+        let rx = self
+            .lines
+            .take()
+            .expect("spawned")
+            .into_inner()
+            .expect("lines");
+        self.banner.clear();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "agent did not start; its log:\n{}",
+                        std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+                    )
+                });
+            let done = line.starts_with("Job logs:");
+            self.banner.push(line);
+            if done {
+                break;
+            }
+        }
+    }
+
+    /// Starts the agent without waiting for anything (it may not be the agent that runs).
+    pub fn spawn(&mut self) {
         let mut child = command_in(self.netns.as_deref(), &bin("spillway-agent"))
             .arg("--config")
             .arg(self.path("agent.toml"))
             .arg("run")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("SPILLWAY_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -154,23 +189,7 @@ impl Node {
                 let _ = tx.send(line);
             }
         });
-        self.banner.clear();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "agent did not start; its log:\n{}",
-                        std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
-                    )
-                });
-            let done = line.starts_with("Job logs:");
-            self.banner.push(line);
-            if done {
-                break;
-            }
-        }
+        self.lines = Some(std::sync::Mutex::new(rx));
         self.child = Some(child);
     }
 
