@@ -12,55 +12,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Server, http, release_bin, rss_kib, start_coordinator, tokens};
+use support::{Agent, Server, http, release_bin, rss_kib, start_agent, start_coordinator, tokens};
 
 mod support;
-
-struct Agent {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SIGTERM: the supervisor passes it on and its child stops cleanly.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-fn start_agent(server: &Server, name: &str, token: &str) -> Agent {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("a.toml");
-    std::fs::write(
-        &cfg,
-        format!("node_name = \"{name}\"\ndata_root = \"d\"\nstate_dir = \"s\"\n"),
-    )
-    .unwrap();
-    let quic = format!("127.0.0.1:{}", server.quic);
-    let ok = Command::new(release_bin("spillway-agent"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["join", "--coordinator", &quic, "--token", token])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "join failed");
-    let child = Command::new(release_bin("spillway-agent"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("run")
-        .env("SPILLWAY_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    Agent { child, _dir: dir }
-}
 
 fn ready(server: &Server) -> usize {
     let nodes: serde_json::Value =
@@ -133,12 +90,23 @@ fn rollout(
     (took, done)
 }
 
-/// RSS of each agent's supervisor and of the agent under it (KiB).
-fn memory(agents: &[Agent]) -> (u64, u64) {
-    let (mut sup, mut child) = (0, 0);
+/// Memory a process holds alone (private pages, KiB): what it adds to the node.
+fn private_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("Private_"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// RSS of each agent's supervisor (and the private part of it) and of the agent under it (KiB).
+fn memory(agents: &[Agent]) -> (u64, u64, u64) {
+    let (mut sup, mut private, mut child) = (0, 0, 0);
     for a in agents {
         let pid = a.child.id();
         sup += rss_kib(pid);
+        private += private_kib(pid);
         let children =
             std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         for c in children
@@ -149,7 +117,7 @@ fn memory(agents: &[Agent]) -> (u64, u64) {
         }
     }
     let n = agents.len().max(1) as u64;
-    (sup / n, child / n)
+    (sup / n, private / n, child / n)
 }
 
 fn round(n: usize) {
@@ -198,10 +166,11 @@ fn round(n: usize) {
         "{n:>3} agents: one at a time / all at once = {:.2}",
         results[0] / results[1].max(1e-9)
     );
-    let (sup, child) = memory(&agents);
+    let (sup, private, child) = memory(&agents);
     println!(
-        "{n:>3} agents after the upgrades: supervisor RSS {:.1} MiB, agent RSS {:.1} MiB (per node)",
+        "{n:>3} agents after the upgrades: supervisor RSS {:.1} MiB ({:.1} MiB of it private), agent RSS {:.1} MiB (per node)",
         sup as f64 / 1024.0,
+        private as f64 / 1024.0,
         child as f64 / 1024.0
     );
 }

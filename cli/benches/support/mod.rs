@@ -99,12 +99,17 @@ impl Drop for Server {
 }
 
 pub fn start_coordinator() -> Server {
+    start_coordinator_with("")
+}
+
+/// A coordinator whose config ends with `extra` (sections of their own).
+pub fn start_coordinator_with(extra: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let (quic, http_port) = (free_port(), free_port());
     std::fs::write(
         dir.path().join("c.toml"),
         format!(
-            "state_dir = \"state\"\n[quic]\nlisten = \"127.0.0.1:{quic}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\ntls = \"off\"\n"
+            "state_dir = \"state\"\n[quic]\nlisten = \"127.0.0.1:{quic}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\ntls = \"off\"\n{extra}"
         ),
     )
     .unwrap();
@@ -161,4 +166,48 @@ pub fn tokens(server: &Server, count: usize) -> Vec<String> {
             .map(|t| t.as_str().unwrap().to_owned()),
     );
     out
+}
+
+/// A real agent, joined to a coordinator and running (as a board's init starts it).
+pub struct Agent {
+    pub child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SIGTERM: the supervisor passes it on and its child stops cleanly.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_agent(server: &Server, name: &str, token: &str) -> Agent {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("a.toml");
+    std::fs::write(
+        &cfg,
+        format!("node_name = \"{name}\"\ndata_root = \"d\"\nstate_dir = \"s\"\n"),
+    )
+    .unwrap();
+    let quic = format!("127.0.0.1:{}", server.quic);
+    let ok = Command::new(release_bin("spillway-agent"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["join", "--coordinator", &quic, "--token", token])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "join failed");
+    let child = Command::new(release_bin("spillway-agent"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env("SPILLWAY_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    Agent { child, _dir: dir }
 }
