@@ -95,12 +95,9 @@ pub struct NodeUpgrade {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rollout {
     pub id: u64,
-    pub version: String,
-    #[serde(default)]
-    pub selector: Option<String>,
-    pub batch: u32,
-    pub ready_within_ms: u64,
-    pub timeout_ms: u64,
+    /// What was asked for.
+    #[serde(flatten)]
+    pub request: RolloutRequest,
     pub created_at_ms: u64,
     #[serde(default)]
     pub finished_at_ms: Option<u64>,

@@ -10,13 +10,14 @@
 // A benchmark harness: a failure is a panic with the reason.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use spillway_cli::loadgen::{FleetStats, enroll, run_fleet};
-use support::{cpu_seconds, http, metric, release_bin, rss_kib, start_coordinator, tokens};
+use support::{
+    cpu_seconds, http, join_agent, metric, rss_kib, run_agent, start_coordinator, tokens,
+};
 
 mod support;
 
@@ -99,30 +100,9 @@ fn agent_rss() {
         )
         .unwrap();
         if join {
-            let token = tokens(&server, 1).remove(0);
-            let ok = Command::new(release_bin("spillway-agent"))
-                .arg("--config")
-                .arg(&cfg)
-                .args([
-                    "join",
-                    "--coordinator",
-                    &format!("127.0.0.1:{}", server.quic),
-                ])
-                .args(["--token", &token])
-                .stdout(Stdio::null())
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "join failed");
+            join_agent(&server, &cfg, &tokens(&server, 1).remove(0));
         }
-        let mut child = Command::new(release_bin("spillway-agent"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("run")
-            .env("SPILLWAY_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = run_agent(&cfg);
         std::thread::sleep(Duration::from_secs(10));
         let rss = rss_kib(child.id());
         let _ = child.kill();

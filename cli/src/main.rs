@@ -322,30 +322,7 @@ enum AdminCommand {
 #[derive(Debug, Subcommand)]
 enum UpgradeCommand {
     /// Ship an agent release to the selected nodes (every node by default).
-    Nodes {
-        /// Label selector: KEY=VALUE, KEY!=VALUE or KEY, comma-separated.
-        #[arg(short = 'l', long)]
-        selector: Option<String>,
-        /// An agent binary (static, for the architecture its ELF header names); one per
-        /// architecture, uploaded as release --version.
-        #[arg(long = "binary", value_name = "FILE")]
-        binaries: Vec<PathBuf>,
-        /// The release to roll out (uploaded now with --binary, or earlier).
-        #[arg(long)]
-        version: Option<String>,
-        /// Nodes upgraded at once; the next batch starts when these are done.
-        #[arg(long, default_value_t = 1)]
-        batch: u32,
-        /// How long a new binary has to link again before the node rolls back by itself.
-        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
-        ready_within: Duration,
-        /// How long a node has from its order to be done before the rollout stops.
-        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-        /// Follow the rollout to its end; fail when it stops.
-        #[arg(long)]
-        wait: bool,
-    },
+    Nodes(cli::upgrade::Plan),
     /// Stop ordering nodes in a rollout (nodes already ordered finish).
     Cancel { id: u64 },
 }
@@ -873,26 +850,7 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Upgrade { command } => match command {
-            UpgradeCommand::Nodes {
-                selector,
-                binaries,
-                version,
-                batch,
-                ready_within,
-                timeout,
-                wait,
-            } => {
-                let plan = cli::upgrade::Plan {
-                    selector,
-                    binaries,
-                    version,
-                    batch,
-                    ready_within,
-                    timeout,
-                    wait,
-                };
-                cli::upgrade::nodes(&client()?, plan).await
-            }
+            UpgradeCommand::Nodes(plan) => cli::upgrade::nodes(&client()?, plan).await,
             UpgradeCommand::Cancel { id } => cli::upgrade::cancel(&client()?, id).await,
         },
         Command::Label {

@@ -37,6 +37,25 @@ fn agent_variant(dir: &Path, tag: &str) -> (PathBuf, String) {
     (path, hex::encode(Sha256::digest(&bytes)))
 }
 
+/// `spillway upgrade nodes --binary BINARY --version VERSION EXTRA…`.
+fn upgrade(
+    c: &Coordinator,
+    binary: &Path,
+    version: &str,
+    extra: &[&str],
+) -> (bool, String, String) {
+    let mut args = vec![
+        "upgrade",
+        "nodes",
+        "--binary",
+        binary.to_str().unwrap(),
+        "--version",
+        version,
+    ];
+    args.extend_from_slice(extra);
+    c.cli(&args)
+}
+
 fn boot(node: &Node) -> serde_json::Value {
     let text = std::fs::read_to_string(node.path("state/upgrade/boot.json")).unwrap_or_default();
     serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
@@ -102,14 +121,7 @@ fn a_fleet_upgrades_in_batches_and_a_broken_or_unlinked_binary_rolls_back_by_its
     arm[18..20].copy_from_slice(&183u16.to_le_bytes());
     let arm_path = builds.path().join("spillway-agent-aarch64");
     std::fs::write(&arm_path, &arm).unwrap();
-    let (ok, out, err) = c.cli(&[
-        "upgrade",
-        "nodes",
-        "--binary",
-        arm_path.to_str().unwrap(),
-        "--version",
-        "arm-only",
-    ]);
+    let (ok, out, err) = upgrade(&c, &arm_path, "arm-only", &[]);
     assert!(!ok, "{out}");
     assert!(
         err.contains("release arm-only has no binary for x86_64 (nodes edge-1, edge-2, edge-3)"),
@@ -123,21 +135,20 @@ fn a_fleet_upgrades_in_batches_and_a_broken_or_unlinked_binary_rolls_back_by_its
     // 1. Every node, two at a time, onto a new build.
     let (good, good_sha) = agent_variant(builds.path(), "good");
     let started = Instant::now();
-    let (ok, out, err) = c.cli(&[
-        "upgrade",
-        "nodes",
-        "--binary",
-        good.to_str().unwrap(),
-        "--version",
+    let (ok, out, err) = upgrade(
+        &c,
+        &good,
         "9.0.0-good",
-        "--batch",
-        "2",
-        "--ready-within",
-        "60s",
-        "--timeout",
-        "3m",
-        "--wait",
-    ]);
+        &[
+            "--batch",
+            "2",
+            "--ready-within",
+            "60s",
+            "--timeout",
+            "3m",
+            "--wait",
+        ],
+    );
     let took = started.elapsed();
     let logs: String = nodes.iter().map(|n| n.log()).collect();
     assert!(ok, "{out}\n{err}\n{}\n{logs}", c.log());
@@ -186,19 +197,12 @@ fn a_fleet_upgrades_in_batches_and_a_broken_or_unlinked_binary_rolls_back_by_its
     //    rolls back by itself, the rollout stops there, and nobody else is ordered.
     let broken = builds.path().join("false");
     std::fs::copy("/bin/false", &broken).unwrap();
-    let (ok, out, err) = c.cli(&[
-        "upgrade",
-        "nodes",
-        "--binary",
-        broken.to_str().unwrap(),
-        "--version",
+    let (ok, out, err) = upgrade(
+        &c,
+        &broken,
         "9.1.0-broken",
-        "--ready-within",
-        "30s",
-        "--timeout",
-        "2m",
-        "--wait",
-    ]);
+        &["--ready-within", "30s", "--timeout", "2m", "--wait"],
+    );
     assert!(!ok, "{out}");
     assert!(
         err.contains("rollout 2 stopped: edge-1: the new binary stopped before it reported Ready"),
@@ -232,20 +236,19 @@ fn a_fleet_upgrades_in_batches_and_a_broken_or_unlinked_binary_rolls_back_by_its
     let (good2, _) = agent_variant(builds.path(), "good2");
     let (ok, _, err) = c.cli(&["label", "node", "edge-2", "ring=canary"]);
     assert!(ok, "{err}");
-    let (ok, out, err) = c.cli(&[
-        "upgrade",
-        "nodes",
-        "-l",
-        "ring=canary",
-        "--binary",
-        good2.to_str().unwrap(),
-        "--version",
+    let (ok, out, err) = upgrade(
+        &c,
+        &good2,
         "9.2.0",
-        "--ready-within",
-        "5s",
-        "--timeout",
-        "2m",
-    ]);
+        &[
+            "-l",
+            "ring=canary",
+            "--ready-within",
+            "5s",
+            "--timeout",
+            "2m",
+        ],
+    );
     assert!(ok, "{out}{err}");
     let stored = wait_until(Duration::from_secs(60), || {
         nodes[1]
@@ -380,16 +383,7 @@ fn under_systemd_the_restarted_service_execs_the_new_binary_and_a_broken_one_rol
     assert!(systemd.notifications().contains("READY=1"));
 
     let (good, good_sha) = agent_variant(builds.path(), "unit");
-    let (ok, out, err) = c.cli(&[
-        "upgrade",
-        "nodes",
-        "--binary",
-        good.to_str().unwrap(),
-        "--version",
-        "9.0.0-unit",
-        "--ready-within",
-        "60s",
-    ]);
+    let (ok, out, err) = upgrade(&c, &good, "9.0.0-unit", &["--ready-within", "60s"]);
     assert!(ok, "{out}{err}");
     let done = systemd.run_until(&mut node, Duration::from_secs(120), || {
         c.json(&["get", "upgrades", "1"])["state"] == "succeeded"
@@ -418,16 +412,7 @@ fn under_systemd_the_restarted_service_execs_the_new_binary_and_a_broken_one_rol
     // the trial was started once already, goes back to the good build by itself.
     let broken = builds.path().join("false");
     std::fs::copy("/bin/false", &broken).unwrap();
-    let (ok, out, err) = c.cli(&[
-        "upgrade",
-        "nodes",
-        "--binary",
-        broken.to_str().unwrap(),
-        "--version",
-        "9.1.0-broken",
-        "--ready-within",
-        "30s",
-    ]);
+    let (ok, out, err) = upgrade(&c, &broken, "9.1.0-broken", &["--ready-within", "30s"]);
     assert!(ok, "{out}{err}");
     let stopped = systemd.run_until(&mut node, Duration::from_secs(120), || {
         c.json(&["get", "upgrades", "2"])["nodes"][0]["phase"] == "rolled_back"

@@ -191,23 +191,35 @@ pub fn start_agent(server: &Server, name: &str, token: &str) -> Agent {
         format!("node_name = \"{name}\"\ndata_root = \"d\"\nstate_dir = \"s\"\n"),
     )
     .unwrap();
+    join_agent(server, &cfg, token);
+    Agent {
+        child: run_agent(&cfg),
+        _dir: dir,
+    }
+}
+
+/// `spillway-agent join` with `token`, for the agent of config `cfg`.
+pub fn join_agent(server: &Server, cfg: &Path, token: &str) {
     let quic = format!("127.0.0.1:{}", server.quic);
     let ok = Command::new(release_bin("spillway-agent"))
         .arg("--config")
-        .arg(&cfg)
+        .arg(cfg)
         .args(["join", "--coordinator", &quic, "--token", token])
         .stdout(Stdio::null())
         .status()
         .unwrap()
         .success();
     assert!(ok, "join failed");
-    let child = Command::new(release_bin("spillway-agent"))
+}
+
+/// `spillway-agent run` of config `cfg`, logging warnings only.
+pub fn run_agent(cfg: &Path) -> Child {
+    Command::new(release_bin("spillway-agent"))
         .arg("--config")
-        .arg(&cfg)
+        .arg(cfg)
         .arg("run")
         .env("SPILLWAY_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
-        .unwrap();
-    Agent { child, _dir: dir }
+        .unwrap()
 }

@@ -11,14 +11,30 @@ use spillway_api::upgrades::{NodePhase, Release, Rollout, RolloutRequest, Rollou
 use super::output::{Format, print, since};
 use crate::client::Client;
 
-#[derive(Debug)]
+/// `spillway upgrade nodes`: what to ship where, and how.
+#[derive(Debug, clap::Args)]
 pub struct Plan {
+    /// Label selector: KEY=VALUE, KEY!=VALUE or KEY, comma-separated.
+    #[arg(short = 'l', long)]
     pub selector: Option<String>,
+    /// An agent binary (static, for the architecture its ELF header names); one per
+    /// architecture, uploaded as release --version.
+    #[arg(long = "binary", value_name = "FILE")]
     pub binaries: Vec<PathBuf>,
+    /// The release to roll out (uploaded now with --binary, or earlier).
+    #[arg(long)]
     pub version: Option<String>,
+    /// Nodes upgraded at once; the next batch starts when these are done.
+    #[arg(long, default_value_t = 1)]
     pub batch: u32,
+    /// How long a new binary has to link again before the node rolls back by itself.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     pub ready_within: Duration,
+    /// How long a node has from its order to be done before the rollout stops.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Follow the rollout to its end; fail when it stops.
+    #[arg(long)]
     pub wait: bool,
 }
 
@@ -73,9 +89,9 @@ pub async fn nodes(client: &Client, plan: Plan) -> anyhow::Result<()> {
     println!(
         "rollout {} of {}: {} nodes, {} at a time (watch it with `spillway get upgrades {}`)",
         rollout.id,
-        rollout.version,
+        rollout.request.version,
         rollout.nodes.len(),
-        rollout.batch,
+        rollout.request.batch,
         rollout.id
     );
     if plan.wait {
@@ -116,7 +132,7 @@ async fn follow(client: &Client, id: u64) -> anyhow::Result<()> {
                     println!(
                         "rollout {id}: all {} nodes run {}",
                         r.nodes.len(),
-                        r.version
+                        r.request.version
                     );
                     Ok(())
                 }
@@ -214,7 +230,7 @@ pub async fn get(client: &Client, format: Format, id: Option<&str>) -> anyhow::R
                 .map(|r| {
                     vec![
                         r.id.to_string(),
-                        r.version.clone(),
+                        r.request.version.clone(),
                         state_name(&r.state).into(),
                         r.nodes.len().to_string(),
                         r.count(NodePhase::Done).to_string(),

@@ -149,7 +149,7 @@ impl Upgrades {
         if let Some(running) = inner.rollouts.iter().find(|r| r.is_running()) {
             return Err(Refusal::Busy(format!(
                 "rollout {} of {} is running: wait for it, or cancel it with `spillway upgrade cancel {}`",
-                running.id, running.version, running.id
+                running.id, running.request.version, running.id
             )));
         }
         let release = inner
@@ -180,7 +180,7 @@ impl Upgrades {
         inner.rollouts.drain(..excess);
         drop(inner);
         self.changed.send_modify(|v| *v += 1);
-        tracing::info!(rollout = id, version = %new.version, nodes = new.nodes.len(), batch = new.batch, "rollout started");
+        tracing::info!(rollout = id, version = %new.request.version, nodes = new.nodes.len(), batch = new.request.batch, "rollout started");
         Ok(new)
     }
 
@@ -198,16 +198,19 @@ impl Upgrades {
             .nodes
             .iter()
             .find(|n| n.node == node && n.phase == NodePhase::Ordered)?;
-        let release = inner.releases.iter().find(|rel| rel.version == r.version)?;
+        let release = inner
+            .releases
+            .iter()
+            .find(|rel| rel.version == r.request.version)?;
         let binary = release.binaries.iter().find(|b| b.arch == n.arch)?;
         Some(UpgradeOrder {
             rollout: r.id,
-            version: r.version.clone(),
+            version: r.request.version.clone(),
             arch: binary.arch.clone(),
             sha256: digest(&binary.sha256)?,
             size: binary.size,
             signature: hex::decode(&binary.signature).ok()?,
-            ready_within_ms: r.ready_within_ms,
+            ready_within_ms: r.request.ready_within_ms,
         })
     }
 
@@ -241,7 +244,7 @@ impl Upgrades {
             let ordered_at = &inner.ordered_at;
             let mut late = Vec::new();
             for r in &inner.rollouts {
-                let timeout = Duration::from_millis(r.timeout_ms);
+                let timeout = Duration::from_millis(r.request.timeout_ms);
                 for n in r.nodes.iter().filter(|n| n.phase.in_flight()) {
                     let key = (r.id, n.node.clone());
                     if ordered_at

@@ -75,11 +75,7 @@ pub fn plan(
     }
     Ok(Rollout {
         id,
-        version: release.version.clone(),
-        selector: request.selector.clone(),
-        batch: request.batch,
-        ready_within_ms: request.ready_within_ms,
-        timeout_ms: request.timeout_ms,
+        request: request.clone(),
         created_at_ms: now_ms,
         finished_at_ms: None,
         state: RolloutState::Running,
@@ -108,7 +104,7 @@ pub fn next_orders(r: &mut Rollout, now_ms: u64) -> Vec<String> {
         r.finished_at_ms = Some(now_ms);
         return Vec::new();
     }
-    let batch = usize::try_from(r.batch).unwrap_or(usize::MAX);
+    let batch = usize::try_from(r.request.batch).unwrap_or(usize::MAX);
     let mut ordered = Vec::new();
     for n in r
         .nodes
@@ -151,7 +147,8 @@ pub fn on_report(r: &mut Rollout, node: &str, status: &UpgradeStatus, now_ms: u6
 
 /// A node ordered `timeout_ms` ago is not done: it failed, and the rollout stops.
 pub fn on_timeout(r: &mut Rollout, node: &str, now_ms: u64) -> bool {
-    let timeout = humantime::format_duration(std::time::Duration::from_millis(r.timeout_ms));
+    let timeout =
+        humantime::format_duration(std::time::Duration::from_millis(r.request.timeout_ms));
     let Some(n) = r
         .nodes
         .iter_mut()
