@@ -44,6 +44,12 @@ const DELEGATED: TableDefinition<&str, &[u8]> = TableDefinition::new("delegated"
 const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
 /// Rollout id (zero-padded, so they list in order) → the rollout and every node's phase.
 const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
+/// Counters of the store itself: rows forgotten since the file was last compacted.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const FORGOTTEN: &str = "rows_forgotten_since_compaction";
+/// Forgotten rows after which the next start compacts the file (redb reuses freed pages while
+/// it runs; compaction gives them back to the file system).
+pub const COMPACT_AFTER: u64 = 10_000;
 
 /// A job another cluster delegated to this coordinator, under the name it gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,7 +263,7 @@ impl Store {
     /// at start: a damaged database or record refuses the start, and the file is left as it
     /// was for a restore.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open {
+        let mut db = Database::create(path).map_err(|e| StoreError::Open {
             path: path.to_owned(),
             message: match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => {
@@ -276,7 +282,14 @@ impl Store {
             tx.open_table(t)?;
         }
         tx.open_table(CERTS)?;
+        let forgotten = tx
+            .open_table(META)?
+            .get(FORGOTTEN)?
+            .map_or(0, |v| v.value());
         tx.commit()?;
+        if forgotten >= COMPACT_AFTER {
+            compact(&mut db, path, forgotten)?;
+        }
         let db = Arc::new(db);
         let store = Self {
             journal: Journal::start(db.clone()),
@@ -755,6 +768,9 @@ impl Store {
             for d in delegated {
                 names.remove(format!("{}/{}", d.service, d.name).as_str())?;
             }
+            let mut meta = tx.open_table(META)?;
+            let before = meta.get(FORGOTTEN)?.map_or(0, |v| v.value());
+            meta.insert(FORGOTTEN, before.saturating_add(ids.len() as u64))?;
         }
         tx.commit()?;
         Ok(())
@@ -859,6 +875,12 @@ impl Store {
         self.list(ROLLOUTS, "rollouts")
     }
 
+    /// Job rows forgotten since the file was last compacted (at start, past [`COMPACT_AFTER`]).
+    pub fn rows_forgotten_since_compaction(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(META)?.get(FORGOTTEN)?.map_or(0, |v| v.value()))
+    }
+
     /// Forgets finished rollouts but the newest `keep`; how many went.
     pub fn prune_rollouts(&self, keep: usize) -> Result<usize, StoreError> {
         let all = self.rollouts()?;
@@ -923,6 +945,25 @@ impl Store {
     }
 }
 
+/// Gives the pages of `forgotten` rows back to the file system, then zeroes the count.
+fn compact(db: &mut Database, path: &Path, forgotten: u64) -> Result<(), StoreError> {
+    let size = || std::fs::metadata(path).map_or(0, |m| m.len());
+    let (before, started) = (size(), std::time::Instant::now());
+    db.compact()
+        .map_err(|e| StoreError::Db(format!("cannot compact the store: {e}")))?;
+    let tx = db.begin_write()?;
+    tx.open_table(META)?.insert(FORGOTTEN, 0)?;
+    tx.commit()?;
+    tracing::info!(
+        forgotten,
+        before_mib = before >> 20,
+        after_mib = size() >> 20,
+        took_ms = started.elapsed().as_millis() as u64,
+        "compacted the coordinator's store"
+    );
+    Ok(())
+}
+
 fn rollout_key(id: u64) -> String {
     format!("{id:020}")
 }
@@ -971,6 +1012,53 @@ mod tests {
             updated_at_ms: at_ms,
             ran_on: None,
         }
+    }
+
+    #[test]
+    fn after_many_forgotten_rows_the_next_start_compacts_the_file() {
+        use spillway_proto::wire::JobPhase::Succeeded;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path).unwrap();
+        let rows: Vec<JobRow> = (0..COMPACT_AFTER as u32 + 2_000)
+            .map(|n| {
+                let mut r = row(0, Succeeded, 1_000);
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&n.to_be_bytes());
+                r.update.id = spillway_proto::JobId::from_bytes(id);
+                r.update.reason = Some("x".repeat(400));
+                r
+            })
+            .collect();
+        for chunk in rows.chunks(2_000) {
+            store.put_jobs(chunk).unwrap();
+        }
+        // A durable commit, so the file holds them all.
+        store
+            .put_release(&spillway_api::upgrades::Release {
+                version: "1".into(),
+                binaries: vec![],
+            })
+            .unwrap();
+        let full = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(store.prune_jobs(10_000, 1, usize::MAX).unwrap(), rows.len());
+        drop(store);
+        // redb gives back only what is free at the end of the file.
+        let pruned = std::fs::metadata(&path).unwrap().len();
+        let store = Store::open(&path).unwrap();
+        let compacted = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            compacted * 4 < full && compacted * 2 < pruned,
+            "{full} -> pruned {pruned} -> compacted {compacted} bytes"
+        );
+        assert!(store.jobs().unwrap().is_empty());
+        assert_eq!(
+            store.releases().unwrap().len(),
+            1,
+            "what was kept is still there"
+        );
+        // Counted from zero again: the next start does not compact.
+        assert_eq!(store.rows_forgotten_since_compaction().unwrap(), 0);
     }
 
     #[test]
