@@ -537,8 +537,10 @@ fn the_journal_keeps_only_its_retention_and_a_removed_jobs_input_never_runs_agai
         node.write(&format!("data/files/in/f{i:02}.txt"), format!("{i}"));
     }
     let out = node.path("data/files/out");
+    // Outputs land before their job is recorded finished (and its log written): wait for both.
     assert!(
-        wait_until(Duration::from_secs(30), || files_under(&out).len() == 12),
+        wait_until(Duration::from_secs(30), || files_under(&out).len() == 12
+            && node.jobs().len() == 12),
         "{}",
         node.log()
     );

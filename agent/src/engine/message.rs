@@ -27,7 +27,8 @@ impl Agent {
         }
         let sha256: [u8; 32] = Sha256::digest(&m.payload).into();
         let key = message_key(&m.topic, &sha256);
-        let occurrence = match classify(s.journal.message_seen(&key)?, m.delivery) {
+        let (seen, floor) = s.journal.message_seen(&key)?;
+        let occurrence = match classify(seen, floor, m.delivery) {
             Arrival::Redelivery => {
                 tracing::debug!(topic = %m.topic, "MQTT redelivery of a journaled message");
                 // Its first delivery may be staged, not yet durable: acknowledged in turn.
@@ -90,7 +91,7 @@ impl Agent {
         }
         // A message is a new job even when an earlier one with the same payload failed: its
         // occurrence makes another id. So a redelivered message is never a retry.
-        let seen = Change::SeenMessage(key, remember(occurrence, m.delivery));
+        let seen = Change::SeenMessage(key, remember(occurrence, m.delivery, now_ms()));
         self.arrive(arrivals, false, vec![seen])?;
         self.after.push(super::drive::After::Acknowledge(m.done));
         Ok(())

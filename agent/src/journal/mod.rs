@@ -40,8 +40,12 @@ const UNFINISHED: TableDefinition<&[u8], ()> = TableDefinition::new("unfinished"
 /// `finished_at_ms` (big-endian) then the job id, of every finished job: oldest first for
 /// retention, newest first for a resync.
 const ENDED: TableDefinition<&[u8], ()> = TableDefinition::new("ended");
-/// The journal's layout: `indexes` is 1 once [`UNFINISHED`] and [`ENDED`] cover every job.
+/// The journal's layout: `indexes` is 1 once [`UNFINISHED`] and [`ENDED`] cover every job,
+/// `message_times` once [`MESSAGE_TIMES`] covers every message; `message_floor` is the highest
+/// occurrence of a message whose record retention removed.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `seen_at_ms` (big-endian) then the [`MESSAGES`] key: the oldest go first.
+const MESSAGE_TIMES: TableDefinition<&[u8], ()> = TableDefinition::new("message_times");
 
 /// Leading byte of every encoded record, so a future layout can be told apart.
 const RECORD_VERSION: u8 = 1;
@@ -228,6 +232,29 @@ pub struct MessageSeen {
     pub packet_id: u16,
     /// The connection it arrived on (its start time in ms).
     pub connection: u64,
+    /// When it was last seen (0 in journals written before retention kept messages).
+    pub seen_at_ms: u64,
+}
+
+/// [`MessageSeen`] as journals before retention wrote it.
+#[derive(Deserialize)]
+struct MessageSeenV1 {
+    count: u64,
+    packet_id: u16,
+    connection: u64,
+}
+
+/// A message record of either layout.
+fn decode_message(bytes: &[u8]) -> Result<MessageSeen, JournalError> {
+    decode::<MessageSeen>("an MQTT message", bytes).or_else(|e| {
+        let old: MessageSeenV1 = decode("an MQTT message", bytes).map_err(|_| e)?;
+        Ok(MessageSeen {
+            count: old.count,
+            packet_id: old.packet_id,
+            connection: old.connection,
+            seen_at_ms: 0,
+        })
+    })
 }
 
 /// One change to the journal, as the engine's job book decides it; [`Journal::commit`] applies
@@ -363,6 +390,7 @@ impl Journal {
             txn.open_table(WRITES)?;
             // Journals written before the indexes existed get them once, from a full read.
             retention::build_indexes(&txn)?;
+            retention::build_message_times(&txn)?;
             txn.commit()?;
             Ok(db)
         };
@@ -473,9 +501,24 @@ impl Journal {
                             .map_err(redb::Error::from)?;
                     }
                     Change::SeenMessage(key, seen) => {
-                        txn.open_table(MESSAGES)
+                        let was = txn
+                            .open_table(MESSAGES)
                             .map_err(redb::Error::from)?
                             .insert(key.as_slice(), encode(seen).as_slice())
+                            .map_err(redb::Error::from)?
+                            .map(|v| decode_message(v.value()))
+                            .transpose()?;
+                        let mut times = txn.open_table(MESSAGE_TIMES).map_err(redb::Error::from)?;
+                        if let Some(was) = was {
+                            times
+                                .remove(retention::message_time_key(was.seen_at_ms, key).as_slice())
+                                .map_err(redb::Error::from)?;
+                        }
+                        times
+                            .insert(
+                                retention::message_time_key(seen.seen_at_ms, key).as_slice(),
+                                (),
+                            )
                             .map_err(redb::Error::from)?;
                     }
                     Change::Written(key, stamp) => {
@@ -588,13 +631,19 @@ impl Journal {
         value.map(|v| decode(key, v.value())).transpose()
     }
 
-    pub fn message_seen(&self, key: &[u8]) -> Result<Option<MessageSeen>, JournalError> {
+    /// What the journal remembers of the message with this key, and the occurrence below which
+    /// a message it no longer remembers must not be numbered (see [`Journal::prune`]).
+    pub fn message_seen(&self, key: &[u8]) -> Result<(Option<MessageSeen>, u64), JournalError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(MESSAGES).map_err(redb::Error::from)?;
         let value = table.get(key).map_err(redb::Error::from)?;
-        value
-            .map(|v| decode("an MQTT message", v.value()))
-            .transpose()
+        let seen = value.map(|v| decode_message(v.value())).transpose()?;
+        let meta = txn.open_table(META).map_err(redb::Error::from)?;
+        let floor = meta
+            .get(retention::MESSAGE_FLOOR)
+            .map_err(redb::Error::from)?
+            .map_or(0, |v| v.value());
+        Ok((seen, floor))
     }
 
     /// Every job not yet `Succeeded` or `Failed`, oldest first; read through their index,

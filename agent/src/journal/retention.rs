@@ -6,9 +6,40 @@
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::{
-    ENDED, GUESTS, Guest, JOBS, JobRecord, Journal, JournalError, META, RETURNED, UNFINISHED,
-    decode,
+    ENDED, GUESTS, Guest, JOBS, JobRecord, Journal, JournalError, MESSAGE_TIMES, MESSAGES, META,
+    RETURNED, UNFINISHED, decode, decode_message,
 };
+
+/// [`META`] key of the highest occurrence of a message whose record was removed: a message
+/// seen again after its record went is numbered above it, so it never takes the id of a job
+/// that message made before.
+pub(super) const MESSAGE_FLOOR: &str = "message_floor";
+
+/// The key of a message in [`MESSAGE_TIMES`].
+pub(super) fn message_time_key(seen_at_ms: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&seen_at_ms.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// Builds [`MESSAGE_TIMES`] once, for a journal written before messages were kept by time
+/// (their records say 0: they are the first to go).
+pub(super) fn build_message_times(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get("message_times")?.is_some_and(|v| v.value() >= 1) {
+        return Ok(());
+    }
+    let messages = txn.open_table(MESSAGES)?;
+    let mut times = txn.open_table(MESSAGE_TIMES)?;
+    for item in messages.iter()? {
+        let (key, value) = item?;
+        let at = decode_message(value.value()).map_or(0, |m| m.seen_at_ms);
+        times.insert(message_time_key(at, key.value()).as_slice(), ())?;
+    }
+    meta.insert("message_times", 1)?;
+    Ok(())
+}
 
 /// How long finished jobs are kept, and how many at most (`[retention]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,11 +116,58 @@ pub(super) fn build_indexes(txn: &WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// Removes the remembered MQTT messages last seen before the cutoff, and the oldest beyond
+/// `max_jobs`, at most `limit`; raises the floor of occurrences to the highest one removed.
+/// Returns how many went.
+fn prune_messages(
+    txn: &WriteTransaction,
+    now_ms: u64,
+    retention: Retention,
+    limit: usize,
+) -> Result<usize, JournalError> {
+    let mut times = txn.open_table(MESSAGE_TIMES).map_err(redb::Error::from)?;
+    let mut messages = txn.open_table(MESSAGES).map_err(redb::Error::from)?;
+    let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
+    let total = times.len().map_err(redb::Error::from)?;
+    let cutoff = now_ms.saturating_sub(retention.max_age_ms);
+    let mut doomed = Vec::new();
+    for item in times.iter().map_err(redb::Error::from)? {
+        let (key, _) = item.map_err(redb::Error::from)?;
+        let key = key.value().to_vec();
+        let at = key
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes);
+        let over = total - doomed.len() as u64 > retention.max_jobs;
+        if (at >= cutoff && !over) || doomed.len() >= limit {
+            break;
+        }
+        doomed.push(key);
+    }
+    let mut floor = meta
+        .get(MESSAGE_FLOOR)
+        .map_err(redb::Error::from)?
+        .map_or(0, |v| v.value());
+    for key in &doomed {
+        times.remove(key.as_slice()).map_err(redb::Error::from)?;
+        let Some(message) = key.get(8..) else {
+            continue;
+        };
+        if let Some(seen) = messages.remove(message).map_err(redb::Error::from)? {
+            floor = floor.max(decode_message(seen.value())?.count);
+        }
+    }
+    meta.insert(MESSAGE_FLOOR, floor)
+        .map_err(redb::Error::from)?;
+    Ok(doomed.len())
+}
+
 impl Journal {
     /// Removes finished jobs that ended before `now_ms - max_age_ms`, and the oldest beyond
     /// `max_jobs`, at most `limit` of them (so the engine is never held long), staged like any
-    /// change. A guest job whose result the coordinator has not taken is kept. Returns the ids
-    /// removed, for their logs to go too.
+    /// change. A guest job whose result the coordinator has not taken is kept. The MQTT
+    /// messages remembered go by the same rule (last seen before the cutoff, the oldest beyond
+    /// `max_jobs`). Returns the ids of the jobs removed, for their logs to go too.
     pub fn prune(
         &self,
         now_ms: u64,
@@ -141,9 +219,10 @@ impl Journal {
                 removed.push(spillway_proto::JobId::from_bytes(raw));
             }
         }
+        let messages = prune_messages(&txn, now_ms, retention, limit)?;
         txn.commit().map_err(redb::Error::from)?;
-        if !removed.is_empty() {
-            self.note_staged(removed.len());
+        if !removed.is_empty() || messages > 0 {
+            self.note_staged(removed.len() + messages);
         }
         Ok(removed)
     }

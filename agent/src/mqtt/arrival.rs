@@ -29,7 +29,9 @@ pub struct Delivery {
     pub connection: u64,
 }
 
-pub fn classify(seen: Option<MessageSeen>, d: Delivery) -> Arrival {
+/// `floor`: the highest occurrence of a message whose record retention removed; a message the
+/// journal does not remember is numbered above it.
+pub fn classify(seen: Option<MessageSeen>, floor: u64, d: Delivery) -> Arrival {
     match seen {
         // QoS 0 messages (packet id 0) are never re-sent.
         Some(s)
@@ -43,16 +45,19 @@ pub fn classify(seen: Option<MessageSeen>, d: Delivery) -> Arrival {
         Some(s) => Arrival::New {
             occurrence: s.count + 1,
         },
-        None => Arrival::New { occurrence: 1 },
+        None => Arrival::New {
+            occurrence: floor + 1,
+        },
     }
 }
 
-/// What the journal remembers about a message just acted on.
-pub fn remember(occurrence: u64, d: Delivery) -> MessageSeen {
+/// What the journal remembers about a message just acted on, at `now_ms`.
+pub fn remember(occurrence: u64, d: Delivery, now_ms: u64) -> MessageSeen {
     MessageSeen {
         count: occurrence,
         packet_id: d.packet_id,
         connection: d.connection,
+        seen_at_ms: now_ms,
     }
 }
 
@@ -81,26 +86,38 @@ mod tests {
 
     #[test]
     fn a_redelivery_after_reconnecting_is_the_same_job() {
-        let seen = remember(3, d(false, 17, 100));
-        assert_eq!(classify(Some(seen), d(true, 17, 200)), Arrival::Redelivery);
+        let seen = remember(3, d(false, 17, 100), 5);
+        assert_eq!(
+            classify(Some(seen), 0, d(true, 17, 200)),
+            Arrival::Redelivery
+        );
     }
 
     #[test]
     fn the_same_reading_published_again_is_a_new_job() {
-        let seen = remember(3, d(false, 17, 100));
+        let seen = remember(3, d(false, 17, 100), 5);
         assert_eq!(
-            classify(Some(seen), d(false, 18, 100)),
+            classify(Some(seen), 0, d(false, 18, 100)),
             Arrival::New { occurrence: 4 }
         );
         // Re-sent, but not the one journaled (another packet id): the agent died before
         // journaling it, so it is new.
         assert_eq!(
-            classify(Some(seen), d(true, 18, 200)),
+            classify(Some(seen), 0, d(true, 18, 200)),
             Arrival::New { occurrence: 4 }
         );
         assert_eq!(
-            classify(None, d(true, 17, 200)),
+            classify(None, 0, d(true, 17, 200)),
             Arrival::New { occurrence: 1 }
+        );
+    }
+
+    #[test]
+    fn a_message_seen_again_after_its_record_went_is_numbered_above_every_removed_one() {
+        // Retention removed records with occurrences up to 7: no job id of theirs comes back.
+        assert_eq!(
+            classify(None, 7, d(false, 3, 300)),
+            Arrival::New { occurrence: 8 }
         );
     }
 
@@ -114,6 +131,9 @@ mod tests {
         /// `crash_before_ack` or neither.
         Receive(u8),
         Reconnect,
+        /// Retention removes what the journal remembers of a payload (only once nothing with
+        /// it waits at the broker: records go 30 days after they were last seen).
+        Forget(u8),
     }
 
     fn steps() -> impl Strategy<Value = Vec<Step>> {
@@ -122,6 +142,7 @@ mod tests {
                 (0u8..3).prop_map(Step::Publish),
                 (0u8..3).prop_map(Step::Receive),
                 Just(Step::Reconnect),
+                (0u8..3).prop_map(Step::Forget),
             ],
             1..60,
         )
@@ -139,8 +160,16 @@ mod tests {
             let mut journal: BTreeMap<u8, MessageSeen> = BTreeMap::new();
             let mut jobs: BTreeMap<(u8, u64), u64> = BTreeMap::new(); // (payload, occurrence) -> msg
             let mut connection = 1u64;
+            let mut floor = 0u64;
             for step in steps {
                 match step {
+                    Step::Forget(p) => {
+                        if !queue.iter().any(|q| q.1 == p)
+                            && let Some(seen) = journal.remove(&p)
+                        {
+                            floor = floor.max(seen.count);
+                        }
+                    }
                     Step::Publish(p) => {
                         queue.push_back((next_msg, p, next_pkid, false));
                         next_msg += 1;
@@ -155,11 +184,11 @@ mod tests {
                             connection += 1; // died before journaling: nothing recorded
                             continue;
                         }
-                        match classify(journal.get(&payload).copied(), delivery) {
+                        match classify(journal.get(&payload).copied(), floor, delivery) {
                             Arrival::Redelivery => {}
                             Arrival::New { occurrence } => {
                                 prop_assert!(jobs.insert((payload, occurrence), msg).is_none());
-                                journal.insert(payload, remember(occurrence, delivery));
+                                journal.insert(payload, remember(occurrence, delivery, 0));
                             }
                         }
                         if crash == 1 {
@@ -174,9 +203,9 @@ mod tests {
             connection += 1;
             while let Some((msg, payload, pkid, sent)) = queue.pop_front() {
                 let delivery = d(sent, pkid, connection);
-                if let Arrival::New { occurrence } = classify(journal.get(&payload).copied(), delivery) {
+                if let Arrival::New { occurrence } = classify(journal.get(&payload).copied(), floor, delivery) {
                     prop_assert!(jobs.insert((payload, occurrence), msg).is_none());
-                    journal.insert(payload, remember(occurrence, delivery));
+                    journal.insert(payload, remember(occurrence, delivery, 0));
                 }
             }
             let mut ran: Vec<u64> = jobs.values().copied().collect();

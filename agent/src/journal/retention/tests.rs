@@ -182,3 +182,99 @@ fn compaction_gives_the_space_of_pruned_jobs_back() {
     assert!(after * 4 < before, "{before} bytes -> {after}");
     assert_eq!(j.recently_finished(1_000).expect("recent").len(), 100);
 }
+
+fn seen(count: u64, at_ms: u64) -> super::super::MessageSeen {
+    super::super::MessageSeen {
+        count,
+        packet_id: 1,
+        connection: 1,
+        seen_at_ms: at_ms,
+    }
+}
+
+fn message_key(n: u8) -> Vec<u8> {
+    vec![n; 65]
+}
+
+#[test]
+fn remembered_messages_go_by_age_and_count_and_their_occurrences_are_never_reused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let j = Journal::open(&dir.path().join("j.redb")).expect("open");
+    let changes: Vec<Change> = (0..10u8)
+        .map(|n| Change::SeenMessage(message_key(n), seen(u64::from(n) + 1, 1_000 * u64::from(n))))
+        .collect();
+    j.stage(&changes).expect("stage");
+    // Seen again later: its time moves, so age counts from the last sighting.
+    j.stage(&[Change::SeenMessage(message_key(0), seen(2, 9_500))])
+        .expect("again");
+    j.flush().expect("flush");
+    // Last seen before 5,000 ms: messages 1 to 4 go (0 was seen again at 9,500).
+    let age = Retention {
+        max_age_ms: 5_000,
+        max_jobs: u64::MAX,
+    };
+    j.prune(10_000, age, 100).expect("prune");
+    let left: Vec<u8> = (0..10u8)
+        .filter(|n| j.message_seen(&message_key(*n)).expect("read").0.is_some())
+        .collect();
+    assert_eq!(left, [0, 5, 6, 7, 8, 9]);
+    // The highest occurrence removed (message 4's fifth) is the floor for what comes back.
+    assert_eq!(j.message_seen(&message_key(4)).expect("read"), (None, 5));
+    // By count: the oldest beyond 3 go.
+    let count = Retention {
+        max_age_ms: u64::MAX,
+        max_jobs: 3,
+    };
+    j.prune(10_000, count, 100).expect("prune");
+    let left: Vec<u8> = (0..10u8)
+        .filter(|n| j.message_seen(&message_key(*n)).expect("read").0.is_some())
+        .collect();
+    assert_eq!(left, [0, 8, 9]);
+    assert_eq!(j.message_seen(&message_key(7)).expect("read").1, 8);
+}
+
+#[test]
+fn messages_remembered_by_an_older_agent_are_read_and_indexed_when_opened() {
+    #[derive(serde::Serialize)]
+    struct Old {
+        count: u64,
+        packet_id: u16,
+        connection: u64,
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("j.redb");
+    {
+        let db = redb::Database::create(&path).expect("db");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut messages = txn.open_table(MESSAGES).expect("messages");
+            let old = Old {
+                count: 4,
+                packet_id: 9,
+                connection: 77,
+            };
+            messages
+                .insert(
+                    message_key(1).as_slice(),
+                    super::super::encode(&old).as_slice(),
+                )
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let j = Journal::open(&path).expect("open");
+    let (read, floor) = j.message_seen(&message_key(1)).expect("read");
+    let read = read.expect("remembered");
+    assert_eq!(
+        (read.count, read.packet_id, read.connection, read.seen_at_ms),
+        (4, 9, 77, 0)
+    );
+    assert_eq!(floor, 0);
+    // Indexed as the oldest: the first to go.
+    let age = Retention {
+        max_age_ms: 1,
+        max_jobs: u64::MAX,
+    };
+    j.prune(10, age, 100).expect("prune");
+    assert_eq!(j.message_seen(&message_key(1)).expect("read"), (None, 4));
+}

@@ -878,7 +878,10 @@ impl Store {
     /// Job rows forgotten since the file was last compacted (at start, past [`COMPACT_AFTER`]).
     pub fn rows_forgotten_since_compaction(&self) -> Result<u64, StoreError> {
         let tx = self.db.begin_read()?;
-        Ok(tx.open_table(META)?.get(FORGOTTEN)?.map_or(0, |v| v.value()))
+        Ok(tx
+            .open_table(META)?
+            .get(FORGOTTEN)?
+            .map_or(0, |v| v.value()))
     }
 
     /// Forgets finished rollouts but the newest `keep`; how many went.
