@@ -100,7 +100,7 @@ enum Command {
     },
     /// List nodes, functions, jobs or a node's files; or download NODE:PATH.
     ///
-    /// spillway get nodes | functions | jobs [--node N] [--function F] | upgrades [ID] | files NODE [PREFIX]
+    /// spillway get nodes | functions | jobs [--node N] [--function F] | upgrades [ID] | releases | files NODE [PREFIX]
     /// spillway get NODE:bucket/key [DEST]
     Get {
         what: String,
@@ -635,6 +635,7 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                 "upgrades" | "upgrade" => {
                     cli::upgrade::get(&c, format, args.first().map(String::as_str)).await
                 }
+                "releases" | "release" => cli::upgrade::get_releases(&c, format).await,
                 "jobs" | "job" => {
                     cli::get_jobs(&c, format, node.as_deref(), function.as_deref(), limit).await
                 }
@@ -648,7 +649,7 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                     cli::download(&c, spec, args.first().map(std::path::Path::new)).await
                 }
                 other => anyhow::bail!(
-                    "cannot get `{other}`: use nodes, functions, jobs, upgrades [ID], files NODE, or NODE:PATH to download"
+                    "cannot get `{other}`: use nodes, functions, jobs, upgrades [ID], releases, files NODE, or NODE:PATH to download"
                 ),
             }
         }

@@ -282,6 +282,35 @@ fn a_fleet_upgrades_in_batches_and_a_broken_or_unlinked_binary_rolls_back_by_its
     );
     still_works(&nodes[1], "after-deadline");
 
+    // Releases past the five most recently uploaded go, with their binaries.
+    let arm_blob = c
+        .dir
+        .path()
+        .join("state/blobs")
+        .join(hex::encode(Sha256::digest(&arm)));
+    assert!(arm_blob.exists());
+    for v in ["9.3.0", "9.4.0"] {
+        let mut bytes = arm.clone();
+        bytes.extend_from_slice(v.as_bytes());
+        let path = builds.path().join(format!("arm-{v}"));
+        std::fs::write(&path, bytes).unwrap();
+        // Uploaded, then refused as a rollout (no x86-64 binary): the release stays.
+        let (ok, _, _) = upgrade(&c, &path, v, &[]);
+        assert!(!ok);
+    }
+    let releases = c.json(&["get", "releases"]);
+    let versions: Vec<&str> = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        versions,
+        ["9.4.0", "9.3.0", "9.2.0", "9.1.0-broken", "9.0.0-good"]
+    );
+    assert!(!arm_blob.exists(), "the oldest release's binary is gone");
+
     // A stop reaches the agent through its supervisor, and it exits cleanly.
     let status = nodes[2].stop();
     assert!(status.success(), "{status:?}\n{}", nodes[2].log());

@@ -117,6 +117,8 @@ pub async fn run(
     let node = config.node_name.clone();
     // The key of a certificate renewal under way, with the connection it was asked on.
     let mut renewal: Option<(u64, rcgen::KeyPair)> = None;
+    // The link was closed on purpose, to connect again with a renewed certificate.
+    let mut closed_to_renew = false;
     let mut member_tls = match spillway_link::tls::member(
         &membership.ca_der,
         membership.cert_der.clone(),
@@ -197,7 +199,11 @@ pub async fn run(
                 }
                 Action::Unlinked(reason) => {
                     agent.set_mesh(None);
-                    tracing::warn!(coordinator = %membership.coordinator, "link to the coordinator lost ({reason}); working on alone and retrying");
+                    if std::mem::take(&mut closed_to_renew) {
+                        tracing::info!(coordinator = %membership.coordinator, "linking again with the renewed certificate");
+                    } else {
+                        tracing::warn!(coordinator = %membership.coordinator, "link to the coordinator lost ({reason}); working on alone and retrying");
+                    }
                 }
                 Action::Apply(deployment) => {
                     let (agent, events) = (agent.clone(), events_tx.clone());
@@ -274,6 +280,7 @@ pub async fn run(
                                     // The coordinator retires the old certificate once this
                                     // one connects.
                                     if let Some(c) = current.as_ref().filter(|c| c.generation == generation) {
+                                        closed_to_renew = true;
                                         c.conn.close(0u32.into(), b"certificate renewed");
                                     }
                                 }

@@ -252,3 +252,36 @@ pub async fn get(client: &Client, format: Format, id: Option<&str>) -> anyhow::R
         },
     )
 }
+
+/// `spillway get releases`: the agent releases the coordinator keeps (the five most recently
+/// uploaded, and any a running rollout ships).
+pub async fn get_releases(client: &Client, format: Format) -> anyhow::Result<()> {
+    let mut all: Vec<Release> = client.get("/v1/releases").await?;
+    let uploaded = |r: &Release| {
+        r.binaries
+            .iter()
+            .map(|b| b.uploaded_at_ms)
+            .max()
+            .unwrap_or(0)
+    };
+    all.sort_by_key(|r| std::cmp::Reverse(uploaded(r)));
+    print(format, &all, &["VERSION", "BINARIES", "UPLOADED"], || {
+        all.iter()
+            .map(|r| {
+                let binaries: Vec<String> = r
+                    .binaries
+                    .iter()
+                    .map(|b| {
+                        format!(
+                            "{} {:.1} MiB {}",
+                            b.arch,
+                            b.size as f64 / 1_048_576.0,
+                            &b.sha256[..12.min(b.sha256.len())]
+                        )
+                    })
+                    .collect();
+                vec![r.version.clone(), binaries.join(", "), since(uploaded(r))]
+            })
+            .collect()
+    })
+}

@@ -127,6 +127,14 @@ impl Blobs {
             .insert(digest);
     }
 
+    /// Lets a blob go again like any other.
+    pub fn unpin(&self, digest: &[u8; 32]) {
+        self.pinned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(digest);
+    }
+
     fn is_pinned(&self, digest: &[u8; 32]) -> bool {
         self.pinned
             .lock()

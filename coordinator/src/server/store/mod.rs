@@ -856,6 +856,19 @@ impl Store {
         self.put(RELEASES, &release.version, release, Durability::Immediate)
     }
 
+    /// Forgets releases, durably.
+    pub fn remove_releases(&self, versions: &[String]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(RELEASES)?;
+            for v in versions {
+                t.remove(v.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn releases(&self) -> Result<Vec<spillway_api::upgrades::Release>, StoreError> {
         self.list(RELEASES, "releases")
     }

@@ -69,12 +69,7 @@ impl Upgrades {
 
     /// The digests of every release binary (kept in the blob store whatever their age).
     pub fn blobs(&self) -> Vec<[u8; 32]> {
-        self.lock()
-            .releases
-            .iter()
-            .flat_map(|r| &r.binaries)
-            .filter_map(|b| digest(&b.sha256))
-            .collect()
+        digests(&self.lock().releases).into_iter().collect()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -110,6 +105,7 @@ impl Upgrades {
             uploaded_at_ms: now_ms(),
         };
         let mut inner = self.lock();
+        let before = digests(&inner.releases);
         let mut release = inner
             .releases
             .iter()
@@ -128,6 +124,27 @@ impl Upgrades {
             .map_err(|e| e.to_string())?;
         inner.releases.retain(|r| r.version != version);
         inner.releases.push(release.clone());
+        // Older releases go (with their binaries), but never one a running rollout ships.
+        let running: Vec<&str> = inner
+            .rollouts
+            .iter()
+            .filter(|r| r.is_running())
+            .map(|r| r.request.version.as_str())
+            .collect();
+        let forget = releases_to_forget(&inner.releases, &running, KEEP_RELEASES);
+        if !forget.is_empty() {
+            state
+                .store
+                .remove_releases(&forget)
+                .map_err(|e| e.to_string())?;
+            inner.releases.retain(|r| !forget.contains(&r.version));
+            tracing::info!(?forget, "older agent releases removed");
+        }
+        let kept = digests(&inner.releases);
+        for gone in before.difference(&kept) {
+            state.blobs.unpin(gone);
+            state.blobs.remove(gone);
+        }
         Ok(release)
     }
 
@@ -336,6 +353,41 @@ pub async fn drive(state: std::sync::Arc<State>) {
     }
 }
 
+/// Releases kept besides those a running rollout ships: the most recently uploaded.
+pub const KEEP_RELEASES: usize = 5;
+
+/// The versions to forget: all but the `keep` most recently uploaded, never one in `running`.
+pub fn releases_to_forget(releases: &[Release], running: &[&str], keep: usize) -> Vec<String> {
+    let mut newest_first: Vec<(u64, &str)> = releases
+        .iter()
+        .map(|r| {
+            let at = r
+                .binaries
+                .iter()
+                .map(|b| b.uploaded_at_ms)
+                .max()
+                .unwrap_or(0);
+            (at, r.version.as_str())
+        })
+        .collect();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    newest_first
+        .into_iter()
+        .skip(keep)
+        .filter(|(_, v)| !running.contains(v))
+        .map(|(_, v)| v.to_owned())
+        .collect()
+}
+
+/// Every binary's digest in `releases`.
+fn digests(releases: &[Release]) -> std::collections::HashSet<[u8; 32]> {
+    releases
+        .iter()
+        .flat_map(|r| &r.binaries)
+        .filter_map(|b| digest(&b.sha256))
+        .collect()
+}
+
 fn digest(hex_text: &str) -> Option<[u8; 32]> {
     let mut d = [0u8; 32];
     hex::decode_to_slice(hex_text, &mut d).ok().map(|()| d)
@@ -351,4 +403,32 @@ pub fn check_version(version: &str) -> Result<(), String> {
     ok.then_some(()).ok_or_else(|| {
         format!("`{version}` is not a release version: 1 to 64 letters, digits and `.-+_`")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(version: &str, at_ms: u64) -> Release {
+        Release {
+            version: version.into(),
+            binaries: vec![ReleaseBinary {
+                arch: "aarch64".into(),
+                sha256: format!("{at_ms:064x}"),
+                size: 1,
+                signature: String::new(),
+                uploaded_at_ms: at_ms,
+            }],
+        }
+    }
+
+    #[test]
+    fn older_releases_go_but_never_one_a_running_rollout_ships() {
+        let releases: Vec<Release> = (1..=7).map(|n| release(&format!("1.{n}"), n)).collect();
+        let mut gone = releases_to_forget(&releases, &[], 5);
+        gone.sort();
+        assert_eq!(gone, ["1.1", "1.2"]);
+        assert_eq!(releases_to_forget(&releases, &["1.1"], 5), ["1.2"]);
+        assert!(releases_to_forget(&releases[..5], &[], 5).is_empty());
+    }
 }
