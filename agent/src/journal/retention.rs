@@ -116,6 +116,33 @@ pub(super) fn build_indexes(txn: &WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// The keys of an index by time (8 big-endian bytes of ms first) that `retention` removes:
+/// older than its age, or the oldest beyond its count; at most `limit`, oldest first.
+fn oldest_past(
+    index: &redb::Table<'_, &'static [u8], ()>,
+    now_ms: u64,
+    retention: Retention,
+    limit: usize,
+) -> Result<Vec<Vec<u8>>, redb::Error> {
+    let total = index.len()?;
+    let cutoff = now_ms.saturating_sub(retention.max_age_ms);
+    let mut doomed = Vec::new();
+    for item in index.iter()? {
+        let (key, _) = item?;
+        let key = key.value().to_vec();
+        let at = key
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes);
+        let over = total - doomed.len() as u64 > retention.max_jobs;
+        if (at >= cutoff && !over) || doomed.len() >= limit {
+            break;
+        }
+        doomed.push(key);
+    }
+    Ok(doomed)
+}
+
 /// Removes the remembered MQTT messages last seen before the cutoff, and the oldest beyond
 /// `max_jobs`, at most `limit`; raises the floor of occurrences to the highest one removed.
 /// Returns how many went.
@@ -128,22 +155,7 @@ fn prune_messages(
     let mut times = txn.open_table(MESSAGE_TIMES).map_err(redb::Error::from)?;
     let mut messages = txn.open_table(MESSAGES).map_err(redb::Error::from)?;
     let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
-    let total = times.len().map_err(redb::Error::from)?;
-    let cutoff = now_ms.saturating_sub(retention.max_age_ms);
-    let mut doomed = Vec::new();
-    for item in times.iter().map_err(redb::Error::from)? {
-        let (key, _) = item.map_err(redb::Error::from)?;
-        let key = key.value().to_vec();
-        let at = key
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_be_bytes);
-        let over = total - doomed.len() as u64 > retention.max_jobs;
-        if (at >= cutoff && !over) || doomed.len() >= limit {
-            break;
-        }
-        doomed.push(key);
-    }
+    let doomed = oldest_past(&times, now_ms, retention, limit)?;
     let mut floor = meta
         .get(MESSAGE_FLOOR)
         .map_err(redb::Error::from)?
@@ -183,22 +195,7 @@ impl Journal {
             let mut jobs = txn.open_table(JOBS).map_err(redb::Error::from)?;
             let mut guests = txn.open_table(GUESTS).map_err(redb::Error::from)?;
             let mut returned = txn.open_table(RETURNED).map_err(redb::Error::from)?;
-            let total = ended.len().map_err(redb::Error::from)?;
-            let cutoff = now_ms.saturating_sub(retention.max_age_ms);
-            let mut doomed = Vec::new();
-            for item in ended.iter().map_err(redb::Error::from)? {
-                let (key, _) = item.map_err(redb::Error::from)?;
-                let key = key.value().to_vec();
-                let at = key
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(0, u64::from_be_bytes);
-                let over = total - doomed.len() as u64 > retention.max_jobs;
-                if (at >= cutoff && !over) || doomed.len() >= limit {
-                    break;
-                }
-                doomed.push(key);
-            }
+            let doomed = oldest_past(&ended, now_ms, retention, limit)?;
             for key in doomed {
                 let Some(id) = key.get(8..24) else { continue };
                 let waiting_guest = guests
