@@ -124,6 +124,60 @@ const SLOW_FDL: &str = r#"functions:
 
 const SLOW_SH: &str = "echo \"$JOB_ID\" >> \"$LEDGER\"\nsleep 0.4 &\nwait\nprintf 'processed %s' \"$(cat \"$INPUT_FILE_PATH\")\" > \"$TMP_OUTPUT_DIR/$FILE_NAME.out\"\n";
 
+/// The ledger's job ids, each must appear once.
+fn ledger_ids(ledger: &std::path::Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_to_string(ledger)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn a_graceful_stop_while_jobs_run_records_what_ends_and_nothing_runs_twice() {
+    let mut node = Node::new(
+        "functions = [\"slow.yaml\"]\n[resources]\ncpu = 2\nmemory = \"1Gi\"\n[process]\nuser = \"root\"\n",
+    );
+    let ledger = node.path("ledger.txt");
+    node.write(
+        "slow.yaml",
+        SLOW_FDL.replace("LEDGER_PATH", &ledger.display().to_string()),
+    );
+    node.write("slow.sh", SLOW_SH);
+    node.start();
+    for i in 0..12 {
+        node.write(&format!("data/frames/in/f{i:02}.txt"), format!("frame {i}"));
+    }
+    let out = node.path("data/frames/out");
+    // Stop (SIGTERM) once the first are done: others are running, and end in the grace period.
+    assert!(
+        wait_until(Duration::from_secs(20), || !files_under(&out).is_empty()),
+        "nothing ran; log:\n{}",
+        node.log()
+    );
+    assert!(node.stop().success());
+    assert!(
+        files_under(&out).len() < 12,
+        "the stop came too late to test anything"
+    );
+    node.start();
+    assert!(
+        wait_until(Duration::from_secs(60), || files_under(&out).len() == 12
+            && node.jobs().len() == 12),
+        "only {:?}; log:\n{}",
+        files_under(&out),
+        node.log()
+    );
+    let ids = ledger_ids(&ledger);
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(ids, unique, "a job ran twice; log:\n{}", node.log());
+    assert_eq!(ids.len(), 12);
+    assert!(node.stop().success());
+}
+
 #[test]
 fn sigkill_with_jobs_queued_and_running_loses_nothing_and_duplicates_nothing() {
     // The jobs write a ledger on the host to prove each ran once: a trusted setup, run as root.

@@ -86,6 +86,8 @@ impl Agent {
                 Act::Queued { id, function } => {
                     let _ = s.events.send(JobEvent::Queued { id, function });
                 }
+                // Shutting down: it stays as journaled and runs at the next start.
+                Act::Start { .. } if self.stopping => {}
                 Act::Start { id, function } => self.start_run(id, &function)?,
                 Act::Offer {
                     id,

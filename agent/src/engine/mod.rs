@@ -187,6 +187,8 @@ pub struct Agent {
     after: Vec<drive::After>,
     /// MQTT inputs written since the last durable commit, not yet synced.
     inbox_unsynced: bool,
+    /// Shutting down: what ends is recorded, nothing new starts (it runs at the next start).
+    stopping: bool,
     /// Whether there is room on disk for new inputs, and when it was last measured.
     disk: crate::disk::DiskGuard,
     disk_checked: Option<Instant>,
@@ -473,6 +475,7 @@ impl Agent {
             mqtt_too_large: 0,
             after: Vec::new(),
             inbox_unsynced: false,
+            stopping: false,
             disk: crate::disk::DiskGuard::new(disk_min_free),
             disk_checked: None,
             rescan_on_room: false,
@@ -710,10 +713,13 @@ impl Agent {
             "shutting down; waiting up to {}s for running jobs",
             grace.as_secs()
         );
-        let drained = tokio::time::timeout(grace, async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await;
+        self.stopping = true;
+        let drained = tokio::time::timeout(grace, self.drain()).await;
+        if let Ok(result) = &drained
+            && let Err(e) = result
+        {
+            tracing::error!("cannot record what ended while shutting down: {e}");
+        }
         if drained.is_err() {
             tracing::warn!("jobs still running after the grace period run again at the next start");
             self.tasks.shutdown().await;
@@ -721,6 +727,27 @@ impl Agent {
         let ready = self.runtimes.oci.ready_networks();
         let _ = tokio::task::spawn_blocking(move || ready.release()).await;
         Ok(())
+    }
+
+    /// Waits for the running jobs and deliveries, recording (durably) each that ends, and what
+    /// ended just before the stop: a job that finished is never run again at the next start.
+    async fn drain(&mut self) -> Result<(), AgentError> {
+        loop {
+            tokio::select! {
+                Some(msg) = self.rx.recv() => {
+                    self.handle(msg)?;
+                    self.settle()?;
+                }
+                joined = self.tasks.join_next() => {
+                    if joined.is_none() {
+                        while let Ok(msg) = self.rx.try_recv() {
+                            self.handle(msg)?;
+                        }
+                        return self.settle();
+                    }
+                }
+            }
+        }
     }
 
     /// Handles inputs already waiting, without waiting for more, until `[journal] max_batch`
