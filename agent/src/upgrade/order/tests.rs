@@ -135,6 +135,24 @@ fn fetched_bytes_must_be_the_signed_elf_for_the_signed_machine() {
             .to_string()
             .contains("200 bytes instead of 256")
     );
+    let mut long = good.clone();
+    long.push(0);
+    let err = check_binary(&o, &long).expect_err("long");
+    assert!(
+        err.to_string().contains("more than the signed 256 bytes"),
+        "{err}"
+    );
+    // Nothing refused is left behind, not even the partial file, and nothing goes on trial.
+    let dir = tempfile::tempdir().expect("dir");
+    assert!(store(dir.path(), &o, &changed).is_err());
+    let left = std::fs::read_dir(super::super::slots_dir(dir.path())).expect("slots");
+    assert_eq!(left.count(), 0);
+    assert!(
+        super::super::load(dir.path())
+            .expect("boot")
+            .trial
+            .is_none()
+    );
     // Signed, but a script or an x86-64 binary: it could only fail at the restart.
     let script = b"#!/bin/sh\nexec /usr/bin/env true\n".to_vec();
     let err = check_binary(&order(&key, "aarch64", &script), &script).expect_err("script");
@@ -167,14 +185,10 @@ fn stored_binaries_the_boot_record_no_longer_names_are_removed() {
     boot.choose();
     boot.commit();
     remove_unused(dir.path(), &boot);
-    let slots: Vec<_> = std::fs::read_dir(
-        super::super::slot_path(dir.path(), "x")
-            .parent()
-            .expect("dir"),
-    )
-    .expect("slots")
-    .flatten()
-    .map(|e| e.file_name().to_string_lossy().into_owned())
-    .collect();
+    let slots: Vec<_> = std::fs::read_dir(super::super::slots_dir(dir.path()))
+        .expect("slots")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(slots, vec![hex::encode(Sha256::digest(&b))]);
 }
