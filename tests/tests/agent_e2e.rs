@@ -124,7 +124,22 @@ const SLOW_FDL: &str = r#"functions:
 
 const SLOW_SH: &str = "echo \"$JOB_ID\" >> \"$LEDGER\"\nsleep 0.4 &\nwait\nprintf 'processed %s' \"$(cat \"$INPUT_FILE_PATH\")\" > \"$TMP_OUTPUT_DIR/$FILE_NAME.out\"\n";
 
-/// The ledger's job ids, each must appear once.
+/// A node with the slow function, whose runs write their job ids to the returned ledger on
+/// the host (a trusted setup: its jobs run as root).
+fn slow_node() -> (Node, std::path::PathBuf) {
+    let node = Node::new(
+        "functions = [\"slow.yaml\"]\n[resources]\ncpu = 2\nmemory = \"1Gi\"\n[process]\nuser = \"root\"\n",
+    );
+    let ledger = node.path("ledger.txt");
+    node.write(
+        "slow.yaml",
+        SLOW_FDL.replace("LEDGER_PATH", &ledger.display().to_string()),
+    );
+    node.write("slow.sh", SLOW_SH);
+    (node, ledger)
+}
+
+/// The job ids in the ledger, one per run, sorted.
 fn ledger_ids(ledger: &std::path::Path) -> Vec<String> {
     let mut ids: Vec<String> = std::fs::read_to_string(ledger)
         .unwrap_or_default()
@@ -137,15 +152,7 @@ fn ledger_ids(ledger: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn a_graceful_stop_while_jobs_run_records_what_ends_and_nothing_runs_twice() {
-    let mut node = Node::new(
-        "functions = [\"slow.yaml\"]\n[resources]\ncpu = 2\nmemory = \"1Gi\"\n[process]\nuser = \"root\"\n",
-    );
-    let ledger = node.path("ledger.txt");
-    node.write(
-        "slow.yaml",
-        SLOW_FDL.replace("LEDGER_PATH", &ledger.display().to_string()),
-    );
-    node.write("slow.sh", SLOW_SH);
+    let (mut node, ledger) = slow_node();
     node.start();
     for i in 0..12 {
         node.write(&format!("data/frames/in/f{i:02}.txt"), format!("frame {i}"));
@@ -180,16 +187,8 @@ fn a_graceful_stop_while_jobs_run_records_what_ends_and_nothing_runs_twice() {
 
 #[test]
 fn sigkill_with_jobs_queued_and_running_loses_nothing_and_duplicates_nothing() {
-    // The jobs write a ledger on the host to prove each ran once: a trusted setup, run as root.
-    let mut node = Node::new(
-        "functions = [\"slow.yaml\"]\n[resources]\ncpu = 2\nmemory = \"1Gi\"\n[process]\nuser = \"root\"\n",
-    );
-    let ledger = node.path("ledger.txt");
-    node.write(
-        "slow.yaml",
-        SLOW_FDL.replace("LEDGER_PATH", &ledger.display().to_string()),
-    );
-    node.write("slow.sh", SLOW_SH);
+    // The jobs write a ledger on the host to prove each ran once.
+    let (mut node, ledger) = slow_node();
     node.start();
     assert!(
         node.banner
@@ -244,11 +243,7 @@ fn sigkill_with_jobs_queued_and_running_loses_nothing_and_duplicates_nothing() {
     }
     let jobs = node.jobs();
     assert!(jobs.iter().all(|j| j.contains("Succeeded")), "{jobs:#?}");
-    let runs: Vec<String> = std::fs::read_to_string(&ledger)
-        .expect("ledger")
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let runs = ledger_ids(&ledger);
     let distinct: std::collections::BTreeSet<&String> = runs.iter().collect();
     assert_eq!(distinct.len(), 20, "every job ran");
     assert!(
@@ -261,10 +256,7 @@ fn sigkill_with_jobs_queued_and_running_loses_nothing_and_duplicates_nothing() {
     node.stop();
     node.start();
     std::thread::sleep(Duration::from_millis(1500));
-    let after = std::fs::read_to_string(&ledger)
-        .expect("ledger")
-        .lines()
-        .count();
+    let after = ledger_ids(&ledger).len();
     assert_eq!(after, runs.len(), "a restart re-ran finished jobs");
     assert!(
         orphans_of(&ledger).is_empty(),

@@ -56,8 +56,13 @@ pub fn boot_file(state_dir: &Path) -> PathBuf {
     upgrade_dir(state_dir).join("boot.json")
 }
 
+/// Where stored binaries are, each named by its SHA-256.
+pub fn slots_dir(state_dir: &Path) -> PathBuf {
+    upgrade_dir(state_dir).join("slots")
+}
+
 pub fn slot_path(state_dir: &Path, sha256: &str) -> PathBuf {
-    upgrade_dir(state_dir).join("slots").join(sha256)
+    slots_dir(state_dir).join(sha256)
 }
 
 /// The boot record; a node never upgraded has none.

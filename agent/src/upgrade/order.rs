@@ -91,8 +91,7 @@ pub struct Download {
 
 impl Download {
     pub fn begin(state_dir: &Path, order: &UpgradeOrder) -> Result<Self, Refusal> {
-        let slot = super::slot_path(state_dir, &hex::encode(order.sha256));
-        let folder = slot.parent().unwrap_or(state_dir).to_owned();
+        let folder = super::slots_dir(state_dir);
         std::fs::create_dir_all(&folder)
             .map_err(|e| Refusal::Store(super::io("create", &folder)(e)))?;
         let partial = folder.join(format!(".partial-{}", hex::encode(order.sha256)));
@@ -191,9 +190,7 @@ impl Drop for Download {
 
 /// Deletes stored binaries the boot record no longer names (failed trials, old previous ones).
 pub fn remove_unused(state_dir: &Path, boot: &Boot) {
-    let dir = super::slot_path(state_dir, "x");
-    let Some(dir) = dir.parent() else { return };
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Ok(entries) = std::fs::read_dir(super::slots_dir(state_dir)) else {
         return;
     };
     for entry in entries.flatten() {
