@@ -1,7 +1,9 @@
 //! The coordinator's HTTP API as both sides see it: the request and response bodies the server
 //! sends and the CLI reads, ([`tokens`]) the records of who holds which token or login,
-//! ([`upgrades`]) agent releases and rollouts, and ([`selector`]) label selectors.
+//! ([`upgrades`]) agent releases and rollouts, ([`ca`]) the mesh CA and its rotation, and
+//! ([`selector`]) label selectors.
 
+pub mod ca;
 pub mod selector;
 pub mod tokens;
 pub mod upgrades;

@@ -78,6 +78,28 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// The client config `text` (read as `file`) with `ca` set to `pem`, as the coordinator writes
+/// it: the marker line first if the file had it (so `spillway up` may still rewrite it).
+fn with_ca(text: &str, file: &File, pem: &str) -> Result<String, String> {
+    let mut out = String::new();
+    if text.starts_with(spillway_api::WRITTEN_BY_MARKER) {
+        out.push_str(spillway_api::WRITTEN_BY_MARKER);
+        out.push('\n');
+    }
+    let quoted = |v: &str| toml::Value::String(v.to_owned()).to_string();
+    if let Some(c) = &file.coordinator {
+        out.push_str(&format!("coordinator = {}\n", quoted(c)));
+    }
+    if let Some(t) = &file.token {
+        out.push_str(&format!("token = {}\n", quoted(t)));
+    }
+    if pem.contains("'''") || !pem.is_ascii() {
+        return Err("the CA bundle is not plain PEM".into());
+    }
+    out.push_str(&format!("ca = '''\n{pem}'''\n"));
+    Ok(out)
+}
+
 /// An HTTP(S) client that trusts only `ca` when given (pinned), the system's roots otherwise.
 fn http_client(ca: Option<&[u8]>, config: &str) -> Result<reqwest_tls::Client, ClientError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -105,6 +127,8 @@ pub struct Client {
     base: String,
     token: Option<String>,
     config_path: String,
+    /// The client config file read, if one was.
+    config_file: Option<PathBuf>,
 }
 
 impl Client {
@@ -148,7 +172,41 @@ impl Client {
             base,
             token: token.or(file.token),
             config_path,
+            config_file: path.filter(|p| p.exists()),
         })
+    }
+
+    /// After a CA rotation or retirement: puts `pem` (the CAs the coordinator trusts now) where
+    /// this client's config keeps its CA (`ca`, or the file `ca_file` names), written whole.
+    /// `None` when the config names no CA (plain HTTP, or the system's roots).
+    pub fn update_trusted_cas(&self, pem: &str) -> Result<Option<PathBuf>, ClientError> {
+        let Some(path) = &self.config_file else {
+            return Ok(None);
+        };
+        let failed = |message: String| ClientError::Config {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+        let file: File = toml::from_str(&text).map_err(|e| failed(e.to_string()))?;
+        match (&file.ca, &file.ca_file) {
+            (Some(_), _) => {
+                let updated = with_ca(&text, &file, pem).map_err(failed)?;
+                write_private(path, &updated).map_err(|e| failed(e.to_string()))?;
+                Ok(Some(path.clone()))
+            }
+            (None, Some(f)) => {
+                let f = path.parent().map_or(f.clone(), |dir| dir.join(f));
+                spillway_plumbing::atomic::write_whole(&f, pem.as_bytes(), 0o644).map_err(|e| {
+                    ClientError::Config {
+                        path: f.clone(),
+                        message: format!("ca_file: {e}"),
+                    }
+                })?;
+                Ok(Some(f))
+            }
+            (None, None) => Ok(None),
+        }
     }
 
     pub fn base(&self) -> &str {

@@ -317,6 +317,33 @@ enum AdminCommand {
         #[arg(long)]
         force: bool,
     },
+    /// The mesh CA: which CAs are trusted, and replacing the CA with a new one, online.
+    ///
+    /// The procedure: `rotate` (a new CA, cross-signed by the old one, signs from then on; both
+    /// are trusted); wait until `status` shows no node left on the old CA (connected nodes take
+    /// the new CA and renew within seconds, others when they connect); then `retire`.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[cfg(feature = "serve")]
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// The trusted CAs and, during a rotation, the nodes still on the old one.
+    Status,
+    /// Start a rotation: make a new CA, cross-signed by the current one, that signs from now
+    /// on. This CLI's client config is updated to trust both.
+    Rotate,
+    /// End a rotation: stop trusting the old CA. Refused while nodes still depend on it,
+    /// naming them.
+    Retire {
+        /// Retire even though some nodes still depend on the old CA: they are cut off and must
+        /// join again.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -790,6 +817,11 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?
             }
+            AdminCommand::Ca { command } => match command {
+                CaCommand::Status => cli::ca::status(&client()?, format).await,
+                CaCommand::Rotate => cli::ca::rotate(&client()?, format).await,
+                CaCommand::Retire { force } => cli::ca::retire(&client()?, force, format).await,
+            },
         },
         Command::Token { command } => match command {
             TokenCommand::Create {

@@ -33,6 +33,12 @@ const MANIFEST: &str = "spillway-backup.json";
 const STORE: &str = "coordinator.redb";
 /// Small files of the state folder a coordinator cannot do without.
 const KEYS: [&str; 4] = ["ca/ca.crt", "ca/ca.key", "admin.token", "presign.key"];
+/// During a CA rotation: the new CA and its cross certificate (all three, or none).
+const ROTATION_KEYS: [&str; 3] = [
+    "ca/rotation/ca.crt",
+    "ca/rotation/ca.key",
+    "ca/rotation/cross.crt",
+];
 /// Bounds on what a restore accepts: a key file or the manifest, any one file, all of them.
 const MAX_SMALL: u64 = 1 << 20;
 const MAX_FILE: u64 = 64 << 30;
@@ -133,6 +139,9 @@ pub fn write(
     store.snapshot(&snapshot)?;
     let mut files = vec![(STORE.to_owned(), snapshot)];
     files.extend(KEYS.iter().map(|k| ((*k).to_owned(), dir.join(k))));
+    if dir.join(ROTATION_KEYS[1]).exists() {
+        files.extend(ROTATION_KEYS.iter().map(|k| ((*k).to_owned(), dir.join(k))));
+    }
     files.extend(blobs(&dir.join("blobs"))?);
 
     let sealed = age::Encryptor::with_user_passphrase(passphrase.0.clone())
@@ -415,6 +424,16 @@ fn check(manifest: &Manifest, seen: &BTreeMap<String, FileSum>) -> Result<(), Ba
             return Err(damaged(format!("it has no `{needed}`")));
         }
     }
+    let rotation = ROTATION_KEYS
+        .iter()
+        .filter(|k| seen.contains_key(**k))
+        .count();
+    if rotation != 0 && rotation != ROTATION_KEYS.len() {
+        return Err(damaged(format!(
+            "it holds part of a CA rotation ({rotation} of {:?})",
+            ROTATION_KEYS
+        )));
+    }
     for (name, sum) in seen {
         if let Some(digest) = name.strip_prefix("blobs/")
             && digest != sum.sha256
@@ -430,7 +449,7 @@ fn allowed(name: &str) -> Option<u64> {
     if name == STORE {
         return Some(MAX_FILE);
     }
-    if KEYS.contains(&name) {
+    if KEYS.contains(&name) || ROTATION_KEYS.contains(&name) {
         return Some(MAX_SMALL);
     }
     let digest = name.strip_prefix("blobs/")?;

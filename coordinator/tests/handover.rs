@@ -91,17 +91,18 @@ impl Member {
     async fn next_handover_within(&mut self) -> Option<CoordinatorFrame> {
         loop {
             match self.frames.next().await.ok()? {
-                Some(CoordinatorFrame::Deploy(_)) => continue,
+                Some(CoordinatorFrame::Deploy(_) | CoordinatorFrame::Trust { .. }) => continue,
                 other => return other,
             }
         }
     }
 
-    /// The next frame that is not a deployment (a coordinator deploys on every connection).
+    /// The next frame that is not a deployment or the CAs to trust (a coordinator sends both on
+    /// every connection).
     async fn next_handover(&mut self) -> Option<CoordinatorFrame> {
         loop {
             match self.next().await? {
-                CoordinatorFrame::Deploy(_) => continue,
+                CoordinatorFrame::Deploy(_) | CoordinatorFrame::Trust { .. } => continue,
                 other => return Some(other),
             }
         }

@@ -175,12 +175,13 @@ async fn short_lived() -> Running {
     .await
 }
 
-/// The next frame on `reader` that is not a deployment, within `within`.
+/// The next frame on `reader` that is not a deployment or the CAs to trust (sent on every
+/// connection), within `within`.
 async fn next_but_deploys(reader: &mut FrameReader, within: Duration) -> Option<CoordinatorFrame> {
     tokio::time::timeout(within, async {
         loop {
             match reader.next::<CoordinatorFrame>().await {
-                Ok(Some(CoordinatorFrame::Deploy(_))) => continue,
+                Ok(Some(CoordinatorFrame::Deploy(_) | CoordinatorFrame::Trust { .. })) => continue,
                 Ok(other) => return other,
                 Err(_) => return None,
             }
@@ -274,7 +275,7 @@ async fn a_certificate_from_another_ca_fails_the_handshake() {
     let of_b = join(&b, "pi-1", &token).await.unwrap();
     // Trust A's CA (so the client side is happy) but present B's certificate.
     let tls =
-        spillway_link::tls::member(a.state.ca.cert_der(), of_b.cert_der, of_b.key_der).unwrap();
+        spillway_link::tls::member(&a.state.ca.cert_der(), of_b.cert_der, of_b.key_der).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let result = async {
         let conn = endpoint

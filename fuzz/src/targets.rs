@@ -28,10 +28,11 @@ pub struct Target {
     pub run: Run,
 }
 
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     "wire",
     "load-report",
     "join",
+    "ca-trust",
     "fdl",
     "layer",
     "archive",
@@ -45,6 +46,7 @@ pub fn target(name: &str, scratch: &Path) -> anyhow::Result<Target> {
         "wire" => wire(),
         "load-report" => load_report(),
         "join" => join(scratch)?,
+        "ca-trust" => ca_trust(scratch)?,
         "fdl" => fdl()?,
         "layer" => layer(scratch)?,
         "archive" => archive(scratch)?,
@@ -182,7 +184,8 @@ fn load_report() -> Target {
 
 /// Join requests: the frame, the token in it, the node name and the CSR the CA would sign.
 fn join(scratch: &Path) -> anyhow::Result<Target> {
-    let ca = spillway_coordinator::server::ca::Ca::load_or_create(&scratch.join("ca"), "fuzz")?;
+    let ca =
+        spillway_coordinator::server::ca::Authority::load_or_create(&scratch.join("ca"), "fuzz")?;
     let (_, csr_der) = spillway_link::identity::new_request("pi-1")?;
     let token = spillway_link::token::JoinToken::generate(&ca.fingerprint())
         .map_err(anyhow::Error::msg)?
@@ -217,6 +220,54 @@ fn join(scratch: &Path) -> anyhow::Result<Target> {
                 .sign_node("pi-1", &req.csr_der, std::time::Duration::from_secs(86_400))
                 .is_ok();
             token && name && signed
+        }),
+    })
+}
+
+/// The CAs a coordinator sends an agent during a rotation, as the agent takes them: the frame,
+/// then an agent's whole check and store (bounds, one certificate per entry, the set verifying
+/// the chain the coordinator presented), against a real rotation's chain.
+fn ca_trust(scratch: &Path) -> anyhow::Result<Target> {
+    use spillway_link::membership::Membership;
+    let ca =
+        spillway_coordinator::server::ca::Authority::load_or_create(&scratch.join("ca"), "fuzz")?;
+    let old = ca.cert_der();
+    ca.rotate()?;
+    let trust = ca.trust();
+    let (leaf, _) = trust.signing.server_leaf(&[])?;
+    let presented = vec![leaf, old.clone(), trust.signing.cert_der().to_vec()];
+    let (key, csr_der) = spillway_link::identity::new_request("pi-1")?;
+    let (cert_der, _, _) =
+        ca.sign_node("pi-1", &csr_der, std::time::Duration::from_secs(86_400))?;
+    let node = scratch.join("node");
+    let member = Membership {
+        coordinator: "127.0.0.1:7443".into(),
+        cert_der,
+        ca_der: old,
+        key_der: key.serialize_der(),
+    };
+    member.save(&node)?;
+    Ok(Target {
+        name: "ca-trust",
+        seeds: vec![
+            frame(&CoordinatorFrame::Trust { cas: trust.cas() }),
+            frame(&CoordinatorFrame::Trust {
+                cas: vec![trust.signing.cert_der().to_vec()],
+            }),
+        ],
+        dictionary: vec![
+            b"\x30\x82",
+            b"\x30\x83\xff\xff\xff",
+            b"\x06\x03\x55\x1d\x13",
+        ],
+        generate: None,
+        run: Box::new(move |bytes| {
+            let mut d = FrameDecoder::new(MAX_STREAM_FRAME);
+            d.push(bytes);
+            let Ok(Some(CoordinatorFrame::Trust { cas })) = d.decode::<CoordinatorFrame>() else {
+                return false;
+            };
+            spillway_agent::mesh::trust::adopt(&node, &member, &cas, &presented).is_ok()
         }),
     })
 }

@@ -7,11 +7,17 @@
 //! `spillway_proto::wire` frames over QUIC streams; [`token`] is the one-time join token and
 //! [`membership`] the join that spends it, and the identity an agent keeps from it. [`signing`]
 //! signs what the CA vouches for besides certificates (agent binaries) and checks it.
+//! [`bundle`] is the set of CAs a member trusts (more than one while the mesh CA is rotated),
+//! and [`live`] a server whose certificate and trusted CAs change while it listens.
 
+pub mod bundle;
 pub mod identity;
+pub mod live;
 pub mod membership;
 pub mod signing;
 pub mod stream;
+#[cfg(any(test, feature = "test-ca"))]
+pub mod test_ca;
 pub mod tls;
 pub mod token;
 

@@ -36,6 +36,8 @@ pub enum JoinError {
 #[derive(Debug, Clone)]
 pub struct Membership {
     pub coordinator: String,
+    /// The CAs this node trusts: one certificate, or during a CA rotation several (a bundle,
+    /// see [`crate::bundle`]).
     pub ca_der: Vec<u8>,
     pub cert_der: Vec<u8>,
     pub key_der: Vec<u8>,
@@ -81,6 +83,12 @@ impl Membership {
         pair.extend_from_slice(&self.cert_der);
         pair.extend_from_slice(&self.key_der);
         spillway_plumbing::atomic::write_whole(&dir(state_dir).join(RENEWED), &pair, 0o600)
+    }
+
+    /// Stores the CAs this node trusts (a bundle, see [`crate::bundle`]), replaced atomically:
+    /// a crash leaves the old set or the new one.
+    pub fn save_trust(&self, state_dir: &Path) -> std::io::Result<()> {
+        spillway_plumbing::atomic::write_whole(&dir(state_dir).join("ca.der"), &self.ca_der, 0o644)
     }
 
     pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {

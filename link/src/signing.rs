@@ -1,6 +1,7 @@
 //! Signatures by the mesh CA's key on things other than certificates: agent binaries shipped
 //! over the mesh. The coordinator signs with the key it certifies nodes with; an agent checks
-//! with the CA certificate it pinned when it joined, so nothing new has to be distributed.
+//! with the CA certificates it trusts (pinned at join, then those a CA rotation brought), so
+//! nothing new has to be distributed.
 
 use rustls::pki_types::CertificateDer;
 
@@ -22,21 +23,28 @@ pub fn sign(ca_key: &rcgen::KeyPair, message: &[u8]) -> Result<Vec<u8>, Signatur
         .map_err(|e| SignatureError::Sign(e.to_string()))
 }
 
-/// Checks that `signature` over `message` was made with the key of the CA certificate `ca_der`.
-pub fn verify(ca_der: &[u8], message: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
-    let der = CertificateDer::from(ca_der);
-    let cert =
-        webpki::EndEntityCert::try_from(&der).map_err(|e| SignatureError::Ca(format!("{e:?}")))?;
+/// Checks that `signature` over `message` was made with the key of a CA certificate in
+/// `bundle` (the CAs the node trusts: during a rotation the new one signs, see
+/// [`crate::bundle`]).
+pub fn verify(bundle: &[u8], message: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
+    let cas = crate::bundle::split(bundle).map_err(|e| SignatureError::Ca(e.to_string()))?;
     let algorithms = [
         webpki::ring::ECDSA_P256_SHA256,
         webpki::ring::ECDSA_P384_SHA384,
         webpki::ring::ED25519,
     ];
-    algorithms
-        .iter()
-        .any(|alg| cert.verify_signature(*alg, message, signature).is_ok())
-        .then_some(())
-        .ok_or(SignatureError::Mismatch)
+    for ca in cas {
+        let der = CertificateDer::from(ca);
+        let cert = webpki::EndEntityCert::try_from(&der)
+            .map_err(|e| SignatureError::Ca(format!("{e:?}")))?;
+        if algorithms
+            .iter()
+            .any(|alg| cert.verify_signature(*alg, message, signature).is_ok())
+        {
+            return Ok(());
+        }
+    }
+    Err(SignatureError::Mismatch)
 }
 
 #[cfg(test)]
@@ -44,11 +52,7 @@ mod tests {
     use super::*;
 
     fn ca() -> (rcgen::KeyPair, Vec<u8>) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::default();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-        let cert = params.self_signed(&key).expect("CA");
-        (key, cert.der().to_vec())
+        crate::test_ca::ca("mesh CA").into_parts()
     }
 
     #[test]
@@ -56,6 +60,28 @@ mod tests {
         let (key, ca_der) = ca();
         let sig = sign(&key, b"agent 1.2 aarch64").expect("sign");
         verify(&ca_der, b"agent 1.2 aarch64", &sig).expect("verifies");
+    }
+
+    #[test]
+    fn during_a_rotation_a_signature_by_either_trusted_ca_verifies_and_by_no_other() {
+        let (old_key, old_ca) = ca();
+        let (new_key, new_ca) = ca();
+        let (stranger, _) = ca();
+        let by_new = sign(&new_key, b"agent 1.3 aarch64").expect("sign");
+        let by_old = sign(&old_key, b"agent 1.3 aarch64").expect("sign");
+        let bundle = crate::bundle::join(&[&new_ca, &old_ca]);
+        verify(&bundle, b"agent 1.3 aarch64", &by_new).expect("new CA");
+        verify(&bundle, b"agent 1.3 aarch64", &by_old).expect("old CA");
+        let forged = sign(&stranger, b"agent 1.3 aarch64").expect("sign");
+        assert!(matches!(
+            verify(&bundle, b"agent 1.3 aarch64", &forged),
+            Err(SignatureError::Mismatch)
+        ));
+        // Once the old CA is retired, what it signs no longer counts.
+        assert!(matches!(
+            verify(&new_ca, b"agent 1.3 aarch64", &by_old),
+            Err(SignatureError::Mismatch)
+        ));
     }
 
     #[test]

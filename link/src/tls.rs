@@ -12,7 +12,6 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
@@ -20,6 +19,7 @@ use rustls::{
 use spillway_proto::wire::ALPN;
 
 use crate::identity::fingerprint;
+use crate::live::{Clients, LiveServer};
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
@@ -32,7 +32,7 @@ pub enum TlsError {
     Quic(String),
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -57,11 +57,14 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
+/// A trust store of the CAs in `bundle` (one or more certificates, see [`crate::bundle`]).
+pub(crate) fn roots(bundle: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(ca_der.to_vec()))
-        .map_err(|e| TlsError::Anchor(e.to_string()))?;
+    for ca in crate::bundle::split(bundle).map_err(|e| TlsError::Anchor(e.to_string()))? {
+        roots
+            .add(CertificateDer::from(ca.to_vec()))
+            .map_err(|e| TlsError::Anchor(e.to_string()))?;
+    }
     Ok(Arc::new(roots))
 }
 
@@ -75,7 +78,18 @@ pub fn server(
     chain: Vec<Vec<u8>>,
     key_der: Vec<u8>,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let mut tls = server_tls(ca_der, chain, key_der, true)?;
+    quic_server(&LiveServer::new(
+        Clients::OptionalEndedToo,
+        ca_der,
+        chain,
+        key_der,
+    )?)
+}
+
+/// [`server`] following a [`LiveServer`] (built with [`Clients::OptionalEndedToo`]): its
+/// certificate and trusted CAs may change while it listens.
+pub fn quic_server(live: &Arc<LiveServer>) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = live.config()?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -127,58 +141,75 @@ pub fn stream_server(
     chain: Vec<Vec<u8>>,
     key_der: Vec<u8>,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    server_tls(ca_der, chain, key_der, false)
-}
-
-fn server_tls(
-    ca_der: &[u8],
-    chain: Vec<Vec<u8>>,
-    key_der: Vec<u8>,
-    ended_too: bool,
-) -> Result<rustls::ServerConfig, TlsError> {
-    let webpki = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Anchor(e.to_string()))?;
-    let verifier: Arc<dyn ClientCertVerifier> = if ended_too {
-        Arc::new(Ended { inner: webpki })
-    } else {
-        webpki
-    };
-    let key = PrivateKeyDer::try_from(key_der).map_err(|e| TlsError::Anchor(e.to_string()))?;
-    Ok(rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain.into_iter().map(CertificateDer::from).collect(), key)?)
+    LiveServer::new(Clients::Optional, ca_der, chain, key_der)?.config()
 }
 
 /// The member's certificate and key (DER) as they are now.
 pub type CurrentIdentity = dyn Fn() -> Option<(Vec<u8>, Vec<u8>)> + Send + Sync;
 
-/// A member's TLS stream client to the coordinator (its MQTT broker): trusts only the CA,
-/// proves itself with its certificate, and checks the coordinator's certificate under the
+/// The CAs (a bundle, see [`crate::bundle`]) the member trusts now.
+pub type CurrentTrust = dyn Fn() -> Option<Vec<u8>> + Send + Sync;
+
+/// A member's TLS stream client to the coordinator (its MQTT broker): trusts only the mesh's
+/// CAs, proves itself with its certificate, and checks the coordinator's certificate under the
 /// coordinator's fixed name, whatever host name or address the broker was reached at.
 ///
-/// The certificate is `current()` at each handshake, not the one the client started with: a
-/// long-lived client (one that reconnects for months) picks up a certificate renewed over the
-/// mesh, after which the coordinator stops accepting the old one.
+/// The certificate is `current()` and the CAs `trust()` at each handshake, not the ones the
+/// client started with: a long-lived client (one that reconnects for months) picks up a
+/// certificate renewed over the mesh, after which the coordinator stops accepting the old one,
+/// and the CAs of a rotation, after which the coordinator presents a chain only the new CA
+/// verifies.
 pub fn stream_member(
-    ca_der: &[u8],
+    trust: Box<CurrentTrust>,
     current: Box<CurrentIdentity>,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let inner = WebPkiServerVerifier::builder_with_provider(roots(ca_der)?, provider())
-        .build()
-        .map_err(|e| TlsError::Anchor(e.to_string()))?;
     let name = ServerName::try_from(spillway_proto::wire::COORDINATOR_SERVER_NAME)
         .map_err(|e| TlsError::Anchor(e.to_string()))?;
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(CoordinatorName { inner, name }))
+        .with_custom_certificate_verifier(Arc::new(CoordinatorName {
+            trust,
+            cache: std::sync::Mutex::new(None),
+            name,
+            algorithms: provider().signature_verification_algorithms,
+        }))
         .with_client_cert_resolver(Arc::new(Renewable {
             current,
             provider: provider(),
         })))
+}
+
+/// A verifier of the coordinator's certificate under the CAs of `bundle`.
+fn coordinator_verifier(bundle: &[u8]) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+    WebPkiServerVerifier::builder_with_provider(roots(bundle)?, provider())
+        .build()
+        .map_err(|e| TlsError::Anchor(e.to_string()))
+}
+
+/// Whether the CAs of `bundle` verify `chain` (the coordinator's certificate, then the ones
+/// it sent along) under the coordinator's fixed name, now: an agent takes new CAs only if they
+/// still verify the coordinator it is talking to, so no bundle can lock it out.
+pub fn verifies_coordinator(bundle: &[u8], chain: &[Vec<u8>]) -> Result<(), TlsError> {
+    let (end_entity, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| TlsError::Anchor("the coordinator presented no certificate".into()))?;
+    let intermediates: Vec<_> = intermediates
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    let name = ServerName::try_from(spillway_proto::wire::COORDINATOR_SERVER_NAME)
+        .map_err(|e| TlsError::Anchor(e.to_string()))?;
+    coordinator_verifier(bundle)?
+        .verify_server_cert(
+            &CertificateDer::from(end_entity.as_slice()),
+            &intermediates,
+            &name,
+            &[],
+            UnixTime::now(),
+        )
+        .map(|_| ())
+        .map_err(TlsError::Rustls)
 }
 
 /// Resolves the client certificate afresh at each handshake (see [`stream_member`]).
@@ -213,11 +244,40 @@ impl rustls::client::ResolvesClientCert for Renewable {
     }
 }
 
-/// WebPKI verification under the coordinator's fixed name.
-#[derive(Debug)]
+/// WebPKI verification under the coordinator's fixed name, with the CAs trusted at the time
+/// (the verifier is rebuilt only when they change).
 struct CoordinatorName {
-    inner: Arc<WebPkiServerVerifier>,
+    trust: Box<CurrentTrust>,
+    cache: std::sync::Mutex<Option<(Vec<u8>, Arc<WebPkiServerVerifier>)>>,
     name: ServerName<'static>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl std::fmt::Debug for CoordinatorName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CoordinatorName")
+    }
+}
+
+impl CoordinatorName {
+    fn verifier(&self) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+        let bundle = (self.trust)().ok_or_else(|| {
+            rustls::Error::General("this node's trusted CAs cannot be read".into())
+        })?;
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((cached, verifier)) = cache.as_ref()
+            && *cached == bundle
+        {
+            return Ok(verifier.clone());
+        }
+        let verifier =
+            coordinator_verifier(&bundle).map_err(|e| rustls::Error::General(e.to_string()))?;
+        *cache = Some((bundle, verifier.clone()));
+        Ok(verifier)
+    }
 }
 
 impl ServerCertVerifier for CoordinatorName {
@@ -229,8 +289,13 @@ impl ServerCertVerifier for CoordinatorName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+        self.verifier()?.verify_server_cert(
+            end_entity,
+            intermediates,
+            &self.name,
+            ocsp_response,
+            now,
+        )
     }
 
     fn verify_tls12_signature(
@@ -239,7 +304,7 @@ impl ServerCertVerifier for CoordinatorName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -248,11 +313,11 @@ impl ServerCertVerifier for CoordinatorName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -262,8 +327,8 @@ impl ServerCertVerifier for CoordinatorName {
 /// the coordinator lets such a connection do nothing but renew (within its policy) or hear why
 /// not.
 #[derive(Debug)]
-struct Ended {
-    inner: Arc<dyn ClientCertVerifier>,
+pub(crate) struct Ended {
+    pub(crate) inner: Arc<dyn ClientCertVerifier>,
 }
 
 impl ClientCertVerifier for Ended {
@@ -327,6 +392,14 @@ pub fn peer_certificate(conn: &quinn::Connection) -> Option<Vec<u8>> {
     let identity = conn.peer_identity()?;
     let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     chain.first().map(|c| c.to_vec())
+}
+
+/// The whole chain a peer presented (its certificate first), as DER.
+pub fn peer_chain(conn: &quinn::Connection) -> Vec<Vec<u8>> {
+    conn.peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|chain| chain.iter().map(|c| c.to_vec()).collect())
+        .unwrap_or_default()
 }
 
 /// The fingerprint of the certificate a peer proved it holds, if it presented one.
@@ -393,6 +466,8 @@ impl ServerCertVerifier for PinnedCa {
 mod tests {
     use std::sync::Mutex;
 
+    use rustls::server::WebPkiClientVerifier;
+
     use super::*;
 
     fn pair(name: &str) -> (Vec<u8>, Vec<u8>) {
@@ -410,7 +485,7 @@ mod tests {
         let now = Arc::new(Mutex::new(Some(pair("pi-1"))));
         let seen = now.clone();
         let config = stream_member(
-            &ca,
+            Box::new(move || Some(ca.clone())),
             Box::new(move || seen.lock().ok().and_then(|p| p.clone())),
         )
         .unwrap();

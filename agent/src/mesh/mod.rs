@@ -13,6 +13,7 @@ pub mod first_join;
 pub mod requests;
 pub mod session;
 pub mod transfers;
+pub mod trust;
 pub mod upgrades;
 
 pub use first_join::join_at_start;

@@ -119,6 +119,8 @@ pub async fn run(
     let mut renewal: Option<(u64, rcgen::KeyPair)> = None;
     // The link was closed on purpose, to connect again with a renewed certificate.
     let mut closed_to_renew = false;
+    // Why linking fails, as last logged (each new reason is logged once).
+    let mut failing_since: Option<String> = None;
     let mut member_tls = match spillway_link::tls::member(
         &membership.ca_der,
         membership.cert_der.clone(),
@@ -180,6 +182,7 @@ pub async fn run(
                     }
                 }
                 Action::Linked => {
+                    failing_since = None;
                     tracing::info!(coordinator = %membership.coordinator, "linked to the coordinator");
                     if let Some(c) = &current {
                         resync_jobs(&agent, &c.out);
@@ -295,6 +298,22 @@ pub async fn run(
                                 upgrades.order(c.conn.clone(), membership.ca_der.clone(), order, move |f| cx.send(f));
                             }
                         }
+                        CoordinatorFrame::Trust { cas } => {
+                            if let Some(c) = current.as_ref().filter(|c| c.generation == generation) {
+                                let presented = spillway_link::tls::peer_chain(&c.conn);
+                                match super::trust::adopt(&config.state_dir, &membership, &cas, &presented) {
+                                    Ok(super::trust::Adopted::Changed(next, tls)) => {
+                                        tracing::info!(cas = cas.len(), "the mesh CAs changed (a CA rotation); trusting the ones the coordinator sent");
+                                        membership = next;
+                                        member_tls = tls;
+                                    }
+                                    Ok(super::trust::Adopted::Unchanged) => {}
+                                    Err(why) => tracing::warn!("keeping the CAs this node trusts; the coordinator sent others: {why}"),
+                                }
+                                let cas = super::trust::fingerprints(&membership.ca_der);
+                                let _ = c.out.send(AgentFrame::Trusted { cas });
+                            }
+                        }
                         CoordinatorFrame::RenewRefused { reason } => {
                             renewal = None;
                             tracing::warn!("the coordinator refused to renew this node's certificate: {reason}");
@@ -328,6 +347,12 @@ pub async fn run(
                         }
                     }
                     LinkEvent::Lost { generation, reason } => {
+                        // Attempts that fail before linking say why, once per reason: a node
+                        // the coordinator no longer trusts must not fail in silence.
+                        if !link.is_steady() && generation == link.generation() && failing_since.as_deref() != Some(reason.as_str()) {
+                            tracing::warn!(coordinator = %membership.coordinator, "cannot link to the coordinator: {reason}; retrying with backoff");
+                            failing_since = Some(reason.clone());
+                        }
                         actions.extend(link.handle(now, Input::Lost { generation, reason }));
                     }
                 }
@@ -639,7 +664,9 @@ async fn connect(
         .connect_with(tls, addr, COORDINATOR_SERVER_NAME)
         .map_err(|e| e.to_string())?
         .await
-        .map_err(|e| format!("cannot connect to {coordinator}: {e}"))?;
+        .map_err(|e| {
+            super::trust::explain_connect_error(&format!("cannot connect to {coordinator}: {e}"))
+        })?;
     let (tx, rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
     Ok((conn, tx, rx))
 }

@@ -155,12 +155,14 @@ pub fn start(
         options.set_credentials(user, password.unwrap_or_default());
     }
     match (settings.mesh_identity, identity) {
-        (true, Some(me)) => {
+        (true, Some(_)) => {
             // Read at each handshake: after a renewal over the mesh, the coordinator accepts
             // only the new certificate, and this client reconnects for as long as the agent runs.
-            let state_dir = state_dir.to_owned();
+            // So are the CAs: after a CA rotation the broker presents a chain only the new CA
+            // verifies.
+            let (trust_dir, state_dir) = (state_dir.to_owned(), state_dir.to_owned());
             let config = spillway_link::tls::stream_member(
-                &me.ca_der,
+                Box::new(move || crate::mesh::Membership::load(&trust_dir).map(|m| m.ca_der)),
                 Box::new(move || {
                     crate::mesh::Membership::load(&state_dir).map(|m| (m.cert_der, m.key_der))
                 }),

@@ -2,6 +2,7 @@
 
 #[cfg(feature = "serve")]
 pub mod admin;
+pub mod ca;
 pub mod flash;
 pub mod membership;
 pub mod output;

@@ -157,6 +157,29 @@ fn a_backup_taken_while_the_store_is_open_restores_every_file_and_record() {
 }
 
 #[test]
+fn a_backup_taken_during_a_ca_rotation_restores_the_new_ca_and_its_cross_certificate() {
+    let (tmp_from, tmp_to) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let (from, to) = (tmp_from.path().join("state"), tmp_to.path().join("state"));
+    let store = state(&from);
+    std::fs::create_dir_all(from.join("ca/rotation")).expect("rotation");
+    for (name, bytes) in ROTATION_KEYS.iter().zip(["NEW CERT", "NEW KEY", "CROSS"]) {
+        std::fs::write(from.join(name), bytes).expect("write");
+    }
+    let bytes = backup_of(&from, &store);
+    restore_into(&bytes, &to).expect("restore");
+    for name in ROTATION_KEYS {
+        assert_eq!(
+            std::fs::read(to.join(name)).expect("restored"),
+            std::fs::read(from.join(name)).expect("original"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn a_wrong_passphrase_or_a_changed_byte_or_a_cut_file_restores_nothing() {
     let tmp = tempfile::tempdir().expect("tmp");
     let from = tmp.path().join("state");
@@ -244,6 +267,24 @@ fn archives_a_backup_never_makes_are_refused_with_the_reason() {
                     files.push((n, b));
                 }
                 file(t, &name, b"other");
+                file(t, MANIFEST, &manifest_of(&files));
+            }),
+        ),
+        (
+            "holds part of a CA rotation",
+            sealed(|t| {
+                let mut files: Vec<(&str, &[u8])> = Vec::new();
+                for (n, b) in [
+                    (STORE, &b"x"[..]),
+                    ("ca/ca.crt", b"c"),
+                    ("ca/ca.key", b"k"),
+                    ("admin.token", b"t"),
+                    ("presign.key", b"p"),
+                    ("ca/rotation/ca.key", b"new key, no certificate"),
+                ] {
+                    file(t, n, b);
+                    files.push((n, b));
+                }
                 file(t, MANIFEST, &manifest_of(&files));
             }),
         ),

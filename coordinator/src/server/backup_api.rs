@@ -33,6 +33,8 @@ pub async fn backup(
             buf: Vec::with_capacity(CHUNK),
         };
         let dir = state.config.state_dir.clone();
+        // The CA's files are read as one: no rotation or retirement changes them meanwhile.
+        let _ca_unchanged = state.ca.hold_changes();
         match backup::write(&dir, &state.store, &state.config.name, &passphrase, out) {
             Ok(m) => tracing::info!(
                 files = m.files.len(),

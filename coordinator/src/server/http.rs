@@ -59,6 +59,9 @@ pub fn router(state: Arc<State>) -> Router {
     let control = Router::new()
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/releases", get(super::upgrades::api::list_releases))
+        .route("/v1/ca", get(super::ca::api::status))
+        .route("/v1/admin/ca/rotate", post(super::ca::api::rotate))
+        .route("/v1/admin/ca/retire", post(super::ca::api::retire))
         .route(
             "/v1/upgrades",
             get(super::upgrades::api::list).post(super::upgrades::api::start),

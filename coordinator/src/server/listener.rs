@@ -20,45 +20,42 @@ use super::metrics::inc;
 /// kept-alive connection.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The API's TLS configuration for `[http] tls` (`None`: plain HTTP, on loopback).
+/// The API's TLS configuration for `[http] tls` (`None`: plain HTTP, on loopback). A
+/// certificate from the mesh CA follows CA rotations.
 pub fn tls_acceptor(
     config: &crate::config::CoordinatorConfig,
-    ca: &super::ca::Ca,
+    ca: &super::ca::Authority,
     listen: std::net::SocketAddr,
 ) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
     use crate::config::HttpTls;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     config.http_tls.check(listen)?;
-    let (chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) =
-        match &config.http_tls {
-            HttpTls::Off => return Ok(None),
-            HttpTls::Mesh { names } => {
-                let (chain, key) = ca
-                    .tls_server_for(listen, names)
-                    .map_err(|e| e.to_string())?;
-                (
-                    chain.into_iter().map(CertificateDer::from).collect(),
-                    PrivateKeyDer::try_from(key).map_err(|e| e.to_string())?,
-                )
-            }
-            HttpTls::Files { cert, key } => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("http.cert_file {}: {e}", cert.display()))?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("http.key_file {}: {e}", key.display()))?;
-                (chain, key)
-            }
-        };
-    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| format!("the API's certificate and key do not go together: {e}"))?;
+    let mut server = match &config.http_tls {
+        HttpTls::Off => return Ok(None),
+        HttpTls::Mesh { names } => {
+            let names = super::ca::Authority::names_for(listen, names);
+            ca.listener(spillway_link::live::Clients::NotAsked, names)
+                .map_err(|e| e.to_string())?
+                .config()
+                .map_err(|e| e.to_string())?
+        }
+        HttpTls::Files { cert, key } => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("http.cert_file {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("http.key_file {}: {e}", key.display()))?;
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| format!("the API's certificate and key do not go together: {e}"))?
+        }
+    };
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(Arc::new(server)))
 }

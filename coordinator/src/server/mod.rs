@@ -43,7 +43,7 @@ use spillway_link::token::JoinToken;
 use tokio::sync::watch;
 
 use crate::config::CoordinatorConfig;
-use ca::{Ca, CaError};
+use ca::{Authority, CaError};
 use metrics::Metrics;
 use spillway_api::tokens::{TokenGrant, TokenRecord};
 use store::{Store, StoreError};
@@ -88,7 +88,7 @@ pub use spillway_plumbing::now_ms;
 pub struct State {
     pub config: CoordinatorConfig,
     pub store: Store,
-    pub ca: Ca,
+    pub ca: Authority,
     pub view: View,
     pub metrics: Metrics,
     /// Bumped whenever the function set changes; every session recomputes its node's share.
@@ -213,10 +213,10 @@ impl Coordinator {
         private(&dir, 0o700)?;
         let store = Store::open(&config.store_path())?;
         private(&config.store_path(), 0o600)?;
-        let ca = Ca::load_or_create(&dir.join("ca"), &config.name)?;
+        let ca = Authority::load_or_create(&dir.join("ca"), &config.name)?;
         let admin_token = load_or_create_admin_token(&dir)?;
-        let (chain, key) = ca.server_identity();
-        let server = spillway_link::tls::server(ca.cert_der(), chain, key)?;
+        let quic_live = ca.listener(spillway_link::live::Clients::OptionalEndedToo, Vec::new())?;
+        let server = spillway_link::tls::quic_server(&quic_live)?;
         let endpoint = quinn::Endpoint::server(server, config.quic_listen).map_err(|source| {
             ServerError::Bind {
                 what: "QUIC for agents",

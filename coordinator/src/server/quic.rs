@@ -103,9 +103,9 @@ fn decide_join(state: &State, req: JoinRequest, remote: &str) -> JoinReply {
         Ok(t) => t,
         Err(e) => return refuse(e),
     };
-    if token.ca_pin[..] != state.ca.fingerprint()[..16] {
+    if !state.ca.trust().accepts_pin(&token.ca_pin) {
         return refuse(
-            "this token was created by another coordinator (its CA does not match)".into(),
+            "this token was created by another coordinator, or before its mesh CA was rotated and the old one retired (its CA does not match): create a new one with `spillway token create`".into(),
         );
     }
     if !valid_node_name(&req.node) {
@@ -123,7 +123,8 @@ fn decide_join(state: &State, req: JoinRequest, remote: &str) -> JoinReply {
         Err(e) => return refuse(format!("the coordinator could not check the token: {e}")),
     }
     let lifetime = state.config.certificates.node_lifetime;
-    let (cert_der, expires_ms) = match state.ca.sign_node(&req.node, &req.csr_der, lifetime) {
+    let (cert_der, expires_ms, issuer) = match state.ca.sign_node(&req.node, &req.csr_der, lifetime)
+    {
         Ok(c) => c,
         Err(e) => return refuse(e.to_string()),
     };
@@ -133,7 +134,15 @@ fn decide_join(state: &State, req: JoinRequest, remote: &str) -> JoinReply {
         now,
         expires_ms,
     );
+    node.issuer = Some(issuer);
     node.last_address = remote.to_owned();
+    // Agents of 1.6 and later take every CA trusted during a rotation; older ones read one.
+    let trust = state.ca.trust();
+    let ca_der = if req.version.has(PROTOCOL.major, 6) {
+        trust.bundle()
+    } else {
+        trust.signing.cert_der().to_vec()
+    };
     match state.store.join(&hash, now, node) {
         Ok(TokenCheck::Valid) => {
             tracing::info!(node = %req.node, %remote, "node joined the mesh");
@@ -142,10 +151,7 @@ fn decide_join(state: &State, req: JoinRequest, remote: &str) -> JoinReply {
                 old.close(3u32.into(), b"joined again with a new certificate");
             }
             state.deployments.send_modify(|g| *g += 1);
-            JoinReply::Granted {
-                cert_der,
-                ca_der: state.ca.cert_der().to_vec(),
-            }
+            JoinReply::Granted { cert_der, ca_der }
         }
         Ok(other) => refuse(token_refusal(other, &req.node)),
         Err(e) => refuse(format!("the coordinator could not record the join: {e}")),
@@ -263,6 +269,10 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
     let mut upgrades_rx = state.upgrades.subscribe();
     upgrades_rx.mark_changed();
     let mut order_sent: Option<u64> = None;
+    // The CAs to trust (1.6 and later): at this link, and at every rotation or retirement.
+    let takes_trust = hello.version.has(PROTOCOL.major, 6);
+    let mut trust_rx = state.ca.subscribe();
+    trust_rx.mark_changed();
     let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel();
     let blobs = tokio::spawn(serve_blobs(state.clone(), conn.clone(), name.clone()));
     let mut session = 0;
@@ -303,6 +313,14 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
                         tracing::info!(node = %name, "asking the node to renew its certificate");
                         if send(&mut tx, &CoordinatorFrame::RenewCertificate).await.is_err() { break control_lost(&conn); }
                     }
+                }
+                changed = trust_rx.changed(), if takes_trust => {
+                    if changed.is_err() { break; }
+                    let cas = state.ca.trust().cas();
+                    if send(&mut tx, &CoordinatorFrame::Trust { cas }).await.is_err() { break control_lost(&conn); }
+                    // A rotation makes every certificate from the old CA due: check now, not
+                    // at the next period (an hour with the default renew_before).
+                    renew_check.reset_immediately();
                 }
                 changed = upgrades_rx.changed() => {
                     if changed.is_err() { break; }
@@ -366,13 +384,18 @@ fn renew_check_period(state: &State) -> Duration {
 
 /// Whether the node connected with `connected_with` (hex) should renew: its certificate
 /// expires within `[certificates] renew_before`, or it connected with the previous one (a
-/// renewal it never stored).
+/// renewal it never stored), or during a CA rotation another CA than the new one issued it.
 fn renewal_due(state: &State, name: &str, connected_with: &str) -> bool {
     let Ok(Some(node)) = state.store.node(name) else {
         return false;
     };
     let window = state.config.certificates.renew_before.as_millis() as u64;
-    node.fingerprint != connected_with || node.cert_expires_at_ms.saturating_sub(now_ms()) < window
+    let trust = state.ca.trust();
+    let under_old_ca = trust.retiring.is_some()
+        && node.issuer.as_deref() != Some(hex::encode(trust.signing.fingerprint()).as_str());
+    node.fingerprint != connected_with
+        || node.cert_expires_at_ms.saturating_sub(now_ms()) < window
+        || under_old_ca
 }
 
 /// Signs a renewal request from `name` (connected with `connected_with`), records the new
@@ -384,14 +407,14 @@ fn renew(state: &State, name: &str, connected_with: &str, csr_der: &[u8]) -> Coo
         CoordinatorFrame::RenewRefused { reason }
     };
     let lifetime = state.config.certificates.node_lifetime;
-    let (cert_der, expires_at_ms) = match state.ca.sign_node(name, csr_der, lifetime) {
+    let (cert_der, expires_at_ms, issuer) = match state.ca.sign_node(name, csr_der, lifetime) {
         Ok(c) => c,
         Err(e) => return refused(e.to_string()),
     };
     let renewed = hex::encode(fingerprint(&cert_der));
     match state
         .store
-        .renew_cert(name, connected_with, &renewed, expires_at_ms)
+        .renew_cert(name, connected_with, &renewed, expires_at_ms, &issuer)
     {
         Ok(Some(_)) => {
             inc(&state.metrics.certificate_renewals);
@@ -487,6 +510,24 @@ async fn renew_late(
     let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
 }
 
+/// Records which CAs a node says it trusts (at most a bundle's worth; more is a hostile
+/// agent's, and ignored): a rotation's old CA is retired only once every node trusts the new
+/// one.
+fn trusted(state: &State, node: &str, cas: &[[u8; 32]]) {
+    if cas.len() > spillway_link::bundle::MAX_CAS {
+        inc(&state.metrics.frames_refused);
+        return;
+    }
+    let cas: Vec<String> = cas.iter().map(hex::encode).collect();
+    match state.store.record_trust(node, &cas) {
+        Ok(true) => {
+            tracing::info!(node, cas = %cas.join(","), "node trusts the mesh CAs it was sent")
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!(node, "cannot record which CAs the node trusts: {e}"),
+    }
+}
+
 /// Tells a connected agent why it is refused (counted), and lets it hang up first.
 async fn refuse_member(
     state: &State,
@@ -510,6 +551,7 @@ fn handle_frame(state: &State, node: &str, session: u64, frame: AgentFrame) {
             inc(&state.metrics.frames_malformed);
         }
         AgentFrame::Upgrade(report) => state.upgrades.report(state, node, &report),
+        AgentFrame::Trusted { cas } => trusted(state, node, &cas),
         AgentFrame::Condition(condition) => {
             let was = state.view.condition(node, condition);
             if was.disk_full != condition.disk_full {

@@ -106,6 +106,18 @@ mod tests {
                 [true, false, false, false],
             ),
             (Method::POST, "/v1/upgrades", [true, false, false, false]),
+            // Rotating the mesh CA is the admin's; its certificates are for operators to see.
+            (
+                Method::POST,
+                "/v1/admin/ca/rotate",
+                [true, false, false, false],
+            ),
+            (
+                Method::POST,
+                "/v1/admin/ca/retire",
+                [true, false, false, false],
+            ),
+            (Method::GET, "/v1/ca", [true, true, false, false]),
             (
                 Method::POST,
                 "/v1/upgrades/3/cancel",

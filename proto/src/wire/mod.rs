@@ -30,7 +30,7 @@ pub struct Version {
 }
 
 /// The protocol this build speaks.
-pub const PROTOCOL: Version = Version { major: 1, minor: 5 };
+pub const PROTOCOL: Version = Version { major: 1, minor: 6 };
 
 impl std::fmt::Display for Version {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

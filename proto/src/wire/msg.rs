@@ -25,8 +25,15 @@ pub struct JoinRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JoinReply {
-    Granted { cert_der: Vec<u8>, ca_der: Vec<u8> },
-    Refused { reason: String },
+    /// `ca_der`: the CAs to trust, concatenated (more than one during a CA rotation, for agents
+    /// of 1.6 or later; see `spillway_link::bundle`).
+    Granted {
+        cert_der: Vec<u8>,
+        ca_der: Vec<u8>,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 /// Agent → coordinator on the control stream.
@@ -54,6 +61,12 @@ pub enum AgentFrame {
     /// Since 1.5, to a coordinator of 1.5 or later: how an upgrade order went. Sent when it
     /// changes and again at every link until the next order, so none is lost to a restart.
     Upgrade(UpgradeReport),
+    /// Since 1.6, to a coordinator of 1.6 or later, answering [`CoordinatorFrame::Trust`]: the
+    /// SHA-256 of each CA certificate the agent trusts now, stored. A coordinator retires an
+    /// old CA only once every node trusts the new one.
+    Trusted {
+        cas: Vec<[u8; 32]>,
+    },
 }
 
 /// What keeps a node from taking work besides its load (see [`AgentFrame::Condition`]).
@@ -189,6 +202,13 @@ pub enum CoordinatorFrame {
     },
     /// Since 1.5, to an agent of 1.5 or later: run another binary (see [`UpgradeOrder`]).
     Upgrade(UpgradeOrder),
+    /// Since 1.6, to an agent of 1.6 or later, at each link and whenever they change: the CA
+    /// certificates (DER) to trust from now on, the one that signs first. The agent stores
+    /// them only if they still verify the coordinator it is linked to, and answers with
+    /// [`AgentFrame::Trusted`].
+    Trust {
+        cas: Vec<Vec<u8>>,
+    },
 }
 
 /// Why a job is offered.

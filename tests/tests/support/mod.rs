@@ -335,7 +335,9 @@ impl Coordinator {
         Self::configured(None, "127.0.0.1", "", http)
     }
 
-    fn configured(netns: Option<&str>, quic_ip: &str, extra: &str, http: &str) -> Self {
+    /// A coordinator in `netns` (if given) on `quic_ip`, with `extra` (top-level keys, then
+    /// sections) and `http` (lines of `[http]`) in its config.
+    pub fn configured(netns: Option<&str>, quic_ip: &str, extra: &str, http: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (quic_port, http_port) = (free_port(), free_port());
         // Plain HTTP on loopback, asked for (curl, webhooks and replicas' runners speak to it);

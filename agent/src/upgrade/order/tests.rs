@@ -3,11 +3,7 @@ use std::path::Path;
 use super::*;
 
 fn ca() -> (rcgen::KeyPair, Vec<u8>) {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::default();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-    let cert = params.self_signed(&key).expect("CA");
-    (key, cert.der().to_vec())
+    spillway_link::test_ca::ca("mesh CA").into_parts()
 }
 
 /// Stores `bytes` as they would arrive, in pieces.

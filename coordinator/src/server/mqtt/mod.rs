@@ -45,7 +45,7 @@ impl Mqtt {
     /// Starts rumqttd on loopback and binds the listeners `config` asks for (none: `None`).
     pub async fn start(
         config: &CoordinatorConfig,
-        ca: &super::ca::Ca,
+        ca: &super::ca::Authority,
     ) -> Result<Option<Self>, BrokerError> {
         let m = &config.mqtt;
         if config.mqtt_listen.is_none() && m.tls_listen.is_none() {
@@ -84,10 +84,14 @@ impl Mqtt {
         };
         let tls = match m.tls_listen {
             Some(addr) => {
-                let (chain, key) = ca
-                    .tls_server_for(addr, &m.tls_names)
-                    .map_err(|e| BrokerError::Start(e.to_string()))?;
-                let server = spillway_link::tls::stream_server(ca.cert_der(), chain, key)
+                // Follows CA rotations: members present certificates from either CA meanwhile.
+                let names = super::ca::Authority::names_for(addr, &m.tls_names);
+                let server = ca
+                    .listener(spillway_link::live::Clients::Optional, names)
+                    .and_then(|live| {
+                        live.config()
+                            .map_err(|e| super::ca::CaError::Request(e.to_string()))
+                    })
                     .map_err(|e| BrokerError::Start(e.to_string()))?;
                 Some((
                     bind(addr).await?,

@@ -118,6 +118,14 @@ pub struct NodeRecord {
     /// How many times its certificate was renewed over the mesh.
     #[serde(default)]
     pub renewals: u32,
+    /// The fingerprint (hex) of the CA that issued its certificate; `None` for certificates
+    /// issued before CAs were told apart (a rotation labels them as the old CA's).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The fingerprints (hex) of the CAs the agent said it trusts, last time it was sent them
+    /// (agents of protocol 1.6 and later).
+    #[serde(default)]
+    pub trusted_cas: Vec<String>,
 }
 
 impl NodeRecord {
@@ -142,6 +150,8 @@ impl NodeRecord {
             proposed_cluster_id: None,
             previous_fingerprint: None,
             renewals: 0,
+            issuer: None,
+            trusted_cas: Vec::new(),
         }
     }
 }
@@ -613,6 +623,7 @@ impl Store {
         current: &str,
         renewed: &str,
         expires_at_ms: u64,
+        issuer: &str,
     ) -> Result<Option<NodeRecord>, StoreError> {
         let tx = self.db.begin_write()?;
         let node = {
@@ -634,12 +645,78 @@ impl Store {
             node.previous_fingerprint = Some(current.to_owned());
             node.fingerprint = renewed.to_owned();
             node.cert_expires_at_ms = expires_at_ms;
+            node.issuer = Some(issuer.to_owned());
             node.renewals = node.renewals.saturating_add(1);
             nodes.insert(name, encode(&node).as_slice())?;
             node
         };
         tx.commit()?;
         Ok(Some(node))
+    }
+
+    /// Records, durably, the CAs (fingerprints, hex) node `name` trusts; whether that changed
+    /// anything.
+    pub fn record_trust(&self, name: &str, cas: &[String]) -> Result<bool, StoreError> {
+        // Read first: every link says it again, and thousands of agents reconnecting at once
+        // must not queue for the write lock to change nothing.
+        if self.node(name)?.is_none_or(|n| n.trusted_cas == cas) {
+            return Ok(false);
+        }
+        self.change_node(name, |node| {
+            let changed = node.trusted_cas != cas;
+            node.trusted_cas = cas.to_vec();
+            changed
+        })
+    }
+
+    /// Labels the certificates issued before CAs were told apart as `issuer`'s (the CA being
+    /// rotated away from), durably, before the rotation is acted on.
+    pub fn label_issuers(&self, issuer: &str) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut labelled = 0;
+        {
+            let mut nodes = tx.open_table(NODES)?;
+            let unlabelled: Vec<NodeRecord> = nodes
+                .iter()?
+                .map(|row| {
+                    let (_, v) = row?;
+                    decode::<NodeRecord>("nodes", v.value())
+                })
+                .filter(|n| !matches!(n, Ok(n) if n.issuer.is_some()))
+                .collect::<Result<_, _>>()?;
+            for mut node in unlabelled {
+                node.issuer = Some(issuer.to_owned());
+                nodes.insert(node.name.as_str(), encode(&node).as_slice())?;
+                labelled += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(labelled)
+    }
+
+    /// Changes node `name` in one durable transaction if `change` says it changed it.
+    fn change_node(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut NodeRecord) -> bool,
+    ) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        let changed = {
+            let mut nodes = tx.open_table(NODES)?;
+            let Some(raw) = nodes.get(name)?.map(|v| v.value().to_vec()) else {
+                return Ok(false);
+            };
+            let mut node: NodeRecord = decode("nodes", &raw)?;
+            let changed = change(&mut node);
+            if changed {
+                nodes.insert(name, encode(&node).as_slice())?;
+            }
+            changed
+        };
+        if changed {
+            tx.commit()?;
+        }
+        Ok(changed)
     }
 
     /// The node connected with its renewed certificate: the previous one is retired.
@@ -1153,7 +1230,10 @@ mod tests {
         store.join("h1", 1, node("a", "f1")).unwrap();
         let member = |fp: &str| store.node_by_cert(fp).unwrap().map(|n| n.name);
         // Renewed while connected with f1: both are members until the node uses f2.
-        let n = store.renew_cert("a", "f1", "f2", 5_000).unwrap().unwrap();
+        let n = store
+            .renew_cert("a", "f1", "f2", 5_000, "ca")
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (n.fingerprint.as_str(), n.cert_expires_at_ms, n.renewals),
             ("f2", 5_000, 1)
@@ -1163,7 +1243,7 @@ mod tests {
             (Some("a".into()), Some("a".into()))
         );
         // The agent lost f2 (a crash before storing it) and renews again with f1: f2 goes.
-        store.renew_cert("a", "f1", "f3", 6_000).unwrap();
+        store.renew_cert("a", "f1", "f3", 6_000, "ca").unwrap();
         assert_eq!(
             (member("f1"), member("f2"), member("f3")),
             (Some("a".into()), None, Some("a".into()))
@@ -1173,10 +1253,15 @@ mod tests {
         assert_eq!((member("f1"), member("f3")), (None, Some("a".into())));
         assert_eq!(store.node("a").unwrap().unwrap().previous_fingerprint, None);
         // Removing the node revokes every certificate it had.
-        store.renew_cert("a", "f3", "f4", 7_000).unwrap();
+        store.renew_cert("a", "f3", "f4", 7_000, "ca").unwrap();
         assert!(store.remove_node("a").unwrap());
         assert_eq!((member("f3"), member("f4")), (None, None));
-        assert!(store.renew_cert("a", "f4", "f5", 8_000).unwrap().is_none());
+        assert!(
+            store
+                .renew_cert("a", "f4", "f5", 8_000, "ca")
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
