@@ -201,12 +201,8 @@ pub async fn up(
 /// Applies an FDL file inside the coordinator's own process (`spillway up --apply`).
 pub fn apply_local(state: &spillway_coordinator::server::State, path: &Path) -> anyhow::Result<()> {
     let req = crate::commands::apply_request(path)?;
-    let outcome = spillway_coordinator::server::apply::apply(
-        &state.store,
-        &req,
-        spillway_plumbing::now_ms(),
-    )?;
-    state.deployments.send_modify(|g| *g += 1);
+    // As `spillway apply` does: checked against the coordinator's config, deployed if changed.
+    let outcome = state.apply_functions(&req)?;
     for (name, verdict) in outcome.functions {
         println!("function/{name} {verdict}");
     }

@@ -277,10 +277,11 @@ pub struct KubeCluster {
     #[serde(default = "default_ttl")]
     pub ttl_seconds_after_finished: i32,
     /// The image whose `runner_path` is the static `spillway-agent` (Spillway's agent image, as
-    /// `cross/build.sh --images` makes it); an init container runs its `install-runner` to put
-    /// it into the Job's pod, so any function image works.
-    #[serde(default = "default_runner_image")]
-    pub runner_image: String,
+    /// `cross/build.sh --images` makes it, pushed where the cluster pulls from); an init
+    /// container runs its `install-runner` to put it into the Job's pod, so any function image
+    /// works. No default: no registry holds Spillway's image for you, and a replica without
+    /// one is refused at `spillway apply` with how to make it ([`missing_runner_image`]).
+    pub runner_image: Option<String>,
     #[serde(default = "default_runner_path")]
     pub runner_path: String,
 }
@@ -293,10 +294,11 @@ fn default_ttl() -> i32 {
     600
 }
 
-fn default_runner_image() -> String {
+/// What to do when `[kubernetes.<cluster_id>] runner_image` is not set.
+pub fn missing_runner_image(cluster_id: &str) -> String {
+    let version = env!("CARGO_PKG_VERSION");
     format!(
-        "ghcr.io/spillway/spillway-agent:{}",
-        env!("CARGO_PKG_VERSION")
+        "kubernetes replicas on cluster `{cluster_id}` need Spillway's runner image, and [kubernetes.{cluster_id}] runner_image is not set in coordinator.toml: build it with `cross/build.sh --images`, push it where the cluster pulls from (`skopeo copy --all oci-archive:$CARGO_TARGET_DIR/images/spillway-agent.oci.tar:{version} docker://REGISTRY/spillway-agent:{version}`), then set runner_image = \"REGISTRY/spillway-agent:{version}\" and restart the coordinator"
     )
 }
 
@@ -314,7 +316,7 @@ impl Default for KubeCluster {
             image_pull_secrets: Vec::new(),
             node_selector: BTreeMap::new(),
             ttl_seconds_after_finished: default_ttl(),
-            runner_image: default_runner_image(),
+            runner_image: None,
             runner_path: default_runner_path(),
         }
     }
@@ -367,7 +369,7 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         Self {
             name: "coordinator".into(),
-            state_dir: PathBuf::from("/var/lib/spillway/coordinator"),
+            state_dir: PathBuf::from("/var/lib/spillway-coordinator"),
             quic_listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
             http_max_connections: 256,

@@ -447,7 +447,7 @@ fn apply_lambda_function(c: &Running) {
         text: text.into(),
         files,
     };
-    spillway_coordinator::server::apply::apply(&c.state.store, &req, 0).unwrap();
+    c.state.apply_functions(&req).unwrap();
 }
 
 /// A coordinator with `placement` and [`apply_lambda_function`] applied, and an origin linked.

@@ -192,11 +192,7 @@ fn the_mesh_ca_rotates_and_retires_online_and_every_node_that_was_there_moves_wi
     assert_ne!(c.health("pi-2").as_deref(), Some("Ready"));
     // What the operator does: a token for it, and a join.
     away.stop();
-    let (ok, token, err) = c.cli(&["token", "create", "--node", "pi-2"]);
-    assert!(ok, "{err}");
-    let (ok, out, err) =
-        away.agent_cli(&["join", "--coordinator", &c.quic(), "--token", token.trim()]);
-    assert!(ok, "{out}{err}");
+    c.join_again(&away, "pi-2");
     away.start();
     assert!(ready(&c, "pi-2", Duration::from_secs(20)), "{}", away.log());
 

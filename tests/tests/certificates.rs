@@ -188,11 +188,7 @@ fn a_node_back_later_than_the_window_is_told_to_join_again_and_does_nothing() {
     );
     // What the operator does: a token for that node, and a join.
     node.stop();
-    let (ok, token, err) = c.cli(&["token", "create", "--node", "pi-1"]);
-    assert!(ok, "{err}");
-    let (ok, out, err) =
-        node.agent_cli(&["join", "--coordinator", &c.quic(), "--token", token.trim()]);
-    assert!(ok, "{out}{err}");
+    c.join_again(&node, "pi-1");
     node.start();
     assert!(ready(&c, "pi-1", Duration::from_secs(20)), "{}", node.log());
     node.stop();

@@ -719,7 +719,7 @@ fn an_unreachable_kubernetes_api_passes_the_surplus_to_the_next_replica() {
         next.url()
     );
     let config = format!(
-        "[kubernetes.gone]\nkubeconfig = \"{}\"\n",
+        "[kubernetes.gone]\nkubeconfig = \"{}\"\nrunner_image = \"registry.local/spillway-agent:test\"\n",
         kubeconfig.display()
     );
     let (c, origin) = origin_configured(dir.path(), &replicas, &config);

@@ -218,3 +218,56 @@ fn install_puts_binary_unit_and_config_in_place_and_systemd_accepts_the_unit() {
         "node_name = \"edited\"\n"
     );
 }
+
+/// The value of `key=` in a unit file's text (its last setting, as systemd reads it).
+fn unit_setting(unit: &str, key: &str) -> String {
+    unit.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in the unit"))
+        .to_owned()
+}
+
+/// A hardened unit may write only where it says; the config shipped with it (or installed by
+/// `spillway-agent install`) must keep its state there, or the service dies at its first write.
+#[test]
+fn the_shipped_configs_keep_their_state_where_the_shipped_units_may_write() {
+    let unit =
+        std::fs::read_to_string(repo("configs/systemd/spillway-coordinator.service")).unwrap();
+    let config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(repo("configs/coordinator.toml")).unwrap())
+            .unwrap();
+    let state_dir = config["state_dir"].as_str().unwrap();
+    // DynamicUser: the user exists only while the service runs, and owns only its StateDirectory.
+    assert_eq!(unit_setting(&unit, "DynamicUser"), "yes");
+    assert_eq!(
+        state_dir,
+        format!("/var/lib/{}", unit_setting(&unit, "StateDirectory")),
+        "configs/coordinator.toml's state_dir is not the unit's StateDirectory"
+    );
+    assert!(unit_setting(&unit, "ExecStart").contains("--config /etc/spillway/coordinator.toml"));
+
+    let unit = std::fs::read_to_string(repo("configs/systemd/spillway-agent.service")).unwrap();
+    let writable: Vec<String> = unit_setting(&unit, "ReadWritePaths")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    support::output(
+        Command::new(bin("spillway-agent"))
+            .args(["install", "--root"])
+            .arg(dir.path()),
+    );
+    let installed: toml::Table = toml::from_str(
+        &std::fs::read_to_string(dir.path().join("etc/spillway/agent.toml")).unwrap(),
+    )
+    .unwrap();
+    for key in ["data_root", "state_dir"] {
+        let path = std::path::Path::new(installed[key].as_str().unwrap());
+        assert!(
+            writable.iter().any(|w| path.starts_with(w)),
+            "the installed agent.toml's {key} ({}) is outside the unit's ReadWritePaths {writable:?}",
+            path.display()
+        );
+    }
+}

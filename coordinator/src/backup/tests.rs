@@ -76,6 +76,23 @@ fn file(tar: &mut tar::Builder<Vec<u8>>, name: &str, bytes: &[u8]) {
     tar.append(&h, bytes).expect("append");
 }
 
+/// Every file a state folder must have, then `extra`, then a manifest that matches them all:
+/// an archive refused only for what `extra` holds.
+fn whole_state_with(t: &mut tar::Builder<Vec<u8>>, extra: &[(&str, &[u8])]) {
+    let mut files: Vec<(&str, &[u8])> = vec![
+        (STORE, b"x"),
+        ("ca/ca.crt", b"c"),
+        ("ca/ca.key", b"k"),
+        ("admin.token", b"t"),
+        ("presign.key", b"p"),
+    ];
+    files.extend_from_slice(extra);
+    for (n, b) in &files {
+        file(t, n, b);
+    }
+    file(t, MANIFEST, &manifest_of(&files));
+}
+
 fn manifest_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     let manifest = Manifest {
         format: FORMAT,
@@ -255,38 +272,12 @@ fn archives_a_backup_never_makes_are_refused_with_the_reason() {
             "does not hash to its name",
             sealed(|t| {
                 let name = format!("blobs/{}", "ab".repeat(32));
-                let mut files: Vec<(&str, &[u8])> = vec![(name.as_str(), b"other")];
-                for (n, b) in [
-                    (STORE, &b"x"[..]),
-                    ("ca/ca.crt", b"c"),
-                    ("ca/ca.key", b"k"),
-                    ("admin.token", b"t"),
-                    ("presign.key", b"p"),
-                ] {
-                    file(t, n, b);
-                    files.push((n, b));
-                }
-                file(t, &name, b"other");
-                file(t, MANIFEST, &manifest_of(&files));
+                whole_state_with(t, &[(name.as_str(), b"other")]);
             }),
         ),
         (
             "holds part of a CA rotation",
-            sealed(|t| {
-                let mut files: Vec<(&str, &[u8])> = Vec::new();
-                for (n, b) in [
-                    (STORE, &b"x"[..]),
-                    ("ca/ca.crt", b"c"),
-                    ("ca/ca.key", b"k"),
-                    ("admin.token", b"t"),
-                    ("presign.key", b"p"),
-                    ("ca/rotation/ca.key", b"new key, no certificate"),
-                ] {
-                    file(t, n, b);
-                    files.push((n, b));
-                }
-                file(t, MANIFEST, &manifest_of(&files));
-            }),
+            sealed(|t| whole_state_with(t, &[("ca/rotation/ca.key", b"new key, no certificate")])),
         ),
         (
             "do not match its manifest",

@@ -49,7 +49,15 @@ fn same_names(store: &Store, defs: &[fdl::FunctionDef]) -> Result<Vec<String>, S
     Ok(problems)
 }
 
-pub fn apply(store: &Store, req: &ApplyRequest, now_ms: u64) -> Result<ApplyOutcome, ApplyError> {
+/// What the coordinator's config lacks for a function (see [`super::replicas::unconfigured`]).
+pub type Check<'a> = &'a dyn Fn(&fdl::FunctionDef) -> Vec<String>;
+
+pub fn apply(
+    store: &Store,
+    req: &ApplyRequest,
+    now_ms: u64,
+    check: Check<'_>,
+) -> Result<ApplyOutcome, ApplyError> {
     // Paths stay as written (relative): the files travel with the request, not the path.
     let parsed = fdl::parse_str(&req.file, &req.text, Path::new(""));
     let warnings: Vec<String> = parsed.warnings().map(|d| d.to_string()).collect();
@@ -68,6 +76,9 @@ pub fn apply(store: &Store, req: &ApplyRequest, now_ms: u64) -> Result<ApplyOutc
         )));
     }
     let mut problems = same_names(store, &doc.functions)?;
+    for def in &doc.functions {
+        problems.extend(check(def));
+    }
     let mut records = Vec::new();
     for mut def in doc.functions {
         let mut files = Vec::new();
@@ -136,7 +147,8 @@ impl super::State {
     /// Applies functions and, when any changed, has every session recompute its node's
     /// deployment: what `spillway apply` and OSCAR's `POST`/`PUT /system/services` do.
     pub fn apply_functions(&self, req: &ApplyRequest) -> Result<ApplyOutcome, ApplyError> {
-        let outcome = apply(&self.store, req, super::now_ms())?;
+        let check = |def: &fdl::FunctionDef| super::replicas::unconfigured(def, &self.config);
+        let outcome = apply(&self.store, req, super::now_ms(), &check)?;
         if outcome.functions.iter().any(|(_, v)| v != "unchanged") {
             self.deployments.send_modify(|g| *g += 1);
         }
@@ -169,13 +181,50 @@ mod tests {
     const FOG: &str = "functions:\n  oscar:\n  - fog:\n      name: detect\n      runtime: process\n      command: [\"true\"]\n";
 
     #[test]
+    fn a_kubernetes_replica_without_a_runner_image_is_refused_saying_how_to_make_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.redb")).expect("store");
+        let fdl = format!(
+            "{FOG}      replicas:\n      - {{type: kubernetes, cluster_id: edge, image: busybox, priority: 0}}\n"
+        );
+        let mut config = crate::config::CoordinatorConfig::default();
+        let check = |def: &fdl::FunctionDef| crate::server::replicas::unconfigured(def, &config);
+        let err = apply(&store, &request("k.yaml", &fdl), 1, &check).expect_err("refused");
+        let text = err.to_string();
+        for want in [
+            "k.yaml:",
+            "function `detect`",
+            "[kubernetes.edge] runner_image is not set",
+            "cross/build.sh --images",
+            "skopeo copy --all",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        assert!(
+            store.function("detect").expect("read").is_none(),
+            "nothing applied"
+        );
+
+        config.kubernetes.insert(
+            "edge".into(),
+            crate::config::KubeCluster {
+                runner_image: Some("registry.lan/spillway-agent:0.1.0".into()),
+                ..Default::default()
+            },
+        );
+        let check = |def: &fdl::FunctionDef| crate::server::replicas::unconfigured(def, &config);
+        apply(&store, &request("k.yaml", &fdl), 2, &check).expect("applied");
+    }
+
+    #[test]
     fn one_name_for_two_clusters_is_refused_with_both_places_and_nothing_is_applied() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("s.redb")).expect("store");
         let both = format!(
             "{FOG}  - cloud:\n      name: detect\n      runtime: process\n      command: [\"true\"]\n"
         );
-        let err = apply(&store, &request("two.yaml", &both), 1).expect_err("refused");
+        let err =
+            apply(&store, &request("two.yaml", &both), 1, &|_| Vec::new()).expect_err("refused");
         let text = err.to_string();
         assert!(
             text.contains("two.yaml:8:11") && text.contains("two.yaml:4:11"),
@@ -186,9 +235,10 @@ mod tests {
             "nothing applied"
         );
 
-        apply(&store, &request("fog.yaml", FOG), 1).expect("applied");
+        apply(&store, &request("fog.yaml", FOG), 1, &|_| Vec::new()).expect("applied");
         let cloud = FOG.replace("fog:", "cloud:");
-        let err = apply(&store, &request("cloud.yaml", &cloud), 2).expect_err("refused");
+        let err =
+            apply(&store, &request("cloud.yaml", &cloud), 2, &|_| Vec::new()).expect_err("refused");
         let text = err.to_string();
         assert!(
             text.contains("from fog.yaml for cluster `fog`")
@@ -198,7 +248,8 @@ mod tests {
         let kept = store.function("detect").expect("read").expect("kept");
         assert_eq!(kept.def.cluster_id(), Some("fog"), "not overwritten");
         // The same cluster again is an update.
-        let outcome = apply(&store, &request("fog.yaml", FOG), 3).expect("re-applied");
+        let outcome =
+            apply(&store, &request("fog.yaml", FOG), 3, &|_| Vec::new()).expect("re-applied");
         assert_eq!(
             outcome.functions,
             [("detect".to_owned(), "unchanged".to_owned())]

@@ -448,6 +448,21 @@ impl Coordinator {
         assert!(ok, "join failed: {out}{err}");
     }
 
+    /// Joins `node` again under `name`, as an operator does for a node the mesh no longer
+    /// takes: a token made for that name (`token create --node`), then `spillway-agent join`.
+    pub fn join_again(&self, node: &Node, name: &str) {
+        let (ok, token, err) = self.cli(&["token", "create", "--node", name]);
+        assert!(ok, "token create --node {name}: {err}");
+        let (ok, out, err) = node.agent_cli(&[
+            "join",
+            "--coordinator",
+            &self.quic(),
+            "--token",
+            token.trim(),
+        ]);
+        assert!(ok, "join again: {out}{err}");
+    }
+
     /// Whether `node` is Ready and runs `function`, as `get nodes` shows it.
     pub fn runs(&self, node: &str, function: &str) -> bool {
         let nodes = self.json(&["get", "nodes"]);

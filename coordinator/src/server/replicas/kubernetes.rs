@@ -121,6 +121,8 @@ pub struct KubernetesBackend {
     pub namespace: String,
     /// The function's image (the replica's `image`, else the function's).
     pub image: String,
+    /// The image the runner comes from (`[kubernetes.ID] runner_image`).
+    pub runner_image: String,
     pub cpu: Option<u64>,
     pub memory: Option<u64>,
     pub function: String,
@@ -190,12 +192,17 @@ impl KubernetesBackend {
                 def.name
             )
         })?;
+        let runner_image = cluster
+            .runner_image
+            .clone()
+            .ok_or_else(|| crate::config::missing_runner_image(cluster_id))?;
         Ok(Self {
             id: id.to_owned(),
             cluster_id: cluster_id.to_owned(),
             namespace: namespace.unwrap_or(&cluster.namespace).to_owned(),
             cluster,
             image: image.to_owned(),
+            runner_image,
             cpu: def.cpu.map(|c| c.0),
             memory: def.memory.map(|m| m.0),
             function: def.name.clone(),
@@ -241,7 +248,7 @@ impl KubernetesBackend {
             "volumes": [{"name": RUNNER_VOLUME, "emptyDir": {}}],
             "initContainers": [{
                 "name": "spillway-runner",
-                "image": self.cluster.runner_image,
+                "image": self.runner_image,
                 "command": [self.cluster.runner_path, "install-runner", format!("{RUNNER_DIR}/spillway-agent")],
                 "volumeMounts": [{"name": RUNNER_VOLUME, "mountPath": RUNNER_DIR}],
             }],

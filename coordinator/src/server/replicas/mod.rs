@@ -26,6 +26,32 @@ pub use driver::Delegations;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What `def`'s replicas need from the coordinator's config and it lacks, one line each (empty:
+/// nothing): checked at `spillway apply`, so a replica that could never run is refused there
+/// rather than failing every job it is given.
+pub fn unconfigured(def: &FunctionDef, config: &CoordinatorConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    for replica in &def.replicas {
+        if let ReplicaTarget::Kubernetes { cluster_id, .. } = &replica.target
+            && config
+                .kubernetes
+                .get(cluster_id)
+                .is_none_or(|c| c.runner_image.is_none())
+        {
+            let line = format!(
+                "{}: function `{}`: {}",
+                def.location,
+                def.name,
+                crate::config::missing_runner_image(cluster_id)
+            );
+            if !problems.contains(&line) {
+                problems.push(line);
+            }
+        }
+    }
+    problems
+}
+
 /// One kind of executor outside the mesh. Every call is idempotent on the envelope's job id.
 pub trait Backend: Send + Sync {
     /// The replica's id, as hand-over records name it (`endpoint:URL`, `oscar:CLUSTER/SERVICE`).
