@@ -227,17 +227,7 @@ async fn a_renewal_nobody_asked_for_is_refused_and_signs_nothing() {
 async fn only_agents_that_speak_1_3_are_asked_to_renew() {
     let c = short_lived().await;
     for (minor, asked) in [(2, false), (3, true)] {
-        let (token, _) = c.state.create_token(60, "").unwrap();
-        let name = format!("pi-{minor}");
-        let m = join(&c, &name, &token).await.unwrap();
-        let conn = member_connection(&c, &m).await;
-        let (mut tx, rx) = conn.open_bi().await.unwrap();
-        let version = Version {
-            major: PROTOCOL.major,
-            minor,
-        };
-        send(&mut tx, &common::hello(version)).await.unwrap();
-        let mut reader = FrameReader::new(rx, MAX_STREAM_FRAME);
+        let (conn, _tx, mut reader) = joined_and_said_hello(&c, minor).await;
         let welcome = next_but_deploys(&mut reader, Duration::from_secs(5)).await;
         assert!(
             matches!(welcome, Some(CoordinatorFrame::Welcome(_))),
@@ -252,6 +242,80 @@ async fn only_agents_that_speak_1_3_are_asked_to_renew() {
         );
         conn.close(0u32.into(), b"done");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cas_to_trust_follow_the_welcome_for_1_6_agents_and_a_rotation_sends_them_again() {
+    let c = coordinator().await;
+    for (minor, sent) in [(5, false), (6, true)] {
+        let (conn, _tx, mut reader) = joined_and_said_hello(&c, minor).await;
+        assert!(matches!(
+            next_frame(&mut reader).await,
+            Some(CoordinatorFrame::Welcome(_))
+        ));
+        // Before anything else (a deployment, an upgrade order the new CA signed).
+        let frame = next_frame(&mut reader).await;
+        assert_eq!(
+            matches!(&frame, Some(CoordinatorFrame::Trust { cas }) if *cas == vec![c.state.ca.cert_der()]),
+            sent,
+            "1.{minor}: {frame:?}"
+        );
+        if sent {
+            c.state.ca.rotate().unwrap();
+            let frame = next_but_deploys_or_renewals(&mut reader).await;
+            let Some(CoordinatorFrame::Trust { cas }) = frame else {
+                panic!("no CAs after the rotation: {frame:?}");
+            };
+            assert_eq!(cas.len(), 2, "the new CA and the old one");
+            assert_eq!(cas[0], c.state.ca.cert_der(), "the signing CA first");
+        }
+        conn.close(0u32.into(), b"done");
+    }
+}
+
+/// A new node `pi-MINOR` joined, connected and said hello speaking 1.MINOR: its connection,
+/// and both halves of its control stream.
+async fn joined_and_said_hello(
+    c: &Running,
+    minor: u16,
+) -> (quinn::Connection, quinn::SendStream, FrameReader) {
+    let (token, _) = c.state.create_token(60, "").unwrap();
+    let m = join(c, &format!("pi-{minor}"), &token).await.unwrap();
+    let conn = member_connection(c, &m).await;
+    let (mut tx, rx) = conn.open_bi().await.unwrap();
+    let version = Version {
+        major: PROTOCOL.major,
+        minor,
+    };
+    send(&mut tx, &common::hello(version)).await.unwrap();
+    (conn, tx, FrameReader::new(rx, MAX_STREAM_FRAME))
+}
+
+/// The next frame, within 5 s.
+async fn next_frame(reader: &mut FrameReader) -> Option<CoordinatorFrame> {
+    tokio::time::timeout(Duration::from_secs(5), reader.next::<CoordinatorFrame>())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+}
+
+/// The next frame that is not a deployment or a renewal request, within 5 s.
+async fn next_but_deploys_or_renewals(reader: &mut FrameReader) -> Option<CoordinatorFrame> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match reader.next::<CoordinatorFrame>().await {
+                Ok(Some(CoordinatorFrame::Deploy(_) | CoordinatorFrame::RenewCertificate)) => {
+                    continue;
+                }
+                Ok(other) => return other,
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

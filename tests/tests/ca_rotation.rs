@@ -55,6 +55,20 @@ fn curl_with(c: &Coordinator, pem: &std::path::Path) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
+/// The coordinator's `/metrics`, over HTTPS with the CAs it trusts now.
+fn metrics_of(c: &Coordinator) -> String {
+    let (ok, pem, err) = c.cli(&["mqtt", "ca"]);
+    assert!(ok, "{err}");
+    let file = c.dir.path().join("now-ca.pem");
+    std::fs::write(&file, pem).unwrap();
+    support::output(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&file)
+            .arg(format!("https://127.0.0.1:{}/metrics", c.http_port)),
+    )
+}
+
 /// Whether OpenSSL verifies the MQTT broker's TLS listener with only the CAs in `pem`.
 fn broker_verifies(port: u16, pem: &std::path::Path) -> bool {
     Command::new("openssl")
@@ -113,6 +127,17 @@ fn the_mesh_ca_rotates_and_retires_online_and_every_node_that_was_there_moves_wi
     assert!(pi1.log().contains("certificate renewed"), "{}", pi1.log());
     assert!(ready(&c, "pi-1", Duration::from_secs(20)), "{}", pi1.log());
     assert!(!moved(&c, "pi-2"));
+    // Operators' alerts see it too.
+    let metrics = metrics_of(&c);
+    assert!(metrics.contains("spillway_ca_rotating 1"), "{metrics}");
+    assert!(
+        metrics.contains("spillway_node_on_old_ca{node=\"pi-2\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("spillway_node_on_old_ca{node=\"pi-1\"} 0"),
+        "{metrics}"
+    );
 
     // Until the retirement, everything from before still works: through the cross certificate
     // for clients that know only the old CA (the CLI's WebPKI, curl's and mosquitto's OpenSSL).
@@ -200,6 +225,7 @@ fn the_mesh_ca_rotates_and_retires_online_and_every_node_that_was_there_moves_wi
     c.kill9();
     c.start();
     assert!(c.json(&["admin", "ca", "status"])["retiring"].is_null());
+    assert!(metrics_of(&c).contains("spillway_ca_rotating 0"));
     assert!(ready(&c, "pi-1", Duration::from_secs(30)), "{}", pi1.log());
     for n in [&mut pi1, &mut pi3, &mut away] {
         n.stop();

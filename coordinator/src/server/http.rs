@@ -299,18 +299,34 @@ fn disk_gauges(state: &State) -> String {
     )
 }
 
-/// When each node's certificate expires, for alerts well before a fleet drops off at once.
+/// When each node's certificate expires, for alerts well before a fleet drops off at once; and
+/// during a CA rotation, which nodes still depend on the old CA.
 fn certificate_gauges(state: &State) -> String {
-    node_gauge(
+    let nodes = state.store.nodes().unwrap_or_default();
+    let mut text = node_gauge(
         "spillway_node_certificate_expiry_seconds",
         "When each node's certificate expires (seconds since the epoch)",
-        state
-            .store
-            .nodes()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|n| (n.name, n.cert_expires_at_ms / 1000)),
-    )
+        nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.cert_expires_at_ms / 1000)),
+    );
+    let trust = state.ca.trust();
+    let rotating = trust.retiring.is_some();
+    text.push_str(&format!(
+        "# HELP spillway_ca_rotating Whether a mesh CA rotation is under way (spillway admin ca status)\n# TYPE spillway_ca_rotating gauge\nspillway_ca_rotating {}\n",
+        u8::from(rotating)
+    ));
+    let signing = hex::encode(trust.signing.fingerprint());
+    text.push_str(&node_gauge(
+        "spillway_node_on_old_ca",
+        "During a CA rotation: 1 for a node whose certificate is from the old CA or that has not confirmed the new one",
+        nodes.iter().filter(|_| rotating).map(|n| {
+            let moved =
+                n.issuer.as_deref() == Some(signing.as_str()) && n.trusted_cas.contains(&signing);
+            (n.name.clone(), u64::from(!moved))
+        }),
+    ));
+    text
 }
 
 /// A gauge with one series per node.

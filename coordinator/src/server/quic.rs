@@ -269,14 +269,20 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
     let mut upgrades_rx = state.upgrades.subscribe();
     upgrades_rx.mark_changed();
     let mut order_sent: Option<u64> = None;
-    // The CAs to trust (1.6 and later): at this link, and at every rotation or retirement.
+    // The CAs to trust (1.6 and later): right after the welcome, so they come before any
+    // upgrade order signed by a new CA, and again at every rotation or retirement.
     let takes_trust = hello.version.has(PROTOCOL.major, 6);
     let mut trust_rx = state.ca.subscribe();
-    trust_rx.mark_changed();
+    trust_rx.borrow_and_update();
     let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel();
     let blobs = tokio::spawn(serve_blobs(state.clone(), conn.clone(), name.clone()));
     let mut session = 0;
-    if send(&mut tx, &welcome).await.is_ok() {
+    let trust = CoordinatorFrame::Trust {
+        cas: state.ca.trust().cas(),
+    };
+    if send(&mut tx, &welcome).await.is_ok()
+        && (!takes_trust || send(&mut tx, &trust).await.is_ok())
+    {
         session = state.handover_session(&name, out_tx);
         loop {
             tokio::select! {
