@@ -19,7 +19,9 @@ use rustls::{
 use spillway_proto::wire::ALPN;
 
 use crate::identity::fingerprint;
-use crate::live::{Clients, LiveServer};
+#[cfg(doc)]
+use crate::live::Clients;
+use crate::live::LiveServer;
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
@@ -68,26 +70,13 @@ pub(crate) fn roots(bundle: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
-/// The coordinator's endpoint: presents `chain` (its certificate, then the CA's), verifies
-/// client certificates against the CA but also lets certificate-less clients in — they may only
-/// join (the coordinator checks which kind each connection is). A member certificate that has
-/// ended, but is valid in every other way, is let in too: the coordinator renews it or says why
-/// not, and lets that connection do nothing else ([`peer_certificate`] tells them apart).
-pub fn server(
-    ca_der: &[u8],
-    chain: Vec<Vec<u8>>,
-    key_der: Vec<u8>,
-) -> Result<quinn::ServerConfig, TlsError> {
-    quic_server(&LiveServer::new(
-        Clients::OptionalEndedToo,
-        ca_der,
-        chain,
-        key_der,
-    )?)
-}
-
-/// [`server`] following a [`LiveServer`] (built with [`Clients::OptionalEndedToo`]): its
-/// certificate and trusted CAs may change while it listens.
+/// The coordinator's QUIC endpoint, following `live` (built with
+/// [`crate::live::Clients::OptionalEndedToo`]): it presents the listener's chain, verifies client
+/// certificates against the trusted CAs but also lets certificate-less clients in — they may
+/// only join (the coordinator checks which kind each connection is). A member certificate that
+/// has ended, but is valid in every other way, is let in too: the coordinator renews it or says
+/// why not, and lets that connection do nothing else ([`peer_certificate`] tells them apart).
+/// Certificate and CAs may change while it listens (a CA rotation).
 pub fn quic_server(live: &Arc<LiveServer>) -> Result<quinn::ServerConfig, TlsError> {
     let mut tls = live.config()?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
@@ -131,17 +120,6 @@ fn client(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsError
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport());
     Ok(config)
-}
-
-/// The coordinator's TLS server side, for QUIC ([`server`]) and for TLS streams (the MQTT
-/// broker): client certificates are verified against the CA when presented (members),
-/// optional otherwise.
-pub fn stream_server(
-    ca_der: &[u8],
-    chain: Vec<Vec<u8>>,
-    key_der: Vec<u8>,
-) -> Result<rustls::ServerConfig, TlsError> {
-    LiveServer::new(Clients::Optional, ca_der, chain, key_der)?.config()
 }
 
 /// The member's certificate and key (DER) as they are now.
