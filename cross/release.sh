@@ -10,21 +10,33 @@
 #   every Debian 12 / Raspberry Pi OS bookworm board) verifies:
 #     openssl pkeyutl -verify -pubin -inkey spillway-release.pub -rawin -in SHA256SUMS -sigfile SHA256SUMS.sig
 # - spillway-release.pub: the public key, for publishing apart from the artifacts.
+# - with --gnupg-home: the Debian packages (cross/debian.sh: spillway-agent and
+#   spillway-coordinator for amd64, arm64, armhf) in SHA256SUMS too, and their signed apt
+#   repository in apt/;
+# - the multi-platform images (spillway-agent.oci.tar, spillway-coordinator.oci.tar) when
+#   cross/build.sh --images made them, in SHA256SUMS too.
 # The tarballs are reproducible: sorted names, owner 0, mtime SOURCE_DATE_EPOCH (default: the
 # last commit's time).
 #
-#   cross/build.sh && cross/release.sh --key /secure/spillway-release.key
-#   cross/release.sh --new-key /secure/spillway-release.key   # once: make the signing key
+# Everything, from the sources, in one command:
+#   cross/release.sh --build --key /secure/spillway-release.key --gnupg-home /secure/spillway-apt
+# Once, to make the keys:
+#   cross/release.sh --new-key /secure/spillway-release.key && cross/debian.sh --new-key /secure/spillway-apt
 #
-# Options: --key FILE (required to sign), --bin DIR ($CARGO_TARGET_DIR/bin), --out DIR
-# ($CARGO_TARGET_DIR/release), --version V (the workspace's).
+# Options: --key FILE (required to sign), --gnupg-home DIR (the apt repository's OpenPGP key;
+# without it no packages), --build (cross/build.sh --images first), --bin DIR
+# ($CARGO_TARGET_DIR/bin), --out DIR ($CARGO_TARGET_DIR/release), --version V (the workspace's),
+# --fast (quicker, larger packages: for tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/spillway/target}"
-key="" bin="$CARGO_TARGET_DIR/bin" out="$CARGO_TARGET_DIR/release" version=""
+key="" bin="$CARGO_TARGET_DIR/bin" out="$CARGO_TARGET_DIR/release" version="" gnupg_home="" build=0 fast=()
 while (($#)); do
   case "$1" in
+    --fast) fast=(--fast); shift ;;
     --key) key="$2"; shift 2 ;;
+    --gnupg-home) gnupg_home="$2"; shift 2 ;;
+    --build) build=1; shift ;;
     --bin) bin="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --version) version="$2"; shift 2 ;;
@@ -34,10 +46,13 @@ while (($#)); do
       openssl pkey -in "$2" -pubout -out "$2.pub"
       echo "signing key: $2 (keep it secret, off the build machine); public key: $2.pub (publish it)"
       exit 0 ;;
-    *) echo "unknown option $1 (--key FILE, --bin DIR, --out DIR, --version V, or --new-key FILE)" >&2; exit 64 ;;
+    *) echo "unknown option $1 (--key FILE, --gnupg-home DIR, --build, --fast, --bin DIR, --out DIR, --version V, or --new-key FILE)" >&2; exit 64 ;;
   esac
 done
 [ -n "$key" ] || { echo "a release is signed: --key FILE (make one with --new-key FILE)" >&2; exit 64; }
+if ((build)); then
+  cross/build.sh --images
+fi
 [ -n "$version" ] || version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
 
@@ -86,7 +101,20 @@ done
 rm -rf "$out/.stage"
 ((made)) || { echo "no binaries in $bin/TRIPLE/: run cross/build.sh first" >&2; exit 1; }
 install -m 0755 scripts/install.sh "$out/install.sh"
-(cd "$out" && sha256sum -- *.tar.gz *.cdx.json install.sh > SHA256SUMS)
+if [ -n "$gnupg_home" ]; then
+  cross/debian.sh --bin "$bin" --out "$out/.debian" --gnupg-home "$gnupg_home" ${fast[@]+"${fast[@]}"} >/dev/null
+  mv "$out"/.debian/*.deb "$out/" && mv "$out/.debian/apt" "$out/apt" && rm -rf "$out/.debian"
+fi
+for image in "$CARGO_TARGET_DIR"/images/spillway-{agent,coordinator}.oci.tar; do
+  [ -f "$image" ] || continue
+  # Images made before the binaries would ship other code than the tarballs.
+  if [ -n "$(find "$bin" -type f -newer "$image" -print -quit)" ]; then
+    echo "$image is older than the binaries in $bin: not released (cross/build.sh --images --no-build)" >&2
+    continue
+  fi
+  cp "$image" "$out/"
+done
+(cd "$out" && shopt -s nullglob && sha256sum -- *.tar.gz *.cdx.json install.sh *.deb *.oci.tar > SHA256SUMS)
 openssl pkeyutl -sign -inkey "$key" -rawin -in "$out/SHA256SUMS" -out "$out/SHA256SUMS.sig"
 openssl pkey -in "$key" -pubout -out "$out/spillway-release.pub"
 openssl pkeyutl -verify -pubin -inkey "$out/spillway-release.pub" -rawin \

@@ -9,7 +9,9 @@
 #      - runs the proto, link and agent tests under qemu-aarch64-static and qemu-arm-static,
 #      - assembles Spillway's own multi-platform images (checked with skopeo and umoci, pushed,
 #        pulled back per platform),
-#   5. boots an emulated Raspberry Pi (qemu-system-aarch64, Debian's arm64 kernel) from a card
+#   5. packages those builds for Debian (cargo-deb), checks them with lintian and installs them
+#      from a signed apt repository into clean Debian 12 roots, where their units' commands run,
+#   6. boots an emulated Raspberry Pi (qemu-system-aarch64, Debian's arm64 kernel) from a card
 #      prepared by `spillway flash`: it joins the mesh and runs a container function.
 # The size-optimised release artifacts are not built here: `cross/build.sh --images` makes them.
 # Builds are cached in $CARGO_TARGET_DIR (default /var/cache/spillway/target) between runs.
@@ -72,6 +74,7 @@ packages=(
   ca-certificates                                               # the CA bundle in Spillway's own images
   mosquitto mosquitto-clients curl openssl                      # MQTT against real brokers (TLS) and clients; HTTP invoke
   age                                                           # opens coordinator backups as an operator would
+  mmdebstrap lintian apt-utils gnupg                            # Debian packages: clean root, checks, apt repository
 )
 step "checking build and test dependencies"
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -99,6 +102,20 @@ python3 -c 'import kmock' 2>/dev/null || pip_install kmock
 python3 -c 'import oscar_python' 2>/dev/null || pip_install oscar-python
 python3 -c 'import faassupervisor' 2>/dev/null || pip_install faas-supervisor
 command -v cargo-lambda >/dev/null || pip_install cargo-lambda
+# cargo-deb makes the Debian packages (cross/debian.sh); built once per machine, outside the clone.
+if ! command -v cargo-deb >/dev/null; then
+  echo "installing cargo-deb (crates.io)"
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/tools" cargo install -q --locked cargo-deb --version 3.8.0 \
+    || { echo "cannot install cargo-deb: run \`cargo install --locked cargo-deb\` where crates.io is reachable" >&2; exit 1; }
+fi
+# A clean Debian 12 root (apt and systemd) where the packages are installed: made once.
+debian_root=/var/cache/spillway/debian12-root.tar
+if [ ! -s "$debian_root" ]; then
+  echo "making a clean Debian 12 root for the package tests (mmdebstrap)"
+  mmdebstrap --quiet --variant=apt --include=systemd bookworm "${debian_root%.tar}.tmp.tar" \
+    || { echo "mmdebstrap could not make $debian_root: it needs the Debian mirror" >&2; exit 1; }
+  mv "${debian_root%.tar}.tmp.tar" "$debian_root"
+fi
 
 step "format"
 cargo fmt --all --check
@@ -163,6 +180,10 @@ step "multi-platform images from those builds: skopeo, umoci, pushed and pulled 
 cross/build.sh --images --no-build
 SPILLWAY_CROSS_TARGET="$CARGO_TARGET_DIR" \
   cross/build.sh --profile dev cargo "$X86" test -p spillway-tests --test images -- --ignored
+
+step "Debian packages of those builds: lintian, apt install from a signed repository in clean roots, units run"
+SPILLWAY_CROSS_TARGET="$CARGO_TARGET_DIR" SPILLWAY_DEBIAN_ROOT="$debian_root" \
+  cross/build.sh --profile dev cargo "$X86" test -p spillway-tests --test debian_packages -- --ignored
 
 step "emulated Raspberry Pi: a flashed card boots, joins the mesh and runs a container"
 # Debian's arm64 kernel and busybox for the board (downloaded once into /var/cache/spillway/pi).

@@ -15,21 +15,7 @@ pub const CONFIG: &str = "etc/spillway/agent.toml";
 pub const STATE: &str = "var/lib/spillway";
 
 /// A config for a fresh node: paths under the service's state directory, nothing deployed yet.
-pub const STARTER_CONFIG: &str = "\
-# Spillway agent, written by `spillway-agent install`. Every key is in the README's agent
-# configuration table. Join a mesh with
-#   spillway-agent --config /etc/spillway/agent.toml join --coordinator HOST:7443 --token T
-# or list FDL files under `functions` to run standalone.
-data_root = \"/var/lib/spillway/data\"
-state_dir = \"/var/lib/spillway/state\"
-# node_name = \"pi-kitchen\"          # defaults to the host name
-# functions = [\"/etc/spillway/functions.yaml\"]
-# [labels]
-# zone = \"kitchen\"
-# [registries.\"registry.example.com\"]   # private images of `image:` functions
-# username = \"pi\"
-# password_file = \"/etc/spillway/registry-password\"
-";
+pub const STARTER_CONFIG: &str = include_str!("../../configs/agent.toml");
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum InstallError {
@@ -113,7 +99,9 @@ mod tests {
     fn the_shipped_unit_is_a_notify_service_with_a_watchdog() {
         assert!(AGENT_UNIT.contains("Type=notify"));
         assert!(AGENT_UNIT.contains("WatchdogSec="));
-        assert!(AGENT_UNIT.contains(&format!("ExecStart=/{BINARY} --config /{CONFIG} run")));
+        // By name: systemd looks in /usr/local/bin (BINARY) before /usr/bin (the Debian package).
+        assert!(BINARY.starts_with("usr/local/bin/"));
+        assert!(AGENT_UNIT.contains(&format!("ExecStart=spillway-agent --config /{CONFIG} run")));
     }
 
     #[test]

@@ -175,6 +175,9 @@ pub struct NodeView {
     /// Under `[disk] min_free` on the node: it takes no new inputs and no placements.
     #[serde(default)]
     pub disk_full: bool,
+    /// Cordoned by the operator: no new job is placed on it.
+    #[serde(default)]
+    pub cordoned: bool,
     /// Free bytes on the node's state or data file system, as it last said (agents of 1.4 on).
     #[serde(default)]
     pub disk_free_bytes: Option<u64>,
@@ -186,6 +189,9 @@ pub struct FunctionView {
     pub runtime: String,
     pub cluster_id: Option<String>,
     pub node_selector: BTreeMap<String, String>,
+    /// The function's own labels (the FDL's `labels`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
     /// Nodes whose last deployment ack says they run it.
@@ -206,6 +212,13 @@ pub struct JobView {
     /// The peer that ran it, when it was handed over.
     #[serde(default)]
     pub ran_on: Option<String>,
+}
+
+/// `PUT /v1/nodes/{name}/cordon`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cordon {
+    pub cordoned: bool,
 }
 
 /// `POST /v1/functions/{name}/invoke`.

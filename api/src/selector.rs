@@ -46,6 +46,23 @@ impl std::str::FromStr for Selector {
     }
 }
 
+/// The selector in the form it was parsed from (normalised), for query strings.
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, term) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match term {
+                Term::Is(k, v) => write!(f, "{k}={v}")?,
+                Term::IsNot(k, v) => write!(f, "{k}!={v}")?,
+                Term::Has(k) => f.write_str(k)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Selector {
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|term| match term {
@@ -70,6 +87,8 @@ mod tests {
     #[test]
     fn every_term_must_hold() {
         let s: Selector = "zone=kitchen, board!=zero,gpu".parse().expect("selector");
+        assert_eq!(s.to_string(), "zone=kitchen,board!=zero,gpu");
+        assert_eq!(s.to_string().parse::<Selector>().expect("again"), s);
         assert!(s.matches(&labels(&[
             ("zone", "kitchen"),
             ("board", "pi4"),

@@ -48,6 +48,28 @@ pub fn default_config_path() -> Option<PathBuf> {
     Some(base.join("spillway").join("config.toml"))
 }
 
+/// Where the packaged coordinator (`spillway serve` under its unit, state in its
+/// StateDirectory) writes its client config. Root on the coordinator's host uses it when it has
+/// no config of its own, so `sudo spillway get nodes` works there after `apt install`.
+pub const SERVICE_CLIENT_CONFIG: &str = "/var/lib/spillway-coordinator/client.toml";
+
+/// The config a command reads: `--config`, else `$SPILLWAY_CONFIG`, else the user's own if it
+/// exists, else the packaged coordinator's if readable, else (for messages) the user's path.
+fn config_to_read(flag: Option<PathBuf>) -> Option<PathBuf> {
+    if flag.is_some() || std::env::var_os("SPILLWAY_CONFIG").is_some() {
+        return flag.or_else(default_config_path);
+    }
+    let own = default_config_path();
+    if own.as_deref().is_some_and(Path::exists) {
+        return own;
+    }
+    let service = Path::new(SERVICE_CLIENT_CONFIG);
+    if std::fs::File::open(service).is_ok() {
+        return Some(service.to_owned());
+    }
+    own
+}
+
 /// Writes the coordinator's client config to the default path, unless the user keeps their own
 /// file there. Returns where it went.
 pub fn install_client_config(text: &str) -> Option<PathBuf> {
@@ -138,7 +160,7 @@ impl Client {
         token: Option<String>,
         config: Option<PathBuf>,
     ) -> Result<Self, ClientError> {
-        let path = config.or_else(default_config_path);
+        let path = config_to_read(config);
         let file = match &path {
             Some(p) if p.exists() => read_config(p)?,
             _ => File::default(),
@@ -183,6 +205,10 @@ impl Client {
         let Some(path) = &self.config_file else {
             return Ok(None);
         };
+        if path == Path::new(SERVICE_CLIENT_CONFIG) {
+            // The coordinator's own file, which it writes as its service user at each start.
+            return Ok(None);
+        }
         let failed = |message: String| ClientError::Config {
             path: path.clone(),
             message,

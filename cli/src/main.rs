@@ -86,9 +86,14 @@ enum Command {
         config: PathBuf,
     },
     /// Store the functions of FDL files and deploy them to their nodes.
+    ///
+    /// spillway apply FILE… | -f FILE | -f DIR (its .yaml/.yml files) | -f - (standard input)
     Apply {
-        #[arg(short = 'f', long = "file", required = true)]
+        #[arg(short = 'f', long = "file")]
         files: Vec<PathBuf>,
+        /// FDL files, as with -f.
+        #[arg(value_name = "FILE")]
+        more: Vec<PathBuf>,
     },
     /// Delete functions (by FDL file or name) or nodes.
     Delete {
@@ -100,15 +105,21 @@ enum Command {
     },
     /// List nodes, functions, jobs or a node's files; or download NODE:PATH.
     ///
-    /// spillway get nodes | functions | jobs [--node N] [--function F] | upgrades [ID] | releases | files NODE [PREFIX]
+    /// spillway get nodes | functions | jobs [NAME…] [-l SELECTOR] [--node N] [--function F]
+    /// spillway get upgrades [ID] | releases | files NODE [PREFIX]
     /// spillway get NODE:bucket/key [DEST]
     Get {
         what: String,
+        /// Names (nodes, functions), job ids or their prefixes; or what the kind takes.
         args: Vec<String>,
         #[arg(long)]
         node: Option<String>,
         #[arg(long)]
         function: Option<String>,
+        /// Label selector, KEY=VALUE, KEY!=VALUE or KEY, comma-separated: nodes by their
+        /// labels, functions by theirs (the FDL's `labels`), jobs by their node's.
+        #[arg(short = 'l', long = "selector")]
+        selector: Option<String>,
         /// Most recent jobs to list.
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -117,6 +128,13 @@ enum Command {
     Put { file: PathBuf, dest: String },
     /// Show everything about one node, function or job.
     Describe { kind: String, name: String },
+    /// This client's version and the coordinator's.
+    Version,
+    /// Take nodes out of placement for maintenance: no new job is placed on them (spilled jobs,
+    /// invocations, OSCAR runs, bucket events); their running and queued jobs carry on.
+    Cordon { nodes: Vec<String> },
+    /// Put cordoned nodes back into placement.
+    Uncordon { nodes: Vec<String> },
     /// Print a job's log (stdout, stderr, outcome).
     Logs { job: String },
     /// Live per-node load.
@@ -127,11 +145,18 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
-    /// Run a function on the mesh with a file as its input; prints the job id.
+    /// Run a function on the mesh with a file (or text) as its input; prints the job id.
+    ///
+    /// spillway invoke FUNCTION --file F | -i TEXT [--wait]
     Invoke {
         function: String,
-        #[arg(long)]
-        file: PathBuf,
+        /// The input file.
+        #[arg(long, required_unless_present = "input", conflicts_with = "input")]
+        file: Option<PathBuf>,
+        /// The input as text on the command line (as oscar-cli's `-i`); the job's input file
+        /// is named `input`.
+        #[arg(short = 'i', long)]
+        input: Option<String>,
         /// Run it on this node (default: the least busy node that runs it).
         #[arg(long)]
         node: Option<String>,
@@ -509,7 +534,7 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::SUCCESS;
             }
-            if workload == "fire" && cli.output == Format::Table {
+            if workload == "fire" && cli.output.is_table() {
                 return finish(simulate_fire(!no_lambda, fit, plot));
             }
             return finish(simulate(
@@ -520,7 +545,10 @@ fn main() -> ExitCode {
     }
     #[cfg(feature = "serve")]
     if let Command::Serve { config } = &cli.command {
-        match CoordinatorConfig::load(config) {
+        // Settings from the environment (SPILLWAY_HTTP_LISTEN, …) over the file: containers.
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        match CoordinatorConfig::load_with_env(config, vars) {
             Ok(c) => return finish(runtime().and_then(|rt| rt.block_on(serve(c)))),
             Err(e) => {
                 eprintln!("spillway: {e}");
@@ -622,7 +650,10 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Apply { files } => cli::apply(&client()?, &files).await,
+        Command::Apply { mut files, more } => {
+            files.extend(more);
+            cli::apply(&client()?, &files).await
+        }
         Command::Delete { files, args } => {
             let c = client()?;
             let mut names = Vec::new();
@@ -653,26 +684,53 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             args,
             node,
             function,
+            selector,
             limit,
         } => {
             let c = client()?;
+            let selector = selector
+                .map(|s| s.parse::<spillway_api::selector::Selector>())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("-l: {e}"))?;
+            let listed = |kind: &str| -> anyhow::Result<()> {
+                if selector.is_some() && !matches!(kind, "nodes" | "functions" | "jobs") {
+                    anyhow::bail!("-l selects nodes, functions or jobs, not {kind}");
+                }
+                Ok(())
+            };
             match what.as_str() {
-                "nodes" | "node" | "no" => cli::get_nodes(&c, format).await,
-                "functions" | "function" | "fn" => cli::get_functions(&c, format).await,
+                "nodes" | "node" | "no" => {
+                    cli::get_nodes(&c, format, &args, selector.as_ref()).await
+                }
+                "functions" | "function" | "fn" => {
+                    cli::get_functions(&c, format, &args, selector.as_ref()).await
+                }
                 "upgrades" | "upgrade" => {
+                    listed("upgrades")?;
                     cli::upgrade::get(&c, format, args.first().map(String::as_str)).await
                 }
-                "releases" | "release" => cli::upgrade::get_releases(&c, format).await,
+                "releases" | "release" => {
+                    listed("releases")?;
+                    cli::upgrade::get_releases(&c, format).await
+                }
                 "jobs" | "job" => {
-                    cli::get_jobs(&c, format, node.as_deref(), function.as_deref(), limit).await
+                    let filter = cli::JobFilter {
+                        node: node.as_deref(),
+                        function: function.as_deref(),
+                        selector: selector.as_ref(),
+                        limit,
+                    };
+                    cli::get_jobs(&c, format, &args, filter).await
                 }
                 "files" => {
+                    listed("files")?;
                     let n = args
                         .first()
                         .context("which node? spillway get files NODE [PREFIX]")?;
                     cli::get_files(&c, format, n, args.get(1).map_or("", String::as_str)).await
                 }
                 spec if spec.contains(':') => {
+                    listed("a download")?;
                     cli::download(&c, spec, args.first().map(std::path::Path::new)).await
                 }
                 other => anyhow::bail!(
@@ -681,7 +739,10 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Put { file, dest } => cli::upload(&client()?, &file, &dest).await,
-        Command::Describe { kind, name } => cli::describe(&client()?, &kind, &name).await,
+        Command::Describe { kind, name } => cli::describe(&client()?, &kind, &name, format).await,
+        Command::Version => cli::version(&client()?, format).await,
+        Command::Cordon { nodes } => cli::cordon(&client()?, &nodes, true).await,
+        Command::Uncordon { nodes } => cli::cordon(&client()?, &nodes, false).await,
         Command::Logs { job } => cli::logs(&client()?, &job).await,
         Command::Top { interval, once } => cli::top(&client()?, interval, once).await,
         Command::Flash {
@@ -775,14 +836,20 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
         Command::Invoke {
             function,
             file,
+            input,
             node,
             wait,
             timeout,
         } => {
+            let input = match (file, input) {
+                (Some(path), _) => cli::Input::File(path),
+                (None, Some(text)) => cli::Input::Text(text),
+                (None, None) => anyhow::bail!("give the input: --file F or -i TEXT"),
+            };
             cli::invoke(
                 &client()?,
                 &function,
-                &file,
+                input,
                 node.as_deref(),
                 wait.then_some(timeout),
                 format,
@@ -932,7 +999,7 @@ fn simulate(
     };
     let report = w.run(policy);
     match format {
-        Format::Table => println!("{}", report.table()),
+        Format::Table | Format::Wide | Format::Name => println!("{}", report.table()),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Format::Yaml => print!("{}", serde_saphyr::to_string(&report)?),
     }

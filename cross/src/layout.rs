@@ -23,6 +23,8 @@ pub struct ImageKind {
     user: Option<u32>,
     ports: &'static [&'static str],
     description: &'static str,
+    /// The config file at /etc/spillway/, if the image ships one.
+    config: Option<(&'static str, &'static str)>,
 }
 
 impl ImageKind {
@@ -36,6 +38,8 @@ impl ImageKind {
             user: None,
             ports: &[],
             description: "Spillway edge agent: runs functions where data appears",
+            // Each board's own, with its join: mounted by whoever runs it.
+            config: None,
         }
     }
 
@@ -48,6 +52,12 @@ impl ImageKind {
             user: Some(65532),
             ports: &["7443/udp", "7480/tcp"],
             description: "Spillway coordinator: the mesh's placement, CA and API",
+            // Listening on the container's interfaces; the environment or a mounted file
+            // changes it.
+            config: Some((
+                "coordinator.toml",
+                include_str!("../../configs/container/coordinator.toml"),
+            )),
         }
     }
 }
@@ -239,6 +249,10 @@ pub fn platform_image(
     if !kind.ports.is_empty() {
         config = config.exposed_ports(strings(kind.ports));
     }
+    if kind.config.is_some() {
+        // The state (CA, tokens, nodes, jobs) outlives the container.
+        config = config.volumes(strings(&["/var/lib/spillway"]));
+    }
     let mut image_config = ImageConfigurationBuilder::default()
         .created(created)
         .architecture(target.arch.clone())
@@ -339,6 +353,10 @@ fn layer_tar(kind: &ImageKind, binary: &[u8], ca: &[u8], epoch: u64) -> anyhow::
     ] {
         let h = header(tar::EntryType::Regular, mode, 0, bytes.len() as u64);
         entries.push((path.to_owned(), h, bytes));
+    }
+    if let Some((name, text)) = kind.config {
+        let h = header(tar::EntryType::Regular, 0o644, 0, text.len() as u64);
+        entries.push((format!("etc/spillway/{name}"), h, text.as_bytes().to_vec()));
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     for (path, mut h, bytes) in entries {

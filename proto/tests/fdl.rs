@@ -652,3 +652,33 @@ fn an_oversized_document_is_refused_before_it_is_read() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn oscar_service_labels_are_kept_for_selectors_and_bad_ones_are_errors() {
+    let entry = |labels: &str| {
+        format!(
+            "functions:\n  oscar:\n  - edge:\n      name: gray\n      runtime: wasm\n      module: gray.wasm\n      labels: {labels}\n"
+        )
+    };
+    let (fdl, _) = parse(&entry("{team: vision, tier: 2}"))
+        .into_result()
+        .expect("valid");
+    assert_eq!(fdl.functions[0].labels["team"], "vision");
+    assert_eq!(fdl.functions[0].labels["tier"], "2");
+
+    let parsed = parse(&entry("{'bad key': x}"));
+    let errors = messages(&parsed, Severity::Error);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("labels.bad key") && e.contains("a label key is")),
+        "{errors:?}"
+    );
+    let many: Vec<String> = (0..65).map(|i| format!("k{i}: v")).collect();
+    let parsed = parse(&entry(&format!("{{{}}}", many.join(", "))));
+    let errors = messages(&parsed, Severity::Error);
+    assert!(
+        errors.iter().any(|e| e.contains("at most 64 labels")),
+        "{errors:?}"
+    );
+}

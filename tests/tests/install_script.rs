@@ -9,10 +9,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::netns::Hosts;
+use support::netns::{FolderServer, Hosts};
 use support::{Coordinator, bin, command_in, free_port, output, repo, wait_until};
 
 /// A release of the binaries under test, signed with a fresh key: (its folder, the key's
@@ -32,10 +32,19 @@ fn release(dir: &Path) -> (PathBuf, PathBuf) {
     let script = repo("cross/release.sh");
     let run = |args: &[&str]| output(Command::new(&script).args(args));
     run(&["--new-key", key.to_str().unwrap()]);
+    let archive_key = dir.join("archive-key");
+    output(
+        Command::new(repo("cross/debian.sh"))
+            .arg("--new-key")
+            .arg(&archive_key),
+    );
     let out = dir.join("release");
     run(&[
         "--key",
         key.to_str().unwrap(),
+        "--gnupg-home",
+        archive_key.to_str().unwrap(),
+        "--fast",
         "--bin",
         dir.join("bin").to_str().unwrap(),
         "--out",
@@ -72,15 +81,6 @@ fn config(dir: &Path, root: &Path, name: &str) -> PathBuf {
     path
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn install_sh_fetches_a_signed_release_over_http_installs_and_joins_in_another_host() {
     let dir = tempfile::tempdir().unwrap();
@@ -88,22 +88,7 @@ fn install_sh_fetches_a_signed_release_over_http_installs_and_joins_in_another_h
     let hosts = Hosts::new();
     let c = Coordinator::on(Some(&hosts.c), &hosts.c_ip);
     let port = free_port();
-    let _server = Server(
-        command_in(Some(&hosts.c), Path::new("python3"))
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                &hosts.c_ip,
-                "--directory",
-            ])
-            .arg(&release)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _server = FolderServer::start(&hosts.c, &hosts.c_ip, port, &release);
     // The SBOM of the build is part of the signed release.
     let sums = std::fs::read_to_string(release.join("SHA256SUMS")).unwrap();
     let sbom_name = format!(
@@ -111,6 +96,15 @@ fn install_sh_fetches_a_signed_release_over_http_installs_and_joins_in_another_h
         env!("CARGO_PKG_VERSION")
     );
     assert!(sums.contains(&sbom_name), "{sums}");
+    // So are the Debian packages, beside their signed apt repository.
+    let version = env!("CARGO_PKG_VERSION");
+    for package in ["spillway-agent", "spillway-coordinator"] {
+        assert!(
+            sums.contains(&format!("  {package}_{version}-1_amd64.deb\n")),
+            "{sums}"
+        );
+    }
+    assert!(release.join("apt/dists/stable/InRelease").is_file());
     let sbom: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(release.join(&sbom_name)).unwrap()).unwrap();
     assert_eq!(sbom["bomFormat"], "CycloneDX");

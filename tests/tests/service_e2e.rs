@@ -178,13 +178,19 @@ fn install_puts_binary_unit_and_config_in_place_and_systemd_accepts_the_unit() {
     for (name, text) in [
         (
             "spillway-agent.service",
-            unit.replace("/usr/local/bin/spillway-agent", installed.to_str().unwrap()),
+            unit.replace(
+                "ExecStart=spillway-agent",
+                &format!("ExecStart={}", installed.display()),
+            ),
         ),
         (
             "spillway-coordinator.service",
             std::fs::read_to_string(repo("configs/systemd/spillway-coordinator.service"))
                 .unwrap()
-                .replace("/usr/local/bin/spillway", bin("spillway").to_str().unwrap()),
+                .replace(
+                    "ExecStart=spillway",
+                    &format!("ExecStart={}", bin("spillway").display()),
+                ),
         ),
     ] {
         let path = dir.path().join(name);

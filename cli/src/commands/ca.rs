@@ -20,7 +20,7 @@ pub async fn rotate(c: &Client, format: Format) -> anyhow::Result<()> {
         .await?;
     trust_locally(c, &status)?;
     show(&status, format)?;
-    if format == Format::Table {
+    if format.is_table() {
         println!(
             "\nThe new CA signs from now on; both are trusted. Connected nodes take the new CA and renew their certificates now; the others when they connect. When `spillway admin ca status` shows no node left on the old CA: spillway admin ca retire"
         );
@@ -35,7 +35,7 @@ pub async fn retire(c: &Client, force: bool, format: Format) -> anyhow::Result<(
         .await?;
     trust_locally(c, &status)?;
     show(&status, format)?;
-    if format == Format::Table {
+    if format.is_table() {
         println!(
             "\nThe old CA is retired. Other client configs and MQTT clients that name a CA file need the new one: `spillway admin ca status -o json` holds it (pem)."
         );
@@ -67,7 +67,7 @@ fn show(status: &CaStatus, format: Format) -> anyhow::Result<()> {
         }
         rows
     })?;
-    if format != Format::Table || status.retiring.is_none() {
+    if !format.is_table() || status.retiring.is_none() {
         return Ok(());
     }
     let held: Vec<String> = status.nodes.iter().filter_map(|n| n.holds_back()).collect();

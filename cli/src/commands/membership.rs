@@ -57,7 +57,7 @@ pub async fn create_token(client: &Client, new: NewToken, format: Format) -> any
         )
         .await?;
     match format {
-        Format::Table => {
+        Format::Table | Format::Wide | Format::Name => {
             println!("{}", created.token);
             let name = new
                 .node
@@ -147,7 +147,7 @@ pub async fn label_node(
         .put_json(&format!("/v1/nodes/{}/labels", encode_path(name)), &change)
         .await?;
     match format {
-        Format::Table => {
+        Format::Table | Format::Wide | Format::Name => {
             let labels: Vec<String> = node
                 .labels
                 .iter()
@@ -188,7 +188,7 @@ pub async fn create_api_token(
         )
         .await?;
     match format {
-        Format::Table => {
+        Format::Table | Format::Wide | Format::Name => {
             println!("{}", created.token);
             eprintln!(
                 "API token {} ({}): shown once, keep it; revoke it with `spillway api-token revoke {}`",
@@ -242,7 +242,7 @@ pub async fn add_mqtt_user(
 ) -> anyhow::Result<()> {
     let created: spillway_api::MqttUserCreated = client.post("/v1/mqtt/users", &req).await?;
     match format {
-        Format::Table => {
+        Format::Table | Format::Wide | Format::Name => {
             println!("{}", created.password);
             eprintln!(
                 "MQTT user {}: password shown once, keep it (mosquitto_pub -u {} -P PASSWORD …); remove it with `spillway mqtt user remove {}`",

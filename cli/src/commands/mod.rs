@@ -19,6 +19,7 @@ use spillway_proto::wire::JobPhase;
 
 use crate::client::{Client, encode_path};
 use output::{Format, print, since};
+use spillway_api::selector::Selector;
 use spillway_api::*;
 
 /// An apply request for `path`: the FDL text plus every script and module it names, read from
@@ -26,7 +27,61 @@ use spillway_api::*;
 pub fn apply_request(path: &Path) -> anyhow::Result<ApplyRequest> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let parsed = fdl::parse_file(path);
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    apply_request_of(path, text, &base)
+}
+
+/// The most an FDL document read from standard input may hold (as the API takes).
+const MAX_STDIN_FDL: u64 = 4 << 20;
+
+/// The FDL document on standard input (`apply -f -`): relative scripts and modules resolve
+/// against the current folder.
+pub fn apply_request_stdin() -> anyhow::Result<ApplyRequest> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::io::stdin()
+        .take(MAX_STDIN_FDL + 1)
+        .read_to_string(&mut text)
+        .context("cannot read an FDL document from standard input")?;
+    if text.len() as u64 > MAX_STDIN_FDL {
+        bail!("the FDL document on standard input is over 4 MiB: split it into files");
+    }
+    apply_request_of(Path::new("<stdin>"), text, Path::new("."))
+}
+
+/// What `apply -f` names, in order: files; every `.yaml`/`.yml` file directly in a folder
+/// (sorted); `-` for standard input (at most once).
+pub fn apply_sources(named: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in named {
+        if path.as_os_str() == "-" {
+            if out.iter().any(|p: &PathBuf| p.as_os_str() == "-") {
+                bail!("`-f -` (standard input) can be given once");
+            }
+            out.push(path.clone());
+        } else if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot list {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            if found.is_empty() {
+                bail!("{} holds no .yaml or .yml files", path.display());
+            }
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    if out.is_empty() {
+        bail!("which FDL files? spillway apply FILE… (or -f FILE, -f DIR, -f - for stdin)");
+    }
+    Ok(out)
+}
+
+fn apply_request_of(path: &Path, text: String, base: &Path) -> anyhow::Result<ApplyRequest> {
+    let parsed = fdl::parse_str(&path.display().to_string(), &text, base);
     for w in parsed.warnings() {
         eprintln!("{w}");
     }
@@ -74,9 +129,17 @@ pub fn apply_request(path: &Path) -> anyhow::Result<ApplyRequest> {
     })
 }
 
-pub async fn apply(client: &Client, files: &[PathBuf]) -> anyhow::Result<()> {
-    for path in files {
-        let req = apply_request(path)?;
+pub async fn apply(client: &Client, named: &[PathBuf]) -> anyhow::Result<()> {
+    // Every document is read and checked before the first is sent.
+    let mut requests = Vec::new();
+    for path in apply_sources(named)? {
+        requests.push(if path.as_os_str() == "-" {
+            apply_request_stdin()?
+        } else {
+            apply_request(&path)?
+        });
+    }
+    for req in requests {
         let outcome: ApplyOutcome = client.post("/v1/apply", &req).await?;
         for w in outcome.warnings {
             eprintln!("{w}");
@@ -106,6 +169,33 @@ pub fn function_names(path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(doc.functions.into_iter().map(|f| f.name).collect())
 }
 
+/// `spillway cordon|uncordon NODE…`: takes nodes out of placement (for maintenance) or back.
+pub async fn cordon(client: &Client, nodes: &[String], cordoned: bool) -> anyhow::Result<()> {
+    if nodes.is_empty() {
+        bail!(
+            "which nodes? spillway {} NODE…",
+            if cordoned { "cordon" } else { "uncordon" }
+        );
+    }
+    for name in nodes {
+        let _: NodeView = client
+            .put_json(
+                &format!("/v1/nodes/{}/cordon", encode_path(name)),
+                &Cordon { cordoned },
+            )
+            .await?;
+        println!(
+            "node/{name} {}",
+            if cordoned {
+                "cordoned (no new jobs are placed on it; what it has carries on)"
+            } else {
+                "uncordoned"
+            }
+        );
+    }
+    Ok(())
+}
+
 pub async fn delete_node(client: &Client, name: &str) -> anyhow::Result<()> {
     client
         .delete(&format!("/v1/nodes/{}", encode_path(name)))
@@ -133,8 +223,58 @@ fn load_cols(n: &NodeView) -> (String, String, String, String) {
     }
 }
 
-pub async fn get_nodes(client: &Client, format: Format) -> anyhow::Result<()> {
-    let nodes: Vec<NodeView> = client.get("/v1/nodes").await?;
+/// The items named, in the order asked (all of them when none is): every name that matches
+/// none is reported together, as kubectl does.
+fn named<T>(
+    items: Vec<T>,
+    names: &[String],
+    kind: &str,
+    name_of: impl Fn(&T) -> &str,
+) -> anyhow::Result<Vec<T>> {
+    if names.is_empty() {
+        return Ok(items);
+    }
+    let missing: Vec<&str> = names
+        .iter()
+        .filter(|n| !items.iter().any(|i| name_of(i) == n.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        bail!("no {kind} named {}", missing.join(", "));
+    }
+    let mut items: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    Ok(names
+        .iter()
+        .filter_map(|n| {
+            items
+                .iter_mut()
+                .find(|i| i.as_ref().is_some_and(|i| name_of(i) == n.as_str()))
+                .and_then(Option::take)
+        })
+        .collect())
+}
+
+/// `k=v,k2=v2` (or `-`): labels in a table cell.
+fn labels_cell(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub async fn get_nodes(
+    client: &Client,
+    format: Format,
+    names: &[String],
+    selector: Option<&Selector>,
+) -> anyhow::Result<()> {
+    let all: Vec<NodeView> = client.get("/v1/nodes").await?;
+    let mut nodes = named(all, names, "node", |n| &n.name)?;
+    nodes.retain(|n| selector.is_none_or(|s| s.matches(&n.labels)));
     print(
         format,
         &nodes,
@@ -149,19 +289,26 @@ pub async fn get_nodes(client: &Client, format: Format) -> anyhow::Result<()> {
             "ARCH",
             "LAST SEEN",
             "CERT LEFT",
+            "+ADDRESS",
+            "+VERSION",
+            "+CLUSTER",
+            "+LABELS",
         ],
         || {
             nodes
                 .iter()
                 .map(|n| {
                     let (q, r, cpu, mem) = load_cols(n);
+                    let mut status = n.health.to_string();
+                    if n.disk_full {
+                        status.push_str(",DiskFull");
+                    }
+                    if n.cordoned {
+                        status.push_str(",SchedulingDisabled");
+                    }
                     vec![
                         n.name.clone(),
-                        if n.disk_full {
-                            format!("{},DiskFull", n.health)
-                        } else {
-                            n.health.to_string()
-                        },
+                        status,
                         q,
                         r,
                         cpu,
@@ -171,6 +318,10 @@ pub async fn get_nodes(client: &Client, format: Format) -> anyhow::Result<()> {
                         n.silent_for_ms
                             .map_or_else(|| since(n.last_seen_ms), output::age),
                         output::left(n.cert_expires_at_ms),
+                        n.address.clone(),
+                        n.agent_version.clone(),
+                        n.cluster_id.clone().unwrap_or_else(|| "-".into()),
+                        labels_cell(&n.labels),
                     ]
                 })
                 .collect()
@@ -178,12 +329,29 @@ pub async fn get_nodes(client: &Client, format: Format) -> anyhow::Result<()> {
     )
 }
 
-pub async fn get_functions(client: &Client, format: Format) -> anyhow::Result<()> {
-    let fs: Vec<FunctionView> = client.get("/v1/functions").await?;
+pub async fn get_functions(
+    client: &Client,
+    format: Format,
+    names: &[String],
+    selector: Option<&Selector>,
+) -> anyhow::Result<()> {
+    let all: Vec<FunctionView> = client.get("/v1/functions").await?;
+    let mut fs = named(all, names, "function", |f| &f.name)?;
+    fs.retain(|f| selector.is_none_or(|s| s.matches(&f.labels)));
     print(
         format,
         &fs,
-        &["NAME", "RUNTIME", "NODES", "INPUTS", "OUTPUTS", "AGE"],
+        &[
+            "NAME",
+            "RUNTIME",
+            "NODES",
+            "INPUTS",
+            "OUTPUTS",
+            "AGE",
+            "+NODE SELECTOR",
+            "+LABELS",
+            "+SOURCE",
+        ],
         || {
             fs.iter()
                 .map(|f| {
@@ -198,6 +366,9 @@ pub async fn get_functions(client: &Client, format: Format) -> anyhow::Result<()
                         f.inputs.join(","),
                         f.outputs.join(","),
                         since(f.applied_at_ms),
+                        labels_cell(&f.node_selector),
+                        labels_cell(&f.labels),
+                        f.source.clone(),
                     ]
                 })
                 .collect()
@@ -205,26 +376,51 @@ pub async fn get_functions(client: &Client, format: Format) -> anyhow::Result<()
     )
 }
 
+/// Which jobs `get jobs` lists.
+#[derive(Debug)]
+pub struct JobFilter<'a> {
+    pub node: Option<&'a str>,
+    pub function: Option<&'a str>,
+    /// Jobs of the nodes whose labels match.
+    pub selector: Option<&'a Selector>,
+    pub limit: usize,
+}
+
 pub async fn get_jobs(
     client: &Client,
     format: Format,
-    node: Option<&str>,
-    function: Option<&str>,
-    limit: usize,
+    ids: &[String],
+    filter: JobFilter<'_>,
 ) -> anyhow::Result<()> {
-    let mut q = format!("/v1/jobs?limit={limit}");
-    if let Some(n) = node {
-        q.push_str(&format!("&node={}", encode_path(n)));
-    }
-    if let Some(f) = function {
-        q.push_str(&format!("&function={}", encode_path(f)));
-    }
-    let jobs: Vec<JobView> = client.get(&q).await?;
+    let jobs: Vec<JobView> = if ids.is_empty() {
+        let mut q = format!("/v1/jobs?limit={}", filter.limit);
+        if let Some(n) = filter.node {
+            q.push_str(&format!("&node={}", encode_path(n)));
+        }
+        if let Some(f) = filter.function {
+            q.push_str(&format!("&function={}", encode_path(f)));
+        }
+        if let Some(s) = filter.selector {
+            q.push_str(&format!("&selector={}", encode_path(&s.to_string())));
+        }
+        client.get(&q).await?
+    } else {
+        // By id or a prefix of one, as `describe job` takes them.
+        let mut found = Vec::new();
+        for id in ids {
+            found.push(
+                client
+                    .get::<JobView>(&format!("/v1/jobs/{}", encode_path(id)))
+                    .await?,
+            );
+        }
+        found
+    };
     print(
         format,
         &jobs,
         &[
-            "JOB", "FUNCTION", "NODE", "STATUS", "INPUT", "AGE", "REASON",
+            "JOB", "FUNCTION", "NODE", "STATUS", "INPUT", "AGE", "REASON", "+ID", "+OUTPUTS",
         ],
         || {
             jobs.iter()
@@ -240,6 +436,8 @@ pub async fn get_jobs(
                         j.job.input.clone().unwrap_or_default(),
                         since(j.job.queued_at_ms),
                         j.job.reason.clone().unwrap_or_default(),
+                        j.job.id.to_string(),
+                        j.job.outputs.join(","),
                     ]
                 })
                 .collect()
@@ -337,7 +535,12 @@ pub async fn upload(client: &Client, file: &Path, spec: &str) -> anyhow::Result<
     Ok(())
 }
 
-pub async fn describe(client: &Client, kind: &str, name: &str) -> anyhow::Result<()> {
+pub async fn describe(
+    client: &Client,
+    kind: &str,
+    name: &str,
+    format: Format,
+) -> anyhow::Result<()> {
     let value: serde_json::Value = match kind {
         "node" | "nodes" => {
             client
@@ -356,8 +559,50 @@ pub async fn describe(client: &Client, kind: &str, name: &str) -> anyhow::Result
         }
         other => bail!("cannot describe `{other}`: use node, function or job"),
     };
-    print!("{}", serde_saphyr::to_string(&value)?);
+    // A person reads YAML; `-o json` is for scripts.
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        Format::Name => println!("{name}"),
+        Format::Yaml | Format::Table | Format::Wide => {
+            print!("{}", serde_saphyr::to_string(&value)?)
+        }
+    }
     Ok(())
+}
+
+/// `spillway version`: this client's, then the coordinator's (its OSCAR-style system info).
+pub async fn version(client: &Client, format: Format) -> anyhow::Result<()> {
+    let mine = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "coordinator_features": cfg!(feature = "serve"),
+    });
+    let server: Result<serde_json::Value, _> = client.get("/system/info").await;
+    match format {
+        Format::Json | Format::Yaml => {
+            let mut both = serde_json::json!({ "client": mine });
+            match &server {
+                Ok(info) => both["server"] = info.clone(),
+                Err(e) => both["server_error"] = e.to_string().into(),
+            }
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&both)?),
+                _ => print!("{}", serde_saphyr::to_string(&both)?),
+            }
+        }
+        Format::Table | Format::Wide | Format::Name => {
+            println!("client: spillway {}", env!("CARGO_PKG_VERSION"));
+            if let Ok(info) = &server {
+                println!(
+                    "server: spillway {} at {} (coordinator `{}`, {})",
+                    info["version"].as_str().unwrap_or("?"),
+                    client.base(),
+                    info["name"].as_str().unwrap_or("?"),
+                    info["architecture"].as_str().unwrap_or("?"),
+                );
+            }
+        }
+    }
+    server.map(|_| ()).map_err(Into::into)
 }
 
 pub async fn logs(client: &Client, job: &str) -> anyhow::Result<()> {
@@ -368,16 +613,32 @@ pub async fn logs(client: &Client, job: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `invoke` sends as the job's input.
+#[derive(Debug)]
+pub enum Input {
+    File(PathBuf),
+    /// Text from the command line, as the file `input`.
+    Text(String),
+}
+
 pub async fn invoke(
     client: &Client,
     function: &str,
-    file: &Path,
+    input: Input,
     node: Option<&str>,
     wait: Option<Duration>,
     format: Format,
 ) -> anyhow::Result<()> {
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    let (bytes, name) = match input {
+        Input::File(file) => (
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?,
+            file.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        Input::Text(text) => (text.into_bytes(), "input".to_owned()),
+    };
     let mut q = format!(
         "/v1/functions/{}/invoke?file={}",
         encode_path(function),

@@ -414,9 +414,10 @@ impl State {
             {
                 continue;
             }
-            let deployed = nodes
-                .iter()
-                .any(|n| n.name == live.name && n.running.iter().any(|f| f == function));
+            // Deployed there, and not cordoned for maintenance.
+            let deployed = nodes.iter().any(|n| {
+                n.name == live.name && !n.cordoned && n.running.iter().any(|f| f == function)
+            });
             if !deployed {
                 continue;
             }

@@ -73,6 +73,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/nodes/{name}", get(get_node).delete(delete_node))
         .route("/v1/nodes/{name}/files", get(list_files))
         .route("/v1/nodes/{name}/labels", put(label_node))
+        .route("/v1/nodes/{name}/cordon", put(cordon_node))
         .route("/v1/functions", get(list_functions))
         .route(
             "/v1/functions/{name}",
@@ -345,6 +346,7 @@ fn node_view(state: &State, r: NodeRecord) -> NodeView {
     let condition = live.as_ref().map(|l| l.condition).unwrap_or_default();
     NodeView {
         disk_full: condition.disk_full,
+        cordoned: r.cordoned,
         disk_free_bytes: (condition != Default::default()).then_some(condition.disk_free_bytes),
         health: live.as_ref().map_or(NodeHealth::Down, |l| l.health),
         connected: live.as_ref().is_some_and(|l| l.connected),
@@ -422,6 +424,7 @@ fn function_view(state: &State, f: FunctionRecord) -> FunctionView {
         runtime: f.def.runtime.to_string(),
         cluster_id: f.def.cluster_id().map(str::to_owned),
         node_selector: f.def.node_selector.clone(),
+        labels: f.def.labels.clone(),
         inputs: f.def.input.iter().map(show).collect(),
         outputs: f.def.output.iter().map(show).collect(),
         nodes,
@@ -476,6 +479,8 @@ struct JobFilter {
     node: Option<String>,
     function: Option<String>,
     limit: Option<usize>,
+    /// Jobs of the nodes whose labels match (`get jobs -l zone=shed`).
+    selector: Option<String>,
 }
 
 fn job_view(r: JobRow) -> JobView {
@@ -491,11 +496,29 @@ async fn list_jobs(
     AxState(state): AxState<Arc<State>>,
     Query(filter): Query<JobFilter>,
 ) -> ApiResult<Vec<JobView>> {
+    let nodes: Option<std::collections::BTreeSet<String>> = match &filter.selector {
+        None => None,
+        Some(text) => {
+            let selector: spillway_api::selector::Selector = text
+                .parse()
+                .map_err(|e: String| ApiError(StatusCode::BAD_REQUEST, e))?;
+            Some(
+                state
+                    .store
+                    .nodes()?
+                    .into_iter()
+                    .filter(|n| selector.matches(&n.labels))
+                    .map(|n| n.name)
+                    .collect(),
+            )
+        }
+    };
     let mut rows: Vec<JobRow> = state
         .store
         .jobs()?
         .into_iter()
         .filter(|r| filter.node.as_ref().is_none_or(|n| *n == r.node))
+        .filter(|r| nodes.as_ref().is_none_or(|set| set.contains(&r.node)))
         .filter(|r| {
             filter
                 .function
@@ -744,6 +767,24 @@ async fn revoke_api_tokens(
 }
 
 /// The operator's labels and cluster for a node: they decide which functions it receives.
+/// `spillway cordon|uncordon NODE`: in or out of placement; jobs there carry on.
+async fn cordon_node(
+    AxState(state): AxState<Arc<State>>,
+    Path(name): Path<String>,
+    Json(change): Json<spillway_api::Cordon>,
+) -> ApiResult<NodeView> {
+    let updated = state
+        .store
+        .set_node_cordoned(&name, change.cordoned)?
+        .ok_or_else(|| {
+            not_found(format!(
+                "no node named `{name}`; list them with `spillway get nodes`"
+            ))
+        })?;
+    tracing::info!(node = %name, cordoned = change.cordoned, "node cordon changed");
+    Ok(Json(node_view(&state, updated)))
+}
+
 async fn label_node(
     AxState(state): AxState<Arc<State>>,
     Path(name): Path<String>,

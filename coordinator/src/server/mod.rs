@@ -77,6 +77,8 @@ pub enum ServerError {
     },
     /// HTTPS for the API: {0}
     HttpTls(String),
+    /// HTTPS to replicas: {0}
+    ReplicaHttp(String),
     /// the admin token in {path} is {length} characters long, shorter than the 32 the API asks for: put a longer random one there, or delete the file and a new one is made at start
     WeakToken { path: PathBuf, length: usize },
 }
@@ -254,7 +256,8 @@ impl Coordinator {
         let http_addr = http.local_addr().unwrap_or(config.http_listen);
         let http_tls =
             listener::tls_acceptor(&config, &ca, http_addr).map_err(ServerError::HttpTls)?;
-        let delegations = replicas::Delegations::new(config.replicas.timeout);
+        let delegations = replicas::Delegations::new(config.replicas.timeout)
+            .map_err(ServerError::ReplicaHttp)?;
         let state = Arc::new(State {
             blob_frames: tokio::sync::Semaphore::new(8),
             join_limit: std::sync::Mutex::new(

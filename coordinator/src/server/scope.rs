@@ -41,6 +41,8 @@ pub fn need(method: &Method, path: &str) -> Need {
         (&Method::DELETE, ["v1", "nodes", _]) => Need::Admin,
         (_, ["v1", "nodes", _, "labels"]) => Need::Admin,
         (&Method::POST, ["v1", "apply"]) => Need::Operate,
+        // Maintenance: taking a node out of placement and back.
+        (&Method::PUT, ["v1", "nodes", _, "cordon"]) => Need::Operate,
         (&Method::DELETE, ["v1", "functions", _]) => Need::Operate,
         (&Method::PUT, ["v1", "nodes", _, "files", ..]) => Need::Operate,
         // OSCAR's service management and job deletion: what `spillway apply` and `delete` do.

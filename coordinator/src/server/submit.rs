@@ -97,7 +97,7 @@ fn pick_node(state: &State, function: &str, input_bytes: u64) -> Result<String, 
     state.place_new_job(function, input_bytes).ok_or_else(|| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("no Ready node runs `{function}`; see `spillway get nodes` and `spillway describe function {function}`"),
+            format!("no Ready node runs `{function}` (cordoned nodes take no new jobs); see `spillway get nodes` and `spillway describe function {function}`"),
         )
     })
 }

@@ -151,6 +151,9 @@ pub struct FunctionDef {
     /// empty).
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
+    /// The service's own labels (OSCAR's `labels`): what `get functions -l` selects on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// Message sources that start jobs besides the `input` folders (Spillway's `triggers`).
     #[serde(default)]
     pub triggers: Vec<super::trigger::Trigger>,

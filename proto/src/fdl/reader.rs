@@ -33,7 +33,6 @@ const KNOWN_UNSUPPORTED: &[&str] = &[
     "total_memory",
     "total_cpu",
     "annotations",
-    "labels",
     "mount",
     "isolation_level",
     "interlink_node_name",

@@ -11,7 +11,7 @@ use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use super::STAGING_VARIABLES;
 use super::diag::Diagnostics;
 use super::model::*;
-use super::reader::{Fields, boolean, bounded, mapping, scalar, string, strings};
+use super::reader::{Fields, boolean, bounded, mapping, scalar, scalar_map, string, strings};
 use super::replica::{read_federation, read_replicas};
 use super::storage::read_storage_refs;
 use super::trigger::read_triggers;
@@ -37,6 +37,7 @@ const SERVICE_FIELDS: &[&str] = &[
     "timeout",
     "max_concurrency",
     "node_selector",
+    "labels",
     "image_prefetch",
     "network",
     "triggers",
@@ -282,7 +283,11 @@ fn parse_service_as(
     }
     let node_selector = f
         .field("node_selector")
-        .map(|(n, p)| read_node_selector(diags, n, &p))
+        .map(|(n, p)| scalar_map(diags, n, &p))
+        .unwrap_or_default();
+    let labels = f
+        .field("labels")
+        .map(|(n, p)| read_labels(diags, n, &p))
         .unwrap_or_default();
     let log_level = f.field("log_level").and_then(|(n, p)| {
         let level = string(diags, n, &p)?;
@@ -375,6 +380,7 @@ fn parse_service_as(
         timeout,
         max_concurrency,
         node_selector,
+        labels,
         triggers,
         mqtt_outputs,
         providers: Vec::new(),
@@ -759,23 +765,36 @@ fn read_variables(diags: &mut Diagnostics, node: &Node, path: &str) -> Vec<(Stri
     out
 }
 
-/// `node_selector: {key: value}`: the agent labels a node must have to run the function.
-fn read_node_selector(
-    diags: &mut Diagnostics,
-    node: &Node,
-    path: &str,
-) -> BTreeMap<String, String> {
-    let mut selector = BTreeMap::new();
-    let Some(map) = mapping(diags, node, path) else {
-        return selector;
+/// At most this many labels on a function, each key and value at most `MAX_LABEL` bytes.
+const MAX_LABELS: usize = 64;
+const MAX_LABEL: usize = 253;
+
+/// `labels: {key: value}` (OSCAR's service labels): what `spillway get functions -l` selects
+/// on. Keys as label selectors take them; bounded in number and length.
+fn read_labels(diags: &mut Diagnostics, node: &Node, path: &str) -> BTreeMap<String, String> {
+    let mut labels = scalar_map(diags, node, path);
+    let valid_key = |k: &str| {
+        !k.is_empty()
+            && k.len() <= MAX_LABEL
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
     };
-    for (key, value) in map.iter() {
-        let kpath = format!("{path}.{}", key.as_str());
-        if let Some(v) = scalar(diags, value, &kpath) {
-            selector.insert(key.as_str().to_owned(), v.as_str().to_owned());
+    labels.retain(|k, v| {
+        let ok = valid_key(k) && v.len() <= MAX_LABEL;
+        if !ok {
+            diags.error(
+                node.span(),
+                &format!("{path}.{k}"),
+                format!("a label key is letters, digits and `-_./`, and keys and values are at most {MAX_LABEL} bytes"),
+            );
         }
+        ok
+    });
+    if labels.len() > MAX_LABELS {
+        diags.error(node.span(), path, format!("at most {MAX_LABELS} labels"));
+        labels.clear();
     }
-    selector
+    labels
 }
 
 fn read_container(

@@ -88,3 +88,34 @@ impl Drop for Hosts {
         }
     }
 }
+
+/// A folder served over plain HTTP (Python's http.server) on `ip:port` inside `netns`, as a
+/// release mirror or an apt repository would be. Stopped on drop.
+pub struct FolderServer(std::process::Child);
+
+impl FolderServer {
+    pub fn start(netns: &str, ip: &str, port: u16, folder: &std::path::Path) -> Self {
+        let child = super::command_in(Some(netns), std::path::Path::new("python3"))
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                ip,
+                "--directory",
+            ])
+            .arg(folder)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        Self(child)
+    }
+}
+
+impl Drop for FolderServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

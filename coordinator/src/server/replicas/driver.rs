@@ -41,21 +41,32 @@ pub struct Delegations {
 }
 
 impl Delegations {
-    pub fn new(timeout: Duration) -> Self {
+    pub fn new(timeout: Duration) -> Result<Self, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (tx, rx) = mpsc::unbounded_channel();
+        // The system's CAs verify replicas' HTTPS. A host without them (a minimal root, a
+        // container without ca-certificates) still serves: only HTTPS replicas fail, saying why.
         let http = reqwest_tls::Client::builder()
             .connect_timeout(timeout)
             .build()
-            .unwrap_or_default();
-        Self {
+            .or_else(|e| {
+                tracing::warn!(
+                    "cannot read the system's CA certificates ({e}): HTTPS to replicas will fail verification until the ca-certificates package is installed"
+                );
+                reqwest_tls::Client::builder()
+                    .connect_timeout(timeout)
+                    .tls_certs_only(Vec::new())
+                    .build()
+            })
+            .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+        Ok(Self {
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
             callbacks: Arc::default(),
             http,
             kube: Arc::default(),
             poll: Duration::from_millis(500),
-        }
+        })
     }
 
     /// Queues a placement whose record is already durable (a lease resumed after a restart).

@@ -126,6 +126,10 @@ pub struct NodeRecord {
     /// (agents of protocol 1.6 and later).
     #[serde(default)]
     pub trusted_cas: Vec<String>,
+    /// Taken out of placement by the operator (`spillway cordon`): no new job is placed on it;
+    /// what it has, and what appears in its own folders, still runs there.
+    #[serde(default)]
+    pub cordoned: bool,
 }
 
 impl NodeRecord {
@@ -152,6 +156,7 @@ impl NodeRecord {
             renewals: 0,
             issuer: None,
             trusted_cas: Vec::new(),
+            cordoned: false,
         }
     }
 }
@@ -575,6 +580,20 @@ impl Store {
         if let Some(c) = cluster_id {
             node.cluster_id = c;
         }
+        self.put(NODES, name, &node, Durability::Immediate)?;
+        Ok(Some(node))
+    }
+
+    /// Cordons or uncordons `name`; `None` if there is no such node.
+    pub fn set_node_cordoned(
+        &self,
+        name: &str,
+        cordoned: bool,
+    ) -> Result<Option<NodeRecord>, StoreError> {
+        let Some(mut node) = self.node(name)? else {
+            return Ok(None);
+        };
+        node.cordoned = cordoned;
         self.put(NODES, name, &node, Durability::Immediate)?;
         Ok(Some(node))
     }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use spillway_proto::load::Liveness;
 
+pub mod env;
+
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum ConfigError {
     /// cannot read {path}: {source}
@@ -737,15 +739,26 @@ mod humantime_serde_opt {
 
 impl CoordinatorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::iter::empty())
+    }
+
+    /// The file at `path` with the settings among `vars` (the process environment, see
+    /// `env::VARIABLES`) over it: how `spillway serve` reads its config.
+    pub fn load_with_env(
+        path: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let invalid = |message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
+        let text = env::overlay(&text, vars).map_err(invalid)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml(&text, base).map_err(|message| ConfigError::Invalid {
-            path: path.to_owned(),
-            message,
-        })
+        Self::from_toml(&text, base).map_err(invalid)
     }
 
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, String> {

@@ -1,0 +1,263 @@
+//! The CLI habits people bring from kubectl and oscar-cli, against a real coordinator and
+//! agent: `get KIND NAME…`, `-l` selectors on nodes, functions and jobs, `-o wide` and
+//! `-o name`, `describe -o json`, `version` with the server's, `apply FILE`, `-f DIR` and
+//! `-f -`, and `invoke -i TEXT`.
+
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{Coordinator, Node, bin, repo, wait_until};
+
+/// `upper` (the mesh fixture's script, copied beside it) with labels, for the shed only; and
+/// `lower`, for the attic only.
+const LABELLED: &str = "functions:
+  oscar:
+  - edge:
+      name: upper
+      runtime: process
+      script: upper.sh
+      timeout: 30
+      labels: {team: vision, stage: prod}
+      node_selector: {zone: shed}
+      input: [{storage_provider: minio.default, path: texts/in}]
+      output: [{storage_provider: minio.default, path: texts/out}]
+";
+const OTHER: &str = "functions:
+  oscar:
+  - edge:
+      name: lower
+      runtime: process
+      command: ['/bin/sh', '-c', 'tr A-Z a-z < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/$(basename \"$INPUT_FILE_PATH\")\"']
+      timeout: 30
+      labels: {team: audio}
+      node_selector: {zone: attic}
+      input: [{storage_provider: minio.default, path: lower/in}]
+      output: [{storage_provider: minio.default, path: lower/out}]
+";
+
+fn ok(c: &Coordinator, args: &[&str]) -> String {
+    let (ok, out, err) = c.cli(args);
+    assert!(ok, "spillway {args:?} failed: {err}");
+    out
+}
+
+fn refused(c: &Coordinator, args: &[&str]) -> String {
+    let (ok, out, err) = c.cli(args);
+    assert!(!ok, "spillway {args:?} succeeded: {out}");
+    err
+}
+
+#[test]
+fn get_describe_apply_invoke_and_version_work_as_kubectl_and_oscar_cli_users_expect() {
+    let c = Coordinator::new();
+    let mut shed = Node::new("node_name = \"pi-shed\"\n");
+    let mut attic = Node::new("node_name = \"pi-attic\"\n");
+    for node in [&mut shed, &mut attic] {
+        c.join(node);
+        node.start();
+    }
+    ok(&c, &["label", "node", "pi-shed", "zone=shed"]);
+    ok(&c, &["label", "node", "pi-attic", "zone=attic"]);
+
+    // apply: a folder of FDL files (the script beside them), then standard input.
+    let dir = tempfile::tempdir().unwrap();
+    let fdl = dir.path().join("fdl");
+    std::fs::create_dir_all(&fdl).unwrap();
+    std::fs::write(fdl.join("upper.yaml"), LABELLED).unwrap();
+    std::fs::copy(repo("tests/fixtures/mesh/upper.sh"), fdl.join("upper.sh")).unwrap();
+    std::fs::write(fdl.join("notes.txt"), "not FDL").unwrap();
+    let out = ok(&c, &["apply", "-f", fdl.to_str().unwrap()]);
+    assert_eq!(out.trim(), "function/upper created");
+    let mut stdin_apply = Command::new(bin("spillway"))
+        .arg("--client-config")
+        .arg(c.dir.path().join("state/client.toml"))
+        .args(["apply", "-f", "-"])
+        .env("HOME", c.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    stdin_apply
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(OTHER.as_bytes())
+        .unwrap();
+    let out = stdin_apply.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "function/lower created"
+    );
+    // A positional file, as `kubectl apply FILE` users type it: unchanged, so nothing new.
+    let out = ok(&c, &["apply", fdl.join("upper.yaml").to_str().unwrap()]);
+    assert!(out.starts_with("function/upper "), "{out}");
+    let err = refused(
+        &c,
+        &["apply", "-f", dir.path().join("empty").to_str().unwrap()],
+    );
+    assert!(err.contains("cannot read"), "{err}");
+    std::fs::create_dir_all(dir.path().join("empty")).unwrap();
+    let err = refused(
+        &c,
+        &["apply", "-f", dir.path().join("empty").to_str().unwrap()],
+    );
+    assert!(err.contains("holds no .yaml or .yml files"), "{err}");
+    let err = refused(&c, &["apply"]);
+    assert!(err.contains("which FDL files?"), "{err}");
+    assert!(wait_until(Duration::from_secs(30), || {
+        c.runs("pi-shed", "upper") && c.runs("pi-attic", "lower")
+    }));
+
+    // get KIND NAME…: only those, in the order asked; an unknown name is an error naming it.
+    let out = ok(&c, &["-o", "name", "get", "nodes", "pi-shed", "pi-attic"]);
+    assert_eq!(out, "pi-shed\npi-attic\n");
+    let err = refused(&c, &["get", "nodes", "pi-shed", "pi-gone", "pi-lost"]);
+    assert!(err.contains("no node named pi-gone, pi-lost"), "{err}");
+    let out = ok(&c, &["get", "function", "lower"]);
+    assert!(out.contains("lower") && !out.contains("upper"), "{out}");
+
+    // -l on nodes (their labels) and functions (the FDL's labels).
+    let out = ok(&c, &["-o", "name", "get", "nodes", "-l", "zone=shed"]);
+    assert_eq!(out, "pi-shed\n");
+    let out = ok(&c, &["-o", "name", "get", "nodes", "-l", "zone!=shed"]);
+    assert_eq!(out, "pi-attic\n");
+    let out = ok(
+        &c,
+        &["-o", "name", "get", "functions", "-l", "team=vision,stage"],
+    );
+    assert_eq!(out, "upper\n");
+    let err = refused(&c, &["get", "nodes", "-l", "zone shed"]);
+    assert!(err.contains("is not a label key"), "{err}");
+    let err = refused(&c, &["get", "releases", "-l", "zone=shed"]);
+    assert!(err.contains("-l selects nodes, functions or jobs"), "{err}");
+
+    // -o wide adds columns; the plain table stays narrow.
+    let narrow = ok(&c, &["get", "nodes"]);
+    let wide = ok(&c, &["-o", "wide", "get", "nodes"]);
+    assert!(
+        !narrow.contains("LABELS") && !narrow.contains("ADDRESS"),
+        "{narrow}"
+    );
+    assert!(
+        wide.contains("LABELS") && wide.contains("ADDRESS"),
+        "{wide}"
+    );
+    assert!(wide.contains("zone=shed"), "{wide}");
+
+    // invoke -i TEXT, as oscar-cli's `service run -i`; then jobs by their node's labels.
+    let out = ok(&c, &["invoke", "upper", "-i", "hello habits", "--wait"]);
+    assert!(out.contains("Succeeded"), "{out}");
+    let out = ok(&c, &["get", "pi-shed:texts/out/input"]);
+    assert_eq!(out, "HELLO HABITS");
+    let out = ok(&c, &["invoke", "lower", "-i", "QUIET", "--wait"]);
+    assert!(out.contains("Succeeded"), "{out}");
+    let shed_jobs = c.json(&["get", "jobs", "-l", "zone=shed"]);
+    let functions: Vec<&str> = shed_jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["function"].as_str().unwrap())
+        .collect();
+    assert_eq!(functions, ["upper"]);
+    let id = shed_jobs[0]["id"].as_str().unwrap().to_owned();
+    let out = ok(&c, &["-o", "wide", "get", "jobs", &id[..12]]);
+    assert!(
+        out.contains(&id) && out.contains("texts/out/input"),
+        "{out}"
+    );
+    let err = refused(&c, &["invoke", "upper"]);
+    assert!(err.contains("--file") || err.contains("--input"), "{err}");
+
+    // describe honours -o.
+    let described = ok(&c, &["-o", "json", "describe", "function", "upper"]);
+    let described: serde_json::Value = serde_json::from_str(&described).unwrap();
+    assert_eq!(described["labels"]["team"], "vision");
+    let yaml = ok(&c, &["describe", "node", "pi-shed"]);
+    assert!(yaml.contains("name: pi-shed"), "{yaml}");
+
+    // version: this client's and the server's.
+    let out = ok(&c, &["version"]);
+    let v = env!("CARGO_PKG_VERSION");
+    assert!(out.contains(&format!("client: spillway {v}")), "{out}");
+    assert!(out.contains(&format!("server: spillway {v}")), "{out}");
+    let both = c.json(&["version"]);
+    assert_eq!(both["client"]["version"], v);
+    assert_eq!(both["server"]["version"], v);
+    // With no coordinator there, the client's version still prints, then why it failed.
+    let unreachable = Command::new(bin("spillway"))
+        .args(["--coordinator", "http://127.0.0.1:1", "version"])
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&unreachable.stdout),
+        String::from_utf8_lossy(&unreachable.stderr),
+    );
+    assert!(!unreachable.status.success(), "{out}");
+    assert!(out.contains("client: spillway"), "{out}");
+    assert!(err.contains("cannot reach the coordinator"), "{err}");
+}
+
+#[test]
+fn a_cordoned_node_takes_no_new_jobs_until_it_is_uncordoned() {
+    let c = Coordinator::new();
+    let mut node = Node::new("node_name = \"pi-shed\"\n");
+    c.join(&node);
+    node.start();
+    let fdl = repo("tests/fixtures/mesh/functions.yaml");
+    ok(&c, &["apply", fdl.to_str().unwrap()]);
+    assert!(wait_until(Duration::from_secs(30), || c.runs("pi-shed", "upper")));
+
+    let out = ok(&c, &["cordon", "pi-shed"]);
+    assert!(out.contains("node/pi-shed cordoned"), "{out}");
+    let out = ok(&c, &["get", "nodes"]);
+    assert!(out.contains("Ready,SchedulingDisabled"), "{out}");
+    assert_eq!(c.node_view("pi-shed")["cordoned"], true);
+    // Nothing else runs `upper`: the invocation is refused, saying why.
+    let err = refused(&c, &["invoke", "upper", "-i", "during maintenance"]);
+    assert!(err.contains("cordoned nodes take no new jobs"), "{err}");
+    // Its own folders still run there: maintenance does not drop local data.
+    node.write("data/texts/in/local.txt", "local work");
+    assert!(
+        wait_until(Duration::from_secs(20), || node
+            .path("data/texts/out/local.txt")
+            .exists()),
+        "{}",
+        node.log()
+    );
+    let err = refused(&c, &["cordon", "pi-gone"]);
+    assert!(err.contains("no node named `pi-gone`"), "{err}");
+
+    let out = ok(&c, &["uncordon", "pi-shed"]);
+    assert!(out.contains("node/pi-shed uncordoned"), "{out}");
+    let out = ok(&c, &["invoke", "upper", "-i", "back in service", "--wait"]);
+    assert!(out.contains("Succeeded"), "{out}");
+    // An operator token may cordon; an invoker's may not.
+    let (ok_, token, err) = c.cli(&[
+        "api-token",
+        "create",
+        "--scope",
+        "invoker",
+        "--function",
+        "upper",
+    ]);
+    assert!(ok_, "{err}");
+    let err = refused(&c, &["--token", token.trim(), "cordon", "pi-shed"]);
+    assert!(
+        err.contains("does not allow PUT /v1/nodes/pi-shed/cordon"),
+        "{err}"
+    );
+    assert_eq!(c.node_view("pi-shed")["cordoned"], false);
+}
