@@ -148,19 +148,10 @@ pub async fn label_node(
         .await?;
     match format {
         Format::Table | Format::Wide | Format::Name => {
-            let labels: Vec<String> = node
-                .labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
             println!(
                 "node/{} labels: {}; cluster: {}",
                 node.name,
-                if labels.is_empty() {
-                    "-".into()
-                } else {
-                    labels.join(",")
-                },
+                super::labels_cell(&node.labels),
                 node.cluster_id.as_deref().unwrap_or("-")
             );
         }

@@ -255,7 +255,7 @@ fn named<T>(
 }
 
 /// `k=v,k2=v2` (or `-`): labels in a table cell.
-fn labels_cell(labels: &BTreeMap<String, String>) -> String {
+pub(crate) fn labels_cell(labels: &BTreeMap<String, String>) -> String {
     if labels.is_empty() {
         return "-".into();
     }

@@ -381,11 +381,13 @@ async fn list_nodes(AxState(state): AxState<Arc<State>>) -> ApiResult<Vec<NodeVi
 }
 
 fn node_record(state: &State, name: &str) -> Result<NodeRecord, ApiError> {
-    state.store.node(name)?.ok_or_else(|| {
-        not_found(format!(
-            "no node named `{name}`; list them with `spillway get nodes`"
-        ))
-    })
+    state.store.node(name)?.ok_or_else(|| no_such_node(name))
+}
+
+fn no_such_node(name: &str) -> ApiError {
+    not_found(format!(
+        "no node named `{name}`; list them with `spillway get nodes`"
+    ))
 }
 
 async fn get_node(
@@ -776,11 +778,7 @@ async fn cordon_node(
     let updated = state
         .store
         .set_node_cordoned(&name, change.cordoned)?
-        .ok_or_else(|| {
-            not_found(format!(
-                "no node named `{name}`; list them with `spillway get nodes`"
-            ))
-        })?;
+        .ok_or_else(|| no_such_node(&name))?;
     tracing::info!(node = %name, cordoned = change.cordoned, "node cordon changed");
     Ok(Json(node_view(&state, updated)))
 }
