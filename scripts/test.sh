@@ -75,6 +75,7 @@ packages=(
   mosquitto mosquitto-clients curl openssl                      # MQTT against real brokers (TLS) and clients; HTTP invoke
   age                                                           # opens coordinator backups as an operator would
   mmdebstrap lintian apt-utils gnupg                            # Debian packages: clean root, checks, apt repository
+  prometheus                                                    # scrapes agents and coordinator; runs the dashboard's queries
 )
 step "checking build and test dependencies"
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -97,6 +98,8 @@ if ! command -v moto_server >/dev/null || ! python3 -c 'import boto3, moto.serve
   pip_install 'moto[server]'
 fi
 python3 -c 'import kmock' 2>/dev/null || pip_install kmock
+# Prometheus's own Python client parses the metrics test's expositions (OpenMetrics parser).
+python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null || pip_install prometheus-client
 # OSCAR's own Python client drives a coordinator in the OSCAR-compatibility tests, and OSCAR's
 # FaaS Supervisor (the code in every OSCAR container) is what `/run`'s answers are checked against.
 python3 -c 'import oscar_python' 2>/dev/null || pip_install oscar-python

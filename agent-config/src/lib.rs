@@ -58,6 +58,7 @@ struct RawConfig {
     registries: std::collections::BTreeMap<String, registry::RegistrySettings>,
     join: Option<RawJoin>,
     mqtt: Option<RawMqtt>,
+    metrics: Option<RawMetrics>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +140,12 @@ struct RawJournal {
 struct RawRetention {
     keep_finished_days: Option<u64>,
     keep_finished_jobs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -280,6 +287,9 @@ pub struct AgentConfig {
     /// `[disk] min_free`: below this much free space (on the state folder's or the data
     /// root's file system) the agent takes no new inputs; 0: never.
     pub disk_min_free: Bytes,
+    /// `[metrics] listen`: where the agent serves `/metrics` over plain HTTP (opt-in: a Pi's
+    /// agent opens no port it was not asked to).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[retention]`: how long, and how many, finished jobs the journal keeps.
     pub retention: RetentionSettings,
     pub wasm: WasmSettings,
@@ -537,6 +547,15 @@ impl AgentConfig {
                 keep_jobs: raw.logs.keep_jobs.unwrap_or(l.keep_jobs),
             },
             disk_min_free: raw.disk.min_free.map_or(Bytes(64 << 20), |m| m.0),
+            metrics_listen: match &raw.metrics {
+                None => None,
+                Some(m) => Some(m.listen.parse().map_err(|_| {
+                    format!(
+                        "metrics.listen = {:?}: not an IP address and port; write one such as \"127.0.0.1:9101\" (or \"0.0.0.0:9101\" for a scraper on the network)",
+                        m.listen
+                    )
+                })?),
+            },
             retention: {
                 let d = RetentionSettings::default();
                 let days = raw

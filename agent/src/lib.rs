@@ -21,6 +21,7 @@ pub mod install;
 pub mod joblog;
 pub mod journal;
 pub mod mesh;
+pub mod metrics;
 pub mod mqtt;
 pub mod runner;
 pub mod runtime;

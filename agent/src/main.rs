@@ -331,6 +331,17 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<Sto
         let stop = spillway_plumbing::shutdown_signal();
         // This binary is its own container shim (`spillway-agent oci-run`).
         let shim = std::env::current_exe().context("cannot find this program's own binary")?;
+        // Before anything is opened: a listener that cannot be had stops the start cleanly.
+        let scrapes = match config.metrics_listen {
+            None => None,
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                    format!("cannot listen for metrics scrapes on {addr} ([metrics] listen)")
+                })?;
+                println!("Metrics: http://{}/metrics", listener.local_addr().unwrap_or(addr));
+                Some(listener)
+            }
+        };
         let agent = Agent::start(config, &shim).context("the agent could not start")?;
         // Compiling wasm modules at start-up leaves freed heap behind.
         spillway_agent::release_unused_memory();
@@ -345,6 +356,13 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<Sto
         let restart = upgrade::RestartRequest::default();
         let restart_for_link = Some(restart.clone());
         let (handle, capacity) = (agent.mesh_handle(), agent.capacity());
+        let scrapes = scrapes.map(|listener| {
+            let (handle, metrics) = (handle.clone(), handle.metrics());
+            tokio::spawn(spillway_plumbing::metrics::serve(
+                listener,
+                std::sync::Arc::new(move || metrics.render(&handle)),
+            ))
+        });
         let node = agent.node_name().to_owned();
         let link = match (Membership::load(&state_dir), join_settings) {
             (Some(membership), _) => {
@@ -390,6 +408,9 @@ fn run(config: AgentConfig, config_path: &std::path::Path) -> anyhow::Result<Sto
             .context("the agent stopped");
         if let Some(w) = watchdog {
             w.abort();
+        }
+        if let Some(scrapes) = scrapes {
+            scrapes.abort();
         }
         let _ = stop_link.send(());
         if let Some(link) = link {

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use spillway_cli::loadgen::{FleetStats, enroll, run_fleet};
 use support::{
-    cpu_seconds, http, join_agent, metric, rss_kib, run_agent, start_coordinator, tokens,
+    cpu_seconds, histogram_quantile, http, join_agent, metric, rss_kib, run_agent,
+    start_coordinator, tokens,
 };
 
 mod support;
@@ -65,10 +66,13 @@ fn fleet_round(rt: &tokio::runtime::Runtime, agents: usize) {
         t.elapsed().as_secs_f64(),
     );
     let m1 = http(server.http, "GET", "/metrics", "", "");
-    let applied = metric(&m1, "spillway_load_reports_total").unwrap_or(0.0)
-        - metric(&m0, "spillway_load_reports_total").unwrap_or(0.0);
-    let p50 = metric(&m1, "spillway_view_staleness_seconds{quantile=\"0.5\"}").unwrap_or(f64::NAN);
-    let p99 = metric(&m1, "spillway_view_staleness_seconds{quantile=\"0.99\"}").unwrap_or(f64::NAN);
+    let applied_series = "spillway_load_reports_total{outcome=\"applied\"}";
+    let applied =
+        metric(&m1, applied_series).unwrap_or(0.0) - metric(&m0, applied_series).unwrap_or(0.0);
+    // Over the measured interval only, as Prometheus's histogram_quantile would estimate it.
+    let staleness = "spillway_view_staleness_seconds";
+    let p50 = histogram_quantile(0.5, &m0, &m1, staleness).unwrap_or(f64::NAN);
+    let p99 = histogram_quantile(0.99, &m0, &m1, staleness).unwrap_or(f64::NAN);
     let ready = metric(&m1, "spillway_nodes{health=\"Ready\"}").unwrap_or(0.0);
     let rss = rss_kib(server.child.id()) as f64 / 1024.0;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;

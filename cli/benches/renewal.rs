@@ -89,7 +89,7 @@ impl Drop for Counter {
 fn renewals(server: &Server) -> f64 {
     metric(
         &http(server.http, "GET", "/metrics", "", ""),
-        "spillway_certificate_renewals_total",
+        "spillway_certificate_renewals_total{outcome=\"renewed\"}",
     )
     .unwrap_or(0.0)
 }

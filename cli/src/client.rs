@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use spillway_api::ErrorBody;
+
+use crate::contexts::{ConfigFile, Settings};
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum ClientError {
@@ -24,17 +25,6 @@ pub enum ClientError {
     Decode(String),
     /// client config {path}: {message}
     Config { path: PathBuf, message: String },
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    coordinator: Option<String>,
-    token: Option<String>,
-    /// The CA (PEM) that the coordinator's HTTPS certificate must chain to: the only one
-    /// trusted for it (the coordinator writes its mesh CA here).
-    ca: Option<String>,
-    ca_file: Option<PathBuf>,
 }
 
 /// `$SPILLWAY_CONFIG`, else `$XDG_CONFIG_HOME/spillway/config.toml`, else `~/.config/…`.
@@ -70,18 +60,47 @@ fn config_to_read(flag: Option<PathBuf>) -> Option<PathBuf> {
     own
 }
 
-/// Writes the coordinator's client config to the default path, unless the user keeps their own
-/// file there. Returns where it went.
-pub fn install_client_config(text: &str) -> Option<PathBuf> {
+/// What `spillway up` did with the user's client config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Installed {
+    /// There was none, or one `spillway up` wrote: it is the coordinator's now.
+    Wrote(PathBuf),
+    /// The user's own: the coordinator became one of its contexts, made current; `previous`
+    /// was current before.
+    AddedContext { path: PathBuf, previous: String },
+    /// It could not be read or written as a client config; it was left as it was.
+    LeftAlone(PathBuf, String),
+}
+
+/// Puts the coordinator's client config `text` where the CLI reads it: written whole when the
+/// user has no config (or one Spillway wrote), else added to theirs as the context `context`
+/// (made current) when one is given, never overwriting what they wrote themselves.
+pub fn install_client_config(text: &str, context: Option<&str>) -> Option<Installed> {
     let path = default_config_path()?;
-    if let Ok(existing) = std::fs::read_to_string(&path)
-        && !existing.starts_with(spillway_api::WRITTEN_BY_MARKER)
-    {
-        return None;
-    }
-    std::fs::create_dir_all(path.parent()?).ok()?;
-    write_private(&path, text).ok()?;
-    Some(path)
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(t) if !t.starts_with(spillway_api::WRITTEN_BY_MARKER) => t,
+        _ => {
+            std::fs::create_dir_all(path.parent()?).ok()?;
+            return Some(match write_private(&path, text) {
+                Ok(()) => Installed::Wrote(path),
+                Err(e) => Installed::LeftAlone(path, e.to_string()),
+            });
+        }
+    };
+    let Some(context) = context else {
+        return Some(Installed::LeftAlone(path, "it is your own".into()));
+    };
+    let added = ConfigFile::parse(text).and_then(|ours| {
+        let theirs = ConfigFile::parse(&existing)?;
+        let updated = crate::contexts::set_context(&existing, context, &ours.flat())?;
+        let updated = crate::contexts::use_context(&updated, context)?;
+        write_private(&path, &updated).map_err(|e| e.to_string())?;
+        Ok(theirs.current())
+    });
+    Some(match added {
+        Ok(previous) => Installed::AddedContext { path, previous },
+        Err(why) => Installed::LeftAlone(path, why),
+    })
 }
 
 /// Writes a file only its owner may read (client configs hold the API token), whole: under a
@@ -98,28 +117,6 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::io::Write::write_all(&mut f, text.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
-}
-
-/// The client config `text` (read as `file`) with `ca` set to `pem`, as the coordinator writes
-/// it: the marker line first if the file had it (so `spillway up` may still rewrite it).
-fn with_ca(text: &str, file: &File, pem: &str) -> Result<String, String> {
-    let mut out = String::new();
-    if text.starts_with(spillway_api::WRITTEN_BY_MARKER) {
-        out.push_str(spillway_api::WRITTEN_BY_MARKER);
-        out.push('\n');
-    }
-    let quoted = |v: &str| toml::Value::String(v.to_owned()).to_string();
-    if let Some(c) = &file.coordinator {
-        out.push_str(&format!("coordinator = {}\n", quoted(c)));
-    }
-    if let Some(t) = &file.token {
-        out.push_str(&format!("token = {}\n", quoted(t)));
-    }
-    if pem.contains("'''") || !pem.is_ascii() {
-        return Err("the CA bundle is not plain PEM".into());
-    }
-    out.push_str(&format!("ca = '''\n{pem}'''\n"));
-    Ok(out)
 }
 
 /// An HTTP(S) client that trusts only `ca` when given (pinned), the system's roots otherwise.
@@ -151,19 +148,29 @@ pub struct Client {
     config_path: String,
     /// The client config file read, if one was.
     config_file: Option<PathBuf>,
+    /// The named context in use (`None`: the file's flat keys).
+    context: Option<String>,
 }
 
 impl Client {
-    /// Flags win over the environment, which wins over the config file.
+    /// Flags win over the environment, which wins over the config file; `context` (from
+    /// `--context` or `$SPILLWAY_CONTEXT`) picks one of the file's contexts.
     pub fn resolve(
         url: Option<String>,
         token: Option<String>,
         config: Option<PathBuf>,
+        context: Option<String>,
     ) -> Result<Self, ClientError> {
         let path = config_to_read(config);
-        let file = match &path {
-            Some(p) if p.exists() => read_config(p)?,
-            _ => File::default(),
+        let (context, file) = match &path {
+            Some(p) if p.exists() => read_config(p, context.as_deref())?,
+            _ if context.is_some() => {
+                return Err(ClientError::Config {
+                    path: path.unwrap_or_default(),
+                    message: "there is no client config to pick a context from".into(),
+                });
+            }
+            _ => (None, Settings::default()),
         };
         let base = url
             .or(file.coordinator)
@@ -195,6 +202,7 @@ impl Client {
             token: token.or(file.token),
             config_path,
             config_file: path.filter(|p| p.exists()),
+            context,
         })
     }
 
@@ -214,10 +222,16 @@ impl Client {
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
-        let file: File = toml::from_str(&text).map_err(|e| failed(e.to_string()))?;
+        let (_, file) = ConfigFile::parse(&text)
+            .and_then(|f| f.select(self.context.as_deref()))
+            .map_err(failed)?;
         match (&file.ca, &file.ca_file) {
             (Some(_), _) => {
-                let updated = with_ca(&text, &file, pem).map_err(failed)?;
+                if pem.contains("'''") || !pem.is_ascii() {
+                    return Err(failed("the CA bundle is not plain PEM".into()));
+                }
+                let updated = crate::contexts::replace_ca(&text, self.context.as_deref(), pem)
+                    .map_err(failed)?;
                 write_private(path, &updated).map_err(|e| failed(e.to_string()))?;
                 Ok(Some(path.clone()))
             }
@@ -366,13 +380,20 @@ impl Client {
     }
 }
 
-fn read_config(path: &Path) -> Result<File, ClientError> {
+/// The settings of the context to use in the config at `path`, and its name (`None`: the
+/// flat keys).
+fn read_config(
+    path: &Path,
+    context: Option<&str>,
+) -> Result<(Option<String>, Settings), ClientError> {
     let err = |message: String| ClientError::Config {
         path: path.to_owned(),
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    toml::from_str(&text).map_err(|e| err(e.to_string()))
+    ConfigFile::parse(&text)
+        .and_then(|f| f.select(context))
+        .map_err(err)
 }
 
 /// Percent-encodes one URL path segment (node names are DNS names; file paths keep `/`).

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod contexts;
 pub mod flash;
 pub mod loadgen;
 #[cfg(feature = "up")]

@@ -35,6 +35,9 @@ struct Cli {
     /// Client config file (default: $SPILLWAY_CONFIG, else ~/.config/spillway/config.toml).
     #[arg(long = "client-config", global = true)]
     client_config: Option<PathBuf>,
+    /// The client config's context to use (default: its current-context).
+    #[arg(long, global = true, env = "SPILLWAY_CONTEXT")]
+    context: Option<String>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value = "table")]
     output: Format,
@@ -130,6 +133,15 @@ enum Command {
     Describe { kind: String, name: String },
     /// This client's version and the coordinator's.
     Version,
+    /// The client config's contexts: several coordinators in one file.
+    ///
+    /// spillway config get-contexts | current-context | use-context NAME
+    /// spillway config set-context NAME [--server URL] [--api-token T] [--ca-file F]
+    /// spillway config delete-context NAME
+    Config {
+        #[command(subcommand)]
+        command: cli::config::ConfigCommand,
+    },
     /// Take nodes out of placement for maintenance: no new job is placed on them (spilled jobs,
     /// invocations, OSCAR runs, bucket events); their running and queued jobs carry on.
     Cordon { nodes: Vec<String> },
@@ -584,13 +596,17 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     let text = coordinator.client_config();
     let file = coordinator.state.config.state_dir.join("client.toml");
     write_private(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
-    let installed = install_client_config(&text);
+    // A user's own config is left alone here (`spillway up` adds a context to it instead).
+    let installed = match install_client_config(&text, None) {
+        Some(spillway_cli::client::Installed::Wrote(p)) => format!(" and {}", p.display()),
+        _ => String::new(),
+    };
     println!(
         "spillway coordinator: agents on quic://{}, CLI on {}; client config in {}{}",
         coordinator.quic_addr(),
         coordinator.state.api_url(),
         file.display(),
-        installed.map_or(String::new(), |p| format!(" and {}", p.display()))
+        installed
     );
     use spillway_plumbing::systemd as service;
     let stop = spillway_plumbing::shutdown_signal();
@@ -618,6 +634,7 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             cli.coordinator.clone(),
             cli.token.clone(),
             cli.client_config.clone(),
+            cli.context.clone(),
         )
     };
     match cli.command {
@@ -650,6 +667,7 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Config { command } => cli::config::run(command, cli.client_config.clone(), format),
         Command::Apply { mut files, more } => {
             files.extend(more);
             cli::apply(&client()?, &files).await
@@ -797,8 +815,13 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                 let url = std::env::var("SPILLWAY_COORDINATOR")
                     .ok()
                     .filter(|u| u.contains("://"));
-                Client::resolve(url, cli.token.clone(), cli.client_config.clone())
-                    .map_err(Into::into)
+                Client::resolve(
+                    url,
+                    cli.token.clone(),
+                    cli.client_config.clone(),
+                    cli.context.clone(),
+                )
+                .map_err(Into::into)
             };
             let agent_config = match agent_config {
                 Some(p) => Some(

@@ -10,7 +10,8 @@ use spillway_agent::mesh;
 use spillway_agent::{Agent, AgentConfig};
 use spillway_link::membership::Membership;
 
-use crate::client::install_client_config;
+use crate::client::{Installed, install_client_config};
+use crate::contexts::UP_CONTEXT;
 use spillway_coordinator::config::CoordinatorConfig;
 use spillway_coordinator::server::Coordinator;
 
@@ -94,7 +95,7 @@ pub async fn up(
     let client_file = opts.dir.join("client.toml");
     crate::client::write_private(&client_file, &client_text)
         .with_context(|| format!("cannot write {}", client_file.display()))?;
-    let installed = install_client_config(&client_text);
+    let installed = install_client_config(&client_text, Some(UP_CONTEXT));
     let quic = coordinator.quic_addr();
     let loopback = SocketAddr::from(([127, 0, 0, 1], quic.port()));
     let (broker, agent_broker) = match (&opts.mqtt, coordinator.state.mqtts_addr) {
@@ -166,14 +167,20 @@ pub async fn up(
         agent_config.data_root.display()
     );
     match installed {
-        Some(p) => println!(
+        Some(Installed::Wrote(p)) => println!(
             "CLI configured in {}: try `spillway get nodes`",
             p.display()
         ),
-        None => println!(
-            "CLI: export SPILLWAY_CONFIG={} (your own config file was left as it is)",
-            client_file.display()
+        Some(Installed::AddedContext { path, previous }) => println!(
+            "CLI: added the context `{UP_CONTEXT}` to your {} and made it current; back to yours: spillway config use-context {previous}",
+            path.display()
         ),
+        Some(Installed::LeftAlone(path, why)) => println!(
+            "CLI: export SPILLWAY_CONFIG={} (your {} was left as it is: {why})",
+            client_file.display(),
+            path.display()
+        ),
+        None => println!("CLI: export SPILLWAY_CONFIG={}", client_file.display()),
     }
     println!("MQTT: {broker} (functions' `triggers: [{{mqtt: …}}]` and MQTT outputs)");
     if mesh_identity {

@@ -1,11 +1,13 @@
 //! What every Spillway binary needs from its host, and nothing about meshes or jobs:
 //! [`atomic`] writes files whole or not at all, [`systemd`] speaks `Type=notify` and the
 //! watchdog, [`signal`] waits for Ctrl-C or SIGTERM, [`logging`] sets up `tracing` from
-//! `RUST_LOG`, [`s3`] reads and writes S3-compatible buckets, and [`error_chain`] puts an error
+//! `RUST_LOG`, [`metrics`] serves `/metrics`, [`s3`] reads and writes S3-compatible buckets, and [`error_chain`] puts an error
 //! and its causes on one line.
 
 pub mod atomic;
 pub mod logging;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod signal;

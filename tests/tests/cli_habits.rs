@@ -261,3 +261,131 @@ fn a_cordoned_node_takes_no_new_jobs_until_it_is_uncordoned() {
     );
     assert_eq!(c.node_view("pi-shed")["cordoned"], false);
 }
+
+#[test]
+fn contexts_point_one_client_at_several_coordinators_and_up_adds_its_own_without_overwriting() {
+    let home_c = Coordinator::new();
+    let lab = Coordinator::with_config("name = \"lab\"\n");
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join(".config/spillway/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let mine = format!(
+        "# my own, by hand\ncoordinator = \"http://127.0.0.1:{}\"\ntoken = \"{}\"\n",
+        home_c.http_port,
+        home_c.api_token()
+    );
+    std::fs::write(&config, &mine).unwrap();
+    let spillway = |args: &[&str]| {
+        let out = Command::new(bin("spillway"))
+            .args(args)
+            .env("HOME", home.path())
+            .env_remove("SPILLWAY_CONFIG")
+            .env_remove("SPILLWAY_CONTEXT")
+            .env_remove("SPILLWAY_COORDINATOR")
+            .env_remove("SPILLWAY_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let server = |args: &[&str]| {
+        let (ok, out, err) = spillway(&[args, &["-o", "json", "version"]].concat());
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["server"]["name"].as_str().unwrap_or_default().to_owned()
+    };
+    assert_eq!(server(&[]), "coordinator");
+
+    // A second coordinator as a named context; the flat keys stay the context `default`.
+    let (ok, out, err) = spillway(&[
+        "config",
+        "set-context",
+        "lab",
+        "--server",
+        &format!("http://127.0.0.1:{}", lab.http_port),
+        "--api-token",
+        &lab.api_token(),
+    ]);
+    assert!(ok && out.contains("Context \"lab\" created"), "{out}{err}");
+    let (ok, out, _) = spillway(&["-o", "name", "config", "get-contexts"]);
+    assert!(ok);
+    assert_eq!(out, "default\nlab\n");
+    assert_eq!(server(&["--context", "lab"]), "lab");
+    assert_eq!(server(&[]), "coordinator");
+    let (ok, out, err) = spillway(&["config", "use-context", "lab"]);
+    assert!(ok && out.contains("Switched to context \"lab\""), "{err}");
+    assert_eq!(server(&[]), "lab");
+    assert_eq!(spillway(&["config", "current-context"]).1, "lab\n");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.starts_with("# my own, by hand\n"), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Refused, with the names there are; the file is untouched.
+    let (ok, _, err) = spillway(&["config", "use-context", "nope"]);
+    assert!(
+        !ok && err.contains("no context named `nope` (there are: default, lab)"),
+        "{err}"
+    );
+    let (ok, _, err) = spillway(&["--context", "nope", "get", "nodes"]);
+    assert!(!ok && err.contains("no context named `nope`"), "{err}");
+    let (ok, _, err) = spillway(&["config", "set-context", "a b", "--server", "http://x"]);
+    assert!(!ok && err.contains("use 1 to 64 letters"), "{err}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
+
+    // Deleting the current context goes back to the file's own keys.
+    let (ok, _, err) = spillway(&["config", "delete-context", "lab"]);
+    assert!(ok, "{err}");
+    assert_eq!(server(&[]), "coordinator");
+
+    // `spillway up` adds its coordinator as a context of this user-written file, makes it
+    // current and says so; the user's keys and comment stay.
+    let (quic, http, mqtt) = (
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+    );
+    let up_log = home.path().join("up.log");
+    let mut up = Command::new(bin("spillway"))
+        .args(["up", "--dir"])
+        .arg(home.path().join("mesh"))
+        .args(["--mqtt", &format!("127.0.0.1:{mqtt}")])
+        .args(["--node", "local", "--quic", &format!("127.0.0.1:{quic}")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .env("HOME", home.path())
+        .env_remove("SPILLWAY_CONFIG")
+        .stdout(std::fs::File::create(&up_log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let said = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&up_log)
+            .unwrap_or_default()
+            .contains("added the context `spillway-up` to your")
+    });
+    let log = std::fs::read_to_string(&up_log).unwrap_or_default();
+    let ready = said
+        && wait_until(Duration::from_secs(30), || {
+            let (ok, out, _) = spillway(&["get", "nodes"]);
+            ok && out.contains("local") && out.contains("Ready")
+        });
+    let _ = up.kill();
+    let _ = up.wait();
+    assert!(said && ready, "{log}");
+    assert!(
+        log.contains("back to yours: spillway config use-context default"),
+        "{log}"
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.starts_with("# my own, by hand\n"), "{text}");
+    assert_eq!(spillway(&["config", "current-context"]).1, "spillway-up\n");
+    let (ok, _, err) = spillway(&["config", "use-context", "default"]);
+    assert!(ok, "{err}");
+    assert_eq!(server(&[]), "coordinator");
+}

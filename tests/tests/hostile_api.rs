@@ -120,9 +120,12 @@ fn silent_and_trickling_clients_are_cut_off_and_connections_are_bounded() {
     // came while the cut-off connections were still closing may have been counted too.
     drop(_held);
     let refused = |text: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("spillway_api_connections_refused_total "))
-            .and_then(|n| n.trim().parse::<u64>().ok())
+        support::sample(
+            text,
+            "spillway_api_refused_total",
+            &[("reason", "connection_limit")],
+        )
+        .map(|n| n as u64)
     };
     let mut last = String::new();
     assert!(
@@ -374,8 +377,13 @@ fn scoped_tokens_reach_only_their_routes_and_revoked_ones_nothing() {
     assert!(ok, "{err}");
     assert_eq!(status(&c, "GET", &operator, "/v1/nodes", ""), 401);
     let metrics = c.metrics();
-    assert!(
-        metrics.contains("spillway_api_forbidden_total 8"),
+    assert_eq!(
+        support::sample(
+            &metrics,
+            "spillway_api_refused_total",
+            &[("reason", "forbidden")]
+        ),
+        Some(8.0),
         "{metrics}"
     );
 }

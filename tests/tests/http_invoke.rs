@@ -129,9 +129,12 @@ fn bad_requests_are_refused_with_what_to_do() {
     );
     let metrics = c.metrics();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("spillway_api_unauthorized_total ") && !l.ends_with(" 0")),
+        support::sample(
+            &metrics,
+            "spillway_api_refused_total",
+            &[("reason", "unauthorized")]
+        )
+        .is_some_and(|n| n > 0.0),
         "{metrics}"
     );
 }

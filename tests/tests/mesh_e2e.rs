@@ -241,12 +241,18 @@ fn bad_input_is_refused_with_a_message_and_changes_nothing() {
     let (ok, _, err) = c.cli(&["put", local.to_str().unwrap(), "a:../../etc/x"]);
     assert!(!ok && err.contains(".."), "{err}");
     let metrics = http_get(c.http_port, "/metrics");
-    assert!(
-        metrics.contains("spillway_api_unauthorized_total 1"),
+    assert_eq!(
+        support::sample(
+            &metrics,
+            "spillway_api_refused_total",
+            &[("reason", "unauthorized")]
+        ),
+        Some(1.0),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("spillway_joins_refused_total 1"),
+    assert_eq!(
+        support::sample(&metrics, "spillway_joins_total", &[("outcome", "refused")]),
+        Some(1.0),
         "{metrics}"
     );
 }

@@ -169,12 +169,14 @@ fn all_succeed(origin: &Node, c: &Coordinator, n: usize) -> Vec<String> {
     inputs
 }
 
-fn metric(c: &Coordinator, name: &str) -> u64 {
-    c.metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+/// Replica attempts with this outcome (`succeeded`, `fell_through`, `reconciled`, …), of every
+/// kind.
+fn replica_attempts(c: &Coordinator, outcome: &str) -> u64 {
+    support::count(
+        &c.metrics(),
+        "spillway_replica_attempts_total",
+        &[("outcome", outcome)],
+    )
 }
 
 /// Output files the origin wrote itself (jobs it ran).
@@ -259,14 +261,8 @@ fn surplus_falls_through_refusing_silent_and_resetting_endpoints_to_the_next_by_
     assert_eq!(jobs(silent.seen("received")), ran_jobs);
     assert_eq!(jobs(resetting.seen("received")), ran_jobs);
     assert!(refusing.seen("bad-idempotency-key").is_empty());
-    assert_eq!(
-        metric(&c, "spillway_replica_fallthroughs_total"),
-        3 * delegated as u64
-    );
-    assert_eq!(
-        metric(&c, "spillway_replica_succeeded_total"),
-        delegated as u64
-    );
+    assert_eq!(replica_attempts(&c, "fell_through"), 3 * delegated as u64);
+    assert_eq!(replica_attempts(&c, "succeeded"), delegated as u64);
     // The replica's header value is a credential: never in the log.
     assert!(!c.log().contains("secret-key"));
     // Where each delegated job ran is on record.
@@ -302,8 +298,8 @@ fn a_lost_answer_from_an_endpoint_that_ran_the_job_is_reconciled_not_sent_elsewh
         next.seen("ran").is_empty(),
         "a job whose answer was lost ran again on the next replica"
     );
-    assert_eq!(metric(&c, "spillway_replica_fallthroughs_total"), 0);
-    assert!(metric(&c, "spillway_replica_reconciles_total") >= ran.len() as u64);
+    assert_eq!(replica_attempts(&c, "fell_through"), 0);
+    assert!(replica_attempts(&c, "reconciled") >= ran.len() as u64);
 }
 
 #[test]
@@ -321,10 +317,7 @@ fn the_runner_behind_an_endpoint_runs_the_script_and_its_outputs_reach_the_origi
     let started = runner.seen("started");
     assert!(!started.is_empty(), "nothing spilled:\n{}", c.log());
     assert_every_output_at_origin(&origin, &inputs);
-    assert_eq!(
-        metric(&c, "spillway_replica_succeeded_total"),
-        started.len() as u64
-    );
+    assert_eq!(replica_attempts(&c, "succeeded"), started.len() as u64);
 }
 
 /// `curl` with basic auth or a bearer token: (status, body).
@@ -479,7 +472,7 @@ fn surplus_delegates_to_another_coordinator_through_the_oscar_api_and_runs_there
         .collect();
     assert_eq!(delegated.len(), remote_outputs.len(), "{listed}");
     assert_eq!(
-        metric(&c, "spillway_replica_succeeded_total"),
+        replica_attempts(&c, "succeeded"),
         remote_outputs.len() as u64
     );
     // A password written in the FDL stays out of the logs.
@@ -562,10 +555,7 @@ fn a_lambda_invoke_with_a_wrong_secret_is_refused_by_signature_and_falls_through
     let ran = next.seen("ran");
     assert!(!ran.is_empty(), "nothing spilled:\n{}", c.log());
     assert!(c.log().contains("SignatureDoesNotMatch"), "{}", c.log());
-    assert_eq!(
-        metric(&c, "spillway_replica_succeeded_total"),
-        ran.len() as u64
-    );
+    assert_eq!(replica_attempts(&c, "succeeded"), ran.len() as u64);
 }
 
 #[test]
@@ -580,7 +570,7 @@ fn the_runner_as_a_lambda_bootstrap_runs_invoked_jobs_and_their_outputs_reach_th
     let (c, origin) = origin_with_aws(dir.path(), replicas, &aws);
 
     let inputs = all_succeed(&origin, &c, 4);
-    let on_lambda = metric(&c, "spillway_replica_succeeded_total");
+    let on_lambda = replica_attempts(&c, "succeeded");
     assert!(on_lambda > 0, "nothing spilled:\n{}", c.log());
     assert_every_output_at_origin(&origin, &inputs);
 }
@@ -697,10 +687,7 @@ fn surplus_runs_as_kubernetes_jobs_whose_runner_brings_the_outputs_back() {
     names.sort();
     names.dedup();
     assert_eq!(names.len(), jobs.len(), "a job ran twice");
-    assert_eq!(
-        metric(&c, "spillway_replica_succeeded_total"),
-        jobs.len() as u64
-    );
+    assert_eq!(replica_attempts(&c, "succeeded"), jobs.len() as u64);
     // The kubeconfig's token is a credential: never in the log.
     assert!(!c.log().contains("emulator-token"));
 }
@@ -762,7 +749,7 @@ fn a_job_whose_pod_fails_before_its_runner_reports_fails_with_the_jobs_reason_an
     );
     // The function may have started there: the job is not sent on.
     assert!(next.seen("ran").is_empty());
-    assert_eq!(metric(&c, "spillway_replica_fallthroughs_total"), 0);
+    assert_eq!(replica_attempts(&c, "fell_through"), 0);
 }
 
 /// The whole continuum in one FDL: a Kubernetes cluster with room for one Job (a
@@ -822,7 +809,7 @@ fn surplus_goes_down_kubernetes_lambda_endpoint_and_oscar_replicas_in_priority_o
     // Every job past Kubernetes went down the list in order: refused by the quota, stopped by
     // Lambda, refused by the full endpoint (all but the one it ran), taken by OSCAR.
     assert_eq!(
-        metric(&c, "spillway_replica_fallthroughs_total"),
+        replica_attempts(&c, "fell_through"),
         (3 * delegated - 4) as u64,
         "{}",
         c.log()
@@ -850,7 +837,7 @@ fn surplus_goes_down_kubernetes_lambda_endpoint_and_oscar_replicas_in_priority_o
 /// `on_endpoint` jobs that ran there: once the endpoint is measured faster than the first
 /// replica is assumed to be, the placement core may send later jobs straight to it.
 fn assert_fell_through_for_some(c: &Coordinator, on_endpoint: usize) {
-    let fallthroughs = metric(c, "spillway_replica_fallthroughs_total");
+    let fallthroughs = replica_attempts(c, "fell_through");
     assert!(
         (1..=on_endpoint as u64).contains(&fallthroughs),
         "{fallthroughs} fall-throughs for {on_endpoint} jobs on the endpoint\n{}",

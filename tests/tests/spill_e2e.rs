@@ -46,7 +46,7 @@ fn deploy(c: &Coordinator, nodes: &[&str]) {
 /// The value of a Prometheus sample on the coordinator's `/metrics`.
 /// (Inside the coordinator's network namespace when it has one: its API listens on that
 /// namespace's loopback.)
-fn metric(c: &Coordinator, name: &str) -> u64 {
+fn metric(c: &Coordinator, name: &str, labels: &[(&str, &str)]) -> u64 {
     let script = format!(
         "exec 3<>/dev/tcp/127.0.0.1/{}; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
         c.http_port
@@ -56,10 +56,7 @@ fn metric(c: &Coordinator, name: &str) -> u64 {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    support::count(&text, name, labels)
 }
 
 /// Finished jobs per state in `spillway-agent jobs` of `node`.
@@ -152,25 +149,29 @@ fn a_burst_on_a_single_slot_node_spills_to_its_peers_and_every_output_lands_once
         "only {on_peers} jobs ran on peers\n{}",
         origin.log()
     );
-    assert!(metric(&c, "spillway_handovers_accepted_total") >= on_peers as u64);
+    assert!(metric(&c, "spillway_handovers_total", &[("outcome", "accepted")]) >= on_peers as u64);
     assert!(
         wait_until(Duration::from_secs(10), || metric(
             &c,
-            "spillway_handovers_open"
+            "spillway_handovers_open",
+            &[]
         ) == 0),
         "the coordinator still holds jobs"
     );
     // Each hand-over was journaled as placed, finished and forgotten, in group commits.
-    let accepted = metric(&c, "spillway_handovers_accepted_total");
-    let records = metric(&c, "spillway_handover_records_total");
-    let commits = metric(&c, "spillway_handover_commits_total");
+    let accepted = metric(&c, "spillway_handovers_total", &[("outcome", "accepted")]);
+    let records = metric(&c, "spillway_handover_records_total", &[]);
+    let commits = metric(&c, "spillway_handover_commits_total", &[]);
     assert!(
         records >= 3 * accepted && (1..=records).contains(&commits),
         "{accepted} hand-overs, {records} records in {commits} commits"
     );
     assert!(
-        wait_until(Duration::from_secs(10), || metric(&c, "spillway_blobs")
-            == 0),
+        wait_until(Duration::from_secs(10), || metric(
+            &c,
+            "spillway_blobs",
+            &[]
+        ) == 0),
         "blobs left behind"
     );
     assert!(origin.log().contains("offering the job to the coordinator"));
@@ -206,14 +207,15 @@ fn a_peer_killed_mid_job_loses_its_lease_and_the_job_completes_elsewhere_once() 
 
     assert_each_output_once(&origin, &[&survivor], &expected);
     assert!(
-        metric(&c, "spillway_leases_expired_total") >= 1,
+        metric(&c, "spillway_leases_expired_total", &[]) >= 1,
         "{}",
         c.log()
     );
     assert!(
         wait_until(Duration::from_secs(10), || metric(
             &c,
-            "spillway_handovers_open"
+            "spillway_handovers_open",
+            &[]
         ) == 0),
         "the coordinator still holds jobs"
     );
@@ -244,7 +246,8 @@ fn cutting_the_origins_link_mid_hand_over_leaves_each_job_existing_once() {
     assert!(
         wait_until(Duration::from_secs(20), || metric(
             &c,
-            "spillway_handovers_open"
+            "spillway_handovers_open",
+            &[]
         ) == 0),
         "the coordinator still holds jobs\n{}\norigin:\n{}",
         c.log(),

@@ -151,6 +151,7 @@ impl Agent {
         let Some(record) = s.journal.get(id)? else {
             return Ok(());
         };
+        s.metrics.started(&record);
         let Some(deployed) = self.catalog.functions.get(function).cloned() else {
             let reason = format!("function `{function}` is no longer deployed here");
             let _ = s
@@ -314,6 +315,7 @@ fn sync_filesystem(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// A job's end is journaled: say so, and tidy what it left.
 fn ended(s: &super::Shared, record: JobRecord) {
+    s.metrics.ended(&record);
     match &record.state {
         JobState::Failed { reason } => {
             tracing::warn!(job = %record.id.short(), function = %record.function, "failed: {reason}")

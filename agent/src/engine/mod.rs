@@ -150,6 +150,7 @@ struct Shared {
     mqtt: std::sync::OnceLock<crate::mqtt::Publisher>,
     /// `syncfs` calls made for the MQTT inbox (one per durable commit that needed one).
     filesystem_syncs: std::sync::atomic::AtomicU64,
+    metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 impl Shared {
@@ -258,8 +259,14 @@ impl AgentHandle {
         self.shared.events.subscribe()
     }
 
+    /// What `/metrics` shows of this agent.
+    pub fn metrics(&self) -> Arc<crate::metrics::AgentMetrics> {
+        self.shared.metrics.clone()
+    }
+
     /// Lets the engine offer jobs through `out` while the link is up (`None`: it is down).
     pub fn set_mesh(&self, out: Option<mpsc::UnboundedSender<MeshOut>>) {
+        self.shared.metrics.link_up.set(i64::from(out.is_some()));
         *self.shared.mesh.lock().unwrap_or_else(|e| e.into_inner()) = out;
     }
 
@@ -453,6 +460,7 @@ impl Agent {
             mesh: std::sync::Mutex::new(None),
             mqtt: std::sync::OnceLock::new(),
             filesystem_syncs: std::sync::atomic::AtomicU64::new(0),
+            metrics: Arc::default(),
         });
         let subscriptions = watch::channel(catalog.mqtt_subscriptions()).0;
         let mut agent = Self {

@@ -147,6 +147,52 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The `q` quantile of histogram `name` over what it observed between two scrapes, linearly
+/// interpolated within the bucket it falls in (as Prometheus's `histogram_quantile`).
+#[allow(dead_code)]
+pub fn histogram_quantile(q: f64, before: &str, after: &str, name: &str) -> Option<f64> {
+    let buckets = |text: &str| -> Vec<(f64, f64)> {
+        let prefix = format!("{name}_bucket{{le=\"");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|rest| {
+                let (le, count) = rest.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.split(' ').next()?.parse().ok()?))
+            })
+            .collect()
+    };
+    let (b0, b1) = (buckets(before), buckets(after));
+    let delta: Vec<(f64, f64)> = b1
+        .iter()
+        .map(|(le, n)| {
+            let was = b0.iter().find(|(l, _)| l == le).map_or(0.0, |(_, n)| *n);
+            (*le, n - was)
+        })
+        .collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (le, cumulative) in delta {
+        if cumulative >= rank {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            let inside = cumulative - below;
+            return Some(lower + (le - lower) * ((rank - below) / inside.max(f64::MIN_POSITIVE)));
+        }
+        (lower, below) = (le, cumulative);
+    }
+    None
+}
+
 pub fn tokens(server: &Server, count: usize) -> Vec<String> {
     let body = format!("{{\"ttl_secs\":3600,\"description\":\"bench\",\"count\":{count}}}");
     let created: serde_json::Value = serde_json::from_str(&http(

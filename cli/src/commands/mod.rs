@@ -3,6 +3,7 @@
 #[cfg(feature = "serve")]
 pub mod admin;
 pub mod ca;
+pub mod config;
 pub mod flash;
 pub mod membership;
 pub mod output;

@@ -5,12 +5,13 @@
 use toml::{Table, Value};
 
 /// The variables read, the key each replaces, and whether it is a comma-separated list.
-pub const VARIABLES: [(&str, &[&str], bool); 8] = [
+pub const VARIABLES: [(&str, &[&str], bool); 9] = [
     ("SPILLWAY_NAME", &["name"], false),
     ("SPILLWAY_STATE_DIR", &["state_dir"], false),
     ("SPILLWAY_QUIC_LISTEN", &["quic", "listen"], false),
     ("SPILLWAY_HTTP_LISTEN", &["http", "listen"], false),
     ("SPILLWAY_HTTP_TLS_NAMES", &["http", "tls_names"], true),
+    ("SPILLWAY_METRICS_LISTEN", &["metrics", "listen"], false),
     ("SPILLWAY_MQTT_TLS_LISTEN", &["mqtt", "tls_listen"], false),
     ("SPILLWAY_MQTT_TLS_NAMES", &["mqtt", "tls_names"], true),
     ("SPILLWAY_PUBLIC_URL", &["replicas", "public_url"], false),
@@ -18,9 +19,10 @@ pub const VARIABLES: [(&str, &[&str], bool); 8] = [
 
 /// Prefixes of settings variables: one of them that is not in `VARIABLES` is a typo, refused
 /// rather than silently ignored.
-const SETTINGS_PREFIXES: [&str; 4] = [
+const SETTINGS_PREFIXES: [&str; 5] = [
     "SPILLWAY_QUIC_",
     "SPILLWAY_HTTP_",
+    "SPILLWAY_METRICS_",
     "SPILLWAY_MQTT_",
     "SPILLWAY_STATE_",
 ];

@@ -34,6 +34,9 @@ pub struct CoordinatorConfig {
     pub http_max_connections: usize,
     /// HTTPS for the API (plain HTTP only on loopback).
     pub http_tls: HttpTls,
+    /// `[metrics] listen`: a plain-HTTP listener for Prometheus's scrapes of `/metrics`, apart
+    /// from the API (which serves `/metrics` too). None: only the API's.
+    pub metrics_listen: Option<SocketAddr>,
     pub liveness: Liveness,
     pub report_interval: Duration,
     /// Placements a handed-over job may make before it goes back to its origin.
@@ -375,6 +378,7 @@ impl Default for CoordinatorConfig {
             quic_listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
             http_max_connections: 256,
+            metrics_listen: None,
             http_tls: HttpTls::Off,
             liveness: Liveness::default(),
             report_interval: Duration::from_secs(1),
@@ -402,6 +406,7 @@ struct File {
     state_dir: Option<PathBuf>,
     quic: Option<Listen>,
     http: Option<HttpFile>,
+    metrics: Option<Listen>,
     mqtt: Option<MqttFile>,
     #[serde(default, with = "humantime_serde_opt")]
     report_interval: Option<Duration>,
@@ -789,6 +794,7 @@ impl CoordinatorConfig {
         } else {
             c.http_tls = HttpTls::Mesh { names: Vec::new() };
         }
+        c.metrics_listen = file.metrics.map(|m| m.listen);
         if let Some(m) = file.mqtt {
             c.mqtt_listen = m.listen;
             c.mqtt = MqttSettings::from_file(m)?;

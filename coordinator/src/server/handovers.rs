@@ -153,14 +153,24 @@ impl Handovers {
 }
 
 impl State {
-    /// Prometheus gauges: jobs the coordinator answers for, and blobs it keeps.
-    pub fn handover_gauges(&self) -> String {
-        let (commits, records) = self.store.journal_stats();
-        format!(
-            "# HELP spillway_handovers_open Handed-over jobs not yet delivered to (or returned to) their origin\n# TYPE spillway_handovers_open gauge\nspillway_handovers_open {}\n# HELP spillway_blobs Inputs and outputs in the coordinator's blob store\n# TYPE spillway_blobs gauge\nspillway_blobs {}\n# HELP spillway_handover_commits_total Durable commits of hand-over records (each may hold many)\n# TYPE spillway_handover_commits_total counter\nspillway_handover_commits_total {commits}\n# HELP spillway_handover_records_total Hand-over records committed\n# TYPE spillway_handover_records_total counter\nspillway_handover_records_total {records}\n",
-            self.handovers.len(),
-            self.blobs.count()
-        )
+    /// Open hand-overs by tier, for `/metrics`: `peer`, a replica's kind (`kubernetes`,
+    /// `lambda`, …), or `origin` for results and returns waiting for their origin.
+    pub fn handovers_by_tier(&self) -> std::collections::BTreeMap<String, u64> {
+        let inner = self.handovers.lock();
+        let mut tiers = std::collections::BTreeMap::new();
+        for (_, h) in inner.ledger.iter() {
+            let tier = match &h.state {
+                HandoverState::Placed {
+                    peer: Holder::Node(_),
+                } => "peer",
+                HandoverState::Placed {
+                    peer: Holder::Replica(id),
+                } => id.split_once(':').map_or("replica", |(kind, _)| kind),
+                HandoverState::Finished(_) | HandoverState::Returning(_) => "origin",
+            };
+            *tiers.entry(tier.to_owned()).or_default() += 1;
+        }
+        tiers
     }
 
     /// A node's session starts: messages for it go to `tx` from now on, and whatever it may have

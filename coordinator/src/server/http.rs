@@ -279,66 +279,14 @@ fn caller_of(state: &State, token: &str) -> Option<Scope> {
         .map(|t| t.scope)
 }
 
-async fn metrics(AxState(state): AxState<Arc<State>>) -> String {
-    let mut text = state.metrics.render(&state.view);
-    text.push_str(&state.handover_gauges());
-    text.push_str(&certificate_gauges(&state));
-    text.push_str(&disk_gauges(&state));
-    text
-}
-
-/// Nodes whose disk is nearly full (they take no work until it has room).
-fn disk_gauges(state: &State) -> String {
-    node_gauge(
-        "spillway_node_disk_full",
-        "Whether a node's disk is under its [disk] min_free (1: it takes no new inputs)",
-        state
-            .view
-            .snapshot()
-            .into_iter()
-            .map(|n| (n.name, u64::from(n.condition.disk_full))),
+async fn metrics(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            spillway_plumbing::metrics::CONTENT_TYPE,
+        )],
+        state.render_metrics(),
     )
-}
-
-/// When each node's certificate expires, for alerts well before a fleet drops off at once; and
-/// during a CA rotation, which nodes still depend on the old CA.
-fn certificate_gauges(state: &State) -> String {
-    let nodes = state.store.nodes().unwrap_or_default();
-    let mut text = node_gauge(
-        "spillway_node_certificate_expiry_seconds",
-        "When each node's certificate expires (seconds since the epoch)",
-        nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.cert_expires_at_ms / 1000)),
-    );
-    let trust = state.ca.trust();
-    let rotating = trust.retiring.is_some();
-    text.push_str(&format!(
-        "# HELP spillway_ca_rotating Whether a mesh CA rotation is under way (spillway admin ca status)\n# TYPE spillway_ca_rotating gauge\nspillway_ca_rotating {}\n",
-        u8::from(rotating)
-    ));
-    let signing = hex::encode(trust.signing.fingerprint());
-    text.push_str(&node_gauge(
-        "spillway_node_on_old_ca",
-        "During a CA rotation: 1 for a node whose certificate is from the old CA or that has not confirmed the new one",
-        nodes.iter().filter(|_| rotating).map(|n| {
-            let moved =
-                n.issuer.as_deref() == Some(signing.as_str()) && n.trusted_cas.contains(&signing);
-            (n.name.clone(), u64::from(!moved))
-        }),
-    ));
-    text
-}
-
-/// A gauge with one series per node.
-fn node_gauge(name: &str, help: &str, values: impl Iterator<Item = (String, u64)>) -> String {
-    use std::fmt::Write;
-    let mut out = format!("# HELP {name} {help}\n# TYPE {name} gauge\n");
-    for (node, value) in values {
-        // Node names are DNS labels: nothing in them needs escaping.
-        let _ = writeln!(out, "{name}{{node=\"{node}\"}} {value}");
-    }
-    out
 }
 
 fn node_view(state: &State, r: NodeRecord) -> NodeView {

@@ -1,263 +1,360 @@
-//! Counters the coordinator exports on `GET /metrics` (Prometheus text format). Every counter
-//! here is incremented somewhere; refusals are counted by reason so an operator can tell a
-//! misconfigured agent from an attack.
+//! What the coordinator exports on `GET /metrics` (OpenMetrics text, by prometheus-client):
+//! counters with outcomes and reasons as labels, so an operator can tell a misconfigured agent
+//! from an attack; histograms of job times and staleness; and, read from the view and the store
+//! at each scrape, per node, function and tier gauges.
+//!
+//! Label values that come from members (function names in job reports) are bounded: past
+//! [`MAX_FUNCTION_SERIES`] functions, the rest share the series `function="other"`.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use spillway_plumbing::metrics::{FnCollector, duration_histogram, gauge_family};
 
-use super::view::View;
+mod scrape;
 
-#[derive(Debug, Default)]
+pub use scrape::Scrape;
+
+/// Distinct function names a histogram family keeps series for.
+pub const MAX_FUNCTION_SERIES: usize = 256;
+
+type Labels = Vec<(&'static str, String)>;
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Every counter of the coordinator. The named fields are series of labelled families, made
+/// once so that counting is one atomic add.
+#[derive(Debug)]
 pub struct Metrics {
-    pub reports: AtomicU64,
-    pub reports_out_of_order: AtomicU64,
-    pub datagrams_malformed: AtomicU64,
-    pub frames_malformed: AtomicU64,
-    pub frames_refused: AtomicU64,
-    pub joins: AtomicU64,
-    pub joins_refused: AtomicU64,
-    pub certificate_renewals: AtomicU64,
-    pub certificate_renewals_refused: AtomicU64,
-    pub connections_refused: AtomicU64,
-    pub job_updates: AtomicU64,
-    pub api_unauthorized: AtomicU64,
-    pub api_forbidden: AtomicU64,
-    pub api_connections_refused: AtomicU64,
-    pub api_timeouts: AtomicU64,
-    pub handovers_accepted: AtomicU64,
-    pub handovers_declined: AtomicU64,
-    pub leases_expired: AtomicU64,
-    pub events_accepted: AtomicU64,
-    pub events_redelivered: AtomicU64,
-    pub events_malformed: AtomicU64,
-    pub events_unrouted: AtomicU64,
-    pub events_refused: AtomicU64,
-    pub replica_placements: AtomicU64,
-    pub replica_fallthroughs: AtomicU64,
-    pub replica_reconciles: AtomicU64,
-    pub replica_succeeded: AtomicU64,
-    pub replica_failed: AtomicU64,
+    registry: Registry,
+    pub reports: Counter,
+    pub reports_out_of_order: Counter,
+    pub datagrams_malformed: Counter,
+    pub frames_malformed: Counter,
+    pub frames_refused: Counter,
+    pub joins: Counter,
+    pub joins_refused: Counter,
+    pub certificate_renewals: Counter,
+    pub certificate_renewals_refused: Counter,
+    pub connections_refused: Counter,
+    pub job_updates: Counter,
+    pub api_unauthorized: Counter,
+    pub api_forbidden: Counter,
+    pub api_connections_refused: Counter,
+    pub api_timeouts: Counter,
+    pub handovers_accepted: Counter,
+    pub handovers_declined: Counter,
+    pub leases_expired: Counter,
+    pub events_accepted: Counter,
+    pub events_redelivered: Counter,
+    pub events_malformed: Counter,
+    pub events_unrouted: Counter,
+    pub events_refused: Counter,
+    /// Replica attempts by kind (`kubernetes`, `lambda`, `oscar`, `endpoint`) and outcome.
+    replica_attempts: Family<Labels, Counter>,
     /// MQTT connections and packets the gateway refused, by reason.
-    mqtt_refused: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    mqtt_refused: Family<Labels, Counter>,
+    /// Delay from an agent sending a load report to the view holding it.
+    pub staleness: Histogram,
+    job_duration: Histograms,
+    job_queue_wait: Histograms,
+    /// Function names the histograms have series for.
+    functions: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-pub fn inc(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
+/// How a replica attempt went, as the `outcome` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaOutcome {
+    /// Submitted to the replica.
+    Placed,
+    /// Certainly not run there: moved on to the next target.
+    FellThrough,
+    /// Asked about a job whose submission went unanswered.
+    Reconciled,
+    Succeeded,
+    /// Failed there, or may have run there without a result.
+    Failed,
+}
+
+impl ReplicaOutcome {
+    const ALL: [Self; 5] = [
+        Self::Placed,
+        Self::FellThrough,
+        Self::Reconciled,
+        Self::Succeeded,
+        Self::Failed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Placed => "placed",
+            Self::FellThrough => "fell_through",
+            Self::Reconciled => "reconciled",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+pub fn inc(c: &Counter) {
+    c.inc();
+}
+
+/// A counter family with one label, and its series made up front.
+fn outcomes<const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: [&'static str; N],
+) -> [Counter; N] {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    values.map(|v| family.get_or_create_owned(&vec![(label, v.to_owned())]))
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let c = Counter::default();
+    registry.register(name, help, c.clone());
+    c
+}
+
+fn histograms(registry: &mut Registry, name: &str, help: &str) -> Histograms {
+    let family = Histograms::new_with_constructor(duration_histogram);
+    registry.register(name, help, family.clone());
+    family
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = Registry::default();
+        spillway_plumbing::metrics::register_build_info(&mut r, "coordinator");
+        let [reports, reports_out_of_order, datagrams_malformed] = outcomes(
+            &mut r,
+            "spillway_load_reports",
+            "Load report datagrams: applied to the view, older than one already applied, or not load reports",
+            "outcome",
+            ["applied", "out_of_order", "malformed"],
+        );
+        let [frames_malformed, frames_refused] = outcomes(
+            &mut r,
+            "spillway_frames_refused",
+            "Member frames refused: malformed, oversized or unexpected; or well-formed but about jobs or blobs the member has no part in",
+            "reason",
+            ["malformed", "not_members_job"],
+        );
+        let [joins, joins_refused] = outcomes(
+            &mut r,
+            "spillway_joins",
+            "Join attempts: accepted, or refused (bad, expired, revoked or reused token, taken name, rate limit, version)",
+            "outcome",
+            ["accepted", "refused"],
+        );
+        let [certificate_renewals, certificate_renewals_refused] = outcomes(
+            &mut r,
+            "spillway_certificate_renewals",
+            "Node certificate renewals over the mesh: renewed, or refused (bad request, node removed, store error)",
+            "outcome",
+            ["renewed", "refused"],
+        );
+        let connections_refused = counter(
+            &mut r,
+            "spillway_connections_refused",
+            "Mesh connections refused (unknown certificate, version)",
+        );
+        let job_updates = counter(
+            &mut r,
+            "spillway_job_updates",
+            "Job state changes reported by agents",
+        );
+        let [
+            api_unauthorized,
+            api_forbidden,
+            api_connections_refused,
+            api_timeouts,
+        ] = outcomes(
+            &mut r,
+            "spillway_api_refused",
+            "API requests refused: no valid token, a scope that does not allow it, the connection limit reached, or cut off at the route's time limit",
+            "reason",
+            ["unauthorized", "forbidden", "connection_limit", "timeout"],
+        );
+        let [handovers_accepted, handovers_declined] = outcomes(
+            &mut r,
+            "spillway_handovers",
+            "Offers of queued jobs from their origins: accepted by the coordinator, or declined (no target beat staying)",
+            "outcome",
+            ["accepted", "declined"],
+        );
+        let leases_expired = counter(
+            &mut r,
+            "spillway_leases_expired",
+            "Peers whose jobs were placed again after they stayed away",
+        );
+        let [
+            events_accepted,
+            events_redelivered,
+            events_malformed,
+            events_unrouted,
+            events_refused,
+        ] = outcomes(
+            &mut r,
+            "spillway_bucket_events",
+            "S3/MinIO bucket notification objects: accepted as jobs, redelivered (answered with their job), malformed JSON, taken by no function, refused (unsafe key, too large, not downloadable)",
+            "outcome",
+            [
+                "accepted",
+                "redelivered",
+                "malformed",
+                "unrouted",
+                "refused",
+            ],
+        );
+        let replica_attempts = Family::<Labels, Counter>::default();
+        r.register(
+            "spillway_replica_attempts",
+            "Jobs on replicas outside the mesh, by kind and outcome",
+            replica_attempts.clone(),
+        );
+        // Every kind and outcome from the start, so rates start from 0 rather than from nothing.
+        for kind in ["kubernetes", "lambda", "oscar", "endpoint"] {
+            for outcome in ReplicaOutcome::ALL {
+                let _ = replica_attempts.get_or_create_owned(&vec![
+                    ("kind", kind.to_owned()),
+                    ("outcome", outcome.label().to_owned()),
+                ]);
+            }
+        }
+        let mqtt_refused = Family::<Labels, Counter>::default();
+        r.register(
+            "spillway_mqtt_refused",
+            "MQTT connections and packets the broker's gateway refused, by reason",
+            mqtt_refused.clone(),
+        );
+        // From 1 ms to 4 s: the target is a p99 under 1 s.
+        let staleness = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            0.001, 2.0, 13,
+        ));
+        r.register(
+            "spillway_view_staleness_seconds",
+            "Delay from an agent sending a load report to the view holding it",
+            staleness.clone(),
+        );
+        let job_duration = histograms(
+            &mut r,
+            "spillway_job_duration_seconds",
+            "Run time of jobs agents finished, by function (as the agent that ran it measured)",
+        );
+        let job_queue_wait = histograms(
+            &mut r,
+            "spillway_job_queue_wait_seconds",
+            "Time finished jobs waited from being queued to their last start, by function",
+        );
+        Self {
+            registry: r,
+            reports,
+            reports_out_of_order,
+            datagrams_malformed,
+            frames_malformed,
+            frames_refused,
+            joins,
+            joins_refused,
+            certificate_renewals,
+            certificate_renewals_refused,
+            connections_refused,
+            job_updates,
+            api_unauthorized,
+            api_forbidden,
+            api_connections_refused,
+            api_timeouts,
+            handovers_accepted,
+            handovers_declined,
+            leases_expired,
+            events_accepted,
+            events_redelivered,
+            events_malformed,
+            events_unrouted,
+            events_refused,
+            replica_attempts,
+            mqtt_refused,
+            staleness,
+            job_duration,
+            job_queue_wait,
+            functions: Default::default(),
+        }
+    }
 }
 
 impl Metrics {
     pub fn mqtt_refused(&self, reason: &'static str) {
-        let mut m = self.mqtt_refused.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(reason).or_default();
-        *n = n.saturating_add(1);
+        self.mqtt_refused
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
     }
 
-    pub fn render(&self, view: &View) -> String {
-        let mut out = String::new();
-        let counters = [
-            (
-                "spillway_load_reports_total",
-                "Load reports applied to the view",
-                &self.reports,
-            ),
-            (
-                "spillway_load_reports_out_of_order_total",
-                "Load reports older than one already applied",
-                &self.reports_out_of_order,
-            ),
-            (
-                "spillway_datagrams_malformed_total",
-                "Datagrams that were not load reports",
-                &self.datagrams_malformed,
-            ),
-            (
-                "spillway_frames_malformed_total",
-                "Stream frames refused (malformed, oversized, unexpected)",
-                &self.frames_malformed,
-            ),
-            (
-                "spillway_api_forbidden_total",
-                "API requests refused because the token's scope does not allow them",
-                &self.api_forbidden,
-            ),
-            (
-                "spillway_api_connections_refused_total",
-                "API connections dropped because the connection limit was reached",
-                &self.api_connections_refused,
-            ),
-            (
-                "spillway_api_timeouts_total",
-                "API requests cut off at their route's time limit",
-                &self.api_timeouts,
-            ),
-            (
-                "spillway_frames_refused_total",
-                "Well-formed member frames refused: reports on jobs or reads of blobs the member has no job for",
-                &self.frames_refused,
-            ),
-            (
-                "spillway_joins_total",
-                "Agents that joined with a token",
-                &self.joins,
-            ),
-            (
-                "spillway_joins_refused_total",
-                "Join attempts refused (bad, expired, revoked or reused token, taken name, rate limit, version)",
-                &self.joins_refused,
-            ),
-            (
-                "spillway_certificate_renewals_total",
-                "Node certificates renewed over the mesh",
-                &self.certificate_renewals,
-            ),
-            (
-                "spillway_certificate_renewals_refused_total",
-                "Certificate renewals refused (bad request, node removed, store error)",
-                &self.certificate_renewals_refused,
-            ),
-            (
-                "spillway_connections_refused_total",
-                "Connections refused (unknown certificate, version)",
-                &self.connections_refused,
-            ),
-            (
-                "spillway_job_updates_total",
-                "Job state changes reported by agents",
-                &self.job_updates,
-            ),
-            (
-                "spillway_api_unauthorized_total",
-                "API requests without a valid token",
-                &self.api_unauthorized,
-            ),
-            (
-                "spillway_handovers_accepted_total",
-                "Jobs origins handed over to the coordinator",
-                &self.handovers_accepted,
-            ),
-            (
-                "spillway_replica_placements_total",
-                "Jobs placed on replicas outside the mesh (endpoints, OSCAR clusters)",
-                &self.replica_placements,
-            ),
-            (
-                "spillway_replica_fallthroughs_total",
-                "Replica attempts that certainly did not run the job and moved it on",
-                &self.replica_fallthroughs,
-            ),
-            (
-                "spillway_replica_reconciles_total",
-                "Times a replica was asked about a job whose submission went unanswered",
-                &self.replica_reconciles,
-            ),
-            (
-                "spillway_replica_succeeded_total",
-                "Jobs replicas finished successfully",
-                &self.replica_succeeded,
-            ),
-            (
-                "spillway_replica_failed_total",
-                "Jobs that failed on a replica, or may have run there without a result",
-                &self.replica_failed,
-            ),
-            (
-                "spillway_handovers_declined_total",
-                "Offers declined (no peer had a free slot)",
-                &self.handovers_declined,
-            ),
-            (
-                "spillway_leases_expired_total",
-                "Peers whose jobs were placed again after they stayed away",
-                &self.leases_expired,
-            ),
-            (
-                "spillway_bucket_events_total",
-                "Objects of S3/MinIO bucket notifications turned into jobs",
-                &self.events_accepted,
-            ),
-            (
-                "spillway_bucket_events_redelivered_total",
-                "Bucket notifications seen before (same sequencer): answered with their job, not run again",
-                &self.events_redelivered,
-            ),
-            (
-                "spillway_bucket_events_malformed_total",
-                "Bucket notifications refused as malformed JSON",
-                &self.events_malformed,
-            ),
-            (
-                "spillway_bucket_events_unrouted_total",
-                "Objects in bucket notifications that no function takes",
-                &self.events_unrouted,
-            ),
-            (
-                "spillway_bucket_events_refused_total",
-                "Objects refused: unsafe key, too large, or not downloadable",
-                &self.events_refused,
-            ),
-        ];
-        for (name, help, c) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP spillway_nodes Nodes by health\n# TYPE spillway_nodes gauge"
-        );
-        for (health, n) in view.health_counts() {
-            let _ = writeln!(out, "spillway_nodes{{health=\"{health}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP spillway_mqtt_messages_refused_total MQTT messages an agent refused, by reason (as of its last load report)\n# TYPE spillway_mqtt_messages_refused_total counter"
-        );
-        for node in view.snapshot() {
-            let Some(r) = &node.report else { continue };
-            for (reason, n) in [
-                ("unwanted_topic", r.mqtt_unwanted),
-                ("too_large", r.mqtt_too_large),
-            ] {
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "spillway_mqtt_messages_refused_total{{node=\"{}\",reason=\"{reason}\"}} {n}",
-                        node.name
-                    );
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP spillway_mqtt_refused_total MQTT connections and packets the broker's gateway refused, by reason\n# TYPE spillway_mqtt_refused_total counter"
-        );
-        for (reason, n) in self
-            .mqtt_refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "spillway_mqtt_refused_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        let (p50, p99) = view.staleness();
-        let _ = writeln!(
-            out,
-            "# HELP spillway_view_staleness_seconds Delay from an agent sending a load report to the view holding it (last 10-20 s)\n# TYPE spillway_view_staleness_seconds summary"
-        );
-        for (q, v) in [("0.5", p50), ("0.99", p99)] {
-            if let Some(v) = v {
-                let _ = writeln!(
-                    out,
-                    "spillway_view_staleness_seconds{{quantile=\"{q}\"}} {:.3}",
-                    v.as_secs_f64()
-                );
-            }
-        }
-        out
+    /// Counts a replica attempt; `replica` is its id (`kind:…`), of which only the kind becomes
+    /// a label (the rest may be a URL with credentials in it).
+    pub fn replica(&self, replica: &str, outcome: ReplicaOutcome) {
+        let kind = replica.split_once(':').map_or("unknown", |(k, _)| k);
+        self.replica_attempts
+            .get_or_create(&vec![
+                ("kind", kind.to_owned()),
+                ("outcome", outcome.label().to_owned()),
+            ])
+            .inc();
     }
+
+    /// Records a finished job's run time and wait (from the times its agent reported).
+    pub fn job_finished(&self, function: &str, queued_ms: u64, started_ms: u64, ended_ms: u64) {
+        let labels = self.function_labels(function);
+        let seconds = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1000.0;
+        self.job_duration
+            .get_or_create(&labels)
+            .observe(seconds(started_ms, ended_ms));
+        self.job_queue_wait
+            .get_or_create(&labels)
+            .observe(seconds(queued_ms, started_ms));
+    }
+
+    /// The `function` label, or `other` once [`MAX_FUNCTION_SERIES`] names have series.
+    fn function_labels(&self, function: &str) -> Labels {
+        let mut seen = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(function) || seen.len() < MAX_FUNCTION_SERIES {
+            seen.insert(function.to_owned());
+            vec![("function", function.to_owned())]
+        } else {
+            vec![("function", "other".to_owned())]
+        }
+    }
+
+    /// The exposition: these counters and histograms, then the gauges read now.
+    pub fn render(&self, scrape: Scrape) -> String {
+        let mut gauges = Registry::default();
+        gauges.register_collector(Box::new(FnCollector(move |e: &mut DescriptorEncoder| {
+            scrape.encode(e)
+        })));
+        let mut text = String::new();
+        let encoded = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry)
+            .and_then(|()| prometheus_client::encoding::text::encode(&mut text, &gauges));
+        if let Err(e) = encoded {
+            tracing::warn!("metrics: cannot encode: {e}");
+        }
+        text
+    }
+}
+
+/// Writes a gauge with one series per node.
+fn per_node<V: prometheus_client::encoding::EncodeGaugeValue>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (String, V)>,
+) -> Result<(), std::fmt::Error> {
+    gauge_family(
+        e,
+        name,
+        help,
+        values.into_iter().map(|(n, v)| (vec![("node", n)], v)),
+    )
 }

@@ -125,6 +125,11 @@ pub struct State {
 }
 
 impl State {
+    /// `/metrics` as OpenMetrics text: the counters, then the gauges read now.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(metrics::Scrape::of(self))
+    }
+
     /// A one-time join token valid for `ttl_secs` for a new node, stored hashed.
     pub fn create_token(&self, ttl_secs: u64, description: &str) -> Result<(String, u64), String> {
         let (mut tokens, expires) =
@@ -190,6 +195,8 @@ pub struct Coordinator {
     endpoint: quinn::Endpoint,
     http: tokio::net::TcpListener,
     http_tls: Option<Arc<rustls::ServerConfig>>,
+    /// `[metrics] listen`'s listener, when set.
+    metrics: Option<tokio::net::TcpListener>,
     mqtt: Option<mqtt::Mqtt>,
     /// The API token, for the client config written next to the state.
     pub admin_token: String,
@@ -254,6 +261,17 @@ impl Coordinator {
                 source,
             })?;
         let http_addr = http.local_addr().unwrap_or(config.http_listen);
+        let metrics =
+            match config.metrics_listen {
+                None => None,
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
+                    |source| ServerError::Bind {
+                        what: "metrics",
+                        addr,
+                        source,
+                    },
+                )?),
+            };
         let http_tls =
             listener::tls_acceptor(&config, &ca, http_addr).map_err(ServerError::HttpTls)?;
         let delegations = replicas::Delegations::new(config.replicas.timeout)
@@ -288,6 +306,7 @@ impl Coordinator {
             endpoint,
             http,
             http_tls,
+            metrics,
             mqtt,
             admin_token,
         })
@@ -295,6 +314,11 @@ impl Coordinator {
 
     pub fn quic_addr(&self) -> SocketAddr {
         self.state.quic_addr
+    }
+
+    /// Where `[metrics] listen` serves, when set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -332,12 +356,22 @@ impl Coordinator {
         let leases = tokio::spawn(expire_leases(self.state.clone()));
         let delegations = tokio::spawn(replicas::driver::run(self.state.clone()));
         let rollouts = tokio::spawn(upgrades::drive(self.state.clone()));
+        let scrapes = self.metrics.take().map(|listener| {
+            let state = self.state.clone();
+            tokio::spawn(spillway_plumbing::metrics::serve(
+                listener,
+                Arc::new(move || state.render_metrics()),
+            ))
+        });
         let app = http::router(self.state.clone());
         listener::serve(self.state.clone(), self.http, self.http_tls, app, shutdown).await;
         self.endpoint
             .close(0u32.into(), b"coordinator shutting down");
         quic.abort();
         leases.abort();
+        if let Some(scrapes) = scrapes {
+            scrapes.abort();
+        }
         delegations.abort();
         rollouts.abort();
         for task in mqtt {

@@ -596,6 +596,23 @@ fn handle_frame(state: &State, node: &str, session: u64, frame: AgentFrame) {
                 return;
             }
             inc(&state.metrics.job_updates);
+            // Run times count once, from the report of the node that ran the job: a peer's
+            // (with an origin), or the origin's own when no peer ran it.
+            let newly_final = update.phase.is_final()
+                && !existing.as_ref().is_some_and(|r| {
+                    r.update.phase.is_final() || (update.origin.is_none() && r.ran_on.is_some())
+                });
+            if newly_final
+                && let (Some(started), Some(finished)) =
+                    (update.started_at_ms, update.finished_at_ms)
+            {
+                state.metrics.job_finished(
+                    &update.function,
+                    update.queued_at_ms,
+                    started,
+                    finished,
+                );
+            }
             // One row per job, under its origin: a peer's report of a job it ran for another
             // node only says where it ran (and stands in until the origin's own arrives).
             let row = match (update.origin.clone(), existing) {
@@ -700,8 +717,9 @@ async fn read_reports(state: Arc<State>, conn: quinn::Connection, node: String) 
     while let Ok(bytes) = conn.read_datagram().await {
         match LoadReport::from_datagram(&bytes) {
             Ok(report) => {
-                if state.view.report(&node, report) {
+                if let Some(stale) = state.view.report(&node, report) {
                     inc(&state.metrics.reports);
+                    state.metrics.staleness.observe(stale.as_secs_f64());
                 } else {
                     inc(&state.metrics.reports_out_of_order);
                 }

@@ -8,54 +8,6 @@ use std::time::{Duration, Instant};
 use spillway_proto::load::{Liveness, LoadReport, NodeHealth};
 use spillway_proto::wire::NodeCondition;
 
-/// How old reports are when they reach the view, over a sliding window.
-#[derive(Debug)]
-struct Staleness {
-    /// Millisecond buckets; the last one collects everything slower.
-    current: Vec<u64>,
-    previous: Vec<u64>,
-    rotated_at: Instant,
-}
-
-const STALENESS_BUCKETS: usize = 10_001;
-/// Quantiles cover the last 10–20 s.
-const STALENESS_WINDOW: Duration = Duration::from_secs(10);
-
-impl Staleness {
-    fn new(now: Instant) -> Self {
-        Self {
-            current: vec![0; STALENESS_BUCKETS],
-            previous: vec![0; STALENESS_BUCKETS],
-            rotated_at: now,
-        }
-    }
-
-    fn record(&mut self, now: Instant, ms: u64) {
-        if now.duration_since(self.rotated_at) >= STALENESS_WINDOW {
-            std::mem::swap(&mut self.current, &mut self.previous);
-            self.current.iter_mut().for_each(|b| *b = 0);
-            self.rotated_at = now;
-        }
-        self.current[(ms as usize).min(STALENESS_BUCKETS - 1)] += 1;
-    }
-
-    fn quantile(&self, q: f64) -> Option<Duration> {
-        let total: u64 = self.current.iter().chain(&self.previous).sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for ms in 0..STALENESS_BUCKETS {
-            seen += self.current[ms] + self.previous[ms];
-            if seen >= rank {
-                return Some(Duration::from_millis(ms as u64));
-            }
-        }
-        None
-    }
-}
-
 #[derive(Debug)]
 struct Live {
     report: Option<LoadReport>,
@@ -72,7 +24,6 @@ struct Live {
 #[derive(Debug)]
 struct Inner {
     nodes: HashMap<String, Live>,
-    staleness: Staleness,
 }
 
 /// One node as the view sees it now.
@@ -103,7 +54,6 @@ impl View {
         Self {
             inner: Mutex::new(Inner {
                 nodes: HashMap::new(),
-                staleness: Staleness::new(Instant::now()),
             }),
             liveness,
         }
@@ -147,22 +97,20 @@ impl View {
         }
     }
 
-    /// Applies a report unless a newer one already arrived. Returns whether it was applied.
-    pub fn report(&self, node: &str, report: LoadReport) -> bool {
+    /// Applies a report unless a newer one already arrived. Returns how stale it was when
+    /// applied (from the agent's clock to ours), or `None` when it was not.
+    pub fn report(&self, node: &str, report: LoadReport) -> Option<Duration> {
         let now = Instant::now();
-        let delay = wall_ms().saturating_sub(report.sent_at_ms);
+        let delay = Duration::from_millis(wall_ms().saturating_sub(report.sent_at_ms));
         let mut inner = self.lock();
-        let Some(live) = inner.nodes.get_mut(node) else {
-            return false;
-        };
+        let live = inner.nodes.get_mut(node)?;
         if report.seq <= live.last_seq {
-            return false;
+            return None;
         }
         live.last_seq = report.seq;
         live.report = Some(report);
         live.heard_at = now;
-        inner.staleness.record(now, delay);
-        true
+        Some(delay)
     }
 
     /// Records what a node says keeps it from taking work; returns what it said before.
@@ -212,41 +160,5 @@ impl View {
             report: l.report.clone(),
             condition: l.condition,
         }
-    }
-
-    /// Delay from an agent sending a report to the view holding it (p50, p99), last 10–20 s.
-    pub fn staleness(&self) -> (Option<Duration>, Option<Duration>) {
-        let inner = self.lock();
-        (
-            inner.staleness.quantile(0.5),
-            inner.staleness.quantile(0.99),
-        )
-    }
-
-    /// Counts of nodes per health.
-    pub fn health_counts(&self) -> [(NodeHealth, usize); 3] {
-        let snap = self.snapshot();
-        [NodeHealth::Ready, NodeHealth::Suspect, NodeHealth::Down]
-            .map(|h| (h, snap.iter().filter(|n| n.health == h).count()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn staleness_quantiles_come_from_recorded_delays() {
-        let t0 = Instant::now();
-        let mut s = Staleness::new(t0);
-        for ms in 1..=100 {
-            s.record(t0, ms);
-        }
-        assert_eq!(s.quantile(0.5), Some(Duration::from_millis(50)));
-        assert_eq!(s.quantile(0.99), Some(Duration::from_millis(99)));
-        // Two windows later the old samples are gone.
-        s.record(t0 + STALENESS_WINDOW, 5);
-        s.record(t0 + STALENESS_WINDOW * 2, 5);
-        assert_eq!(s.quantile(0.99), Some(Duration::from_millis(5)));
     }
 }

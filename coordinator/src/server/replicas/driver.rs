@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::endpoint::Callbacks;
 use super::{Backend, backend_for};
 use crate::server::State;
-use crate::server::metrics::inc;
+use crate::server::metrics::ReplicaOutcome;
 
 /// A placement for the driver.
 #[derive(Debug, Clone)]
@@ -133,7 +133,7 @@ async fn attempt(state: Arc<State>, placed: Placed) {
         a.maybe_sent = true;
         Next::Reconcile { after_ms: 0 }
     } else {
-        inc(&state.metrics.replica_placements);
+        state.metrics.replica(&replica, ReplicaOutcome::Placed);
         tracing::info!(job = %id.short(), replica = %replica, attempt, "job placed on a replica");
         let answer = backend.submit(&envelope).await;
         tracing::debug!(job = %id.short(), replica = %replica, ?answer, "replica answered");
@@ -147,7 +147,7 @@ async fn attempt(state: Arc<State>, placed: Placed) {
         match next {
             Next::Finished { succeeded, detail } => {
                 let outcome = if succeeded {
-                    inc(&state.metrics.replica_succeeded);
+                    state.metrics.replica(&replica, ReplicaOutcome::Succeeded);
                     match state.replica_outputs(id) {
                         Ok(outputs) => Outcome::Succeeded { outputs },
                         Err(why) => Outcome::Failed {
@@ -155,7 +155,7 @@ async fn attempt(state: Arc<State>, placed: Placed) {
                         },
                     }
                 } else {
-                    inc(&state.metrics.replica_failed);
+                    state.metrics.replica(&replica, ReplicaOutcome::Failed);
                     tracing::warn!(job = %id.short(), replica = %replica, "the job failed there: {detail}");
                     Outcome::Failed {
                         reason: format!("on `{replica}`: {detail}"),
@@ -166,20 +166,20 @@ async fn attempt(state: Arc<State>, placed: Placed) {
                 return;
             }
             Next::GiveUp(why) => {
-                inc(&state.metrics.replica_failed);
+                state.metrics.replica(&replica, ReplicaOutcome::Failed);
                 tracing::warn!(job = %id.short(), replica = %replica, "{why}");
                 state.replica_done(id, &replica, Outcome::Failed { reason: why });
                 return;
             }
             Next::Elsewhere(why) => {
-                inc(&state.metrics.replica_fallthroughs);
+                state.metrics.replica(&replica, ReplicaOutcome::FellThrough);
                 tracing::warn!(job = %id.short(), replica = %replica, "{why}; trying the next target");
                 state.replica_lost(id, &replica, attempt, &why);
                 return;
             }
             Next::Reconcile { after_ms } => {
                 tokio::time::sleep(Duration::from_millis(after_ms)).await;
-                inc(&state.metrics.replica_reconciles);
+                state.metrics.replica(&replica, ReplicaOutcome::Reconciled);
                 let found = settled(&state, id, timeout, backend.status(&envelope).await);
                 tracing::debug!(job = %id.short(), replica = %replica, ?found, "reconciled");
                 next = a.reconciled(found);
