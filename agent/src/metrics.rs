@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use spillway_plumbing::metrics::{FnCollector, duration_histogram, gauge_family};
+use spillway_plumbing::metrics::{duration_histogram, gauge_family};
 use spillway_proto::Event;
 
 use crate::engine::AgentHandle;
@@ -129,17 +129,9 @@ impl AgentMetrics {
         let disk_full = agent.disk_full();
         let syncs = agent.disk_syncs();
         let node = agent.config().node_name.clone();
-        let mut now = Registry::default();
-        now.register_collector(Box::new(FnCollector(move |e: &mut DescriptorEncoder| {
+        spillway_plumbing::metrics::encode_with(&self.registry, move |e| {
             encode_load(e, &node, &load, disk_full, syncs)
-        })));
-        let mut text = String::new();
-        let encoded = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry)
-            .and_then(|()| prometheus_client::encoding::text::encode(&mut text, &now));
-        if let Err(e) = encoded {
-            tracing::warn!("metrics: cannot encode: {e}");
-        }
-        text
+        })
     }
 }
 
@@ -175,39 +167,14 @@ fn encode_load(
     ] {
         gauge_family(e, name, help, [(this(), value)])?;
     }
-    type Read = fn(&spillway_proto::load::FunctionLoad) -> f64;
-    let per_function: [(&str, &str, Read); 4] = [
-        (
-            "spillway_agent_function_queued",
-            "Jobs of a function queued here",
-            |f| f64::from(f.queued),
-        ),
-        (
-            "spillway_agent_function_running",
-            "Jobs of a function running here",
-            |f| f64::from(f.running),
-        ),
-        (
-            "spillway_agent_function_free_slots",
-            "Slots free for a function here",
-            |f| f64::from(f.free_slots),
-        ),
-        (
-            "spillway_agent_function_mean_run_seconds",
-            "A function's recent mean run time here (0 while unknown)",
-            |f| f64::from(f.mean_run_ms) / 1000.0,
-        ),
-    ];
-    for (name, help, read) in per_function {
-        gauge_family(
-            e,
-            name,
-            help,
-            load.functions
-                .iter()
-                .map(|f| (vec![("function", f.name.clone())], read(f))),
-        )?;
-    }
+    spillway_plumbing::metrics::function_load_gauges(
+        e,
+        "spillway_agent_function",
+        "here",
+        load.functions
+            .iter()
+            .map(|f| (vec![("function", f.name.clone())], f)),
+    )?;
     let mut refused = e.encode_descriptor(
         "spillway_agent_mqtt_messages_refused",
         "MQTT messages refused, by reason: on no function's topic, or over [mqtt] max_payload",

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::engine::ArgValueCompleter;
 use spillway_cli::client::Client;
 use spillway_cli::commands::output::Format;
 use spillway_cli::commands::{self as cli, membership};
@@ -38,8 +39,9 @@ struct Cli {
     /// The client config's context to use (default: its current-context).
     #[arg(long, global = true, env = "SPILLWAY_CONTEXT")]
     context: Option<String>,
-    /// Output format.
-    #[arg(short, long, global = true, value_enum, default_value = "table")]
+    /// Output format: table, wide, name, json, yaml, or jsonpath=TEMPLATE (kubectl's:
+    /// '{.items[*].name}', '{range .items[*]}{.name}{"\n"}{end}').
+    #[arg(short, long, global = true, value_parser = Format::parse, default_value = "table")]
     output: Format,
     #[command(subcommand)]
     command: Command,
@@ -114,10 +116,11 @@ enum Command {
     Get {
         what: String,
         /// Names (nodes, functions), job ids or their prefixes; or what the kind takes.
+        #[arg(add = ArgValueCompleter::new(cli::complete::names))]
         args: Vec<String>,
-        #[arg(long)]
+        #[arg(long, add = ArgValueCompleter::new(cli::complete::nodes))]
         node: Option<String>,
-        #[arg(long)]
+        #[arg(long, add = ArgValueCompleter::new(cli::complete::functions))]
         function: Option<String>,
         /// Label selector, KEY=VALUE, KEY!=VALUE or KEY, comma-separated: nodes by their
         /// labels, functions by theirs (the FDL's `labels`), jobs by their node's.
@@ -130,7 +133,11 @@ enum Command {
     /// Upload a file into a node's data folders: spillway put FILE NODE:bucket/key
     Put { file: PathBuf, dest: String },
     /// Show everything about one node, function or job.
-    Describe { kind: String, name: String },
+    Describe {
+        kind: String,
+        #[arg(add = ArgValueCompleter::new(cli::complete::names))]
+        name: String,
+    },
     /// This client's version and the coordinator's.
     Version,
     /// The client config's contexts: several coordinators in one file.
@@ -144,11 +151,20 @@ enum Command {
     },
     /// Take nodes out of placement for maintenance: no new job is placed on them (spilled jobs,
     /// invocations, OSCAR runs, bucket events); their running and queued jobs carry on.
-    Cordon { nodes: Vec<String> },
+    Cordon {
+        #[arg(add = ArgValueCompleter::new(cli::complete::nodes))]
+        nodes: Vec<String>,
+    },
     /// Put cordoned nodes back into placement.
-    Uncordon { nodes: Vec<String> },
+    Uncordon {
+        #[arg(add = ArgValueCompleter::new(cli::complete::nodes))]
+        nodes: Vec<String>,
+    },
     /// Print a job's log (stdout, stderr, outcome).
-    Logs { job: String },
+    Logs {
+        #[arg(add = ArgValueCompleter::new(cli::complete::jobs))]
+        job: String,
+    },
     /// Live per-node load.
     Top {
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -161,6 +177,7 @@ enum Command {
     ///
     /// spillway invoke FUNCTION --file F | -i TEXT [--wait]
     Invoke {
+        #[arg(add = ArgValueCompleter::new(cli::complete::functions))]
         function: String,
         /// The input file.
         #[arg(long, required_unless_present = "input", conflicts_with = "input")]
@@ -286,7 +303,8 @@ enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
-    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    /// Print static shell completions (bash, zsh, fish, elvish, powershell). For completions
+    /// that also know node, function and job names: `source <(COMPLETE=bash spillway)`.
     Completions { shell: clap_complete::Shell },
     /// Replay a workload in the placement simulator (simulated time, seconds of real time).
     ///
@@ -471,6 +489,7 @@ enum ApiTokenCommand {
 enum LabelCommand {
     /// Set (KEY=VALUE) or remove (KEY-) a node's labels, or its cluster id.
     Node {
+        #[arg(add = ArgValueCompleter::new(cli::complete::nodes))]
         name: String,
         #[arg(value_name = "KEY=VALUE|KEY-")]
         changes: Vec<String>,
@@ -487,6 +506,9 @@ enum LabelCommand {
 
 fn main() -> ExitCode {
     restore_sigpipe();
+    // `COMPLETE=bash spillway` prints the shell's hook; the hook calls back here with the words
+    // typed, and this answers with candidates (names from the coordinator) and exits.
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let cli = Cli::parse();
     #[cfg(feature = "up")]
     if let Command::OciRun { bundle } = &cli.command {
@@ -1023,8 +1045,9 @@ fn simulate(
     let report = w.run(policy);
     match format {
         Format::Table | Format::Wide | Format::Name => println!("{}", report.table()),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Format::Yaml => print!("{}", serde_saphyr::to_string(&report)?),
+        Format::Json | Format::Yaml | Format::JsonPath => {
+            format.print_data(&report)?;
+        }
     }
     if let Some(path) = plot {
         report

@@ -66,6 +66,23 @@ pub fn encode(registry: &Registry) -> String {
     text
 }
 
+/// The registry's metrics, then those `now` writes from values read at this scrape, as one
+/// OpenMetrics exposition.
+pub fn encode_with<F>(registry: &Registry, now: F) -> String
+where
+    F: Fn(&mut DescriptorEncoder) -> Result<(), std::fmt::Error> + Send + Sync + 'static,
+{
+    let mut read_now = Registry::default();
+    read_now.register_collector(Box::new(FnCollector(now)));
+    let mut text = String::new();
+    let encoded = prometheus_client::encoding::text::encode_registry(&mut text, registry)
+        .and_then(|()| prometheus_client::encoding::text::encode(&mut text, &read_now));
+    if let Err(e) = encoded {
+        tracing::warn!("metrics: a collector failed: {e}");
+    }
+    text
+}
+
 /// Writes one gauge family from values read at scrape time (per node, per function): each
 /// `(labels, value)` pair is one series.
 pub fn gauge_family<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue>(
@@ -77,6 +94,44 @@ pub fn gauge_family<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeGau
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, value) in series {
         ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The gauges of a load report's per-function entries, named `{prefix}_queued`, `_running`,
+/// `_free_slots` and `_mean_run_seconds`; `series` gives each entry with its labels (an agent's
+/// own `function`, or the coordinator's `node` and `function`). `whose` ends each help text
+/// ("here", "on a node").
+pub fn function_load_gauges<'a, L: EncodeLabelSet + Clone>(
+    encoder: &mut DescriptorEncoder,
+    prefix: &str,
+    whose: &str,
+    series: impl Iterator<Item = (L, &'a spillway_proto::load::FunctionLoad)> + Clone,
+) -> Result<(), std::fmt::Error> {
+    type Read = fn(&spillway_proto::load::FunctionLoad) -> f64;
+    let gauges: [(&str, &str, Read); 4] = [
+        ("queued", "Jobs of a function queued", |f| {
+            f64::from(f.queued)
+        }),
+        ("running", "Jobs of a function running", |f| {
+            f64::from(f.running)
+        }),
+        ("free_slots", "Slots free for a function", |f| {
+            f64::from(f.free_slots)
+        }),
+        (
+            "mean_run_seconds",
+            "A function's recent mean run time (0 while unknown)",
+            |f| f64::from(f.mean_run_ms) / 1000.0,
+        ),
+    ];
+    for (name, help, read) in gauges {
+        gauge_family(
+            encoder,
+            &format!("{prefix}_{name}"),
+            &format!("{help} {whose}"),
+            series.clone().map(|(labels, f)| (labels, read(f))),
+        )?;
     }
     Ok(())
 }

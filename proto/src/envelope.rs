@@ -125,9 +125,52 @@ impl JobId {
     }
 }
 
+impl Envelope {
+    /// The W3C trace context (`traceparent`) of this delegation to `replica`: see
+    /// [`JobId::traceparent`].
+    pub fn traceparent(&self, replica: &str) -> String {
+        self.job.traceparent(self.attempt, replica)
+    }
+}
+
+impl JobId {
+    /// A W3C trace context (`traceparent`) for attempt `attempt` of this job on `target`: the
+    /// job id is the trace id (both are 16 bytes), so a job can be followed across tiers by its
+    /// id in any tracing system or log; the parent id tells the attempts and targets apart.
+    pub fn traceparent(&self, attempt: u32, target: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::new()
+            .chain_update(self.to_string())
+            .chain_update(attempt.to_be_bytes())
+            .chain_update(target)
+            .finalize();
+        let mut parent = [0u8; 8];
+        parent.copy_from_slice(&digest[..8]);
+        // All zeros is W3C's invalid parent id.
+        if parent == [0; 8] {
+            parent[7] = 1;
+        }
+        format!("00-{self}-{}-01", hex::encode(parent))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_traceparent_carries_the_job_id_as_its_trace_id_and_tells_attempts_apart() {
+        let job = JobId::derive("pi-1", "f", "in/a.txt", &[7; 32]);
+        let first = job.traceparent(1, "endpoint:http://a");
+        let parts: Vec<&str> = first.split('-').collect();
+        assert_eq!(parts.len(), 4, "{first}");
+        assert_eq!((parts[0], parts[3]), ("00", "01"));
+        assert_eq!(parts[1], job.to_string());
+        assert_eq!(parts[1].len(), 32);
+        assert_eq!(parts[2].len(), 16);
+        assert_ne!(first, job.traceparent(1, "oscar:c/s"));
+        assert_ne!(first, job.traceparent(2, "endpoint:http://a"));
+    }
 
     #[test]
     fn an_upload_url_keeps_folders_and_encodes_the_rest_of_the_name() {

@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -74,23 +73,14 @@ fn get_describe_apply_invoke_and_version_work_as_kubectl_and_oscar_cli_users_exp
     std::fs::write(fdl.join("notes.txt"), "not FDL").unwrap();
     let out = ok(&c, &["apply", "-f", fdl.to_str().unwrap()]);
     assert_eq!(out.trim(), "function/upper created");
-    let mut stdin_apply = Command::new(bin("spillway"))
-        .arg("--client-config")
-        .arg(c.dir.path().join("state/client.toml"))
-        .args(["apply", "-f", "-"])
-        .env("HOME", c.dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    stdin_apply
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(OTHER.as_bytes())
-        .unwrap();
-    let out = stdin_apply.wait_with_output().unwrap();
+    let out = support::with_stdin(
+        Command::new(bin("spillway"))
+            .arg("--client-config")
+            .arg(c.dir.path().join("state/client.toml"))
+            .args(["apply", "-f", "-"])
+            .env("HOME", c.dir.path()),
+        OTHER.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -123,6 +113,70 @@ fn get_describe_apply_invoke_and_version_work_as_kubectl_and_oscar_cli_users_exp
     // get KIND NAME…: only those, in the order asked; an unknown name is an error naming it.
     let out = ok(&c, &["-o", "name", "get", "nodes", "pi-shed", "pi-attic"]);
     assert_eq!(out, "pi-shed\npi-attic\n");
+    // -o jsonpath=…, kubectl's templates: lists are `.items`, ranges repeat, strings are bare.
+    let out = ok(
+        &c,
+        &[
+            "-o",
+            "jsonpath={.items[*].name}",
+            "get",
+            "nodes",
+            "pi-shed",
+            "pi-attic",
+        ],
+    );
+    assert_eq!(out, "pi-shed pi-attic\n");
+    let out = ok(
+        &c,
+        &[
+            "-o",
+            "jsonpath={range .items[*]}{.name}:{.labels.zone}{\"\\n\"}{end}",
+            "get",
+            "nodes",
+        ],
+    );
+    assert_eq!(out, "pi-attic:attic\npi-shed:shed\n");
+    let err = refused(&c, &["-o", "jsonpath={.items[", "get", "nodes"]);
+    assert!(err.contains("a `{` without its `}`"), "{err}");
+    // Dynamic completion: the shell's hook asks the binary, which asks the coordinator.
+    let complete = |words: &[&str], config: &std::path::Path| {
+        let out = Command::new(bin("spillway"))
+            .args([&["--", "spillway"], words].concat())
+            .env("COMPLETE", "fish")
+            .env("SPILLWAY_CONFIG", config)
+            .env_remove("SPILLWAY_CONTEXT")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut words: Vec<String> = text
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_owned())
+            .collect();
+        words.sort();
+        words
+    };
+    let client_config = c.dir.path().join("state/client.toml");
+    assert_eq!(
+        complete(&["cordon", "pi-"], &client_config),
+        ["pi-attic", "pi-shed"]
+    );
+    assert_eq!(complete(&["invoke", "lo"], &client_config), ["lower"]);
+    assert_eq!(
+        complete(&["describe", "function", "u"], &client_config),
+        ["upper"]
+    );
+    // A coordinator that does not answer completes nothing, and quickly.
+    let nowhere = dir.path().join("nowhere.toml");
+    std::fs::write(&nowhere, "coordinator = \"http://127.0.0.1:9\"\n").unwrap();
+    let asked = std::time::Instant::now();
+    assert!(complete(&["cordon", "pi-"], &nowhere).is_empty());
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    let err = refused(&c, &["-o", "yml", "get", "nodes"]);
+    assert!(
+        err.contains("use table, wide, name, json, yaml or jsonpath=TEMPLATE"),
+        "{err}"
+    );
     let err = refused(&c, &["get", "nodes", "pi-shed", "pi-gone", "pi-lost"]);
     assert!(err.contains("no node named pi-gone, pi-lost"), "{err}");
     let out = ok(&c, &["get", "function", "lower"]);

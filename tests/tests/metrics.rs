@@ -16,23 +16,22 @@ use std::time::Duration;
 use serde_json::Value;
 use support::{Coordinator, Node, free_port, repo, wait_until};
 
-const FDL: &str = "functions:
+/// `upper`, and `fails`, which always exits 3.
+fn fdl() -> String {
+    format!(
+        "functions:
   oscar:
-  - edge:
-      name: upper
-      runtime: process
-      script: upper.sh
-      timeout: 30
-      input: [{storage_provider: minio.default, path: texts/in}]
-      output: [{storage_provider: minio.default, path: texts/out}]
-  - edge:
+{}  - edge:
       name: fails
       runtime: process
       command: ['/bin/sh', '-c', 'echo no >&2; exit 3']
       timeout: 30
-      input: [{storage_provider: minio.default, path: boom/in}]
-      output: [{storage_provider: minio.default, path: boom/out}]
-";
+      input: [{{storage_provider: minio.default, path: boom/in}}]
+      output: [{{storage_provider: minio.default, path: boom/out}}]
+",
+        support::UPPER
+    )
+}
 
 fn get(port: u16, path: &str) -> (u16, String, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -77,21 +76,10 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         out.append([s.name, s.labels, s.value])
 print(json.dumps(out))
 "#;
-    let mut child = Command::new("python3")
-        .args(["-c", PARSER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = support::with_stdin(
+        Command::new("python3").args(["-c", PARSER]),
+        text.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "the OpenMetrics parser refused the exposition: {}\n{text}",
@@ -204,15 +192,7 @@ fn prometheus_scrapes_an_agent_and_the_coordinator_with_labelled_metrics() {
     ));
     c.join(&node);
     node.start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("fns.yaml"), FDL).unwrap();
-    std::fs::copy(
-        repo("tests/fixtures/mesh/upper.sh"),
-        dir.path().join("upper.sh"),
-    )
-    .unwrap();
-    let (ok, _, err) = c.cli(&["apply", dir.path().join("fns.yaml").to_str().unwrap()]);
-    assert!(ok, "{err}");
+    support::apply_fdl(&c, &fdl());
     assert!(
         wait_until(Duration::from_secs(30), || c.runs("pi-1", "upper")
             && c.runs("pi-1", "fails")),

@@ -190,7 +190,11 @@ fn oversized_and_unwanted_messages_are_refused_without_stopping_the_rest() {
         log.contains("payload is 4096 bytes, over [mqtt] max_payload (1024 bytes)"),
         "{log}"
     );
-    assert!(files_under(&node.path("state/inbox")).is_empty());
+    // The message's inbox copy goes once the end is journaled (just after `jobs` shows it).
+    assert!(wait_until(Duration::from_secs(10), || files_under(
+        &node.path("state/inbox")
+    )
+    .is_empty()));
 
     // A function moved to another topic while the agent was down: the broker still holds the
     // old subscription's messages; they are dropped with a warning, and the old subscription

@@ -261,6 +261,25 @@ fn surplus_falls_through_refusing_silent_and_resetting_endpoints_to_the_next_by_
     assert_eq!(jobs(silent.seen("received")), ran_jobs);
     assert_eq!(jobs(resetting.seen("received")), ran_jobs);
     assert!(refusing.seen("bad-idempotency-key").is_empty());
+    // Each job carries its id as the trace id of a W3C traceparent to every replica it was
+    // tried on, with a parent id of each attempt's own: one trace across the tiers.
+    for endpoint in [&refusing, &silent, &resetting, &working] {
+        assert!(
+            endpoint.seen("bad-traceparent").is_empty(),
+            "{:?}",
+            endpoint.seen("bad-traceparent")
+        );
+    }
+    for job in &ran_jobs {
+        let parents: std::collections::BTreeSet<String> =
+            [&refusing, &silent, &resetting, &working]
+                .iter()
+                .flat_map(|e| e.seen("traceparent"))
+                .filter(|(j, _)| j == job)
+                .map(|(_, parent)| parent)
+                .collect();
+        assert_eq!(parents.len(), 4, "{job}: {parents:?}");
+    }
     assert_eq!(replica_attempts(&c, "fell_through"), 3 * delegated as u64);
     assert_eq!(replica_attempts(&c, "succeeded"), delegated as u64);
     // The replica's header value is a credential: never in the log.

@@ -3,8 +3,10 @@
 #[cfg(feature = "serve")]
 pub mod admin;
 pub mod ca;
+pub mod complete;
 pub mod config;
 pub mod flash;
+pub mod jsonpath;
 pub mod membership;
 pub mod output;
 pub mod upgrade;
@@ -562,7 +564,9 @@ pub async fn describe(
     };
     // A person reads YAML; `-o json` is for scripts.
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        Format::Json | Format::JsonPath => {
+            format.print_data(&value)?;
+        }
         Format::Name => println!("{name}"),
         Format::Yaml | Format::Table | Format::Wide => {
             print!("{}", serde_saphyr::to_string(&value)?)
@@ -579,16 +583,13 @@ pub async fn version(client: &Client, format: Format) -> anyhow::Result<()> {
     });
     let server: Result<serde_json::Value, _> = client.get("/system/info").await;
     match format {
-        Format::Json | Format::Yaml => {
+        Format::Json | Format::Yaml | Format::JsonPath => {
             let mut both = serde_json::json!({ "client": mine });
             match &server {
                 Ok(info) => both["server"] = info.clone(),
                 Err(e) => both["server_error"] = e.to_string().into(),
             }
-            match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&both)?),
-                _ => print!("{}", serde_saphyr::to_string(&both)?),
-            }
+            format.print_data(&both)?;
         }
         Format::Table | Format::Wide | Format::Name => {
             println!("client: spillway {}", env!("CARGO_PKG_VERSION"));

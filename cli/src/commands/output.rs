@@ -1,9 +1,14 @@
-//! `-o table|wide|name|json|yaml`: every listing can be read by a person or a script.
+//! `-o table|wide|name|json|yaml|jsonpath=TEMPLATE`: every listing can be read by a person or a
+//! script.
+
+use std::sync::OnceLock;
 
 use comfy_table::{Table, presets};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+use super::jsonpath::Template;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// Columns for a terminal.
     Table,
@@ -13,9 +18,63 @@ pub enum Format {
     Name,
     Json,
     Yaml,
+    /// `jsonpath=TEMPLATE`: kubectl's templates (the template is [`jsonpath_template`]).
+    JsonPath,
+}
+
+/// The template of `-o jsonpath=…`, parsed once when the flag is (one per process, as the flag).
+static JSONPATH: OnceLock<Template> = OnceLock::new();
+
+fn jsonpath_template() -> Option<&'static Template> {
+    JSONPATH.get()
 }
 
 impl Format {
+    /// The `-o` flag's value parser.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "table" => Self::Table,
+            "wide" => Self::Wide,
+            "name" => Self::Name,
+            "json" => Self::Json,
+            "yaml" => Self::Yaml,
+            _ => {
+                let Some(template) = text.strip_prefix("jsonpath=") else {
+                    return Err(format!(
+                        "`{text}`: use table, wide, name, json, yaml or jsonpath=TEMPLATE"
+                    ));
+                };
+                let template = Template::parse(template)?;
+                // A second -o replaces the first, as clap does with the flag.
+                let _ = JSONPATH.set(template);
+                Self::JsonPath
+            }
+        })
+    }
+
+    /// Prints `value` as JSON, YAML or the `-o jsonpath` template; `false` for the table
+    /// formats, which the caller prints its own way.
+    pub fn print_data<T: Serialize>(self, value: &T) -> anyhow::Result<bool> {
+        match self {
+            Self::Json => println!("{}", serde_json::to_string_pretty(value)?),
+            Self::Yaml => print!("{}", serde_saphyr::to_string(value)?),
+            Self::JsonPath => {
+                let value = serde_json::to_value(value)?;
+                if let Some(t) = jsonpath_template() {
+                    // Ends with a newline, once: a shell prompt never runs on after it.
+                    let text = t.render(&value);
+                    if text.ends_with('\n') {
+                        print!("{text}");
+                    } else {
+                        println!("{text}");
+                    }
+                }
+            }
+            Self::Table | Self::Wide | Self::Name => return Ok(false),
+        }
+        Ok(true)
+    }
+
     /// Meant for a person reading a terminal (table, wide and name print as tables where a
     /// command has no list of names).
     pub fn is_table(self) -> bool {
@@ -33,9 +92,11 @@ pub fn print<T: Serialize>(
     header: &[&str],
     rows: impl FnOnce() -> Vec<Vec<String>>,
 ) -> anyhow::Result<()> {
+    if format.print_data(value)? {
+        return Ok(());
+    }
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Format::Yaml => print!("{}", serde_saphyr::to_string(value)?),
+        Format::Json | Format::Yaml | Format::JsonPath => {}
         Format::Name => {
             for row in rows() {
                 if let Some(name) = row.into_iter().next() {

@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use spillway_plumbing::metrics::{FnCollector, duration_histogram, gauge_family};
+use spillway_plumbing::metrics::{duration_histogram, gauge_family};
 
 mod scrape;
 
@@ -330,17 +330,7 @@ impl Metrics {
 
     /// The exposition: these counters and histograms, then the gauges read now.
     pub fn render(&self, scrape: Scrape) -> String {
-        let mut gauges = Registry::default();
-        gauges.register_collector(Box::new(FnCollector(move |e: &mut DescriptorEncoder| {
-            scrape.encode(e)
-        })));
-        let mut text = String::new();
-        let encoded = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry)
-            .and_then(|()| prometheus_client::encoding::text::encode(&mut text, &gauges));
-        if let Err(e) = encoded {
-            tracing::warn!("metrics: cannot encode: {e}");
-        }
-        text
+        spillway_plumbing::metrics::encode_with(&self.registry, move |e| scrape.encode(e))
     }
 }
 

@@ -17,6 +17,9 @@ Modes:
                   function's script, uploads the outputs and reports through the callback
   runner-once     as `runner` for the first job; then, at capacity, record `refused JOB` and
                   answer 503
+
+Every mode also records `traceparent JOB PARENT_ID` for a W3C `traceparent` header whose trace
+id is the job id, or `bad-traceparent JOB HEADER` for any other.
 """
 
 import hashlib
@@ -65,6 +68,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         job = envelope["job"]
         if self.headers.get("Idempotency-Key") != job:
             record(f"bad-idempotency-key {job}")
+        # W3C trace context: version 00, the job id as the trace id, a parent id, sampled.
+        parts = (self.headers.get("traceparent") or "").split("-")
+        if (len(parts) == 4 and parts[0] == "00" and parts[1] == job and parts[3] == "01"
+                and len(parts[2]) == 16 and int(parts[2], 16) != 0):
+            record(f"traceparent {job} {parts[2]}")
+        else:
+            record(f"bad-traceparent {job} {self.headers.get('traceparent')!r}")
         mode = MODE
         if MODE == "runner-once":
             with lock:

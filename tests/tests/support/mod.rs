@@ -643,3 +643,49 @@ pub fn count(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     );
     sample(text, name, labels).map_or(0, |v| v as u64)
 }
+
+/// The FDL entry of `upper` (the mesh fixture's script): `texts/in` to `texts/out`. Tests put it
+/// under `functions:\n  oscar:\n` with their own entries, and apply it with [`apply_fdl`].
+#[allow(dead_code)]
+pub const UPPER: &str = "  - edge:
+      name: upper
+      runtime: process
+      script: upper.sh
+      timeout: 30
+      input: [{storage_provider: minio.default, path: texts/in}]
+      output: [{storage_provider: minio.default, path: texts/out}]
+";
+
+/// Applies `fdl` (with the mesh fixture's `upper.sh` beside it) through the CLI.
+#[allow(dead_code)]
+pub fn apply_fdl(c: &Coordinator, fdl: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("functions.yaml"), fdl).expect("write FDL");
+    std::fs::copy(
+        repo("tests/fixtures/mesh/upper.sh"),
+        dir.path().join("upper.sh"),
+    )
+    .expect("copy upper.sh");
+    let path = dir.path().join("functions.yaml");
+    let (ok, _, err) = c.cli(&["apply", path.to_str().expect("path")]);
+    assert!(ok, "spillway apply: {err}");
+}
+
+/// Runs `cmd` with `input` on its standard input; its output, read whole.
+#[allow(dead_code)]
+pub fn with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}

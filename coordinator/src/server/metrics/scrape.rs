@@ -177,32 +177,12 @@ impl Scrape {
                 })
             })
         };
-        type Read = fn(&spillway_proto::load::FunctionLoad) -> f64;
-        let gauges: [(&str, &str, Read); 4] = [
-            (
-                "spillway_function_queued",
-                "Jobs of a function queued on a node",
-                |f| f64::from(f.queued),
-            ),
-            (
-                "spillway_function_running",
-                "Jobs of a function running on a node",
-                |f| f64::from(f.running),
-            ),
-            (
-                "spillway_function_free_slots",
-                "Slots a node has free for a function",
-                |f| f64::from(f.free_slots),
-            ),
-            (
-                "spillway_function_mean_run_seconds",
-                "A function's recent mean run time on a node (0 while unknown)",
-                |f| f64::from(f.mean_run_ms) / 1000.0,
-            ),
-        ];
-        for (name, help, read) in gauges {
-            gauge_family(e, name, help, loads().map(|(l, f)| (l, read(f))))?;
-        }
+        spillway_plumbing::metrics::function_load_gauges(
+            e,
+            "spillway_function",
+            "on a node",
+            loads(),
+        )?;
         Ok(())
     }
 

@@ -156,6 +156,7 @@ impl Backend for EndpointBackend {
                 .post(&self.url)
                 .timeout(self.timeout)
                 .header("Idempotency-Key", envelope.job.to_string())
+                .header("traceparent", envelope.traceparent(&self.id))
                 .json(envelope);
             for (name, value) in &self.headers {
                 request = request.header(name.as_str(), value.as_str());

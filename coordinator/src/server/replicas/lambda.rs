@@ -262,7 +262,11 @@ impl Backend for LambdaBackend {
             } else {
                 "RequestResponse"
             };
-            let mut headers = vec![("content-type", "application/json")];
+            let traceparent = envelope.traceparent(&self.id);
+            let mut headers = vec![
+                ("content-type", "application/json"),
+                ("traceparent", traceparent.as_str()),
+            ];
             if !self.is_function_url {
                 headers.push(("x-amz-invocation-type", invocation));
             }

@@ -171,6 +171,7 @@ impl OscarBackend {
             .timeout(self.timeout)
             .bearer_auth(token)
             .header("X-Delegated-Job-ID", envelope.job.executor_name())
+            .header("traceparent", envelope.traceparent(&self.id))
             .header("X-Delegated-From", &self.from)
             .json(&wrapped_event(&self.from, envelope))
             .send()
