@@ -4,6 +4,7 @@
 //! ([`selector`]) label selectors.
 
 pub mod ca;
+pub mod events;
 pub mod selector;
 pub mod tokens;
 pub mod upgrades;

@@ -261,6 +261,15 @@ impl Client {
         r
     }
 
+    /// `GET path` whose body is read as it comes (a server-sent event stream), with no time
+    /// limit on the whole.
+    pub async fn open_stream(&self, path: &str) -> Result<reqwest_tls::Response, ClientError> {
+        let req = self
+            .request(reqwest_tls::Method::GET, path)
+            .header("accept", "text/event-stream");
+        self.send(req).await
+    }
+
     async fn send(
         &self,
         req: reqwest_tls::RequestBuilder,

@@ -110,7 +110,8 @@ enum Command {
     },
     /// List nodes, functions, jobs or a node's files; or download NODE:PATH.
     ///
-    /// spillway get nodes | functions | jobs [NAME…] [-l SELECTOR] [--node N] [--function F]
+    /// spillway get nodes | functions | jobs [NAME…] [-l SELECTOR] [--node N] [--function F] [--watch]
+    /// spillway get events [--watch]
     /// spillway get upgrades [ID] | releases | files NODE [PREFIX]
     /// spillway get NODE:bucket/key [DEST]
     Get {
@@ -129,6 +130,10 @@ enum Command {
         /// Most recent jobs to list.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// After listing nodes, jobs or events, print each change as it happens (until
+        /// interrupted).
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// Upload a file into a node's data folders: spillway put FILE NODE:bucket/key
     Put { file: PathBuf, dest: String },
@@ -726,8 +731,31 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
             function,
             selector,
             limit,
+            watch,
         } => {
             let c = client()?;
+            if watch
+                && !matches!(
+                    what.as_str(),
+                    "nodes" | "node" | "no" | "jobs" | "job" | "events" | "event" | "ev"
+                )
+            {
+                anyhow::bail!("--watch follows nodes, jobs or events, not {what}");
+            }
+            // Where the feed is now, before listing: nothing between the list and the watch is lost.
+            let kind = match what.as_str() {
+                "nodes" | "node" | "no" => Some(spillway_api::events::FeedKind::Node),
+                "jobs" | "job" => Some(spillway_api::events::FeedKind::Job),
+                _ => None,
+            };
+            let from = if watch {
+                c.get::<Vec<spillway_api::events::FeedEvent>>("/v1/events")
+                    .await?
+                    .last()
+                    .map_or(0, |e| e.id)
+            } else {
+                0
+            };
             let selector = selector
                 .map(|s| s.parse::<spillway_api::selector::Selector>())
                 .transpose()
@@ -738,7 +766,15 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                 }
                 Ok(())
             };
-            match what.as_str() {
+            let listed_now = match what.as_str() {
+                "events" | "event" | "ev" => {
+                    listed("events")?;
+                    let last = cli::watch::list(&c, format, None).await?;
+                    if watch {
+                        return cli::watch::follow(&c, format, None, last).await;
+                    }
+                    Ok(())
+                }
                 "nodes" | "node" | "no" => {
                     cli::get_nodes(&c, format, &args, selector.as_ref()).await
                 }
@@ -774,9 +810,14 @@ async fn client_command(cli: Cli) -> anyhow::Result<()> {
                     cli::download(&c, spec, args.first().map(std::path::Path::new)).await
                 }
                 other => anyhow::bail!(
-                    "cannot get `{other}`: use nodes, functions, jobs, upgrades [ID], releases, files NODE, or NODE:PATH to download"
+                    "cannot get `{other}`: use nodes, functions, jobs, events, upgrades [ID], releases, files NODE, or NODE:PATH to download"
                 ),
+            };
+            listed_now?;
+            if watch {
+                cli::watch::follow(&c, format, kind, from).await?;
             }
+            Ok(())
         }
         Command::Put { file, dest } => cli::upload(&client()?, &file, &dest).await,
         Command::Describe { kind, name } => cli::describe(&client()?, &kind, &name, format).await,

@@ -10,6 +10,7 @@ pub mod jsonpath;
 pub mod membership;
 pub mod output;
 pub mod upgrade;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -544,7 +545,7 @@ pub async fn describe(
     name: &str,
     format: Format,
 ) -> anyhow::Result<()> {
-    let value: serde_json::Value = match kind {
+    let mut value: serde_json::Value = match kind {
         "node" | "nodes" => {
             client
                 .get(&format!("/v1/nodes/{}", encode_path(name)))
@@ -562,6 +563,26 @@ pub async fn describe(
         }
         other => bail!("cannot describe `{other}`: use node, function or job"),
     };
+    // Its recent events, as kubectl's describe ends with them (a job by its full id, which the
+    // answer has even when a prefix was asked for).
+    let (feed_kind, id) = match kind {
+        "node" | "nodes" => ("node", value["name"].as_str().map(str::to_owned)),
+        "job" | "jobs" => ("job", value["id"].as_str().map(str::to_owned)),
+        _ => ("", None),
+    };
+    if let Some(id) = id {
+        let events: Vec<serde_json::Value> = client
+            .get(&format!("/v1/events?kind={feed_kind}"))
+            .await
+            .unwrap_or_default();
+        let mut recent: Vec<serde_json::Value> = events
+            .into_iter()
+            .filter(|e| e["name"].as_str() == Some(id.as_str()))
+            .collect();
+        let keep = recent.len().saturating_sub(10);
+        recent.drain(..keep);
+        value["events"] = recent.into();
+    }
     // A person reads YAML; `-o json` is for scripts.
     match format {
         Format::Json | Format::JsonPath => {
@@ -649,6 +670,11 @@ pub async fn invoke(
     if let Some(n) = node {
         q.push_str(&format!("&node={}", encode_path(n)));
     }
+    // Where the feed is before the job exists: its end cannot come before the wait starts.
+    let feed_at = match wait {
+        Some(_) => watch::position(client).await,
+        None => None,
+    };
     let invoked: Invoked = client
         .send_bytes(reqwest_tls::Method::POST, &q, bytes)
         .await?;
@@ -662,6 +688,11 @@ pub async fn invoke(
         });
     };
     let deadline = tokio::time::Instant::now() + timeout;
+    // Woken by the job's end on the event stream; polled when the stream cannot be had (a
+    // token that may not read the feed, an older coordinator).
+    if let Some(after) = feed_at {
+        watch::until_finished(client, &invoked.job, after, deadline).await;
+    }
     loop {
         if let Ok(job) = client
             .get::<JobView>(&format!("/v1/jobs/{}", invoked.job))

@@ -24,6 +24,7 @@ use super::scope;
 use super::store::{FunctionRecord, JobRow, NodeRecord};
 use super::submit::{function_record, no_function, submit};
 use super::{State, now_ms};
+use spillway_api::events::FeedKind;
 use spillway_api::tokens::{ApiTokenRecord, Scope, TokenGrant, TokenListing};
 use spillway_api::*;
 
@@ -80,6 +81,8 @@ pub fn router(state: Arc<State>) -> Router {
             get(get_function).delete(delete_function),
         )
         .route("/v1/jobs", get(list_jobs))
+        .route("/v1/events", get(super::feed_api::list))
+        .route("/v1/events/stream", get(super::feed_api::stream))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/log", get(job_log))
         .route("/v1/tokens", post(create_token).get(list_tokens))
@@ -350,7 +353,11 @@ async fn delete_node(
     AxState(state): AxState<Arc<State>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.store.remove_node(&name)? {
+    if state.store.remove_node(&name)? {
+        state
+            .feed
+            .publish(FeedKind::Node, &name, "Removed", None, None, String::new());
+    } else {
         return Err(not_found(format!("no node named `{name}`")));
     }
     if let Some(conn) = state.view.connection(&name) {
@@ -728,6 +735,14 @@ async fn cordon_node(
         .set_node_cordoned(&name, change.cordoned)?
         .ok_or_else(|| no_such_node(&name))?;
     tracing::info!(node = %name, cordoned = change.cordoned, "node cordon changed");
+    let reason = if change.cordoned {
+        "Cordoned"
+    } else {
+        "Uncordoned"
+    };
+    state
+        .feed
+        .publish(FeedKind::Node, &name, reason, None, None, String::new());
     Ok(Json(node_view(&state, updated)))
 }
 

@@ -10,6 +10,8 @@ pub mod broker;
 pub mod ca;
 pub mod deploy;
 pub mod events;
+pub mod feed;
+pub mod feed_api;
 pub mod handovers;
 pub mod http;
 pub mod invoke;
@@ -93,6 +95,8 @@ pub struct State {
     pub ca: Authority,
     pub view: View,
     pub metrics: Metrics,
+    /// Job and node changes, for `get events` and `--watch`.
+    pub feed: feed::Feed,
     /// Bumped whenever the function set changes; every session recomputes its node's share.
     pub deployments: watch::Sender<u64>,
     /// Jobs handed over by their origins, and the sessions messages about them go to.
@@ -289,6 +293,7 @@ impl Coordinator {
             admin_hash: Sha256::digest(admin_token.as_bytes()).into(),
             view: View::new(config.liveness),
             metrics: Metrics::default(),
+            feed: feed::Feed::default(),
             deployments: watch::channel(0).0,
             handovers,
             blobs,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use spillway_api::events::FeedKind;
 use spillway_link::identity::{fingerprint, valid_node_name};
 use spillway_link::stream::{FrameReader, StreamError, send};
 use spillway_link::tls::peer_fingerprint;
@@ -146,6 +147,14 @@ fn decide_join(state: &State, req: JoinRequest, remote: &str) -> JoinReply {
     match state.store.join(&hash, now, node) {
         Ok(TokenCheck::Valid) => {
             tracing::info!(node = %req.node, %remote, "node joined the mesh");
+            state.feed.publish(
+                FeedKind::Node,
+                &req.node,
+                "Joined",
+                None,
+                None,
+                remote.to_string(),
+            );
             // A node joining again may have been connected under its old certificate.
             if let Some(old) = state.view.connection(&req.node) {
                 old.close(3u32.into(), b"joined again with a new certificate");
@@ -259,6 +268,14 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
     }
     state.view.connected(&name, conn.clone());
     tracing::info!(node = %name, %remote, "node connected");
+    state.feed.publish(
+        FeedKind::Node,
+        &name,
+        "Connected",
+        None,
+        None,
+        remote.to_string(),
+    );
     let welcome = welcome(&state);
     let mut deployed = hello.deployment;
     let datagrams = tokio::spawn(read_reports(state.clone(), conn.clone(), name.clone()));
@@ -371,6 +388,14 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
     blobs.abort();
     state.handover_session_ended(&name, session);
     state.view.disconnected(&name, conn.stable_id());
+    state.feed.publish(
+        FeedKind::Node,
+        &name,
+        "Disconnected",
+        None,
+        None,
+        String::new(),
+    );
     if let Ok(Some(mut r)) = state.store.node(&name) {
         r.last_seen_ms = now_ms();
         let _ = state.store.put_node(&r);
@@ -596,6 +621,7 @@ fn handle_frame(state: &State, node: &str, session: u64, frame: AgentFrame) {
                 return;
             }
             inc(&state.metrics.job_updates);
+            let existing_phase = existing.as_ref().map(|r| r.update.phase);
             // Run times count once, from the report of the node that ran the job: a peer's
             // (with an origin), or the origin's own when no peer ran it.
             let newly_final = update.phase.is_final()
@@ -637,8 +663,25 @@ fn handle_frame(state: &State, node: &str, session: u64, frame: AgentFrame) {
                     ran_on: existing.and_then(|r| r.ran_on),
                 },
             };
-            if let Err(e) = state.store.put_jobs(&[row]) {
+            let phase_changed = existing_phase != Some(row.update.phase);
+            if let Err(e) = state.store.put_jobs(std::slice::from_ref(&row)) {
                 tracing::error!(node, "cannot record a job update: {e}");
+            } else if phase_changed {
+                let u = &row.update;
+                let message = u.reason.clone().unwrap_or_else(|| {
+                    row.ran_on
+                        .as_ref()
+                        .map(|r| format!("on {r}"))
+                        .unwrap_or_default()
+                });
+                state.feed.publish(
+                    FeedKind::Job,
+                    &u.id.to_string(),
+                    &u.phase.to_string(),
+                    Some(&row.node),
+                    Some(&u.function),
+                    message,
+                );
             }
         }
     }

@@ -1,0 +1,37 @@
+//! The coordinator's event feed: what changed in the mesh (`spillway get events`, and the
+//! server-sent stream behind `--watch`).
+
+use serde::{Deserialize, Serialize};
+
+/// One change. Ids increase by one; a client resumes a stream from the last id it saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEvent {
+    pub id: u64,
+    /// When the coordinator recorded it (Unix ms).
+    pub at_ms: u64,
+    pub kind: FeedKind,
+    /// The job's id, or the node's name.
+    pub name: String,
+    /// What happened, in one word: a job's phase (`Queued`, `Running`, `Succeeded`, …), or a
+    /// node's `Joined`, `Connected`, `Disconnected`, `Cordoned`, `Uncordoned`, `Removed`.
+    pub reason: String,
+    /// The node it concerns (a job's origin), when it is not the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// More, for people (a failed job's reason, where a job ran).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedKind {
+    Job,
+    Node,
+}
+
+/// The SSE event name of a notice that events were missed: the client's last id is older than
+/// what the coordinator keeps, so it lists again before following.
+pub const MISSED: &str = "missed";
