@@ -83,6 +83,11 @@ impl Feed {
         (since(&kept, after), rx)
     }
 
+    /// What comes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedEvent>> {
+        self.live.subscribe()
+    }
+
     pub fn since(&self, after: u64) -> Since {
         since(&self.kept.lock().unwrap_or_else(|e| e.into_inner()), after)
     }

@@ -166,9 +166,12 @@ async fn run_to_end(
     input: Vec<u8>,
 ) -> Result<Finished, ApiError> {
     let wait = Duration::from_secs(params.timeout.unwrap_or(300).clamp(1, 3600));
+    // Subscribed before the job exists, so its end cannot pass unseen.
+    let mut feed = state.feed.subscribe();
     let invoked = submit(state, function, name, params.node.clone(), input.into()).await?;
     let deadline = tokio::time::Instant::now() + wait;
-    // The origin reports its jobs over the link; poll what it reported.
+    // The origin reports its jobs over the link; the feed says when it reported this one's
+    // end (and the row is read again at least every second, whatever the feed says).
     let row = loop {
         if let Ok(row) = state.store.job(&invoked.job)?
             && matches!(row.update.phase, JobPhase::Succeeded | JobPhase::Failed)
@@ -187,7 +190,23 @@ async fn run_to_end(
                 ),
             ));
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        let until = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+        while let Ok(next) = tokio::time::timeout_at(until, feed.recv()).await {
+            match next {
+                Ok(e)
+                    if e.name == invoked.job
+                        && matches!(e.reason.as_str(), "Succeeded" | "Failed") =>
+                {
+                    break;
+                }
+                Ok(_) => {}
+                // Fell behind, or the feed is gone: read the row again.
+                Err(_) => {
+                    feed = feed.resubscribe();
+                    break;
+                }
+            }
+        }
     };
     let mut headers = vec![("x-spillway-job", invoked.job.clone())];
     headers.push(("x-spillway-node", row.node.clone()));
