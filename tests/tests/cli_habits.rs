@@ -354,16 +354,24 @@ fn contexts_point_one_client_at_several_coordinators_and_up_adds_its_own_without
     assert_eq!(server(&[]), "coordinator");
 
     // A second coordinator as a named context; the flat keys stay the context `default`.
+    // The token from a file, kept out of the shell's history.
+    let lab_token = home.path().join("lab-token");
+    std::fs::write(&lab_token, format!("{}\n", lab.api_token())).unwrap();
     let (ok, out, err) = spillway(&[
         "config",
         "set-context",
         "lab",
         "--server",
         &format!("http://127.0.0.1:{}", lab.http_port),
-        "--api-token",
-        &lab.api_token(),
+        "--api-token-file",
+        lab_token.to_str().unwrap(),
     ]);
     assert!(ok && out.contains("Context \"lab\" created"), "{out}{err}");
+    assert!(
+        !std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("--api-token")
+    );
     let (ok, out, _) = spillway(&["-o", "name", "config", "get-contexts"]);
     assert!(ok);
     assert_eq!(out, "default\nlab\n");

@@ -25,8 +25,11 @@ pub enum ConfigCommand {
         #[arg(long = "server")]
         server: Option<String>,
         /// The API token (from `spillway api-token create` on that coordinator).
-        #[arg(long = "api-token")]
+        #[arg(long = "api-token", conflicts_with = "api_token_file")]
         api_token: Option<String>,
+        /// A file holding the API token (keeps it out of the shell's history).
+        #[arg(long)]
+        api_token_file: Option<PathBuf>,
         /// A CA (PEM) the coordinator's HTTPS certificate must chain to (relative paths: from
         /// the config's folder).
         #[arg(long)]
@@ -134,8 +137,18 @@ pub fn run(command: ConfigCommand, flag: Option<PathBuf>, format: Format) -> any
             name,
             server,
             api_token,
+            api_token_file,
             ca_file,
         } => {
+            let api_token = match api_token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => api_token,
+            };
             let existed = name == DEFAULT_CONTEXT || file.contexts.contains_key(&name);
             let settings = Settings {
                 coordinator: server,

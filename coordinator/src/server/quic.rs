@@ -387,15 +387,17 @@ async fn member(state: Arc<State>, conn: quinn::Connection, fp: [u8; 32]) {
     datagrams.abort();
     blobs.abort();
     state.handover_session_ended(&name, session);
-    state.view.disconnected(&name, conn.stable_id());
-    state.feed.publish(
-        FeedKind::Node,
-        &name,
-        "Disconnected",
-        None,
-        None,
-        String::new(),
-    );
+    // A connection a newer one replaced ends without the node going anywhere.
+    if state.view.disconnected(&name, conn.stable_id()) {
+        state.feed.publish(
+            FeedKind::Node,
+            &name,
+            "Disconnected",
+            None,
+            None,
+            String::new(),
+        );
+    }
     if let Ok(Some(mut r)) = state.store.node(&name) {
         r.last_seen_ms = now_ms();
         let _ = state.store.put_node(&r);

@@ -85,7 +85,8 @@ impl View {
     }
 
     /// A node's connection ended; its last report stays (aging) until it returns.
-    pub fn disconnected(&self, node: &str, stable_id: usize) {
+    /// Whether it was the node's current connection (not one a newer one replaced).
+    pub fn disconnected(&self, node: &str, stable_id: usize) -> bool {
         let mut inner = self.lock();
         if let Some(live) = inner.nodes.get_mut(node)
             && live
@@ -94,7 +95,9 @@ impl View {
                 .is_some_and(|c| c.stable_id() == stable_id)
         {
             live.connection = None;
+            return true;
         }
+        false
     }
 
     /// Applies a report unless a newer one already arrived. Returns how stale it was when
