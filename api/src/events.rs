@@ -25,11 +25,30 @@ pub struct FeedEvent {
     pub message: String,
 }
 
+impl FeedEvent {
+    /// Whether this is job `id`'s end (it succeeded or failed).
+    pub fn ends_job(&self, id: &str) -> bool {
+        self.kind == FeedKind::Job
+            && self.name == id
+            && matches!(self.reason.as_str(), "Succeeded" | "Failed")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FeedKind {
     Job,
     Node,
+}
+
+impl FeedKind {
+    /// As JSON and the `kind` query parameter have it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Job => "job",
+            Self::Node => "node",
+        }
+    }
 }
 
 /// The SSE event name of a notice that events were missed: the client's last id is older than

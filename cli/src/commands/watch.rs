@@ -31,7 +31,7 @@ fn row(e: &FeedEvent) -> Vec<String> {
     vec![
         e.id.to_string(),
         since(e.at_ms),
-        format!("{:?}", e.kind).to_lowercase(),
+        e.kind.as_str().to_owned(),
         name,
         e.reason.clone(),
         e.node.clone().unwrap_or_default(),
@@ -46,7 +46,7 @@ fn path(kind: Option<FeedKind>, after: u64, stream: bool) -> String {
         if stream { "/stream" } else { "" }
     );
     if let Some(k) = kind {
-        p.push_str(&format!("&kind={}", format!("{k:?}").to_lowercase()));
+        p.push_str(&format!("&kind={}", k.as_str()));
     }
     p
 }
@@ -212,8 +212,7 @@ pub async fn until_finished(
                 return false;
             }
             if let Ok(e) = serde_json::from_str::<FeedEvent>(&done.data)
-                && e.name == id
-                && matches!(e.reason.as_str(), "Succeeded" | "Failed")
+                && e.ends_job(id)
             {
                 return true;
             }

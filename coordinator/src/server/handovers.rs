@@ -165,7 +165,7 @@ impl State {
                 } => "peer",
                 HandoverState::Placed {
                     peer: Holder::Replica(id),
-                } => id.split_once(':').map_or("replica", |(kind, _)| kind),
+                } => super::replicas::kind_of(id).unwrap_or("replica"),
                 HandoverState::Finished(_) | HandoverState::Returning(_) => "origin",
             };
             *tiers.entry(tier.to_owned()).or_default() += 1;

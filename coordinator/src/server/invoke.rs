@@ -193,12 +193,7 @@ async fn run_to_end(
         let until = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
         while let Ok(next) = tokio::time::timeout_at(until, feed.recv()).await {
             match next {
-                Ok(e)
-                    if e.name == invoked.job
-                        && matches!(e.reason.as_str(), "Succeeded" | "Failed") =>
-                {
-                    break;
-                }
+                Ok(e) if e.ends_job(&invoked.job) => break,
                 Ok(_) => {}
                 // Fell behind, or the feed is gone: read the row again.
                 Err(_) => {

@@ -296,7 +296,7 @@ impl Metrics {
     /// Counts a replica attempt; `replica` is its id (`kind:…`), of which only the kind becomes
     /// a label (the rest may be a URL with credentials in it).
     pub fn replica(&self, replica: &str, outcome: ReplicaOutcome) {
-        let kind = replica.split_once(':').map_or("unknown", |(k, _)| k);
+        let kind = super::replicas::kind_of(replica).unwrap_or("unknown");
         self.replica_attempts
             .get_or_create(&vec![
                 ("kind", kind.to_owned()),

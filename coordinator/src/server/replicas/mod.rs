@@ -88,6 +88,12 @@ pub fn replica_id(target: &ReplicaTarget) -> String {
     }
 }
 
+/// The kind of a replica from its id (`kubernetes`, `lambda`, `oscar`, `endpoint`): what
+/// comes before the `:` ([`replica_id`]).
+pub fn kind_of(id: &str) -> Option<&str> {
+    id.split_once(':').map(|(kind, _)| kind)
+}
+
 /// A lease holder as a hand-over row names it. Rows keep the name as written since the first
 /// release, so a coordinator's state survives upgrades: a replica id always has a kind before a
 /// `:` ([`replica_id`]), and node names cannot contain one (joining refuses them).
